@@ -1,0 +1,274 @@
+"""``LPWDConfig``: the decay settings a model was trained with, as JSON beside its weights.
+
+Modelled on transformers' ``GenerationConfig``: a small object with ``save_pretrained`` /
+``from_pretrained`` / ``push_to_hub`` and one JSON file (``lpwd_config.json``) in the model folder or
+Hub repo.  Safety first: JSON only (never pickle, never remote code), and loading is strict: an
+unknown key, a wrong type or an out-of-range value is an error that names the key.  A file written
+by a newer hf_lpwd with keys this version does not know fails with a message saying to upgrade,
+rather than silently training with settings the user did not ask for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+
+LPWD_CONFIG_NAME = "lpwd_config.json"
+WEIGHT_DECAY_MODES: tuple[str, ...] = ("wd", "rwd", "pwd", "lpwd")
+"""User-facing modes; ``lpwd`` is the optimizer's ``pwd`` with layer-wise λ."""
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def validate_layer_pattern(pattern: str | None, field_name: str = "layer_pattern") -> None:
+    """A layer pattern is a regex with exactly one capture group: the block index."""
+    if pattern is None:
+        return
+    if not isinstance(pattern, str):
+        raise ValueError(f"{field_name} must be a regex string, got {type(pattern).__name__}")
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{field_name}={pattern!r} is not a valid regex ({exc})") from None
+    if compiled.groups != 1:
+        raise ValueError(
+            f"{field_name}={pattern!r} has {compiled.groups} capture groups; it needs exactly one, the block index, "
+            r"e.g. '\.layers\.(\d+)\.'"
+        )
+
+
+@dataclass
+class LPWDConfig:
+    """Everything needed to rebuild LPWD's decay for a model.
+
+    Args:
+        mode: ``wd`` (AdamW's decoupled decay), ``rwd`` (real-time), ``pwd`` (pre-weight) or
+            ``lpwd`` (pre-weight with λ growing with depth: λ·(d+1)/(N+2) at depth d of N blocks).
+        weight_decay: λ, the rate of the deepest level (the head) in ``lpwd``, of every decayed
+            parameter otherwise.
+        layer_pattern: regex with one capture group for the block index, overriding the automatic
+            block detection of :func:`hf_lpwd.layer_depths`.
+        decay_embeddings: whether depth 0 (embeddings, stem) is decayed at all in ``lpwd``.
+        stochastic_rounding: keep the decay effective on bf16/fp16 weights.
+        base_optimizer: the base optimizer's name (the Trainer's ``--optim``, e.g. ``adamw_torch_fused``).
+        base_optimizer_kwargs: its JSON-able keyword arguments (betas, eps, momentum, ...).
+        num_blocks: N, the number of blocks found (filled in when the optimizer is built).
+        depth_weight_decay: λ per depth, keys are depths as strings (filled in likewise).
+        lpwd_version: the hf_lpwd version that wrote the config.
+    """
+
+    mode: str = "lpwd"
+    weight_decay: float = 0.0
+    layer_pattern: str | None = None
+    decay_embeddings: bool = True
+    stochastic_rounding: bool = True
+    base_optimizer: str | None = None
+    base_optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_blocks: int | None = None
+    depth_weight_decay: dict[str, float] | None = None
+    lpwd_version: str = __version__
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def optimizer_mode(self) -> str:
+        """The :class:`hf_lpwd.LPWD` mode: ``lpwd`` is ``pwd`` with layer-wise groups."""
+        return "pwd" if self.mode == "lpwd" else self.mode
+
+    @property
+    def layerwise(self) -> bool:
+        return self.mode == "lpwd"
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad key."""
+        if self.mode not in WEIGHT_DECAY_MODES:
+            raise ValueError(f"LPWDConfig.mode={self.mode!r} is not one of {list(WEIGHT_DECAY_MODES)}")
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)):
+            raise ValueError(f"LPWDConfig.weight_decay must be a number, got {type(self.weight_decay).__name__}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"LPWDConfig.weight_decay={self.weight_decay} must be a finite number >= 0")
+        validate_layer_pattern(self.layer_pattern, "LPWDConfig.layer_pattern")
+        for name in ("decay_embeddings", "stochastic_rounding"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"LPWDConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.base_optimizer is not None and not isinstance(self.base_optimizer, str):
+            raise ValueError(f"LPWDConfig.base_optimizer must be a string, got {self.base_optimizer!r}")
+        if not isinstance(self.base_optimizer_kwargs, dict):
+            raise ValueError("LPWDConfig.base_optimizer_kwargs must be a JSON object")
+        try:
+            json.dumps(self.base_optimizer_kwargs, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"LPWDConfig.base_optimizer_kwargs must hold only JSON values ({exc})") from None
+        if self.num_blocks is not None and (
+            isinstance(self.num_blocks, bool) or not isinstance(self.num_blocks, int) or self.num_blocks < 0
+        ):
+            raise ValueError(f"LPWDConfig.num_blocks must be an integer >= 0, got {self.num_blocks!r}")
+        if self.depth_weight_decay is not None:
+            if not isinstance(self.depth_weight_decay, dict):
+                raise ValueError("LPWDConfig.depth_weight_decay must be a JSON object {depth: λ}")
+            for depth, lam in self.depth_weight_decay.items():
+                if not str(depth).isdigit() or isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
+                    raise ValueError(
+                        f"LPWDConfig.depth_weight_decay[{depth!r}]={lam!r}: keys are depths, values λ >= 0"
+                    )
+        if not isinstance(self.lpwd_version, str):
+            raise ValueError("LPWDConfig.lpwd_version must be a string")
+
+    # ------------------------------------------------------------------ dict / JSON
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json_string(self) -> str:
+        """Byte-stable JSON: sorted keys, fixed indent, trailing newline."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        """Write atomically: a crash never leaves a half-written config behind."""
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> LPWDConfig:
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"an LPWD config must be a JSON object, got {type(config_dict).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {**config_dict, **overrides}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            written_by = str(data.get("lpwd_version", "?"))
+            if written_by != "?" and _version_tuple(written_by) > _version_tuple(__version__):
+                raise ValueError(
+                    f"this LPWD config was written by hf_lpwd {written_by}, newer than the installed {__version__}, "
+                    f"and has keys this version does not know: {unknown}. Upgrade hf_lpwd (pip install -U hf_lpwd)."
+                )
+            raise ValueError(f"unknown LPWD config key(s) {unknown}; valid keys are {sorted(known)}")
+        if "base_optimizer_kwargs" in data and isinstance(data["base_optimizer_kwargs"], dict):
+            data["base_optimizer_kwargs"] = dict(data["base_optimizer_kwargs"])
+        if isinstance(data.get("weight_decay"), int) and not isinstance(data.get("weight_decay"), bool):
+            data["weight_decay"] = float(data["weight_decay"])
+        return cls(**data)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> LPWDConfig:
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} is not valid JSON ({exc})") from None
+        return cls.from_dict(data)
+
+    # ------------------------------------------------------------------ folders and the Hub
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Write ``lpwd_config.json`` into ``save_directory`` (and push it when ``push_to_hub``)."""
+        self.validate()
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory={save_directory} is a file; pass a directory")
+        os.makedirs(save_directory, exist_ok=True)
+        self.to_json_file(os.path.join(save_directory, LPWD_CONFIG_NAME))
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            self.push_to_hub(repo_id, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+    ) -> LPWDConfig:
+        """Read ``lpwd_config.json`` from a folder, a JSON file, or a Hub repo id."""
+        path = os.fspath(pretrained_name_or_path)
+        if os.path.isdir(path):
+            file = os.path.join(path, LPWD_CONFIG_NAME)
+            if not os.path.isfile(file):
+                raise FileNotFoundError(f"{path} has no {LPWD_CONFIG_NAME}; was the model trained with hf_lpwd?")
+            return cls.from_json_file(file)
+        if os.path.isfile(path):
+            return cls.from_json_file(path)
+        if path.startswith((".", "/", "~")) or path.count("/") > 1:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+        from huggingface_hub import hf_hub_download
+
+        file = hf_hub_download(
+            repo_id=path,
+            filename=LPWD_CONFIG_NAME,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
+        return cls.from_json_file(file)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str = "Upload LPWD config",
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> Any:
+        """Upload ``lpwd_config.json`` to ``repo_id`` (created if missing), next to the model's files."""
+        from huggingface_hub import HfApi
+
+        self.validate()
+        api = HfApi(library_name="hf_lpwd", library_version=__version__, token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        return api.upload_file(
+            path_or_fileobj=self.to_json_string().encode("utf-8"),
+            path_in_repo=LPWD_CONFIG_NAME,
+            repo_id=repo_id,
+            revision=revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
+        )
+
+    # ------------------------------------------------------------------ model card
+    def model_card_section(self) -> str:
+        """A short Markdown section for the model card: what transformers' card cannot say."""
+        lines = [
+            "## Weight decay: LPWD",
+            "",
+            f"This model was trained with `hf_lpwd` {self.lpwd_version}, "
+            f"weight decay mode `{self.mode}` "
+            + {
+                "wd": "(decoupled decay, as AdamW).",
+                "rwd": "(real-time decay: θ ← (1 − ηλ)(θ − ηu)).",
+                "pwd": "(pre-weight decay: θ ← (1 − ηλ)θ before each forward pass).",
+                "lpwd": "(layer-wise pre-weight decay: λ grows with depth, λ·(d+1)/(N+2)).",
+            }[self.mode],
+            "",
+            "| setting | value |",
+            "|---|---|",
+            f"| λ (weight_decay) | {self.weight_decay:g} |",
+            f"| base optimizer | {self.base_optimizer or 'adamw'} |",
+            f"| decay embeddings | {self.decay_embeddings} |",
+        ]
+        if self.layer_pattern:
+            lines.append(f"| layer pattern | `{self.layer_pattern}` |")
+        if self.num_blocks is not None:
+            lines.append(f"| blocks (N) | {self.num_blocks} |")
+        if self.depth_weight_decay:
+            per_depth = ", ".join(f"{d}: {lam:.3g}" for d, lam in sorted(self.depth_weight_decay.items(),
+                                                                        key=lambda kv: int(kv[0])))
+            lines.append(f"| λ per depth | {per_depth} |")
+        lines += ["", f"The full settings are in `{LPWD_CONFIG_NAME}`.", ""]
+        return "\n".join(lines)

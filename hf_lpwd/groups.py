@@ -1,0 +1,150 @@
+"""Optimizer parameter groups with layer-wise weight decay rates.
+
+LPWD decays shallow parameters less than deep ones: with ``n = N + 2`` depth levels (embeddings,
+N blocks, head), a parameter at depth ``d`` gets ``weight_decay * (d + 1) / n``, so the head gets
+the full rate and the embeddings ``1 / n`` of it. A torch optimizer applies one weight decay per
+param group, so the rate is expressed as one group per (depth, decayed) pair.
+
+Which parameters are decayed at all (biases and norms are not) is transformers' decision, not
+ours: we call ``transformers.Trainer.get_decay_parameter_names`` so the split matches what the
+Trainer would do, and a caller that already has the list (the Trainer itself) can pass it in.
+
+Group keys: ``params``; ``param_names`` (torch >= 2.6 optimizers support it natively and keep
+it in ``state_dict()``, so a checkpoint says which tensor is which); ``weight_decay``; ``depth``
+(an ``int``, or ``None`` for the two classic groups of ``layerwise=False``); ``lpwd_multiplier``
+(``(d + 1) / n`` for decayed groups, ``0.0`` for non-decayed ones; ``1.0``/``0.0`` for the classic
+groups). Torch keeps unknown keys in param groups, so these ride along harmlessly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from torch import nn
+
+from .layers import LayerPattern, layer_depths_with_count
+
+__all__ = ["lpwd_param_groups", "default_decay_parameter_names", "layer_table"]
+
+# How many example names layer_table keeps per depth.
+_EXAMPLES = 3
+
+
+def default_decay_parameter_names(model: nn.Module) -> list[str]:
+    """Names transformers' Trainer would decay (everything but biases and norm weights).
+
+    ``Trainer.get_decay_parameter_names`` does not use ``self``, so it is called unbound rather
+    than re-implemented: the decay/no-decay split then follows whatever transformers decides.
+    """
+    from transformers import Trainer
+
+    return list(Trainer.get_decay_parameter_names(None, model))  # type: ignore[arg-type]
+
+
+def lpwd_param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    layerwise: bool = True,
+    layer_pattern: LayerPattern = None,
+    decay_embeddings: bool = True,
+    no_decay_names: Collection[str] | None = None,
+    decay_names: Collection[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Build torch optimizer param groups with LPWD's layer-wise weight decay.
+
+    Args:
+        model: the model; frozen parameters (``requires_grad=False``) are left out of the
+            groups but still count for depths, so a LoRA adapter sits at its layer's depth.
+        weight_decay: the full rate ``λ`` (the head's).
+        layerwise: ``False`` gives the two classic groups (decayed at ``λ``, then not decayed),
+            with the membership and order of ``Trainer.create_optimizer``; ``depth`` is ``None``.
+        layer_pattern: override block detection, see :func:`hf_lpwd.layers.layer_depths`.
+        decay_embeddings: ``False`` puts depth-0 parameters (embeddings, stem) at zero decay.
+        no_decay_names: names that get no decay. Given alone, it replaces transformers' rule
+            (everything else is decayed); with ``decay_names`` it is subtracted from them.
+        decay_names: names that may be decayed, e.g. the Trainer's own
+            ``self.get_decay_parameter_names(model)``; default: transformers' rule.
+
+    Returns:
+        Groups sorted by depth, the decayed group of a depth before its non-decayed one; empty
+        groups are dropped (except in the classic ``layerwise=False`` pair, as in the Trainer).
+    """
+    named = list(model.named_parameters())
+    decayed = _decayed_names(model, named, decay_names, no_decay_names)
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+
+    if not layerwise:
+        groups = []
+        for is_decayed, rate, mult in ((True, weight_decay, 1.0), (False, 0.0, 0.0)):
+            members = [(n, p) for n, p in trainable if (n in decayed) == is_decayed]
+            groups.append(_group(members, rate, None, mult))
+        return groups
+
+    depths, n_blocks = layer_depths_with_count(model, layer_pattern)
+    levels = n_blocks + 2
+    buckets: dict[tuple[int, bool], list[tuple[str, nn.Parameter]]] = {}
+    for name, param in trainable:
+        depth = depths[name]
+        is_decayed = name in decayed and (decay_embeddings or depth > 0)
+        buckets.setdefault((depth, is_decayed), []).append((name, param))
+
+    groups = []
+    for depth, is_decayed in sorted(buckets, key=lambda k: (k[0], not k[1])):
+        mult = (depth + 1) / levels if is_decayed else 0.0
+        groups.append(_group(buckets[depth, is_decayed], weight_decay * mult, depth, mult))
+    return groups
+
+
+def _decayed_names(
+    model: nn.Module,
+    named: list[tuple[str, nn.Parameter]],
+    decay_names: Collection[str] | None,
+    no_decay_names: Collection[str] | None,
+) -> set[str]:
+    if decay_names is not None:
+        decayed = set(decay_names)
+    elif no_decay_names is not None:
+        decayed = {n for n, _ in named}
+    else:
+        decayed = set(default_decay_parameter_names(model))
+    return decayed - set(no_decay_names or ())
+
+
+def _group(
+    members: list[tuple[str, nn.Parameter]], weight_decay: float, depth: int | None, multiplier: float
+) -> dict[str, Any]:
+    return {
+        "params": [p for _, p in members],
+        "param_names": [n for n, _ in members],
+        "weight_decay": float(weight_decay),
+        "depth": None if depth is None else int(depth),
+        "lpwd_multiplier": float(multiplier),
+    }
+
+
+def layer_table(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Summarise param groups per depth, for the CLI and the Trainer's log.
+
+    Each row: ``depth``, ``tensors``, ``params`` (element count), ``multiplier`` and
+    ``weight_decay`` (those of the depth's decayed group; 0 if nothing there is decayed),
+    ``decayed_tensors`` and ``examples`` (a few parameter names, decayed ones first).
+    """
+    rows: dict[Any, dict[str, Any]] = {}
+    for group in groups:
+        depth = group.get("depth")
+        row = rows.setdefault(
+            depth,
+            {"depth": depth, "tensors": 0, "params": 0, "multiplier": 0.0, "weight_decay": 0.0,
+             "decayed_tensors": 0, "examples": []},
+        )
+        params = group["params"]
+        names = group.get("param_names") or []
+        row["tensors"] += len(params)
+        row["params"] += sum(int(p.numel()) for p in params)
+        if group.get("lpwd_multiplier", 0.0) > 0 or group.get("weight_decay", 0.0) > 0:
+            row["multiplier"] = max(row["multiplier"], float(group.get("lpwd_multiplier", 0.0)))
+            row["weight_decay"] = max(row["weight_decay"], float(group["weight_decay"]))
+            row["decayed_tensors"] += len(params)
+        row["examples"].extend(names[: _EXAMPLES - len(row["examples"])])
+    return list(rows.values())

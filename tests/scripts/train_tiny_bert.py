@@ -1,0 +1,60 @@
+"""Train a tiny BERT classifier with LPWDTrainer; used by tests as a real subprocess.
+
+    python train_tiny_bert.py OUTPUT_DIR [--kill-after-save] [--resume CHECKPOINT] [--max-steps N]
+
+``--kill-after-save`` SIGKILLs this very process right after the first checkpoint is written: the
+hardest way a run can stop (no cleanup, no atexit).  The final parameters go to OUTPUT_DIR/final.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, TrainerCallback, set_seed
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tiny import TokenDataset  # noqa: E402
+
+from hf_lpwd import LPWDTrainer, LPWDTrainingArguments  # noqa: E402
+
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("output_dir")
+    parser.add_argument("--kill-after-save", action="store_true")
+    parser.add_argument("--resume", default=None)
+    parser.add_argument("--max-steps", type=int, default=8)
+    cli = parser.parse_args()
+
+    set_seed(0)
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32, num_labels=2)
+    model = BertForSequenceClassification(config)
+    args = LPWDTrainingArguments(
+        output_dir=cli.output_dir, weight_decay_mode="lpwd", weight_decay=0.5, learning_rate=3e-3,
+        per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=cli.max_steps,
+        lr_scheduler_type="cosine", warmup_steps=2, save_strategy="steps", save_steps=3,
+        logging_steps=2, eval_strategy="steps", eval_steps=3, report_to="none", use_cpu=True,
+        disable_tqdm=True, seed=0, data_seed=0, dataloader_num_workers=0,
+    )
+    trainer = LPWDTrainer(
+        model=model, args=args, train_dataset=TokenDataset(30, vocab=64, length=12, seed=1),
+        eval_dataset=TokenDataset(8, vocab=64, length=12, seed=2),
+        callbacks=[KillAfterSave()] if cli.kill_after_save else None,
+    )
+    trainer.train(resume_from_checkpoint=cli.resume)
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
+               os.path.join(cli.output_dir, "final.pt"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""LPWDConfig: JSON round trip, strict loading, Hub upload (recorded, never sent)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hf_lpwd import LPWDConfig, __version__
+from hf_lpwd.config import LPWD_CONFIG_NAME
+
+
+def full_config() -> LPWDConfig:
+    return LPWDConfig(
+        mode="lpwd", weight_decay=0.3, layer_pattern=r"\.layers\.(\d+)\.", decay_embeddings=False,
+        base_optimizer="adamw_torch_fused", base_optimizer_kwargs={"lr": 1e-3, "betas": [0.9, 0.999], "fused": True},
+        num_blocks=2, depth_weight_decay={"1": 0.15, "2": 0.225, "3": 0.3},
+    )
+
+
+def test_round_trip_is_equal_and_byte_stable(tmp_path: Path) -> None:
+    cfg = full_config()
+    cfg.save_pretrained(tmp_path)
+    first = (tmp_path / LPWD_CONFIG_NAME).read_bytes()
+    loaded = LPWDConfig.from_pretrained(tmp_path)
+    assert loaded == cfg
+    loaded.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / LPWD_CONFIG_NAME).read_bytes() == first
+    assert json.loads(first) == {
+        "base_optimizer": "adamw_torch_fused",
+        "base_optimizer_kwargs": {"betas": [0.9, 0.999], "fused": True, "lr": 0.001},
+        "decay_embeddings": False,
+        "depth_weight_decay": {"1": 0.15, "2": 0.225, "3": 0.3},
+        "layer_pattern": r"\.layers\.(\d+)\.",
+        "lpwd_version": __version__,
+        "mode": "lpwd",
+        "num_blocks": 2,
+        "stochastic_rounding": True,
+        "weight_decay": 0.3,
+    }
+    assert LPWDConfig.from_pretrained(tmp_path / LPWD_CONFIG_NAME) == cfg  # a file path works too
+
+
+def test_derived_optimizer_settings() -> None:
+    assert (LPWDConfig(mode="lpwd").optimizer_mode, LPWDConfig(mode="lpwd").layerwise) == ("pwd", True)
+    assert (LPWDConfig(mode="rwd").optimizer_mode, LPWDConfig(mode="rwd").layerwise) == ("rwd", False)
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ({"mode": "l2"}, r"LPWDConfig.mode='l2'"),
+        ({"weight_decay": -1}, r"LPWDConfig.weight_decay=-1.0"),
+        ({"weight_decay": "0.1"}, r"LPWDConfig.weight_decay must be a number"),
+        ({"weight_decay": float("nan")}, r"LPWDConfig.weight_decay=nan"),
+        ({"decay_embeddings": "yes"}, r"LPWDConfig.decay_embeddings must be true or false"),
+        ({"layer_pattern": "layers"}, r"LPWDConfig.layer_pattern=.*exactly one"),
+        ({"num_blocks": -2}, r"LPWDConfig.num_blocks"),
+        ({"depth_weight_decay": {"head": 0.1}}, r"LPWDConfig.depth_weight_decay\['head'\]"),
+        ({"base_optimizer_kwargs": [1, 2]}, r"LPWDConfig.base_optimizer_kwargs must be a JSON object"),
+        ({"learning_rate": 1e-3}, r"unknown LPWD config key\(s\) \['learning_rate'\]"),
+        ({"future_knob": 1, "lpwd_version": "99.0.0"}, r"written by hf_lpwd 99.0.0.*Upgrade"),
+    ],
+)
+def test_bad_files_are_refused_naming_the_key(tmp_path: Path, content: dict, match: str) -> None:
+    (tmp_path / LPWD_CONFIG_NAME).write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=match):
+        LPWDConfig.from_pretrained(tmp_path)
+
+
+def test_not_json_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / LPWD_CONFIG_NAME).write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        LPWDConfig.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="has no lpwd_config.json"):
+        LPWDConfig.from_pretrained(tmp_path / "..")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        LPWDConfig.from_pretrained(str(tmp_path / "nope" / "deeper"))
+
+
+def test_a_failed_save_leaves_the_old_file_intact(tmp_path: Path, monkeypatch) -> None:
+    good = full_config()
+    good.save_pretrained(tmp_path)
+    before = (tmp_path / LPWD_CONFIG_NAME).read_bytes()
+    bad = full_config()
+    bad.weight_decay = -1.0  # made invalid after construction
+    with pytest.raises(ValueError, match="weight_decay"):
+        bad.save_pretrained(tmp_path)
+    assert (tmp_path / LPWD_CONFIG_NAME).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LPWD_CONFIG_NAME]
+
+
+def test_push_to_hub_uploads_the_json(monkeypatch) -> None:
+    """The Hub cannot be reached here: record what huggingface_hub would be asked to do."""
+    import huggingface_hub
+
+    calls: list[tuple] = []
+
+    class RecordingApi:
+        def __init__(self, **kwargs):
+            calls.append(("init", kwargs.get("library_name")))
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls.append(("create_repo", repo_id, exist_ok))
+            return type("RepoUrl", (), {"repo_id": "me/" + repo_id})()
+
+        def upload_file(self, *, path_or_fileobj, path_in_repo, repo_id, revision, commit_message, create_pr):
+            calls.append(("upload_file", repo_id, path_in_repo, path_or_fileobj, commit_message))
+            return "commit-url"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    cfg = full_config()
+    assert cfg.push_to_hub("tiny-lpwd") == "commit-url"
+    assert calls[0] == ("init", "hf_lpwd")
+    assert calls[1] == ("create_repo", "tiny-lpwd", True)
+    _, repo, path, payload, message = calls[2]
+    assert (repo, path, message) == ("me/tiny-lpwd", LPWD_CONFIG_NAME, "Upload LPWD config")
+    assert LPWDConfig.from_dict(json.loads(payload)) == cfg
+
+
+def test_hub_id_goes_through_hf_hub_download(tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub
+
+    full_config().save_pretrained(tmp_path)
+    asked = {}
+
+    def fake_download(**kwargs):
+        asked.update(kwargs)
+        return str(tmp_path / LPWD_CONFIG_NAME)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert LPWDConfig.from_pretrained("someone/model", revision="v1") == full_config()
+    assert (asked["repo_id"], asked["filename"], asked["revision"]) == ("someone/model", LPWD_CONFIG_NAME, "v1")
+
+
+def test_model_card_section_states_the_settings() -> None:
+    text = full_config().model_card_section()
+    assert "## Weight decay: LPWD" in text
+    assert "`lpwd`" in text and "| λ (weight_decay) | 0.3 |" in text and "| blocks (N) | 2 |" in text
+    assert "1: 0.15, 2: 0.225, 3: 0.3" in text

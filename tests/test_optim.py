@@ -1,0 +1,311 @@
+"""LPWD's decay modes against a float64 reference of the equations, and its contract as an optimizer."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from hf_lpwd import LPWD
+
+STEPS = 60
+BETAS = (0.9, 0.99)
+EPS = 1e-8
+LAMBDAS = (0.0, 0.5, 3.0)  # per group: no decay, moderate, large (η·λ up to 0.15)
+
+
+def lr_at(step: int) -> float:
+    """Warm-up then cosine decay with a bump: η changes at every step, so a stale η would show."""
+    warm = min(1.0, (step + 1) / 10)
+    return 0.05 * warm * (0.55 + 0.45 * math.cos(math.pi * step / STEPS)) * (1.0 + 0.2 * (step % 3 == 0))
+
+
+def grad_of(theta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """∇ of a loss whose gradient depends on θ, so gradients at decayed vs. undecayed θ differ."""
+    return (theta - target) + 0.3 * theta**3 + 0.1 * torch.sin(3 * theta)
+
+
+def make_problem(seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    thetas = [torch.randn(37, generator=gen, dtype=torch.float64) for _ in LAMBDAS]
+    targets = [torch.randn(37, generator=gen, dtype=torch.float64) * 0.5 for _ in LAMBDAS]
+    return thetas, targets
+
+
+# --------------------------------------------------------------------------- float64 reference
+class AdamDirection:
+    def __init__(self) -> None:
+        self.m = self.v = None
+        self.t = 0
+
+    def __call__(self, g: torch.Tensor) -> torch.Tensor:
+        self.t += 1
+        b1, b2 = BETAS
+        self.m = (1 - b1) * g if self.m is None else b1 * self.m + (1 - b1) * g
+        self.v = (1 - b2) * g * g if self.v is None else b2 * self.v + (1 - b2) * g * g
+        m_hat = self.m / (1 - b1**self.t)
+        v_hat = self.v / (1 - b2**self.t)
+        return m_hat / (v_hat.sqrt() + EPS)
+
+
+class SGDMomentumDirection:
+    def __init__(self, momentum: float, nesterov: bool) -> None:
+        self.momentum, self.nesterov, self.buf = momentum, nesterov, None
+
+    def __call__(self, g: torch.Tensor) -> torch.Tensor:
+        self.buf = g.clone() if self.buf is None else self.momentum * self.buf + g
+        return g + self.momentum * self.buf if self.nesterov else self.buf
+
+
+def reference(mode: str, direction_factory, thetas, targets) -> list[torch.Tensor]:
+    """The brief's equations, literally, in float64."""
+    thetas = [t.clone() for t in thetas]
+    directions = [direction_factory() for _ in thetas]
+    for step in range(STEPS):
+        eta = lr_at(step)
+        for i, lam in enumerate(LAMBDAS):
+            theta = thetas[i]
+            if mode == "pwd":
+                theta = (1 - eta * lam) * theta  # before the forward pass
+            u = directions[i](grad_of(theta, targets[i]))
+            if mode == "wd":
+                theta = theta - eta * u - eta * lam * theta
+            elif mode == "rwd":
+                theta = (1 - eta * lam) * (theta - eta * u)
+            else:
+                theta = theta - eta * u
+            thetas[i] = theta
+    return thetas
+
+
+def run_lpwd(mode: str, base, base_kwargs: dict, thetas, targets, dtype=torch.float32) -> list[torch.Tensor]:
+    params = [torch.nn.Parameter(t.to(dtype)) for t in thetas]
+    groups = [{"params": [p], "weight_decay": lam} for p, lam in zip(params, LAMBDAS, strict=True)]
+    opt = LPWD(groups, base=base, mode=mode, lr=lr_at(0), **base_kwargs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s) / lr_at(0))
+    for _ in range(STEPS):
+        opt.pre_step()
+        for p, target in zip(params, targets, strict=True):
+            p.grad = grad_of(p.detach(), target.to(dtype))
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    return [p.detach().double() for p in params]
+
+
+ADAM_KW = {"betas": BETAS, "eps": EPS}
+BASES = {
+    "adamw": ("adamw", {**ADAM_KW, "foreach": False}, AdamDirection),
+    "adamw-foreach": ("adamw", {**ADAM_KW, "foreach": True}, AdamDirection),
+    "adamw-fused": ("adamw", {**ADAM_KW, "fused": True}, AdamDirection),
+    "sgd-momentum": ("sgd", {"momentum": 0.9}, lambda: SGDMomentumDirection(0.9, False)),
+    "sgd-nesterov": ("sgd", {"momentum": 0.8, "nesterov": True}, lambda: SGDMomentumDirection(0.8, True)),
+    # torch.optim.Adam adds λ·θ to the gradient (L2); the generic path must run it with λ = 0.
+    "generic-adam-class": (torch.optim.Adam, dict(ADAM_KW), AdamDirection),
+}
+
+
+@pytest.mark.parametrize("mode", ["wd", "rwd", "pwd"])
+@pytest.mark.parametrize("base_name", list(BASES))
+def test_modes_match_float64_reference(mode: str, base_name: str) -> None:
+    base, kwargs, direction = BASES[base_name]
+    thetas, targets = make_problem()
+    expected = reference(mode, direction, thetas, targets)
+    got = run_lpwd(mode, base, kwargs, thetas, targets)
+    for g, e in zip(got, expected, strict=True):
+        rel = ((g - e).norm() / e.norm()).item()
+        assert rel < 1e-5, f"{mode}/{base_name}: relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize("mode", ["wd", "rwd", "pwd"])
+def test_modes_differ_from_each_other(mode: str) -> None:
+    """Guard against a reference that cannot tell the modes apart."""
+    thetas, targets = make_problem()
+    mine = reference(mode, AdamDirection, thetas, targets)
+    for other in {"wd", "rwd", "pwd"} - {mode}:
+        theirs = reference(other, AdamDirection, thetas, targets)
+        assert (mine[2] - theirs[2]).norm() / mine[2].norm() > 1e-3
+
+
+@pytest.mark.parametrize("variant", [{"foreach": False}, {"foreach": True}, {"fused": True}])
+def test_wd_is_bitwise_torch_adamw(variant: dict) -> None:
+    thetas, targets = make_problem(1)
+    results = []
+    for make in (
+        lambda g: torch.optim.AdamW(g, lr=lr_at(0), **ADAM_KW, **variant),
+        lambda g: LPWD(g, base="adamw", mode="wd", lr=lr_at(0), **ADAM_KW, **variant),
+    ):
+        params = [torch.nn.Parameter(t.float()) for t in thetas]
+        opt = make([{"params": [p], "weight_decay": lam} for p, lam in zip(params, LAMBDAS, strict=True)])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s) / lr_at(0))
+        for _ in range(STEPS):
+            for p, target in zip(params, targets, strict=True):
+                p.grad = grad_of(p.detach(), target.float())
+            opt.step()
+            sched.step()
+        results.append(([p.detach().clone() for p in params], opt.state_dict()))
+    (ref_params, ref_state), (got_params, got_state) = results
+    for a, b in zip(ref_params, got_params, strict=True):
+        assert torch.equal(a, b)
+    assert ref_state["state"].keys() == got_state["state"].keys()
+    for k in ref_state["state"]:
+        assert ref_state["state"][k].keys() == got_state["state"][k].keys()
+
+
+@pytest.mark.parametrize("base", ["sgd", "adamw"])
+def test_rwd_from_decayed_start_equals_pwd_decayed_weights(base: str) -> None:
+    """The reviewers' observation: at constant η, rwd started from (1−ηλ)θ₀ *is* pwd, seen after its pre_step."""
+    eta, lam = 0.03, 2.0
+    thetas, targets = make_problem(2)
+    theta0, target = thetas[0].float(), targets[0].float()
+    kwargs = {"momentum": 0.9} if base == "sgd" else dict(ADAM_KW)
+    p_pwd = torch.nn.Parameter(theta0.clone())
+    p_rwd = torch.nn.Parameter(theta0 * (1 - eta * lam))
+    opt_pwd = LPWD([p_pwd], base=base, mode="pwd", lr=eta, weight_decay=lam, **kwargs)
+    opt_rwd = LPWD([p_rwd], base=base, mode="rwd", lr=eta, weight_decay=lam, **kwargs)
+    for _ in range(STEPS):
+        opt_pwd.pre_step()
+        if base == "sgd":  # the same float operations in the same order: exact
+            assert torch.equal(p_pwd, p_rwd)
+        else:  # AdamW folds rwd into its own kernel (η', λ'): equal up to float32 rounding
+            torch.testing.assert_close(p_pwd, p_rwd, rtol=2e-6, atol=1e-7)
+        for p, opt in ((p_pwd, opt_pwd), (p_rwd, opt_rwd)):
+            p.grad = grad_of(p.detach(), target)
+            opt.step()
+
+
+def test_pre_step_acts_once_per_step() -> None:
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = LPWD([p], mode="pwd", lr=0.1, weight_decay=0.5)
+    opt.pre_step()
+    opt.pre_step()
+    assert torch.equal(p.detach(), torch.full((4,), 1 - 0.1 * 0.5))
+    assert opt.pre_step_pending
+    p.grad = torch.zeros(4)
+    opt.step()
+    assert not opt.pre_step_pending
+    opt.pre_step()
+    assert torch.equal(p.detach(), torch.full((4,), 0.95) * 0.95)
+
+
+def test_pwd_step_without_pre_step_says_how_to_fix() -> None:
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = LPWD([p], mode="pwd", lr=0.1)
+    p.grad = torch.ones(3)
+    with pytest.raises(RuntimeError, match=r"pre_step\(\)"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.ones(3))
+
+
+@pytest.mark.parametrize("mode", ["wd", "rwd"])
+def test_pre_step_is_a_no_op_outside_pwd(mode: str) -> None:
+    p = torch.nn.Parameter(torch.ones(3))
+    LPWD([p], mode=mode, lr=0.1, weight_decay=0.5).pre_step()
+    assert torch.equal(p.detach(), torch.ones(3))
+
+
+@pytest.mark.parametrize("mode", ["wd", "rwd", "pwd"])
+@pytest.mark.parametrize("base,kwargs", [("adamw", {"fused": True}), ("sgd", {"momentum": 0.9})])
+def test_state_dict_round_trip_resumes_exactly(mode: str, base: str, kwargs: dict) -> None:
+    thetas, targets = make_problem(3)
+
+    def fresh():
+        params = [torch.nn.Parameter(t.float()) for t in thetas]
+        groups = [{"params": [p], "weight_decay": lam} for p, lam in zip(params, LAMBDAS, strict=True)]
+        return params, LPWD(groups, base=base, mode=mode, lr=0.01, **kwargs)
+
+    def train(params, opt, steps):
+        for _ in range(steps):
+            opt.pre_step()
+            for p, target in zip(params, targets, strict=True):
+                p.grad = grad_of(p.detach(), target.float())
+            opt.step()
+
+    params, opt = fresh()
+    train(params, opt, 5)
+    saved_params, saved_state = [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict())
+    train(params, opt, 5)
+
+    resumed_params, resumed = fresh()
+    with torch.no_grad():
+        for p, s in zip(resumed_params, saved_params, strict=True):
+            p.copy_(s)
+    resumed.load_state_dict(saved_state)
+    assert resumed.state_dict()["param_groups"] == saved_state["param_groups"]
+    train(resumed_params, resumed, 5)
+    for a, b in zip(params, resumed_params, strict=True):
+        assert torch.equal(a, b)
+    # No state beyond the base optimizer's: same keys as the base class would keep.
+    plain = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[base]([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+    assert set(opt.state_dict()) == set(plain.state_dict())
+    assert opt.state is opt.base_optimizer.state and opt.param_groups is opt.base_optimizer.param_groups
+
+
+def test_is_a_torch_optimizer_the_scheduler_drives() -> None:
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = LPWD([p], mode="rwd", lr=1.0, weight_decay=0.1)
+    assert isinstance(opt, torch.optim.Optimizer)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    p.grad = torch.zeros(2)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == 0.5
+    assert opt.base_optimizer.param_groups[0]["lr"] == 0.5
+    # The zero gradient leaves only the decay: (1 - 1.0*0.1) at the lr of the first step.
+    torch.testing.assert_close(p.detach(), torch.full((2,), 0.9))
+
+
+# --------------------------------------------------------------------------- bad input
+def test_unknown_mode_lists_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"'wd', 'rwd', 'pwd'"):
+        LPWD([torch.nn.Parameter(torch.ones(1))], mode="lpwdd")
+
+
+def test_unknown_base_lists_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"\['adamw', 'sgd'\]"):
+        LPWD([torch.nn.Parameter(torch.ones(1))], base="adamx")
+    with pytest.raises(ValueError, match="Optimizer subclass"):
+        LPWD([torch.nn.Parameter(torch.ones(1))], base=dict)
+
+
+@pytest.mark.parametrize(
+    "group,match",
+    [
+        ({"weight_decay": -0.1}, r"param group 1 .*weight_decay=-0.1"),
+        ({"lr": -1e-3}, r"param group 1 .*lr=-0.001"),
+        ({"lr": float("nan")}, r"param group 1 .*lr=nan"),
+        ({"lr": float("inf")}, r"param group 1 .*lr=inf"),
+        ({"lr": 0.5, "weight_decay": 2.0}, r"param group 1 .*lr=0.5 and weight_decay=2.0"),
+    ],
+)
+def test_bad_groups_are_named(group: dict, match: str) -> None:
+    groups = [{"params": [torch.nn.Parameter(torch.ones(1))]}, {"params": [torch.nn.Parameter(torch.ones(1))], **group}]
+    with pytest.raises(ValueError, match=match):
+        LPWD(groups, lr=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["wd", "rwd", "pwd"])
+def test_decay_factor_at_or_below_zero_is_refused_before_anything_changes(mode: str) -> None:
+    """A scheduler can raise η mid-run; η·λ ≥ 1 must stop the step with params and state untouched."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = LPWD([{"params": [a], "weight_decay": 0.1}, {"params": [b], "weight_decay": 4.0, "depth": 2}],
+               mode=mode, lr=0.1)
+    opt.pre_step()
+    a.grad, b.grad = torch.ones(3), torch.ones(3)
+    opt.step()
+    snapshot = ([a.detach().clone(), b.detach().clone()], copy.deepcopy(opt.state_dict()))
+    for group in opt.param_groups:
+        group["lr"] = 0.25  # 0.25 · 4.0 = 1: factor 0
+    with pytest.raises(ValueError, match=r"param group 1 \(depth 2\).*lr=0.25 and weight_decay=4.0"):
+        opt.pre_step()
+        opt.step()
+    assert torch.equal(a, snapshot[0][0]) and torch.equal(b, snapshot[0][1])
+    assert str(opt.state_dict()["state"]) == str(snapshot[1]["state"])
+
+
+def test_adafactor_like_group_without_lr_is_refused() -> None:
+    p = torch.nn.Parameter(torch.ones(1))
+    with pytest.raises(ValueError, match="lr=None"):
+        LPWD([{"params": [p], "lr": None}], base=torch.optim.SGD, lr=0.1)

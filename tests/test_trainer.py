@@ -1,0 +1,305 @@
+"""LPWDTrainer / LPWDMixin / LPWDTrainingArguments on tiny models built from configs (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    HfArgumentParser,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+import hf_lpwd.trainer as trainer_module
+from hf_lpwd import LPWD, LPWDConfig, LPWDMixin, LPWDTrainer, LPWDTrainingArguments
+from tests.tiny import TokenDataset
+
+SCRIPTS = Path(__file__).parent / "scripts"
+ROOT = Path(__file__).parent.parent
+
+
+def tiny_bert(layers: int = 2) -> BertForSequenceClassification:
+    return BertForSequenceClassification(
+        BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                   intermediate_size=32, max_position_embeddings=32, num_labels=2)
+    )
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    return LlamaForCausalLM(
+        LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    )
+
+
+def common_args(tmp_path: Path, **overrides) -> dict:
+    args = dict(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, learning_rate=5e-3, max_steps=4,
+        report_to="none", use_cpu=True, disable_tqdm=True, seed=0, save_strategy="no", logging_steps=2,
+        dataloader_num_workers=0,
+    )
+    args.update(overrides)
+    return args
+
+
+def params_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+# --------------------------------------------------------------------------- arguments
+def test_arguments_parse_from_command_line_and_yaml(tmp_path: Path) -> None:
+    parser = HfArgumentParser(LPWDTrainingArguments)
+    (args,) = parser.parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--weight_decay_mode", "rwd", "--weight_decay", "0.3",
+         "--lpwd_layer_pattern", r"\.layer\.(\d+)\.", "--lpwd_decay_embeddings", "false", "--use_cpu"]
+    )
+    assert (args.weight_decay_mode, args.weight_decay, args.lpwd_decay_embeddings) == ("rwd", 0.3, False)
+    assert args.lpwd_layer_pattern == r"\.layer\.(\d+)\."
+    yaml_file = tmp_path / "args.yaml"
+    yaml_file.write_text(f"output_dir: {tmp_path}\nweight_decay_mode: lpwd\nweight_decay: 0.1\nuse_cpu: true\n")
+    (from_yaml,) = parser.parse_yaml_file(str(yaml_file))
+    assert (from_yaml.weight_decay_mode, from_yaml.weight_decay) == ("lpwd", 0.1)
+    assert LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True).weight_decay_mode == "lpwd"
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"weight_decay_mode": "l2"}, r"--weight_decay_mode='l2'.*\['wd', 'rwd', 'pwd', 'lpwd'\]"),
+        ({"weight_decay": -0.1}, r"--weight_decay=-0.1 must be >= 0"),
+        ({"lpwd_layer_pattern": r"layers\.\d+"}, r"--lpwd_layer_pattern=.*exactly one"),
+        ({"lpwd_layer_pattern": r"layers\.(\d+"}, r"--lpwd_layer_pattern=.*not a valid regex"),
+    ],
+)
+def test_bad_arguments_name_the_field(tmp_path: Path, overrides: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **overrides)
+
+
+def test_pattern_matching_nothing_fails_before_training(tmp_path: Path) -> None:
+    args = LPWDTrainingArguments(**common_args(tmp_path), weight_decay=0.1, lpwd_layer_pattern=r"\.blocks\.(\d+)\.")
+    with pytest.raises(ValueError, match="blocks"):
+        LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
+
+
+def test_deepspeed_with_pre_weight_decay_is_refused() -> None:
+    trainer_module.check_deepspeed(True, LPWDConfig(mode="rwd"))  # allowed
+    trainer_module.check_deepspeed(False, LPWDConfig(mode="lpwd"))
+    with pytest.raises(ValueError, match="DeepSpeed keeps its own fp32 master copy"):
+        trainer_module.check_deepspeed(True, LPWDConfig(mode="lpwd"))
+
+
+# --------------------------------------------------------------------------- the optimizer it builds
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "adamw_torch"])
+def test_wd_mode_is_bitwise_the_stock_trainer(tmp_path: Path, optim: str) -> None:
+    results = []
+    for trainer_cls, args_cls, extra in (
+        (Trainer, TrainingArguments, {}),
+        (LPWDTrainer, LPWDTrainingArguments, {"weight_decay_mode": "wd"}),
+    ):
+        set_seed(0)
+        model = tiny_bert()
+        args = args_cls(**common_args(tmp_path, optim=optim, weight_decay=0.3, max_steps=6,
+                                      lr_scheduler_type="cosine", warmup_steps=2), **extra)
+        trainer = trainer_cls(model=model, args=args, train_dataset=TokenDataset(24))
+        trainer.train()
+        results.append(params_of(model))
+    stock, ours = results
+    assert stock.keys() == ours.keys()
+    for name in stock:
+        assert torch.equal(stock[name], ours[name]), name
+
+
+@pytest.mark.parametrize(
+    "optim,base_cls",
+    [
+        ("adamw_torch_fused", torch.optim.AdamW),
+        ("adamw_torch", torch.optim.AdamW),
+        ("sgd", torch.optim.SGD),
+        ("adafactor", transformers.optimization.Adafactor),
+    ],
+)
+def test_each_optim_becomes_the_base(tmp_path: Path, optim: str, base_cls: type) -> None:
+    set_seed(0)
+    model = tiny_bert()
+    before = params_of(model)
+    args = LPWDTrainingArguments(**common_args(tmp_path, optim=optim, weight_decay=0.2, max_steps=2))
+    trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(8))
+    trainer.train()
+    lpwd = trainer._find_lpwd()
+    assert isinstance(lpwd, LPWD) and type(lpwd.base_optimizer) is base_cls and lpwd.mode == "pwd"
+    assert all(not torch.equal(before[n], p) for n, p in params_of(model).items() if "weight" in n)
+    # λ grows with depth: N = 2 blocks, n = 4 levels, head at the full λ, embeddings at λ/4.
+    decay = {g["depth"]: g["weight_decay"] for g in lpwd.param_groups if g["weight_decay"] > 0}
+    assert decay == pytest.approx({0: 0.05, 1: 0.1, 2: 0.15, 3: 0.2})
+
+
+def test_pre_step_decays_once_per_optimizer_step_with_accumulation(tmp_path: Path, monkeypatch) -> None:
+    """10 samples, batch 2, accumulation 2: groups of 2, 2, 1 micro-batches → 3 steps per epoch."""
+    decays: list[int] = []
+    original = LPWD.pre_step
+
+    def counting_pre_step(self):
+        pending = self.pre_step_pending
+        original(self)
+        if not pending:
+            decays.append(trainer.state.global_step)
+
+    monkeypatch.setattr(LPWD, "pre_step", counting_pre_step)
+    args = LPWDTrainingArguments(**common_args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                                               num_train_epochs=2, max_steps=-1, weight_decay=0.1))
+    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(10))
+    trainer.train()
+    assert trainer.state.global_step == 6
+    assert decays == [0, 1, 2, 3, 4, 5]  # exactly once per step, before its first micro-batch
+
+
+def test_pre_step_uses_the_coming_steps_lr(tmp_path: Path, monkeypatch) -> None:
+    seen: list[float] = []
+    original = LPWD.pre_step
+
+    def recording_pre_step(self):
+        if not self.pre_step_pending:
+            seen.append(self.param_groups[0]["lr"])
+        original(self)
+
+    monkeypatch.setattr(LPWD, "pre_step", recording_pre_step)
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.1, max_steps=4, warmup_steps=4,
+                                               lr_scheduler_type="linear", learning_rate=4e-3))
+    LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(16)).train()
+    assert seen == pytest.approx([0.0, 1e-3, 2e-3, 3e-3])  # linear warm-up: step k runs at k/4·η
+
+
+@pytest.mark.slow
+def test_kill_and_resume_is_bitwise_an_uninterrupted_run(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    script = str(SCRIPTS / "train_tiny_bert.py")
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run([sys.executable, script, str(full)], check=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, script, str(killed), "--kill-after-save"], env=env, timeout=300)
+    assert proc.returncode == -9  # SIGKILL right after checkpoint-3 was written
+    assert (killed / "checkpoint-3" / "lpwd_config.json").is_file()
+    assert not (killed / "final.pt").exists()
+    subprocess.run([sys.executable, script, str(killed), "--resume", str(killed / "checkpoint-3")],
+                   check=True, env=env, timeout=300)
+    a, b = torch.load(full / "final.pt"), torch.load(killed / "final.pt")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+# --------------------------------------------------------------------------- logging and saving
+@pytest.mark.parametrize("enabled", [True, False])
+def test_weight_norm_per_depth_is_logged(tmp_path: Path, enabled: bool) -> None:
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.1, logging_steps=1, max_steps=2),
+                                 lpwd_log_layer_norms=enabled)
+    model = tiny_bert()
+    trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(8))
+    trainer.train()
+    logged = [log for log in trainer.state.log_history if "loss" in log]
+    keys = {k for log in logged for k in log if k.startswith("lpwd/")}
+    if not enabled:
+        assert keys == set()
+        return
+    assert keys == {f"lpwd/weight_norm/depth_{d:02d}" for d in range(4)}
+    head = [p for n, p in model.named_parameters() if n.startswith(("bert.pooler.", "classifier."))]
+    expected = torch.linalg.vector_norm(torch.cat([p.detach().flatten() for p in head]))
+    assert logged[-1]["lpwd/weight_norm/depth_03"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_checkpoint_and_output_dir_carry_the_config_and_card(tmp_path: Path) -> None:
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.25, max_steps=2, save_strategy="steps",
+                                               save_steps=2))
+    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
+    trainer.train()
+    trainer.save_model()
+    trainer.create_model_card(model_name="tiny")
+    out = Path(args.output_dir)
+    for folder in (out / "checkpoint-2", out):
+        saved = LPWDConfig.from_pretrained(folder)
+        assert (saved.mode, saved.weight_decay, saved.num_blocks) == ("lpwd", 0.25, 2)
+        assert saved.depth_weight_decay == pytest.approx({"0": 0.0625, "1": 0.125, "2": 0.1875, "3": 0.25})
+        assert saved.base_optimizer == "adamw_torch_fused"
+        assert json.loads((folder / "lpwd_config.json").read_text())["base_optimizer_kwargs"]["fused"] is True
+    card = (out / "README.md").read_text()
+    assert "## Weight decay: LPWD" in card and "lpwd" in card and "| λ (weight_decay) | 0.25 |" in card
+
+
+def test_arguments_start_from_a_saved_config(tmp_path: Path) -> None:
+    LPWDConfig(mode="rwd", weight_decay=0.4, decay_embeddings=False).save_pretrained(tmp_path / "cfg")
+    args = LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True, lpwd_config=str(tmp_path / "cfg"))
+    assert (args.weight_decay_mode, args.weight_decay, args.lpwd_decay_embeddings) == ("rwd", 0.4, False)
+    overridden = LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True, lpwd_config=str(tmp_path / "cfg"),
+                                       weight_decay=0.1)
+    assert (overridden.weight_decay_mode, overridden.weight_decay) == ("rwd", 0.1)
+
+
+# --------------------------------------------------------------------------- other models and trainers
+def test_llama_causal_lm_with_lora_decays_adapters_by_depth(tmp_path: Path) -> None:
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.4, max_steps=2))
+    trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(8, causal_lm=True))
+    trainer.train()
+    groups = trainer._find_lpwd().param_groups
+    names = {n for g in groups for n in g["param_names"]}
+    assert names and all("lora_" in n for n in names)  # frozen base weights are left out
+    by_depth = {g["depth"]: g["weight_decay"] for g in groups}
+    assert by_depth == pytest.approx({1: 0.4 * 2 / 4, 2: 0.4 * 3 / 4})  # the adapters live in blocks 1 and 2
+
+
+def test_t5_with_seq2seq_trainer_through_the_mixin(tmp_path: Path) -> None:
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, T5Config, T5ForConditionalGeneration
+
+    class LPWDSeq2SeqTrainer(LPWDMixin, Seq2SeqTrainer):
+        pass
+
+    model = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=2,
+                                                num_decoder_layers=2, num_heads=2, decoder_start_token_id=0))
+    args = Seq2SeqTrainingArguments(**common_args(tmp_path, weight_decay=0.6, max_steps=2))
+    trainer = LPWDSeq2SeqTrainer(model=model, args=args, train_dataset=TokenDataset(8, seq2seq=True))
+    trainer.train()
+    groups = trainer._find_lpwd().param_groups
+    decay = {g["depth"]: g["weight_decay"] for g in groups if g["weight_decay"] > 0}
+    # 2 encoder + 2 decoder blocks chained: n = 6 levels. The LM head is tied to the embeddings (depth 0),
+    # so depth 5 holds only the decoder's final norm, which is not decayed.
+    assert decay == pytest.approx({d: 0.6 * (d + 1) / 6 for d in range(5)})
+    assert [g["param_names"] for g in groups if g["depth"] == 5] == [["decoder.final_layer_norm.weight"]]
+
+
+def test_trl_sft_trainer_through_the_mixin(tmp_path: Path) -> None:
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    class LPWDSFTTrainer(LPWDMixin, trl.SFTTrainer):
+        pass
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, **{f"w{i}": i + 2 for i in range(62)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    data = Dataset.from_dict({"text": [" ".join(f"w{(i * 7 + j) % 60}" for j in range(10)) for i in range(16)]})
+    config = trl.SFTConfig(**common_args(tmp_path, weight_decay=0.2, max_steps=2), max_length=16)
+    trainer = LPWDSFTTrainer(model=tiny_llama(), args=config, train_dataset=data, processing_class=tokenizer,
+                             lpwd_config=LPWDConfig(mode="lpwd", weight_decay=0.2))
+    before = params_of(trainer.model)
+    trainer.train()
+    lpwd = trainer._find_lpwd()
+    assert lpwd.mode == "pwd"
+    assert {g["depth"] for g in lpwd.param_groups} == {0, 1, 2, 3}
+    assert any(not torch.equal(before[n], p) for n, p in params_of(trainer.model).items())
