@@ -38,7 +38,7 @@ from transformers import Trainer, TrainingArguments
 
 from .config import LPWD_CONFIG_NAME, WEIGHT_DECAY_MODES, LPWDConfig, validate_layer_pattern
 from .groups import layer_table, lpwd_param_groups
-from .layers import layer_depths
+from .layers import layer_depths, layer_depths_with_count
 from .optim import LPWD
 
 logger = logging.getLogger("hf_lpwd")
@@ -204,11 +204,10 @@ class LPWDMixin:
         cfg = self.lpwd_config
         cfg.base_optimizer_kwargs = _json_safe(base_kwargs)
         try:
-            depths = layer_depths(model, cfg.layer_pattern)
+            depths, cfg.num_blocks = layer_depths_with_count(model, cfg.layer_pattern)
         except ValueError:
             depths = None  # wd / rwd / pwd on a model without a block stack: no per-depth view
         if depths is not None:
-            cfg.num_blocks = max(depths.values()) - 1
             by_depth: dict[int, list[torch.Tensor]] = defaultdict(list)
             for name, param in model.named_parameters():
                 if param.requires_grad and name in depths:

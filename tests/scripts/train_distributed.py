@@ -1,0 +1,146 @@
+"""LPWD across processes on CPU (gloo); launched by tests with ``torchrun --nproc_per_node 2``.
+
+    python train_distributed.py {single,ddp,fsdp2,fsdp1} OUT_DIR [--model-dir DIR]
+
+* ``single``: one process, global batch 8 (the reference).
+* ``ddp``: LPWDTrainer under torchrun, 2 ranks × batch 4.
+* ``fsdp2``: LPWDTrainer on a model sharded at load time by transformers
+  (``from_pretrained(..., distributed_config=DistributedConfig(fsdp_size=2))``): DTensor parameters.
+* ``plain``: a plain LPWD loop (no Trainer), one process, global batch 8.
+* ``fsdp1``: the same plain loop with torch's ``FullyShardedDataParallel(use_orig_params=True)``: names gain
+  ``_fsdp_wrapped_module.`` and the flat shards of some parameters are empty on a rank.
+
+Every rank writes the full final parameters to OUT_DIR/rank{R}.pt, and the LPWD groups it built to
+OUT_DIR/groups{R}.json ((depth, λ, names) per group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from transformers import LlamaConfig, LlamaForCausalLM, set_seed
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from hf_lpwd import LPWD, LPWDTrainer, LPWDTrainingArguments, layer_depths, lpwd_param_groups  # noqa: E402
+from tests.tiny import TokenDataset  # noqa: E402
+
+WEIGHT_DECAY, LR, STEPS, GLOBAL_BATCH = 0.5, 3e-3, 4, 8
+
+
+def tiny_config() -> LlamaConfig:
+    # No dropout (Llama has none): one process and two see the same function of the weights.
+    return LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+                       num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=False)
+
+
+def training_args(out: str, world: int) -> LPWDTrainingArguments:
+    return LPWDTrainingArguments(
+        output_dir=out, weight_decay_mode="lpwd", weight_decay=WEIGHT_DECAY, learning_rate=LR, max_steps=STEPS,
+        per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type="linear", warmup_steps=1,
+        max_grad_norm=0.0, save_strategy="no", report_to="none",
+        use_cpu=True, disable_tqdm=True, seed=0, data_seed=0, logging_steps=2, dataloader_num_workers=0,
+    )
+
+
+def dump(out: str, rank: int, named: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    torch.save(named, os.path.join(out, f"rank{rank}.pt"))
+    with open(os.path.join(out, f"groups{rank}.json"), "w") as f:
+        json.dump([[g["depth"], g["weight_decay"], g["param_names"]] for g in groups], f)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone()
+
+
+def run_trainer(mode: str, out: str, model_dir: str | None) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    set_seed(0)
+    if mode == "fsdp2":
+        from transformers import DistributedConfig
+
+        model = LlamaForCausalLM.from_pretrained(
+            model_dir, distributed_config=DistributedConfig(fsdp_size=world)
+        )
+    elif model_dir:
+        model = LlamaForCausalLM.from_pretrained(model_dir)
+    else:
+        model = LlamaForCausalLM(tiny_config())
+    trainer = LPWDTrainer(model=model, args=training_args(out, world), train_dataset=TokenDataset(64, seed=1, causal_lm=True))
+    trainer.train()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if mode == "fsdp2":
+        assert all(hasattr(p, "full_tensor") for p in trainer.model.parameters()), "expected DTensor parameters"
+    named = {n: full(p) for n, p in trainer.model.named_parameters()}
+    dump(out, rank, named, trainer._find_lpwd().param_groups)
+    del trainer
+    gc.collect()
+
+
+def run_plain_loop(out: str, model_dir: str, fsdp1: bool) -> None:
+    """The same plain LPWD loop, in one process (``plain``) or under FSDP1 on every rank (``fsdp1``)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    if fsdp1:
+        dist.init_process_group("gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if fsdp1 else (0, 1)
+    set_seed(0)
+    model = LlamaForCausalLM.from_pretrained(model_dir)
+    if fsdp1:
+        model = FSDP(model, auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}), use_orig_params=True,
+                     device_id=torch.device("cpu"))
+        names = [n for n, _ in model.named_parameters()]
+        assert any("_fsdp_wrapped_module." in n for n in names), names[:3]
+    empty = sum(p.numel() == 0 for p in model.parameters())
+    depths = layer_depths(model)
+    groups = lpwd_param_groups(model, WEIGHT_DECAY)
+    opt = LPWD(groups, mode="pwd", lr=LR, weight_decay=WEIGHT_DECAY)
+    data = TokenDataset(64, seed=1, causal_lm=True)
+    for step in range(STEPS):
+        for group in opt.param_groups:
+            group["lr"] = LR * min(1.0, step + 1)  # constant after warm-up; exercised per step
+        opt.pre_step()
+        idx = list(range(step * GLOBAL_BATCH + rank * (GLOBAL_BATCH // world),
+                         step * GLOBAL_BATCH + (rank + 1) * (GLOBAL_BATCH // world)))
+        batch = {k: torch.stack([data[i][k] for i in idx]) for k in ("input_ids", "attention_mask", "labels")}
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    context = FSDP.summon_full_params(model) if fsdp1 else torch.no_grad()
+    with context:
+        named = {n.replace("_fsdp_wrapped_module.", ""): p.detach().clone() for n, p in model.named_parameters()}
+    dump(out, rank, named, groups)
+    with open(os.path.join(out, f"layout{rank}.json"), "w") as f:
+        json.dump({"empty_shards": empty, "num_blocks": max(depths.values()) - 1}, f)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["single", "ddp", "fsdp2", "plain", "fsdp1"])
+    parser.add_argument("out")
+    parser.add_argument("--model-dir", default=None)
+    parser.add_argument("--save-init", action="store_true", help="only write the initial model to --model-dir")
+    cli = parser.parse_args()
+    if cli.save_init:
+        set_seed(0)
+        LlamaForCausalLM(tiny_config()).save_pretrained(cli.model_dir)
+        return
+    os.makedirs(cli.out, exist_ok=True)
+    if cli.mode in ("plain", "fsdp1"):
+        run_plain_loop(cli.out, cli.model_dir, fsdp1=cli.mode == "fsdp1")
+    else:
+        run_trainer(cli.mode, cli.out, cli.model_dir)
+    if dist.is_initialized():  # a rank may abort at exit otherwise (seen with gloo)
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

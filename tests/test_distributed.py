@@ -1,0 +1,96 @@
+"""LPWD under DDP, FSDP2 and FSDP1: real 2-process runs on CPU (torchrun, gloo).
+
+Tolerance against one process: float32 all-reduce sums two half-batch gradients, one process takes
+one mean over the whole batch; the two orders of summation differ by about one ulp per gradient
+element, and Adam's m/(√v+ε) passes that on to the update almost unchanged (η·u is bounded by η, so
+errors do not grow over 4 steps). Observed here: 7e-8 relative (DDP), 5e-7 (FSDP1). We assert
+rtol=1e-5, atol=1e-6: about 10× the observed worst case, far below the effect of one decay step
+(η·λ = 1.5e-3 relative), so a skipped or doubled decay on any rank would fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).parent.parent
+SCRIPT = str(ROOT / "tests" / "scripts" / "train_distributed.py")
+pytestmark = pytest.mark.slow
+
+
+def run(*args: str, world: int = 1) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable] if world == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)]
+    proc = subprocess.run([*launcher, SCRIPT, *args], env=env, timeout=420, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dist")
+    run("single", str(root / "x"), "--model-dir", str(root / "init"), "--save-init")
+    return root
+
+
+def load(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)
+
+
+def groups(path: Path) -> list:
+    return json.loads(path.read_text())
+
+
+def assert_same_training(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == ref.keys()
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_ddp_ranks_are_identical_and_match_one_process(runs: Path) -> None:
+    run("single", str(runs / "single"), "--model-dir", str(runs / "init"))
+    run("ddp", str(runs / "ddp"), "--model-dir", str(runs / "init"), world=2)
+    rank0, rank1 = load(runs / "ddp" / "rank0.pt"), load(runs / "ddp" / "rank1.pt")
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    assert_same_training(rank0, load(runs / "single" / "rank0.pt"))
+    assert groups(runs / "ddp" / "groups0.json") == groups(runs / "single" / "groups0.json")
+    initial = load_initial(runs)
+    assert any(not torch.equal(initial[n], rank0[n]) for n in rank0)
+
+
+def load_initial(runs: Path) -> dict[str, torch.Tensor]:
+    from transformers import LlamaForCausalLM
+
+    return {n: p.detach() for n, p in LlamaForCausalLM.from_pretrained(runs / "init").named_parameters()}
+
+
+def test_fsdp2_sharded_dtensor_parameters_match_ddp(runs: Path) -> None:
+    if not (runs / "ddp" / "rank0.pt").exists():
+        run("ddp", str(runs / "ddp"), "--model-dir", str(runs / "init"), world=2)
+    run("fsdp2", str(runs / "fsdp2"), "--model-dir", str(runs / "init"), world=2)  # asserts DTensor params
+    fsdp = load(runs / "fsdp2" / "rank0.pt")
+    assert_same_training(fsdp, load(runs / "ddp" / "rank0.pt"))
+    for name, tensor in load(runs / "fsdp2" / "rank1.pt").items():
+        assert torch.equal(tensor, fsdp[name]), name
+    depths = {(d, lam) for d, lam, _ in groups(runs / "fsdp2" / "groups0.json")}
+    assert depths == {(d, lam) for d, lam, _ in groups(runs / "ddp" / "groups0.json")}
+
+
+def test_fsdp1_prefixed_names_and_empty_shards(runs: Path) -> None:
+    run("plain", str(runs / "plain"), "--model-dir", str(runs / "init"))
+    run("fsdp1", str(runs / "fsdp1"), "--model-dir", str(runs / "init"), world=2)
+    layout = json.loads((runs / "fsdp1" / "layout0.json").read_text())
+    assert layout == {"empty_shards": layout["empty_shards"], "num_blocks": 3} and layout["empty_shards"] > 0
+    fsdp_groups = groups(runs / "fsdp1" / "groups0.json")
+    plain_groups = groups(runs / "plain" / "groups0.json")
+    assert [(d, lam) for d, lam, _ in fsdp_groups] == [(d, lam) for d, lam, _ in plain_groups]
+    for (_, _, fsdp_names), (_, _, plain_names) in zip(fsdp_groups, plain_groups, strict=True):
+        assert [n.replace("_fsdp_wrapped_module.", "") for n in fsdp_names] == plain_names
+    assert_same_training(load(runs / "fsdp1" / "rank0.pt"), load(runs / "plain" / "rank0.pt"))
