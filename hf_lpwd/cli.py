@@ -1,0 +1,160 @@
+"""``hf-lpwd`` command line: inspect the layer-wise decay a model would get.
+
+``hf-lpwd inspect PATH_OR_MODEL_ID`` builds the model from its config on the meta device (no
+weights are allocated or loaded, so a 70B config is inspected in seconds) and prints, per depth,
+how many tensors and parameters sit there and which weight decay they would get. It answers
+"did the depth parser understand my model?" before any training run is spent on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .groups import layer_table, lpwd_param_groups
+from .layers import layer_depths_with_count
+
+__all__ = ["main", "build_meta_model"]
+
+# Auto classes tried, in order, when config.architectures names no class transformers has.
+_AUTO_CLASSES = (
+    "AutoModelForCausalLM",
+    "AutoModelForSeq2SeqLM",
+    "AutoModelForImageTextToText",
+    "AutoModelForMaskedLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForImageClassification",
+    "AutoModel",
+)
+_EXAMPLES_SHOWN = 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def _load_config(source: str | None, config_file: str | None) -> Any:
+    """Load a transformers config from a config.json file, a local directory or a Hub id."""
+    from transformers import AutoConfig
+
+    target = config_file or source
+    assert target is not None
+    looks_local = config_file is not None or os.path.isabs(target) or target.startswith((".", "~"))
+    path = os.path.expanduser(target)
+    if looks_local and not os.path.exists(path):
+        raise CliError(f"{target}: no such file or directory")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise CliError(f"{target}: directory has no config.json (pass --config FILE to use another file)")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 - any loading failure is reported the same way
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(f"could not load a config from {target}: {first_line}") from exc
+
+
+def _model_classes(config: Any) -> list[Any]:
+    """Classes to try: those named in config.architectures, then the task auto classes."""
+    import transformers
+
+    classes = [getattr(transformers, a) for a in (config.architectures or []) if hasattr(transformers, a)]
+    for auto_name in _AUTO_CLASSES:
+        auto = getattr(transformers, auto_name)
+        mapping = getattr(auto, "_model_mapping", None)
+        if mapping is None or type(config) in mapping:
+            classes.append(auto)
+    return classes
+
+
+def build_meta_model(config: Any) -> nn.Module:
+    """Instantiate a model for ``config`` on the meta device: structure only, no memory."""
+    errors = []
+    for cls in _model_classes(config):
+        try:
+            with torch.device("meta"):
+                if hasattr(cls, "from_config"):
+                    return cls.from_config(config)
+                return cls._from_config(config)
+        except Exception as exc:  # noqa: BLE001 - try the next class, report all at the end
+            errors.append(f"{cls.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}")
+    raise CliError("could not build a model from this config; tried " + "; ".join(errors or ["no class"]))
+
+
+def _format_table(rows: list[dict[str, Any]]) -> str:
+    header = ("depth", "tensors", "parameters", "multiplier", "weight_decay", "examples")
+    lines = [header]
+    for row in rows:
+        examples = ", ".join(row["examples"][:_EXAMPLES_SHOWN])
+        lines.append(
+            (
+                str(row["depth"]),
+                str(row["tensors"]),
+                f"{row['params']:,}",
+                f"{row['multiplier']:.4f}",
+                f"{row['weight_decay']:.6g}",
+                examples,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    out = []
+    for line in lines:
+        cells = [cell.rjust(width) for cell, width in zip(line, widths, strict=False)]
+        out.append("  ".join([*cells, line[-1]]))
+    return "\n".join(out)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    if args.model is None and args.config is None:
+        raise CliError("give a model directory or id, or --config FILE")
+    config = _load_config(args.model, args.config)
+    model = build_meta_model(config)
+    try:
+        groups = lpwd_param_groups(model, args.weight_decay, layer_pattern=args.layer_pattern)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    rows = layer_table(groups)
+    _, n_blocks = layer_depths_with_count(model, args.layer_pattern)
+    total = sum(row["params"] for row in rows)
+    print(f"model: {type(model).__name__} ({getattr(config, 'model_type', '?')}), built on the meta device")
+    print(f"blocks: {n_blocks}, depth levels: {n_blocks + 2}, trainable parameters: {total:,}, "
+          f"weight decay: {args.weight_decay:g}")
+    print(_format_table(rows))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-lpwd", description="Layer-wise Pre-weight Decay tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    inspect = sub.add_parser(
+        "inspect",
+        help="print the per-depth weight decay a model would get",
+        description="Build the model from its config on the meta device and print its depth table.",
+    )
+    inspect.add_argument("model", nargs="?", help="model directory (with config.json) or Hub model id")
+    inspect.add_argument("--config", metavar="FILE", help="a config.json to use instead of a model directory")
+    inspect.add_argument("--weight-decay", type=float, default=0.01, metavar="λ", help="full rate (default 0.01)")
+    inspect.add_argument(
+        "--layer-pattern", metavar="REGEX", default=None,
+        help=r"regex with one capture group for the block index, e.g. '\.layers\.(\d+)\.'",
+    )
+    inspect.set_defaults(func=_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hf-lpwd`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"hf-lpwd: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

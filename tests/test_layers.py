@@ -1,0 +1,398 @@
+"""Depth parsing on real tiny models and on hand-written name lists.
+
+Expected depths are written by hand, as name prefix -> depth, and every parameter of a model
+must match exactly one prefix, so nothing escapes the check.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from hf_lpwd.layers import layer_depths, layer_depths_with_count, normalize_name
+
+
+def _tiny_bert() -> nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32, num_labels=3)
+    return BertForSequenceClassification(cfg)
+
+
+def _llama_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+
+
+def _tiny_llama() -> nn.Module:
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM(_llama_config())
+
+
+def _tiny_llama_lora() -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(_tiny_llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+
+
+def _tiny_t5() -> nn.Module:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    cfg = T5Config(vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=2,
+                   num_heads=2)
+    return T5ForConditionalGeneration(cfg)
+
+
+def _tiny_swin() -> nn.Module:
+    from transformers import SwinConfig, SwinForImageClassification
+
+    cfg = SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[2, 1], num_heads=[2, 2],
+                     window_size=2, num_labels=3)
+    return SwinForImageClassification(cfg)
+
+
+def _tiny_llava() -> nn.Module:
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=32, patch_size=8)
+    return LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=_llama_config(),
+                                                     image_token_id=3))
+
+
+def _tiny_gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=2, n_head=2))
+
+
+def _tiny_mixtral() -> nn.Module:
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    cfg = MixtralConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                        num_experts_per_tok=2)
+    return MixtralForCausalLM(cfg)
+
+
+# (builder, {name prefix: depth}); prefixes are matched on whole segments, longest first.
+REAL_MODELS = {
+    "bert": (_tiny_bert, {
+        "bert.embeddings.": 0,
+        "bert.encoder.layer.0.": 1,
+        "bert.encoder.layer.1.": 2,
+        "bert.pooler.": 3,
+        "classifier.": 3,
+    }),
+    "llama_lora": (_tiny_llama_lora, {
+        "base_model.model.model.embed_tokens.": 0,
+        "base_model.model.model.layers.0.": 1,
+        "base_model.model.model.layers.1.": 2,
+        "base_model.model.model.norm.": 3,
+        "base_model.model.lm_head.": 3,
+    }),
+    "t5": (_tiny_t5, {
+        "shared.": 0,
+        "encoder.block.0.": 1,
+        "encoder.block.1.": 2,
+        "encoder.final_layer_norm.": 2,  # shares "encoder." with the encoder blocks
+        "decoder.block.0.": 3,
+        "decoder.block.1.": 4,
+        "decoder.final_layer_norm.": 5,  # lm_head is tied to shared: named_parameters() lists it once
+    }),
+    "swin": (_tiny_swin, {
+        "swin.embeddings.": 0,
+        "swin.encoder.layers.0.blocks.0.": 1,
+        "swin.encoder.layers.0.blocks.1.": 2,
+        "swin.encoder.layers.0.downsample.": 2,  # with its own stage's last block
+        "swin.encoder.layers.1.blocks.0.": 3,
+        "swin.layernorm.": 4,
+        "classifier.": 4,
+    }),
+    "llava": (_tiny_llava, {
+        "model.vision_tower.embeddings.": 0,
+        "model.vision_tower.pre_layrnorm.": 0,
+        "model.vision_tower.encoder.layers.0.": 1,
+        "model.vision_tower.encoder.layers.1.": 2,
+        "model.vision_tower.post_layernorm.": 2,
+        "model.multi_modal_projector.": 3,  # feeds the first language-model block
+        "model.language_model.embed_tokens.": 3,
+        "model.language_model.layers.0.": 3,
+        "model.language_model.layers.1.": 4,
+        "model.language_model.norm.": 5,
+        "lm_head.": 5,
+    }),
+    "gpt2": (_tiny_gpt2, {
+        "transformer.wte.": 0,
+        "transformer.wpe.": 0,
+        "transformer.h.0.": 1,
+        "transformer.h.1.": 2,
+        "transformer.ln_f.": 3,
+    }),
+    "mixtral": (_tiny_mixtral, {
+        "model.embed_tokens.": 0,
+        "model.layers.0.": 1,
+        "model.layers.1.": 2,
+        "model.norm.": 3,
+        "lm_head.": 3,
+    }),
+}
+
+
+def _expected(names: list[str], prefixes: dict[str, int]) -> dict[str, int]:
+    out = {}
+    for name in names:
+        matches = [p for p in prefixes if name.startswith(p)]
+        assert matches, f"test table has no prefix for {name}"
+        out[name] = prefixes[max(matches, key=len)]
+    return out
+
+
+@pytest.fixture(scope="module", params=sorted(REAL_MODELS))
+def real_model(request):
+    torch.manual_seed(0)
+    build, prefixes = REAL_MODELS[request.param]
+    return request.param, build(), prefixes
+
+
+def test_real_model_depths(real_model):
+    _, model, prefixes = real_model
+    names = [n for n, _ in model.named_parameters()]
+    expected = _expected(names, prefixes)
+    assert layer_depths(model) == expected
+    # The name-only path must reach the same answer on its own.
+    assert layer_depths(names) == expected
+    # Every prefix in the table is used, so the table cannot silently go stale.
+    assert all(any(n.startswith(p) for n in names) for p in prefixes)
+
+
+@pytest.mark.parametrize(
+    ("model_key", "n_blocks"),
+    [("bert", 2), ("llama_lora", 2), ("t5", 4), ("swin", 3), ("llava", 4), ("gpt2", 2), ("mixtral", 2)],
+)
+def test_block_count(model_key, n_blocks):
+    build, _ = REAL_MODELS[model_key]
+    _, count = layer_depths_with_count(build())
+    assert count == n_blocks
+
+
+def test_peft_lora_leaf_names_share_their_layer_depth():
+    depths = layer_depths(_tiny_llama_lora())
+    assert depths["base_model.model.model.layers.1.self_attn.q_proj.lora_A.default.weight"] == 2
+    assert depths["base_model.model.model.layers.1.self_attn.q_proj.base_layer.weight"] == 2
+    assert depths["base_model.model.model.layers.0.self_attn.v_proj.lora_B.default.weight"] == 1
+
+
+# --- wrapper prefixes --------------------------------------------------------------------------
+
+LLAMA_NAMES = (
+    ["model.embed_tokens.weight"]
+    + [f"model.layers.{i}.{part}.weight" for i in range(3)
+       for part in ("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj", "input_layernorm")]
+    + ["model.norm.weight", "lm_head.weight"]
+)
+LLAMA_DEPTHS = [0] + [1] * 4 + [2] * 4 + [3] * 4 + [4, 4]
+
+
+def _fsdp1(name: str) -> str:
+    """FSDP1 with an auto-wrap policy: a wrapper at the root and inside every layer."""
+    name = re.sub(r"(layers\.\d+)\.", r"\1._fsdp_wrapped_module.", name)
+    return "_fsdp_wrapped_module." + name
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(lambda n: "module." + n, id="ddp"),
+        pytest.param(lambda n: "_orig_mod." + n, id="compile"),
+        pytest.param(lambda n: "module._orig_mod." + n, id="ddp+compile"),
+        pytest.param(_fsdp1, id="fsdp1"),
+        pytest.param(lambda n: re.sub(r"(layers\.\d+)\.", r"\1._checkpoint_wrapped_module.", n), id="checkpoint"),
+        pytest.param(lambda n: "base_model.model." + n, id="peft"),
+        pytest.param(lambda n: "module.base_model.model." + n, id="ddp+peft"),
+        pytest.param(lambda n: "base_model.model." + n.replace(".weight", ".base_layer.weight"), id="peft-base"),
+    ],
+)
+def test_wrapper_prefixes_change_nothing(wrap):
+    names = [wrap(n) for n in LLAMA_NAMES]
+    assert [layer_depths(names)[n] for n in names] == LLAMA_DEPTHS
+
+
+def test_real_torch_wrappers():
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    model = _tiny_llama()
+    for i, layer in enumerate(model.model.layers):
+        model.model.layers[i] = checkpoint_wrapper(layer)
+    compiled = torch.compile(model)  # named_parameters gains "_orig_mod.", nothing is compiled yet
+    depths = layer_depths(compiled)
+    assert depths["_orig_mod.model.embed_tokens.weight"] == 0
+    assert depths["_orig_mod.model.layers.1._checkpoint_wrapped_module.mlp.up_proj.weight"] == 2
+    assert depths["_orig_mod.lm_head.weight"] == 3
+
+
+def test_normalize_name():
+    assert normalize_name(
+        "module._fsdp_wrapped_module.base_model.model.model.layers.0._fsdp_wrapped_module.q_proj.lora_A.default.weight"
+    ) == "model.layers.0.q_proj.weight"
+    assert normalize_name("base_model.model.embed.lora_embedding_A.default") == "embed.lora_embedding_A"
+
+
+# --- name lists: structures not covered by the real models -------------------------------------
+
+def _moe_names(moe: str) -> list[str]:
+    """A two-layer MoE decoder whose experts are a ModuleList under ``layers.<i>.<moe>experts``."""
+    names = ["model.embed_tokens.weight"]
+    for i in range(2):
+        names += [f"model.layers.{i}.self_attn.q_proj.weight", f"model.layers.{i}.self_attn.o_proj.weight"]
+        if moe:
+            names.append(f"model.layers.{i}.{moe}gate.weight")
+        for e in range(4):
+            names += [f"model.layers.{i}.{moe}experts.{e}.{w}.weight" for w in ("w1", "w2", "w3")]
+        names += [f"model.layers.{i}.input_layernorm.weight", f"model.layers.{i}.post_attention_layernorm.weight"]
+    return names + ["model.norm.weight", "lm_head.weight"]
+
+
+MOE_DEPTHS = {"model.embed_tokens.": 0, "model.layers.0.": 1, "model.layers.1.": 2, "model.norm.": 3, "lm_head.": 3}
+
+NAME_CASES = {
+    # Old Mixtral naming: experts are a list inside a block, not blocks.
+    "mixtral-experts-list": (_moe_names("block_sparse_moe."), MOE_DEPTHS),
+    # Experts directly under the layer (layers.3.experts.7), holding most of the layer's tensors.
+    "experts-direct": (_moe_names(""), MOE_DEPTHS),
+    # ConvNeXt-style stages: stages.<s>.layers.<b>, with a downsampling Sequential before the blocks.
+    "convnext-stages": ([
+        "embeddings.patch.weight", "embeddings.norm.weight",
+        *[f"encoder.stages.0.layers.{b}.{p}.weight" for b in range(2) for p in ("dwconv", "norm", "pwconv1")],
+        "encoder.stages.1.downsampling_layer.0.weight", "encoder.stages.1.downsampling_layer.1.weight",
+        *[f"encoder.stages.1.layers.{b}.{p}.weight" for b in range(3) for p in ("dwconv", "norm", "pwconv1")],
+        "layernorm.weight", "classifier.weight",
+    ], {
+        "embeddings.": 0, "encoder.stages.0.layers.0.": 1, "encoder.stages.0.layers.1.": 2,
+        "encoder.stages.1.downsampling_layer.": 3,  # feeds stage 1's first block
+        "encoder.stages.1.layers.0.": 3, "encoder.stages.1.layers.1.": 4, "encoder.stages.1.layers.2.": 5,
+        "layernorm.": 6, "classifier.": 6,
+    }),
+    # Funnel-style lists of lists: blocks.<stage>.<block>.
+    "list-of-lists": ([
+        "embeddings.word.weight",
+        *[f"encoder.blocks.{s}.{b}.{p}.weight" for s in range(2) for b in range(2) for p in ("attn.q", "ffn.w")],
+        "head.weight",
+    ], {
+        "embeddings.": 0, "encoder.blocks.0.0.": 1, "encoder.blocks.0.1.": 2,
+        "encoder.blocks.1.0.": 3, "encoder.blocks.1.1.": 4, "head.": 5,
+    }),
+    # Side lists: a two-layer MLP head and a list of bare position embeddings are not blocks.
+    "side-lists": ([
+        "embeddings.position_embeddings.0.weight", "embeddings.position_embeddings.1.weight",
+        *[f"encoder.layer.{i}.{p}.weight" for i in range(3) for p in ("attention.query", "output.dense")],
+        "classifier.layers.0.weight", "classifier.layers.1.weight",
+    ], {
+        "embeddings.": 0, "encoder.layer.0.": 1, "encoder.layer.1.": 2, "encoder.layer.2.": 3, "classifier.": 4,
+    }),
+    # A model that registers its final norm before its layers: registration order decides.
+    "norm-registered-first": ([
+        "embed.weight", "norm.weight",
+        *[f"layers.{i}.{p}.weight" for i in range(2) for p in ("attn", "mlp")],
+        "head.weight",
+    ], {"embed.": 0, "norm.": 0, "layers.0.": 1, "layers.1.": 2, "head.": 3}),
+    # A one-layer model still has one block.
+    "one-layer": (["wte.weight", "h.0.attn.weight", "h.0.mlp.weight", "ln_f.weight"], {
+        "wte.": 0, "h.0.": 1, "ln_f.": 2,
+    }),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NAME_CASES))
+def test_name_list_depths(case):
+    names, prefixes = NAME_CASES[case]
+    assert layer_depths(names) == _expected(names, prefixes)
+
+
+def test_hundred_blocks_are_numbered_in_index_order():
+    names = ["embed.weight"] + [f"layers.{i}.{p}.weight" for i in range(100) for p in ("attn", "mlp")]
+    depths = layer_depths([*names, "head.weight"])
+    assert depths["layers.0.attn.weight"] == 1
+    assert depths["layers.9.mlp.weight"] == 10
+    assert depths["layers.10.attn.weight"] == 11  # numeric, not lexicographic, order
+    assert depths["layers.99.mlp.weight"] == 100
+    assert depths["head.weight"] == 101
+
+
+# --- pattern override --------------------------------------------------------------------------
+
+GPT2_NAMES = ["transformer.wte.weight", "transformer.h.0.attn.weight", "transformer.h.0.mlp.weight",
+              "transformer.h.1.attn.weight", "transformer.h.1.mlp.weight", "transformer.ln_f.weight"]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        pytest.param(r"\.h\.(\d+)\.", id="regex"),
+        pytest.param(re.compile(r"\.h\.(\d+)\."), id="compiled"),
+        pytest.param(lambda n: int(n.split(".")[2]) if n.startswith("transformer.h.") else None, id="callable"),
+    ],
+)
+def test_pattern_override(pattern):
+    assert [layer_depths(GPT2_NAMES, pattern)[n] for n in GPT2_NAMES] == [0, 1, 1, 2, 2, 3]
+
+
+def test_callable_pattern_on_names_without_integers():
+    names = ["stem.weight", "block_a.attn.weight", "block_a.mlp.weight", "block_b.attn.weight", "head.weight"]
+    order = {"block_a": 0, "block_b": 1}
+    depths = layer_depths(names, lambda n: order.get(n.split(".")[0]))
+    assert [depths[n] for n in names] == [0, 1, 1, 2, 3]
+
+
+def test_regex_pattern_selects_one_stack():
+    # Only the decoder is matched: the encoder counts as "before the blocks".
+    names = ["enc.layers.0.a.weight", "enc.layers.1.a.weight", "dec.layers.0.a.weight",
+             "dec.layers.1.a.weight", "head.weight"]
+    depths = layer_depths(names, r"^dec\.layers\.(\d+)\.")
+    assert [depths[n] for n in names] == [0, 0, 1, 2, 3]
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+def test_no_stack_found_error_shows_names_and_fix():
+    names = ["embed.weight", "encoder.attn.weight", "head.weight"]
+    with pytest.raises(ValueError, match="layer_pattern") as info:
+        layer_depths(names)
+    assert "encoder.attn.weight" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        (r"\.layers\.(\d+", "not a valid regular expression"),
+        (r"\.layers\.\d+\.", "needs exactly one"),
+        (r"(\w+)\.(\d+)\.", "needs exactly one"),
+        (r"\.(\w+)\.0\.", "not an integer"),
+        (r"\.blocks\.(\d+)\.", "matched no parameter name"),
+    ],
+)
+def test_bad_pattern_errors(pattern, message):
+    with pytest.raises(ValueError, match="layer_pattern") as info:
+        layer_depths(LLAMA_NAMES, pattern)
+    assert message in str(info.value)
+
+
+def test_callable_must_return_int_or_none():
+    with pytest.raises(ValueError, match="layer_pattern"):
+        layer_depths(GPT2_NAMES, lambda n: "0")
+
+
+def test_string_instead_of_names_is_rejected():
+    with pytest.raises(TypeError):
+        layer_depths("model.layers.0.weight")
+
+
+def test_empty():
+    assert layer_depths([]) == {}
