@@ -23,7 +23,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python recipes/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check hf_lpwd recipes tests benchmarks
+	$(BIN)/ruff check .
 
 test: $(STAMP) lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10
