@@ -164,11 +164,11 @@ class LPWDConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> LPWDConfig:
-        with open(path, encoding="utf-8") as f:
-            try:
+        try:
+            with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} is not valid JSON ({exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}); LPWD configs are JSON only") from None
         return cls.from_dict(data)
 
     # ------------------------------------------------------------------ folders and the Hub
