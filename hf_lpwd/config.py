@@ -90,6 +90,19 @@ class LPWDConfig:
     def layerwise(self) -> bool:
         return self.mode == "lpwd"
 
+    def param_groups(self, model: Any, decay_names: Any = None) -> list[dict[str, Any]]:
+        """The optimizer param groups these settings give for ``model`` (see :func:`hf_lpwd.lpwd_param_groups`)."""
+        from .groups import lpwd_param_groups
+
+        return lpwd_param_groups(
+            model,
+            self.weight_decay,
+            layerwise=self.layerwise,
+            layer_pattern=self.layer_pattern,
+            decay_embeddings=self.decay_embeddings,
+            decay_names=decay_names,
+        )
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad key."""

@@ -37,7 +37,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from .config import LPWD_CONFIG_NAME, WEIGHT_DECAY_MODES, LPWDConfig, validate_layer_pattern
-from .groups import layer_table, lpwd_param_groups
+from .groups import layer_table
 from .layers import layer_depths, layer_depths_with_count
 from .optim import LPWD
 
@@ -179,14 +179,7 @@ class LPWDMixin:
                 "adafactor, adagrad, rmsprop, ..."
             )
         base_kwargs.pop("weight_decay", None)  # λ is LPWD's, per group
-        groups = lpwd_param_groups(
-            opt_model,
-            cfg.weight_decay,
-            layerwise=cfg.layerwise,
-            layer_pattern=cfg.layer_pattern,
-            decay_embeddings=cfg.decay_embeddings,
-            decay_names=self.get_decay_parameter_names(opt_model),
-        )
+        groups = cfg.param_groups(opt_model, decay_names=self.get_decay_parameter_names(opt_model))
         self.optimizer = LPWD(
             groups,
             base=base_cls,

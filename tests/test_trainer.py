@@ -237,6 +237,20 @@ def test_checkpoint_and_output_dir_carry_the_config_and_card(tmp_path: Path) -> 
     assert "## Weight decay: LPWD" in card and "lpwd" in card and "| λ (weight_decay) | 0.25 |" in card
 
 
+def test_config_from_a_checkpoint_rebuilds_identical_groups(tmp_path: Path) -> None:
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.3, max_steps=1, save_strategy="steps",
+                                               save_steps=1), lpwd_decay_embeddings=False)
+    model = tiny_bert(layers=3)
+    trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(8))
+    trainer.train()
+    built = trainer._find_lpwd().param_groups
+    rebuilt = LPWDConfig.from_pretrained(Path(args.output_dir) / "checkpoint-1").param_groups(model)
+    keys = ("param_names", "weight_decay", "depth", "lpwd_multiplier")
+    assert [{k: g[k] for k in keys} for g in rebuilt] == [{k: g[k] for k in keys} for g in built]
+    assert [[id(p) for p in g["params"]] for g in rebuilt] == [[id(p) for p in g["params"]] for g in built]
+    assert [g["weight_decay"] for g in built if g["depth"] == 0] == [0.0]  # decay_embeddings=False kept
+
+
 def test_arguments_start_from_a_saved_config(tmp_path: Path) -> None:
     LPWDConfig(mode="rwd", weight_decay=0.4, decay_embeddings=False).save_pretrained(tmp_path / "cfg")
     args = LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True, lpwd_config=str(tmp_path / "cfg"))
