@@ -115,6 +115,10 @@ class LPWD(torch.optim.Optimizer):
         weight_decay: λ for groups that do not set their own.
         stochastic_rounding: decay bf16/fp16 parameters with stochastic rounding so that decays
             below their resolution still take effect on average (no effect on fp32 parameters).
+            The random bits come from torch's global generator, so ``transformers.set_seed``
+            reproduces runs, but they consume its state (dropout masks then differ from a run
+            without low precision weights).  ``False`` warns at construction if some group's
+            η·λ is below its dtype's resolution, i.e. if the decay would be lost.
         **base_kwargs: passed to the base optimizer (``lr``, ``betas``, ``eps``, ``momentum``,
             ``foreach``, ``fused``, ...).
 

@@ -1,0 +1,270 @@
+"""Beyond the paper: pretrain a small Llama from scratch on Tiny Shakespeare with wd vs lpwd over a λ grid.
+
+A character-level tokenizer is built in the script (the sorted set of characters of the whole text, 65 for Tiny
+Shakespeare; no Hub tokenizer).  The model is a ``LlamaForCausalLM`` from a ``LlamaConfig`` (default: 6 blocks, hidden
+128, 4 heads, MLP 352, untied head: ~1.2M parameters), trained with ``LPWDTrainer`` on non-overlapping blocks of the
+first 90 % of the text and evaluated on the last 10 %: validation perplexity per character,
+exp(mean next-character cross-entropy) over all validation blocks.  Same learning rate and schedule for every mode.
+
+Each finished run is appended to ``<out-dir>/pretrain_lm_runs.jsonl``; a rerun with the same settings skips those runs
+(resume), then rewrites ``pretrain_lm.md``, ``pretrain_lm.json`` and ``pretrain_lm.png``::
+
+    PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/pretrain_lm.py                     # default (~25 min)
+    ... benchmarks/pretrain_lm.py --lambdas 1 --seeds 0 --steps 5 --out-dir /tmp/x                 # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    MODE_ORDER,
+    RESULTS_DIR,
+    Progress,
+    append_jsonl,
+    data_dir,
+    fmt_lambda,
+    load_average,
+    lr_sum,
+    machine,
+    markdown_table,
+    parse_floats,
+    parse_ints,
+    parse_strs,
+    plot_sweep,
+    read_jsonl,
+    settings_key,
+    summarize,
+)
+
+NAME = "pretrain_lm"
+TASK = "shakespeare"
+DEFAULT_LAMBDAS = "0.1,1,10,100"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--modes", default="wd,lpwd", help="comma-separated: wd, rwd, pwd, lpwd")
+    p.add_argument("--lambdas", default=DEFAULT_LAMBDAS, help="comma-separated λ grid (weight_decay)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (init, data order)")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps per run")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--block-size", type=int, default=64, help="characters per training / validation block")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate η (linear warm-up and decay)")
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--intermediate", type=int, default=352)
+    p.add_argument("--eval-chars", type=int, default=0, help="validate on the first N characters of the held-out 10 %% (0: all)")
+    p.add_argument("--eval-batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--data-dir", default=None, help="folder with text/tinyshakespeare/input.txt (default: <repo>/../shared/data)")
+    p.add_argument("--out-dir", default=str(RESULTS_DIR), help="where the JSONL, JSON, Markdown and PNG files go")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the table, JSON and plot from the JSONL")
+    return p.parse_args(argv)
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "data": "tinyshakespeare, char-level, first 90% train / last 10% validation",
+        "steps": args.steps, "batch_size": args.batch_size, "block_size": args.block_size,
+        "lr": args.lr, "warmup_ratio": args.warmup_ratio, "schedule": "linear", "optim": "adamw_torch_fused",
+        "hidden": args.hidden, "layers": args.layers, "heads": args.heads, "intermediate": args.intermediate,
+        "eval_chars": args.eval_chars,
+    }
+
+
+def warmup_steps(args: argparse.Namespace) -> int:
+    return math.ceil(args.steps * args.warmup_ratio)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def load_text(root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    text = (root / "text" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    ids = torch.tensor([stoi[c] for c in text], dtype=torch.long)
+    split = int(0.9 * len(ids))
+    train, val = ids[:split], ids[split:]
+    if args.eval_chars:
+        val = val[: args.eval_chars]
+    b = args.block_size
+    train_blocks = train[: len(train) // b * b].view(-1, b)
+    val_blocks = val[: len(val) // b * b].view(-1, b)
+    return {"vocab": chars, "train": [{"input_ids": row, "labels": row} for row in train_blocks],
+            "val": val_blocks, "train_chars": len(train), "val_chars": len(val)}
+
+
+def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    ids = torch.stack([r["input_ids"] for r in rows])
+    return {"input_ids": ids, "labels": ids}
+
+
+def make_model(args: argparse.Namespace, vocab_size: int) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        max_position_embeddings=max(256, args.block_size), tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+    return LlamaForCausalLM(config)
+
+
+# ---------------------------------------------------------------------------------------------- one run
+def evaluate(model: Any, val_blocks: Any, batch_size: int) -> dict[str, float]:
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(val_blocks), batch_size):
+            ids = val_blocks[start:start + batch_size]
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            target = ids[:, 1:]
+            nll += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="sum"))
+            count += target.numel()
+    loss = nll / count
+    return {"val_loss": loss, "val_ppl": math.exp(loss)}
+
+
+def one_run(mode: str, lam: float, seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from transformers import set_seed
+
+    from hf_lpwd import LPWDTrainer, LPWDTrainingArguments
+
+    t0 = time.perf_counter()
+    set_seed(seed)
+    model = make_model(args, len(data["vocab"]))
+    n_params = sum(p.numel() for p in model.parameters())
+    decayed = [p for p in model.parameters() if p.ndim > 1]
+    norm0 = float(torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in decayed])))
+    with tempfile.TemporaryDirectory(prefix="pretrain_lm_") as out:
+        targs = LPWDTrainingArguments(
+            output_dir=out, weight_decay_mode=mode, weight_decay=lam, learning_rate=args.lr,
+            lr_scheduler_type="linear", warmup_steps=warmup_steps(args), max_steps=args.steps,
+            per_device_train_batch_size=args.batch_size, optim="adamw_torch_fused", seed=seed,
+            report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
+            use_cpu=True, dataloader_num_workers=0, lpwd_log_layer_norms=False,
+        )
+        trainer = LPWDTrainer(model=model, args=targs, train_dataset=data["train"], data_collator=collate)
+        t1 = time.perf_counter()
+        result = trainer.train()
+        t2 = time.perf_counter()
+    metrics = evaluate(model, data["val"], args.eval_batch_size)
+    t3 = time.perf_counter()
+    norm1 = float(torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in decayed])))
+    return {
+        "task": TASK, "mode": mode, "lambda": lam, "seed": seed, **metrics,
+        "train_loss": float(result.training_loss), "params": n_params, "weight_norm_ratio": norm1 / norm0,
+        "seconds_setup": round(t1 - t0, 2), "seconds_train": round(t2 - t1, 2), "seconds_eval": round(t3 - t2, 2),
+        "seconds": round(t3 - t0, 2), "load": load_average(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- report
+def write_report(args: argparse.Namespace, key: str, settings: dict[str, Any], out_dir: Path) -> None:
+    runs = [r for r in read_jsonl(out_dir / f"{NAME}_runs.jsonl") if r.get("settings_key") == key]
+    if not runs:
+        print("no finished runs with these settings yet")
+        return
+    total = lr_sum(args.lr, args.steps, warmup_steps(args))
+    summary = summarize(runs, "val_ppl")
+    lams = sorted({k[2] for k in summary})
+    parts = [
+        "# Small Llama pretrained on Tiny Shakespeare: wd vs lpwd\n\n",
+        "Written by `benchmarks/pretrain_lm.py` (see benchmarks/README.md). Settings: "
+        + ", ".join(f"{k}={v}" for k, v in settings.items())
+        + f"; {runs[0]['params']:,} parameters; settings key `{key}`.\n\n",
+        f"Σ_t η_t = {total:.4g}. Runs: {len(runs)}; mean time per run {sum(r['seconds'] for r in runs) / len(runs):.1f} s "
+        f"(train {sum(r['seconds_train'] for r in runs) / len(runs):.1f} s, eval "
+        f"{sum(r['seconds_eval'] for r in runs) / len(runs):.1f} s); {machine()}.\n\n",
+        "## Validation perplexity per character (lower is better)\n\n",
+        markdown_table(summary, TASK, "validation perplexity", digits=3, best="min",
+                       lambda_note={lam: f"{lam * total:.3g}" for lam in lams}),
+    ]
+    norm = summarize(runs, "weight_norm_ratio")
+    modes = [m for m in MODE_ORDER if any(k[1] == m for k in norm)]
+    parts.append("\n‖W_end‖/‖W_init‖ of the weight matrices (mean over seeds):\n\n| λ | " + " | ".join(modes) + " |\n")
+    parts.append("|" + "---|" * (1 + len(modes)) + "\n")
+    for lam in lams:
+        parts.append(f"| {fmt_lambda(lam)} | "
+                     + " | ".join(f"{norm[(TASK, m, lam)]['mean']:.3f}" if (TASK, m, lam) in norm else "–" for m in modes)
+                     + " |\n")
+    png = out_dir / f"{NAME}.png"
+    plot_sweep(summary, TASK, png, "validation perplexity (char)",
+               f"Llama {runs[0]['params'] / 1e6:.1f}M on Tiny Shakespeare: {args.steps} steps × {args.batch_size}×"
+               f"{args.block_size}, η={args.lr:g}, {len({r['seed'] for r in runs})} seeds")
+    parts.append(f"\n![validation perplexity]({png.name})\n")
+    (out_dir / f"{NAME}.md").write_text("".join(parts), encoding="utf-8")
+    cells = [{"mode": m, "lambda": lam, **c} for (_, m, lam), c in sorted(summary.items())]
+    (out_dir / f"{NAME}.json").write_text(
+        json.dumps({"settings": settings, "settings_key": key, "lr_sum": total, "cells": cells, "runs": runs},
+                   indent=1, sort_keys=True), encoding="utf-8")
+    print(f"wrote {out_dir / (NAME + '.md')}, {out_dir / (NAME + '.json')} and {png}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    modes = parse_strs(args.modes, list(MODE_ORDER))
+    lambdas, seeds = parse_floats(args.lambdas), parse_ints(args.seeds)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = run_settings(args)
+    key = settings_key(settings)
+    for lam in lambdas:
+        if args.lr * lam >= 1:
+            raise SystemExit(f"λ={lam:g} with η={args.lr:g}: η·λ ≥ 1 would flip the weights' signs")
+    if args.report_only:
+        write_report(args, key, settings, out_dir)
+        return
+
+    import torch
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("hf_lpwd").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    data = load_text(data_dir(args.data_dir), args)
+
+    jsonl = out_dir / f"{NAME}_runs.jsonl"
+    done = {(r["mode"], float(r["lambda"]), int(r["seed"])) for r in read_jsonl(jsonl) if r.get("settings_key") == key}
+    todo = [(m, lam, s) for s in seeds for lam in lambdas for m in modes if (m, lam, s) not in done]
+    total = lr_sum(args.lr, args.steps, warmup_steps(args))
+    print(f"{NAME}: {len(todo)} runs to do ({len(modes) * len(lambdas) * len(seeds) - len(todo)} already in {jsonl}); "
+          f"vocab {len(data['vocab'])} chars, {data['train_chars']:,} train / {data['val_chars']:,} validation chars; "
+          f"settings {settings} (key {key}); Σ η_t = {total:.4g}; {machine()}; load {load_average()}", flush=True)
+    progress = Progress(len(todo))
+    for mode, lam, seed in todo:
+        row = one_run(mode, lam, seed, args, data)
+        row.update(settings=settings, settings_key=key)
+        append_jsonl(jsonl, row)
+        print(progress.line(f"{mode:>4} λ={fmt_lambda(lam):>6} seed={seed}: val ppl={row['val_ppl']:.3f} "
+                            f"train loss={row['train_loss']:.3f} ‖W‖ ratio={row['weight_norm_ratio']:.3f}",
+                            row["seconds"]), flush=True)
+    write_report(args, key, settings, out_dir)
+
+
+if __name__ == "__main__":
+    main()
