@@ -15,7 +15,20 @@ from .config import LPWD_CONFIG_NAME, WEIGHT_DECAY_MODES, LPWDConfig  # noqa: E4
 from .groups import layer_table, lpwd_param_groups  # noqa: E402
 from .layers import layer_depths  # noqa: E402
 from .optim import DECAY_MODES, LPWD  # noqa: E402
-from .trainer import LPWDMixin, LPWDTrainer, LPWDTrainingArguments  # noqa: E402
+
+_TRAINER_NAMES = ("LPWDMixin", "LPWDTrainer", "LPWDTrainingArguments")
+
+
+def __getattr__(name: str):
+    """Import the Trainer glue (and so transformers) only when it is asked for.
+
+    ``from hf_lpwd import LPWD`` in a plain PyTorch loop then costs no transformers import.
+    """
+    if name in _TRAINER_NAMES:
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'hf_lpwd' has no attribute {name!r}")
 
 __all__ = [
     "DECAY_MODES",
