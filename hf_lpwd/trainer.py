@@ -143,6 +143,16 @@ def check_deepspeed(is_deepspeed_enabled: bool, config: LPWDConfig) -> None:
         )
 
 
+def _show_info_logs() -> None:
+    """Make the one-off layer table visible on the main process unless the user configured ``hf_lpwd`` logging."""
+    if not logger.handlers and logger.level == logging.NOTSET and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[hf_lpwd] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 class LPWDMixin:
     """Put in front of any ``transformers.Trainer`` subclass to train with LPWD.
 
@@ -211,6 +221,7 @@ class LPWDMixin:
                 str(g["depth"]): float(g["weight_decay"]) for g in groups if g["weight_decay"] > 0
             }
         if self.args.should_log:
+            _show_info_logs()
             logger.info("LPWD mode=%s λ=%g base=%s\n%s", cfg.mode, cfg.weight_decay, cfg.base_optimizer,
                         format_layer_table(layer_table(groups)))
 
