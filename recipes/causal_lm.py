@@ -37,8 +37,8 @@ from recipe_utils import (
     require_columns,
     resolve_model_path,
     run_main,
-    save_final_model,
     setup_logging,
+    train_evaluate_save,
 )
 
 logger = logging.getLogger("hf_lpwd.recipes")
@@ -307,27 +307,18 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, tra
         processing_class=tokenizer,
         data_collator=default_data_collator,
     )
-    metrics: dict[str, Any] = {}
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        train_metrics = dict(result.metrics, train_samples=len(blocks["train"]), block_size=block_size)
-        trainer.log_metrics("train", train_metrics)
-        trainer.save_metrics("train", train_metrics)
-        trainer.save_state()
-        metrics.update(train_metrics)
-    if training_args.do_eval:
-        eval_metrics = dict(trainer.evaluate(), eval_samples=len(blocks["validation"]))
-        try:
-            eval_metrics["perplexity"] = math.exp(eval_metrics["eval_loss"])
-        except OverflowError:
-            eval_metrics["perplexity"] = float("inf")
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
-    if training_args.do_train:
-        save_final_model(trainer, metrics)
+    metrics = train_evaluate_save(trainer, training_args, blocks.get("train"), blocks.get("validation"),
+                                  extra_eval_metrics=perplexity, extra_train_metrics={"block_size": block_size})
     del trainer
     return metrics
+
+
+def perplexity(eval_metrics: dict[str, Any]) -> dict[str, float]:
+    """exp(mean token cross-entropy) of the validation split."""
+    try:
+        return {"perplexity": math.exp(eval_metrics["eval_loss"])}
+    except OverflowError:
+        return {"perplexity": float("inf")}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -38,8 +38,8 @@ from recipe_utils import (
     require_columns,
     resolve_model_path,
     run_main,
-    save_final_model,
     setup_logging,
+    train_evaluate_save,
 )
 
 logger = logging.getLogger("hf_lpwd.recipes")
@@ -356,21 +356,7 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, tra
         data_collator=collate,
         compute_metrics=compute_metrics,
     )
-    metrics: dict[str, Any] = {}
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        train_metrics = dict(result.metrics, train_samples=len(raw["train"]))
-        trainer.log_metrics("train", train_metrics)
-        trainer.save_metrics("train", train_metrics)
-        trainer.save_state()
-        metrics.update(train_metrics)
-    if training_args.do_eval:
-        eval_metrics = dict(trainer.evaluate(), eval_samples=len(raw["validation"]))
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
-    if training_args.do_train:
-        save_final_model(trainer, metrics)
+    metrics = train_evaluate_save(trainer, training_args, raw.get("train"), raw.get("validation"))
     del trainer
     return metrics
 

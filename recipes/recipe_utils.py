@@ -287,3 +287,38 @@ def apply_config_overrides(config: Any, overrides: str) -> None:
             raise RecipeError(f"--config_overrides: {type(config).__name__} has no attribute {key!r}")
         setattr(config, key, _parse_value(value))
     logger.info("config after overrides: %s", config.to_json_string(use_diff=True).replace("\n", " "))
+
+
+def train_evaluate_save(
+    trainer: Any,
+    training_args: Any,
+    train_dataset: Any,
+    eval_dataset: Any,
+    extra_eval_metrics: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    extra_train_metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and save the final model the same way in every recipe.
+
+    Metrics go to ``train_results.json`` / ``eval_results.json`` / ``all_results.json`` (the
+    Trainer's own ``save_metrics``); the final model is written by :func:`save_final_model`, never
+    half-written. ``extra_eval_metrics`` adds derived metrics (e.g. perplexity) to the eval ones,
+    ``extra_train_metrics`` fixed values (e.g. the block size) to the train ones.
+    """
+    metrics: dict[str, Any] = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_metrics = dict(result.metrics, train_samples=len(train_dataset), **(extra_train_metrics or {}))
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+        metrics.update(train_metrics)
+    if training_args.do_eval:
+        eval_metrics = dict(trainer.evaluate(), eval_samples=len(eval_dataset))
+        if extra_eval_metrics is not None:
+            eval_metrics.update(extra_eval_metrics(eval_metrics))
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    if training_args.do_train:
+        save_final_model(trainer, metrics)
+    return metrics
