@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .groups import layer_table, lpwd_param_groups
+from .groups import format_layer_table, layer_table, lpwd_param_groups
 from .layers import layer_depths_with_count
 
 __all__ = ["main", "build_meta_model"]
@@ -85,29 +85,6 @@ def build_meta_model(config: Any) -> nn.Module:
     raise CliError("could not build a model from this config; tried " + "; ".join(errors or ["no class"]))
 
 
-def _format_table(rows: list[dict[str, Any]]) -> str:
-    header = ("depth", "tensors", "parameters", "multiplier", "weight_decay", "examples")
-    lines = [header]
-    for row in rows:
-        examples = ", ".join(row["examples"][:_EXAMPLES_SHOWN])
-        lines.append(
-            (
-                str(row["depth"]),
-                str(row["tensors"]),
-                f"{row['params']:,}",
-                f"{row['multiplier']:.4f}",
-                f"{row['weight_decay']:.6g}",
-                examples,
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    out = []
-    for line in lines:
-        cells = [cell.rjust(width) for cell, width in zip(line, widths, strict=False)]
-        out.append("  ".join([*cells, line[-1]]))
-    return "\n".join(out)
-
-
 def _inspect(args: argparse.Namespace) -> int:
     if args.model is None and args.config is None:
         raise CliError("give a model directory or id, or --config FILE")
@@ -123,7 +100,7 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"model: {type(model).__name__} ({getattr(config, 'model_type', '?')}), built on the meta device")
     print(f"blocks: {n_blocks}, depth levels: {n_blocks + 2}, trainable parameters: {total:,}, "
           f"weight decay: {args.weight_decay:g}")
-    print(_format_table(rows))
+    print(format_layer_table(rows, _EXAMPLES_SHOWN))
     return 0
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from .layers import LayerPattern, layer_depths_with_count
 
-__all__ = ["lpwd_param_groups", "default_decay_parameter_names", "layer_table"]
+__all__ = ["lpwd_param_groups", "default_decay_parameter_names", "layer_table", "format_layer_table"]
 
 # How many example names layer_table keeps per depth.
 _EXAMPLES = 3
@@ -148,3 +148,27 @@ def layer_table(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["decayed_tensors"] += len(params)
         row["examples"].extend(names[: _EXAMPLES - len(row["examples"])])
     return list(rows.values())
+
+
+def format_layer_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> str:
+    """Plain-text table of :func:`layer_table` rows (the CLI's output and the Trainer's start-of-training log)."""
+    header = ("depth", "tensors", "parameters", "multiplier", "weight_decay", "examples")
+    lines = [header]
+    for row in rows:
+        examples = ", ".join(row["examples"][:examples_shown])
+        lines.append(
+            (
+                str(row["depth"]),
+                str(row["tensors"]),
+                f"{row['params']:,}",
+                f"{row['multiplier']:.4f}",
+                f"{row['weight_decay']:.6g}",
+                examples,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    out = []
+    for line in lines:
+        cells = [cell.rjust(width) for cell, width in zip(line, widths, strict=False)]
+        out.append("  ".join([*cells, line[-1]]))
+    return "\n".join(out)

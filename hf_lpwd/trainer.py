@@ -37,7 +37,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from .config import LPWD_CONFIG_NAME, WEIGHT_DECAY_MODES, LPWDConfig, validate_layer_pattern
-from .groups import layer_table
+from .groups import format_layer_table, layer_table
 from .layers import layer_depths, layer_depths_with_count
 from .optim import LPWD
 
@@ -281,19 +281,6 @@ class LPWDMixin:
 
 class LPWDTrainer(LPWDMixin, Trainer):
     """``transformers.Trainer`` with LPWD: pass :class:`LPWDTrainingArguments` (or any ``TrainingArguments``)."""
-
-
-def format_layer_table(rows: list[dict[str, Any]]) -> str:
-    """Plain-text table of :func:`hf_lpwd.groups.layer_table` rows."""
-    header = f"{'depth':>5} {'tensors':>8} {'params':>12} {'λ×':>7} {'λ':>10}  examples"
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        examples = ", ".join(row.get("examples", [])[:2])
-        lines.append(
-            f"{row['depth']!s:>5} {row['tensors']:>8} {row['params']:>12,} {row['multiplier']:>7.3f} "
-            f"{row['weight_decay']:>10.3g}  {examples}"
-        )
-    return "\n".join(lines)
 
 
 __all__ = [
