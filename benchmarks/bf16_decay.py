@@ -20,7 +20,6 @@ same bf16 weights, alternated (A B, B A, ...) after a warm-up, medians.  Run::
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
 
 from hf_lpwd import LPWD
 
@@ -87,17 +89,6 @@ def cost(mode: str, numel: int, steps: int, fused: bool) -> tuple[float, float]:
                 out.append(time.perf_counter() - start)
     return statistics.median(times[0]), statistics.median(times[1])
 
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads; Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def main() -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
 import statistics
 import textwrap
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -234,6 +236,29 @@ def lr_sum(lr: float, steps: int, warmup: int) -> float:
         else:
             total += lr * max(0.0, (steps - step) / max(1, steps - warmup))
     return total
+
+
+def prepare_sweep(lr: float, lambdas: Sequence[float], out_dir: str | os.PathLike[str],
+                  settings: dict[str, Any]) -> tuple[Path, str]:
+    """Refuse a grid with η·λ ≥ 1 (the decay factor would flip the weights' signs), make the output
+    folder, and return it with the settings key that resuming matches finished runs on."""
+    for lam in lambdas:
+        if lr * lam >= 1:
+            raise SystemExit(f"λ={lam:g} with η={lr:g}: η·λ ≥ 1 would flip the weights' signs")
+    path = Path(out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path, settings_key(settings)
+
+
+def quiet_training(threads: int) -> None:
+    """Set torch's thread count and silence per-run library chatter: a sweep prints one line per run."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("hf_lpwd").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
 
 
 def parse_floats(text: str) -> list[float]:

@@ -21,7 +21,6 @@ medians.  Run::
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
 
 from hf_lpwd import LPWD
 
@@ -98,17 +100,6 @@ def lpwd_step(opt: LPWD) -> Callable[[], None]:
 
     return run
 
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads; Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def main() -> None:

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +41,9 @@ from common import (  # noqa: E402
     parse_ints,
     parse_strs,
     plot_sweep,
+    prepare_sweep,
+    quiet_training,
     read_jsonl,
-    settings_key,
     summarize,
 )
 
@@ -228,24 +227,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     modes = parse_strs(args.modes, list(MODE_ORDER))
     lambdas, seeds = parse_floats(args.lambdas), parse_ints(args.seeds)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     settings = run_settings(args)
-    key = settings_key(settings)
-    for lam in lambdas:
-        if args.lr * lam >= 1:
-            raise SystemExit(f"λ={lam:g} with η={args.lr:g}: η·λ ≥ 1 would flip the weights' signs")
+    out_dir, key = prepare_sweep(args.lr, lambdas, args.out_dir, settings)
     if args.report_only:
         write_report(args, key, settings, out_dir)
         return
 
-    import torch
-    import transformers
 
-    torch.set_num_threads(args.threads)
-    transformers.logging.set_verbosity_error()
-    logging.getLogger("hf_lpwd").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
+    quiet_training(args.threads)
     data = load_text(data_dir(args.data_dir), args)
 
     jsonl = out_dir / f"{NAME}_runs.jsonl"

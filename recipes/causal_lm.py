@@ -27,7 +27,6 @@ from typing import Any
 
 from recipe_utils import (
     RecipeError,
-    apply_config_overrides,
     check_file,
     default_train_eval,
     finish,
@@ -35,6 +34,7 @@ from recipe_utils import (
     parse_args,
     parse_list,
     require_columns,
+    resolve_config,
     resolve_model_path,
     run_main,
     setup_logging,
@@ -183,27 +183,11 @@ def tokenize_and_pack(raw: Any, tokenizer: Any, data_args: DataArguments, block_
 
 # ---------------------------------------------------------------------------------------------- model
 def load_config_and_tokenizer(model_args: ModelArguments) -> tuple[Any, Any, str | None]:
-    from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     model_path = resolve_model_path(model_args.model_name_or_path)
     common = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision}
-    sources = [s for s in (model_path, model_args.config_name, model_args.model_type) if s is not None]
-    if not sources:
-        raise RecipeError("pass --model_name_or_path (fine-tuning) or --config_name / --model_type (from scratch)")
-    if model_args.config_overrides and model_path is not None and model_args.config_name is None:
-        raise RecipeError("--config_overrides changes a config trained from scratch: use it with --config_name "
-                          "or --model_type, not with a pretrained --model_name_or_path")
-    if model_args.config_name is not None:
-        config = load_pretrained(AutoConfig.from_pretrained, model_args.config_name, "--config_name", **common)
-    elif model_path is not None:
-        config = load_pretrained(AutoConfig.from_pretrained, model_path, "--model_name_or_path", **common)
-    else:
-        if model_args.model_type not in CONFIG_MAPPING:
-            raise RecipeError(f"--model_type={model_args.model_type!r} is not a transformers architecture "
-                              "(e.g. llama, gpt2, qwen2, mistral)")
-        config = CONFIG_MAPPING[model_args.model_type]()
-    if model_args.config_overrides:
-        apply_config_overrides(config, model_args.config_overrides)
+    config = resolve_config(model_args, model_path, "llama, gpt2, qwen2, mistral", **common)
 
     tokenizer_path = resolve_model_path(model_args.tokenizer_name, "--tokenizer_name") or model_path
     if tokenizer_path is None:

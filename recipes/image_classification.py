@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 from recipe_utils import (
     RecipeError,
-    apply_config_overrides,
     check_dir,
     default_train_eval,
     finish,
     load_pretrained,
     parse_args,
     require_columns,
+    resolve_config,
     resolve_model_path,
     run_main,
     setup_logging,
@@ -264,7 +264,7 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- model
 def load_model_and_processor(model_args: ModelArguments, labels: list[str]) -> tuple[Any, Any]:
-    from transformers import CONFIG_MAPPING, AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     model_path = resolve_model_path(model_args.model_name_or_path)
     common = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision}
@@ -273,21 +273,7 @@ def load_model_and_processor(model_args: ModelArguments, labels: list[str]) -> t
         "id2label": dict(enumerate(labels)),
         "label2id": {name: i for i, name in enumerate(labels)},
     }
-    if model_path is None and model_args.config_name is None and model_args.model_type is None:
-        raise RecipeError("pass --model_name_or_path (fine-tuning) or --config_name / --model_type (from scratch)")
-    if model_args.config_overrides and model_path is not None and model_args.config_name is None:
-        raise RecipeError("--config_overrides is for a model trained from scratch (--config_name or --model_type)")
-    if model_args.config_name is not None:
-        config = load_pretrained(AutoConfig.from_pretrained, model_args.config_name, "--config_name", **common)
-    elif model_path is not None:
-        config = load_pretrained(AutoConfig.from_pretrained, model_path, "--model_name_or_path", **common)
-    else:
-        if model_args.model_type not in CONFIG_MAPPING:
-            raise RecipeError(f"--model_type={model_args.model_type!r} is not a transformers architecture "
-                              "(e.g. vit, convnext, swin)")
-        config = CONFIG_MAPPING[model_args.model_type]()
-    if model_args.config_overrides:
-        apply_config_overrides(config, model_args.config_overrides)
+    config = resolve_config(model_args, model_path, "vit, convnext, swin", **common)
     for key, value in label_kwargs.items():
         setattr(config, key, value)
 

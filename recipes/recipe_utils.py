@@ -322,3 +322,30 @@ def train_evaluate_save(
     if training_args.do_train:
         save_final_model(trainer, metrics)
     return metrics
+
+
+def resolve_config(model_args: Any, model_path: str | None, examples: str, **load_kwargs: Any) -> Any:
+    """The model config of a recipe: ``--config_name``, else the pretrained model's, else a default
+    ``--model_type`` config (training from scratch); ``--config_overrides`` then applies to it.
+
+    ``examples`` names a few architectures for the error message (e.g. ``"llama, gpt2"``).
+    """
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    if model_path is None and model_args.config_name is None and model_args.model_type is None:
+        raise RecipeError("pass --model_name_or_path (fine-tuning) or --config_name / --model_type (from scratch)")
+    if model_args.config_overrides and model_path is not None and model_args.config_name is None:
+        raise RecipeError("--config_overrides changes a config trained from scratch: use it with --config_name "
+                          "or --model_type, not with a pretrained --model_name_or_path")
+    if model_args.config_name is not None:
+        config = load_pretrained(AutoConfig.from_pretrained, model_args.config_name, "--config_name", **load_kwargs)
+    elif model_path is not None:
+        config = load_pretrained(AutoConfig.from_pretrained, model_path, "--model_name_or_path", **load_kwargs)
+    else:
+        if model_args.model_type not in CONFIG_MAPPING:
+            raise RecipeError(f"--model_type={model_args.model_type!r} is not a transformers architecture "
+                              f"(e.g. {examples})")
+        config = CONFIG_MAPPING[model_args.model_type]()
+    if model_args.config_overrides:
+        apply_config_overrides(config, model_args.config_overrides)
+    return config
