@@ -63,7 +63,7 @@ class Built:
 
     names: list[str]
     numels: list[int]
-    oracle_blocks: list[list[str]]
+    oracle: OracleResult
 
 
 @dataclass
@@ -79,126 +79,266 @@ class Outcome:
 
 
 # ----------------------------------------------------------------------------------------------
-# Oracle: block lists from module structure (shares no code with hf_lpwd.layers).
+# Oracle: blocks from module structure and tensor shapes (shares no code or rule with hf_lpwd.layers).
+#
+# It never reads a parameter name, a ``_no_split_modules`` or a class name except to tell experts
+# and per-head lists apart; it judges what the forward pass does from what the modules are:
+#
+# * a *group* is the lists (``ModuleList``/``Sequential``) of one parent that have the same length
+#   and hold different classes (XLM's ``attentions``/``layer_norm1``/``ffns``/``layer_norm2``,
+#   PVT's ``patch_embeddings``/``block``); element i of the group is the union of the i-th elements;
+# * a group is a *stack* if its elements are composite (parameters in two or more leaf modules),
+#   repeated (mostly sharing their class with another element, or the class of another stack's
+#   blocks: a one-layer encoder) and *chainable*: the features element i produces have the width
+#   element i+1 takes in, for most consecutive pairs. Lists whose elements are not applied one
+#   after another -- Qwen3-VL's deepstack mergers, per-level neck projections, per-stage heads --
+#   map one width to another and fail that test: they are side lists, not stacks;
+# * an element of a stack is a *stage* if it holds stacks of its own (searched at any depth, a
+#   one-element list counts) with at least half of its parameters, and the stages hold more blocks
+#   than there are stages; elements of a stage list that hold no stack (SwiftFormer's downsamples)
+#   sit between stages.
+
+_WITHIN_BLOCK_CLASS_WORDS = ("Expert", "MLP", "Mlp", "Head")
+
+
+def _params_direct(module: nn.Module) -> bool:
+    return any(p is not None for p in module._parameters.values())
 
 
 def _has_params(module: nn.Module) -> bool:
     return next(module.parameters(), None) is not None
 
 
-def _numel(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def _numel(modules: list[nn.Module]) -> int:
+    seen: set[int] = set()
+    total = 0
+    for m in modules:
+        for p in m.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total
 
 
-def _is_block_list(module: nn.Module) -> bool:
-    """A ModuleList/Sequential of >= 2 composite, mostly same-class modules with parameters."""
-    if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+def _widths(leaf: nn.Module) -> tuple[int | None, int | None]:
+    """(input width, output width) of a parametrised leaf, None where its shape does not say."""
+    if isinstance(leaf, nn.Linear):
+        return leaf.in_features, leaf.out_features
+    if isinstance(leaf, nn.modules.conv._ConvNd):
+        return leaf.in_channels, leaf.out_channels
+    if isinstance(leaf, nn.LayerNorm):
+        return leaf.normalized_shape[-1], leaf.normalized_shape[-1]
+    if isinstance(leaf, nn.modules.batchnorm._NormBase):
+        return leaf.num_features, leaf.num_features
+    if isinstance(leaf, nn.GroupNorm):
+        return leaf.num_channels, leaf.num_channels
+    if isinstance(leaf, nn.Embedding):
+        return None, leaf.embedding_dim
+    weight = leaf._parameters.get("weight")
+    if weight is not None and weight.dim() == 1 and len(leaf._parameters) <= 2:  # an RMSNorm-like scale
+        return weight.shape[0], weight.shape[0]
+    return None, None
+
+
+def _io(modules: list[nn.Module]) -> tuple[int | None, int | None]:
+    """Width taken by the first parametrised leaf and produced by the last one (registration order)."""
+    leaves = [leaf for m in modules for leaf in m.modules() if _params_direct(leaf)]
+    first = next((w[0] for w in map(_widths, leaves) if w[0] is not None), None)
+    last = next((w[1] for w in map(_widths, reversed(leaves)) if w[1] is not None), None)
+    return first, last
+
+
+def _composite(modules: list[nn.Module]) -> bool:
+    return sum(1 for m in modules for leaf in m.modules() if _params_direct(leaf)) >= 2
+
+
+def _chainable(elements: list[list[nn.Module]]) -> bool:
+    """Most consecutive elements connect: element i's output width is element i+1's input width."""
+    ios = [_io(e) for e in elements]
+    pairs = [(a[1], b[0]) for a, b in zip(ios, ios[1:], strict=False) if a[1] is not None and b[0] is not None]
+    return not pairs or sum(out == inp for out, inp in pairs) * 2 >= len(pairs)
+
+
+def _lists(parent: nn.Module) -> list[list[nn.Module]]:
+    """Groups of parallel lists among ``parent``'s children, each as its list of element unions."""
+    lists = [c for c in parent.children() if isinstance(c, (nn.ModuleList, nn.Sequential)) and _has_params(c)]
+    groups: list[list[nn.Module]] = []
+    for lst in lists:
+        kids = [k for k in lst.children() if _has_params(k)]
+        for group in groups:
+            other = [k for k in group[0].children() if _has_params(k)]
+            if len(other) == len(kids) and not ({type(k) for k in other} & {type(k) for k in kids}):
+                group.append(lst)
+                break
+        else:
+            groups.append([lst])
+    out = []
+    for group in groups:
+        columns = [[k for k in lst.children() if _has_params(k)] for lst in group]
+        out.append([[col[i] for col in columns] for i in range(len(columns[0]))])
+    return out
+
+
+def _is_stack(elements: list[list[nn.Module]], block_classes: set[type], min_len: int) -> bool:
+    if len(elements) < min_len or not elements:
         return False
-    kids = [m for m in module.children() if _has_params(m)]
-    if len(kids) < 2:
+    if not all(_composite(e) for e in elements):
         return False
-    if not all(any(_has_params(c) for c in k.children()) for k in kids):
-        return False
-    classes = Counter(type(k).__name__ for k in kids)
+    classes = Counter(type(e[0]) for e in elements)
     repeated = sum(c for c in classes.values() if c >= 2)
-    return repeated * 2 >= len(kids)
+    lone = len(elements) == 1 and min_len == 1 and not block_classes  # inside a stage: any list counts
+    if not lone and repeated * 2 < len(elements) and not any(cls in block_classes for cls in classes):
+        return False
+    return _chainable(elements)
 
 
-def _is_stage(element: nn.Module) -> nn.Module | None:
-    """The inner block list if ``element`` is a stage of a hierarchical model, else None.
-
-    A stage holds, directly, a list of one or more composite same-class modules with at least half
-    of its parameters; a list of MoE experts or MLPs inside a decoder layer is not a stage's blocks.
-    """
-    def mlp_like(module: nn.Module) -> bool:
-        return any(word in type(module).__name__ for word in ("Expert", "MLP", "Mlp"))
-
-    def inner_list(module: nn.Module) -> bool:
-        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
-            return False
-        kids = [k for k in module.children() if _has_params(k)]
-        return (
-            bool(kids)
-            and all(any(_has_params(c) for c in k.children()) for k in kids)
-            and not any(mlp_like(k) for k in kids)
-            and (len(kids) == 1 or _is_block_list(module))
-        )
-
-    if mlp_like(element):
-        return None
-    inner = [element] if inner_list(element) else []
-    inner += [c for c in element.children() if inner_list(c)]
-    if not inner:
-        return None
-    best = max(inner, key=_numel)
-    return best if _numel(best) * 2 >= _numel(element) else None
+@dataclass
+class _OStack:
+    elements: list[list[nn.Module]]
+    # per element: its blocks (lists of modules) if it is a stage, else None (the element is a block)
+    stages: list[list[list[nn.Module]] | None] | None = None
 
 
-def _oracle_lists(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Outermost block lists, in named_modules order."""
-    found: list[tuple[str, nn.Module]] = []
+def _find_stacks(roots: list[nn.Module], block_classes: set[type], min_len: int) -> list[_OStack]:
+    found: list[_OStack] = []
 
-    def visit(prefix: str, module: nn.Module) -> None:
-        for name, child in module.named_children():
-            path = f"{prefix}{name}"
-            if _is_block_list(child):
-                found.append((path, child))
+    def visit(module: nn.Module) -> None:
+        in_stack: set[int] = set()
+        for elements in _lists(module):
+            if _is_stack(elements, block_classes, min_len):
+                found.append(_OStack(elements))
+                in_stack.update(id(k) for e in elements for k in e)
+        for child in module.children():
+            if isinstance(child, (nn.ModuleList, nn.Sequential)):
+                for k in child.children():
+                    if id(k) not in in_stack:
+                        visit(k)
             else:
-                visit(path + ".", child)
+                visit(child)
 
-    visit("", model)
+    for root in roots:
+        if isinstance(root, (nn.ModuleList, nn.Sequential)):  # a stage that is itself a list of blocks
+            elements = [[k] for k in root.children() if _has_params(k)]
+            if _is_stack(elements, block_classes, min_len):
+                found.append(_OStack(elements))
+                continue
+        visit(root)
     return found
 
 
-def oracle_blocks(model: nn.Module) -> list[list[str]]:
-    """Blocks (lists of parameter names) in forward order according to module structure."""
+def _within_block(elements: list[list[nn.Module]]) -> bool:
+    return any(word in type(e[0]).__name__ for e in elements for word in _WITHIN_BLOCK_CLASS_WORDS)
+
+
+def _expand_stages(stack: _OStack, block_classes: set[type]) -> None:
+    """Decide whether the elements of ``stack`` are stages, filling ``stack.stages``."""
+    inner: list[list[list[nn.Module]] | None] = []
+    for element in stack.elements:
+        stacks = [s for s in _find_stacks(element, set(), 1) if not _within_block(s.elements)]
+        blocks = [e for s in stacks for e in s.elements]
+        if blocks and _numel([m for b in blocks for m in b]) * 2 >= _numel(element):
+            inner.append(blocks)
+        else:
+            inner.append(None)
+    staged = [b for b in inner if b is not None]
+    if staged and sum(len(b) for b in staged) > len(staged):
+        stage_classes = {type(e[0]) for e, b in zip(stack.elements, inner, strict=True) if b is not None}
+        plain_classes = {type(e[0]) for e, b in zip(stack.elements, inner, strict=True) if b is None}
+        if not stage_classes & plain_classes:
+            stack.stages = inner
+
+
+@dataclass
+class OracleResult:
+    """Blocks (parameter names, forward order) and, for the rest, the depths the contract allows."""
+
+    blocks: list[list[str]]
+    # name -> (lowest, highest) allowed depth for non-block parameters inside a stack's element;
+    # parameters outside every stack are judged by position (before / between / after the blocks).
+    bounds: dict[str, tuple[int, int]]
+
+
+def oracle(model: nn.Module) -> OracleResult:
     owner: dict[int, str] = {}
     for name, param in model.named_parameters():
         owner.setdefault(id(param), name)
 
-    def names_of(module: nn.Module) -> list[str]:
-        return [owner[id(p)] for p in module.parameters() if owner.get(id(p)) is not None]
+    def names_of(modules: list[nn.Module]) -> list[str]:
+        out: list[str] = []
+        for m in modules:
+            out.extend(owner[id(p)] for p in m.parameters() if id(p) in owner)
+        return list(dict.fromkeys(out))
 
-    def expand(block_list: nn.Module) -> list[list[str]]:
-        kids = [k for k in block_list.children() if _has_params(k)]
-        stages = [_is_stage(k) for k in kids]
-        if all(s is not None for s in stages):
-            inner = [[names_of(b) for b in s.children() if _has_params(b)] for s in stages]  # type: ignore[union-attr]
-            if sum(len(b) for b in inner) > len(kids):
-                return [blk for stage in inner for blk in stage]
-        return [names_of(k) for k in kids]
+    # Classes of the blocks of stacks with two or more elements: a one-element list of such a
+    # class (Canine's one-layer character encoders) is a stack too.
+    first = _find_stacks([model], set(), 2)
+    block_classes = {type(e[0]) for s in first for e in s.elements}
+    stacks = _find_stacks([model], block_classes, 1)
+    for s in stacks:
+        _expand_stages(s, block_classes)
+    order = {name: i for i, name in enumerate(owner.values())}
+    stacks.sort(key=lambda s: min((order[n] for e in s.elements for n in names_of(e)), default=0))
 
     blocks: list[list[str]] = []
-    for _, module in _oracle_lists(model):
-        blocks.extend(expand(module))
-    # A module shared by several blocks (Zamba's shared transformer) belongs to the first one,
-    # as named_parameters() lists it only there.
+    pending: list[tuple[list[str], int, bool]] = []  # (names, index of the next block, is stage-own)
+    stage_own: list[tuple[list[str], int, int]] = []  # (names, first block index, last block index)
+    for s in stacks:
+        for i, element in enumerate(s.elements):
+            inner = s.stages[i] if s.stages is not None else None
+            if s.stages is None:
+                blocks.append(names_of(element))
+            elif inner is None:  # a downsample between stages
+                pending.append((names_of(element), len(blocks), False))
+            else:
+                lo = len(blocks)
+                for b in inner:
+                    blocks.append(names_of(b))
+                stage_own.append((names_of(element), lo, len(blocks) - 1))
+    # A module shared by several blocks (Zamba's shared transformer) belongs to the first one.
     claimed: set[str] = set()
     unique: list[list[str]] = []
     for block in blocks:
         mine = [n for n in block if n not in claimed]
         claimed.update(mine)
-        if mine:
-            unique.append(mine)
-    return unique
+        unique.append(mine)
+    n = len(unique)
+    bounds: dict[str, tuple[int, int]] = {}
+    for names, lo, hi in stage_own:
+        for name in names:
+            if name not in claimed:
+                bounds.setdefault(name, (max(lo, 0), min(hi + 2, n + 1)))  # blocks lo..hi have depths lo+1..hi+1
+    for names, nxt, _ in pending:
+        for name in names:
+            if name not in claimed:
+                bounds.setdefault(name, (nxt if nxt > 0 else 0, nxt + 1 if nxt < n else n + 1))
+    return OracleResult([b for b in unique if b], bounds)
+
+
+def oracle_blocks(model: nn.Module) -> list[list[str]]:
+    """Blocks (lists of parameter names) in forward order according to module structure."""
+    return oracle(model).blocks
 
 
 # ----------------------------------------------------------------------------------------------
 # Contract check.
 
 
-def check_contract(names: list[str], depths: dict[str, int], blocks: list[list[str]]) -> str:
-    """Empty string if ``depths`` satisfies the contract against the oracle, else the reason."""
+def check_contract(names: list[str], depths: dict[str, int], result: OracleResult) -> str:
+    """Empty string if ``depths`` satisfies C1-C7 of issue 13 against the oracle, else the reason."""
+    blocks = result.blocks
     if not blocks:
         return "oracle found no block list"
     n = len(blocks)
+    missing = [name for name in names if not isinstance(depths.get(name), int)]
+    if missing:
+        return f"C1: {missing[0]} has no int depth"
     pos = {name: i for i, name in enumerate(names)}
     for k, block in enumerate(blocks, start=1):
         got = {depths[name] for name in block}
         if len(got) != 1:
-            return f"oracle block {k} ({block[0]}) spans depths {sorted(got)}"
+            return f"C2: oracle block {k} ({block[0]}) spans depths {sorted(got)}"
         if got != {k}:
-            return f"oracle block {k} ({block[0]}) has depth {got.pop()}, expected {k} (N={n})"
+            return f"C3/C4: oracle block {k} ({block[0]}) has depth {got.pop()}, expected {k} (N={n})"
     in_block = {name for block in blocks for name in block}
     first = min(pos[b] for block in blocks for b in block)
     last = max(pos[b] for block in blocks for b in block)
@@ -206,12 +346,19 @@ def check_contract(names: list[str], depths: dict[str, int], blocks: list[list[s
         if name in in_block:
             continue
         d, p = depths[name], pos[name]
+        if not 0 <= d <= n + 1:
+            return f"C7: {name} has depth {d}, outside [0, {n + 1}]"
+        if name in result.bounds:
+            lo, hi = result.bounds[name]
+            if not lo <= d <= hi:
+                return f"C7: {name} (a stage's own part) has depth {d}, expected {lo}..{hi}"
+            continue
         if p < first and d != 0:
-            return f"{name} is before the first block but has depth {d}"
+            return f"C5: {name} is before the first block but has depth {d}"
         if p > last and d != n + 1:
-            return f"{name} is after the last block but has depth {d}, expected {n + 1}"
+            return f"C6: {name} is after the last block but has depth {d}, expected {n + 1}"
         if first < p < last and not 1 <= d <= n:
-            return f"{name} sits between blocks but has depth {d}"
+            return f"C7: {name} sits between blocks but has depth {d}"
     return ""
 
 
@@ -249,12 +396,12 @@ def build(model_type: str, cls_name: str, timeout: int) -> Built:
         warnings.simplefilter("ignore")
         model = cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
     named = list(model.named_parameters())
-    return Built([n for n, _ in named], [int(p.numel()) for _, p in named], oracle_blocks(model))
+    return Built([n for n, _ in named], [int(p.numel()) for _, p in named], oracle(model))
 
 
 def evaluate(task: str, model_type: str, cls_name: str, built: Built) -> Outcome:
-    out = Outcome(task, model_type, cls_name, "pass", n_blocks=len(built.oracle_blocks), n_params=len(built.names))
-    if not built.oracle_blocks:
+    out = Outcome(task, model_type, cls_name, "pass", n_blocks=len(built.oracle.blocks), n_params=len(built.names))
+    if not built.oracle.blocks:
         out.status, out.reason = "skip", "oracle found no block list (no repeated blocks to check)"
         return out
 
@@ -269,7 +416,7 @@ def evaluate(task: str, model_type: str, cls_name: str, built: Built) -> Outcome
         except ValueError as exc:
             out.status, out.reason = "fail", f"[{path}] ValueError: {str(exc)[:160]}"
             return out
-        reason = check_contract(built.names, depths, built.oracle_blocks)
+        reason = check_contract(built.names, depths, built.oracle)
         if reason:
             out.status, out.reason = "fail", f"[{path}] {reason}"
             return out

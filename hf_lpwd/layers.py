@@ -79,9 +79,8 @@ _PEFT_ADAPTER_SEGMENTS = frozenset(
 # PEFT segments that wrap the original layer without an adapter name.
 _PEFT_PLAIN_SEGMENTS = frozenset({"base_layer", "original_module"})
 
-# An inner stack must hold at least this share of an element for the element to be a stage. With
-# names only the weight is the tensor count, where a decoder layer with two attention sub-layers
-# in a list (LongCat-Flash) reaches about half: 0.6 keeps such a layer a block.
+# Inner stacks must hold at least this share of the elements that hold them for those to be stages
+# (summed over the elements: MobileViT's lightest stage has 51 %, its heaviest 68 %).
 _MIN_STAGE_SHARE = 0.6
 # Inner lists whose name contains one of these are never a stage's blocks.
 _WITHIN_BLOCK_WORDS = ("expert", "head")
@@ -171,13 +170,12 @@ def layer_depths_with_count(
     items = [_Item(i, _normalize_tokens(n.split(".")), w) for i, (n, w) in enumerate(pairs)]
 
     if pattern is not None:
-        stacks = _stacks_from_pattern(names, items, pattern)
+        found = _Found([b for stack in _stacks_from_pattern(names, items, pattern) for b in stack])
     else:
-        stacks = _find_stacks(items)
-    blocks = [b for stack in stacks for b in stack]
-    if not blocks:
+        found = _find_stacks(items)
+    if not found.blocks:
         raise ValueError(_no_stack_message(names, pattern))
-    return _assign_depths(names, items, blocks), len(blocks)
+    return _assign_depths(names, items, found), len(found.blocks)
 
 
 def _compile_pattern(pattern: str | re.Pattern[str]) -> re.Pattern[str]:
@@ -228,35 +226,197 @@ def _stacks_from_pattern(names: list[str], items: list[_Item], pattern: LayerPat
     return [[stack[i] for i in sorted(stack)] for stack in keyed.values()]
 
 
-def _find_stacks(items: list[_Item]) -> list[list[_Block]]:
-    """Find the outermost stacks of blocks among ``items``.
+@dataclass
+class _Group:
+    """Sibling lists of one parent read as one stack: element i is the union of their i-th elements.
 
-    Returns the stacks in order of first appearance, each a list of blocks in index order.
+    XLM keeps layer i in ``attentions.i``, ``layer_norm1.i``, ``ffns.i`` and ``layer_norm2.i``;
+    PVT keeps stage i in ``patch_embeddings.i``, ``block.i`` and ``layer_norm.i``. A plain list is
+    a group of one.
     """
+
+    keys: list[tuple[str, ...]]
+    elems: dict[int, list[_Item]]
+    # Per composite list: the parameter names inside its first element (its "class", by names).
+    signatures: list[frozenset[str]]
+
+    @property
+    def parent(self) -> tuple[str, ...]:
+        return self.keys[0][:-1]
+
+    def weight(self) -> int:
+        return sum(item.weight for group in self.elems.values() for item in group)
+
+
+def _containers(items: list[_Item], base: int) -> dict[tuple[str, ...], dict[int, list[_Item]]]:
+    """The outermost lists at or below token ``base``: prefix -> index -> items."""
     containers: dict[tuple[str, ...], dict[int, list[_Item]]] = {}
     for item in items:
-        for i in range(len(item.tokens) - 1):
+        for i in range(base, len(item.tokens) - 1):
             if item.tokens[i].isdigit():
-                key = tuple(item.tokens[:i])
-                containers.setdefault(key, {}).setdefault(int(item.tokens[i]), []).append(item)
+                containers.setdefault(tuple(item.tokens[:i]), {}).setdefault(int(item.tokens[i]), []).append(item)
                 break
+    return containers
 
-    candidates = {key: elems for key, elems in containers.items() if _is_composite(elems, len(key))}
-    # A one-element list is usually a side module (``convs.0``); it is a stack only when nothing
-    # else is (a one-layer model).
-    repeated = {key: elems for key, elems in candidates.items() if len(elems) >= 2}
-    candidates = repeated or candidates
-    if not candidates:
-        return []
 
-    stacks: list[list[_Block]] = []
-    for key, elems in candidates.items():
-        inner = _stage_blocks(key, elems)
-        if inner is not None:
-            stacks.append(inner)
+def _signature(elems: dict[int, list[_Item]], key_len: int) -> frozenset[str]:
+    return frozenset(".".join(item.tokens[key_len + 1 :]) for item in elems[min(elems)])
+
+
+def _groups(items: list[_Item], base: int) -> list[_Group]:
+    """Lists at ``base``, sibling lists of equal length and different contents merged (parallel lists).
+
+    Two composite siblings with the same contents are two towers of the same block class, not the
+    halves of one block, so they stay apart; bare lists (``layer_norm1.i``) join any equal sibling.
+    """
+    groups: list[_Group] = []
+    for key, elems in _containers(items, base).items():
+        composite = _is_composite(elems, len(key))
+        signature = _signature(elems, len(key))
+        for group in groups:
+            if group.parent == key[:-1] and set(group.elems) == set(elems) and not (
+                composite and signature in group.signatures
+            ):
+                group.keys.append(key)
+                for index, its in elems.items():
+                    group.elems[index].extend(its)
+                if composite:
+                    group.signatures.append(signature)
+                break
         else:
-            stacks.append([_Block((*key, str(i)), elems[i]) for i in sorted(elems)])
-    return stacks
+            groups.append(_Group([key], {i: list(its) for i, its in elems.items()}, [signature] if composite else []))
+    return [g for g in groups if g.signatures and _union_composite(g)]
+
+
+def _union_composite(group: _Group) -> bool:
+    """Some element has parameters in two or more sub-modules (see :func:`_is_composite`)."""
+    cut = len(group.parent)
+    for its in group.elems.values():
+        places = {(it.tokens[cut], *it.tokens[cut + 2 : -1]) for it in its}
+        if len(places) >= 2:
+            return True
+    return False
+
+
+def _drop_side_lists(groups: list[_Group]) -> list[_Group]:
+    """Of the stacks under one parent only the longest are applied one after another.
+
+    A shorter list next to a stack (Qwen3-VL's three ``deepstack_merger_list`` mergers next to its
+    27 vision blocks, per-level projections next to a backbone's blocks) feeds other layers: a side
+    list, whose parameters then take the depth of where they sit.
+    """
+    longest: dict[tuple[str, ...], int] = {}
+    for g in groups:
+        longest[g.parent] = max(longest.get(g.parent, 0), len(g.elems))
+    return [g for g in groups if len(g.elems) == longest[g.parent]]
+
+
+@dataclass
+class _Found:
+    """What block detection found: the blocks in order, and each stage's own parameters."""
+
+    blocks: list[_Block]
+    # position of a stage's own parameter (a downsample, a patch embedding) -> that stage's blocks
+    stage_of: dict[int, list[_Block]] = field(default_factory=dict)
+
+
+def _find_stacks(items: list[_Item]) -> _Found:
+    """Find the outermost stacks of blocks among ``items``, stages expanded into their blocks.
+
+    Stacks are chained in order of first appearance, blocks of one stack in index order.
+    """
+    groups = _drop_side_lists(_groups(items, 0))
+    repeated = [g for g in groups if len(g.elems) >= 2]
+    if repeated:
+        # A one-element list is a stack when its element looks like another stack's blocks
+        # (Canine's one-layer character encoders around its 12-layer encoder); otherwise it is a
+        # side module (``convs.0``). With no repeated stack at all, it is a one-layer model.
+        known = {s for g in repeated for s in g.signatures}
+        groups = [g for g in groups if len(g.elems) >= 2 or known & set(g.signatures)]
+    found = _Found([])
+    for group in groups:
+        if not _expand_stages(group, found):
+            found.blocks.extend(_Block((*group.keys[0], str(i)), group.elems[i]) for i in sorted(group.elems))
+    return found
+
+
+def _expand_stages(group: _Group, found: _Found) -> bool:
+    """If the elements of ``group`` are stages, add their blocks to ``found`` and return True.
+
+    An element is a stage if it holds stacks of its own (at any depth: MobileViT's
+    ``layer.4.transformer.layer.<j>``; parallel lists too: Janus's ``block.<j>``/``attn.<j>``; a
+    one-element list counts), alike modules not named for experts or heads, with at least
+    ``_MIN_STAGE_SHARE`` of the element's weight (the rest is the stage's downsample or patch
+    embedding). Elements without such stacks may sit between stages if they differ from the
+    stages (SwiftFormer's ``network`` alternates stages and downsamples). The stages must hold
+    more blocks than there are stages, or a stage is indistinguishable from a block. Only one
+    level is expanded: a block's own sub-lists (a bottleneck's convs) are never blocks.
+    """
+    element_len = len(group.parent) + 2
+    inner: dict[int, list[_Group]] = {}
+    inner_weight = staged_weight = 0
+    for index, its in group.elems.items():
+        stacks = [
+            g
+            for g in _groups(its, element_len)
+            if not any(_is_within_block_list(k[-1]) for k in g.keys) and _alike_group(g)
+        ]
+        if not stacks:
+            continue
+        in_stack = {it.pos for g in stacks for group_its in g.elems.values() for it in group_its}
+        if any("expert" in tok.lower() for it in its if it.pos not in in_stack for tok in it.tokens):
+            return False  # MoE experts beside the inner lists: a decoder layer, not a stage
+        inner[index] = stacks
+        inner_weight += sum(g.weight() for g in stacks)
+        staged_weight += sum(it.weight for it in its)
+    if not inner or sum(len(g.elems) for gs in inner.values() for g in gs) <= len(inner):
+        return False
+    if inner_weight < _MIN_STAGE_SHARE * staged_weight:
+        return False
+    plain = [i for i in group.elems if i not in inner]
+    if plain:
+        if len(plain) > len(inner):
+            return False
+        stage_sigs = [_element_signature(group.elems[i], element_len) for i in inner]
+        for i in plain:
+            mine = _element_signature(group.elems[i], element_len)
+            if any(_overlap(mine, other) for other in stage_sigs):
+                return False  # a block like the stages, not a downsample between them
+    for index in sorted(group.elems):
+        if index not in inner:
+            continue  # a downsample between stages: placed by position
+        blocks = [_Block((*g.keys[0], str(j)), g.elems[j]) for g in inner[index] for j in sorted(g.elems)]
+        in_block = {it.pos for b in blocks for it in b.items}
+        for it in group.elems[index]:
+            if it.pos not in in_block:
+                found.stage_of[it.pos] = blocks
+        found.blocks.extend(blocks)
+    return True
+
+
+def _element_signature(its: list[_Item], element_len: int) -> frozenset[str]:
+    return frozenset(".".join((it.tokens[element_len - 2], *it.tokens[element_len:])) for it in its)
+
+
+def _overlap(a: frozenset[str], b: frozenset[str]) -> bool:
+    return len(a & b) * 2 >= max(len(a), len(b))
+
+
+def _alike_group(group: _Group) -> bool:
+    """True if the elements are repeated modules: most have a twin sharing most parameter names.
+
+    Blocks of a stage repeat (possibly alternating, as LeViT's attention and MLP residual layers);
+    the sub-layers of a T5 block (``layer.0`` self-attention, ``layer.1`` feed-forward) are a
+    list of different modules and must not be read as blocks.
+    """
+    cut = len(group.parent) + 2
+    suffixes = [_element_signature(its, cut) for its in group.elems.values()]
+    if len(suffixes) == 1:
+        return True
+    twinned = sum(
+        1 for i, mine in enumerate(suffixes) if any(j != i and _overlap(mine, other) for j, other in enumerate(suffixes))
+    )
+    return twinned * 2 >= len(suffixes)
 
 
 def _is_composite(elems: dict[int, list[_Item]], container_len: int) -> bool:
@@ -273,78 +433,6 @@ def _is_composite(elems: dict[int, list[_Item]], container_len: int) -> bool:
     return False
 
 
-def _weight(elems: dict[int, list[_Item]]) -> int:
-    return sum(item.weight for group in elems.values() for item in group)
-
-
-def _stage_blocks(key: tuple[str, ...], elems: dict[int, list[_Item]]) -> list[_Block] | None:
-    """If the stack at ``key`` is a list of stages, return the blocks inside its stages.
-
-    Each element must hold a direct child stack (``stage.blocks.<i>`` or ``stage.<i>``) of
-    composite, repeated modules, not named for experts or heads, with at least
-    ``_MIN_STAGE_SHARE`` of the element's weight (the rest is the stage's downsample or patch
-    embedding). At least one stage must have two or more blocks, or a stage is indistinguishable
-    from a block. Only one level is expanded: a block's own sub-lists (a bottleneck's convs) are
-    never blocks.
-    """
-    element_len = len(key) + 1
-    blocks: list[_Block] = []
-    more_blocks_than_stages = False
-    for index in sorted(elems):
-        group = elems[index]
-        inner = _direct_inner_stack(group, element_len)
-        if inner is None:
-            return None
-        inner_key, inner_elems = inner
-        if _weight(inner_elems) < _MIN_STAGE_SHARE * sum(it.weight for it in group):
-            return None
-        if len(inner_elems) >= 2:
-            more_blocks_than_stages = True
-        # One level only: a block's own sub-lists (a bottleneck's convs) are not blocks.
-        blocks.extend(_Block((*inner_key, str(i)), inner_elems[i]) for i in sorted(inner_elems))
-    return blocks if more_blocks_than_stages else None
-
-
-def _direct_inner_stack(
-    group: list[_Item], element_len: int
-) -> tuple[tuple[str, ...], dict[int, list[_Item]]] | None:
-    """The heaviest composite stack directly inside one element (``elem.<i>`` or ``elem.<name>.<i>``)."""
-    containers: dict[tuple[str, ...], dict[int, list[_Item]]] = {}
-    for item in group:
-        for i in (element_len, element_len + 1):
-            if i < len(item.tokens) - 1 and item.tokens[i].isdigit():
-                key = tuple(item.tokens[:i])
-                containers.setdefault(key, {}).setdefault(int(item.tokens[i]), []).append(item)
-                break
-    composite = [
-        (k, e)
-        for k, e in containers.items()
-        if _is_composite(e, len(k)) and _alike(e, len(k)) and not _is_within_block_list(k[-1] if k else "")
-    ]
-    if not composite:
-        return None
-    return max(composite, key=lambda ke: _weight(ke[1]))
-
-
-def _alike(elems: dict[int, list[_Item]], container_len: int) -> bool:
-    """True if the elements are repeated modules: most have a twin sharing most parameter names.
-
-    Blocks of a stage repeat (possibly alternating, as LeViT's attention and MLP residual layers);
-    the sub-layers of a T5 block (``layer.0`` self-attention, ``layer.1`` feed-forward) are a
-    list of different modules and must not be read as blocks.
-    """
-    suffixes = [{".".join(it.tokens[container_len + 1 :]) for it in group} for group in elems.values()]
-    if len(suffixes) == 1:
-        return True
-    twinned = 0
-    for i, mine in enumerate(suffixes):
-        if any(
-            j != i and len(mine & other) * 2 >= max(len(mine), len(other)) for j, other in enumerate(suffixes)
-        ):
-            twinned += 1
-    return twinned * 2 >= len(suffixes)
-
-
 def _is_within_block_list(name: str) -> bool:
     """Lists named for experts or heads live inside a block (MoE experts, per-head projections).
 
@@ -355,8 +443,14 @@ def _is_within_block_list(name: str) -> bool:
     return any(word in lowered for word in _WITHIN_BLOCK_WORDS)
 
 
-def _assign_depths(names: list[str], items: list[_Item], blocks: list[_Block]) -> dict[str, int]:
-    """Number the blocks 1..N and place every other parameter by its position among them."""
+def _assign_depths(names: list[str], items: list[_Item], found: _Found) -> dict[str, int]:
+    """Number the blocks 1..N and place every other parameter by its position among them.
+
+    A stage's own parameter stays with its stage: before the stage's first block (PVT registers
+    every stage's patch embedding before any block) it takes that block's depth, after the last
+    its depth, in between the depth its neighbours give, clamped to the stage.
+    """
+    blocks = found.blocks
     depth_of_pos: dict[int, int] = {}
     block_of_pos: dict[int, _Block] = {}
     for depth, block in enumerate(blocks, start=1):
@@ -365,6 +459,17 @@ def _assign_depths(names: list[str], items: list[_Item], blocks: list[_Block]) -
             block_of_pos[item.pos] = block
     n_blocks = len(blocks)
     block_positions = sorted(depth_of_pos)
+    depth_of = {id(block): depth for depth, block in enumerate(blocks, start=1)}
+
+    def _between(item: _Item, before: int | None, after: int | None) -> int:
+        """Depth of a parameter between two blocks: the neighbour sharing the longer name prefix."""
+        assert before is not None and after is not None
+        b_prev, b_next = block_of_pos[before], block_of_pos[after]
+        if b_prev is not b_next and _shared_prefix(item.tokens, b_prev.path) <= _shared_prefix(
+            item.tokens, b_next.path
+        ):
+            return depth_of_pos[after]
+        return depth_of_pos[before]
 
     # For each position, the nearest block parameter before and after it (a linear sweep).
     prev_block: list[int | None] = [None] * len(items)
@@ -386,20 +491,23 @@ def _assign_depths(names: list[str], items: list[_Item], blocks: list[_Block]) -
         pos = item.pos
         if pos in depth_of_pos:
             depths[name] = depth_of_pos[pos]
+        elif pos in found.stage_of:
+            stage = found.stage_of[pos]
+            lo, hi = depth_of[id(stage[0])], depth_of[id(stage[-1])]
+            start = min(it.pos for it in stage[0].items)
+            end = max(it.pos for it in stage[-1].items)
+            if pos < start:
+                depths[name] = lo
+            elif pos > end:
+                depths[name] = hi
+            else:
+                depths[name] = min(max(_between(item, prev_block[pos], next_block[pos]), lo), hi)
         elif pos < first_pos:
             depths[name] = 0
         elif pos > last_pos:
             depths[name] = n_blocks + 1
         else:
-            before, after = prev_block[pos], next_block[pos]
-            assert before is not None and after is not None
-            b_prev, b_next = block_of_pos[before], block_of_pos[after]
-            if b_prev is b_next:
-                depths[name] = depth_of_pos[before]
-            elif _shared_prefix(item.tokens, b_prev.path) > _shared_prefix(item.tokens, b_next.path):
-                depths[name] = depth_of_pos[before]
-            else:
-                depths[name] = depth_of_pos[after]
+            depths[name] = _between(item, prev_block[pos], next_block[pos])
     return depths
 
 
