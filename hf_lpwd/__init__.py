@@ -9,7 +9,7 @@ Public API:
 * :class:`LPWDConfig` — the decay settings as ``lpwd_config.json``.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .config import LPWD_CONFIG_NAME, WEIGHT_DECAY_MODES, LPWDConfig  # noqa: E402
 from .groups import layer_table, lpwd_param_groups  # noqa: E402

@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from .optim import DEFAULT_WEIGHT_DECAY, TIMINGS
 
 LPWD_CONFIG_NAME = "lpwd_config.json"
-WEIGHT_DECAY_MODES: tuple[str, ...] = ("wd", "rwd", "pwd", "lpwd")
-"""User-facing modes; ``lpwd`` is the optimizer's ``pwd`` with layer-wise λ."""
+WEIGHT_DECAY_MODES: tuple[str, ...] = (*TIMINGS, "lpwd")
+"""User-facing modes: a timing of :data:`hf_lpwd.optim.TIMINGS`, or ``lpwd`` = ``pwd`` timing × layer-wise λ."""
+TIED_DEPTHS: tuple[str, ...] = ("input", "output")
+"""Where a matrix shared by the input embedding and the output head sits: depth 0 or depth N+1."""
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -30,8 +33,12 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 def validate_layer_pattern(pattern: str | None, field_name: str = "layer_pattern") -> None:
-    """A layer pattern is a regex with exactly one capture group: the block index."""
-    if pattern is None:
+    """A layer pattern is a regex with exactly one capture group: the block index.
+
+    The one validator of patterns for every entry point (config, Trainer flag, CLI, param groups),
+    so a bad pattern reads the same wherever it comes from.
+    """
+    if pattern is None or isinstance(pattern, re.Pattern) or callable(pattern):
         return
     if not isinstance(pattern, str):
         raise ValueError(f"{field_name} must be a regex string, got {type(pattern).__name__}")
@@ -46,15 +53,44 @@ def validate_layer_pattern(pattern: str | None, field_name: str = "layer_pattern
         )
 
 
+def validate_layer_lr_decay(gamma: Any, field_name: str = "layer_lr_decay") -> None:
+    """γ of layer-wise lr decay must be in (0, 1].
+
+    γ ≤ 0 gives zero or sign-flipping learning rates; γ > 1 would give the embeddings the largest
+    rate, the opposite of what discriminative fine-tuning is for, and no recipe we know uses it.
+    """
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
+        raise ValueError(f"{field_name} must be a number in (0, 1], got {gamma!r}")
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(
+            f"{field_name}={gamma:g} must be in (0, 1]: the lr at depth d is lr·γ^(N+1−d), so γ > 1 would train the "
+            "embeddings fastest and γ <= 0 gives zero or negative rates (1.0 turns layer-wise lr decay off)"
+        )
+
+
 @dataclass
 class LPWDConfig:
     """Everything needed to rebuild LPWD's decay for a model.
 
+    Two independent axes: *when* the decay is applied (the timing: ``wd``, ``rwd`` or ``pwd``) and
+    *how λ varies with depth* (the profile: uniform, or layer-wise λ·(d+1)/(N+2) at depth d of N
+    blocks).  ``mode`` names the timing, ``layerwise`` the profile; ``lpwd`` is the paper's method,
+    ``pwd`` × layer-wise, and the default of ``layerwise`` follows the mode (true for ``lpwd`` only),
+    so a config written by hf_lpwd 0.1.0 (which has no ``layerwise`` key) means what it meant.
+
     Args:
         mode: ``wd`` (AdamW's decoupled decay), ``rwd`` (real-time), ``pwd`` (pre-weight) or
             ``lpwd`` (pre-weight with λ growing with depth: λ·(d+1)/(N+2) at depth d of N blocks).
-        weight_decay: λ, the rate of the deepest level (the head) in ``lpwd``, of every decayed
-            parameter otherwise.
+        weight_decay: λ, the rate of the deepest level (the head) with the layer-wise profile, of
+            every decayed parameter otherwise.
+        layerwise: the λ profile: ``True`` layer-wise, ``False`` uniform; ``None`` (unset) resolves
+            to ``mode == "lpwd"``.  ``mode="lpwd"`` with ``layerwise=False`` is refused (that is ``pwd``).
+        layer_lr_decay: γ of layer-wise learning-rate decay (LLRD): the lr at depth d is
+            lr·γ^(N+1−d), so the head trains at the full lr and the embeddings at lr·γ^(N+1).
+            ``1.0`` (default) is off; 0 < γ ≤ 1.
+        tied_depth: where a matrix shared by the input embedding and the output head sits:
+            ``"input"`` (depth 0, where it is registered: the default, as in 0.1.0) or ``"output"``
+            (depth N+1, the head's λ and lr).
         layer_pattern: regex with one capture group for the block index, overriding the automatic
             block detection of :func:`hf_lpwd.layer_depths`.
         decay_embeddings: whether depth 0 (embeddings, stem) is decayed at all in ``lpwd``.
@@ -67,7 +103,10 @@ class LPWDConfig:
     """
 
     mode: str = "lpwd"
-    weight_decay: float = 0.0
+    weight_decay: float = DEFAULT_WEIGHT_DECAY
+    layerwise: bool | None = None
+    layer_lr_decay: float = 1.0
+    tied_depth: str = "input"
     layer_pattern: str | None = None
     decay_embeddings: bool = True
     stochastic_rounding: bool = True
@@ -78,29 +117,42 @@ class LPWDConfig:
     lpwd_version: str = __version__
 
     def __post_init__(self) -> None:
+        if self.layerwise is None:
+            self.layerwise = self.mode == "lpwd"
         self.validate()
 
     # ------------------------------------------------------------------ derived
     @property
-    def optimizer_mode(self) -> str:
-        """The :class:`hf_lpwd.LPWD` mode: ``lpwd`` is ``pwd`` with layer-wise groups."""
+    def timing(self) -> str:
+        """When the decay is applied, the :class:`hf_lpwd.LPWD` ``mode``: ``lpwd`` is the ``pwd`` timing."""
         return "pwd" if self.mode == "lpwd" else self.mode
 
     @property
-    def layerwise(self) -> bool:
-        return self.mode == "lpwd"
+    def optimizer_mode(self) -> str:
+        """Alias of :attr:`timing` (hf_lpwd 0.1.0's name)."""
+        return self.timing
 
-    def param_groups(self, model: Any, decay_names: Any = None) -> list[dict[str, Any]]:
+    @property
+    def needs_depths(self) -> bool:
+        """Whether the param groups depend on the depth of each parameter."""
+        return bool(self.layerwise) or self.layer_lr_decay != 1.0
+
+    def param_groups(
+        self, model: Any, decay_names: Any = None, depths: tuple[dict[str, int], int] | None = None
+    ) -> list[dict[str, Any]]:
         """The optimizer param groups these settings give for ``model`` (see :func:`hf_lpwd.lpwd_param_groups`)."""
         from .groups import lpwd_param_groups
 
         return lpwd_param_groups(
             model,
             self.weight_decay,
-            layerwise=self.layerwise,
+            layerwise=bool(self.layerwise),
             layer_pattern=self.layer_pattern,
             decay_embeddings=self.decay_embeddings,
             decay_names=decay_names,
+            layer_lr_decay=self.layer_lr_decay,
+            tied_depth=self.tied_depth,
+            depths=depths,
         )
 
     # ------------------------------------------------------------------ validation
@@ -112,6 +164,16 @@ class LPWDConfig:
             raise ValueError(f"LPWDConfig.weight_decay must be a number, got {type(self.weight_decay).__name__}")
         if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
             raise ValueError(f"LPWDConfig.weight_decay={self.weight_decay} must be a finite number >= 0")
+        if not isinstance(self.layerwise, bool):
+            raise ValueError(f"LPWDConfig.layerwise must be true or false, got {self.layerwise!r}")
+        if self.mode == "lpwd" and not self.layerwise:
+            raise ValueError(
+                "LPWDConfig: mode='lpwd' is pwd with the layer-wise profile, so layerwise=False contradicts it; "
+                "use mode='pwd' for pre-weight decay with a uniform λ"
+            )
+        validate_layer_lr_decay(self.layer_lr_decay, "LPWDConfig.layer_lr_decay")
+        if self.tied_depth not in TIED_DEPTHS:
+            raise ValueError(f"LPWDConfig.tied_depth={self.tied_depth!r} is not one of {list(TIED_DEPTHS)}")
         validate_layer_pattern(self.layer_pattern, "LPWDConfig.layer_pattern")
         for name in ("decay_embeddings", "stochastic_rounding"):
             if not isinstance(getattr(self, name), bool):
@@ -149,10 +211,16 @@ class LPWDConfig:
 
     def to_json_file(self, path: str | os.PathLike) -> None:
         """Write atomically: a crash never leaves a half-written config behind."""
+        text = self.to_json_string()
         tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(self.to_json_string())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> LPWDConfig:
@@ -171,8 +239,9 @@ class LPWDConfig:
             raise ValueError(f"unknown LPWD config key(s) {unknown}; valid keys are {sorted(known)}")
         if "base_optimizer_kwargs" in data and isinstance(data["base_optimizer_kwargs"], dict):
             data["base_optimizer_kwargs"] = dict(data["base_optimizer_kwargs"])
-        if isinstance(data.get("weight_decay"), int) and not isinstance(data.get("weight_decay"), bool):
-            data["weight_decay"] = float(data["weight_decay"])
+        for key in ("weight_decay", "layer_lr_decay"):
+            if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
+                data[key] = float(data[key])
         return cls(**data)
 
     @classmethod
@@ -257,24 +326,28 @@ class LPWDConfig:
     # ------------------------------------------------------------------ model card
     def model_card_section(self) -> str:
         """A short Markdown section for the model card: what transformers' card cannot say."""
+        timing = {
+            "wd": "decoupled decay, as AdamW: θ ← θ − ηu − ηλθ",
+            "rwd": "real-time decay: θ ← (1 − ηλ)(θ − ηu)",
+            "pwd": "pre-weight decay: θ ← (1 − ηλ)θ before each forward pass",
+        }[self.timing]
+        profile = "layer-wise, λ·(d+1)/(N+2) at depth d" if self.layerwise else "uniform"
         lines = [
             "## Weight decay: LPWD",
             "",
-            f"This model was trained with `hf_lpwd` {self.lpwd_version}, "
-            f"weight decay mode `{self.mode}` "
-            + {
-                "wd": "(decoupled decay, as AdamW).",
-                "rwd": "(real-time decay: θ ← (1 − ηλ)(θ − ηu)).",
-                "pwd": "(pre-weight decay: θ ← (1 − ηλ)θ before each forward pass).",
-                "lpwd": "(layer-wise pre-weight decay: λ grows with depth, λ·(d+1)/(N+2)).",
-            }[self.mode],
+            f"This model was trained with `hf_lpwd` {self.lpwd_version}, weight decay mode `{self.mode}`: "
+            f"timing {timing}; λ profile {profile}.",
             "",
             "| setting | value |",
             "|---|---|",
             f"| λ (weight_decay) | {self.weight_decay:g} |",
+            f"| timing / profile | {self.timing} / {'layer-wise' if self.layerwise else 'uniform'} |",
             f"| base optimizer | {self.base_optimizer or 'adamw'} |",
             f"| decay embeddings | {self.decay_embeddings} |",
+            f"| tied embedding depth | {self.tied_depth} |",
         ]
+        if self.layer_lr_decay != 1.0:
+            lines.append(f"| layer-wise lr decay γ | {self.layer_lr_decay:g} (lr·γ^(N+1−d)) |")
         if self.layer_pattern:
             lines.append(f"| layer pattern | `{self.layer_pattern}` |")
         if self.num_blocks is not None:

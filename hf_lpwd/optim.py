@@ -1,48 +1,73 @@
-"""The decay math: weight decay modes wd / rwd / pwd around any base torch optimizer.
+"""The decay math: *when* weight decay is applied (wd / rwd / pwd) around a base torch optimizer.
 
 With η the group's learning rate at the step, λ the group's ``weight_decay`` and u the base
 optimizer's update direction (Adam's m̂/(√v̂+ε), SGD's momentum buffer, ...):
 
 * ``wd``  (decoupled decay, AdamW):   θ ← θ − η·u − η·λ·θ
 * ``rwd`` (real-time decay):          θ ← (1 − η·λ)·(θ − η·u)
-* ``pwd`` (pre-weight decay):         ``pre_step()``: θ ← (1 − η·λ)·θ, *before the forward pass*,
-  so the gradient is taken at the decayed weights; then ``step()``: θ ← θ − η·u
+* ``pwd`` (pre-weight decay):         θ ← (1 − η·λ)·θ *before the forward pass*, so the gradient is
+  taken at the decayed weights; then θ ← θ − η·u
 
-LPWD (layer-wise pre-weight decay) is ``pwd`` with one param group per depth, each with its own λ
-(see :mod:`hf_lpwd.groups`); nothing in this module knows about layers.
+*How much* λ each parameter gets (uniform, or layer-wise λ·(d+1)/(N+2) for LPWD) is a matter of
+param groups (:mod:`hf_lpwd.groups`); nothing in this module knows about layers.
 
-Why the modes cost what they cost.  The step of an optimizer is memory bound, so its cost is the
-number of passes over the parameters:
+Why the timings cost what they cost.  An optimizer step is memory bound, so its cost is the number
+of passes over the parameters:
 
 * On the AdamW base, ``wd`` *is* torch's AdamW, and ``rwd`` is torch's AdamW with
   η' = η·(1 − η·λ) and λ' = λ / (1 − η·λ), because
   (1 − η'·λ')·θ − η'·u = (1 − η·λ)·θ − η·(1 − η·λ)·u = (1 − η·λ)·(θ − η·u).
-  Both therefore run inside the fused / foreach AdamW kernels with no extra pass.
-* ``pwd`` needs the decay before the forward pass, so ``pre_step()`` adds one multiply pass
-  (``torch._foreach_mul_``), and ``step()`` runs the base with λ = 0.
-* Any other base (SGD, Adafactor, ...) runs with ``weight_decay = 0`` (torch's SGD and Adam
-  would otherwise add λ·θ to the gradient, i.e. L2, not decay) and LPWD scales the weights itself:
-  before the base step for ``wd`` (u does not depend on θ, so (1 − ηλ)θ − ηu = θ − ηu − ηλθ), after
-  it for ``rwd``.
+* ``pwd`` is folded the same way, with the *next* step's lr.  Writing θ'_t = (1 − η_t·λ)·θ_t for
+  the weights the forward of step t sees, θ'_{t+1} = (1 − η_{t+1}·λ)·(θ'_t − η_t·u_t): one AdamW
+  update with η' = η_t·(1 − η_{t+1}·λ) and λ' = η_{t+1}·λ / η'.  So LPWD keeps θ' as the model's
+  weights: after ``step()`` the model holds the weights the *next* forward will see, already
+  decayed, and pwd costs what AdamW costs.  η_{t+1} comes from the lr scheduler
+  (:meth:`LPWD.set_lr_scheduler`; a ``LambdaLR``, as every Trainer schedule but
+  ``reduce_lr_on_plateau``, says it exactly: base_lr × λ(last_epoch + 1)); without one, LPWD
+  predicts the current lr.  The prediction is checked, not trusted: each group records the factor
+  it applied (param-group key ``lpwd_applied_decay``), and ``pre_step()`` compares it with
+  1 − η_t·λ at the lr the group has *now*; only when they differ (lr set by hand, a scheduler that
+  cannot look ahead, the very first step) does it rescale by (1 − η_t·λ)/(applied) in one pass.
+  Exact in every case; free whenever the prediction holds.
+* Cases the fold cannot serve take one separate multiply pass after the base step (with λ = 0 in
+  the base): η_t = 0 (warm-up start: the fold would divide by η'), bases other than torch's AdamW,
+  and groups of bf16/fp16 weights that need stochastic rounding.  Parameters of a folded group that
+  have no gradient this step (AdamW skips them) are scaled in the same way, so the whole group
+  always holds the decayed weights.
+* A step with no next step (the Trainer tells LPWD ``num_training_steps``) applies no next decay,
+  so the final parameters equal unfolded pwd's.  :meth:`LPWD.settle` removes a decay applied for a
+  step that will not come (a loop that stops early).
+* Any base other than AdamW runs with ``weight_decay = 0`` (torch's SGD and Adam would otherwise
+  add λ·θ to the gradient, i.e. L2, not decay) and LPWD scales the weights itself: before the base
+  step for ``wd`` (u does not depend on θ, so (1 − ηλ)θ − ηu = θ − ηu − ηλθ), after it for ``rwd``.
 
 Once per step.  ``pre_step()`` acts once per optimizer step: calling it again before ``step()`` is
-a no-op, so a training loop may call it before every micro-batch of a gradient accumulation group.
-A step skipped by a gradient scaler leaves the decay pending for the next ``step()``, so the decay
-is never applied twice for one update.  A checkpoint is always taken between ``step()`` and the next
-``pre_step()``, so resuming needs no state beyond the base optimizer's.
+a no-op, so a loop may call it before every micro-batch of a gradient accumulation group.  A step
+skipped by a gradient scaler leaves the applied decay as it is, so it is never applied twice.
+A checkpoint taken between steps holds the decayed weights θ'_{t+1} *and*, in the optimizer's
+``state_dict()`` (its param groups), the factor they carry, so a resumed run is bitwise the
+uninterrupted one.  Between steps, evaluation also sees θ'_{t+1}: the weights the next forward will see.
+
+DeepSpeed.  Under ZeRO the model's weights are copies of DeepSpeed's fp32 master partitions, which
+LPWD's ``param_groups`` hold: a pre-forward pass on the model would be overwritten, but the fold
+acts on the masters inside ``step()``.  With ``require_pre_step = False`` (set by the Trainer glue
+there), ``step()`` applies any decay the prediction missed itself, before the update; the gradient
+of such a step was then taken at the predicted weights (with the Trainer's ``LambdaLR`` schedules
+that happens only at the first step, and not at all when the warm-up starts from lr 0).
 
 Low precision.  For bf16 / fp16 parameters the factor 1 − η·λ is often closer to 1 than the format
 resolves, and ``θ * (1 − η·λ)`` rounds back to θ: the decay silently does nothing.  LPWD applies
 its own decay passes with stochastic rounding on such parameters (see :mod:`hf_lpwd.rounding`);
 fp32/fp64 parameters take the plain, exact path.  On the AdamW base a param group holding bf16/fp16
 parameters therefore runs the generic path (AdamW with λ = 0, then LPWD's rounded scale pass), while
-groups of fp32 parameters keep folding wd / rwd into the kernel, bit for bit as without any low
+groups of fp32 parameters keep folding the decay into the kernel, bit for bit as without any low
 precision parameter.  With ``stochastic_rounding=False`` LPWD warns at construction about every group
 whose per-step decay η·λ is below its dtype's resolution.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -52,16 +77,33 @@ import torch
 
 from .rounding import LOW_PRECISION_DTYPES, scale_
 
-DECAY_MODES: tuple[str, ...] = ("wd", "rwd", "pwd")
-"""Decay modes of :class:`LPWD`; ``lpwd`` is ``pwd`` with layer-wise groups (:func:`lpwd_param_groups`)."""
+logger = logging.getLogger("hf_lpwd")
+
+TIMINGS: tuple[str, ...] = ("wd", "rwd", "pwd")
+"""When the decay is applied: the ``mode`` of :class:`LPWD`.  The user-facing ``lpwd`` mode is
+``pwd`` with layer-wise param groups (:data:`hf_lpwd.config.WEIGHT_DECAY_MODES`)."""
+
+DECAY_MODES = TIMINGS
+"""hf_lpwd 0.1.0's name of :data:`TIMINGS`, kept for compatibility."""
+
+DEFAULT_WEIGHT_DECAY = 0.01
+"""λ when none is given: the one default of :class:`LPWD`, :class:`hf_lpwd.LPWDConfig` and the CLI
+(the Trainer's ``--weight_decay`` keeps transformers' own default)."""
 
 BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
+    "adamw_torch": torch.optim.AdamW,
+    "adamw_torch_fused": torch.optim.AdamW,
     "sgd": torch.optim.SGD,
 }
-"""Names accepted for ``base``; any ``torch.optim.Optimizer`` subclass is accepted as well."""
+"""Names accepted for ``base``: short names and the Trainer's ``--optim`` names (the values of
+``LPWDConfig.base_optimizer``) that map to one torch class; any ``torch.optim.Optimizer`` subclass
+is accepted as well."""
 
-
+APPLIED_DECAY_KEY = "lpwd_applied_decay"
+"""Param-group key (pwd): the factor 1 − η̂·λ already applied to the group's weights for the coming
+step, ``None`` when none is.  It lives in the group so ``state_dict()`` carries it to a resumed run."""
+_INDEX_KEY = "lpwd_group_index"  # the group's position, also when DeepSpeed steps one group at a time
 def resolve_base(base: str | type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
     """Return the optimizer class for ``base`` (a name in :data:`BASE_OPTIMIZERS` or a class)."""
     if isinstance(base, str):
@@ -101,7 +143,7 @@ def _as_param_groups(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]]) 
 
 
 class LPWD(torch.optim.Optimizer):
-    """Weight decay modes ``wd`` / ``rwd`` / ``pwd`` around a base optimizer.
+    """Weight decay timings ``wd`` / ``rwd`` / ``pwd`` around a base optimizer.
 
     ``LPWD`` *is* a ``torch.optim.Optimizer``: it shares ``param_groups`` and ``state`` with the base
     optimizer it builds, so LR schedulers, gradient clipping, Accelerate's ``AcceleratedOptimizer``
@@ -109,9 +151,13 @@ class LPWD(torch.optim.Optimizer):
     read at every step.
 
     Args:
-        params: parameters or param groups (e.g. from :func:`hf_lpwd.lpwd_param_groups`).
-        base: ``"adamw"``, ``"sgd"`` or any ``torch.optim.Optimizer`` subclass.
-        mode: one of :data:`DECAY_MODES`.
+        params: parameters or param groups (e.g. from :func:`hf_lpwd.lpwd_param_groups`).  A group
+            with an ``lr_multiplier`` and no ``lr`` of its own gets ``lr × lr_multiplier`` (layer-wise
+            lr decay).
+        base: ``"adamw"``, ``"sgd"``, a Trainer ``--optim`` name of :data:`BASE_OPTIMIZERS`, or any
+            ``torch.optim.Optimizer`` subclass.
+        mode: the timing, one of :data:`TIMINGS`.  (``"lpwd"`` is not a timing: it is ``pwd`` with
+            ``lpwd_param_groups(model, λ)``.)
         weight_decay: λ for groups that do not set their own.
         stochastic_rounding: decay bf16/fp16 parameters with stochastic rounding so that decays
             below their resolution still take effect on average (no effect on fp32 parameters).
@@ -122,12 +168,15 @@ class LPWD(torch.optim.Optimizer):
         **base_kwargs: passed to the base optimizer (``lr``, ``betas``, ``eps``, ``momentum``,
             ``foreach``, ``fused``, ...).
 
-    Training loop (``pre_step`` is a no-op for ``wd`` and ``rwd``)::
+    Training loop (``pre_step`` is a no-op for ``wd`` and ``rwd``, and costs nothing for ``pwd``
+    whenever the fold predicted the lr right; ``set_lr_scheduler`` lets it predict a schedule)::
 
+        opt.set_lr_scheduler(scheduler, num_training_steps)   # optional, pwd only
         for batch in loader:
             opt.pre_step()
             model(**batch).loss.backward()
             opt.step(); scheduler.step(); opt.zero_grad()
+        opt.settle()   # only if the loop stopped before num_training_steps (or gave none)
     """
 
     def __init__(
@@ -136,38 +185,88 @@ class LPWD(torch.optim.Optimizer):
         base: str | type[torch.optim.Optimizer] = "adamw",
         mode: str = "pwd",
         *,
-        weight_decay: float = 1e-2,
+        weight_decay: float = DEFAULT_WEIGHT_DECAY,
         stochastic_rounding: bool = True,
         **base_kwargs: Any,
     ) -> None:
-        if mode not in DECAY_MODES:
-            raise ValueError(f"LPWD: unknown mode {mode!r}; valid modes are {list(DECAY_MODES)}")
+        if mode not in TIMINGS:
+            hint = (
+                " ('lpwd' is the pwd timing with layer-wise groups: "
+                "LPWD(lpwd_param_groups(model, weight_decay), mode='pwd'))" if mode == "lpwd" else ""
+            )
+            raise ValueError(f"LPWD: unknown mode {mode!r}; valid modes (timings) are {list(TIMINGS)}{hint}")
         base_cls = resolve_base(base)
+        _refuse_schedule_free(base_cls)
         if "weight_decay" in base_kwargs:
             raise ValueError("LPWD: pass weight_decay to LPWD itself (it is λ), not inside base_kwargs")
+        if isinstance(base, str) and base.lower() == "adamw_torch_fused":
+            base_kwargs.setdefault("fused", True)
         self.mode = mode
         self.stochastic_rounding = stochastic_rounding
-        # Only torch's own AdamW has decoupled decay we can fold rwd into; every other base runs with
-        # weight_decay = 0 and LPWD scales the weights itself.
+        self.require_pre_step = True
+        """pwd: ``step()`` without ``pre_step()`` on a step whose decay the fold did not apply is an
+        error (``True``), or is corrected inside ``step()`` (``False``: DeepSpeed, see the module doc)."""
+        self.fold_corrections = 0
+        """pwd: how many group-steps needed a correction pass (a missed lr prediction, the first decay)."""
+        # Only torch's own AdamW has decoupled decay we can fold rwd / pwd into; every other base runs
+        # with weight_decay = 0 and LPWD scales the weights itself.
         self.folds_decay_into_base = base_cls is torch.optim.AdamW
         # λ lives in each group's "weight_decay" before the base sees the groups: a base whose own
         # default is 0 (SGD) or that has no such argument must not override it.
         groups = _as_param_groups(params)
-        for group in groups:
+        own_lr = [("lr" in group) for group in groups]
+        for index, group in enumerate(groups):
             group.setdefault("weight_decay", weight_decay)
+            group[_INDEX_KEY] = index
         base_optimizer = base_cls(groups, **base_kwargs)
+        for group, has_lr in zip(base_optimizer.param_groups, own_lr, strict=True):
+            _apply_lr_multiplier(group, has_lr)
         for index, group in enumerate(base_optimizer.param_groups):
             self._validate_group(index, group)
         defaults = dict(base_optimizer.defaults)
-        defaults.setdefault("weight_decay", weight_decay)
+        defaults["weight_decay"] = weight_decay  # λ is LPWD's, not the base's default (0 on SGD)
         super().__init__(base_optimizer.param_groups, defaults)
         # Share, don't copy: the scheduler and Accelerate mutate these lists / dicts.
         self.base_optimizer = base_optimizer
         self.param_groups = base_optimizer.param_groups
         self.state = base_optimizer.state
-        self._decay_pending_step = False  # pwd: pre_step() decayed, step() not yet taken
+        self._pre_step_done = False  # pre_step() ran since the previous step()
+        self._lr_scheduler: Any = None
+        self._num_training_steps: int | None = None
         if not stochastic_rounding:
             self._warn_if_decay_is_lost()
+
+    # ------------------------------------------------------------------ the lr schedule (pwd's fold)
+    def set_lr_scheduler(self, lr_scheduler: Any, num_training_steps: int | None = None) -> None:
+        """Tell pwd's fold where the next step's lr comes from, and when there is no next step.
+
+        ``lr_scheduler`` must step this optimizer's groups once per ``step()``.  A ``LambdaLR`` (every
+        Trainer schedule but ``reduce_lr_on_plateau``) gives the next lr exactly; for any other
+        scheduler the fold predicts the current lr and ``pre_step()`` corrects the steps where it
+        changed.  ``num_training_steps``: after the step with index ``num_training_steps - 1`` (the
+        scheduler's ``last_epoch``) no decay is applied for a step that never comes.
+        """
+        self._lr_scheduler = lr_scheduler
+        self._num_training_steps = num_training_steps
+        if self.mode == "pwd" and lr_scheduler is not None and not _can_look_ahead(lr_scheduler):
+            logger.warning(
+                "LPWD: %s cannot say the next step's lr, so pwd folds in the current lr and pre_step() corrects, "
+                "with one pass over the weights, each step where the lr changed",
+                type(lr_scheduler).__name__,
+            )
+
+    def _next_lr(self, group: dict[str, Any]) -> float | None:
+        """η_{t+1} of ``group`` as the scheduler will set it, or ``None`` when step t is the last one."""
+        scheduler = self._lr_scheduler
+        if scheduler is None:
+            return _as_float(group["lr"])
+        last_epoch = getattr(scheduler, "last_epoch", None)
+        if self._num_training_steps is not None and last_epoch is not None and last_epoch + 1 >= self._num_training_steps:
+            return None
+        index = group.get(_INDEX_KEY)
+        if _can_look_ahead(scheduler) and index is not None and index < len(scheduler.lr_lambdas):
+            return _as_float(scheduler.base_lrs[index] * scheduler.lr_lambdas[index](last_epoch + 1))
+        return _as_float(group["lr"])
 
     # ------------------------------------------------------------------ validation
     @staticmethod
@@ -185,15 +284,7 @@ class LPWD(torch.optim.Optimizer):
                 "Pass lr=... (for Adafactor: relative_step=False)"
             )
         eta = _as_float(group["lr"])
-        if not math.isfinite(eta) or eta < 0:
-            raise ValueError(f"LPWD: {_group_label(index, group)} has lr={eta}; η must be a finite number >= 0")
-        if eta * lam >= 1.0:
-            label = _group_label(index, group)
-            raise ValueError(
-                f"LPWD: {label} has lr={eta} and weight_decay={lam}: the decay factor 1 - lr*weight_decay "
-                f"= {1.0 - eta * lam:g} would be <= 0 and flip the weights' signs. Lower weight_decay or lr "
-                "so that lr*weight_decay < 1"
-            )
+        _check_factor(index, group, eta, lam)
         return eta, lam
 
     def _decay_factors(self) -> list[float]:
@@ -241,49 +332,145 @@ class LPWD(torch.optim.Optimizer):
             if params:
                 scale_(params, factor, stochastic=self.stochastic_rounding)
 
-    def pre_step(self) -> None:
-        """pwd: θ ← (1 − η·λ)·θ before the forward pass; a no-op for wd / rwd.
+    def _decay_is_up_to_date(self) -> bool:
+        """pwd: does every group's weights already carry this step's 1 − η_t·λ."""
+        for index, group in enumerate(self.param_groups):
+            eta, lam = self._validate_group(index, group)
+            applied = group.get(APPLIED_DECAY_KEY)
+            if 1.0 - eta * lam != (1.0 if applied is None else float(applied)):
+                return False
+        return True
 
-        Acts once per optimizer step: further calls before the next :meth:`step` do nothing, so it
-        is safe to call before every micro-batch.  All parameters of a group are decayed (their
-        gradients do not exist yet), also those that end up without a gradient in this step.
+    @torch.no_grad()
+    def _bring_decay_up_to_date(self) -> bool:
+        """pwd: make every group's weights carry exactly this step's 1 − η_t·λ; True if a pass was needed."""
+        corrected = False
+        for group, wanted in zip(self.param_groups, self._decay_factors(), strict=True):  # validate all first
+            applied = group.get(APPLIED_DECAY_KEY)
+            applied = 1.0 if applied is None else float(applied)
+            if wanted != applied:
+                if group["params"]:
+                    scale_(list(group["params"]), wanted / applied, stochastic=self.stochastic_rounding)
+                self.fold_corrections += 1
+                corrected = True
+            group[APPLIED_DECAY_KEY] = wanted
+        return corrected
+
+    def pre_step(self) -> None:
+        """pwd: make the weights (1 − η_t·λ)·θ_t before the forward pass; a no-op for wd / rwd.
+
+        The previous ``step()`` already applied the decay it predicted for this step, so this only
+        checks the prediction against each group's lr now and, where it differs (or no decay was
+        applied yet: the first step, a run resumed from a 0.1.0 checkpoint), rescales that group in one
+        pass.  Acts once per optimizer step: further calls before the next :meth:`step` do nothing,
+        so it is safe to call before every micro-batch.
         """
-        if self.mode != "pwd" or self._decay_pending_step:
+        if self.mode != "pwd" or self._pre_step_done:
             return
-        self._scale_params(self._decay_factors(), only_with_grad=False)
-        self._decay_pending_step = True
+        self._bring_decay_up_to_date()
+        self._pre_step_done = True
 
     @property
     def pre_step_pending(self) -> bool:
         """True between a pwd ``pre_step()`` and the ``step()`` it belongs to."""
-        return self._decay_pending_step
+        return self._pre_step_done
+
+    @torch.no_grad()
+    def settle(self) -> None:
+        """pwd: undo the decay already applied for a step that will not come.
+
+        After the last ``step()`` of a loop that gave no ``num_training_steps`` (or stopped before
+        it), the weights hold (1 − η̂·λ)·θ_T; this divides that factor out, so they are θ_T, the final
+        parameters of unfolded pwd.  A later ``pre_step()`` decays again as needed.
+        """
+        for group in self.param_groups:
+            applied = group.get(APPLIED_DECAY_KEY)
+            if applied is not None and float(applied) != 1.0 and group["params"]:
+                scale_(list(group["params"]), 1.0 / float(applied), stochastic=self.stochastic_rounding)
+            group[APPLIED_DECAY_KEY] = None
+        self._pre_step_done = False
 
     # ------------------------------------------------------------------ the step
-    def _run_base(self, closure: Callable[[], float] | None, overrides: list[dict[str, Any]]) -> Any:
+    def _run_base(self, overrides: list[dict[str, Any]]) -> None:
         """Run the base step with per-group values temporarily replaced, restoring them always."""
         saved = [{key: group[key] for key in override} for group, override in zip(self.param_groups, overrides, strict=True)]
         try:
             for group, override in zip(self.param_groups, overrides, strict=True):
                 group.update(override)
-            return self.base_optimizer.step(closure)
+            self.base_optimizer.step()
         finally:
             for group, values in zip(self.param_groups, saved, strict=True):
                 group.update(values)
 
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
-        """Take one optimizer step in the configured mode (see the module docstring)."""
-        if self.mode == "pwd":
-            if not self._decay_pending_step:
-                raise RuntimeError(
-                    "LPWD(mode='pwd'): step() was called without pre_step() since the previous step, so this "
-                    "update would skip its decay. Call optimizer.pre_step() once per optimizer step, before the "
-                    "forward pass (LPWDTrainer does this for you), or use mode='rwd' if the loop cannot be changed."
-                )
-            self._decay_factors()  # validation only: the scheduler may have changed lr since pre_step()
-            loss = self._run_base(closure, [{"weight_decay": 0.0} for _ in self.param_groups])
-            self._decay_pending_step = False
-            return loss
+        """Take one optimizer step with the configured timing (see the module docstring).
 
+        A ``closure`` is evaluated first (with gradients enabled, as torch's optimizers do), so the
+        gradient is always taken at the weights as they are before any decay of this step.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # DeepSpeed ZeRO-1/2 replace our ``param_groups`` with a one-group list while stepping one
+        # group: the base must step exactly the groups we are given.
+        base = self.base_optimizer
+        base_groups = base.param_groups
+        base.param_groups = self.param_groups
+        try:
+            if self.mode == "pwd":
+                self._step_pwd()
+            else:
+                self._step_wd_rwd()
+        finally:
+            base.param_groups = base_groups
+            self._pre_step_done = False
+        return loss
+
+    def _step_pwd(self) -> None:
+        if not self._pre_step_done:
+            if self.require_pre_step and not self._decay_is_up_to_date():
+                raise RuntimeError(
+                    "LPWD(mode='pwd'): step() was called without pre_step() on a step whose decay was not applied "
+                    "yet (the first step, or an lr other than the one the previous step folded in), so the "
+                    "gradient was taken at undecayed weights. Call optimizer.pre_step() once per optimizer step, "
+                    "before the forward pass (LPWDTrainer does this for you), or use mode='rwd' if the loop "
+                    "cannot be changed."
+                )
+            self._bring_decay_up_to_date()
+        low = self._low_precision_groups()
+        overrides: list[dict[str, Any]] = []
+        after: list[tuple[list[torch.Tensor], float]] = []  # scale passes after the base step
+        next_factors: list[float] = []
+        for index, group in enumerate(self.param_groups):
+            eta, lam = self._validate_group(index, group)
+            next_lr = self._next_lr(group)
+            factor = 1.0
+            if next_lr is not None and lam != 0.0:
+                _check_factor(index, group, next_lr, lam, "the next step's lr")
+                factor = 1.0 - next_lr * lam
+            next_factors.append(factor)
+            if factor == 1.0:
+                overrides.append({"weight_decay": 0.0})
+            elif self.folds_decay_into_base and not low[index] and eta > 0.0:
+                # One AdamW update: (1 − η'λ')θ − η'u = (1 − η_{t+1}λ)(θ − η_t u).
+                folded_lr = group["lr"] * factor
+                overrides.append({"lr": folded_lr, "weight_decay": (1.0 - factor) / (eta * factor)})
+                idle = [p for p in group["params"] if p.grad is None]  # AdamW skips them
+                if idle:
+                    after.append((idle, factor))
+            else:
+                overrides.append({"weight_decay": 0.0})
+                if group["params"]:
+                    after.append((list(group["params"]), factor))
+        self._run_base(overrides)
+        with torch.no_grad():
+            for params, factor in after:
+                scale_(params, factor, stochastic=self.stochastic_rounding)
+        for group, factor in zip(self.param_groups, next_factors, strict=True):
+            group[APPLIED_DECAY_KEY] = factor
+
+    def _step_wd_rwd(self) -> None:
         factors = self._decay_factors()
         if self.folds_decay_into_base:
             # Groups with bf16/fp16 weights (stochastic rounding on) take the generic path below; the
@@ -291,10 +478,10 @@ class LPWD(torch.optim.Optimizer):
             generic = self._low_precision_groups()
             if not any(generic):
                 if self.mode == "wd":
-                    return self.base_optimizer.step(closure)
-                return self._run_base(
-                    closure, [self._rwd_override(g, f) for g, f in zip(self.param_groups, factors, strict=True)]
-                )
+                    self.base_optimizer.step()
+                    return
+                self._run_base([self._rwd_override(g, f) for g, f in zip(self.param_groups, factors, strict=True)])
+                return
             if self.mode == "wd":
                 overrides = [{"weight_decay": 0.0} if low else {} for low in generic]
             else:
@@ -310,10 +497,10 @@ class LPWD(torch.optim.Optimizer):
         # without decay and LPWD scales the weights that take part in this step (factor 1: skipped).
         if self.mode == "wd":
             self._scale_params(factors, only_with_grad=True)
-            return self._run_base(closure, overrides)
-        loss = self._run_base(closure, overrides)
+            self._run_base(overrides)
+            return
+        self._run_base(overrides)
         self._scale_params(factors, only_with_grad=True)
-        return loss
 
     def _low_precision_groups(self) -> list[bool]:
         """Per group: does it hold bf16/fp16 parameters that need stochastic rounding.
@@ -340,13 +527,17 @@ class LPWD(torch.optim.Optimizer):
         if base is None:  # called by torch.optim.Optimizer.__init__ on the shared groups
             super().add_param_group(param_group)
             return
+        param_group = dict(param_group)
+        has_lr = "lr" in param_group
+        param_group.setdefault("weight_decay", self.defaults["weight_decay"])
+        param_group[_INDEX_KEY] = len(base.param_groups)
         base.add_param_group(param_group)
         group = base.param_groups[-1]
-        group.setdefault("weight_decay", self.defaults["weight_decay"])
+        _apply_lr_multiplier(group, has_lr)
         self._validate_group(len(base.param_groups) - 1, group)
 
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state dict: LPWD keeps no state of its own."""
+        """The base optimizer's state dict; pwd's applied decay rides in its param groups."""
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -356,3 +547,39 @@ class LPWD(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"LPWD(mode={self.mode!r}, base={self.base_optimizer!r})"
+
+
+def _check_factor(index: int, group: dict[str, Any], eta: float, lam: float, what: str = "lr") -> None:
+    """η must be finite and >= 0, and η·λ < 1 (else 1 − η·λ <= 0 flips the weights' signs)."""
+    if not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"LPWD: {_group_label(index, group)} has {what}={eta}; η must be a finite number >= 0")
+    if eta * lam >= 1.0:
+        raise ValueError(
+            f"LPWD: {_group_label(index, group)} has {what}={eta} and weight_decay={lam}: the decay factor "
+            f"1 - lr*weight_decay = {1.0 - eta * lam:g} would be <= 0 and flip the weights' signs. Lower "
+            "weight_decay or lr so that lr*weight_decay < 1"
+        )
+
+
+def _apply_lr_multiplier(group: dict[str, Any], has_own_lr: bool) -> None:
+    """Layer-wise lr decay: a group without an lr of its own trains at the optimizer's lr × ``lr_multiplier``."""
+    multiplier = group.get("lr_multiplier", 1.0)
+    if not has_own_lr and multiplier != 1.0 and group.get("lr") is not None:
+        group["lr"] = group["lr"] * multiplier
+
+
+def _can_look_ahead(lr_scheduler: Any) -> bool:
+    """A ``LambdaLR`` (and subclasses) computes any step's lr as base_lr × λ(step)."""
+    return isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR)
+
+
+def _refuse_schedule_free(base_cls: type) -> None:
+    """Schedule-free optimizers keep two weight sequences and switch with ``train()`` / ``eval()``."""
+    if callable(getattr(base_cls, "train", None)) and callable(getattr(base_cls, "eval", None)):
+        raise ValueError(
+            f"LPWD: {base_cls.__name__} is a schedule-free optimizer: it keeps two weight sequences (x and z) and "
+            "the model holds a third, their interpolation y, switched by optimizer.train()/eval(); it has its own "
+            "decay rule on y, and 'before the forward pass' or 'after the update' has no single set of weights to "
+            "act on. Use its own weight_decay with the stock Trainer, or an optimizer with one weight sequence "
+            "(--optim adamw_torch_fused, adamw_torch, sgd, adafactor) with LPWD."
+        )

@@ -5,28 +5,29 @@
 
     class MySFTTrainer(LPWDMixin, SFTTrainer): ...
 
-It changes three things and nothing else:
+It changes these things and nothing else, all through the Trainer's public seams:
 
-* ``create_optimizer`` builds the layer-wise param groups and wraps *the optimizer the Trainer itself
-  would have chosen* (``get_optimizer_cls_and_kwargs``: ``--optim adamw_torch_fused``, ``sgd``,
-  ``adafactor``, ...) in :class:`hf_lpwd.LPWD`;
-* ``training_step`` calls ``LPWD.pre_step()`` before the forward pass.  ``pre_step`` acts once per
-  optimizer step, so calling it before every micro-batch decays exactly once per step, before the
-  first micro-batch, whatever the gradient accumulation, a short last accumulation group, an
-  evaluation or a step skipped by the gradient scaler.  The lr it reads is the coming step's: the
-  scheduler stepped right after the previous ``optimizer.step()``;
-* checkpoints and the output folder get ``lpwd_config.json``, the model card an LPWD section, and
-  the logs a weight norm per depth.
+* ``create_optimizer`` builds the param groups (λ and lr per depth, depths parsed once) and wraps
+  *the optimizer the Trainer itself would have chosen* (``get_optimizer_cls_and_kwargs``:
+  ``--optim adamw_torch_fused``, ``sgd``, ``adafactor``, ...) in :class:`hf_lpwd.LPWD`;
+* ``create_scheduler`` tells LPWD the schedule and ``max_steps``, so pwd folds the next step's decay
+  into this step's AdamW call (see :mod:`hf_lpwd.optim`): between steps the model holds the weights
+  the next forward will see, already decayed, and so do evaluation and checkpoints;
+* ``training_step`` calls ``LPWD.pre_step()`` before the forward pass: once per optimizer step,
+  free whenever the fold predicted the lr (always, with the Trainer's ``LambdaLR`` schedules), one
+  pass otherwise.  Under DeepSpeed the decay acts on DeepSpeed's fp32 master weights inside the step
+  instead (a pass on the model's weights would be overwritten);
+* ``save_model`` (every checkpoint and the final model) writes ``lpwd_config.json`` and an LPWD
+  section in the folder's model card; the logs get a weight norm per depth.
 
-Checkpoints are written after ``optimizer.step()`` and before the next ``pre_step()``, so resuming
-needs nothing but the base optimizer's state: the next step decays at the restored scheduler's lr.
+Resuming: a checkpoint holds the decayed weights and, in the optimizer's param groups, the factor
+they carry, so a resumed run is bitwise the uninterrupted one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,14 +35,24 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.utils import logging as hf_logging
 
-from .config import LPWD_CONFIG_NAME, WEIGHT_DECAY_MODES, LPWDConfig, validate_layer_pattern
+from .config import (
+    LPWD_CONFIG_NAME,
+    TIED_DEPTHS,
+    WEIGHT_DECAY_MODES,
+    LPWDConfig,
+    validate_layer_lr_decay,
+    validate_layer_pattern,
+)
 from .groups import format_layer_table, layer_table
-from .layers import layer_depths, layer_depths_with_count
+from .layers import layer_depths_with_count
 from .optim import LPWD
 
-logger = logging.getLogger("hf_lpwd")
+# A child of transformers' library logger: ``--log_level`` / ``transformers.logging.set_verbosity_*``
+# decide what shows, on the Trainer's own handler, as for the Trainer's own messages.
+logger = hf_logging.get_logger("transformers.hf_lpwd")
 
 _UNSUPPORTED_OPTIM_KWARGS = ("params", "model", "optimizer_dict")
 
@@ -58,10 +69,26 @@ class LPWDTrainingArguments(TrainingArguments):
     weight_decay_mode: str = field(
         default="lpwd",
         metadata={
-            "help": "wd: AdamW's decoupled decay; rwd: real-time decay (1-lr*wd)(θ-lr*u); pwd: pre-weight decay "
-            "before the forward pass; lpwd: pwd with λ growing with depth, λ*(d+1)/(N+2).",
+            "help": "When the decay is applied. wd: AdamW's decoupled decay; rwd: real-time decay (1-lr*wd)(θ-lr*u); "
+            "pwd: pre-weight decay before the forward pass; lpwd: pwd with λ growing with depth, λ*(d+1)/(N+2) "
+            "(= pwd with --lpwd_layerwise true).",
             "choices": list(WEIGHT_DECAY_MODES),
         },
+    )
+    lpwd_layerwise: bool | None = field(
+        default=None,
+        metadata={"help": "The λ profile, independent of the timing: true = layer-wise λ*(d+1)/(N+2), false = one "
+                  "λ for every decayed parameter. Unset: true for lpwd, false for wd/rwd/pwd."},
+    )
+    lpwd_layer_lr_decay: float = field(
+        default=1.0,
+        metadata={"help": "Layer-wise learning-rate decay γ in (0, 1]: the lr at depth d is lr*γ^(N+1-d) "
+                  "(head: full lr). 1.0 = off. Any timing, any base."},
+    )
+    lpwd_tied_depth: str = field(
+        default="input",
+        metadata={"help": "Depth of a matrix tied between the input embedding and the output head: input "
+                  "(depth 0) or output (depth N+1, the head's λ and lr).", "choices": list(TIED_DEPTHS)},
     )
     lpwd_layer_pattern: str | None = field(
         default=None,
@@ -79,8 +106,9 @@ class LPWDTrainingArguments(TrainingArguments):
     )
     lpwd_config: str | None = field(
         default=None,
-        metadata={"help": "Start from a saved lpwd_config.json (a folder, a file or a Hub repo id); "
-                  "flags given with non-default values override it."},
+        metadata={"help": "Start from a saved lpwd_config.json (a folder, a file or a Hub repo id). A flag given "
+                  "with a value other than its default overrides the file; one left at (or given with) its "
+                  "default value takes the file's."},
     )
 
     def __post_init__(self) -> None:
@@ -93,6 +121,14 @@ class LPWDTrainingArguments(TrainingArguments):
         if not isinstance(self.weight_decay, (int, float)) or not self.weight_decay >= 0:
             raise ValueError(f"--weight_decay={self.weight_decay} must be >= 0 (it is λ)")
         validate_layer_pattern(self.lpwd_layer_pattern, "--lpwd_layer_pattern")
+        validate_layer_lr_decay(self.lpwd_layer_lr_decay, "--lpwd_layer_lr_decay")
+        if self.weight_decay_mode == "lpwd" and self.lpwd_layerwise is False:
+            raise ValueError(
+                "--weight_decay_mode lpwd is pwd with the layer-wise profile; with --lpwd_layerwise false use "
+                "--weight_decay_mode pwd"
+            )
+        if self.lpwd_tied_depth not in TIED_DEPTHS:
+            raise ValueError(f"--lpwd_tied_depth={self.lpwd_tied_depth!r} is not one of {list(TIED_DEPTHS)}")
         super().__post_init__()
 
     def _merge_saved_config(self, saved: LPWDConfig) -> None:
@@ -100,6 +136,9 @@ class LPWDTrainingArguments(TrainingArguments):
         mapping = {
             "weight_decay_mode": saved.mode,
             "weight_decay": saved.weight_decay,
+            "lpwd_layerwise": saved.layerwise,
+            "lpwd_layer_lr_decay": saved.layer_lr_decay,
+            "lpwd_tied_depth": saved.tied_depth,
             "lpwd_layer_pattern": saved.layer_pattern,
             "lpwd_decay_embeddings": saved.decay_embeddings,
             "lpwd_stochastic_rounding": saved.stochastic_rounding,
@@ -121,6 +160,9 @@ def lpwd_config_from_args(args: TrainingArguments) -> LPWDConfig:
     return LPWDConfig(
         mode=getattr(args, "weight_decay_mode", "lpwd"),
         weight_decay=float(args.weight_decay),
+        layerwise=getattr(args, "lpwd_layerwise", None),
+        layer_lr_decay=float(getattr(args, "lpwd_layer_lr_decay", 1.0)),
+        tied_depth=getattr(args, "lpwd_tied_depth", "input"),
         layer_pattern=getattr(args, "lpwd_layer_pattern", None),
         decay_embeddings=getattr(args, "lpwd_decay_embeddings", True),
         stochastic_rounding=getattr(args, "lpwd_stochastic_rounding", True),
@@ -133,24 +175,50 @@ def _json_safe(kwargs: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(kwargs, default=repr))
 
 
-def check_deepspeed(is_deepspeed_enabled: bool, config: LPWDConfig) -> None:
-    """DeepSpeed steps its own fp32 master weights, so a decay of the model's weights would be lost."""
-    if is_deepspeed_enabled and config.optimizer_mode == "pwd":
+def check_deepspeed(args: TrainingArguments) -> None:
+    """Refuse, before training, the DeepSpeed configs LPWD cannot serve.
+
+    With an ``optimizer`` section DeepSpeed builds its own optimizer and never asks the Trainer's
+    ``create_optimizer``, so there is nothing for LPWD to wrap.  Every timing works without one:
+    wd / rwd are AdamW with other (η, λ), and pwd's decay is folded into the step on DeepSpeed's
+    fp32 master partitions (a pass over the model's weights before the forward would be overwritten).
+    """
+    ds_config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
+    if ds_config is None and isinstance(getattr(args, "deepspeed", None), dict):
+        ds_config = args.deepspeed
+    if isinstance(ds_config, dict) and "optimizer" in ds_config:
         raise ValueError(
-            f"weight_decay_mode={config.mode!r} decays the model's weights before the forward pass, but DeepSpeed "
-            "keeps its own fp32 master copy and would overwrite that decay at its next step. Use FSDP or DDP "
-            "(accelerate launch) for pwd/lpwd, or weight_decay_mode='rwd'/'wd' with DeepSpeed (not tested here)."
+            "the DeepSpeed config has an 'optimizer' section, so DeepSpeed would build its own optimizer and LPWD "
+            "could not wrap it. Remove the 'optimizer' key from the DeepSpeed config: the Trainer then builds LPWD "
+            "around --optim (adamw_torch_fused by default), with --learning_rate and --adam_* as usual"
         )
 
 
-def _show_info_logs() -> None:
-    """Make the one-off layer table visible on the main process unless the user configured ``hf_lpwd`` logging."""
-    if not logger.handlers and logger.level == logging.NOTSET and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[hf_lpwd] %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+def _refuse_schedule_free(args: TrainingArguments) -> None:
+    optim = str(getattr(args.optim, "value", args.optim))
+    if "schedule_free" in optim:
+        raise ValueError(
+            f"--optim {optim}: schedule-free optimizers keep two weight sequences and switch the model's weights "
+            "with optimizer.train()/eval(), with their own decay rule; LPWD's decay timings act on one weight "
+            "sequence. Use the stock Trainer for schedule-free training, or --optim adamw_torch_fused with LPWD"
+        )
+
+
+def _unwrap_lpwd(optimizer: Any) -> LPWD | None:
+    """LPWD inside Accelerate's / DeepSpeed's optimizer wrappers (each keeps the inner one as ``.optimizer``)."""
+    while optimizer is not None and not isinstance(optimizer, LPWD):
+        optimizer = getattr(optimizer, "optimizer", None)
+    return optimizer
+
+
+class _SettleAtTrainEnd(TrainerCallback):
+    """A run stopped before ``max_steps`` (early stopping) leaves a decay folded in for a step that never
+    comes; remove it so the final weights are unfolded pwd's."""
+
+    def on_train_end(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        lpwd = _unwrap_lpwd(optimizer)
+        if lpwd is not None and lpwd.mode == "pwd" and lpwd.require_pre_step:  # not under DeepSpeed
+            lpwd.settle()
 
 
 class LPWDMixin:
@@ -158,20 +226,55 @@ class LPWDMixin:
 
     Settings come from ``lpwd_config`` when given, else from the Trainer's arguments
     (:class:`LPWDTrainingArguments`, or LPWD's defaults on plain ``TrainingArguments``, e.g. TRL's
-    ``SFTConfig``, with λ = ``args.weight_decay``).
+    ``SFTConfig``, with λ = ``args.weight_decay``).  With ``lpwd_config``, λ is the config's: a
+    different ``args.weight_decay`` is reported in a warning, and the base optimizer is always the
+    one ``args.optim`` builds (recorded in the config).
     """
 
     def __init__(self, *args: Any, lpwd_config: LPWDConfig | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.lpwd_config = lpwd_config if lpwd_config is not None else lpwd_config_from_args(self.args)
-        self._lpwd_optimizer: LPWD | None = None
+        if lpwd_config is None:
+            self.lpwd_config = lpwd_config_from_args(self.args)
+        else:
+            self.lpwd_config = dataclasses.replace(lpwd_config)
+            self._reconcile_config_with_args()
         self._lpwd_depth_params: dict[int, list[torch.Tensor]] = {}
-        check_deepspeed(getattr(self, "is_deepspeed_enabled", False), self.lpwd_config)
-        if self.lpwd_config.layerwise and self.model is not None:
+        self._lpwd_depths: tuple[int, tuple[dict[str, int], int]] | None = None  # (id(model), depths)
+        check_deepspeed(self.args)
+        _refuse_schedule_free(self.args)
+        self.add_callback(_SettleAtTrainEnd())
+        if self.lpwd_config.needs_depths and self.model is not None:
             # Fail before training, not at the first step, when the blocks cannot be found.
-            layer_depths(self.model, self.lpwd_config.layer_pattern)
+            self._depths_of(self.model)
 
-    # ------------------------------------------------------------------ optimizer
+    def _reconcile_config_with_args(self) -> None:
+        cfg = self.lpwd_config
+        optim = str(getattr(self.args.optim, "value", self.args.optim))
+        if float(self.args.weight_decay) != cfg.weight_decay:
+            logger.warning(
+                "LPWDMixin: lpwd_config.weight_decay=%g is the λ used; args.weight_decay=%g is ignored "
+                "(pass the λ you want in LPWDConfig, or build the config from the arguments)",
+                cfg.weight_decay, float(self.args.weight_decay),
+            )
+        if cfg.base_optimizer not in (None, optim):
+            logger.warning(
+                "LPWDMixin: lpwd_config.base_optimizer=%s, but args.optim=%s builds the base optimizer; "
+                "recording %s", cfg.base_optimizer, optim, optim,
+            )
+        cfg.base_optimizer = optim
+
+    @property
+    def lpwd_optimizer(self) -> LPWD | None:
+        """The :class:`hf_lpwd.LPWD` inside the Trainer's (possibly wrapped) optimizer, once built."""
+        return _unwrap_lpwd(self.optimizer)
+
+    def _depths_of(self, model: nn.Module) -> tuple[dict[str, int], int]:
+        """Depths of ``model``'s parameters, parsed once per model object."""
+        if self._lpwd_depths is None or self._lpwd_depths[0] != id(model):
+            self._lpwd_depths = (id(model), layer_depths_with_count(model, self.lpwd_config.layer_pattern))
+        return self._lpwd_depths[1]
+
+    # ------------------------------------------------------------------ optimizer and schedule
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         opt_model = self.model if model is None else model
         if self.optimizer is not None:
@@ -189,55 +292,73 @@ class LPWDMixin:
                 "adafactor, adagrad, rmsprop, ..."
             )
         base_kwargs.pop("weight_decay", None)  # λ is LPWD's, per group
-        groups = cfg.param_groups(opt_model, decay_names=self.get_decay_parameter_names(opt_model))
+        depths = self._depths_of(opt_model) if cfg.needs_depths else self._optional_depths(opt_model)
+        groups = cfg.param_groups(opt_model, decay_names=self.get_decay_parameter_names(opt_model),
+                                  depths=depths if cfg.needs_depths else None)
         self.optimizer = LPWD(
             groups,
             base=base_cls,
-            mode=cfg.optimizer_mode,
+            mode=cfg.timing,
             weight_decay=cfg.weight_decay,
             stochastic_rounding=cfg.stochastic_rounding,
             **base_kwargs,
         )
-        self._lpwd_optimizer = self.optimizer
-        self._record_layers(opt_model, groups, base_kwargs)
+        # Under DeepSpeed the model's weights are copies of the fp32 masters: no pre-forward pass.
+        self.optimizer.require_pre_step = not getattr(self, "is_deepspeed_enabled", False)
+        self._record_layers(opt_model, groups, base_kwargs, depths)
         return self.optimizer
 
-    def _record_layers(self, model: nn.Module, groups: list[dict[str, Any]], base_kwargs: dict[str, Any]) -> None:
+    def _optional_depths(self, model: nn.Module) -> tuple[dict[str, int], int] | None:
+        """Depths for the per-depth norm log of a uniform, LLRD-free run (which does not need them)."""
+        try:
+            return self._depths_of(model)
+        except ValueError:
+            return None  # a model without a block stack: no per-depth view
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """The Trainer's scheduler, handed to LPWD so that pwd can fold the next step's decay."""
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        lpwd = _unwrap_lpwd(optimizer if optimizer is not None else self.optimizer)
+        if lpwd is not None:
+            lpwd.set_lr_scheduler(scheduler, num_training_steps)
+        return scheduler
+
+    def _record_layers(
+        self,
+        model: nn.Module,
+        groups: list[dict[str, Any]],
+        base_kwargs: dict[str, Any],
+        depths: tuple[dict[str, int], int] | None,
+    ) -> None:
         """Fill the config's layer summary, log the table once, and remember params per depth for logging."""
         cfg = self.lpwd_config
         cfg.base_optimizer_kwargs = _json_safe(base_kwargs)
-        try:
-            depths, cfg.num_blocks = layer_depths_with_count(model, cfg.layer_pattern)
-        except ValueError:
-            depths = None  # wd / rwd / pwd on a model without a block stack: no per-depth view
+        cfg.base_optimizer = str(getattr(self.args.optim, "value", self.args.optim))
         if depths is not None:
+            depth_of, cfg.num_blocks = depths
             by_depth: dict[int, list[torch.Tensor]] = defaultdict(list)
             for name, param in model.named_parameters():
-                if param.requires_grad and name in depths:
-                    by_depth[depths[name]].append(param)
+                if param.requires_grad and name in depth_of:
+                    by_depth[depth_of[name]].append(param)
             self._lpwd_depth_params = dict(sorted(by_depth.items()))
         if cfg.layerwise:
             cfg.depth_weight_decay = {
                 str(g["depth"]): float(g["weight_decay"]) for g in groups if g["weight_decay"] > 0
             }
         if self.args.should_log:
-            _show_info_logs()
-            logger.info("LPWD mode=%s λ=%g base=%s\n%s", cfg.mode, cfg.weight_decay, cfg.base_optimizer,
-                        format_layer_table(layer_table(groups)))
-
-    def _find_lpwd(self) -> LPWD | None:
-        if self._lpwd_optimizer is None:
-            opt = self.optimizer
-            while opt is not None and not isinstance(opt, LPWD):
-                opt = getattr(opt, "optimizer", None)
-            self._lpwd_optimizer = opt
-        return self._lpwd_optimizer
+            logger.info(
+                "LPWD mode=%s (timing %s, %s λ) λ=%g layer_lr_decay=%g base=%s\n%s",
+                cfg.mode, cfg.timing, "layer-wise" if cfg.layerwise else "uniform", cfg.weight_decay,
+                cfg.layer_lr_decay, cfg.base_optimizer, format_layer_table(layer_table(groups)),
+            )
 
     # ------------------------------------------------------------------ the pre-forward decay
     def training_step(self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> torch.Tensor:
-        optimizer = self._find_lpwd()
-        if optimizer is not None:
-            optimizer.pre_step()  # once per optimizer step; later micro-batches are no-ops
+        optimizer = self.lpwd_optimizer
+        if optimizer is not None and optimizer.require_pre_step:
+            optimizer.pre_step()  # once per optimizer step; free when the fold predicted the lr
         return super().training_step(model, inputs, *args, **kwargs)
 
     # ------------------------------------------------------------------ logging
@@ -248,35 +369,73 @@ class LPWDMixin:
 
     @torch.no_grad()
     def lpwd_layer_norms(self) -> dict[str, float]:
-        """‖θ‖₂ of all trainable parameters of each depth, keyed ``lpwd/weight_norm/depth_DD``."""
-        out = {}
-        for depth, params in self._lpwd_depth_params.items():
-            local = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in params]
-            norms = torch._foreach_norm([p.detach() for p in local if p.numel() > 0])
-            value = torch.linalg.vector_norm(torch.stack([n.float() for n in norms])) if norms else torch.zeros(())
-            out[f"lpwd/weight_norm/depth_{depth:02d}"] = round(float(value), 6)
-        return out
+        """‖θ‖₂ of all trainable parameters of each depth, keyed ``lpwd/weight_norm/depth_DD``.
+
+        Sharded parameters (FSDP2's DTensors) contribute the squared norm of their local shard, summed
+        over ranks in one all-reduce per log: no parameter is ever gathered.
+        """
+        depths = list(self._lpwd_depth_params)
+        local = torch.zeros(len(depths), dtype=torch.float64)
+        replicated = torch.zeros(len(depths), dtype=torch.float64)
+        mesh_group = None
+        for row, depth in enumerate(depths):
+            for param in self._lpwd_depth_params[depth]:
+                if param.numel() == 0:
+                    continue
+                if hasattr(param, "to_local"):  # DTensor
+                    if any(p.is_shard() for p in param.placements):
+                        local[row] += float(torch.linalg.vector_norm(param.to_local().detach().float()) ** 2)
+                        mesh_group = param.device_mesh.get_group() if param.device_mesh.ndim == 1 else None
+                        continue
+                    value = param.to_local()
+                else:
+                    value = param
+                replicated[row] += float(torch.linalg.vector_norm(value.detach().float()) ** 2)
+        if local.any() and torch.distributed.is_available() and torch.distributed.is_initialized():
+            device = next(p for ps in self._lpwd_depth_params.values() for p in ps).device
+            summed = local.to(device=device, dtype=torch.float32)
+            torch.distributed.all_reduce(summed, group=mesh_group)
+            local = summed.to("cpu", torch.float64)
+        totals = (local + replicated).sqrt()
+        return {f"lpwd/weight_norm/depth_{depth:02d}": round(float(v), 6) for depth, v in zip(depths, totals, strict=True)}
 
     # ------------------------------------------------------------------ saving
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict=state_dict)
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's ``save_model`` (checkpoints and final model), plus ``lpwd_config.json`` and the card section.
+
+        The config goes in first, so that a ``push_to_hub`` inside ``save_model`` uploads it too.
+        """
+        target = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
-            self.lpwd_config.save_pretrained(output_dir if output_dir is not None else self.args.output_dir)
+            self.lpwd_config.save_pretrained(target)
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save:
+            self._add_card_section(target)
+
+    def _add_card_section(self, folder: str) -> None:
+        """Append the LPWD section to ``folder/README.md`` (PEFT writes one for adapters), or start a card."""
+        card = os.path.join(folder, "README.md")
+        section = self.lpwd_config.model_card_section()
+        if os.path.isfile(card):
+            with open(card, encoding="utf-8") as f:
+                text = f.read()
+            if "## Weight decay: LPWD" in text:
+                return
+            text = text.rstrip("\n") + "\n\n" + section
+        else:
+            text = "---\nlibrary_name: transformers\ntags:\n- lpwd\n---\n\n" + section
+        tmp = f"{card}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, card)
 
     def create_model_card(self, *args: Any, tags: str | list[str] | None = None, **kwargs: Any) -> None:
         tags = [tags] if isinstance(tags, str) else list(tags or [])
         if "lpwd" not in tags:
             tags.append("lpwd")
         super().create_model_card(*args, tags=tags, **kwargs)
-        if not self.is_world_process_zero():
-            return
-        card = os.path.join(self.args.output_dir, "README.md")
-        if os.path.isfile(card):
-            with open(card, encoding="utf-8") as f:
-                text = f.read()
-            if "## Weight decay: LPWD" not in text:
-                with open(card, "a", encoding="utf-8") as f:
-                    f.write("\n" + self.lpwd_config.model_card_section())
+        if self.is_world_process_zero():
+            self._add_card_section(self.args.output_dir)
 
 
 class LPWDTrainer(LPWDMixin, Trainer):

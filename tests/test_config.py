@@ -32,19 +32,47 @@ def test_round_trip_is_equal_and_byte_stable(tmp_path: Path) -> None:
         "base_optimizer_kwargs": {"betas": [0.9, 0.999], "fused": True, "lr": 0.001},
         "decay_embeddings": False,
         "depth_weight_decay": {"1": 0.15, "2": 0.225, "3": 0.3},
+        "layer_lr_decay": 1.0,
         "layer_pattern": r"\.layers\.(\d+)\.",
+        "layerwise": True,
         "lpwd_version": __version__,
         "mode": "lpwd",
         "num_blocks": 2,
         "stochastic_rounding": True,
+        "tied_depth": "input",
         "weight_decay": 0.3,
     }
     assert LPWDConfig.from_pretrained(tmp_path / LPWD_CONFIG_NAME) == cfg  # a file path works too
 
 
-def test_derived_optimizer_settings() -> None:
-    assert (LPWDConfig(mode="lpwd").optimizer_mode, LPWDConfig(mode="lpwd").layerwise) == ("pwd", True)
-    assert (LPWDConfig(mode="rwd").optimizer_mode, LPWDConfig(mode="rwd").layerwise) == ("rwd", False)
+@pytest.mark.parametrize(
+    "kwargs,timing,layerwise",
+    [
+        ({"mode": "lpwd"}, "pwd", True),
+        ({"mode": "pwd"}, "pwd", False),
+        ({"mode": "rwd"}, "rwd", False),
+        ({"mode": "wd"}, "wd", False),
+        ({"mode": "wd", "layerwise": True}, "wd", True),
+        ({"mode": "rwd", "layerwise": True}, "rwd", True),
+        ({"mode": "pwd", "layerwise": True}, "pwd", True),
+        ({"mode": "lpwd", "layerwise": True}, "pwd", True),
+    ],
+)
+def test_timing_and_profile_are_independent(kwargs: dict, timing: str, layerwise: bool) -> None:
+    cfg = LPWDConfig(**kwargs)
+    assert (cfg.timing, cfg.layerwise) == (timing, layerwise)
+
+
+@pytest.mark.parametrize("mode,layerwise", [("wd", False), ("rwd", False), ("pwd", False), ("lpwd", True)])
+def test_a_config_written_by_0_1_0_loads_and_means_the_same(tmp_path: Path, mode: str, layerwise: bool) -> None:
+    """0.1.0 wrote no layerwise / layer_lr_decay / tied_depth keys: the profile followed the mode."""
+    old = {"base_optimizer": "adamw_torch_fused", "base_optimizer_kwargs": {}, "decay_embeddings": True,
+           "depth_weight_decay": None, "layer_pattern": None, "lpwd_version": "0.1.0", "mode": mode,
+           "num_blocks": None, "stochastic_rounding": True, "weight_decay": 0.2}
+    (tmp_path / LPWD_CONFIG_NAME).write_text(json.dumps(old))
+    cfg = LPWDConfig.from_pretrained(tmp_path)
+    assert (cfg.mode, cfg.layerwise, cfg.layer_lr_decay, cfg.tied_depth, cfg.weight_decay) == (
+        mode, layerwise, 1.0, "input", 0.2)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +89,12 @@ def test_derived_optimizer_settings() -> None:
         ({"base_optimizer_kwargs": [1, 2]}, r"LPWDConfig.base_optimizer_kwargs must be a JSON object"),
         ({"learning_rate": 1e-3}, r"unknown LPWD config key\(s\) \['learning_rate'\]"),
         ({"future_knob": 1, "lpwd_version": "99.0.0"}, r"written by hf_lpwd 99.0.0.*Upgrade"),
+        ({"mode": "lpwd", "layerwise": False}, r"mode='lpwd'.*layerwise=False.*use mode='pwd'"),
+        ({"layerwise": "yes"}, r"LPWDConfig.layerwise must be true or false"),
+        ({"layer_lr_decay": 0}, r"LPWDConfig.layer_lr_decay=0 must be in \(0, 1\]"),
+        ({"layer_lr_decay": 1.5}, r"LPWDConfig.layer_lr_decay=1.5 must be in \(0, 1\]"),
+        ({"layer_lr_decay": "0.9"}, r"LPWDConfig.layer_lr_decay must be a number"),
+        ({"tied_depth": "head"}, r"LPWDConfig.tied_depth='head' is not one of \['input', 'output'\]"),
     ],
 )
 def test_bad_files_are_refused_naming_the_key(tmp_path: Path, content: dict, match: str) -> None:
@@ -80,15 +114,45 @@ def test_not_json_and_missing_files(tmp_path: Path) -> None:
 
 
 def test_a_failed_save_leaves_the_old_file_intact(tmp_path: Path, monkeypatch) -> None:
+    """The disk fills up half-way through writing: the old file stays as it was, and no stray file is left."""
+    import builtins
+
+    import hf_lpwd.config as config_module
+
     good = full_config()
     good.save_pretrained(tmp_path)
     before = (tmp_path / LPWD_CONFIG_NAME).read_bytes()
+
+    class HalfWriter:
+        def __init__(self, file):
+            self.file = file
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, text):
+            self.file.write(text[: len(text) // 2])
+            raise OSError(28, "No space left on device")
+
+    real_open = builtins.open
+    monkeypatch.setattr(config_module, "open", lambda *a, **k: HalfWriter(real_open(*a, **k)), raising=False)
+    changed = full_config()
+    changed.weight_decay = 0.9
+    with pytest.raises(OSError, match="No space left"):
+        changed.save_pretrained(tmp_path)
+    assert (tmp_path / LPWD_CONFIG_NAME).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LPWD_CONFIG_NAME]
+
+
+def test_an_invalid_config_is_not_written(tmp_path: Path) -> None:
     bad = full_config()
     bad.weight_decay = -1.0  # made invalid after construction
     with pytest.raises(ValueError, match="weight_decay"):
-        bad.save_pretrained(tmp_path)
-    assert (tmp_path / LPWD_CONFIG_NAME).read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [LPWD_CONFIG_NAME]
+        bad.save_pretrained(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 def test_push_to_hub_uploads_the_json(monkeypatch) -> None:
@@ -139,3 +203,6 @@ def test_model_card_section_states_the_settings() -> None:
     assert "## Weight decay: LPWD" in text
     assert "`lpwd`" in text and "| λ (weight_decay) | 0.3 |" in text and "| blocks (N) | 2 |" in text
     assert "1: 0.15, 2: 0.225, 3: 0.3" in text
+    assert "| timing / profile | pwd / layer-wise |" in text
+    llrd = LPWDConfig(mode="wd", layerwise=True, layer_lr_decay=0.8).model_card_section()
+    assert "| timing / profile | wd / layer-wise |" in llrd and "| layer-wise lr decay γ | 0.8 (lr·γ^(N+1−d)) |" in llrd

@@ -48,11 +48,13 @@ def test_layerwise_groups_by_hand():
     ]
     for g in groups:
         assert type(g["depth"]) is int
-        assert [id(p) for p in g["params"]] == [id(dict(_named(groups))[n]) for n in g["param_names"]]
+        assert g["lr_multiplier"] == 1.0 and "tied" not in g
 
 
-def _named(groups):
-    return [(n, p) for g in groups for n, p in zip(g["param_names"], g["params"], strict=True)]
+def test_group_params_are_the_named_parameters():
+    model = _tiny_llama()
+    for g in lpwd_param_groups(model, weight_decay=0.1):
+        assert [id(p) for p in g["params"]] == [id(model.get_parameter(n)) for n in g["param_names"]]
 
 
 def test_decay_embeddings_false_zeroes_depth_zero():
@@ -138,6 +140,7 @@ def test_layer_table_by_hand():
     assert [(r["depth"], r["tensors"], r["params"], r["decayed_tensors"]) for r in rows] == [
         (0, 1, 800, 1), (1, 9, per_block, 7), (2, 9, per_block, 7), (3, 2, 800 + 16, 1)]
     assert [r["multiplier"] for r in rows] == [0.25, 0.5, 0.75, 1.0]
+    assert [r["lr_multiplier"] for r in rows] == [1.0, 1.0, 1.0, 1.0]
     assert [r["weight_decay"] for r in rows] == pytest.approx([0.025, 0.05, 0.075, 0.1])
     assert rows[3]["examples"] == ["lm_head.weight", "model.norm.weight"]
 
@@ -150,3 +153,61 @@ def test_layer_pattern_is_passed_through():
         (0, pytest.approx(1 / 3)), (1, pytest.approx(2 / 3)), (2, 1.0)]
     with pytest.raises(ValueError, match="layer_pattern"):
         lpwd_param_groups(model, 0.1, layer_pattern="(")
+
+
+# --------------------------------------------------------------------------- profiles: λ and lr per depth
+def test_uniform_profile_with_layer_lr_decay_by_hand():
+    """2 blocks, γ = 0.5: lr multipliers γ^(N+1−d) = 1/8, 1/4, 1/2, 1; λ the same at every depth."""
+    groups = lpwd_param_groups(_tiny_llama(), weight_decay=0.1, layerwise=False, layer_lr_decay=0.5)
+    assert [(g["depth"], g["weight_decay"], g["lpwd_multiplier"], g["lr_multiplier"]) for g in groups] == [
+        (0, 0.1, 1.0, 0.125), (1, 0.1, 1.0, 0.25), (1, 0.0, 0.0, 0.25), (2, 0.1, 1.0, 0.5), (2, 0.0, 0.0, 0.5),
+        (3, 0.1, 1.0, 1.0), (3, 0.0, 0.0, 1.0)]
+
+
+def test_layerwise_profile_with_layer_lr_decay_and_lpwd_applies_the_multiplier():
+    from hf_lpwd import LPWD
+
+    groups = lpwd_param_groups(_tiny_llama(), weight_decay=0.2, layer_lr_decay=0.5)
+    assert [(g["depth"], g["lr_multiplier"]) for g in groups if g["weight_decay"] > 0] == [
+        (0, 0.125), (1, 0.25), (2, 0.5), (3, 1.0)]
+    opt = LPWD(groups, mode="pwd", lr=0.08)
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.02, 0.02, 0.04, 0.04, 0.08, 0.08]
+    own = LPWD([{**groups[0], "lr": 0.5}, *groups[1:]], mode="pwd", lr=0.08)
+    assert own.param_groups[0]["lr"] == 0.5  # an lr the caller set is left alone
+    extra = torch.nn.Parameter(torch.ones(2))
+    opt.add_param_group({"params": [extra], "param_names": ["extra"], "lr_multiplier": 0.25})
+    assert opt.param_groups[-1]["lr"] == 0.02 and opt.param_groups[-1]["weight_decay"] == 0.01
+
+
+@pytest.mark.parametrize("gamma", [0.0, -0.5, 1.01, float("nan")])
+def test_bad_layer_lr_decay_is_refused(gamma):
+    with pytest.raises(ValueError, match=r"layer_lr_decay"):
+        lpwd_param_groups(_tiny_llama(), 0.1, layer_lr_decay=gamma)
+
+
+def _tied_llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg)
+
+
+def test_tied_embedding_sits_at_the_input_by_default_and_the_table_says_so():
+    from hf_lpwd.groups import format_layer_table
+
+    model = _tied_llama()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    groups = lpwd_param_groups(model, weight_decay=0.1)
+    assert _summary(groups)[0] == (0, pytest.approx(0.025), 0.25, ["model.embed_tokens.weight"])
+    assert groups[0]["tied"] == ["lm_head.weight = model.embed_tokens.weight"]
+    assert _summary(groups)[-1] == (3, 0.0, 0.0, ["model.norm.weight"])  # no separate head matrix
+    text = format_layer_table(layer_table(groups))
+    assert text.splitlines()[-1] == "tied: lm_head.weight = model.embed_tokens.weight (depth 0)"
+
+
+def test_tied_embedding_at_the_output_gets_the_heads_rate():
+    groups = lpwd_param_groups(_tied_llama(), weight_decay=0.1, tied_depth="output", layer_lr_decay=0.5)
+    assert [(g["depth"], g["weight_decay"], g["lr_multiplier"], g["param_names"]) for g in groups][-2] == (
+        3, pytest.approx(0.1), 1.0, ["model.embed_tokens.weight"])
+    assert all(g["depth"] != 0 for g in groups)  # nothing else sits before the first block

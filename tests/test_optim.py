@@ -80,19 +80,37 @@ def reference(mode: str, direction_factory, thetas, targets) -> list[torch.Tenso
     return thetas
 
 
-def run_lpwd(mode: str, base, base_kwargs: dict, thetas, targets, dtype=torch.float32) -> list[torch.Tensor]:
+SCHEDULES = ("told", "untold", "by_hand")
+"""How the plain loop drives η: a LambdaLR LPWD is told about (the fold predicts every step), one it
+is not told about (the fold predicts the current lr, pre_step() corrects every change), or the
+group's lr written by hand before each step."""
+
+
+def run_lpwd(
+    mode: str, base, base_kwargs: dict, thetas, targets, dtype=torch.float32, schedule: str = "told"
+) -> tuple[list[torch.Tensor], LPWD]:
     params = [torch.nn.Parameter(t.to(dtype)) for t in thetas]
     groups = [{"params": [p], "weight_decay": lam} for p, lam in zip(params, LAMBDAS, strict=True)]
     opt = LPWD(groups, base=base, mode=mode, lr=lr_at(0), **base_kwargs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s) / lr_at(0))
-    for _ in range(STEPS):
+    sched = None
+    if schedule != "by_hand":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s) / lr_at(0))
+    if schedule == "told":
+        opt.set_lr_scheduler(sched, num_training_steps=STEPS)
+    for step in range(STEPS):
+        if schedule == "by_hand":
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
         opt.pre_step()
         for p, target in zip(params, targets, strict=True):
             p.grad = grad_of(p.detach(), target.to(dtype))
         opt.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
         opt.zero_grad()
-    return [p.detach().double() for p in params]
+    if schedule != "told":
+        opt.settle()  # the loop gave no num_training_steps: drop the decay folded in for step STEPS
+    return [p.detach().double() for p in params], opt
 
 
 ADAM_KW = {"betas": BETAS, "eps": EPS}
@@ -113,10 +131,111 @@ def test_modes_match_float64_reference(mode: str, base_name: str) -> None:
     base, kwargs, direction = BASES[base_name]
     thetas, targets = make_problem()
     expected = reference(mode, direction, thetas, targets)
-    got = run_lpwd(mode, base, kwargs, thetas, targets)
+    got, _ = run_lpwd(mode, base, kwargs, thetas, targets)
     for g, e in zip(got, expected, strict=True):
         rel = ((g - e).norm() / e.norm()).item()
         assert rel < 1e-5, f"{mode}/{base_name}: relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("base_name", ["adamw", "adamw-fused", "sgd-momentum"])
+def test_folded_pwd_matches_unfolded_reference_however_lr_is_driven(base_name: str, schedule: str) -> None:
+    """The fold is a prediction; wrong predictions (lr by hand, an untold scheduler) are corrected exactly."""
+    base, kwargs, direction = BASES[base_name]
+    thetas, targets = make_problem()
+    expected = reference("pwd", direction, thetas, targets)
+    got, opt = run_lpwd("pwd", base, kwargs, thetas, targets, schedule=schedule)
+    for g, e in zip(got, expected, strict=True):
+        rel = ((g - e).norm() / e.norm()).item()
+        assert rel < 1e-5, f"pwd/{base_name}/{schedule}: relative error {rel:.2e}"
+    decayed_groups = sum(lam > 0 for lam in LAMBDAS)
+    if schedule == "told":  # only the first decay (η_0 > 0 here) needs its own pass
+        assert opt.fold_corrections == decayed_groups
+    else:  # η changes at every step: every step but the first is corrected
+        assert opt.fold_corrections == decayed_groups * STEPS
+
+
+@pytest.mark.parametrize("kind", ["warmup_cosine", "constant", "warmup_from_zero_linear"])
+def test_folded_pwd_over_trainer_schedules(kind: str) -> None:
+    """transformers' own schedules (LambdaLR): the fold predicts every step, final params are unfolded pwd's."""
+    from transformers import (
+        get_constant_schedule,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    thetas, targets = make_problem(4)
+    params = [torch.nn.Parameter(t.float()) for t in thetas]
+    groups = [{"params": [p], "weight_decay": lam} for p, lam in zip(params, LAMBDAS, strict=True)]
+    opt = LPWD(groups, mode="pwd", lr=0.05, **ADAM_KW, fused=True)
+    sched = {
+        "warmup_cosine": lambda: get_cosine_schedule_with_warmup(opt, 7, STEPS),
+        "constant": lambda: get_constant_schedule(opt),
+        "warmup_from_zero_linear": lambda: get_linear_schedule_with_warmup(opt, 5, STEPS),
+    }[kind]()
+    lrs = [[g["lr"] for g in opt.param_groups]]
+    opt.set_lr_scheduler(sched, num_training_steps=STEPS)
+    for _ in range(STEPS):
+        opt.pre_step()
+        for p, target in zip(params, targets, strict=True):
+            p.grad = grad_of(p.detach(), target.float())
+        opt.step()
+        sched.step()
+        lrs.append([g["lr"] for g in opt.param_groups])
+    # float64 reference with the schedule's own lrs
+    ref = [t.clone() for t in thetas]
+    dirs = [AdamDirection() for _ in thetas]
+    for step in range(STEPS):
+        for i, lam in enumerate(LAMBDAS):
+            eta = lrs[step][i]
+            theta = (1 - eta * lam) * ref[i]
+            ref[i] = theta - eta * dirs[i](grad_of(theta, targets[i]))
+    for p, e in zip(params, ref, strict=True):
+        rel = ((p.detach().double() - e).norm() / e.norm()).item()
+        assert rel < 1e-5, f"{kind}: relative error {rel:.2e}"
+    first_decay_needs_a_pass = lrs[0][0] > 0
+    assert opt.fold_corrections == (sum(lam > 0 for lam in LAMBDAS) if first_decay_needs_a_pass else 0)
+
+
+def test_model_holds_the_next_forwards_weights_between_steps() -> None:
+    """After step t the weights are θ'_{t+1} = (1 − η_{t+1}λ)·θ_{t+1}: decayed with the *next* lr."""
+    p = torch.nn.Parameter(torch.full((3,), 2.0))
+    opt = LPWD([p], base="sgd", mode="pwd", lr=0.1, weight_decay=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: [1.0, 0.4, 0.2][s])
+    opt.set_lr_scheduler(sched, num_training_steps=3)
+    opt.pre_step()  # (1 − 0.1·0.5)·2 = 1.9
+    assert torch.equal(p.detach(), torch.full((3,), 2.0 * (1 - 0.05)))
+    p.grad = torch.ones(3)
+    opt.step()  # θ_1 = 1.9 − 0.1 = 1.8, then the decay of step 1 at η_1 = 0.04: (1 − 0.02)
+    sched.step()
+    torch.testing.assert_close(p.detach(), torch.full((3,), (1.9 - 0.1) * (1 - 0.02)), rtol=3e-7, atol=0)  # float32 ulps
+    opt.pre_step()  # prediction right: no pass
+    assert opt.fold_corrections == 1
+    p.grad = torch.ones(3)
+    opt.step()
+    sched.step()
+    opt.pre_step()
+    p.grad = torch.ones(3)
+    opt.step()  # the last step: no decay for a step that never comes
+    expected = ((1.9 - 0.1) * 0.98 - 0.04) * (1 - 0.02 * 0.5) - 0.02  # by hand: 1.68676
+    torch.testing.assert_close(p.detach(), torch.full((3,), expected), rtol=1e-6, atol=0)
+
+
+def test_a_step_with_zero_lr_still_applies_the_next_decay() -> None:
+    """η_t = 0 (warm-up start): the fold would divide by η' = 0, so a separate pass applies (1 − η_{t+1}λ)."""
+    p = torch.nn.Parameter(torch.full((4,), 1.0))
+    opt = LPWD([p], mode="pwd", lr=0.2, weight_decay=0.5, fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / 2))
+    opt.set_lr_scheduler(sched, num_training_steps=10)
+    opt.pre_step()
+    assert torch.equal(p.detach(), torch.ones(4))  # η_0 = 0: factor exactly 1, no pass
+    assert opt.fold_corrections == 0
+    p.grad = torch.ones(4)
+    opt.step()
+    sched.step()
+    assert torch.equal(p.detach(), torch.full((4,), 1.0 - 0.1 * 0.5))  # η_0 = 0: no update, the next decay
+    opt.pre_step()
+    assert opt.fold_corrections == 0
 
 
 @pytest.mark.parametrize("mode", ["wd", "rwd", "pwd"])
@@ -264,7 +383,7 @@ def test_unknown_mode_lists_valid_ones() -> None:
 
 
 def test_unknown_base_lists_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"\['adamw', 'sgd'\]"):
+    with pytest.raises(ValueError, match=r"\['adamw', 'adamw_torch', 'adamw_torch_fused', 'sgd'\]"):
         LPWD([torch.nn.Parameter(torch.ones(1))], base="adamx")
     with pytest.raises(ValueError, match="Optimizer subclass"):
         LPWD([torch.nn.Parameter(torch.ones(1))], base=dict)

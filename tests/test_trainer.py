@@ -94,11 +94,14 @@ def test_pattern_matching_nothing_fails_before_training(tmp_path: Path) -> None:
         LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
 
 
-def test_deepspeed_with_pre_weight_decay_is_refused() -> None:
-    trainer_module.check_deepspeed(True, LPWDConfig(mode="rwd"))  # allowed
-    trainer_module.check_deepspeed(False, LPWDConfig(mode="lpwd"))
-    with pytest.raises(ValueError, match="DeepSpeed keeps its own fp32 master copy"):
-        trainer_module.check_deepspeed(True, LPWDConfig(mode="lpwd"))
+def test_deepspeed_config_with_its_own_optimizer_is_refused(tmp_path: Path) -> None:
+    """DeepSpeed's own optimizer section would bypass create_optimizer: refused, naming the key to remove."""
+    from types import SimpleNamespace
+
+    with_optimizer = {"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
+    trainer_module.check_deepspeed(SimpleNamespace(hf_deepspeed_config=None, deepspeed={"zero_optimization": {}}))
+    with pytest.raises(ValueError, match=r"'optimizer' section.*Remove the 'optimizer' key"):
+        trainer_module.check_deepspeed(SimpleNamespace(hf_deepspeed_config=SimpleNamespace(config=with_optimizer)))
 
 
 # --------------------------------------------------------------------------- the optimizer it builds
@@ -138,7 +141,7 @@ def test_each_optim_becomes_the_base(tmp_path: Path, optim: str, base_cls: type)
     args = LPWDTrainingArguments(**common_args(tmp_path, optim=optim, weight_decay=0.2, max_steps=2))
     trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(8))
     trainer.train()
-    lpwd = trainer._find_lpwd()
+    lpwd = trainer.lpwd_optimizer
     assert isinstance(lpwd, LPWD) and type(lpwd.base_optimizer) is base_cls and lpwd.mode == "pwd"
     assert all(not torch.equal(before[n], p) for n, p in params_of(model).items() if "weight" in n)
     # λ grows with depth: N = 2 blocks, n = 4 levels, head at the full λ, embeddings at λ/4.
@@ -243,7 +246,7 @@ def test_config_from_a_checkpoint_rebuilds_identical_groups(tmp_path: Path) -> N
     model = tiny_bert(layers=3)
     trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(8))
     trainer.train()
-    built = trainer._find_lpwd().param_groups
+    built = trainer.lpwd_optimizer.param_groups
     rebuilt = LPWDConfig.from_pretrained(Path(args.output_dir) / "checkpoint-1").param_groups(model)
     keys = ("param_names", "weight_decay", "depth", "lpwd_multiplier")
     assert [{k: g[k] for k in keys} for g in rebuilt] == [{k: g[k] for k in keys} for g in built]
@@ -267,7 +270,7 @@ def test_llama_causal_lm_with_lora_decays_adapters_by_depth(tmp_path: Path) -> N
     args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.4, max_steps=2))
     trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(8, causal_lm=True))
     trainer.train()
-    groups = trainer._find_lpwd().param_groups
+    groups = trainer.lpwd_optimizer.param_groups
     names = {n for g in groups for n in g["param_names"]}
     assert names and all("lora_" in n for n in names)  # frozen base weights are left out
     by_depth = {g["depth"]: g["weight_decay"] for g in groups}
@@ -285,7 +288,7 @@ def test_t5_with_seq2seq_trainer_through_the_mixin(tmp_path: Path) -> None:
     args = Seq2SeqTrainingArguments(**common_args(tmp_path, weight_decay=0.6, max_steps=2))
     trainer = LPWDSeq2SeqTrainer(model=model, args=args, train_dataset=TokenDataset(8, seq2seq=True))
     trainer.train()
-    groups = trainer._find_lpwd().param_groups
+    groups = trainer.lpwd_optimizer.param_groups
     decay = {g["depth"]: g["weight_decay"] for g in groups if g["weight_decay"] > 0}
     # 2 encoder + 2 decoder blocks chained: n = 6 levels. The LM head is tied to the embeddings (depth 0),
     # so depth 5 holds only the decoder's final norm, which is not decayed.
@@ -313,7 +316,7 @@ def test_trl_sft_trainer_through_the_mixin(tmp_path: Path) -> None:
                              lpwd_config=LPWDConfig(mode="lpwd", weight_decay=0.2))
     before = params_of(trainer.model)
     trainer.train()
-    lpwd = trainer._find_lpwd()
+    lpwd = trainer.lpwd_optimizer
     assert lpwd.mode == "pwd"
     assert {g["depth"] for g in lpwd.param_groups} == {0, 1, 2, 3}
     assert any(not torch.equal(before[n], p) for n, p in params_of(trainer.model).items())
