@@ -28,16 +28,15 @@ from typing import Any
 from recipe_utils import (
     RecipeError,
     check_file,
+    check_layers,
     default_train_eval,
-    finish,
     load_pretrained,
-    parse_args,
     parse_list,
+    recipe_main,
     require_columns,
     resolve_config,
     resolve_model_path,
     run_main,
-    setup_logging,
     train_evaluate_save,
 )
 
@@ -88,7 +87,7 @@ class DataArguments:
     train_file: str | None = field(default=None, metadata={"help": "Training text: .txt (lines), .json/.jsonl or .csv."})
     validation_file: str | None = field(default=None, metadata={"help": "Evaluation text, same format."})
     validation_split_percentage: int = field(
-        default=5, metadata={"help": "Without a validation file/split: this % of the training data (its start)."}
+        default=5, metadata={"help": "Without a validation file/split: this percentage of the training data (its start)."}
     )
     text_column: str = field(default="text", metadata={"help": "Column with the text (JSON/CSV/Hub data)."})
     block_size: int | None = field(
@@ -273,6 +272,7 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, tra
     block_size = choose_block_size(data_args, config, tokenizer)
     set_seed(training_args.seed)
     model = load_model(model_args, config, tokenizer, model_path)
+    check_layers(model, training_args)
     blocks = tokenize_and_pack(raw, tokenizer, data_args, block_size, training_args)
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if split in blocks and limit is not None:
@@ -306,13 +306,7 @@ def perplexity(eval_metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from hf_lpwd import LPWDTrainingArguments
-
-    model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, LPWDTrainingArguments), argv)
-    setup_logging(training_args)
-    metrics = train_and_evaluate(model_args, data_args, training_args)
-    finish()
-    return metrics
+    return recipe_main(ModelArguments, DataArguments, train_and_evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@
 Data: image folders (``CLASS_NAME/xxx.png``, datasets' ``imagefolder`` loader) or a Hub dataset
 (``--dataset_name uoft-cs/cifar10``).  Transforms (no torchvision needed): random resized crop and
 horizontal flip for training, resize (+ centre crop) for evaluation, then the image processor's
-normalisation.  Metric: accuracy.  The finished model, image processor, ``lpwd_config.json`` and
+normalisation.  Metric (``--metric``): accuracy, the ``evaluate`` module shipped in ``recipes/metrics``.  The finished model, image processor, ``lpwd_config.json`` and
 ``all_results.json`` go to ``OUTPUT_DIR/final``.
 """
 
@@ -30,15 +30,16 @@ import numpy as np
 from recipe_utils import (
     RecipeError,
     check_dir,
+    check_layers,
+    classification_metrics,
     default_train_eval,
-    finish,
+    load_metrics,
     load_pretrained,
-    parse_args,
+    recipe_main,
     require_columns,
     resolve_config,
     resolve_model_path,
     run_main,
-    setup_logging,
     train_evaluate_save,
 )
 
@@ -82,12 +83,18 @@ class DataArguments:
         default=None, metadata={"help": "Split to evaluate on; default: validation, else test (CIFAR has only test)."}
     )
     validation_split_percentage: int = field(
-        default=0, metadata={"help": "Without an evaluation split: hold out this % of the training images."}
+        default=0, metadata={"help": "Without an evaluation split: hold out this percentage of the training images."}
     )
     image_column: str | None = field(default=None, metadata={"help": "Column with the images; default: image or img."})
     label_column: str | None = field(default=None, metadata={"help": "Column with the labels; default: label or labels."})
     crop_scale_min: float = field(
         default=0.08, metadata={"help": "Training random-resized-crop keeps 'crop_scale_min'..1 of the image area."}
+    )
+    metric: str = field(
+        default="accuracy",
+        metadata={"help": "Comma-separated metrics: shipped with the recipes (accuracy, f1, matthews_correlation; "
+                  "offline), a local `evaluate` metric script, or with Hub access an `evaluate` metric NAME or "
+                  "NAME:CONFIG. F1 is macro-averaged with more than 2 classes."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
@@ -299,13 +306,6 @@ def load_model_and_processor(model_args: ModelArguments, labels: list[str]) -> t
     return model, processor
 
 
-def compute_metrics(eval_pred: Any) -> dict[str, float]:
-    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    preds = np.asarray(logits).argmax(-1)
-    refs = np.asarray(eval_pred.label_ids)
-    return {"accuracy": float((preds == refs).mean()), "num_predictions": int(len(preds))}
-
-
 # ---------------------------------------------------------------------------------------------- run
 def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, training_args: Any) -> dict[str, Any]:
     from transformers import set_seed
@@ -323,8 +323,10 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, tra
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if split in raw and limit is not None:
             raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
+    compute_metrics = classification_metrics(load_metrics(data_args.metric), len(labels))
     set_seed(training_args.seed)
     model, processor = load_model_and_processor(model_args, labels)
+    check_layers(model, training_args)
     train_transform, eval_transform = make_transforms(processor, image_column, label_column, data_args.crop_scale_min)
     if "train" in raw:
         raw["train"].set_transform(train_transform)
@@ -348,13 +350,7 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, tra
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from hf_lpwd import LPWDTrainingArguments
-
-    model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, LPWDTrainingArguments), argv)
-    setup_logging(training_args)
-    metrics = train_and_evaluate(model_args, data_args, training_args)
-    finish()
-    return metrics
+    return recipe_main(ModelArguments, DataArguments, train_and_evaluate, argv)
 
 
 if __name__ == "__main__":

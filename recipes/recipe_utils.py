@@ -6,6 +6,7 @@ module sits next to them and is imported by name, as the script's folder is on `
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import gc
@@ -27,6 +28,7 @@ except ImportError:  # pragma: no cover - depends on how the package was install
 
 logger = logging.getLogger("hf_lpwd.recipes")
 
+CONFIG_FILE_EXTENSIONS = (".yaml", ".yml", ".json")
 FINAL_MODEL_DIRNAME = "final"
 """The finished model, tokenizer / image processor, ``lpwd_config.json`` and metrics: ``OUTPUT_DIR/final``."""
 
@@ -41,7 +43,8 @@ def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | 
     try:
         main(argv)
     except RecipeError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # one line
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
@@ -81,36 +84,113 @@ def _check_known_keys(path: str, data: dict[str, Any], dataclass_types: Sequence
         )
 
 
+def _given_on_command_line(dataclass_types: Sequence[type], args: Sequence[str]) -> set[str]:
+    """The argument names that ``args`` really sets (a flag given at its default value included).
+
+    The same parser with every default suppressed: argparse then puts only the flags it sees in the namespace.
+    """
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(tuple(dataclass_types))
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    namespace, _ = parser.parse_known_args(list(args))
+    return set(vars(namespace))
+
+
+def _saved_lpwd_values(path: str, training_args_cls: type) -> tuple[dict[str, Any] | None, Any]:
+    """The argument values that ``--lpwd_config PATH`` stands for: what the package's own merge would set.
+
+    ``LPWDTrainingArguments._merge_saved_config`` is run on a bare instance holding the defaults, so the
+    mapping (``mode`` → ``--weight_decay_mode``, ``base_optimizer`` → ``--optim``, ...) stays the package's.
+    ``None`` when the package offers no such merge (it then merges by itself, comparing with defaults).
+    Returns ``(values, saved LPWDConfig)``.
+    """
+    from hf_lpwd import LPWDConfig
+
+    try:
+        saved = LPWDConfig.from_pretrained(path)
+    except Exception as exc:  # missing file, invalid JSON, a key this version does not know, no Hub access
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RecipeError(f"--lpwd_config={path}: {first_line}") from None
+    values_of = getattr(training_args_cls, "saved_config_values", None)
+    if values_of is not None:  # a public hook, when the package has one
+        return dict(values_of(saved)), saved
+    if not hasattr(training_args_cls, "_merge_saved_config"):
+        return None, saved
+    defaults = {}
+    for f in dataclasses.fields(training_args_cls):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+        else:
+            defaults[f.name] = None
+    probe = object.__new__(training_args_cls)
+    for name, value in defaults.items():
+        object.__setattr__(probe, name, value)
+    probe._merge_saved_config(saved)
+    return {name: getattr(probe, name) for name in defaults if getattr(probe, name) is not defaults[name]}, saved
+
+
 def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
     """Parse command-line flags, or a ``.yaml`` / ``.json`` config file (optionally followed by flags).
 
-    * ``recipe.py --flag value ...``: ``HfArgumentParser.parse_args_into_dataclasses``;
-    * ``recipe.py config.yaml``: ``parse_yaml_file`` / ``parse_json_file`` with ``allow_extra_keys=False``:
-      a key that no dataclass has is an error;
+    * ``recipe.py --flag value ...``: the flags (``HfArgumentParser``);
+    * ``recipe.py config.yaml``: the file's keys are the flag names; a key that no argument has is an error;
     * ``recipe.py config.yaml --max_steps 10``: the file's values, then the flags override them.
+
+    With ``--lpwd_config PATH`` the saved LPWD settings fill every LPWD argument (and ``--weight_decay``,
+    ``--optim``) that the command line or the config file does not set; one that is set wins, even when
+    its value is the default (``--weight_decay_mode lpwd`` over a saved ``wd``).
     """
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(tuple(dataclass_types))
+    file_values: dict[str, Any] = {}
+    if argv and argv[0].endswith(CONFIG_FILE_EXTENSIONS) and not argv[0].startswith("-"):
+        file_values = _config_file_values(os.path.abspath(argv[0]))
+        _check_known_keys(argv[0], file_values, dataclass_types)
+        argv = argv[1:]
+        # The file's values become the parser's defaults; flags given after it override them.
+        for action in parser._actions:
+            if action.dest in file_values:
+                action.required = False
+        parser.set_defaults(**file_values)
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        known = [s for action in parser._actions for s in action.option_strings]
+        hints = [f"{u!r}" + (f" (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
+            u.split("=")[0], known, n=1)) else "") for u in unknown if u.startswith("-")]
+        raise RecipeError(f"unrecognized arguments: {', '.join(hints) or ' '.join(unknown)}")
+    values = vars(namespace)
+    lpwd_config = values.get("lpwd_config")
+    if lpwd_config:
+        explicit = set(file_values) | _given_on_command_line(dataclass_types, argv)
+        training_cls = next(dc for dc in dataclass_types if "lpwd_config" in {f.name for f in dataclasses.fields(dc)})
+        saved_values, saved = _saved_lpwd_values(lpwd_config, training_cls)
+        if (saved_values is not None and "weight_decay_mode" in explicit
+                and getattr(saved, "layerwise", None) == (saved.mode == "lpwd")):
+            # The saved λ profile was only its mode's default: with another mode given, it follows that mode.
+            saved_values.pop("lpwd_layerwise", None)
+        if saved_values is not None:
+            for name, value in saved_values.items():
+                if name not in explicit:
+                    values[name] = value
+            values["lpwd_config"] = None  # merged here: the dataclass must not merge again by comparing with defaults
+    outputs = []
     try:
-        if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
-            path, overrides = os.path.abspath(argv[0]), argv[1:]
-            data = _config_file_values(path)
-            _check_known_keys(argv[0], data, dataclass_types)
-            if not overrides:
-                if path.endswith(".json"):
-                    return parser.parse_json_file(path, allow_extra_keys=False)
-                return parser.parse_yaml_file(path, allow_extra_keys=False)
-            # The file's values become the parser's defaults; flags given after it override them.
-            for action in parser._actions:
-                if action.dest in data:
-                    action.required = False
-            parser.set_defaults(**data)
-            return parser.parse_args_into_dataclasses(args=overrides, look_for_args_file=False)
-        return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+        for dataclass_type in dataclass_types:
+            names = {f.name for f in dataclasses.fields(dataclass_type) if f.init}
+            obj = dataclass_type(**{k: v for k, v in values.items() if k in names})
+            if "lpwd_config" in names:
+                obj.lpwd_config = lpwd_config  # recorded as given
+            outputs.append(obj)
     except (ValueError, TypeError) as exc:  # TrainingArguments.__post_init__ and friends
         raise RecipeError(str(exc)) from None
+    return tuple(outputs)
 
 
 def setup_logging(training_args: Any) -> None:
@@ -134,6 +214,72 @@ def default_train_eval(training_args: Any) -> None:
         training_args.do_eval = True
 
 
+def check_training_args(training_args: Any) -> None:
+    """What the arguments alone can tell, checked before any data, model or output folder."""
+    lr, lam = float(training_args.learning_rate), float(training_args.weight_decay)
+    if lam > 0 and lr * lam >= 1:
+        raise RecipeError(
+            f"--learning_rate={lr:g} × --weight_decay={lam:g} = {lr * lam:g}: η·λ must stay below 1 (the decay "
+            "factor 1 − η·λ would be <= 0 and flip the weights' signs); lower --weight_decay or --learning_rate"
+        )
+    to_config = getattr(training_args, "to_lpwd_config", None)
+    if to_config is None:
+        return
+    try:
+        config = to_config()
+        if training_args.deepspeed:
+            from hf_lpwd.trainer import check_deepspeed
+
+            check_deepspeed(True, config)
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+
+
+def check_layers(model: Any, training_args: Any) -> None:
+    """The block stack the LPWD settings need is found in ``model`` (before the Trainer creates the output folder)."""
+    from hf_lpwd import layer_depths
+
+    config = training_args.to_lpwd_config()
+    if not getattr(config, "needs_depths", config.layerwise):
+        return
+    try:
+        layer_depths(model, config.layer_pattern)
+    except ValueError as exc:
+        given = f"={config.layer_pattern!r}" if config.layer_pattern else " (automatic block detection)"
+        raise RecipeError(f"--lpwd_layer_pattern{given}: {exc}") from None
+
+
+def recipe_main(
+    model_args_cls: type,
+    data_args_cls: type,
+    train_and_evaluate: Callable[[Any, Any, Any], dict[str, Any]],
+    argv: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The ``main()`` of every recipe: parse, check, log, train and evaluate, end cleanly; returns the metrics.
+
+    If the run stops on a :class:`RecipeError` before anything was written, an output folder that did not
+    exist before the run and is still empty is removed again.
+    """
+    from hf_lpwd import LPWDTrainingArguments
+
+    model_args, data_args, training_args = parse_args((model_args_cls, data_args_cls, LPWDTrainingArguments), argv)
+    check_training_args(training_args)
+    output_dir = training_args.output_dir
+    existed = output_dir is not None and os.path.exists(output_dir)
+    setup_logging(training_args)
+    try:
+        metrics = train_and_evaluate(model_args, data_args, training_args)
+    except RecipeError:
+        if output_dir is not None and not existed:
+            try:
+                os.rmdir(output_dir)  # only an empty folder; another rank may have removed it already
+            except OSError:
+                pass
+        raise
+    finish()
+    return metrics
+
+
 # ---------------------------------------------------------------------------------------------- inputs
 def check_file(path: str | None, flag: str, extensions: Sequence[str] | None = None) -> None:
     if path is None:
@@ -151,6 +297,11 @@ def check_dir(path: str | None, flag: str) -> None:
         raise RecipeError(f"{flag}={path}: no such folder (the path is relative to {os.getcwd()})")
 
 
+def hub_offline() -> bool:
+    return any(os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE"))
+
+
 def load_pretrained(loader: Callable[..., Any], name: str, flag: str, **kwargs: Any) -> Any:
     """``loader(name, **kwargs)`` (``AutoConfig.from_pretrained`` ...), with an error that says what to fix."""
     what = "a local folder holding config.json and the weights / tokenizer files, or a Hub model id"
@@ -159,7 +310,7 @@ def load_pretrained(loader: Callable[..., Any], name: str, flag: str, **kwargs: 
     try:
         return loader(name, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        offline = hub_offline()
         hint = (
             "HF_HUB_OFFLINE is set, so nothing is downloaded: pass a local folder holding config.json and the "
             "weights / tokenizer files (or unset HF_HUB_OFFLINE)"
@@ -185,6 +336,73 @@ def parse_list(value: str | Sequence[str] | None) -> list[str] | None:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return [str(part) for part in value]
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+METRICS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics")
+"""``evaluate`` metric modules shipped with the recipes: ``metrics/NAME/NAME.py``, loaded by path (no Hub)."""
+SHIPPED_METRICS = ("accuracy", "f1", "matthews_correlation")
+AVERAGED_METRICS = ("f1", "precision", "recall")  # take average=... with more than two labels
+
+
+def load_metrics(spec: str | Sequence[str], flag: str = "--metric") -> list[Any]:
+    """``"accuracy,f1,glue:cola"`` → loaded ``evaluate`` modules, in order.
+
+    Each item is a metric shipped in ``recipes/metrics`` (by name, offline), a local metric script or
+    folder (by path), or an ``evaluate`` Hub metric ``NAME`` / ``NAME:CONFIG`` (needs the Hub).
+    Everything is loaded now, before training: a metric that cannot be loaded is a :class:`RecipeError`.
+    """
+    items = parse_list(spec) or []
+    if not items:
+        raise RecipeError(f"{flag} is empty: name at least one metric (shipped: {', '.join(SHIPPED_METRICS)})")
+    try:
+        import evaluate
+    except ImportError:
+        raise RecipeError(f"{flag} needs the `evaluate` package (pip install evaluate, or `pip install -e .[recipes]`)") from None
+    modules = []
+    for item in items:
+        name, _, config_name = item.partition(":")
+        if name in SHIPPED_METRICS:
+            path = os.path.join(METRICS_DIR, name)
+        elif os.path.exists(name):
+            path = name
+        elif hub_offline():
+            raise RecipeError(
+                f"{flag}={item}: not a metric shipped with the recipes ({', '.join(SHIPPED_METRICS)}) nor a local "
+                "metric script, and HF_HUB_OFFLINE is set, so it cannot come from the Hub"
+            )
+        else:
+            path = name
+        try:
+            # keep_in_memory: no cache files, so processes that compute metrics at the same time do not collide
+            modules.append(evaluate.load(path, config_name or None, keep_in_memory=True))
+        except Exception as exc:  # the Hub's and the module's errors are many; all mean the same to the user
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RecipeError(f"{flag}={item} could not be loaded ({first_line})") from None
+    return modules
+
+
+def classification_metrics(modules: Sequence[Any], num_labels: int) -> Callable[[Any], dict[str, float]]:
+    """A Trainer ``compute_metrics``: argmax of the logits against the labels, through each ``evaluate`` module.
+
+    F1 (and precision / recall) are binary (of label 1) with two labels, macro-averaged with more.  A key
+    two modules both return is prefixed by the module's name the second time (``glue_accuracy``).
+    """
+    import numpy as np
+
+    def compute_metrics(eval_pred: Any) -> dict[str, float]:
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        preds = np.asarray(logits).argmax(-1)
+        refs = np.asarray(eval_pred.label_ids)
+        out: dict[str, float] = {}
+        for module in modules:
+            kwargs = {"average": "macro"} if num_labels > 2 and module.name in AVERAGED_METRICS else {}
+            for key, value in module.compute(predictions=preds, references=refs, **kwargs).items():
+                out[key if key not in out else f"{module.name}_{key}"] = float(value)
+        out["num_predictions"] = int(len(preds))
+        return out
+
+    return compute_metrics
 
 
 # ---------------------------------------------------------------------------------------------- output

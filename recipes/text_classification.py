@@ -11,8 +11,9 @@
 
 Every ``TrainingArguments`` flag works, plus LPWD's (``--weight_decay_mode``, ``--lpwd_layer_pattern``, ...).
 The finished model, tokenizer, ``lpwd_config.json`` and ``all_results.json`` go to ``OUTPUT_DIR/final``.
-Metrics: accuracy, F1 and Matthews correlation (scikit-learn); ``--metric_from_evaluate glue:cola``
-adds a metric of the ``evaluate`` library (which needs the Hub).
+Metrics (``--metric``): accuracy, F1 and Matthews correlation by default, ``evaluate`` modules shipped in
+``recipes/metrics`` and loaded by path (offline); with Hub access any ``evaluate`` metric by name
+(``--metric accuracy,glue:cola``).
 """
 
 from __future__ import annotations
@@ -24,19 +25,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from recipe_utils import (
     RecipeError,
     check_file,
+    check_layers,
+    classification_metrics,
     default_train_eval,
-    finish,
+    load_metrics,
     load_pretrained,
-    parse_args,
     parse_list,
+    recipe_main,
     require_columns,
     resolve_model_path,
     run_main,
-    setup_logging,
     train_evaluate_save,
 )
 
@@ -102,10 +103,11 @@ class DataArguments:
     max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
-    metric_from_evaluate: str | None = field(
-        default=None,
-        metadata={"help": "Also compute a metric of the `evaluate` library, NAME or NAME:CONFIG (e.g. glue:cola). "
-                  "It downloads the metric from the Hub; the default metrics are scikit-learn's."},
+    metric: str = field(
+        default="accuracy,f1,matthews_correlation",
+        metadata={"help": "Comma-separated metrics: shipped with the recipes (accuracy, f1, matthews_correlation; "
+                  "offline), a local `evaluate` metric script, or with Hub access an `evaluate` metric NAME or "
+                  "NAME:CONFIG (e.g. glue:cola). F1 is binary with 2 labels, macro-averaged with more."},
     )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize even if a cached result exists."})
@@ -279,40 +281,6 @@ def load_model_and_tokenizer(model_args: ModelArguments, labels: list[Any]) -> t
     return model, tokenizer
 
 
-# ---------------------------------------------------------------------------------------------- metrics
-def make_compute_metrics(num_labels: int, metric_from_evaluate: str | None = None) -> Any:
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-
-    extra = None
-    if metric_from_evaluate:
-        try:
-            import evaluate
-        except ImportError:
-            raise RecipeError("--metric_from_evaluate needs the `evaluate` package (pip install evaluate)") from None
-        name, _, config_name = metric_from_evaluate.partition(":")
-        try:
-            extra = evaluate.load(name, config_name or None)
-        except Exception as exc:
-            raise RecipeError(f"--metric_from_evaluate={metric_from_evaluate} could not be loaded ({exc})") from None
-
-    def compute_metrics(eval_pred: Any) -> dict[str, float]:
-        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        preds = np.asarray(logits).argmax(-1)
-        refs = np.asarray(eval_pred.label_ids)
-        metrics = {
-            "accuracy": float(accuracy_score(refs, preds)),
-            "f1": float(f1_score(refs, preds, average="binary" if num_labels == 2 else "macro", zero_division=0)),
-            "matthews_correlation": float(matthews_corrcoef(refs, preds)),
-            "num_predictions": int(len(preds)),
-        }
-        if extra is not None:
-            for key, value in extra.compute(predictions=preds, references=refs).items():
-                metrics[f"evaluate_{key}"] = float(value)
-        return metrics
-
-    return compute_metrics
-
-
 # ---------------------------------------------------------------------------------------------- run
 def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, training_args: Any,
                        callbacks: list[Any] | None = None) -> dict[str, Any]:
@@ -324,9 +292,10 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, tra
     default_train_eval(training_args)
     raw = load_raw_datasets(data_args, model_args.cache_dir)
     raw, text, pair, labels = prepare_datasets(raw, data_args, training_args)
-    compute_metrics = make_compute_metrics(len(labels), data_args.metric_from_evaluate)
+    compute_metrics = classification_metrics(load_metrics(data_args.metric), len(labels))
     set_seed(training_args.seed)
     model, tokenizer = load_model_and_tokenizer(model_args, labels)
+    check_layers(model, training_args)
     tokenized = tokenize_datasets(raw, tokenizer, text, pair, labels, data_args, training_args)
     logger.info("text=%r pair=%r labels=%s splits=%s", text, pair, labels,
                 {k: len(v) for k, v in tokenized.items()})
@@ -346,13 +315,7 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, tra
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from hf_lpwd import LPWDTrainingArguments
-
-    model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, LPWDTrainingArguments), argv)
-    setup_logging(training_args)
-    metrics = train_and_evaluate(model_args, data_args, training_args)
-    finish()
-    return metrics
+    return recipe_main(ModelArguments, DataArguments, train_and_evaluate, argv)
 
 
 if __name__ == "__main__":

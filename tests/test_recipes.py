@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -84,7 +85,6 @@ def minilm_tokenizer() -> str:
 # ---------------------------------------------------------------------------------------------- text classification
 def test_text_classification_sst2_from_yaml(tmp_path, minilm_tokenizer):
     """The shipped SST-2 sample through the real TSV parser, all settings from one YAML file."""
-    import yaml
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path / "out"
@@ -298,16 +298,21 @@ def test_shipped_configs_parse(script, config, monkeypatch):
     monkeypatch.syspath_prepend(str(RECIPES))
     monkeypatch.syspath_prepend(str(REPO))
     module = importlib.import_module(script)
+    from recipe_utils import parse_args
+
     from hf_lpwd import LPWDTrainingArguments
 
     extra = ["--use_cpu", "true", "--bf16", "false"] if script == "image_classification" else []
-    model_args, data_args, training_args = module.parse_args(
-        (module.ModelArguments, module.DataArguments, LPWDTrainingArguments),
-        [str(RECIPES / "configs" / config), *extra],
+    path = RECIPES / "configs" / config
+    model_args, data_args, training_args = parse_args(
+        (module.ModelArguments, module.DataArguments, LPWDTrainingArguments), [str(path), *extra]
     )
-    assert training_args.weight_decay_mode == "lpwd" and training_args.weight_decay > 0
-    if not extra:  # a single file: HfArgumentParser.parse_yaml_file(allow_extra_keys=False)
-        assert training_args.output_dir.startswith("outputs/")
+    with open(path, encoding="utf-8") as f:
+        expected = yaml.safe_load(f)
+    assert training_args.weight_decay_mode == expected["weight_decay_mode"] == "lpwd"
+    assert training_args.weight_decay == expected["weight_decay"] > 0
+    assert training_args.learning_rate == expected["learning_rate"]
+    assert training_args.output_dir == expected["output_dir"]
 
 
 def _sst2_args(tmp_path: Path, out: Path, **changes: str) -> list:
