@@ -26,14 +26,21 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 DEFAULT_DATA_DIR = REPO / ".." / "shared" / "data"
 
-# Display order and colours of the weight decay modes in tables and plots.
-MODE_ORDER = ("wd", "rwd", "pwd", "lpwd")
+# Display order and colours of the weight decay modes in tables and plots.  ``lwd`` is the ablation cell "AdamW's
+# timing × LPWD's layer-wise λ profile" (weight_decay_mode="wd" with the layer-wise groups), the missing control
+# of the 2 × 2 timing {wd, pwd} × profile {uniform, layer-wise}: wd = wd × uniform, pwd = pwd × uniform,
+# lwd = wd × layer-wise, lpwd = pwd × layer-wise.
+MODE_ORDER = ("wd", "rwd", "pwd", "lwd", "lpwd")
 MODE_STYLE = {
     "wd": {"color": "tab:blue", "marker": "o", "label": "WD (AdamW)"},
     "rwd": {"color": "tab:orange", "marker": "s", "label": "RWD"},
     "pwd": {"color": "tab:green", "marker": "^", "label": "PWD"},
+    "lwd": {"color": "tab:purple", "marker": "v", "label": "WD, layer-wise λ"},
     "lpwd": {"color": "tab:red", "marker": "D", "label": "LPWD"},
 }
+# (timing, layer-wise profile) of each mode.
+MODE_CELL = {"wd": ("wd", False), "rwd": ("rwd", False), "pwd": ("pwd", False), "lwd": ("wd", True),
+             "lpwd": ("pwd", True)}
 
 
 def data_dir(path: str | os.PathLike[str] | None) -> Path:
@@ -279,3 +286,154 @@ def parse_strs(text: str, allowed: Sequence[str]) -> list[str]:
 
 def finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+# ---------------------------------------------------------------------------------------------- one training run
+def train_model(model: Any, mode: str, lam: float, seed: int, *, lr: float, steps: int, warmup: int,
+                batch_size: int, train_dataset: Any, collator: Any, callbacks: list[Any] | None = None,
+                **extra_args: Any) -> tuple[Any, Any]:
+    """Train ``model`` in place with ``LPWDTrainer`` (AdamW fused, linear schedule, CPU, no logging or saving);
+    return (the Trainer's TrainOutput, the optimizer).  ``mode`` is one of :data:`MODE_ORDER`: ``lwd`` runs
+    ``weight_decay_mode="wd"`` with LPWD's layer-wise param groups (``--lpwd_layerwise`` where that flag exists,
+    else the same groups from ``lpwd_param_groups`` passed to ``LPWD(mode="wd")``)."""
+    import dataclasses
+    import tempfile
+
+    from hf_lpwd import LPWD, LPWDTrainer, LPWDTrainingArguments, lpwd_param_groups
+
+    timing, layerwise = MODE_CELL[mode]
+    has_flag = any(f.name == "lpwd_layerwise" for f in dataclasses.fields(LPWDTrainingArguments))
+    if has_flag and mode == "lwd":
+        extra_args = {**extra_args, "lpwd_layerwise": True}
+
+    class AblationTrainer(LPWDTrainer):
+        def create_optimizer(self, model: Any = None) -> Any:
+            if not layerwise or timing == "pwd" or has_flag or self.optimizer is not None:
+                return super().create_optimizer(model)
+            opt_model = self.model if model is None else model
+            base_cls, base_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            base_kwargs = {k: v for k, v in base_kwargs.items() if k != "weight_decay"}
+            groups = lpwd_param_groups(opt_model, lam, layerwise=True,
+                                       decay_names=self.get_decay_parameter_names(opt_model))
+            self.optimizer = LPWD(groups, base=base_cls, mode=timing, weight_decay=lam, **base_kwargs)
+            return self.optimizer
+
+    with tempfile.TemporaryDirectory(prefix="lpwd_bench_") as out:
+        targs = LPWDTrainingArguments(
+            output_dir=out, weight_decay_mode="wd" if mode == "lwd" else mode, weight_decay=lam, learning_rate=lr,
+            lr_scheduler_type="linear", warmup_steps=warmup, max_steps=steps,
+            per_device_train_batch_size=batch_size, optim="adamw_torch_fused", seed=seed,
+            report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
+            use_cpu=True, dataloader_num_workers=0, lpwd_log_layer_norms=False, **extra_args,
+        )
+        trainer = AblationTrainer(model=model, args=targs, train_dataset=train_dataset, data_collator=collator,
+                                  callbacks=callbacks)
+        result = trainer.train()
+    return result, trainer.optimizer
+
+
+def global_norm(params: Sequence[Any]) -> float:
+    import torch
+
+    return float(torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in params])))
+
+
+def mean_decay_multiplier(optimizer: Any, lam: float) -> float:
+    """Parameter-weighted mean λ of the decayed parameters, over λ (1 for uniform decay, < 1 layer-wise)."""
+    num = den = 0.0
+    for group in optimizer.param_groups:
+        wd = float(group.get("weight_decay", 0.0))
+        if wd > 0:
+            n = sum(p.numel() for p in group["params"])
+            num += wd * n
+            den += n
+    return num / den / lam if den and lam else 0.0
+
+
+# ---------------------------------------------------------------------------------------------- the resumable loop
+def run_grid(name: str, out_dir: Path, key: str, settings: dict[str, Any], cells: Sequence[tuple[Any, ...]],
+             cell_of: Any, run_one: Any, describe: Any, header: str) -> None:
+    """Run every cell not yet in ``<out_dir>/<name>_runs.jsonl`` (matched on ``cell_of(row)`` and the settings
+    key), appending each finished run at once, with a progress line per run."""
+    jsonl = out_dir / f"{name}_runs.jsonl"
+    done = {cell_of(r) for r in read_jsonl(jsonl) if r.get("settings_key") == key}
+    todo = [c for c in cells if c not in done]
+    print(f"{name}: {len(todo)} runs to do ({len(cells) - len(todo)} already in {jsonl}); {header}; "
+          f"settings {settings} (key {key}); {machine()}; load {load_average()}", flush=True)
+    progress = Progress(len(todo))
+    for cell in todo:
+        row = run_one(*cell)
+        row.update(settings=settings, settings_key=key)
+        append_jsonl(jsonl, row)
+        print(progress.line(describe(row), row["seconds"]), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- paired statistics
+def t_interval(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, half width of the 95 % t-interval, n); half width nan for n < 2."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, math.nan, 1
+    from scipy.stats import t
+
+    return mean, float(t.ppf(0.975, n - 1)) * statistics.stdev(values) / math.sqrt(n), n
+
+
+def fmt_diff(mean: float, half: float, n: int, scale: float = 1.0, digits: int = 1) -> str:
+    """``+1.2 [−0.3, +2.7] (5)``; the interval is bold-free, a star marks intervals that exclude 0."""
+    if n == 0 or not finite(mean):
+        return "–"
+    if not finite(half):
+        return f"{mean * scale:+.{digits}f} (n={n})"
+    lo, hi = (mean - half) * scale, (mean + half) * scale
+    star = " *" if lo > 0 or hi < 0 else ""
+    return f"{mean * scale:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{star}"
+
+
+def by_cell(runs: Iterable[dict[str, Any]], metric: str) -> dict[tuple[str, float], dict[int, float]]:
+    """(mode, λ) → {seed: metric}."""
+    out: dict[tuple[str, float], dict[int, float]] = defaultdict(dict)
+    for r in runs:
+        out[(r["mode"], float(r["lambda"]))][int(r["seed"])] = float(r[metric])
+    return out
+
+
+def paired(cells: dict[tuple[str, float], dict[int, float]], a: tuple[str, float],
+           b: tuple[str, float]) -> list[float]:
+    """Per-seed differences a − b over the seeds both cells have."""
+    ca, cb = cells.get(a, {}), cells.get(b, {})
+    return [ca[s] - cb[s] for s in sorted(set(ca) & set(cb))]
+
+
+def plot_xy(series: dict[str, list[tuple[float, float, float]]], path: Path, xlabel: str, ylabel: str, title: str,
+            logx: bool = False, invert_x: bool = False, annotate: dict[str, list[str]] | None = None) -> None:
+    """One line per mode through (x, y, y error) points (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 4.0), dpi=120)
+    for mode in [m for m in MODE_ORDER if m in series]:
+        pts = sorted(series[mode])
+        style = MODE_STYLE[mode]
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], color=style["color"],
+                    marker=style["marker"], label=style["label"], capsize=3, linewidth=1.5, markersize=5)
+        for (x, y, _), text in zip(pts, (annotate or {}).get(mode, []), strict=False):
+            ax.annotate(text, (x, y), fontsize=6, color=style["color"], xytext=(3, 3), textcoords="offset points")
+    if logx:
+        ax.set_xscale("log")
+    if invert_x:
+        ax.invert_xaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(textwrap.fill(title, 64), fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

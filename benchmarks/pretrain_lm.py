@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     MODE_ORDER,
+    MODE_STYLE,
     RESULTS_DIR,
-    Progress,
-    append_jsonl,
+    by_cell,
     data_dir,
+    fmt_diff,
     fmt_lambda,
+    global_norm,
     load_average,
     lr_sum,
     machine,
     markdown_table,
+    mean_decay_multiplier,
+    paired,
     parse_floats,
     parse_ints,
     parse_strs,
@@ -44,7 +47,10 @@ from common import (  # noqa: E402
     prepare_sweep,
     quiet_training,
     read_jsonl,
+    run_grid,
     summarize,
+    t_interval,
+    train_model,
 )
 
 NAME = "pretrain_lm"
@@ -69,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--intermediate", type=int, default=352)
     p.add_argument("--eval-chars", type=int, default=0, help="validate on the first N characters of the held-out 10 %% (0: all)")
     p.add_argument("--eval-batch-size", type=int, default=128)
+    p.add_argument("--curve-every", type=int, default=0, help="also record validation perplexity every N steps (0: off)")
+    p.add_argument("--curve-blocks", type=int, default=256, help="validation blocks used for that curve")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--data-dir", default=None, help="folder with text/tinyshakespeare/input.txt (default: <repo>/../shared/data)")
     p.add_argument("--out-dir", default=str(RESULTS_DIR), help="where the JSONL, JSON, Markdown and PNG files go")
@@ -82,7 +90,7 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "steps": args.steps, "batch_size": args.batch_size, "block_size": args.block_size,
         "lr": args.lr, "warmup_ratio": args.warmup_ratio, "schedule": "linear", "optim": "adamw_torch_fused",
         "hidden": args.hidden, "layers": args.layers, "heads": args.heads, "intermediate": args.intermediate,
-        "eval_chars": args.eval_chars,
+        "eval_chars": args.eval_chars, "curve_every": args.curve_every, "curve_blocks": args.curve_blocks,
     }
 
 
@@ -146,36 +154,44 @@ def evaluate(model: Any, val_blocks: Any, batch_size: int) -> dict[str, float]:
     return {"val_loss": loss, "val_ppl": math.exp(loss)}
 
 
-def one_run(mode: str, lam: float, seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
-    import torch
-    from transformers import set_seed
+def make_curve(val_blocks: Any, every: int, batch_size: int) -> Any:
+    """A Trainer callback recording the validation perplexity on ``val_blocks`` every ``every`` steps (``.points``)."""
+    from transformers import TrainerCallback
 
-    from hf_lpwd import LPWDTrainer, LPWDTrainingArguments
+    class Curve(TrainerCallback):
+        points: list[tuple[int, float]] = []
+
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            if state.global_step % every == 0 and model is not None:
+                self.points.append((state.global_step, round(evaluate(model, val_blocks, batch_size)["val_ppl"], 4)))
+                model.train()
+
+    curve = Curve()
+    curve.points = []
+    return curve
+
+
+def one_run(mode: str, lam: float, seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    from transformers import set_seed
 
     t0 = time.perf_counter()
     set_seed(seed)
     model = make_model(args, len(data["vocab"]))
     n_params = sum(p.numel() for p in model.parameters())
     decayed = [p for p in model.parameters() if p.ndim > 1]
-    norm0 = float(torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in decayed])))
-    with tempfile.TemporaryDirectory(prefix="pretrain_lm_") as out:
-        targs = LPWDTrainingArguments(
-            output_dir=out, weight_decay_mode=mode, weight_decay=lam, learning_rate=args.lr,
-            lr_scheduler_type="linear", warmup_steps=warmup_steps(args), max_steps=args.steps,
-            per_device_train_batch_size=args.batch_size, optim="adamw_torch_fused", seed=seed,
-            report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
-            use_cpu=True, dataloader_num_workers=0, lpwd_log_layer_norms=False,
-        )
-        trainer = LPWDTrainer(model=model, args=targs, train_dataset=data["train"], data_collator=collate)
-        t1 = time.perf_counter()
-        result = trainer.train()
-        t2 = time.perf_counter()
+    norm0 = global_norm(decayed)
+    curve = make_curve(data["val"][: args.curve_blocks], args.curve_every, args.eval_batch_size)
+    t1 = time.perf_counter()
+    result, optimizer = train_model(model, mode, lam, seed, lr=args.lr, steps=args.steps, warmup=warmup_steps(args),
+                                    batch_size=args.batch_size, train_dataset=data["train"], collator=collate,
+                                    callbacks=[curve] if args.curve_every else None)
+    t2 = time.perf_counter()
     metrics = evaluate(model, data["val"], args.eval_batch_size)
     t3 = time.perf_counter()
-    norm1 = float(torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in decayed])))
     return {
         "task": TASK, "mode": mode, "lambda": lam, "seed": seed, **metrics,
-        "train_loss": float(result.training_loss), "params": n_params, "weight_norm_ratio": norm1 / norm0,
+        "train_loss": float(result.training_loss), "params": n_params, "weight_norm_ratio": global_norm(decayed) / norm0,
+        "mean_decay_multiplier": mean_decay_multiplier(optimizer, lam), "curve": curve.points,
         "seconds_setup": round(t1 - t0, 2), "seconds_train": round(t2 - t1, 2), "seconds_eval": round(t3 - t2, 2),
         "seconds": round(t3 - t0, 2), "load": load_average(),
     }
@@ -189,9 +205,12 @@ def write_report(args: argparse.Namespace, key: str, settings: dict[str, Any], o
         return
     total = lr_sum(args.lr, args.steps, warmup_steps(args))
     summary = summarize(runs, "val_ppl")
+    cells = by_cell(runs, "val_ppl")
     lams = sorted({k[2] for k in summary})
+    modes = [m for m in MODE_ORDER if any(k[1] == m for k in summary)]
+    others = [m for m in modes if m != "wd"]
     parts = [
-        "# Small Llama pretrained on Tiny Shakespeare: wd vs lpwd\n\n",
+        "# Small Llama pretrained from scratch on Tiny Shakespeare: the 2 × 2 ablation\n\n",
         "Written by `benchmarks/pretrain_lm.py` (see benchmarks/README.md). Settings: "
         + ", ".join(f"{k}={v}" for k, v in settings.items())
         + f"; {runs[0]['params']:,} parameters; settings key `{key}`.\n\n",
@@ -201,25 +220,47 @@ def write_report(args: argparse.Namespace, key: str, settings: dict[str, Any], o
         "## Validation perplexity per character (lower is better)\n\n",
         markdown_table(summary, TASK, "validation perplexity", digits=3, best="min",
                        lambda_note={lam: f"{lam * total:.3g}" for lam in lams}),
+        "\n## Paired difference to WD (perplexity; negative = better than WD), mean [95 % t-interval over seeds]\n\n",
+        "| λ | " + " | ".join(f"{MODE_STYLE[m]['label']} − WD" for m in others) + " |\n",
+        "|" + "---|" * (1 + len(others)) + "\n",
     ]
+    diffs = []
+    for lam in lams:
+        row = [fmt_lambda(lam)]
+        for m in others:
+            mean, half, n = t_interval(paired(cells, (m, lam), ("wd", lam)))
+            row.append(fmt_diff(mean, half, n, 1.0, 3))
+            diffs.append({"mode": m, "lambda": lam, "diff": mean, "half_width": half, "n": n})
+        parts.append("| " + " | ".join(row) + " |\n")
     norm = summarize(runs, "weight_norm_ratio")
-    modes = [m for m in MODE_ORDER if any(k[1] == m for k in norm)]
     parts.append("\n‖W_end‖/‖W_init‖ of the weight matrices (mean over seeds):\n\n| λ | " + " | ".join(modes) + " |\n")
     parts.append("|" + "---|" * (1 + len(modes)) + "\n")
     for lam in lams:
         parts.append(f"| {fmt_lambda(lam)} | "
                      + " | ".join(f"{norm[(TASK, m, lam)]['mean']:.3f}" if (TASK, m, lam) in norm else "–" for m in modes)
                      + " |\n")
+    curves = [r for r in runs if r.get("curve")]
+    if curves:
+        parts.append(f"\nValidation perplexity during training (first {args.curve_blocks} validation blocks), "
+                     "mean over seeds, by step:\n\n")
+        steps = sorted({p[0] for r in curves for p in r["curve"]})
+        parts.append("| mode | λ | " + " | ".join(str(s) for s in steps) + " |\n|" + "---|" * (2 + len(steps)) + "\n")
+        for m in modes:
+            for lam in lams:
+                rs = [dict(r["curve"]) for r in curves if r["mode"] == m and float(r["lambda"]) == lam]
+                if rs:
+                    parts.append(f"| {m} | {fmt_lambda(lam)} | " + " | ".join(
+                        f"{sum(c[s] for c in rs if s in c) / max(1, sum(s in c for c in rs)):.3f}" for s in steps) + " |\n")
     png = out_dir / f"{NAME}.png"
     plot_sweep(summary, TASK, png, "validation perplexity (char)",
-               f"Llama {runs[0]['params'] / 1e6:.1f}M on Tiny Shakespeare: {args.steps} steps × {args.batch_size}×"
+               f"Llama {runs[0]['params'] / 1e6:.2f}M on Tiny Shakespeare: {args.steps} steps × {args.batch_size}×"
                f"{args.block_size}, η={args.lr:g}, {len({r['seed'] for r in runs})} seeds")
     parts.append(f"\n![validation perplexity]({png.name})\n")
     (out_dir / f"{NAME}.md").write_text("".join(parts), encoding="utf-8")
-    cells = [{"mode": m, "lambda": lam, **c} for (_, m, lam), c in sorted(summary.items())]
+    cell_stats = [{"mode": m, "lambda": lam, **c} for (_, m, lam), c in sorted(summary.items())]
     (out_dir / f"{NAME}.json").write_text(
-        json.dumps({"settings": settings, "settings_key": key, "lr_sum": total, "cells": cells, "runs": runs},
-                   indent=1, sort_keys=True), encoding="utf-8")
+        json.dumps({"settings": settings, "settings_key": key, "lr_sum": total, "cells": cell_stats,
+                    "paired_vs_wd": diffs, "runs": runs}, indent=1, sort_keys=True), encoding="utf-8")
     print(f"wrote {out_dir / (NAME + '.md')}, {out_dir / (NAME + '.json')} and {png}")
 
 
@@ -233,25 +274,19 @@ def main(argv: list[str] | None = None) -> None:
         write_report(args, key, settings, out_dir)
         return
 
-
     quiet_training(args.threads)
     data = load_text(data_dir(args.data_dir), args)
 
-    jsonl = out_dir / f"{NAME}_runs.jsonl"
-    done = {(r["mode"], float(r["lambda"]), int(r["seed"])) for r in read_jsonl(jsonl) if r.get("settings_key") == key}
-    todo = [(m, lam, s) for s in seeds for lam in lambdas for m in modes if (m, lam, s) not in done]
+    def describe(row: dict[str, Any]) -> str:
+        return (f"{row['mode']:>4} λ={fmt_lambda(row['lambda']):>6} seed={row['seed']}: val ppl={row['val_ppl']:.3f} "
+                f"train loss={row['train_loss']:.3f} ‖W‖ ratio={row['weight_norm_ratio']:.3f} curve={row['curve']}")
+
     total = lr_sum(args.lr, args.steps, warmup_steps(args))
-    print(f"{NAME}: {len(todo)} runs to do ({len(modes) * len(lambdas) * len(seeds) - len(todo)} already in {jsonl}); "
-          f"vocab {len(data['vocab'])} chars, {data['train_chars']:,} train / {data['val_chars']:,} validation chars; "
-          f"settings {settings} (key {key}); Σ η_t = {total:.4g}; {machine()}; load {load_average()}", flush=True)
-    progress = Progress(len(todo))
-    for mode, lam, seed in todo:
-        row = one_run(mode, lam, seed, args, data)
-        row.update(settings=settings, settings_key=key)
-        append_jsonl(jsonl, row)
-        print(progress.line(f"{mode:>4} λ={fmt_lambda(lam):>6} seed={seed}: val ppl={row['val_ppl']:.3f} "
-                            f"train loss={row['train_loss']:.3f} ‖W‖ ratio={row['weight_norm_ratio']:.3f}",
-                            row["seconds"]), flush=True)
+    cells = [(m, lam, s) for s in seeds for lam in lambdas for m in modes]
+    run_grid(NAME, out_dir, key, settings, cells, lambda r: (r["mode"], float(r["lambda"]), int(r["seed"])),
+             lambda m, lam, s: one_run(m, lam, s, args, data), describe,
+             f"vocab {len(data['vocab'])} chars, {data['train_chars']:,} train / {data['val_chars']:,} validation "
+             f"chars; Σ η_t = {total:.4g}")
     write_report(args, key, settings, out_dir)
 
 
