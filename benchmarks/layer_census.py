@@ -5,18 +5,15 @@ measure of it is to run it on every architecture transformers ships and compare 
 independent oracle that reads the *module structure* instead of names. Every model is built
 on the meta device from its default config, so no weights are allocated or downloaded.
 
-The oracle reads module *types*, never names: a block list is an ``nn.ModuleList``/``nn.Sequential``
-of two or more composite modules (they have sub-modules with parameters) that mostly share their
-class with another element; only the outermost such lists count. When every element of a list is
-a stage -- it holds, itself or as a direct child, a list of composite modules whose classes are not
-experts/MLPs and which has at least half of the element's parameters -- and the stages hold more
-blocks than there are stages, the inner lists' elements are the blocks (one level). Lists are
-chained in the order of ``named_modules()`` and a parameter shared by several blocks belongs to the
-first (as ``named_parameters()`` lists it there).
+The oracle (see the comment above ``_OStack``) reads modules and tensor shapes, never names: lists
+of composite, repeated modules whose outputs feed the next element are stacks; sibling lists of
+equal length are one stack; elements holding stacks of their own are stages. Stacks are chained in
+order of first appearance and a parameter shared by several blocks belongs to the first.
 
-The contract checked for both the name-only path and the module path of ``layer_depths``:
-the oracle's N blocks get depths 1..N in order (one depth per block), parameters before the first
-block get 0, parameters after the last block get N+1, and nothing in between leaves 1..N.
+The contract (C1-C7 of issue 13) is checked separately for the module path (``layer_depths(model)``
+on the real module) and the name path (``layer_depths(names)``): the oracle's N blocks get depths
+1..N in order (one depth per block), parameters before the first block get 0, after the last N+1,
+a stage's own parameters stay within one of its blocks' depths +- 1, nothing leaves [0, N+1].
 
 Usage::
 
@@ -64,6 +61,8 @@ class Built:
     names: list[str]
     numels: list[int]
     oracle: OracleResult
+    # layer_depths(model) on the real module (classes, _no_split_modules), or its error
+    module_depths: dict[str, int] | str
 
 
 @dataclass
@@ -71,8 +70,11 @@ class Outcome:
     task: str
     model_type: str
     cls_name: str
-    status: str  # "pass", "fail", "skip"
+    status: str  # "pass", "fail", "skip": both paths
     reason: str = ""
+    names_ok: bool = False
+    module_ok: bool = False
+    agree: bool = False
     n_blocks: int = 0
     n_params: int = 0
     extra: dict = field(default_factory=dict)
@@ -87,10 +89,11 @@ class Outcome:
 # * a *group* is the lists (``ModuleList``/``Sequential``) of one parent that have the same length
 #   and hold different classes (XLM's ``attentions``/``layer_norm1``/``ffns``/``layer_norm2``,
 #   PVT's ``patch_embeddings``/``block``); element i of the group is the union of the i-th elements;
-# * a group is a *stack* if its elements are composite (parameters in two or more leaf modules),
-#   repeated (mostly sharing their class with another element, or the class of another stack's
-#   blocks: a one-layer encoder) and *chainable*: the features element i produces have the width
-#   element i+1 takes in, for most consecutive pairs. Lists whose elements are not applied one
+# * a group is a *stack* if its elements are composite (some has parameters in two or more leaf
+#   modules; a weight-normed conv is one leaf),
+#   are repeated (mostly sharing their class with another element, or the class of another stack's
+#   blocks: a one-layer encoder) and *chainable*: the width element i produces is one that a
+#   Linear/Conv of element i+1 takes in, for most consecutive pairs. Lists whose elements are not applied one
 #   after another -- Qwen3-VL's deepstack mergers, per-level neck projections, per-stage heads --
 #   map one width to another and fail that test: they are side lists, not stacks;
 # * an element of a stack is a *stage* if it holds stacks of its own (searched at any depth, a
@@ -102,7 +105,14 @@ _WITHIN_BLOCK_CLASS_WORDS = ("Expert", "MLP", "Mlp", "Head")
 
 
 def _params_direct(module: nn.Module) -> bool:
-    return any(p is not None for p in module._parameters.values())
+    """A parametrised leaf: it holds parameters itself, or is parametrised (weight norm).
+
+    A weight-normed conv keeps its ``weight`` in ``parametrizations.weight.original0/1``: the
+    ParametrizationList is part of the conv, not a second leaf, so one such conv is not composite.
+    """
+    if isinstance(module, nn.utils.parametrize.ParametrizationList) or type(module).__name__ == "ParametrizationList":
+        return False
+    return any(p is not None for p in module._parameters.values()) or nn.utils.parametrize.is_parametrized(module)
 
 
 def _has_params(module: nn.Module) -> bool:
@@ -122,9 +132,9 @@ def _numel(modules: list[nn.Module]) -> int:
 
 def _widths(leaf: nn.Module) -> tuple[int | None, int | None]:
     """(input width, output width) of a parametrised leaf, None where its shape does not say."""
-    if isinstance(leaf, nn.Linear):
-        return leaf.in_features, leaf.out_features
-    if isinstance(leaf, nn.modules.conv._ConvNd):
+    if isinstance(leaf, nn.Linear) and leaf.weight is not None and leaf.weight.dim() == 2:
+        return int(leaf.weight.shape[1]), int(leaf.weight.shape[0])  # from the shape: never a tensor
+    if isinstance(leaf, nn.modules.conv._ConvNd) and isinstance(leaf.in_channels, int):
         return leaf.in_channels, leaf.out_channels
     if isinstance(leaf, nn.LayerNorm):
         return leaf.normalized_shape[-1], leaf.normalized_shape[-1]
@@ -140,12 +150,18 @@ def _widths(leaf: nn.Module) -> tuple[int | None, int | None]:
     return None, None
 
 
-def _io(modules: list[nn.Module]) -> tuple[int | None, int | None]:
-    """Width taken by the first parametrised leaf and produced by the last one (registration order)."""
+def _io(modules: list[nn.Module]) -> tuple[set[int], int | None]:
+    """Widths the element's weight layers take in, and the width its last parametrised leaf produces.
+
+    The input side is a set (every Linear/Conv input width, else every leaf's): registration order
+    is not forward order (Qwen3.5's linear-attention layers register a depthwise conv first), but
+    a block that continues the previous one has *some* layer reading the previous block's width.
+    """
     leaves = [leaf for m in modules for leaf in m.modules() if _params_direct(leaf)]
-    first = next((w[0] for w in map(_widths, leaves) if w[0] is not None), None)
+    weighted = [leaf for leaf in leaves if isinstance(leaf, (nn.Linear, nn.modules.conv._ConvNd))]
+    ins = {w[0] for w in map(_widths, weighted or leaves) if w[0] is not None}
     last = next((w[1] for w in map(_widths, reversed(leaves)) if w[1] is not None), None)
-    return first, last
+    return ins, last
 
 
 def _composite(modules: list[nn.Module]) -> bool:
@@ -155,8 +171,8 @@ def _composite(modules: list[nn.Module]) -> bool:
 def _chainable(elements: list[list[nn.Module]]) -> bool:
     """Most consecutive elements connect: element i's output width is element i+1's input width."""
     ios = [_io(e) for e in elements]
-    pairs = [(a[1], b[0]) for a, b in zip(ios, ios[1:], strict=False) if a[1] is not None and b[0] is not None]
-    return not pairs or sum(out == inp for out, inp in pairs) * 2 >= len(pairs)
+    pairs = [(a[1], b[0]) for a, b in zip(ios, ios[1:], strict=False) if a[1] is not None and b[0]]
+    return not pairs or sum(out in ins for out, ins in pairs) * 2 >= len(pairs)
 
 
 def _lists(parent: nn.Module) -> list[list[nn.Module]]:
@@ -182,7 +198,7 @@ def _lists(parent: nn.Module) -> list[list[nn.Module]]:
 def _is_stack(elements: list[list[nn.Module]], block_classes: set[type], min_len: int) -> bool:
     if len(elements) < min_len or not elements:
         return False
-    if not all(_composite(e) for e in elements):
+    if not any(_composite(e) for e in elements):  # a Sequential of bare layers is one module
         return False
     classes = Counter(type(e[0]) for e in elements)
     repeated = sum(c for c in classes.values() if c >= 2)
@@ -396,7 +412,11 @@ def build(model_type: str, cls_name: str, timeout: int) -> Built:
         warnings.simplefilter("ignore")
         model = cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
     named = list(model.named_parameters())
-    return Built([n for n, _ in named], [int(p.numel()) for _, p in named], oracle(model))
+    try:
+        module_depths: dict[str, int] | str = layer_depths(model)
+    except ValueError as exc:
+        module_depths = f"ValueError: {str(exc)[:160]}"
+    return Built([n for n, _ in named], [int(p.numel()) for _, p in named], oracle(model), module_depths)
 
 
 def evaluate(task: str, model_type: str, cls_name: str, built: Built) -> Outcome:
@@ -405,21 +425,25 @@ def evaluate(task: str, model_type: str, cls_name: str, built: Built) -> Outcome
         out.status, out.reason = "skip", "oracle found no block list (no repeated blocks to check)"
         return out
 
-    class _Sized(nn.Module):  # stands in for the model: named_parameters with the real numels
-        def named_parameters(self, *args, **kwargs):  # noqa: ARG002
-            for name, numel in zip(built.names, built.numels, strict=True):
-                yield name, torch.empty(numel, device="meta")
-
-    for path, source in (("names", built.names), ("module", _Sized())):
-        try:
-            depths = layer_depths(source)
-        except ValueError as exc:
-            out.status, out.reason = "fail", f"[{path}] ValueError: {str(exc)[:160]}"
-            return out
-        reason = check_contract(built.names, depths, built.oracle)
+    reasons = []
+    results: dict[str, dict[str, int] | None] = {}
+    for path in ("module", "names"):
+        depths: dict[str, int] | str
+        if path == "module":
+            depths = built.module_depths
+        else:
+            try:
+                depths = layer_depths(built.names)
+            except ValueError as exc:
+                depths = f"ValueError: {str(exc)[:160]}"
+        reason = depths if isinstance(depths, str) else check_contract(built.names, depths, built.oracle)
+        results[path] = None if isinstance(depths, str) else depths
+        setattr(out, f"{path}_ok", not reason)
         if reason:
-            out.status, out.reason = "fail", f"[{path}] {reason}"
-            return out
+            reasons.append(f"[{path}] {reason}")
+    out.agree = results["module"] is not None and results["module"] == results["names"]
+    if reasons:
+        out.status, out.reason = "fail", " ".join(reasons)
     return out
 
 
@@ -436,44 +460,61 @@ def iter_targets(tasks: list[str], models: set[str] | None) -> Iterator[tuple[st
             yield task, model_type, cls_name
 
 
-def time_100_blocks() -> float:
-    """Milliseconds for layer_depths on the names of a 100-block decoder (best of 5)."""
-    names = ["model.embed_tokens.weight"]
-    for i in range(100):
-        for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
-            names.append(f"model.layers.{i}.{part}.weight")
-        names += [f"model.layers.{i}.input_layernorm.weight", f"model.layers.{i}.post_attention_layernorm.weight"]
-    names += ["model.norm.weight", "lm_head.weight"]
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        layer_depths(names)
-        best = min(best, time.perf_counter() - t0)
-    return best * 1000
+def time_100_blocks() -> tuple[float, float]:
+    """Milliseconds for layer_depths on a 100-block Llama (meta device): names only, module (best of 5)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=100,
+                         num_attention_heads=4, num_key_value_heads=2)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    names = [n for n, _ in model.named_parameters()]
+    timings = []
+    for source in (names, model):
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            layer_depths(source)
+            best = min(best, time.perf_counter() - t0)
+        timings.append(best * 1000)
+    return timings[0], timings[1]
 
 
-def write_report(outcomes: list[Outcome], out: Path, timing_ms: float, elapsed: float) -> float:
+def write_report(outcomes: list[Outcome], out: Path, timing_ms: tuple[float, float], elapsed: float) -> float:
     built = [o for o in outcomes if o.status in ("pass", "fail")]
     passed = [o for o in built if o.status == "pass"]
     failed = [o for o in built if o.status == "fail"]
     skipped = [o for o in outcomes if o.status == "skip"]
     pct = 100.0 * len(passed) / len(built) if built else 0.0
+    n_module = sum(o.module_ok for o in built)
+    n_names = sum(o.names_ok for o in built)
+    archs = {o.model_type for o in built}
+    module_archs = archs - {o.model_type for o in built if not o.module_ok}
+    names_archs = archs - {o.model_type for o in built if not o.names_ok}
+
+    def share(k: int, n: int) -> str:
+        return f"{k} / {n} = {100.0 * k / n:.1f}%" if n else "0 / 0"
+
     lines = [
         "# Layer-depth census",
         "",
         "Generated by `benchmarks/layer_census.py`: every architecture in the listed transformers task",
-        "mappings is built on the meta device from its default config, and `layer_depths` (name-only and",
-        "module paths) is checked against an independent oracle read from the module structure.",
+        "mappings is built on the meta device from its default config, and `layer_depths` -- from the",
+        "module (`layer_depths(model)`) and from the names alone (`layer_depths(names)`) -- is checked",
+        "against an independent oracle read from module structure and tensor shapes (contract C1-C7 of",
+        "issue 13: parallel lists are one stack, side lists are not stacks, stages hold blocks).",
         "",
         f"- transformers {__import__('transformers').__version__}, torch {torch.__version__}",
         f"- (task, architecture) pairs tried: {len(outcomes)}",
         f"- checked (built, oracle found blocks): {len(built)}",
-        f"- **passed: {len(passed)} / {len(built)} = {pct:.1f}%**",
+        f"- **module path: {share(n_module, len(built))}** of (task, architecture) pairs; "
+        f"architectures passing on every task: {share(len(module_archs), len(archs))}",
+        f"- **name path: {share(n_names, len(built))}**; architectures: {share(len(names_archs), len(archs))}",
+        f"- both paths: {share(len(passed), len(built))}; the two give identical depths on "
+        f"{share(sum(o.agree for o in built), len(built))}",
         f"- skipped (build failed or no block list): {len(skipped)}",
-        f"- distinct architectures checked: {len({o.model_type for o in built})}, "
-        f"passed on every task: {len({o.model_type for o in built} - {o.model_type for o in failed})}",
-        f"- `layer_depths` on the names of a 100-block decoder: {timing_ms:.2f} ms",
+        f"- `layer_depths` on a 100-block Llama (meta device): {timing_ms[0]:.1f} ms from names, "
+        f"{timing_ms[1]:.1f} ms from the module",
         f"- census wall time: {elapsed:.0f} s",
         "",
         "## Failures",
@@ -543,9 +584,10 @@ def main(argv: list[str] | None = None) -> int:
 
     timing_ms = time_100_blocks()
     pct = write_report(outcomes, args.out, timing_ms, time.perf_counter() - start)
-    n_built = sum(o.status != "skip" for o in outcomes)
-    n_pass = sum(o.status == "pass" for o in outcomes)
-    print(f"\npassed {n_pass}/{n_built} = {pct:.1f}%; layer_depths on 100 blocks: {timing_ms:.2f} ms")
+    built = [o for o in outcomes if o.status != "skip"]
+    print(f"\nmodule path {sum(o.module_ok for o in built)}/{len(built)}, name path "
+          f"{sum(o.names_ok for o in built)}/{len(built)}, both {pct:.1f}%; layer_depths on 100 blocks: "
+          f"{timing_ms[0]:.1f} ms names, {timing_ms[1]:.1f} ms module")
     print(f"report: {args.out}")
     return 0
 

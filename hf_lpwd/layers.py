@@ -50,7 +50,14 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["layer_depths", "layer_depths_with_count", "normalize_name", "LayerPattern"]
+__all__ = [
+    "DECLARED_PATTERN_ATTR",
+    "LayerPattern",
+    "declared_layer_pattern",
+    "layer_depths",
+    "layer_depths_with_count",
+    "normalize_name",
+]
 
 LayerPattern = str | re.Pattern[str] | Callable[[str], int | None] | None
 
@@ -89,7 +96,7 @@ _ERROR_EXAMPLES = 8
 
 
 def normalize_name(name: str) -> str:
-    """Drop wrapper and PEFT segments from a parameter name.
+    """Drop wrapper and PEFT segments from a parameter name (and fold torch parametrizations).
 
     Wrappers (DDP, ``torch.compile``, FSDP1, activation checkpointing, PEFT) insert segments at
     varying depths, so depths must be computed on the unwrapped name to be wrapper-invariant.
@@ -114,6 +121,10 @@ def _normalize_tokens(tokens: Sequence[str]) -> list[str]:
                 out.append(tok)
             continue
         out.append(tok)
+    # torch parametrizations (weight norm): ``conv.parametrizations.weight.original0`` is part of
+    # ``conv.weight``, not a sub-module of its own.
+    if len(out) >= 3 and out[-3] == "parametrizations" and out[-1].startswith("original"):
+        out = [*out[:-3], out[-2]]
     # PEFT's prefix, possibly behind other wrappers (``module.base_model.model...``).
     if len(out) > 2 and out[0] == "base_model" and out[1] == "model":
         out = out[2:]
@@ -137,45 +148,182 @@ class _Block:
     items: list[_Item] = field(default_factory=list)
 
 
-def layer_depths(names_or_model: nn.Module | Iterable[str], pattern: LayerPattern = None) -> dict[str, int]:
+def layer_depths(model_or_names: nn.Module | Iterable[str], layer_pattern: LayerPattern = None) -> dict[str, int]:
     """Map every parameter name to its depth (0 = before the blocks, N+1 = after them).
 
-    ``names_or_model`` is a module (its ``named_parameters()`` are used, with ``numel`` as the
-    size of each parameter) or parameter names in ``named_parameters()`` order; the order
-    matters because parameters outside blocks are placed by it. ``pattern`` overrides block
-    detection: a regex with exactly one capture group for the block index, e.g.
-    ``r"\\.layers\\.(\\d+)\\."``, or a callable ``name -> block index or None``. The keys of the
-    result are the names exactly as given.
+    ``model_or_names`` is a module or parameter names in ``named_parameters()`` order (the order
+    matters: parameters outside blocks are placed by it). A module gives more than its names:
+    the class of every list element (two sibling lists of one class are two towers, a one-layer
+    list of a known block class is a stack), its ``_no_split_modules`` (the unit classes a
+    transformers model declares: a list of them wins over a longer side list) and the size of
+    every parameter; and a module may declare its blocks itself, see :func:`declared_layer_pattern`.
+    ``layer_pattern`` overrides everything: a regex with exactly one capture group for the
+    block index, e.g. ``r"\\.layers\\.(\\d+)\\."``, or a callable ``name -> block index or None``.
+    The keys of the result are the names exactly as given.
     """
-    return layer_depths_with_count(names_or_model, pattern)[0]
+    return layer_depths_with_count(model_or_names, layer_pattern)[0]
 
 
 def layer_depths_with_count(
-    names_or_model: nn.Module | Iterable[str], pattern: LayerPattern = None
+    model_or_names: nn.Module | Iterable[str], layer_pattern: LayerPattern = None
 ) -> tuple[dict[str, int], int]:
     """Like :func:`layer_depths`, also returning the number of blocks ``N``.
 
     The depths alone cannot tell N apart from N+1 (a model may have nothing after its last
     block), and LPWD's rate needs the number of levels, ``N + 2``.
     """
-    if isinstance(names_or_model, nn.Module):
-        pairs = [(n, int(p.numel())) for n, p in names_or_model.named_parameters()]
+    hints = _Hints()
+    if isinstance(model_or_names, nn.Module):
+        pairs = [(n, int(p.numel())) for n, p in model_or_names.named_parameters()]
+        if layer_pattern is None:
+            layer_pattern = declared_layer_pattern(model_or_names)
+        if layer_pattern is None:
+            hints = _module_hints(model_or_names)
     else:
-        if isinstance(names_or_model, str):
+        if isinstance(model_or_names, str):
             raise TypeError("layer_depths expects a list of parameter names or an nn.Module, not a str")
-        pairs = [(n, 1) for n in names_or_model]
+        pairs = [(n, 1) for n in model_or_names]
     names = [n for n, _ in pairs]
     if not names:
         return {}, 0
     items = [_Item(i, _normalize_tokens(n.split(".")), w) for i, (n, w) in enumerate(pairs)]
 
-    if pattern is not None:
-        found = _Found([b for stack in _stacks_from_pattern(names, items, pattern) for b in stack])
+    if layer_pattern is not None:
+        found = _Found([b for stack in _stacks_from_pattern(names, items, layer_pattern) for b in stack])
     else:
-        found = _find_stacks(items)
+        found = _find_stacks(items, hints)
     if not found.blocks:
-        raise ValueError(_no_stack_message(names, pattern))
+        raise ValueError(_no_stack_message(names, layer_pattern))
     return _assign_depths(names, items, found), len(found.blocks)
+
+
+# The attribute (a LayerPattern, or a method returning one) by which a model declares its blocks.
+DECLARED_PATTERN_ATTR = "lpwd_layer_pattern"
+
+
+def declared_layer_pattern(model: nn.Module) -> LayerPattern:
+    """The blocks a model declares itself, as a layer pattern over the full names, or None.
+
+    The model knows its forward pass better than any reading of its structure, so a declaration
+    wins over detection (a user's ``layer_pattern`` still wins over it). Two forms are honoured,
+    on the model or on the first sub-module that has one (a wrapped or PEFT model):
+
+    * ``lpwd_layer_pattern``: a layer pattern (regex or callable, see :func:`layer_depths`) or a
+      method returning one, applied to names relative to the declaring module;
+    * timm's ``group_matcher(coarse=False)``: its ``blocks`` rules without an ordinal (``r'^blocks\\.(\\d+)'``,
+      ``[(r'^stages\\.(\\d+)\\.blocks\\.(\\d+)', None), ...]``); every distinct tuple of captured
+      indices is one block, in numeric order.
+    """
+    for prefix, module in model.named_modules():
+        value = getattr(module, DECLARED_PATTERN_ATTR, None)
+        if value is not None:
+            if callable(value) and not isinstance(value, re.Pattern) and _takes_no_args(value):
+                value = value()
+            return _relative(prefix, value) if value is not None else None
+        matcher = getattr(module, "group_matcher", None)
+        if callable(matcher):
+            try:
+                spec = matcher(coarse=False)
+            except TypeError:
+                continue
+            rules = _timm_block_rules(spec)
+            if rules:
+                return _relative(prefix, _timm_pattern(rules, model, prefix))
+    return None
+
+
+def _takes_no_args(fn: Callable[..., object]) -> bool:
+    import inspect
+
+    try:
+        inspect.signature(fn).bind()
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _relative(prefix: str, pattern: str | re.Pattern[str] | Callable[[str], int | None]) -> LayerPattern:
+    """A pattern written for names inside ``prefix`` applied to full names (None outside it)."""
+    if not prefix:
+        return pattern
+    head = prefix + "."
+    if callable(pattern) and not isinstance(pattern, re.Pattern):
+        inner = pattern
+    else:
+        regex = _compile_pattern(pattern)
+
+        def inner(rel: str) -> int | None:
+            match = regex.search(rel)
+            return int(match.group(1)) if match and match.group(1) is not None else None
+
+    def relative(name: str) -> int | None:
+        return inner(name[len(head) :]) if name.startswith(head) else None
+
+    return relative
+
+
+def _timm_block_rules(spec: object) -> list[re.Pattern[str]]:
+    if not isinstance(spec, dict):
+        return []
+    blocks = spec.get("blocks")
+    if isinstance(blocks, str):
+        entries: list[object] = [(blocks, None)]
+    elif isinstance(blocks, (list, tuple)):
+        entries = list(blocks)
+    else:
+        return []
+    rules = []
+    for entry in entries:
+        if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is None:
+            regex = re.compile(entry[0])
+            if regex.groups >= 1:
+                rules.append(regex)
+    return rules
+
+
+def _timm_pattern(rules: list[re.Pattern[str]], model: nn.Module, prefix: str) -> Callable[[str], int | None]:
+    """Rank the tuples of block indices timm's rules capture; a name's block is its tuple's rank."""
+    head = prefix + "." if prefix else ""
+
+    def key(rel: str) -> tuple[int, ...] | None:
+        for regex in rules:
+            match = regex.match(rel)
+            if match:
+                return tuple(int(g) for g in match.groups() if g is not None and g.isdigit())
+        return None
+
+    keys = {key(n[len(head) :]) for n, _ in model.named_parameters() if n.startswith(head)}
+    rank = {k: i for i, k in enumerate(sorted(k for k in keys if k is not None))}
+
+    def block_of(rel: str) -> int | None:
+        k = key(rel)
+        return rank.get(k) if k is not None else None
+
+    return block_of
+
+
+@dataclass
+class _Hints:
+    """What a module says beyond its names: element classes and declared unit classes."""
+
+    # normalized element path (``("model", "layers", "3")``) -> class name of that module
+    classes: dict[tuple[str, ...], str] = field(default_factory=dict)
+    # class names in the model's ``_no_split_modules`` (transformers' declared units)
+    units: frozenset[str] = frozenset()
+
+
+def _module_hints(model: nn.Module) -> _Hints:
+    """Classes of list elements (modules whose name ends in an index) and declared unit classes."""
+    classes: dict[tuple[str, ...], str] = {}
+    units: set[str] = set()
+    for name, module in model.named_modules():
+        tokens = name.split(".")
+        if tokens[-1].isdigit():
+            classes.setdefault(tuple(_normalize_tokens(tokens)), type(module).__name__)
+        declared = getattr(module, "_no_split_modules", None)
+        if isinstance(declared, (list, tuple, set, frozenset)):
+            units.update(str(c) for c in declared)
+    return _Hints(classes, frozenset(units))
 
 
 def _compile_pattern(pattern: str | re.Pattern[str]) -> re.Pattern[str]:
@@ -259,23 +407,30 @@ def _containers(items: list[_Item], base: int) -> dict[tuple[str, ...], dict[int
     return containers
 
 
-def _signature(elems: dict[int, list[_Item]], key_len: int) -> frozenset[str]:
+def _signature(elems: dict[int, list[_Item]], key_len: int, hints: _Hints) -> frozenset[str]:
+    """What kind of module a list holds: its first element's class if known, else its parameter names."""
+    first = elems[min(elems)]
+    cls = hints.classes.get(tuple(first[0].tokens[: key_len + 1]))
+    if cls is not None:
+        return frozenset({"class:" + cls})
     return frozenset(".".join(item.tokens[key_len + 1 :]) for item in elems[min(elems)])
 
 
-def _groups(items: list[_Item], base: int) -> list[_Group]:
+def _groups(items: list[_Item], base: int, hints: _Hints) -> list[_Group]:
     """Lists at ``base``, sibling lists of equal length and different contents merged (parallel lists).
 
     Two composite siblings with the same contents are two towers of the same block class, not the
-    halves of one block, so they stay apart; bare lists (``layer_norm1.i``) join any equal sibling.
+    halves of one block, so they stay apart, and so does a list of a class the model declares a
+    unit (``_no_split_modules``: a whole block, not part of one); bare lists (``layer_norm1.i``)
+    join any equal sibling.
     """
     groups: list[_Group] = []
     for key, elems in _containers(items, base).items():
         composite = _is_composite(elems, len(key))
-        signature = _signature(elems, len(key))
+        signature = _signature(elems, len(key), hints)
         for group in groups:
             if group.parent == key[:-1] and set(group.elems) == set(elems) and not (
-                composite and signature in group.signatures
+                composite and (signature in group.signatures or _declared(hints, signature, *group.signatures))
             ):
                 group.keys.append(key)
                 for index, its in elems.items():
@@ -298,17 +453,26 @@ def _union_composite(group: _Group) -> bool:
     return False
 
 
-def _drop_side_lists(groups: list[_Group]) -> list[_Group]:
+def _declared(hints: _Hints, *signatures: frozenset[str]) -> bool:
+    """True if one of the signatures is a class the model declares in ``_no_split_modules``."""
+    return any("class:" + c in sig for sig in signatures for c in hints.units)
+
+
+def _drop_side_lists(groups: list[_Group], hints: _Hints) -> list[_Group]:
     """Of the stacks under one parent only the longest are applied one after another.
 
     A shorter list next to a stack (Qwen3-VL's three ``deepstack_merger_list`` mergers next to its
     27 vision blocks, per-level projections next to a backbone's blocks) feeds other layers: a side
-    list, whose parameters then take the depth of where they sit.
+    list, whose parameters then take the depth of where they sit. When the model declares unit
+    classes (``_no_split_modules``), lists of a declared class come first.
     """
-    longest: dict[tuple[str, ...], int] = {}
+    def declared(g: _Group) -> bool:
+        return _declared(hints, *g.signatures)
+
+    best: dict[tuple[str, ...], tuple[bool, int]] = {}
     for g in groups:
-        longest[g.parent] = max(longest.get(g.parent, 0), len(g.elems))
-    return [g for g in groups if len(g.elems) == longest[g.parent]]
+        best[g.parent] = max(best.get(g.parent, (False, 0)), (declared(g), len(g.elems)))
+    return [g for g in groups if (declared(g), len(g.elems)) == best[g.parent]]
 
 
 @dataclass
@@ -320,12 +484,12 @@ class _Found:
     stage_of: dict[int, list[_Block]] = field(default_factory=dict)
 
 
-def _find_stacks(items: list[_Item]) -> _Found:
+def _find_stacks(items: list[_Item], hints: _Hints) -> _Found:
     """Find the outermost stacks of blocks among ``items``, stages expanded into their blocks.
 
     Stacks are chained in order of first appearance, blocks of one stack in index order.
     """
-    groups = _drop_side_lists(_groups(items, 0))
+    groups = _drop_side_lists(_groups(items, 0, hints), hints)
     repeated = [g for g in groups if len(g.elems) >= 2]
     if repeated:
         # A one-element list is a stack when its element looks like another stack's blocks
@@ -335,12 +499,12 @@ def _find_stacks(items: list[_Item]) -> _Found:
         groups = [g for g in groups if len(g.elems) >= 2 or known & set(g.signatures)]
     found = _Found([])
     for group in groups:
-        if not _expand_stages(group, found):
+        if not _expand_stages(group, found, hints):
             found.blocks.extend(_Block((*group.keys[0], str(i)), group.elems[i]) for i in sorted(group.elems))
     return found
 
 
-def _expand_stages(group: _Group, found: _Found) -> bool:
+def _expand_stages(group: _Group, found: _Found, hints: _Hints) -> bool:
     """If the elements of ``group`` are stages, add their blocks to ``found`` and return True.
 
     An element is a stage if it holds stacks of its own (at any depth: MobileViT's
@@ -358,7 +522,7 @@ def _expand_stages(group: _Group, found: _Found) -> bool:
     for index, its in group.elems.items():
         stacks = [
             g
-            for g in _groups(its, element_len)
+            for g in _groups(its, element_len, hints)
             if not any(_is_within_block_list(k[-1]) for k in g.keys) and _alike_group(g)
         ]
         if not stacks:

@@ -396,3 +396,188 @@ def test_string_instead_of_names_is_rejected():
 
 def test_empty():
     assert layer_depths([]) == {}
+
+
+# --- issue 13: parallel lists, side lists, stages in parallel lists, declared blocks ------------
+# Tiny configs built on the meta device; the expected depths are written from the contract:
+# block i of parallel lists is the union of their i-th elements, a side list takes the depth of
+# where it sits, a stage's own patch embedding takes its first block's depth.
+
+
+def _meta(build):
+    with torch.device("meta"):
+        return build()
+
+
+def _xlm_like(cls_name: str, config_name: str) -> nn.Module:
+    import transformers
+
+    cfg = getattr(transformers, config_name)(vocab_size=50, emb_dim=16, n_layers=2, n_heads=2,
+                                             max_position_embeddings=32)
+    return _meta(lambda: getattr(transformers, cls_name)(cfg))
+
+
+XLM_DEPTHS = {
+    "transformer.position_embeddings.": 0,
+    "transformer.embeddings.": 0,
+    "transformer.layer_norm_emb.": 0,
+    "transformer.attentions.0.": 1, "transformer.layer_norm1.0.": 1,
+    "transformer.ffns.0.": 1, "transformer.layer_norm2.0.": 1,
+    "transformer.attentions.1.": 2, "transformer.layer_norm1.1.": 2,
+    "transformer.ffns.1.": 2, "transformer.layer_norm2.1.": 2,
+    "pred_layer.": 3,
+}
+
+
+def _tiny_pvt() -> nn.Module:
+    from transformers import PvtConfig, PvtForImageClassification
+
+    cfg = PvtConfig(image_size=32, num_encoder_blocks=2, depths=[2, 1], sequence_reduction_ratios=[2, 1],
+                    hidden_sizes=[8, 16], patch_sizes=[4, 2], strides=[4, 2], num_attention_heads=[1, 2],
+                    mlp_ratios=[2, 2], num_labels=3)
+    return _meta(lambda: PvtForImageClassification(cfg))
+
+
+PVT_DEPTHS = {
+    "pvt.encoder.patch_embeddings.0.": 1,  # registered before every block: with its stage's first block
+    "pvt.encoder.block.0.0.": 1,
+    "pvt.encoder.block.0.1.": 2,
+    "pvt.encoder.patch_embeddings.1.": 3,
+    "pvt.encoder.block.1.0.": 3,
+    "pvt.encoder.layer_norm.": 4,
+    "classifier.": 4,
+}
+
+
+def _tiny_qwen3_vl(vision_depth: int) -> nn.Module:
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    vision = dict(depth=vision_depth, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16,
+                  deepstack_visual_indexes=[0, 1], patch_size=4, spatial_merge_size=2, temporal_patch_size=2,
+                  num_position_embeddings=16)
+    text = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=8,
+                rope_scaling={"rope_type": "default", "mrope_section": [2, 1, 1]})
+    return _meta(lambda: Qwen3VLForConditionalGeneration(Qwen3VLConfig(vision_config=vision, text_config=text)))
+
+
+QWEN3_VL_DEPTHS = {
+    "model.visual.patch_embed.": 0,
+    "model.visual.pos_embed.": 0,
+    "model.visual.blocks.0.": 1,
+    "model.visual.blocks.1.": 2,
+    "model.visual.blocks.2.": 3,
+    "model.visual.merger.": 3,
+    "model.visual.deepstack_merger_list.": 3,  # a side list: not blocks, where it sits
+    "model.language_model.embed_tokens.": 4,
+    "model.language_model.layers.0.": 4,
+    "model.language_model.layers.1.": 5,
+    "model.language_model.norm.": 6,
+    "lm_head.": 6,
+}
+
+STRUCTURE_MODELS = {
+    "xlm": (lambda: _xlm_like("XLMWithLMHeadModel", "XLMConfig"), XLM_DEPTHS, 2),
+    "flaubert": (lambda: _xlm_like("FlaubertWithLMHeadModel", "FlaubertConfig"), XLM_DEPTHS, 2),
+    "pvt": (_tiny_pvt, PVT_DEPTHS, 3),
+    "qwen3_vl": (lambda: _tiny_qwen3_vl(3), QWEN3_VL_DEPTHS, 5),
+}
+
+
+@pytest.mark.parametrize("key", sorted(STRUCTURE_MODELS))
+def test_structure_depths_module_and_names_agree(key):
+    build, prefixes, n_blocks = STRUCTURE_MODELS[key]
+    model = build()
+    names = [n for n, _ in model.named_parameters()]
+    expected = _expected(names, prefixes)
+    assert layer_depths(model) == expected
+    assert layer_depths(names) == expected
+    assert layer_depths_with_count(model)[1] == n_blocks
+    assert all(any(n.startswith(p) for n in names) for p in prefixes)
+
+
+def test_side_list_as_long_as_the_blocks_is_not_merged_from_the_module():
+    # Two vision blocks and two deepstack mergers: equal lengths. The module declares its vision
+    # block class a unit (_no_split_modules), so the mergers are neither merged into the blocks nor
+    # a stack; names alone cannot tell (this is where the module path knows more).
+    model = _tiny_qwen3_vl(2)
+    depths = layer_depths(model)
+    assert depths["model.visual.blocks.1.attn.qkv.weight"] == 2
+    assert depths["model.visual.deepstack_merger_list.0.linear_fc1.weight"] == 2
+    assert depths["model.visual.deepstack_merger_list.1.linear_fc1.weight"] == 2
+    assert depths["model.language_model.layers.0.mlp.up_proj.weight"] == 3
+    assert layer_depths_with_count(model)[1] == 4
+
+
+class _Declares(nn.Module):
+    """A model whose blocks are ``trunk.<i>``; its ``side.<i>`` list would otherwise look like a stack."""
+
+    lpwd_layer_pattern = r"^trunk\.(\d+)\."
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(4, 4)
+        self.side = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)) for _ in range(3))
+        self.trunk = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)) for _ in range(2))
+        self.head = nn.Linear(4, 2)
+
+
+class _TimmLike(nn.Module):
+    """timm's protocol: ``group_matcher(coarse)`` with a ``blocks`` regex."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = nn.Linear(4, 4)
+        self.stages = nn.ModuleList(
+            nn.ModuleDict({"blocks": nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)) for _ in range(2))})
+            for _ in range(2)
+        )
+        self.head = nn.Linear(4, 2)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        if coarse:
+            return {"stem": r"^patch_embed", "blocks": r"^stages\.(\d+)"}
+        return {"stem": r"^patch_embed", "blocks": [(r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^head", (99999,))]}
+
+
+def test_model_declares_its_blocks():
+    model = _Declares()
+    depths = layer_depths(model)
+    assert depths["stem.weight"] == 0
+    assert depths["side.2.0.weight"] == 0  # registered before the first declared block
+    assert depths["trunk.0.1.weight"] == 1
+    assert depths["trunk.1.0.weight"] == 2
+    assert depths["head.weight"] == 3
+    # The same names without the module: of two lists under one parent the longer is read as the
+    # stack (here the wrong one), which is why a declaration wins over detection.
+    assert layer_depths_with_count([n for n, _ in model.named_parameters()])[1] == 3
+
+
+def test_timm_group_matcher_is_honoured_also_when_wrapped():
+    wrapper = nn.Module()
+    wrapper.timm_model = _TimmLike()
+    depths, n_blocks = layer_depths_with_count(wrapper)
+    assert n_blocks == 4
+    assert depths["timm_model.patch_embed.weight"] == 0
+    assert depths["timm_model.stages.0.blocks.1.0.weight"] == 2
+    assert depths["timm_model.stages.1.blocks.0.1.weight"] == 3
+    assert depths["timm_model.head.weight"] == 5
+
+
+def test_layer_pattern_overrides_a_declaration():
+    depths, n_blocks = layer_depths_with_count(_Declares(), r"^side\.(\d+)\.")
+    assert n_blocks == 3
+    assert depths["stem.weight"] == 0
+    assert depths["side.0.0.weight"] == 1
+    assert depths["side.2.1.weight"] == 3
+    assert depths["trunk.0.0.weight"] == 4
+    assert depths["head.weight"] == 4
+
+
+def test_weight_norm_parametrization_is_one_layer():
+    names = ["embed.weight"]
+    for i in range(2):
+        names += [f"layers.{i}.conv.bias", f"layers.{i}.conv.parametrizations.weight.original0",
+                  f"layers.{i}.conv.parametrizations.weight.original1", f"layers.{i}.norm.weight"]
+    assert normalize_name("layers.0.conv.parametrizations.weight.original1") == "layers.0.conv.weight"
+    assert [layer_depths(names)[n] for n in names] == [0, 1, 1, 1, 1, 2, 2, 2, 2]
