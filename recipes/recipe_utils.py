@@ -194,6 +194,12 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
 
 
 def setup_logging(training_args: Any) -> None:
+    """``--log_level`` / ``--log_level_replica`` for the recipe, hf_lpwd, transformers and datasets.
+
+    With the default ``--log_level passive`` the main process shows hf_lpwd's and the recipe's INFO lines
+    (the LPWD layer table at the start of training) and transformers' warnings only; any other
+    ``--log_level`` applies to all of them.
+    """
     import datasets
     import transformers
 
@@ -201,10 +207,14 @@ def setup_logging(training_args: Any) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler()]
     )
     level = training_args.get_process_log_level()
-    for lib_logger in (logger, logging.getLogger("hf_lpwd")):
-        lib_logger.setLevel(level)
     transformers.utils.logging.set_verbosity(level)
     datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
+    ours = level
+    if training_args.log_level == "passive" and training_args.should_log:
+        ours = min(level, logging.INFO)
+    # "transformers.hf_lpwd" is the package's logger (a child of transformers': its handler, its format).
+    for name in (logger.name, "hf_lpwd", "transformers.hf_lpwd"):
+        logging.getLogger(name).setLevel(ours)
 
 
 def default_train_eval(training_args: Any) -> None:

@@ -682,7 +682,9 @@ def test_causal_lm_second_run_replaces_final_and_restarts_from_its_lpwd_config(t
     first = ["--weight_decay_mode", "wd", "--weight_decay", "0.25", "--learning_rate", "1e-3"]
     if "--lpwd_layer_lr_decay" in _lpwd_flags():
         first += ["--lpwd_layer_lr_decay", "0.5"]
-    check_ok(run_recipe("causal_lm.py", [*base, *first], tmp_path))
+    proc = run_recipe("causal_lm.py", [*base, *first, "--log_level", "warning"], tmp_path)
+    check_ok(proc)
+    assert "LPWD mode=" not in proc.stderr  # --log_level warning: no layer table
     saved = read_json(out / "final" / "lpwd_config.json")
     assert (saved["mode"], saved["weight_decay"]) == ("wd", 0.25)
     (tmp_path / "run1").mkdir()
@@ -694,6 +696,11 @@ def test_causal_lm_second_run_replaces_final_and_restarts_from_its_lpwd_config(t
     proc = run_recipe("causal_lm.py", [*base, "--lpwd_config", tmp_path / "run1" / "final",
                                        "--weight_decay_mode", "lpwd", "--learning_rate", "1e-3"], tmp_path)
     check_ok(proc)
+    # The default --log_level (passive) shows the layer table on the main process.
+    assert "LPWD mode=lpwd" in proc.stderr
+    table = proc.stderr[proc.stderr.index("LPWD mode=lpwd"):].splitlines()
+    assert table[1].split()[:3] == ["depth", "tensors", "parameters"]
+    assert [row.split()[0] for row in table[2:6]] == ["0", "1", "2", "3"]
     assert not (out / "final.partial").exists() and not (out / "final.old").exists()
     assert not (out / "final" / "marker.txt").exists()
     check_final(out, mode="lpwd")
