@@ -157,11 +157,18 @@ def _io(modules: list[nn.Module]) -> tuple[set[int], int | None]:
     is not forward order (Qwen3.5's linear-attention layers register a depthwise conv first), but
     a block that continues the previous one has *some* layer reading the previous block's width.
     """
-    leaves = [leaf for m in modules for leaf in m.modules() if _params_direct(leaf)]
+    found = [(name.count("."), leaf) for m in modules for name, leaf in m.named_modules() if _params_direct(leaf)]
+    leaves = [leaf for _, leaf in found]
     weighted = [leaf for leaf in leaves if isinstance(leaf, (nn.Linear, nn.modules.conv._ConvNd))]
     ins = {w[0] for w in map(_widths, weighted or leaves) if w[0] is not None}
-    last = next((w[1] for w in map(_widths, reversed(leaves)) if w[1] is not None), None)
-    return ins, last
+    # The output: the last of the shallowest leaves with a known width (a block's own residual
+    # norms, not the last-registered sub-layer inside its attention or experts).
+    outs: list[int] = []
+    for level in sorted({d for d, _ in found}):
+        outs = [w[1] for d, leaf in found if d == level for w in [_widths(leaf)] if w[1] is not None]
+        if outs:
+            break
+    return ins, (outs[-1] if outs else None)
 
 
 def _composite(modules: list[nn.Module]) -> bool:

@@ -19,27 +19,39 @@ How a name is analysed:
    ``_checkpoint_wrapped_module.``, PEFT's ``base_model.model.``) and PEFT leaf parts
    (``lora_A.<adapter>``, ``base_layer``, ...) are dropped, so wrapping never changes a depth.
 2. A *container* is a name prefix followed by an integer segment (``model.layers`` in
-   ``model.layers.3.mlp.up_proj.weight``). The outermost containers with at least two elements
-   (one, if nothing else qualifies: a one-layer model) whose elements are composite -- parameters
-   in two or more sub-modules, so a ``ModuleList`` of bare ``Linear``/``Embedding`` layers or
-   one-layer wrappers is not a stack -- are the stacks. Lists inside a block (T5's
-   ``block.3.layer.0``, MoE experts, per-head lists) are claimed by the outer block.
+   ``model.layers.3.mlp.up_proj.weight``). Sibling containers of equal length with different
+   contents are *parallel lists*, one stack whose block i is the union of their i-th elements
+   (XLM's ``attentions.i``/``layer_norm1.i``/``ffns.i``/``layer_norm2.i``). A stack's elements are
+   composite -- parameters in two or more sub-modules, so a ``ModuleList`` of bare layers is not a
+   stack. Of the stacks under one parent only the longest is one (a shorter sibling such as
+   Qwen3-VL's ``deepstack_merger_list`` is a *side list* feeding other layers); a one-element list
+   is a stack only if it holds what another stack holds (Canine's one-layer encoders) or if nothing
+   else is (a one-layer model). Lists inside a block (T5's ``block.3.layer.0``, MoE experts,
+   per-head lists) are claimed by the outer block.
 3. Stacks are chained in order of first appearance in ``named_parameters()``; the blocks of one
    stack are numbered in index order, which is forward order.
 4. Hierarchical models (Swin ``encoder.layers.0.blocks.1``, ConvNeXt ``encoder.stages.2.layers.0``,
-   Funnel ``encoder.blocks.0.1``) have *stages*: if every element of a stack holds, as a direct
-   child, a list of repeated composite modules (most of them have a twin with the same parameter
-   names, unlike T5's self-attention/feed-forward sub-layers) with most of the element's
-   parameters, and that list is not named for experts or heads (MoE experts can hold most of a
-   decoder layer), the inner lists' elements are the blocks. One level only.
+   PVT's parallel ``patch_embeddings.i``/``block.i.j``, MobileViT's ``layer.4.transformer.layer.j``)
+   have *stages*: if the elements of a stack hold stacks of their own (at any depth, a one-element
+   list counting) of alike modules not named for experts or heads, holding most of the weight, and
+   the stages hold more blocks than there are stages, the inner elements are the blocks. Elements
+   holding no inner stack may sit between stages when they differ from them (SwiftFormer's
+   downsamples). One level only. A stage's own parameters (downsample, patch embedding) take the
+   depth of its first block if registered before its blocks, of its last block if after.
 5. Parameters outside every block take their depth from their position in ``named_parameters()``
    order: before the first block -> 0, after the last block -> N+1. One that sits between two
-   blocks of different stacks or stages (a stage's downsample, T5's encoder final norm, a VLM's
-   projector and text embeddings) joins the neighbour whose block path shares the longer name
-   prefix with it, and the *next* block on a tie: so Swin's ``layers.0.downsample`` gets stage 0's
-   last block depth, ConvNeXt's ``stages.1.downsampling_layer`` stage 1's first block, T5's
-   ``encoder.final_layer_norm`` the last encoder block, and LLaVA's projector and
-   ``language_model.embed_tokens`` the first language-model block.
+   blocks of different stacks or stages (a downsample between stages, T5's encoder final norm, a
+   VLM's projector and text embeddings) joins the neighbour whose block path shares the longer name
+   prefix with it, and the *next* block on a tie: so T5's ``encoder.final_layer_norm`` gets the last
+   encoder block, and LLaVA's projector and ``language_model.embed_tokens`` the first
+   language-model block.
+
+A module (rather than a list of names) says more, and :func:`layer_depths` uses it: the class of
+every list element stands in for its parameter names (two sibling lists of one class are two
+towers; a one-element list of a known block class is a stack), the classes a transformers model
+declares in ``_no_split_modules`` win over longer undeclared side lists and are never merged as
+parallel lists, and a model may declare its blocks itself (:func:`declared_layer_pattern`). Where
+names suffice both paths give the same depths (checked by ``benchmarks/layer_census.py``).
 """
 
 from __future__ import annotations
@@ -420,9 +432,10 @@ def _groups(items: list[_Item], base: int, hints: _Hints) -> list[_Group]:
     """Lists at ``base``, sibling lists of equal length and different contents merged (parallel lists).
 
     Two composite siblings with the same contents are two towers of the same block class, not the
-    halves of one block, so they stay apart, and so does a list of a class the model declares a
-    unit (``_no_split_modules``: a whole block, not part of one); bare lists (``layer_norm1.i``)
-    join any equal sibling.
+    halves of one block, so they stay apart, and so do a list of a class the model declares a
+    unit (``_no_split_modules``: a whole block) and an undeclared one (a side list of the same
+    length); two declared lists (Janus's ``block.j``/``attn.j``) are parallel. Bare lists
+    (``layer_norm1.i``) join any equal sibling.
     """
     groups: list[_Group] = []
     for key, elems in _containers(items, base).items():
@@ -430,7 +443,8 @@ def _groups(items: list[_Item], base: int, hints: _Hints) -> list[_Group]:
         signature = _signature(elems, len(key), hints)
         for group in groups:
             if group.parent == key[:-1] and set(group.elems) == set(elems) and not (
-                composite and (signature in group.signatures or _declared(hints, signature, *group.signatures))
+                composite
+                and (signature in group.signatures or _declared(hints, signature) != _declared(hints, *group.signatures))
             ):
                 group.keys.append(key)
                 for index, its in elems.items():
