@@ -232,15 +232,18 @@ def check_training_args(training_args: Any) -> None:
             f"--learning_rate={lr:g} × --weight_decay={lam:g} = {lr * lam:g}: η·λ must stay below 1 (the decay "
             "factor 1 − η·λ would be <= 0 and flip the weights' signs); lower --weight_decay or --learning_rate"
         )
-    to_config = getattr(training_args, "to_lpwd_config", None)
-    if to_config is None:
-        return
-    try:
-        config = to_config()
-        if training_args.deepspeed:
-            from hf_lpwd.trainer import check_deepspeed
+    from hf_lpwd import trainer as glue
 
-            check_deepspeed(True, config)
+    # The refusals the LPWD Trainer makes from the arguments alone, but only after the Trainer's own __init__
+    # has created the output folder: the LPWD settings, a DeepSpeed config with its own optimizer, schedule-free.
+    to_config = getattr(training_args, "to_lpwd_config", None)
+    argument_checks = [getattr(glue, name, None) for name in ("check_deepspeed", "_refuse_schedule_free")]
+    try:
+        if to_config is not None:
+            to_config()
+        for check in argument_checks:
+            if check is not None:
+                check(training_args)
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
 

@@ -486,6 +486,7 @@ def _recipe_args(script: str, tmp_path: Path, out: Path) -> list:
         ("causal_lm", "eta_lambda", "--weight_decay=10"),
         ("image_classification", "eta_lambda", "--weight_decay=10"),
         ("text_classification", "missing_lpwd_config", "--lpwd_config="),
+        ("causal_lm", "schedule_free", "--optim schedule_free_adamw"),
         ("text_classification", "layer_pattern", "--lpwd_layer_pattern='nomatch"),
         ("causal_lm", "layer_pattern", "--lpwd_layer_pattern='nomatch"),
         ("image_classification", "layer_pattern", "--lpwd_layer_pattern='nomatch"),
@@ -500,6 +501,7 @@ def test_recipe_errors_exit_2_one_line_nothing_written(tmp_path, script, case, f
         "eta_lambda": ["--learning_rate", "0.1", "--weight_decay", "10"],
         "missing_lpwd_config": ["--lpwd_config", tmp_path / "nowhere" / "lpwd_config.json"],
         "layer_pattern": ["--lpwd_layer_pattern", r"nomatch\.(\d+)\."],
+        "schedule_free": ["--optim", "schedule_free_adamw"],
     }[case]
     proc = run_recipe(f"{script}.py", [*_recipe_args(script, tmp_path, out), *extra], tmp_path)
     assert proc.returncode == 2, proc.stderr[-4000:]
