@@ -150,7 +150,7 @@ def _widths(leaf: nn.Module) -> tuple[int | None, int | None]:
     return None, None
 
 
-def _io(modules: list[nn.Module]) -> tuple[set[int], int | None]:
+def _io(modules: list[nn.Module]) -> tuple[set[int], set[int]]:
     """Widths the element's weight layers take in, and the width its last parametrised leaf produces.
 
     The input side is a set (every Linear/Conv input width, else every leaf's): registration order
@@ -161,14 +161,15 @@ def _io(modules: list[nn.Module]) -> tuple[set[int], int | None]:
     leaves = [leaf for _, leaf in found]
     weighted = [leaf for leaf in leaves if isinstance(leaf, (nn.Linear, nn.modules.conv._ConvNd))]
     ins = {w[0] for w in map(_widths, weighted or leaves) if w[0] is not None}
-    # The output: the last of the shallowest leaves with a known width (a block's own residual
-    # norms, not the last-registered sub-layer inside its attention or experts).
+    # The output: the last-registered leaf's width, or the last of the shallowest leaves (a block's
+    # own residual norms, when its attention or experts register last).
+    last = next((w[1] for w in map(_widths, reversed(leaves)) if w[1] is not None), None)
     outs: list[int] = []
     for level in sorted({d for d, _ in found}):
         outs = [w[1] for d, leaf in found if d == level for w in [_widths(leaf)] if w[1] is not None]
         if outs:
             break
-    return ins, (outs[-1] if outs else None)
+    return ins, {w for w in (last, outs[-1] if outs else None) if w is not None}
 
 
 def _composite(modules: list[nn.Module]) -> bool:
@@ -178,8 +179,8 @@ def _composite(modules: list[nn.Module]) -> bool:
 def _chainable(elements: list[list[nn.Module]]) -> bool:
     """Most consecutive elements connect: element i's output width is element i+1's input width."""
     ios = [_io(e) for e in elements]
-    pairs = [(a[1], b[0]) for a, b in zip(ios, ios[1:], strict=False) if a[1] is not None and b[0]]
-    return not pairs or sum(out in ins for out, ins in pairs) * 2 >= len(pairs)
+    pairs = [(a[1], b[0]) for a, b in zip(ios, ios[1:], strict=False) if a[1] and b[0]]
+    return not pairs or sum(bool(outs & ins) for outs, ins in pairs) * 2 >= len(pairs)
 
 
 def _lists(parent: nn.Module) -> list[list[nn.Module]]:
