@@ -1,0 +1,261 @@
+"""The Trainer under DeepSpeed ZeRO on CPU (gloo), against DDP; launched with ``torchrun --nproc_per_node 2``.
+
+    python train_deepspeed.py OUT_DIR --model-dir DIR [--engine ddp|zero1|zero2|zero3] [--modes stock,wd,rwd,pwd,lpwd]
+                              [--bf16] [--warmup 1] [--probe] [--save-steps N] [--resume-from ROOT [--resume-step 2]]
+                              [--ds-optimizer [--refusal-only]]
+    python train_deepspeed.py --save-init --model-dir DIR
+
+Same tiny Llama, data, seeds, lr schedule and global batch (2 ranks × 4) as ``train_distributed.py``.  Several modes
+run one after the other in one launch (one import of torch/transformers/deepspeed for all; the runs of one launch
+equal separate launches bit for bit), each into ``OUT_DIR/MODE/``.
+
+* ``--engine ddp``: no DeepSpeed (the reference); ``zeroN``: ``TrainingArguments(deepspeed=...)`` with a config
+  dict holding ``zero_optimization.stage = N``, ``auto`` batch sizes and *no* ``optimizer`` section, so DeepSpeed
+  wraps the Trainer's own optimizer (``zero_force_ds_cpu_optimizer: false`` keeps it from insisting on its CPU Adam).
+* mode ``stock``: ``transformers.Trainer`` (AdamW, decoupled decay) instead of ``LPWDTrainer``: checks the harness
+  itself (ZeRO vs DDP with no LPWD involved); the others are ``LPWDTrainer`` with that ``weight_decay_mode``.
+* ``--ds-optimizer``: the DeepSpeed config gets an ``optimizer`` section (which LPWD cannot wrap); with
+  ``--refusal-only`` reaching ``deepspeed_init`` is an error, so nothing trains and DeepSpeed's own Adam op is
+  not compiled (minutes of g++).
+* ``--probe``: records how DeepSpeed drives the client optimizer (``create_optimizer`` calls; at each ``step()``
+  the wrapper's ``param_groups``: how many, which params, shapes, dtypes, keys; ``state_dict`` /
+  ``load_state_dict`` calls) in ``MODE/probe{R}.json``.  A custom key ``probe_key`` is put in every group to
+  see whether it survives.
+
+Every rank writes the full final parameters (gathered under ZeRO-3) as float32 to ``MODE/rank{R}.pt``; a mode
+that raises writes ``MODE/error{R}.txt`` instead and the launch goes on with the next mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch
+import torch.distributed as dist
+from transformers import LlamaForCausalLM, Trainer, TrainingArguments, set_seed
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from hf_lpwd import LPWDTrainer, LPWDTrainingArguments  # noqa: E402
+from tests.scripts.train_distributed import GLOBAL_BATCH, LR, STEPS, WEIGHT_DECAY, tiny_config  # noqa: E402
+from tests.tiny import TokenDataset  # noqa: E402
+
+
+def deepspeed_config(stage: int, bf16: bool, ds_optimizer: bool) -> dict:
+    config: dict = {
+        "zero_optimization": {"stage": stage},
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": bf16},
+    }
+    if stage == 3:
+        config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    if ds_optimizer:
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}}
+    return config
+
+
+def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> TrainingArguments:
+    kwargs = dict(
+        output_dir=out, weight_decay=WEIGHT_DECAY, learning_rate=LR, max_steps=STEPS,
+        per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type="linear", warmup_steps=cli.warmup,
+        max_grad_norm=0.0, report_to="none", use_cpu=True, ddp_backend="gloo", disable_tqdm=True, seed=0,
+        data_seed=0, logging_steps=2, dataloader_num_workers=0, bf16=cli.bf16,
+        save_strategy="steps" if cli.save_steps else "no", save_steps=cli.save_steps or 500,
+        save_only_model=False,
+    )
+    if cli.engine.startswith("zero"):
+        kwargs["deepspeed"] = deepspeed_config(int(cli.engine[-1]), cli.bf16, cli.ds_optimizer)
+    if mode == "stock":
+        return TrainingArguments(**kwargs)
+    return LPWDTrainingArguments(weight_decay_mode=mode, **kwargs)
+
+
+def describe_tensor(t: torch.Tensor) -> dict:
+    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."), "has_grad": t.grad is not None}
+
+
+class Probe:
+    """Records how the client optimizer is driven (``--probe``)."""
+
+    def __init__(self) -> None:
+        self.create_optimizer_calls: list[dict] = []
+        self.steps: list[dict] = []
+        self.state_dict_calls = 0
+        self.load_state_dict_calls = 0
+        self.loaded_group_keys: list[list[str]] = []
+        self.original_groups: list[dict] = []
+        self.original_list: list[dict] | None = None
+
+    def attach(self, opt: torch.optim.Optimizer) -> None:
+        self.original_list, self.original_groups = opt.param_groups, list(opt.param_groups)
+        for index, group in enumerate(opt.param_groups):
+            group["probe_key"] = index
+        base = getattr(opt, "base_optimizer", None)
+
+        def pre_hook(o: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            if len(self.steps) >= 40:
+                return
+            self.steps.append({
+                "param_groups_is_original_list": o.param_groups is self.original_list,
+                "base_groups_are_wrapper_groups": base is None or base.param_groups is o.param_groups,
+                "base_param_groups_len": len(base.param_groups) if base is not None else None,
+                "groups": [{
+                    "index_in_original": next((i for i, g in enumerate(self.original_groups) if g is group), None),
+                    "keys": sorted(k for k in group if k != "params"),
+                    "probe_key": group.get("probe_key"),
+                    "lr": float(group["lr"]),
+                    "params": [describe_tensor(p) for p in group["params"]],
+                } for group in o.param_groups],
+            })
+
+        opt.register_step_pre_hook(pre_hook)
+        state_dict, load_state_dict = opt.state_dict, opt.load_state_dict
+
+        def counted_state_dict(*args, **kwargs):
+            self.state_dict_calls += 1
+            return state_dict(*args, **kwargs)
+
+        def counted_load_state_dict(sd, *args, **kwargs):
+            self.load_state_dict_calls += 1
+            self.loaded_group_keys = [sorted(k for k in g if k != "params") for g in sd["param_groups"]]
+            return load_state_dict(sd, *args, **kwargs)
+
+        opt.state_dict, opt.load_state_dict = counted_state_dict, counted_load_state_dict
+
+    def dump(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump({k: v for k, v in vars(self).items() if not k.startswith("original")}, f, indent=1)
+
+
+def make_trainer_class(base: type[Trainer], probe: Probe | None) -> type[Trainer]:
+    if probe is None:
+        return base
+
+    class ProbedTrainer(base):  # type: ignore[misc,valid-type]
+        def create_optimizer(self, *args, **kwargs):
+            before = self.optimizer
+            opt = super().create_optimizer(*args, **kwargs)
+            probe.create_optimizer_calls.append({"optimizer_was_set": before is not None, "type": type(opt).__name__,
+                                                  "groups": len(getattr(opt, "param_groups", []))})
+            if before is None and hasattr(opt, "param_groups"):
+                probe.attach(opt)
+            return opt
+
+    return ProbedTrainer
+
+
+def final_parameters(trainer: Trainer, stage3: bool) -> dict[str, torch.Tensor]:
+    model = trainer.model
+    params = list(model.parameters())
+    if stage3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    return {n: p.detach().float().clone() for n, p in model.named_parameters()}
+
+
+def train_one(cli: argparse.Namespace, mode: str, out: str, world: int) -> None:
+    """One training run of ``mode`` (``stock`` or a weight_decay_mode) writing ``out/rank{R}.pt``."""
+    os.makedirs(out, exist_ok=True)
+    trainer_kind = "stock" if mode == "stock" else "lpwd"
+    args = training_args(cli, out, mode, world)  # before the model: under ZeRO-3 it enables zero.Init
+    set_seed(0)
+    model = LlamaForCausalLM.from_pretrained(cli.model_dir, dtype=torch.float32)
+    probe = Probe() if cli.probe else None
+    cls = make_trainer_class(LPWDTrainer if trainer_kind == "lpwd" else Trainer, probe)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    start = time.perf_counter()
+    try:
+        trainer = cls(model=model, args=args, train_dataset=TokenDataset(64, seed=1, causal_lm=True))
+        resume = os.path.join(cli.resume_from, mode, f"checkpoint-{cli.resume_step}") if cli.resume_from else None
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if probe is not None:
+            probe.dump(os.path.join(out, f"probe{rank}.json"))
+    train_seconds = time.perf_counter() - start
+    named = final_parameters(trainer, cli.engine == "zero3")
+    torch.save(named, os.path.join(out, f"rank{rank}.pt"))
+    with open(os.path.join(out, f"info{rank}.json"), "w") as f:
+        json.dump({"train_seconds": train_seconds, "global_step": trainer.state.global_step}, f)
+    if getattr(trainer, "deepspeed", None) is not None:
+        trainer.deepspeed.destroy()
+    del trainer, model
+    gc.collect()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", nargs="?")
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--save-init", action="store_true", help="only write the initial model to --model-dir")
+    parser.add_argument("--engine", default="ddp", choices=["ddp", "zero1", "zero2", "zero3"])
+    parser.add_argument("--modes", default="lpwd", help="comma-separated: stock, wd, rwd, pwd, lpwd")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--probe", action="store_true")
+    parser.add_argument("--save-steps", type=int, default=0)
+    parser.add_argument("--resume-from", default=None, help="resume each mode from ROOT/MODE/checkpoint-STEP")
+    parser.add_argument("--resume-step", type=int, default=2)
+    parser.add_argument("--refusal-only", action="store_true",
+                        help="stop with an error where DeepSpeed would be initialised (nothing trains or compiles)")
+    parser.add_argument("--ds-optimizer", action="store_true")
+    parser.add_argument("--skip-deepspeed-check", action="store_true",
+                        help="probe only: bypass hf_lpwd's refusal of pwd under DeepSpeed, to see what happens")
+    cli = parser.parse_args()
+    if cli.save_init:
+        set_seed(0)
+        LlamaForCausalLM(tiny_config()).save_pretrained(cli.model_dir)
+        return
+    modes = cli.modes.split(",")
+    unknown = set(modes) - {"stock", "wd", "rwd", "pwd", "lpwd"}
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}")
+    if cli.refusal_only:
+        import transformers.trainer
+
+        def not_refused(*args, **kwargs):
+            raise RuntimeError("NOT REFUSED: training reached deepspeed_init")
+
+        transformers.trainer.deepspeed_init = not_refused
+    if cli.skip_deepspeed_check:
+        import hf_lpwd.trainer
+
+        hf_lpwd.trainer.check_deepspeed = lambda *args, **kwargs: None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # Initialise torch's process group (TrainingArguments.device) and, under DeepSpeed, deepspeed.comm: zero.Init
+    # (ZeRO-3 from_pretrained) reads the world size from deepspeed.comm, which accelerate leaves uninitialised on
+    # CPU; it would see 1 rank and reject the batch sizes.
+    _ = training_args(cli, cli.out, "wd", world).device
+    if cli.engine.startswith("zero"):
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    for mode in modes:
+        out = os.path.join(cli.out, mode)
+        try:
+            train_one(cli, mode, out, world)
+        except Exception as exc:  # noqa: BLE001 - recorded for the test, which decides (xfail or fail)
+            # Raised before any collective on both ranks alike (e.g. a refusal in __init__), or the run hangs and
+            # the test's timeout ends it.
+            os.makedirs(out, exist_ok=True)
+            with open(os.path.join(out, f"error{rank}.txt"), "w") as f:
+                f.write(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+            print(f"[rank{rank}] {mode} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    if dist.is_initialized():  # a rank may abort at exit otherwise (seen with gloo)
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

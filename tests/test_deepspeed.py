@@ -1,0 +1,207 @@
+"""LPWDTrainer under DeepSpeed ZeRO-2 and ZeRO-3: real 2-process runs on CPU (torchrun, gloo), against DDP.
+
+DeepSpeed wraps the Trainer's own optimizer (no ``optimizer`` section in its config) and steps it on flat fp32
+master partitions; the final parameters of every mode must equal the 2-rank DDP run of the same mode.
+
+Tolerance.  Observed in fp32 (deepspeed 0.19.8, torch 2.13 CPU, 4 steps, lr 3e-3, λ 0.5): ZeRO-1 and ZeRO-2 equal
+DDP *bit for bit* (stock Trainer, wd, rwd); ZeRO-3 differs by at most 1.2e-7 absolute (the all-gather /
+reduce-scatter sums in another order; elements of ~1e-4 show 3e-4 relative, i.e. a few ulps).  We assert
+rtol=1e-5, atol=1e-6 (as test_distributed.py): 8× the worst ZeRO-3 difference, far below the effect of one
+decay step (η·λ·|θ| ≈ 1.5e-3 × 0.02 = 3e-5), so a lost, doubled or mistimed decay on any rank would fail.
+In bf16 DeepSpeed runs the whole model in bf16 (fp32 master in the optimizer) while DDP autocasts with fp32
+weights, so the two are not comparable element-wise; there ZeRO-3 must equal ZeRO-2 (observed: bit for bit).
+
+Cost (2 shared CPU cores): each launch imports torch/transformers/deepspeed once and trains all modes in turn,
+~50-60 s per launch of 5 modes (1.5-9 s of training per mode); the very first DeepSpeed launch on a machine also
+compiles DeepSpeed's shm comm op with g++ (~80 s, cached in ~/.cache/torch_extensions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'hf_lpwd[deepspeed]'")
+
+ROOT = Path(__file__).parent.parent
+SCRIPT = str(ROOT / "tests" / "scripts" / "train_deepspeed.py")
+MODES = ("wd", "rwd", "pwd", "lpwd")
+ALL = ("stock", *MODES)
+RTOL, ATOL = 1e-5, 1e-6
+FOLD = "pwd/lpwd under DeepSpeed need the fold of the pre-forward decay into AdamW's step (issue 12)"
+pytestmark = pytest.mark.slow
+
+
+def launch(out: Path, *args: str, world: int = 2) -> float:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world),
+           SCRIPT, str(out), *args]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, timeout=900, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return time.perf_counter() - start
+
+
+class Runs:
+    """Launches on demand, once per (engine, options), shared by the tests of this module."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.init = root / "init"
+        subprocess.run([sys.executable, SCRIPT, "--save-init", "--model-dir", str(self.init)], check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, timeout=300)
+        self.done: dict[str, Path] = {}
+
+    def get(self, name: str, *args: str, world: int = 2) -> Path:
+        if name not in self.done:
+            out = self.root / name
+            seconds = launch(out, "--model-dir", str(self.init), *args, world=world)
+            print(f"\n[deepspeed tests] launch {name}: {seconds:.1f} s", file=sys.stderr)
+            self.done[name] = out
+        return self.done[name]
+
+    def ddp(self) -> Path:
+        return self.get("ddp", "--modes", ",".join(ALL))
+
+    def zero(self, stage: int, bf16: bool = False) -> Path:
+        name = f"zero{stage}" + ("_bf16" if bf16 else "")
+        args = ["--engine", f"zero{stage}", "--modes", ",".join(ALL), "--probe"]
+        if stage == 2 and not bf16:
+            args += ["--save-steps", "2"]  # for the resume test
+        return self.get(name, *args, *(["--bf16"] if bf16 else []))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("deepspeed"))
+
+
+def result(folder: Path, mode: str, rank: int = 0) -> dict[str, torch.Tensor]:
+    error = folder / mode / f"error{rank}.txt"
+    if error.exists():
+        pytest.fail(f"{folder.name}/{mode} raised: {error.read_text()[:2000]}")
+    return torch.load(folder / mode / f"rank{rank}.pt", weights_only=True)
+
+
+def assert_close(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], rtol: float = RTOL,
+                 atol: float = ATOL) -> None:
+    assert got.keys() == ref.keys()
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=rtol, atol=atol, msg=name)
+
+
+def xfail_fold(mode: str):
+    marks = [pytest.mark.xfail(strict=False, reason=FOLD)] if mode in ("pwd", "lpwd") else []
+    return pytest.param(mode, marks=marks)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_stock_trainer_under_zero_matches_ddp(runs: Runs, stage: int) -> None:
+    """The harness itself: no LPWD involved, DeepSpeed vs DDP within float32 rounding (ZeRO-2: bit for bit)."""
+    zero = result(runs.zero(stage), "stock")
+    assert_close(zero, result(runs.ddp(), "stock"))
+    for name, tensor in result(runs.zero(stage), "stock", rank=1).items():
+        assert torch.equal(tensor, zero[name]), name
+
+
+@pytest.mark.parametrize("mode", [xfail_fold(m) for m in MODES])
+@pytest.mark.parametrize("stage", [2, 3])
+def test_lpwd_under_zero_matches_ddp(runs: Runs, stage: int, mode: str) -> None:
+    zero = result(runs.zero(stage), mode)
+    ddp = result(runs.ddp(), mode)
+    assert_close(zero, ddp)
+    for name, tensor in result(runs.zero(stage), mode, rank=1).items():
+        assert torch.equal(tensor, zero[name]), name
+    if mode != "wd":  # the mode changed something: not silently AdamW's decay
+        wd = result(runs.ddp(), "wd")
+        assert any(not torch.allclose(ddp[n], wd[n], rtol=RTOL, atol=ATOL) for n in ddp)
+
+
+@pytest.mark.parametrize("mode", [xfail_fold(m) for m in MODES])
+def test_bf16_zero3_equals_zero2(runs: Runs, mode: str) -> None:
+    """bf16 model, fp32 master partitions in the optimizer; both stages must agree (observed: bit for bit)."""
+    zero2 = result(runs.zero(2, bf16=True), mode)
+    zero3 = result(runs.zero(3, bf16=True), mode)
+    assert_close(zero3, zero2, rtol=2**-8, atol=ATOL)
+    assert all(torch.isfinite(t).all() for t in zero2.values())
+    if mode != "wd":
+        wd = result(runs.zero(2, bf16=True), "wd")
+        assert any(not torch.equal(zero2[n], wd[n]) for n in zero2)
+
+
+def probe(folder: Path, mode: str) -> dict:
+    return json.loads((folder / mode / "probe0.json").read_text())
+
+
+def test_deepspeed_drives_the_client_optimizer_as_lpwd_assumes(runs: Runs) -> None:
+    """The facts the fold relies on; if a DeepSpeed release changes them, this says which."""
+    for stage in (2, 3):
+        for mode in ("stock", "rwd"):
+            info = probe(runs.zero(stage), mode)
+            calls = info["create_optimizer_calls"]
+            assert len(calls) == 2 and not calls[0]["optimizer_was_set"] and calls[1]["optimizer_was_set"], calls
+            steps = info["steps"]
+            assert len(steps) == 4 * 2, "one step() per param group per optimizer step"
+            for i, call in enumerate(steps):
+                groups = call["groups"]
+                if stage == 2:
+                    # param_groups is replaced by a one-group list (the same dict) for the call
+                    assert not call["param_groups_is_original_list"] and len(groups) == 1
+                    stepped = groups
+                else:
+                    # the list is kept; the groups not being stepped have params == []
+                    assert call["param_groups_is_original_list"] and len(groups) == 2
+                    stepped = [g for g in groups if g["params"]]
+                    assert len(stepped) == 1
+                assert stepped[0]["index_in_original"] == i % 2
+                assert stepped[0]["probe_key"] == i % 2, "custom keys in param groups survive"
+                (flat,) = stepped[0]["params"]
+                assert len(flat["shape"]) == 1 and flat["dtype"] == "float32" and flat["has_grad"]
+            if mode == "rwd":
+                keys = set(steps[0]["groups"][0]["keys"])
+                assert {"depth", "lpwd_multiplier", "param_names"} <= keys, keys
+                if steps[0]["base_param_groups_len"] is not None:  # an LPWD holding a base_optimizer
+                    # stage 1-2 swap the wrapper's list only: LPWD.base_optimizer keeps the full list
+                    assert steps[0]["base_groups_are_wrapper_groups"] == (stage == 3)
+            if stage == 2:
+                assert info["state_dict_calls"] == 2, "ZeRO checkpoints save the client optimizer's state_dict()"
+    info = probe(runs.zero(2, bf16=True), "rwd")
+    assert {p["dtype"] for call in info["steps"] for g in call["groups"] for p in g["params"]} == {"float32"}
+
+
+@pytest.mark.parametrize("mode", ["rwd", xfail_fold("lpwd")])
+def test_zero2_resume_from_checkpoint_is_bitwise(runs: Runs, mode: str) -> None:
+    """Checkpoint at step 2 of 4 (the optimizer's state_dict() goes through the client optimizer), resume."""
+    full = runs.zero(2)
+    resumed = runs.get("zero2_resume", "--engine", "zero2", "--modes", "rwd,lpwd", "--probe",
+                       "--resume-from", str(full))
+    loaded = probe(resumed, mode)
+    assert loaded["load_state_dict_calls"] == 1 and "probe_key" in loaded["loaded_group_keys"][0]
+    got, ref = result(resumed, mode), result(full, mode)
+    for name in ref:
+        assert torch.equal(got[name], ref[name]), name
+
+
+@pytest.mark.xfail(strict=False, reason="the check of the DeepSpeed `optimizer` section is the lead's (issue 12)")
+@pytest.mark.parametrize("mode", ["lpwd", "rwd"])
+def test_deepspeed_optimizer_section_is_refused_before_training(runs: Runs, mode: str) -> None:
+    """LPWD cannot wrap DeepSpeed's own optimizer: refuse with a message naming the key, before any training.
+
+    Without the refusal the Trainer silently trains with DeepSpeed's Adam (LPWD never built) after compiling its
+    CPU Adam op (~5 min of g++); --refusal-only turns reaching deepspeed_init into an error instead.
+    """
+    folder = runs.get("ds_optimizer", "--engine", "zero2", "--modes", "lpwd,rwd", "--ds-optimizer",
+                      "--refusal-only", world=1)
+    error = folder / mode / "error0.txt"
+    assert error.exists(), "not refused"
+    message = error.read_text().split("\n\n")[0]
+    assert "NOT REFUSED" not in message, message
+    assert re.search(r"""['"`]optimizer['"`]""", message), f"the message should name the key: {message}"
