@@ -2,8 +2,9 @@
 
 ``hf-lpwd inspect PATH_OR_MODEL_ID`` builds the model from its config on the meta device (no
 weights are allocated or loaded, so a 70B config is inspected in seconds) and prints, per depth,
-how many tensors and parameters sit there and which weight decay they would get. It answers
-"did the depth parser understand my model?" before any training run is spent on it.
+how many tensors and parameters sit there, their lr multiplier (layer-wise lr decay) and the weight
+decay they would get. It answers "did the depth parser understand my model?" before any training
+run is spent on it; ``--plot FILE.png`` draws both profiles against depth (needs matplotlib).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import TIED_DEPTHS
 from .groups import format_layer_table, layer_table, lpwd_param_groups
 from .layers import layer_depths_with_count
+from .optim import DEFAULT_WEIGHT_DECAY
 
 __all__ = ["main", "build_meta_model"]
 
@@ -91,17 +94,61 @@ def _inspect(args: argparse.Namespace) -> int:
     config = _load_config(args.model, args.config)
     model = build_meta_model(config)
     try:
-        groups = lpwd_param_groups(model, args.weight_decay, layer_pattern=args.layer_pattern)
+        depths = layer_depths_with_count(model, args.layer_pattern)
+        groups = lpwd_param_groups(
+            model, args.weight_decay, layerwise=not args.uniform, layer_pattern=args.layer_pattern,
+            layer_lr_decay=args.layer_lr_decay, tied_depth=args.tied_depth, depths=depths,
+        )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     rows = layer_table(groups)
-    _, n_blocks = layer_depths_with_count(model, args.layer_pattern)
+    n_blocks = depths[1]
     total = sum(row["params"] for row in rows)
     print(f"model: {type(model).__name__} ({getattr(config, 'model_type', '?')}), built on the meta device")
     print(f"blocks: {n_blocks}, depth levels: {n_blocks + 2}, trainable parameters: {total:,}, "
-          f"weight decay: {args.weight_decay:g}")
+          f"weight decay: {args.weight_decay:g} ({'uniform' if args.uniform else 'layer-wise'}), "
+          f"layer lr decay: {args.layer_lr_decay:g}")
     print(format_layer_table(rows, _EXAMPLES_SHOWN))
+    if args.plot:
+        plot_profiles(rows, args.plot, title=f"{type(model).__name__}: λ={args.weight_decay:g}, "
+                      f"γ={args.layer_lr_decay:g}")
+        print(f"plot written to {args.plot}")
     return 0
+
+
+def plot_profiles(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
+    """Draw λ and the lr multiplier per depth (two axes sharing the depth axis) into ``path``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise CliError("--plot needs matplotlib: pip install 'hf_lpwd[plot]'") from exc
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CliError(f"--plot {path}: folder {directory} does not exist")
+    rows = [r for r in rows if r["depth"] is not None]
+    depths = [r["depth"] for r in rows]
+    fig, left = plt.subplots(figsize=(6, 3.5))
+    left.step(depths, [r["weight_decay"] for r in rows], where="mid", color="tab:red", label="weight decay λ_d")
+    left.set_xlabel("depth (0 = embeddings, N+1 = head)")
+    left.set_ylabel("weight decay λ_d", color="tab:red")
+    right = left.twinx()
+    right.step(depths, [r.get("lr_multiplier", 1.0) for r in rows], where="mid", color="tab:blue",
+               label="lr multiplier")
+    right.set_ylabel("lr multiplier γ^(N+1−d)", color="tab:blue")
+    right.set_ylim(0, 1.05)
+    left.set_title(title)
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,7 +161,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("model", nargs="?", help="model directory (with config.json) or Hub model id")
     inspect.add_argument("--config", metavar="FILE", help="a config.json to use instead of a model directory")
-    inspect.add_argument("--weight-decay", type=float, default=0.01, metavar="λ", help="full rate (default 0.01)")
+    inspect.add_argument("--weight-decay", type=float, default=DEFAULT_WEIGHT_DECAY, metavar="λ",
+                         help=f"full rate (default {DEFAULT_WEIGHT_DECAY:g})")
+    inspect.add_argument("--uniform", action="store_true", help="uniform λ profile instead of layer-wise")
+    inspect.add_argument("--layer-lr-decay", type=float, default=1.0, metavar="γ",
+                         help="layer-wise lr decay γ in (0, 1]: lr·γ^(N+1−d) (default 1.0: off)")
+    inspect.add_argument("--tied-depth", choices=TIED_DEPTHS, default="input",
+                         help="depth of a tied embedding/head matrix (default input: depth 0)")
+    inspect.add_argument("--plot", metavar="FILE.png", default=None,
+                         help="also draw λ and the lr multiplier against depth (needs matplotlib)")
     inspect.add_argument(
         "--layer-pattern", metavar="REGEX", default=None,
         help=r"regex with one capture group for the block index, e.g. '\.layers\.(\d+)\.'",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from .layers import compile_layer_pattern
 from .optim import DEFAULT_WEIGHT_DECAY, TIMINGS
 
 LPWD_CONFIG_NAME = "lpwd_config.json"
@@ -32,25 +33,17 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
 
 
-def validate_layer_pattern(pattern: str | None, field_name: str = "layer_pattern") -> None:
+def validate_layer_pattern(pattern: Any, field_name: str = "layer_pattern") -> None:
     """A layer pattern is a regex with exactly one capture group: the block index.
 
-    The one validator of patterns for every entry point (config, Trainer flag, CLI, param groups),
-    so a bad pattern reads the same wherever it comes from.
+    Delegates to :func:`hf_lpwd.layers.compile_layer_pattern`, the one validator of patterns, so a bad
+    pattern reads the same wherever it comes from.
     """
     if pattern is None or isinstance(pattern, re.Pattern) or callable(pattern):
         return
     if not isinstance(pattern, str):
         raise ValueError(f"{field_name} must be a regex string, got {type(pattern).__name__}")
-    try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"{field_name}={pattern!r} is not a valid regex ({exc})") from None
-    if compiled.groups != 1:
-        raise ValueError(
-            f"{field_name}={pattern!r} has {compiled.groups} capture groups; it needs exactly one, the block index, "
-            r"e.g. '\.layers\.(\d+)\.'"
-        )
+    compile_layer_pattern(pattern, field_name)
 
 
 def validate_layer_lr_decay(gamma: Any, field_name: str = "layer_lr_decay") -> None:

@@ -338,21 +338,28 @@ def _module_hints(model: nn.Module) -> _Hints:
     return _Hints(classes, frozenset(units))
 
 
-def _compile_pattern(pattern: str | re.Pattern[str]) -> re.Pattern[str]:
-    """Compile a user's layer pattern, turning every misuse into an actionable ValueError."""
+def compile_layer_pattern(pattern: str | re.Pattern[str], field_name: str = "layer_pattern") -> re.Pattern[str]:
+    """Compile a user's layer pattern: a regex with exactly one capture group, the block index.
+
+    The one validator of patterns for every entry point (``layer_depths``, ``LPWDConfig``, the Trainer
+    flag, the CLI): ``field_name`` names where the pattern came from, so the error points at the fix.
+    """
     try:
         regex = re.compile(pattern)
     except re.error as exc:
         raise ValueError(
-            f"layer_pattern {pattern!r} is not a valid regular expression ({exc}); pass a regex with "
-            r"one capture group for the block index, e.g. layer_pattern=r'\.layers\.(\d+)\.'"
-        ) from exc
+            f"{field_name}={pattern!r} is not a valid regular expression ({exc}); pass a regex with "
+            r"one capture group for the block index, e.g. '\.layers\.(\d+)\.'"
+        ) from None
     if regex.groups != 1:
         raise ValueError(
-            f"layer_pattern {pattern!r} has {regex.groups} capture groups but needs exactly one, for the "
-            r"block index, e.g. layer_pattern=r'\.layers\.(\d+)\.' (use (?:...) for other groups)"
+            f"{field_name}={pattern!r} has {regex.groups} capture groups; it needs exactly one, the "
+            r"block index, e.g. '\.layers\.(\d+)\.' (use (?:...) for other groups)"
         )
     return regex
+
+
+_compile_pattern = compile_layer_pattern
 
 
 def _stacks_from_pattern(names: list[str], items: list[_Item], pattern: LayerPattern) -> list[list[_Block]]:

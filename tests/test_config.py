@@ -206,3 +206,26 @@ def test_model_card_section_states_the_settings() -> None:
     assert "| timing / profile | pwd / layer-wise |" in text
     llrd = LPWDConfig(mode="wd", layerwise=True, layer_lr_decay=0.8).model_card_section()
     assert "| timing / profile | wd / layer-wise |" in llrd and "| layer-wise lr decay γ | 0.8 (lr·γ^(N+1−d)) |" in llrd
+
+
+def test_save_pretrained_with_push_to_hub_writes_then_uploads(tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub
+
+    uploads: list[tuple[str, str, dict]] = []
+
+    class RecordingApi:
+        def __init__(self, **kwargs):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            return type("RepoUrl", (), {"repo_id": repo_id})()
+
+        def upload_file(self, *, path_or_fileobj, path_in_repo, repo_id, revision, commit_message, create_pr):
+            uploads.append((repo_id, path_in_repo, json.loads(path_or_fileobj)))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    full_config().save_pretrained(tmp_path / "my-model", push_to_hub=True)
+    assert LPWDConfig.from_pretrained(tmp_path / "my-model") == full_config()
+    assert uploads == [("my-model", LPWD_CONFIG_NAME, json.loads(full_config().to_json_string()))]
+    full_config().save_pretrained(tmp_path / "other", push_to_hub=True, repo_id="me/named")
+    assert uploads[-1][0] == "me/named"

@@ -63,6 +63,15 @@ def test_ddp_ranks_are_identical_and_match_one_process(runs: Path) -> None:
     assert groups(runs / "ddp" / "groups0.json") == groups(runs / "single" / "groups0.json")
     initial = load_initial(runs)
     assert any(not torch.equal(initial[n], rank0[n]) for n in rank0)
+    assert_trainer_outputs(runs / "ddp")
+
+
+def assert_trainer_outputs(out: Path) -> None:
+    """Every checkpoint has lpwd_config.json; the warm-up from lr 0 made every decay foldable (no pass)."""
+    for step in (2, 4):
+        assert json.loads((out / f"checkpoint-{step}" / "lpwd_config.json").read_text())["mode"] == "lpwd"
+    for rank in (0, 1):
+        assert json.loads((out / f"trainer{rank}.json").read_text())["fold_corrections"] == 0
 
 
 def load_initial(runs: Path) -> dict[str, torch.Tensor]:
@@ -81,6 +90,13 @@ def test_fsdp2_sharded_dtensor_parameters_match_ddp(runs: Path) -> None:
         assert torch.equal(tensor, fsdp[name]), name
     depths = {(d, lam) for d, lam, _ in groups(runs / "fsdp2" / "groups0.json")}
     assert depths == {(d, lam) for d, lam, _ in groups(runs / "ddp" / "groups0.json")}
+    assert_trainer_outputs(runs / "fsdp2")
+    # Per-depth norms from local shards + one all-reduce equal DDP's norms of the full parameters.
+    fsdp_norms = json.loads((runs / "fsdp2" / "trainer0.json").read_text())["norms"]
+    ddp_norms = json.loads((runs / "ddp" / "trainer0.json").read_text())["norms"]
+    assert fsdp_norms and len(fsdp_norms) == len(ddp_norms) and set(fsdp_norms[0]) == set(ddp_norms[0])
+    for got, ref in zip(fsdp_norms, ddp_norms, strict=True):
+        assert got == pytest.approx(ref, rel=1e-5)
 
 
 def test_fsdp1_prefixed_names_and_empty_shards(runs: Path) -> None:

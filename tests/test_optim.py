@@ -238,14 +238,13 @@ def test_a_step_with_zero_lr_still_applies_the_next_decay() -> None:
     assert opt.fold_corrections == 0
 
 
-@pytest.mark.parametrize("mode", ["wd", "rwd", "pwd"])
-def test_modes_differ_from_each_other(mode: str) -> None:
-    """Guard against a reference that cannot tell the modes apart."""
+def test_lpwd_modes_differ_from_each_other() -> None:
+    """Guard against an optimizer (or a reference) that cannot tell the timings apart: LPWD itself differs."""
     thetas, targets = make_problem()
-    mine = reference(mode, AdamDirection, thetas, targets)
-    for other in {"wd", "rwd", "pwd"} - {mode}:
-        theirs = reference(other, AdamDirection, thetas, targets)
-        assert (mine[2] - theirs[2]).norm() / mine[2].norm() > 1e-3
+    runs = {mode: run_lpwd(mode, "adamw", dict(ADAM_KW), thetas, targets)[0] for mode in ("wd", "rwd", "pwd")}
+    for a, b in (("wd", "rwd"), ("wd", "pwd"), ("rwd", "pwd")):
+        diff = (runs[a][2] - runs[b][2]).norm() / runs[a][2].norm()
+        assert diff > 1e-3, f"{a} vs {b}: {diff:.2e}"
 
 
 @pytest.mark.parametrize("variant", [{"foreach": False}, {"foreach": True}, {"fused": True}])
@@ -428,3 +427,113 @@ def test_adafactor_like_group_without_lr_is_refused() -> None:
     p = torch.nn.Parameter(torch.ones(1))
     with pytest.raises(ValueError, match="lr=None"):
         LPWD([{"params": [p], "lr": None}], base=torch.optim.SGD, lr=0.1)
+
+
+# --------------------------------------------------------------------------- contract details
+def test_add_param_group_gets_lpwds_lambda_not_the_bases() -> None:
+    p, q = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = LPWD([p], base="sgd", mode="pwd", lr=0.1, weight_decay=0.3)  # torch's SGD default λ is 0
+    assert opt.defaults["weight_decay"] == 0.3
+    opt.add_param_group({"params": [q]})
+    assert opt.param_groups[1]["weight_decay"] == 0.3
+    opt.pre_step()
+    assert torch.equal(q.detach(), torch.full((2,), 1 - 0.1 * 0.3, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("mode,expected", [("wd", 2 - 0.1 * 2 - 0.1 * 0.5 * 2), ("rwd", (2 - 0.1 * 2) * 0.95)])
+def test_closure_gradient_is_taken_before_any_decay(mode: str, expected: float) -> None:
+    """SGD base, λ = 0.5, η = 0.1, loss ½‖θ‖²: the gradient is θ at the weights *before* the step (2),
+    also for a parameter whose .grad is None until the closure runs."""
+    p = torch.nn.Parameter(torch.full((3,), 2.0))
+    opt = LPWD([p], base="sgd", mode=mode, lr=0.1, weight_decay=0.5)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = 0.5 * (p**2).sum()
+        loss.backward()
+        return loss
+
+    assert p.grad is None
+    loss = opt.step(closure)
+    assert loss.item() == pytest.approx(6.0)
+    torch.testing.assert_close(p.detach(), torch.full((3,), expected), rtol=1e-6, atol=0)
+
+
+def test_a_step_skipped_by_the_grad_scaler_keeps_the_decay_pending_once() -> None:
+    p = torch.nn.Parameter(torch.full((2,), 1.0))
+    opt = LPWD([p], base="sgd", mode="pwd", lr=0.1, weight_decay=0.5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    # step 1: an inf gradient, the scaler skips optimizer.step()
+    opt.pre_step()
+    scaler.scale(p.sum()).backward()
+    p.grad.fill_(float("inf"))
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(p.detach(), torch.full((2,), 0.95))  # decayed once, not updated
+    opt.zero_grad()
+    # step 2: a good gradient; pre_step() must not decay a second time
+    opt.pre_step()
+    scaler.scale(p.sum()).backward()
+    scaler.step(opt)
+    scaler.update()
+    # θ = 0.95 − 0.1·1, then the fold decays for the next step at the same lr: ×0.95
+    torch.testing.assert_close(p.detach(), torch.full((2,), (0.95 - 0.1) * 0.95), rtol=1e-6, atol=0)
+    assert opt.fold_corrections == 1  # only the very first decay needed its own pass
+
+
+def test_mixed_fp32_and_bf16_groups_on_adamw() -> None:
+    """The fp32 group keeps the folded kernel bit for bit; the bf16 group takes the stochastic pass."""
+    thetas, targets = make_problem(5)
+
+    def run(with_bf16: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        torch.manual_seed(0)
+        fp32 = torch.nn.Parameter(thetas[1].float())
+        groups = [{"params": [fp32], "weight_decay": 0.5}]
+        bf16 = None
+        if with_bf16:
+            bf16 = torch.nn.Parameter(thetas[2].to(torch.bfloat16))
+            groups.append({"params": [bf16], "weight_decay": 3.0})
+        opt = LPWD(groups, mode="pwd", lr=0.02, **ADAM_KW)
+        for _ in range(STEPS):
+            opt.pre_step()
+            fp32.grad = grad_of(fp32.detach(), targets[1].float())
+            if bf16 is not None:
+                bf16.grad = grad_of(bf16.detach().float(), targets[2].float()).to(torch.bfloat16)
+            opt.step()
+        opt.settle()
+        return fp32.detach().clone(), None if bf16 is None else bf16.detach().double()
+
+    alone, _ = run(False)
+    mixed, low = run(True)
+    assert torch.equal(alone, mixed)
+    ref = thetas[2].clone()
+    direction = AdamDirection()
+    for _ in range(STEPS):
+        ref = (1 - 0.02 * 3.0) * ref
+        ref = ref - 0.02 * direction(grad_of(ref, targets[2]))
+    assert ((low - ref).norm() / ref.norm()).item() < 2e-2  # bf16 keeps ~3 significant digits
+
+
+def test_lpwd_is_not_a_timing_and_says_how_to_get_it() -> None:
+    with pytest.raises(ValueError, match=r"'lpwd' is the pwd timing with layer-wise groups.*lpwd_param_groups"):
+        LPWD([torch.nn.Parameter(torch.ones(1))], mode="lpwd")
+
+
+def test_schedule_free_bases_are_refused_naming_the_reason() -> None:
+    class AdamWScheduleFree(torch.optim.Optimizer):  # the shape of schedulefree's optimizers
+        def __init__(self, params, lr=1e-3):
+            super().__init__(params, {"lr": lr, "weight_decay": 0.0})
+
+        def train(self):
+            pass
+
+        def eval(self):
+            pass
+
+    with pytest.raises(ValueError, match=r"AdamWScheduleFree is a schedule-free optimizer.*train\(\)/eval\(\)"):
+        LPWD([torch.nn.Parameter(torch.ones(1))], base=AdamWScheduleFree)
+
+
+def test_trainer_optim_names_are_bases() -> None:
+    fused = LPWD([torch.nn.Parameter(torch.ones(1))], base="adamw_torch_fused", lr=0.1)
+    assert type(fused.base_optimizer) is torch.optim.AdamW and fused.base_optimizer.defaults["fused"] is True

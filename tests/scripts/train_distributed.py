@@ -11,7 +11,8 @@
   ``_fsdp_wrapped_module.`` and the flat shards of some parameters are empty on a rank.
 
 Every rank writes the full final parameters to OUT_DIR/rank{R}.pt, and the LPWD groups it built to
-OUT_DIR/groups{R}.json ((depth, λ, names) per group).
+OUT_DIR/groups{R}.json ((depth, λ, names) per group); Trainer runs also write OUT_DIR/trainer{R}.json
+(pwd's correction passes and the logged per-depth weight norms) and checkpoints every 2 steps.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def training_args(out: str, world: int) -> LPWDTrainingArguments:
     return LPWDTrainingArguments(
         output_dir=out, weight_decay_mode="lpwd", weight_decay=WEIGHT_DECAY, learning_rate=LR, max_steps=STEPS,
         per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type="linear", warmup_steps=1,
-        max_grad_norm=0.0, save_strategy="no", report_to="none",
+        max_grad_norm=0.0, save_strategy="steps", save_steps=2, save_only_model=True, report_to="none",
         use_cpu=True, disable_tqdm=True, seed=0, data_seed=0, logging_steps=2, dataloader_num_workers=0,
     )
 
@@ -77,7 +78,10 @@ def run_trainer(mode: str, out: str, model_dir: str | None) -> None:
     if mode == "fsdp2":
         assert all(hasattr(p, "full_tensor") for p in trainer.model.parameters()), "expected DTensor parameters"
     named = {n: full(p) for n, p in trainer.model.named_parameters()}
-    dump(out, rank, named, trainer._find_lpwd().param_groups)
+    dump(out, rank, named, trainer.lpwd_optimizer.param_groups)
+    norms = [{k: v for k, v in log.items() if k.startswith("lpwd/")} for log in trainer.state.log_history if "loss" in log]
+    with open(os.path.join(out, f"trainer{rank}.json"), "w") as f:
+        json.dump({"fold_corrections": trainer.lpwd_optimizer.fold_corrections, "norms": norms}, f)
     del trainer
     gc.collect()
 

@@ -3,12 +3,15 @@
     python train_tiny_bert.py OUTPUT_DIR [--kill-after-save] [--resume CHECKPOINT] [--max-steps N]
 
 ``--kill-after-save`` SIGKILLs this very process right after the first checkpoint is written: the
-hardest way a run can stop (no cleanup, no atexit).  The final parameters go to OUTPUT_DIR/final.pt.
+hardest way a run can stop (no cleanup, no atexit).  The checkpoint (step 3) falls in the middle of
+the 5-step warm-up, where pwd's folded decay changes at every step.  The final parameters go to
+OUTPUT_DIR/final.pt, and the number of correction passes pwd needed to OUTPUT_DIR/fold.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -42,7 +45,7 @@ def main() -> None:
     args = LPWDTrainingArguments(
         output_dir=cli.output_dir, weight_decay_mode="lpwd", weight_decay=0.5, learning_rate=3e-3,
         per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=cli.max_steps,
-        lr_scheduler_type="cosine", warmup_steps=2, save_strategy="steps", save_steps=3,
+        lr_scheduler_type="cosine", warmup_steps=5, save_strategy="steps", save_steps=3,
         logging_steps=2, eval_strategy="steps", eval_steps=3, report_to="none", use_cpu=True,
         disable_tqdm=True, seed=0, data_seed=0, dataloader_num_workers=0,
     )
@@ -54,6 +57,8 @@ def main() -> None:
     trainer.train(resume_from_checkpoint=cli.resume)
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
                os.path.join(cli.output_dir, "final.pt"))
+    with open(os.path.join(cli.output_dir, "fold.json"), "w", encoding="utf-8") as f:
+        json.dump({"fold_corrections": trainer.lpwd_optimizer.fold_corrections}, f)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""``hf-lpwd inspect`` with the λ / lr profiles: the table's columns and the ``--plot`` file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hf_lpwd.cli import main
+
+
+def _llama_config(tmp_path: Path, tied: bool) -> Path:
+    cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 64, "hidden_size": 16,
+           "intermediate_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 1,
+           "tie_word_embeddings": tied}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_table_shows_lr_multiplier_and_lambda_side_by_side(tmp_path: Path, capsys) -> None:
+    config = _llama_config(tmp_path, tied=True)
+    assert main(["inspect", "--config", str(config), "--weight-decay", "0.5", "--layer-lr-decay", "0.5"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "layer lr decay: 0.5" in out[1]
+    header = out[2].split()
+    assert header[:6] == ["depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay"]
+    rows = [line.split() for line in out[3:8]]
+    # N = 3 blocks: lr γ^(4−d) = 1/16, 1/8, 1/4, 1/2, 1; λ·(d+1)/5 = 0.1, 0.2, 0.3, 0.4; the head row holds only
+    # the final norm (not decayed): the tied head matrix sits at depth 0 by default.
+    assert [(r[0], r[3], r[5]) for r in rows] == [
+        ("0", "0.0625", "0.1"), ("1", "0.125", "0.2"), ("2", "0.25", "0.3"), ("3", "0.5", "0.4"), ("4", "1", "0")]
+    assert out[8] == "tied: lm_head.weight = model.embed_tokens.weight (depth 0)"
+
+
+def test_plot_draws_a_png(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    config = _llama_config(tmp_path, tied=False)
+    target = tmp_path / "profile.png"
+    assert main(["inspect", "--config", str(config), "--layer-lr-decay", "0.8", "--plot", str(target)]) == 0
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("profile")] == ["profile.png"]
+
+
+def test_bad_plot_folder_and_bad_gamma_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    config = _llama_config(tmp_path, tied=False)
+    assert main(["inspect", "--config", str(config), "--plot", str(tmp_path / "nope" / "x.png")]) == 2
+    assert "--plot" in capsys.readouterr().err
+    assert main(["inspect", "--config", str(config), "--layer-lr-decay", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hf-lpwd: error: layer_lr_decay=1.5 must be in (0, 1]")
