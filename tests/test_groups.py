@@ -10,18 +10,14 @@ import torch
 from torch import nn
 
 from hf_lpwd.groups import default_decay_parameter_names, layer_table, lpwd_param_groups
+from tests.conftest import tiny_llama
 
 LAYER = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
 
 def _tiny_llama() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg)
+    return tiny_llama(vocab=50, heads=4, kv_heads=2, seed=0)
 
 
 def _summary(groups):
@@ -186,11 +182,7 @@ def test_bad_layer_lr_decay_is_refused(gamma):
 
 
 def _tied_llama() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg)
+    return tiny_llama(vocab=50, heads=4, kv_heads=2, tied=True)
 
 
 def test_tied_embedding_sits_at_the_input_by_default_and_the_table_says_so():

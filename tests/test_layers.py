@@ -13,27 +13,19 @@ import torch
 from torch import nn
 
 from hf_lpwd.layers import layer_depths, layer_depths_with_count, normalize_name
+from tests.conftest import tiny_bert, tiny_llama, tiny_llama_config
 
 
 def _tiny_bert() -> nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=32, num_labels=3)
-    return BertForSequenceClassification(cfg)
+    return tiny_bert(vocab=50, num_labels=3)
 
 
 def _llama_config():
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    return tiny_llama_config(vocab=50, heads=4, kv_heads=2)
 
 
 def _tiny_llama() -> nn.Module:
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM(_llama_config())
+    return tiny_llama(vocab=50, heads=4, kv_heads=2)
 
 
 def _tiny_llama_lora() -> nn.Module:

@@ -12,11 +12,7 @@ import pytest
 import torch
 import transformers
 from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
     HfArgumentParser,
-    LlamaConfig,
-    LlamaForCausalLM,
     Trainer,
     TrainingArguments,
     set_seed,
@@ -24,24 +20,11 @@ from transformers import (
 
 import hf_lpwd.trainer as trainer_module
 from hf_lpwd import LPWD, LPWDConfig, LPWDMixin, LPWDTrainer, LPWDTrainingArguments
+from tests.conftest import tiny_bert, tiny_llama
 from tests.tiny import TokenDataset
 
 SCRIPTS = Path(__file__).parent / "scripts"
 ROOT = Path(__file__).parent.parent
-
-
-def tiny_bert(layers: int = 2) -> BertForSequenceClassification:
-    return BertForSequenceClassification(
-        BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
-                   intermediate_size=32, max_position_embeddings=32, num_labels=2)
-    )
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    return LlamaForCausalLM(
-        LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
-    )
 
 
 def common_args(tmp_path: Path, **overrides) -> dict:
