@@ -537,3 +537,27 @@ def test_schedule_free_bases_are_refused_naming_the_reason() -> None:
 def test_trainer_optim_names_are_bases() -> None:
     fused = LPWD([torch.nn.Parameter(torch.ones(1))], base="adamw_torch_fused", lr=0.1)
     assert type(fused.base_optimizer) is torch.optim.AdamW and fused.base_optimizer.defaults["fused"] is True
+
+
+def test_a_scheduler_that_cannot_look_ahead_gets_a_one_line_note_and_stays_exact(caplog) -> None:
+    """ReduceLROnPlateau cannot say the next lr: the fold predicts it unchanged, pre_step() corrects a change."""
+    p = torch.nn.Parameter(torch.full((2,), 1.0))
+    opt = LPWD([p], base="sgd", mode="pwd", lr=0.1, weight_decay=0.5)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+    with caplog.at_level("WARNING", logger="hf_lpwd"):
+        opt.set_lr_scheduler(sched)
+    notes = [r.getMessage() for r in caplog.records if r.name == "hf_lpwd"]
+    assert len(notes) == 1 and "\n" not in notes[0]
+    assert notes[0].startswith("LPWD: ReduceLROnPlateau cannot say the next step's lr")
+    theta = 1.0
+    for loss in (1.0, 2.0, 3.0):  # after the first step the loss never improves: lr 0.1, 0.1, then 0.05
+        eta = opt.param_groups[0]["lr"]
+        opt.pre_step()
+        theta = theta * (1 - eta * 0.5)
+        p.grad = torch.ones(2)
+        opt.step()
+        theta -= eta
+        sched.step(loss)
+    opt.settle()
+    torch.testing.assert_close(p.detach(), torch.full((2,), theta), rtol=1e-6, atol=0)
+    assert opt.fold_corrections == 2  # the first decay, and the third step's (lr halved after the second)
