@@ -307,6 +307,8 @@ def task_report(task: str, info: dict[str, Any], task_runs: list[dict[str, Any]]
         for lam in lams:
             c = {m: cells.get((m, lam), {}) for m in ("wd", "pwd", "lwd", "lpwd")}
             common_seeds = sorted(set.intersection(*(set(v) for v in c.values())))
+            if not common_seeds:
+                continue
             timing = [((c["pwd"][s] - c["wd"][s]) + (c["lpwd"][s] - c["lwd"][s])) / 2 for s in common_seeds]
             profile = [((c["lwd"][s] - c["wd"][s]) + (c["lpwd"][s] - c["pwd"][s])) / 2 for s in common_seeds]
             inter = [(c["lpwd"][s] - c["lwd"][s]) - (c["pwd"][s] - c["wd"][s]) for s in common_seeds]
@@ -353,8 +355,8 @@ def task_report(task: str, info: dict[str, Any], task_runs: list[dict[str, Any]]
     plot_sweep(summary, task, png, info["label"], title, scale=scale)
     series = {m: [(norm[(task, m, lam)]["mean"], summary[(task, m, lam)]["mean"] * scale,
                    summary[(task, m, lam)]["std"] * scale) for lam in lams if (task, m, lam) in summary] for m in modes}
-    labels = {m: [fmt_lambda(lam) for lam in sorted(lams, key=lambda x: norm[(task, m, x)]["mean"])
-                  if (task, m, lam) in norm] for m in modes}
+    labels = {m: [fmt_lambda(lam) for lam in sorted((x for x in lams if (task, m, x) in norm),
+                                                   key=lambda x: norm[(task, m, x)]["mean"])] for m in modes}
     png2 = out_dir / f"{NAME}_{task}_norm.png"
     plot_xy(series, png2, "‖W_end‖ / ‖W_start‖ of the decayed matrices (← more shrinkage)", info["label"],
             title + "; labels: λ", logx=True, annotate=labels)
