@@ -19,12 +19,13 @@ TINY_LLAMA = {
     "num_key_value_heads": 2,
     "tie_word_embeddings": False,
 }
-# depth, tensors, parameters, multiplier, weight decay, first example (λ = 0.1, n = 4 levels)
+# depth, tensors, parameters, lr multiplier, λ multiplier, weight decay, first example (λ = 0.1, N = 2 blocks,
+# 4 depth levels: λ·(d+1)/(N+2)); embed_tokens is 50 × 16 = 800 parameters, the head 800 + the final norm 16
 EXPECTED_ROWS = [
-    ["0", "1", "800", "0.2500", "0.025", "model.embed_tokens.weight"],
-    ["1", "9", "2,336", "0.5000", "0.05", "model.layers.0.self_attn.q_proj.weight,"],
-    ["2", "9", "2,336", "0.7500", "0.075", "model.layers.1.self_attn.q_proj.weight,"],
-    ["3", "2", "816", "1.0000", "0.1", "lm_head.weight,"],
+    ["0", "1", "800", "1", "0.2500", "0.025", "model.embed_tokens.weight"],
+    ["1", "9", "2,336", "1", "0.5000", "0.05", "model.layers.0.self_attn.q_proj.weight,"],
+    ["2", "9", "2,336", "1", "0.7500", "0.075", "model.layers.1.self_attn.q_proj.weight,"],
+    ["3", "2", "816", "1", "1.0000", "0.1", "lm_head.weight,"],
 ]
 
 
@@ -37,7 +38,12 @@ def model_dir(tmp_path):
 def _rows(out: str) -> list[list[str]]:
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["depth"])
-    return [line.split()[:6] for line in lines[start + 1 :]]
+    rows = []
+    for line in lines[start + 1 :]:
+        if not line.split() or not (line.split()[0].isdigit() or line.split()[0] == "None"):
+            break
+        rows.append(line.split()[:7])
+    return rows
 
 
 def test_inspect_directory(model_dir, capsys):
@@ -53,6 +59,51 @@ def test_inspect_config_file_and_pattern(model_dir, capsys):
             "--layer-pattern", r"\.layers\.(\d+)\."]
     assert main(args) == 0
     assert _rows(capsys.readouterr().out) == EXPECTED_ROWS
+
+
+def test_inspect_layer_lr_decay(model_dir, capsys):
+    """lr multiplier γ^(N+1−d): γ = 0.5, N = 2 → 0.125, 0.25, 0.5, 1 (the head keeps the full lr); λ unchanged."""
+    assert main(["inspect", str(model_dir), "--weight-decay", "0.1", "--layer-lr-decay", "0.5"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert [row[3] for row in rows] == ["0.125", "0.25", "0.5", "1"]
+    assert [row[:3] + row[4:] for row in rows] == [row[:3] + row[4:] for row in EXPECTED_ROWS]
+
+
+def test_inspect_uniform(model_dir, capsys):
+    """--uniform: one λ for every parameter, one row holding all 21 tensors and 6,288 parameters."""
+    assert main(["inspect", str(model_dir), "--weight-decay", "0.1", "--uniform"]) == 0
+    out = capsys.readouterr().out
+    assert "weight decay: 0.1 (uniform)" in out
+    assert [row[1:6] for row in _rows(out)] == [["21", "6,288", "1", "1.0000", "0.1"]]
+
+
+@pytest.mark.parametrize(("tied_depth", "depth"), [("input", "0"), ("output", "3")])
+def test_inspect_tied_embeddings(model_dir, capsys, tied_depth, depth):
+    """A tied embedding/head matrix is one tensor at depth 0 (input) or N+1 (output), named in a 'tied:' line."""
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps(dict(config, tie_word_embeddings=True)))
+    assert main(["inspect", str(model_dir), "--weight-decay", "0.1", "--tied-depth", tied_depth]) == 0
+    out = capsys.readouterr().out
+    assert f"tied: lm_head.weight = model.embed_tokens.weight (depth {depth})" in out
+    rows = {row[0]: row for row in _rows(out)}
+    if tied_depth == "input":
+        assert sorted(rows) == ["0", "1", "2", "3"]
+        assert rows["0"][1:6] == ["1", "800", "1", "0.2500", "0.025"]
+        assert rows["3"][1:3] == ["1", "16"]  # the final norm only (not decayed)
+    else:
+        assert sorted(rows) == ["1", "2", "3"]  # nothing left at depth 0
+        assert rows["3"][1:7] == ["2", "816", "1", "1.0000", "0.1", "model.embed_tokens.weight,"]
+
+
+def test_inspect_plot_writes_a_png(model_dir, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "profile.png"
+    assert main(["inspect", str(model_dir), "--plot", str(target)]) == 0
+    assert f"plot written to {target}" in capsys.readouterr().out
+    data = target.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width > 100 and height > 100
 
 
 @pytest.mark.parametrize(
