@@ -35,7 +35,7 @@ MODE_STYLE = {
     "wd": {"color": "tab:blue", "marker": "o", "label": "WD (AdamW)"},
     "rwd": {"color": "tab:orange", "marker": "s", "label": "RWD"},
     "pwd": {"color": "tab:green", "marker": "^", "label": "PWD"},
-    "lwd": {"color": "tab:purple", "marker": "v", "label": "WD, layer-wise λ"},
+    "lwd": {"color": "tab:purple", "marker": "v", "label": "WD, layer-wise λ", "ls": "--", "mfc": "none"},
     "lpwd": {"color": "tab:red", "marker": "D", "label": "LPWD"},
 }
 # (timing, layer-wise profile) of each mode.
@@ -211,7 +211,8 @@ def plot_sweep(summary: dict[tuple[str, str, float], dict[str, Any]], task: str,
         es = [summary[(task, mode, lam)]["std"] * scale for lam in lams]
         style = MODE_STYLE[mode]
         ax.errorbar(xs, ys, yerr=es, color=style["color"], marker=style["marker"], label=style["label"],
-                    capsize=3, linewidth=1.5, markersize=5)
+                    capsize=3, linewidth=1.5, markersize=5 + 2 * ("mfc" in style), linestyle=style.get("ls", "-"),
+                    mfc=style.get("mfc"))
     ax.set_xscale("log")
     grid = sorted({k[2] for k in summary if k[0] == task})
     ax.set_xticks(grid)
@@ -421,7 +422,8 @@ def plot_xy(series: dict[str, list[tuple[float, float, float]]], path: Path, xla
         pts = sorted(series[mode])
         style = MODE_STYLE[mode]
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], color=style["color"],
-                    marker=style["marker"], label=style["label"], capsize=3, linewidth=1.5, markersize=5)
+                    marker=style["marker"], label=style["label"], capsize=3, linewidth=1.5,
+                    markersize=5 + 2 * ("mfc" in style), linestyle=style.get("ls", "-"), mfc=style.get("mfc"))
         for (x, y, _), text in zip(pts, (annotate or {}).get(mode, []), strict=False):
             ax.annotate(text, (x, y), fontsize=6, color=style["color"], xytext=(3, 3), textcoords="offset points")
     if logx:

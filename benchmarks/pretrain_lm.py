@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-batch-size", type=int, default=128)
     p.add_argument("--curve-every", type=int, default=0, help="also record validation perplexity every N steps (0: off)")
     p.add_argument("--curve-blocks", type=int, default=256, help="validation blocks used for that curve")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--data-dir", default=None, help="folder with text/tinyshakespeare/input.txt (default: <repo>/../shared/data)")
     p.add_argument("--out-dir", default=str(RESULTS_DIR), help="where the JSONL, JSON, Markdown and PNG files go")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table, JSON and plot from the JSONL")
@@ -90,8 +90,8 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "steps": args.steps, "batch_size": args.batch_size, "block_size": args.block_size,
         "lr": args.lr, "warmup_ratio": args.warmup_ratio, "schedule": "linear", "optim": "adamw_torch_fused",
         "hidden": args.hidden, "layers": args.layers, "heads": args.heads, "intermediate": args.intermediate,
-        "eval_chars": args.eval_chars, "curve_every": args.curve_every, "curve_blocks": args.curve_blocks,
-    }
+        "eval_chars": args.eval_chars,
+    } | ({"curve_every": args.curve_every, "curve_blocks": args.curve_blocks} if args.curve_every else {})
 
 
 def warmup_steps(args: argparse.Namespace) -> int:
@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = run_settings(args)
     out_dir, key = prepare_sweep(args.lr, lambdas, args.out_dir, settings)
     if args.report_only:
+        import torch
+
+        torch.set_num_threads(args.threads)  # for the machine line of the report
         write_report(args, key, settings, out_dir)
         return
 
