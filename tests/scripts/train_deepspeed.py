@@ -14,6 +14,8 @@ equal separate launches bit for bit), each into ``OUT_DIR/MODE/``.
   wraps the Trainer's own optimizer (``zero_force_ds_cpu_optimizer: false`` keeps it from insisting on its CPU Adam).
 * mode ``stock``: ``transformers.Trainer`` (AdamW, decoupled decay) instead of ``LPWDTrainer``: checks the harness
   itself (ZeRO vs DDP with no LPWD involved); the others are ``LPWDTrainer`` with that ``weight_decay_mode``.
+  A suffix ``-nowarmup`` (``lpwd-nowarmup``) trains with ``warmup_steps=0``: the decay before the first forward
+  is then 1 − η₀λ, not 1 (with the default warm-up from lr 0 it is exactly 1).
 * ``--ds-optimizer``: the DeepSpeed config gets an ``optimizer`` section (which LPWD cannot wrap); with
   ``--refusal-only`` reaching ``deepspeed_init`` is an error, so nothing trains and DeepSpeed's own Adam op is
   not compiled (minutes of g++).
@@ -46,7 +48,7 @@ from tests.scripts.train_distributed import GLOBAL_BATCH, LR, STEPS, WEIGHT_DECA
 from tests.tiny import TokenDataset  # noqa: E402
 
 
-def deepspeed_config(stage: int, bf16: bool, ds_optimizer: bool) -> dict:
+def deepspeed_config(stage: int, bf16: bool, ds_optimizer: bool, sub_group_size: int = 0) -> dict:
     config: dict = {
         "zero_optimization": {"stage": stage},
         "train_batch_size": "auto",
@@ -58,22 +60,26 @@ def deepspeed_config(stage: int, bf16: bool, ds_optimizer: bool) -> dict:
     }
     if stage == 3:
         config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+        if sub_group_size:  # a param group larger than this (per rank) is stepped in several calls
+            config["zero_optimization"]["sub_group_size"] = sub_group_size
     if ds_optimizer:
         config["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}}
     return config
 
 
 def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> TrainingArguments:
+    mode, _, variant = mode.partition("-")  # "lpwd-nowarmup": lpwd with warmup_steps=0 (the first decay is not 1)
     kwargs = dict(
         output_dir=out, weight_decay=WEIGHT_DECAY, learning_rate=LR, max_steps=STEPS,
-        per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type="linear", warmup_steps=cli.warmup,
+        per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type="linear",
+        warmup_steps=0 if variant == "nowarmup" else cli.warmup,
         max_grad_norm=0.0, report_to="none", use_cpu=True, ddp_backend="gloo", disable_tqdm=True, seed=0,
         data_seed=0, logging_steps=2, dataloader_num_workers=0, bf16=cli.bf16,
         save_strategy="steps" if cli.save_steps else "no", save_steps=cli.save_steps or 500,
         save_only_model=False,
     )
     if cli.engine.startswith("zero"):
-        kwargs["deepspeed"] = deepspeed_config(int(cli.engine[-1]), cli.bf16, cli.ds_optimizer)
+        kwargs["deepspeed"] = deepspeed_config(int(cli.engine[-1]), cli.bf16, cli.ds_optimizer, cli.sub_group_size)
     if mode == "stock":
         return TrainingArguments(**kwargs)
     return LPWDTrainingArguments(weight_decay_mode=mode, **kwargs)
@@ -167,7 +173,7 @@ def final_parameters(trainer: Trainer, stage3: bool) -> dict[str, torch.Tensor]:
 def train_one(cli: argparse.Namespace, mode: str, out: str, world: int) -> None:
     """One training run of ``mode`` (``stock`` or a weight_decay_mode) writing ``out/rank{R}.pt``."""
     os.makedirs(out, exist_ok=True)
-    trainer_kind = "stock" if mode == "stock" else "lpwd"
+    trainer_kind = "stock" if mode.startswith("stock") else "lpwd"
     args = training_args(cli, out, mode, world)  # before the model: under ZeRO-3 it enables zero.Init
     set_seed(0)
     model = LlamaForCausalLM.from_pretrained(cli.model_dir, dtype=torch.float32)
@@ -199,7 +205,8 @@ def main() -> None:
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--save-init", action="store_true", help="only write the initial model to --model-dir")
     parser.add_argument("--engine", default="ddp", choices=["ddp", "zero1", "zero2", "zero3"])
-    parser.add_argument("--modes", default="lpwd", help="comma-separated: stock, wd, rwd, pwd, lpwd")
+    parser.add_argument("--modes", default="lpwd",
+                        help="comma-separated: stock, wd, rwd, pwd, lpwd, each optionally with -nowarmup")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--probe", action="store_true")
@@ -209,6 +216,7 @@ def main() -> None:
     parser.add_argument("--refusal-only", action="store_true",
                         help="stop with an error where DeepSpeed would be initialised (nothing trains or compiles)")
     parser.add_argument("--ds-optimizer", action="store_true")
+    parser.add_argument("--sub-group-size", type=int, default=0, help="ZeRO-3 sub_group_size (default DeepSpeed's 1e9)")
     parser.add_argument("--skip-deepspeed-check", action="store_true",
                         help="probe only: bypass hf_lpwd's refusal of pwd under DeepSpeed, to see what happens")
     cli = parser.parse_args()
@@ -217,7 +225,7 @@ def main() -> None:
         LlamaForCausalLM(tiny_config()).save_pretrained(cli.model_dir)
         return
     modes = cli.modes.split(",")
-    unknown = set(modes) - {"stock", "wd", "rwd", "pwd", "lpwd"}
+    unknown = {m for m in modes if m.removesuffix("-nowarmup") not in ("stock", "wd", "rwd", "pwd", "lpwd")}
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}")
     if cli.refusal_only:
