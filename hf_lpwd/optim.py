@@ -104,6 +104,8 @@ APPLIED_DECAY_KEY = "lpwd_applied_decay"
 """Param-group key (pwd): the factor 1 − η̂·λ already applied to the group's weights for the coming
 step, ``None`` when none is.  It lives in the group so ``state_dict()`` carries it to a resumed run."""
 _INDEX_KEY = "lpwd_group_index"  # the group's position, also when DeepSpeed steps one group at a time
+_FOR_STEP_KEY = "lpwd_applied_for_step"  # the step index whose forward the applied factor serves
+_CARRIED_KEY = "lpwd_carried_decay"  # the factor the weights carried during the step that set it
 def resolve_base(base: str | type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
     """Return the optimizer class for ``base`` (a name in :data:`BASE_OPTIMIZERS` or a class)."""
     if isinstance(base, str):
@@ -332,25 +334,61 @@ class LPWD(torch.optim.Optimizer):
             if params:
                 scale_(params, factor, stochastic=self.stochastic_rounding)
 
+    @staticmethod
+    def _carried_factor(group: dict[str, Any], step_index: int | None) -> float:
+        """The decay factor the weights about to be stepped carry now (read only).
+
+        Normally the group's applied factor.  DeepSpeed ZeRO-3 steps a large group as several flat
+        sub-groups, one ``step()`` call each: once the first is stepped, the group's applied factor
+        already says η_{t+1}, while the sub-groups not stepped yet still carry what the whole group
+        carried when this optimizer step began (``lpwd_carried_decay``).  The step index (the
+        scheduler's) tells the two apart.
+        """
+        if step_index is not None and group.get(_FOR_STEP_KEY) == step_index + 1:
+            carried = group.get(_CARRIED_KEY)
+        else:
+            carried = group.get(APPLIED_DECAY_KEY)
+        return 1.0 if carried is None else float(carried)
+
+    @staticmethod
+    def _begin_step(group: dict[str, Any], step_index: int | None) -> float:
+        """Open step t's bookkeeping for ``group`` at its first (sub-)group call; return the factor carried."""
+        carried = LPWD._carried_factor(group, step_index)
+        if step_index is not None and group.get(_FOR_STEP_KEY) != step_index + 1:
+            group[_CARRIED_KEY] = carried
+            group[_FOR_STEP_KEY] = step_index + 1
+        return carried
+
+    def _step_index(self) -> int | None:
+        """Index t of the optimizer step being taken (the scheduler's ``last_epoch``); ``None`` without one.
+
+        Only DeepSpeed's sub-groups need it, and DeepSpeed always runs with the Trainer's scheduler.
+        """
+        last_epoch = getattr(self._lr_scheduler, "last_epoch", None)
+        return int(last_epoch) if last_epoch is not None else None
+
     def _decay_is_up_to_date(self) -> bool:
-        """pwd: does every group's weights already carry this step's 1 − η_t·λ."""
+        """pwd: do the weights of every group with parameters carry this step's 1 − η_t·λ."""
+        step_index = self._step_index()
         for index, group in enumerate(self.param_groups):
             eta, lam = self._validate_group(index, group)
-            applied = group.get(APPLIED_DECAY_KEY)
-            if 1.0 - eta * lam != (1.0 if applied is None else float(applied)):
+            if group["params"] and 1.0 - eta * lam != self._carried_factor(group, step_index):
                 return False
         return True
 
     @torch.no_grad()
     def _bring_decay_up_to_date(self) -> bool:
-        """pwd: make every group's weights carry exactly this step's 1 − η_t·λ; True if a pass was needed."""
+        """pwd, before the forward: make every group's weights carry this step's 1 − η_t·λ.
+
+        Returns True if a pass was needed.  Groups without parameters are left exactly as they are.
+        """
         corrected = False
         for group, wanted in zip(self.param_groups, self._decay_factors(), strict=True):  # validate all first
-            applied = group.get(APPLIED_DECAY_KEY)
-            applied = 1.0 if applied is None else float(applied)
-            if wanted != applied:
-                if group["params"]:
-                    scale_(list(group["params"]), wanted / applied, stochastic=self.stochastic_rounding)
+            if not group["params"]:
+                continue
+            carried = self._carried_factor(group, None)
+            if wanted != carried:
+                scale_(list(group["params"]), wanted / carried, stochastic=self.stochastic_rounding)
                 self.fold_corrections += 1
                 corrected = True
             group[APPLIED_DECAY_KEY] = wanted
@@ -388,6 +426,8 @@ class LPWD(torch.optim.Optimizer):
             if applied is not None and float(applied) != 1.0 and group["params"]:
                 scale_(list(group["params"]), 1.0 / float(applied), stochastic=self.stochastic_rounding)
             group[APPLIED_DECAY_KEY] = None
+            group.pop(_FOR_STEP_KEY, None)
+            group.pop(_CARRIED_KEY, None)
         self._pre_step_done = False
 
     # ------------------------------------------------------------------ the step
@@ -437,38 +477,54 @@ class LPWD(torch.optim.Optimizer):
                     "before the forward pass (LPWDTrainer does this for you), or use mode='rwd' if the loop "
                     "cannot be changed."
                 )
-            self._bring_decay_up_to_date()
         low = self._low_precision_groups()
-        overrides: list[dict[str, Any]] = []
-        after: list[tuple[list[torch.Tensor], float]] = []  # scale passes after the base step
-        next_factors: list[float] = []
+        step_index = self._step_index()
+        # Pass 1, read only: validate every group (η_t and the predicted η_{t+1}) before anything changes.
+        plans: list[tuple[float, float, float] | None] = []  # (η_t, 1 − η_t·λ, next factor) per group
         for index, group in enumerate(self.param_groups):
             eta, lam = self._validate_group(index, group)
+            if not group["params"]:  # ZeRO-3: a group not stepped in this call keeps its bookkeeping
+                plans.append(None)
+                continue
             next_lr = self._next_lr(group)
             factor = 1.0
             if next_lr is not None and lam != 0.0:
                 _check_factor(index, group, next_lr, lam, "the next step's lr")
                 factor = 1.0 - next_lr * lam
-            next_factors.append(factor)
+            plans.append((eta, 1.0 - eta * lam, factor))
+        # Pass 2: this step's decay where it is missing, then one base step with the next decay folded in.
+        overrides: list[dict[str, Any]] = []
+        after: list[tuple[list[torch.Tensor], float]] = []  # scale passes after the base step
+        for index, (group, plan) in enumerate(zip(self.param_groups, plans, strict=True)):
+            if plan is None:
+                overrides.append({})
+                continue
+            eta, wanted, factor = plan
+            # The decay must be on the weights the update starts from: pre_step() put it there, or (no
+            # pre_step(): DeepSpeed, or a missed prediction) it is applied now, in one pass.
+            carried = self._begin_step(group, step_index)
+            if carried != wanted:
+                with torch.no_grad():
+                    scale_(list(group["params"]), wanted / carried, stochastic=self.stochastic_rounding)
+                self.fold_corrections += 1
             if factor == 1.0:
                 overrides.append({"weight_decay": 0.0})
             elif self.folds_decay_into_base and not low[index] and eta > 0.0:
                 # One AdamW update: (1 − η'λ')θ − η'u = (1 − η_{t+1}λ)(θ − η_t u).
-                folded_lr = group["lr"] * factor
-                overrides.append({"lr": folded_lr, "weight_decay": (1.0 - factor) / (eta * factor)})
+                overrides.append({"lr": group["lr"] * factor, "weight_decay": (1.0 - factor) / (eta * factor)})
                 idle = [p for p in group["params"] if p.grad is None]  # AdamW skips them
                 if idle:
                     after.append((idle, factor))
             else:
                 overrides.append({"weight_decay": 0.0})
-                if group["params"]:
-                    after.append((list(group["params"]), factor))
+                after.append((list(group["params"]), factor))
         self._run_base(overrides)
         with torch.no_grad():
             for params, factor in after:
                 scale_(params, factor, stochastic=self.stochastic_rounding)
-        for group, factor in zip(self.param_groups, next_factors, strict=True):
-            group[APPLIED_DECAY_KEY] = factor
+        for group, plan in zip(self.param_groups, plans, strict=True):
+            if plan is not None:
+                group[APPLIED_DECAY_KEY] = plan[2]
 
     def _step_wd_rwd(self) -> None:
         factors = self._decay_factors()

@@ -561,3 +561,56 @@ def test_a_scheduler_that_cannot_look_ahead_gets_a_one_line_note_and_stays_exact
     opt.settle()
     torch.testing.assert_close(p.detach(), torch.full((2,), theta), rtol=1e-6, atol=0)
     assert opt.fold_corrections == 2  # the first decay, and the third step's (lr halved after the second)
+
+
+def test_pwd_under_zero3_calling_conventions_equals_one_call_per_step() -> None:
+    """DeepSpeed ZeRO-3 steps one group per call (the others hold params = []) and splits a large group into
+    flat sub-groups, one call each; the fold's bookkeeping must come out the same as one call per step."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    thetas, targets = make_problem(6)
+    lams = (0.5, 3.0)
+
+    def build(params: list[list[torch.Tensor]]) -> tuple[LPWD, torch.optim.lr_scheduler.LambdaLR]:
+        groups = [{"params": ps, "weight_decay": lam} for ps, lam in zip(params, lams, strict=True)]
+        opt = LPWD(groups, mode="pwd", lr=0.03, **ADAM_KW, foreach=False)
+        opt.require_pre_step = False  # as under DeepSpeed: no pass before the forward
+        sched = get_cosine_schedule_with_warmup(opt, 0, STEPS)  # no warm-up: the first decay is corrected too
+        opt.set_lr_scheduler(sched, STEPS)
+        return opt, sched
+
+    whole = [torch.nn.Parameter(thetas[i][:36].float()) for i in (1, 2)]
+    ref_opt, ref_sched = build([[whole[0]], [whole[1]]])
+    parts = [[torch.nn.Parameter(thetas[1][:18].float()), torch.nn.Parameter(thetas[1][18:36].float())],
+             [torch.nn.Parameter(thetas[2][:36].float())]]
+    opt, sched = build([list(parts[0]), list(parts[1])])
+    for _ in range(STEPS):
+        for p, i in zip(whole, (1, 2), strict=True):
+            p.grad = grad_of(p.detach(), targets[i][:36].float())
+        ref_opt.step()
+        ref_sched.step()
+        full_a = torch.cat([p.detach() for p in parts[0]])
+        grads_a = grad_of(full_a, targets[1][:36].float())
+        parts[0][0].grad, parts[0][1].grad = grads_a[:18].clone(), grads_a[18:].clone()
+        parts[1][0].grad = grad_of(parts[1][0].detach(), targets[2][:36].float())
+        calls = [([parts[0][0]], []), ([parts[0][1]], []), ([], [parts[1][0]])]  # sub-groups, then group 1
+        for a, b in calls:
+            opt.param_groups[0]["params"], opt.param_groups[1]["params"] = a, b
+            opt.step()
+        opt.param_groups[0]["params"], opt.param_groups[1]["params"] = list(parts[0]), list(parts[1])
+        sched.step()
+    torch.testing.assert_close(torch.cat([p.detach() for p in parts[0]]), whole[0].detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(parts[1][0].detach(), whole[1].detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_a_next_lr_that_would_flip_signs_is_refused_before_anything_changes() -> None:
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = LPWD([{"params": [p], "weight_decay": 4.0, "depth": 1}], base="sgd", mode="pwd", lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: [1.0, 2.5][min(s, 1)])  # η_1·λ = 0.25·4 = 1
+    opt.set_lr_scheduler(sched)
+    opt.pre_step()
+    before = p.detach().clone()
+    p.grad = torch.ones(3)
+    with pytest.raises(ValueError, match=r"param group 0 \(depth 1\) has the next step's lr=0.25 and weight_decay=4.0"):
+        opt.step()
+    assert torch.equal(p.detach(), before) and opt.state_dict()["state"] == {}
