@@ -214,15 +214,24 @@ def interp_at(points: list[tuple[float, float]], x: float) -> float | None:
     return None
 
 
-def equal_shrinkage(runs: list[dict[str, Any]], metric: str, mode: str, lam: float) -> list[float]:
-    """Per seed: metric of (mode, λ) minus WD's metric interpolated (over WD's λ grid, same seed) at the norm ratio
-    (mode, λ) reached; seeds whose norm ratio lies outside WD's range are left out."""
+def norm_x(r: dict[str, Any]) -> float:
+    return r["weight_norm_ratio"]
+
+
+def mean_lambda_x(r: dict[str, Any]) -> float:
+    return float(r["lambda"]) * r["mean_decay_multiplier"]
+
+
+def equal_shrinkage(runs: list[dict[str, Any]], metric: str, mode: str, lam: float, x: Any = norm_x) -> list[float]:
+    """Per seed: metric of (mode, λ) minus WD's metric interpolated (over WD's λ grid, same seed) at the x that
+    (mode, λ) reached: ``norm_x`` the norm ratio of the decayed matrices, ``mean_lambda_x`` the parameter-weighted
+    mean λ.  Seeds whose x lies outside WD's range are left out; stand-ins are not measurements and are skipped."""
     diffs = []
     for r in runs:
-        if r["mode"] != mode or float(r["lambda"]) != lam:
+        if r["mode"] != mode or float(r["lambda"]) != lam or r.get("stand_in"):
             continue
-        wd = [(w["weight_norm_ratio"], w[metric]) for w in runs if w["mode"] == "wd" and w["seed"] == r["seed"]]
-        y = interp_at(wd, r["weight_norm_ratio"]) if len(wd) > 1 else None
+        wd = [(x(w), w[metric]) for w in runs if w["mode"] == "wd" and w["seed"] == r["seed"]]
+        y = interp_at(wd, x(r)) if len(wd) > 1 else None
         if y is not None:
             diffs.append(r[metric] - y)
     return diffs
@@ -276,25 +285,33 @@ def task_report(task: str, info: dict[str, Any], task_runs: list[dict[str, Any]]
     # Q2: equal shrinkage.
     norm = summarize(task_runs, "weight_norm_ratio")
     blk = summarize(task_runs, "block_norm_ratio")
-    mult = {m: statistics.fmean(r["mean_decay_multiplier"] for r in task_runs if r["mode"] == m) for m in modes}
+    mult = {m: statistics.fmean(r["mean_decay_multiplier"] for r in task_runs if r["mode"] == m and not r.get("stand_in")
+                                and float(r["lambda"]) * total > HARMLESS) for m in modes}
     parts.append("\n### Q2. Equal shrinkage: difference to WD at the same norm ratio (points), paired\n\n"
                  "WD's metric is interpolated, seed by seed, along WD's own λ grid at the norm ratio "
                  "‖W_end‖/‖W_start‖ (all decayed matrices) that the other mode reached; cells outside WD's range are "
-                 "empty. Parameter-weighted mean λ multiplier per mode (1 = uniform): "
+                 "empty. \"At equal mean λ\" does the same along the parameter-weighted mean λ (λ × the mode's mean multiplier). Parameter-weighted mean λ multiplier per mode (1 = uniform): "
                  + ", ".join(f"{m} {mult[m]:.3f}" for m in modes) + ".\n\n")
     parts.append("| λ | " + " | ".join(f"{m} norm ratio (blocks)" for m in modes) + " | "
-                 + " | ".join(f"{MODE_STYLE[m]['label']} − WD at equal norm" for m in others) + " |\n")
-    parts.append("|" + "---|" * (1 + len(modes) + len(others)) + "\n")
+                 + " | ".join(f"{MODE_STYLE[m]['label']} − WD at equal norm" for m in others) + " | "
+                 + " | ".join(f"{MODE_STYLE[m]['label']} − WD at equal mean λ" for m in others if mult[m] < 1) + " |\n")
+    parts.append("|" + "---|" * (1 + len(modes) + len(others) + sum(mult[m] < 1 for m in others)) + "\n")
     out["q2"] = []
     for lam in lams:
         row = [fmt_lambda(lam)]
         for m in modes:
             c, b = norm.get((task, m, lam)), blk.get((task, m, lam))
             row.append(f"{c['mean']:.3f} ({b['mean']:.3f})" if c else "–")
-        for m in others:
-            mean, half, n = t_interval(equal_shrinkage(task_runs, metric, m, lam))
-            row.append(fmt_diff(mean, half, n, scale, digits))
-            out["q2"].append({"lambda": lam, "mode": m, "diff": mean, "half_width": half, "n": n})
+        for how, x in (("norm", norm_x), ("mean_lambda", mean_lambda_x)):
+            for m in others:
+                if how == "mean_lambda" and mult[m] >= 1:
+                    continue
+                mean, half, n = t_interval(equal_shrinkage(task_runs, metric, m, lam, x))
+                harmless = lam * total <= HARMLESS
+                row.append("–" if harmless else fmt_diff(mean, half, n, scale, digits))
+                if not harmless:
+                    out["q2"].append({"at_equal": how, "lambda": lam, "mode": m, "diff": mean, "half_width": half,
+                                      "n": n})
         parts.append("| " + " | ".join(row) + " |\n")
 
     # Q3: the 2 × 2 ablation.
