@@ -408,6 +408,31 @@ class LPWD(torch.optim.Optimizer):
         self._bring_decay_up_to_date()
         self._pre_step_done = True
 
+    @torch.no_grad()
+    def decay_initial_weights(
+        self, initial_lr_scale: float, storage: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
+        """pwd: apply step 0's decay (1 − η_0·λ) now, before the weights are copied anywhere.
+
+        For engines that copy the model's weights into master weights of their own before the first
+        forward (DeepSpeed): a pass before that copy reaches both the forward and the masters, as
+        ``pre_step()`` does in a plain loop.  ``initial_lr_scale`` is the schedule's λ(0) (η_0 = lr × λ(0),
+        0 for a warm-up from lr 0: then nothing is done); ``storage`` maps a parameter to the tensor
+        that holds its values (DeepSpeed ZeRO-3: ``p.ds_tensor``).
+        """
+        if self.mode != "pwd":
+            return
+        factors = []
+        for index, group in enumerate(self.param_groups):
+            eta, lam = self._validate_group(index, group)
+            _check_factor(index, group, eta * initial_lr_scale, lam, "the first step's lr")
+            factors.append(1.0 - eta * initial_lr_scale * lam)
+        for group, factor in zip(self.param_groups, factors, strict=True):
+            if factor != 1.0 and group["params"]:
+                tensors = [storage(p) if storage is not None else p for p in group["params"]]
+                scale_([t for t in tensors if t.numel() > 0], factor, stochastic=self.stochastic_rounding)
+            group[APPLIED_DECAY_KEY] = factor
+
     @property
     def pre_step_pending(self) -> bool:
         """True between a pwd ``pre_step()`` and the ``step()`` it belongs to."""

@@ -131,12 +131,19 @@ class LPWDTrainingArguments(TrainingArguments):
             raise ValueError(f"--lpwd_tied_depth={self.lpwd_tied_depth!r} is not one of {list(TIED_DEPTHS)}")
         super().__post_init__()
 
-    def _merge_saved_config(self, saved: LPWDConfig) -> None:
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        mapping = {
+    @staticmethod
+    def saved_config_values(saved: LPWDConfig) -> dict[str, Any]:
+        """The argument values a saved config stands for: ``{field name: value}``.
+
+        ``mode`` → ``weight_decay_mode``, ``base_optimizer`` → ``optim``, and so on.  ``layerwise`` is
+        carried only where it was a choice (it differs from its mode's default): a config saved as
+        ``lpwd`` then run with ``--weight_decay_mode pwd`` is plain pwd, as the mode says, and one saved
+        as ``wd`` with ``--lpwd_layerwise true`` stays layer-wise whatever mode is given.
+        """
+        values: dict[str, Any] = {
             "weight_decay_mode": saved.mode,
             "weight_decay": saved.weight_decay,
-            "lpwd_layerwise": saved.layerwise,
+            "lpwd_layerwise": saved.layerwise if saved.layerwise != (saved.mode == "lpwd") else None,
             "lpwd_layer_lr_decay": saved.layer_lr_decay,
             "lpwd_tied_depth": saved.tied_depth,
             "lpwd_layer_pattern": saved.layer_pattern,
@@ -144,8 +151,14 @@ class LPWDTrainingArguments(TrainingArguments):
             "lpwd_stochastic_rounding": saved.stochastic_rounding,
         }
         if saved.base_optimizer:
-            mapping["optim"] = saved.base_optimizer
-        for name, value in mapping.items():
+            values["optim"] = saved.base_optimizer
+        return values
+
+    def _merge_saved_config(self, saved: LPWDConfig) -> None:
+        """Fields still at their default take the saved value (a script that knows which flags were given
+        explicitly, like the recipes, applies :meth:`saved_config_values` itself)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, value in self.saved_config_values(saved).items():
             current = getattr(self, name)
             default = defaults[name]
             if current == default or str(current) == str(default):
@@ -194,6 +207,42 @@ def check_deepspeed(args: TrainingArguments) -> None:
         )
 
 
+def check_training_arguments(args: TrainingArguments) -> None:
+    """Every refusal that needs only the arguments, so a script can make them before it writes anything.
+
+    The DeepSpeed ``optimizer`` section, schedule-free optimizers, an ``--optim`` that builds its own
+    parameter groups, and η·λ ≥ 1 (``--learning_rate`` × ``--weight_decay``: a decay factor <= 0).
+    ``LPWDMixin`` makes the same checks when it is constructed.
+    """
+    check_deepspeed(args)
+    _refuse_schedule_free(args)
+    _refuse_unwrappable_optim(args)
+    lr, lam = float(args.learning_rate), float(args.weight_decay)
+    if lam > 0 and lr * lam >= 1.0:
+        raise ValueError(
+            f"--learning_rate={lr:g} × --weight_decay={lam:g} = {lr * lam:g}: η·λ must stay below 1 (the decay "
+            "factor 1 − η·λ would be <= 0 and flip the weights' signs); lower --weight_decay or --learning_rate"
+        )
+
+
+def _refuse_unwrappable_optim(
+    args: TrainingArguments, base: tuple[Any, dict[str, Any]] | None = None, source: str | None = None
+) -> None:
+    """LPWD wraps an optimizer class that takes param groups; some ``--optim`` values build something else."""
+    if base is None:
+        try:
+            base = Trainer.get_optimizer_cls_and_kwargs(args)
+        except Exception:  # noqa: BLE001 - needs the model or a package: create_optimizer will say
+            return
+    base_cls, base_kwargs = base
+    if not isinstance(base_cls, type) or any(key in base_kwargs for key in _UNSUPPORTED_OPTIM_KWARGS):
+        raise ValueError(
+            f"{source or '--optim ' + str(getattr(args.optim, 'value', args.optim))} builds its own parameter groups "
+            "or optimizers, so LPWD cannot wrap it. Use an optimizer that takes param groups: adamw_torch_fused (default), "
+            "adamw_torch, sgd, adafactor, adagrad, rmsprop, ..."
+        )
+
+
 def _refuse_schedule_free(args: TrainingArguments) -> None:
     optim = str(getattr(args.optim, "value", args.optim))
     if "schedule_free" in optim:
@@ -202,6 +251,27 @@ def _refuse_schedule_free(args: TrainingArguments) -> None:
             "with optimizer.train()/eval(), with their own decay rule; LPWD's decay timings act on one weight "
             "sequence. Use the stock Trainer for schedule-free training, or --optim adamw_torch_fused with LPWD"
         )
+
+
+def _initial_lr_scale(args: TrainingArguments) -> float:
+    """λ(0) of the schedule the Trainer will build: the first step's lr is ``learning_rate × λ(0)``.
+
+    Built on a throwaway optimizer with the Trainer's own ``get_scheduler`` (0 with any warm-up from lr 0,
+    1 without one, for every Trainer schedule); the length only shapes later steps.
+    """
+    from transformers import get_scheduler
+
+    total = args.max_steps if args.max_steps > 0 else 1_000_000
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=args.get_warmup_steps(total),
+                  num_training_steps=total, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    return float(probe.param_groups[0]["lr"])
+
+
+def _deepspeed_storage(param: torch.Tensor) -> torch.Tensor:
+    """The tensor holding a parameter's values: its partition under ZeRO-3's ``zero.Init``, else itself."""
+    partition = getattr(param, "ds_tensor", None)
+    return partition if partition is not None else param
 
 
 def _unwrap_lpwd(optimizer: Any) -> LPWD | None:
@@ -240,8 +310,7 @@ class LPWDMixin:
             self._reconcile_config_with_args()
         self._lpwd_depth_params: dict[int, list[torch.Tensor]] = {}
         self._lpwd_depths: tuple[int, tuple[dict[str, int], int]] | None = None  # (id(model), depths)
-        check_deepspeed(self.args)
-        _refuse_schedule_free(self.args)
+        check_training_arguments(self.args)
         self.add_callback(_SettleAtTrainEnd())
         if self.lpwd_config.needs_depths and self.model is not None:
             # Fail before training, not at the first step, when the blocks cannot be found.
@@ -285,12 +354,8 @@ class LPWDMixin:
         else:
             base_cls, base_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         base_kwargs = dict(base_kwargs)
-        if not isinstance(base_cls, type) or any(key in base_kwargs for key in _UNSUPPORTED_OPTIM_KWARGS):
-            raise ValueError(
-                f"--optim {self.args.optim} builds its own parameter groups or optimizers, so LPWD cannot wrap it. "
-                "Use an optimizer that takes param groups: adamw_torch_fused (default), adamw_torch, sgd, "
-                "adafactor, adagrad, rmsprop, ..."
-            )
+        source = "optimizer_cls_and_kwargs" if self.optimizer_cls_and_kwargs is not None else None
+        _refuse_unwrappable_optim(self.args, (base_cls, base_kwargs), source)
         base_kwargs.pop("weight_decay", None)  # λ is LPWD's, per group
         depths = self._depths_of(opt_model) if cfg.needs_depths else self._optional_depths(opt_model)
         groups = cfg.param_groups(opt_model, decay_names=self.get_decay_parameter_names(opt_model),
@@ -303,8 +368,11 @@ class LPWDMixin:
             stochastic_rounding=cfg.stochastic_rounding,
             **base_kwargs,
         )
-        # Under DeepSpeed the model's weights are copies of the fp32 masters: no pre-forward pass.
-        self.optimizer.require_pre_step = not getattr(self, "is_deepspeed_enabled", False)
+        if getattr(self, "is_deepspeed_enabled", False):
+            # The model's weights become copies of DeepSpeed's fp32 masters: no pre-forward pass. Step 0's
+            # decay goes on the weights now, before DeepSpeed copies them into its masters.
+            self.optimizer.require_pre_step = False
+            self.optimizer.decay_initial_weights(_initial_lr_scale(self.args), _deepspeed_storage)
         self._record_layers(opt_model, groups, base_kwargs, depths)
         return self.optimizer
 
@@ -448,5 +516,6 @@ __all__ = [
     "LPWDTrainer",
     "LPWDTrainingArguments",
     "check_deepspeed",
+    "check_training_arguments",
     "lpwd_config_from_args",
 ]

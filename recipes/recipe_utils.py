@@ -100,12 +100,9 @@ def _given_on_command_line(dataclass_types: Sequence[type], args: Sequence[str])
 
 
 def _saved_lpwd_values(path: str, training_args_cls: type) -> tuple[dict[str, Any] | None, Any]:
-    """The argument values that ``--lpwd_config PATH`` stands for: what the package's own merge would set.
-
-    ``LPWDTrainingArguments._merge_saved_config`` is run on a bare instance holding the defaults, so the
-    mapping (``mode`` → ``--weight_decay_mode``, ``base_optimizer`` → ``--optim``, ...) stays the package's.
-    ``None`` when the package offers no such merge (it then merges by itself, comparing with defaults).
-    Returns ``(values, saved LPWDConfig)``.
+    """The argument values that ``--lpwd_config PATH`` stands for: ``LPWDTrainingArguments.saved_config_values``,
+    so the mapping (``mode`` → ``--weight_decay_mode``, ``base_optimizer`` → ``--optim``, ...) stays the package's.
+    ``None`` for arguments without LPWD fields.  Returns ``(values, saved LPWDConfig)``.
     """
     from hf_lpwd import LPWDConfig
 
@@ -115,23 +112,9 @@ def _saved_lpwd_values(path: str, training_args_cls: type) -> tuple[dict[str, An
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RecipeError(f"--lpwd_config={path}: {first_line}") from None
     values_of = getattr(training_args_cls, "saved_config_values", None)
-    if values_of is not None:  # a public hook, when the package has one
-        return dict(values_of(saved)), saved
-    if not hasattr(training_args_cls, "_merge_saved_config"):
+    if values_of is None:  # plain TrainingArguments: no LPWD fields to fill
         return None, saved
-    defaults = {}
-    for f in dataclasses.fields(training_args_cls):
-        if f.default is not dataclasses.MISSING:
-            defaults[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            defaults[f.name] = f.default_factory()
-        else:
-            defaults[f.name] = None
-    probe = object.__new__(training_args_cls)
-    for name, value in defaults.items():
-        object.__setattr__(probe, name, value)
-    probe._merge_saved_config(saved)
-    return {name: getattr(probe, name) for name in defaults if getattr(probe, name) is not defaults[name]}, saved
+    return dict(values_of(saved)), saved
 
 
 def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
@@ -226,24 +209,16 @@ def default_train_eval(training_args: Any) -> None:
 
 def check_training_args(training_args: Any) -> None:
     """What the arguments alone can tell, checked before any data, model or output folder."""
-    lr, lam = float(training_args.learning_rate), float(training_args.weight_decay)
-    if lam > 0 and lr * lam >= 1:
-        raise RecipeError(
-            f"--learning_rate={lr:g} × --weight_decay={lam:g} = {lr * lam:g}: η·λ must stay below 1 (the decay "
-            "factor 1 − η·λ would be <= 0 and flip the weights' signs); lower --weight_decay or --learning_rate"
-        )
-    from hf_lpwd import trainer as glue
+    from hf_lpwd.trainer import check_training_arguments
 
-    # The refusals the LPWD Trainer makes from the arguments alone, but only after the Trainer's own __init__
-    # has created the output folder: the LPWD settings, a DeepSpeed config with its own optimizer, schedule-free.
+    # The refusals the LPWD Trainer makes from the arguments alone, made here because the Trainer's own __init__
+    # creates the output folder first: the LPWD settings, a DeepSpeed config with its own optimizer,
+    # schedule-free or otherwise unwrappable --optim, η·λ ≥ 1.
     to_config = getattr(training_args, "to_lpwd_config", None)
-    argument_checks = [getattr(glue, name, None) for name in ("check_deepspeed", "_refuse_schedule_free")]
     try:
         if to_config is not None:
             to_config()
-        for check in argument_checks:
-            if check is not None:
-                check(training_args)
+        check_training_arguments(training_args)
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
 

@@ -484,3 +484,42 @@ def test_schedule_free_optim_is_refused_up_front() -> None:
 
     with pytest.raises(ValueError, match=r"--optim schedule_free_adamw: schedule-free optimizers keep two weight"):
         trainer_module._refuse_schedule_free(SimpleNamespace(optim="schedule_free_adamw"))
+
+
+@pytest.mark.parametrize(
+    "saved,given,expected",
+    [
+        # a saved lpwd config run with --weight_decay_mode pwd is plain pwd: its layerwise was the mode's default
+        (dict(mode="lpwd"), dict(weight_decay_mode="pwd"), ("pwd", False)),
+        # a saved wd config with an explicit layer-wise profile stays layer-wise under another timing
+        (dict(mode="wd", layerwise=True), dict(weight_decay_mode="rwd"), ("rwd", True)),
+        # "lpwd" is the field's default, so here it reads as not given and the file wins (the recipes, which
+        # know which flags were given, tell the two apart); no contradiction is raised either way
+        (dict(mode="wd"), dict(weight_decay_mode="lpwd"), ("wd", False)),
+        (dict(mode="rwd", layerwise=True), dict(), ("rwd", True)),
+    ],
+)
+def test_saved_layerwise_follows_the_mode_unless_it_was_a_choice(tmp_path: Path, saved: dict, given: dict,
+                                                                 expected: tuple) -> None:
+    LPWDConfig(weight_decay=0.2, **saved).save_pretrained(tmp_path / "cfg")
+    args = LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True, lpwd_config=str(tmp_path / "cfg"), **given)
+    cfg = args.to_lpwd_config()
+    assert (cfg.timing, cfg.layerwise) == expected
+    assert LPWDTrainingArguments.saved_config_values(LPWDConfig(mode="lpwd"))["lpwd_layerwise"] is None
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"learning_rate": 0.5, "weight_decay": 2.0}, r"--learning_rate=0.5 × --weight_decay=2 = 1: η·λ must stay below 1"),
+        ({"optim": "schedule_free_adamw"}, r"schedule-free optimizers keep two weight sequences"),
+        ({"deepspeed": {"optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 2}}}, r"'optimizer' section"),
+    ],
+)
+def test_check_training_arguments_refuses_from_the_arguments_alone(overrides: dict, match: str) -> None:
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(**{"learning_rate": 1e-3, "weight_decay": 0.1, "optim": "adamw_torch_fused",
+                              "hf_deepspeed_config": None, "deepspeed": None, **overrides})
+    with pytest.raises(ValueError, match=match):
+        trainer_module.check_training_arguments(args)
