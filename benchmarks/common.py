@@ -192,8 +192,8 @@ lambda_note_header = "Σ η_t·λ (shrink e^−Σ under WD)"
 
 
 def plot_sweep(summary: dict[tuple[str, str, float], dict[str, Any]], task: str, path: Path, ylabel: str,
-               title: str, scale: float = 1.0, logy: bool = False) -> None:
-    """Metric vs λ (log axis), one line per mode with ±std error bars (matplotlib Agg)."""
+               title: str, scale: float = 1.0, logy: bool = False, logx: bool = True) -> None:
+    """Metric vs λ (log axis unless ``logx=False``), one line per mode with ±std error bars (matplotlib Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,15 +205,16 @@ def plot_sweep(summary: dict[tuple[str, str, float], dict[str, Any]], task: str,
     for i, mode in enumerate(modes):
         lams = sorted(k[2] for k in summary if k[0] == task and k[1] == mode)
         # Nudge the modes sideways a little so that overlapping error bars stay readable.
-        shift = 1.0 + 0.04 * (i - (len(modes) - 1) / 2)
-        xs = [lam * shift for lam in lams]
+        shift = 0.04 * (i - (len(modes) - 1) / 2)
+        xs = [lam * (1.0 + shift) if logx else lam + shift * 0.1 * max(lams) for lam in lams]
         ys = [summary[(task, mode, lam)]["mean"] * scale for lam in lams]
         es = [summary[(task, mode, lam)]["std"] * scale for lam in lams]
         style = MODE_STYLE[mode]
         ax.errorbar(xs, ys, yerr=es, color=style["color"], marker=style["marker"], label=style["label"],
                     capsize=3, linewidth=1.5, markersize=5 + 2 * ("mfc" in style), linestyle=style.get("ls", "-"),
                     mfc=style.get("mfc"))
-    ax.set_xscale("log")
+    if logx:
+        ax.set_xscale("log")
     grid = sorted({k[2] for k in summary if k[0] == task})
     ax.set_xticks(grid)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))

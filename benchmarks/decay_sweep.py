@@ -369,7 +369,7 @@ def task_report(task: str, info: dict[str, Any], task_runs: list[dict[str, Any]]
     title = (f"MiniLM-L6 on {info['name']}: {args.steps} steps × {args.batch_size}, η={args.lr:g}, "
              f"{len(seeds)} seeds (error bars: std)")
     png = out_dir / f"{NAME}_{task}.png"
-    plot_sweep(summary, task, png, info["label"], title, scale=scale)
+    plot_sweep(summary, task, png, info["label"], title, scale=scale, logx=False)
     series = {m: [(norm[(task, m, lam)]["mean"], summary[(task, m, lam)]["mean"] * scale,
                    summary[(task, m, lam)]["std"] * scale) for lam in lams if (task, m, lam) in summary] for m in modes}
     labels = {m: [fmt_lambda(lam) for lam in sorted((x for x in lams if (task, m, x) in norm),
