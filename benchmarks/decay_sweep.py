@@ -22,6 +22,13 @@ PNG plots from all the runs of these settings in the file::
     PYTHONPATH=. HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/decay_sweep.py      # the study
     ... benchmarks/decay_sweep.py --tasks sst2 --modes wd,lwd --lambdas 50 --seeds 0 --steps 5 --out-dir /tmp/x
     ... benchmarks/decay_sweep.py --report-only                                                   # tables and plots
+
+The committed results ran seed 0 on the default grid, then for each seed s in 1..4 (the four modes are identical at
+λ = 0.01, so the report lets that seed's WD run stand in for PWD and lwd there, and says so)::
+
+    ... --modes wd,lpwd --lambdas 0.01 --seeds s
+    ... --modes wd,pwd,lwd,lpwd --lambdas 100,200,300 --seeds s
+    ... --modes wd --lambdas 30,60 --seeds s          # (also for seed 0) WD's curve for the equal-shrinkage question
 """
 
 from __future__ import annotations
