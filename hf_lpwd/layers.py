@@ -262,7 +262,7 @@ def _relative(prefix: str, pattern: str | re.Pattern[str] | Callable[[str], int 
     if callable(pattern) and not isinstance(pattern, re.Pattern):
         inner = pattern
     else:
-        regex = _compile_pattern(pattern)
+        regex = compile_layer_pattern(pattern)
 
         def inner(rel: str) -> int | None:
             match = regex.search(rel)
@@ -359,8 +359,6 @@ def compile_layer_pattern(pattern: str | re.Pattern[str], field_name: str = "lay
     return regex
 
 
-_compile_pattern = compile_layer_pattern
-
 
 def _stacks_from_pattern(names: list[str], items: list[_Item], pattern: LayerPattern) -> list[list[_Block]]:
     """Group parameters into blocks with the user's regex or callable instead of detection."""
@@ -375,7 +373,7 @@ def _stacks_from_pattern(names: list[str], items: list[_Item], pattern: LayerPat
             stack = keyed.setdefault((), {})
             stack.setdefault(index, _Block(("#", str(index)))).items.append(item)
     else:
-        regex = _compile_pattern(pattern)  # type: ignore[arg-type]
+        regex = compile_layer_pattern(pattern)  # type: ignore[arg-type]
         for name, item in zip(names, items, strict=True):
             match = regex.search(name)
             if match is None or match.group(1) is None:

@@ -274,6 +274,15 @@ def _deepspeed_storage(param: torch.Tensor) -> torch.Tensor:
     return partition if partition is not None else param
 
 
+def _squared_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Σ‖t‖² over ``tensors`` as a float32 0-d tensor on ``device`` (one fused norm, no host sync)."""
+    tensors = [t for t in tensors if t.numel() > 0]
+    if not tensors:
+        return torch.zeros((), dtype=torch.float32, device=device)
+    norms = torch._foreach_norm([t.float() if t.dtype != torch.float32 else t for t in tensors])
+    return torch.stack(norms).square().sum()
+
+
 def _unwrap_lpwd(optimizer: Any) -> LPWD | None:
     """LPWD inside Accelerate's / DeepSpeed's optimizer wrappers (each keeps the inner one as ``.optimizer``)."""
     while optimizer is not None and not isinstance(optimizer, LPWD):
@@ -443,28 +452,29 @@ class LPWDMixin:
         over ranks in one all-reduce per log: no parameter is ever gathered.
         """
         depths = list(self._lpwd_depth_params)
-        local = torch.zeros(len(depths), dtype=torch.float64)
-        replicated = torch.zeros(len(depths), dtype=torch.float64)
+        first = next(p for params in self._lpwd_depth_params.values() for p in params)
+        device = (first.to_local() if hasattr(first, "to_local") else first).device
+        sharded_rows, replicated_rows = [], []
         mesh_group = None
-        for row, depth in enumerate(depths):
+        for depth in depths:
+            sharded, replicated = [], []
             for param in self._lpwd_depth_params[depth]:
-                if param.numel() == 0:
-                    continue
                 if hasattr(param, "to_local"):  # DTensor
                     if any(p.is_shard() for p in param.placements):
-                        local[row] += float(torch.linalg.vector_norm(param.to_local().detach().float()) ** 2)
                         mesh_group = param.device_mesh.get_group() if param.device_mesh.ndim == 1 else None
-                        continue
-                    value = param.to_local()
+                        sharded.append(param.to_local().detach())
+                    else:
+                        replicated.append(param.to_local().detach())
                 else:
-                    value = param
-                replicated[row] += float(torch.linalg.vector_norm(value.detach().float()) ** 2)
-        if local.any() and torch.distributed.is_available() and torch.distributed.is_initialized():
-            device = next(p for ps in self._lpwd_depth_params.values() for p in ps).device
-            summed = local.to(device=device, dtype=torch.float32)
-            torch.distributed.all_reduce(summed, group=mesh_group)
-            local = summed.to("cpu", torch.float64)
-        totals = (local + replicated).sqrt()
+                    replicated.append(param.detach())
+            sharded_rows.append(_squared_norm(sharded, device))
+            replicated_rows.append(_squared_norm(replicated, device))
+        sharded_sq, replicated_sq = torch.stack(sharded_rows), torch.stack(replicated_rows)  # on the params' device
+        if mesh_group is not None or (
+            sharded_sq.any() and torch.distributed.is_available() and torch.distributed.is_initialized()
+        ):
+            torch.distributed.all_reduce(sharded_sq, group=mesh_group)  # one all-reduce per log
+        totals = (sharded_sq + replicated_sq).sqrt().cpu()  # one device-to-host copy per log
         return {f"lpwd/weight_norm/depth_{depth:02d}": round(float(v), 6) for depth, v in zip(depths, totals, strict=True)}
 
     # ------------------------------------------------------------------ saving
