@@ -20,6 +20,7 @@ from transformers import (
 
 import hf_lpwd.trainer as trainer_module
 from hf_lpwd import LPWD, LPWDConfig, LPWDMixin, LPWDTrainer, LPWDTrainingArguments
+from hf_lpwd.optim import lookahead
 from tests.conftest import tiny_bert, tiny_llama
 from tests.tiny import TokenDataset
 
@@ -324,7 +325,7 @@ def test_folded_pwd_equals_unfolded_pwd_in_the_trainer(tmp_path: Path, monkeypat
     results = []
     for fold in (True, False):
         if not fold:
-            monkeypatch.setattr(LPWD, "_next_lr", lambda self, group: None)
+            monkeypatch.setattr(lookahead, "next_lr", lambda group, scheduler, num_training_steps: None)
         set_seed(0)
         model = tiny_bert()
         args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=2.0, max_steps=6, warmup_steps=warmup,

@@ -1,0 +1,25 @@
+"""The decay timings (wd / rwd / pwd) around a base torch optimizer, with lr couplings and cautious decay.
+
+:class:`LPWD` is the optimizer; :mod:`.functional` holds the math as plain functions, :mod:`.ledger`
+pwd's bookkeeping, :mod:`.lookahead` the next step's lr, :mod:`.bases` what LPWD knows of its base.
+Nothing here knows about layers or transformers.
+"""
+
+from ..settings import DEFAULT_WEIGHT_DECAY, LR_COUPLINGS, TIMINGS
+from .bases import BASE_OPTIMIZERS, resolve_base
+from .ledger import APPLIED_DECAY_KEY
+from .lpwd import LPWD
+
+DECAY_MODES = TIMINGS
+"""hf_lpwd 0.1.0's name of :data:`TIMINGS`, kept for compatibility."""
+
+__all__ = [
+    "APPLIED_DECAY_KEY",
+    "BASE_OPTIMIZERS",
+    "DECAY_MODES",
+    "DEFAULT_WEIGHT_DECAY",
+    "LPWD",
+    "LR_COUPLINGS",
+    "TIMINGS",
+    "resolve_base",
+]

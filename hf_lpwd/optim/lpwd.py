@@ -1,0 +1,550 @@
+"""``LPWD``: a thin ``torch.optim.Optimizer`` that applies the decay timings around a base optimizer.
+
+The math is in :mod:`hf_lpwd.optim.functional`, pwd's bookkeeping in :mod:`hf_lpwd.optim.ledger`,
+the next-lr look-ahead in :mod:`hf_lpwd.optim.lookahead`.  This class builds the base, shares its
+``param_groups`` and ``state``, and turns each step into per-group plans: scale passes before and
+after the base step, and the base's own (η, λ) for the step, so that on torch's AdamW every timing
+and coupling is one kernel call.
+
+pwd's fold.  With θ'_t = (1 − d_t)·θ_t the weights the forward of step t sees,
+θ'_{t+1} = (1 − d_{t+1})·(θ'_t − η_t·u_t): one AdamW update with the *next* step's decay.  After
+``step()`` the model holds the weights the next forward will see; ``pre_step()`` only checks the
+prediction (and rescales a group in one pass where the lr was not the predicted one).  A step with
+no next step applies no next decay, so the final weights are unfolded pwd's; :meth:`LPWD.settle`
+removes a decay applied for a step that will not come.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..rounding import LOW_PRECISION_DTYPES, scale_
+from ..settings import DEFAULT_WEIGHT_DECAY, LR_COUPLINGS, TIMINGS, check_decay_factor, validate_cautious
+from . import ledger, lookahead
+from .bases import (
+    refuse_cautious_base,
+    refuse_schedule_free,
+    resolve_base,
+    step_without_global_hooks,
+    update_directions,
+)
+from .functional import apply_cautious_decay_, effective_weight_decay, pwd_fold_on_adamw, rwd_on_adamw
+
+logger = logging.getLogger("hf_lpwd")
+
+_SETTINGS = ("base_optimizer", "mode", "lr_coupling", "cautious", "stochastic_rounding", "require_pre_step",
+             "fold_corrections", "folds_decay_into_base", "_pre_step_done", "_num_training_steps")
+"""LPWD's own attributes, which pickling and deepcopy must carry beside torch's defaults/state/param_groups."""
+
+
+@dataclass
+class _GroupPlan:
+    """What one step does to one param group, around one base step."""
+
+    override: dict[str, Any] = field(default_factory=dict)  # the base's hyperparameters for this step
+    before: float = 1.0  # scale of the parameters with a gradient, before the base step (generic wd)
+    after: float = 1.0  # scale after the base step ...
+    after_scope: str = "stepped"  # ... of the parameters with a gradient, "all" of them, or the "idle" ones
+    cautious: float = 0.0  # d_t of the masked decay, after the base step
+    record: float | None = None  # pwd: the factor the weights carry for the next step, once stepped
+
+
+def _group_label(index: int, group: dict[str, Any]) -> str:
+    depth = group.get("depth")
+    return f"param group {index}" + (f" (depth {depth})" if depth is not None else "")
+
+
+def _as_param_groups(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Normalise ``params`` to a list of group dicts (shallow copies: the caller's dicts stay as they were)."""
+    if isinstance(params, torch.Tensor):
+        raise TypeError("LPWD: params must be an iterable of tensors or of param group dicts, not a single tensor")
+    params = list(params)
+    if not params:
+        raise ValueError("LPWD: got an empty parameter list")
+    if all(isinstance(p, dict) for p in params):
+        return [dict(group) for group in params]
+    return [{"params": params}]
+
+
+def _apply_lr_multiplier(group: dict[str, Any], has_own_lr: bool) -> None:
+    """Layer-wise lr decay: a group without an lr of its own trains at the optimizer's lr × ``lr_multiplier``."""
+    multiplier = group.get("lr_multiplier", 1.0)
+    if not has_own_lr and multiplier != 1.0 and group.get("lr") is not None:
+        group["lr"] = group["lr"] * multiplier
+
+
+class LPWD(torch.optim.Optimizer):
+    """Weight decay timings ``wd`` / ``rwd`` / ``pwd`` around a base optimizer.
+
+    ``LPWD`` *is* a ``torch.optim.Optimizer``: it shares ``param_groups`` and ``state`` with the base
+    optimizer it builds, so LR schedulers, gradient clipping, Accelerate's ``AcceleratedOptimizer``
+    and checkpointing see one optimizer, and its step and state_dict hooks fire once per call.
+
+    Args:
+        params: parameters or param groups (e.g. from :func:`hf_lpwd.lpwd_param_groups`).  A group
+            with an ``lr_multiplier`` and no ``lr`` of its own gets ``lr × lr_multiplier`` (LLRD).
+        base: ``"adamw"``, ``"sgd"``, a Trainer ``--optim`` name of :data:`BASE_OPTIMIZERS`, or any
+            ``torch.optim.Optimizer`` subclass.
+        mode: the timing, one of :data:`TIMINGS` (``"lpwd"`` is ``pwd`` with ``lpwd_param_groups``).
+        weight_decay: λ for groups that do not set their own.
+        lr_coupling: how the per-step decay d_t follows the lr: ``coupled`` η_t·λ, ``independent``
+            (η_t/η̄)·λ, ``corrected`` (η_t²/η̄)·λ, with η̄ the group's base lr (its ``initial_lr``,
+            set at construction for the two latter and kept by torch's schedulers).
+        cautious: decay only where the update and the weight agree in sign,
+            θ ← θ − η·u − d·1[u⊙θ ≥ 0]⊙θ (``wd`` timing; AdamW, Adam or SGD base).
+        stochastic_rounding: decay bf16/fp16 parameters with stochastic rounding so that decays
+            below their resolution still take effect on average (no effect on fp32 parameters).
+            ``False`` warns at construction if some group's η·λ is below its dtype's resolution.
+        **base_kwargs: passed to the base optimizer (``lr``, ``betas``, ``eps``, ``momentum``, ...).
+
+    Training loop (``pre_step`` is a no-op for ``wd`` and ``rwd``)::
+
+        opt.set_lr_scheduler(scheduler, num_training_steps)   # optional, pwd only
+        for batch in loader:
+            opt.pre_step()
+            model(**batch).loss.backward()
+            opt.step(); scheduler.step(); opt.zero_grad()
+        opt.settle()   # only if the loop stopped before num_training_steps (or gave none)
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        base: str | type[torch.optim.Optimizer] = "adamw",
+        mode: str = "pwd",
+        *,
+        weight_decay: float = DEFAULT_WEIGHT_DECAY,
+        lr_coupling: str = "coupled",
+        cautious: bool = False,
+        stochastic_rounding: bool = True,
+        **base_kwargs: Any,
+    ) -> None:
+        if mode not in TIMINGS:
+            hint = (
+                " ('lpwd' is the pwd timing with layer-wise groups: "
+                "LPWD(lpwd_param_groups(model, weight_decay), mode='pwd'))" if mode == "lpwd" else ""
+            )
+            raise ValueError(f"LPWD: unknown mode {mode!r}; valid modes (timings) are {list(TIMINGS)}{hint}")
+        if lr_coupling not in LR_COUPLINGS:
+            raise ValueError(f"LPWD: lr_coupling={lr_coupling!r} is not one of {list(LR_COUPLINGS)}")
+        validate_cautious(cautious, mode, "LPWD: cautious")
+        base_cls = resolve_base(base)
+        refuse_schedule_free(base_cls)
+        if cautious:
+            refuse_cautious_base(base_cls)
+        if "weight_decay" in base_kwargs:
+            raise ValueError("LPWD: pass weight_decay to LPWD itself (it is λ), not inside base_kwargs")
+        if isinstance(base, str) and base.lower() == "adamw_torch_fused":
+            base_kwargs.setdefault("fused", True)
+        self.mode = mode
+        self.lr_coupling = lr_coupling
+        self.cautious = cautious
+        self.stochastic_rounding = stochastic_rounding
+        self.require_pre_step = True
+        """pwd: ``step()`` without ``pre_step()`` on a step whose decay the fold did not apply is an
+        error (``True``), or is corrected inside ``step()`` (``False``: DeepSpeed)."""
+        self.fold_corrections = 0
+        """pwd: how many group-steps needed a correction pass (a missed lr prediction, the first decay)."""
+        # Only torch's own AdamW has decoupled decay we can fold rwd / pwd / the couplings into; every other
+        # base runs with weight_decay = 0 and LPWD scales the weights itself.
+        self.folds_decay_into_base = base_cls is torch.optim.AdamW
+        # λ lives in each group's "weight_decay" before the base sees the groups: a base whose own
+        # default is 0 (SGD) or that has no such argument must not override it.
+        groups = _as_param_groups(params)
+        own_lr = [("lr" in group) for group in groups]
+        for index, group in enumerate(groups):
+            group.setdefault("weight_decay", weight_decay)
+            group[ledger.INDEX_KEY] = index
+        base_optimizer = base_cls(groups, **base_kwargs)
+        for group, has_lr in zip(base_optimizer.param_groups, own_lr, strict=True):
+            _apply_lr_multiplier(group, has_lr)
+            self._record_base_lr(group)
+        for index, group in enumerate(base_optimizer.param_groups):
+            self._validate_group(index, group)
+        defaults = dict(base_optimizer.defaults)
+        defaults["weight_decay"] = weight_decay  # λ is LPWD's, not the base's default (0 on SGD)
+        super().__init__(base_optimizer.param_groups, defaults)
+        # Share, don't copy: the scheduler and Accelerate mutate these lists / dicts.
+        self.base_optimizer = base_optimizer
+        self.param_groups = base_optimizer.param_groups
+        self.state = base_optimizer.state
+        self._pre_step_done = False  # pre_step() ran since the previous step()
+        self._lr_scheduler: Any = None
+        self._num_training_steps: int | None = None
+        if not stochastic_rounding:
+            self._warn_if_decay_is_lost()
+
+    # ------------------------------------------------------------------ torch's Optimizer contract
+    def __getstate__(self) -> dict[str, Any]:
+        """torch keeps only defaults/state/param_groups; LPWD's settings and base must travel too.
+
+        The lr scheduler is left behind (it refers to this object; a copy predicts the current lr and
+        ``pre_step()`` corrects, exactly): call :meth:`set_lr_scheduler` on the copy to fold again.
+        """
+        state = super().__getstate__()
+        state.update({name: self.__dict__[name] for name in _SETTINGS})
+        state["_lr_scheduler"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        base = self.__dict__.get("base_optimizer")
+        if base is not None:  # keep sharing: torch's load_state_dict replaces our groups and state
+            base.__setstate__({"state": self.state, "param_groups": self.param_groups})
+            self.param_groups, self.state = base.param_groups, base.state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state dict (pwd's ledger rides in its param groups), with LPWD's hooks."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        state_dict = self.base_optimizer.state_dict()
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        base = getattr(self, "base_optimizer", None)
+        if base is None:  # called by torch.optim.Optimizer.__init__ on the shared groups
+            super().add_param_group(param_group)
+            return
+        param_group = dict(param_group)
+        has_lr = "lr" in param_group
+        param_group.setdefault("weight_decay", self.defaults["weight_decay"])
+        param_group[ledger.INDEX_KEY] = len(base.param_groups)
+        base.add_param_group(param_group)
+        group = base.param_groups[-1]
+        _apply_lr_multiplier(group, has_lr)
+        self._record_base_lr(group)
+        self._validate_group(len(base.param_groups) - 1, group)
+
+    def __repr__(self) -> str:
+        extra = "" if self.lr_coupling == "coupled" else f", lr_coupling={self.lr_coupling!r}"
+        extra += ", cautious=True" if self.cautious else ""
+        return f"LPWD(mode={self.mode!r}{extra}, base={self.base_optimizer!r})"
+
+    # ------------------------------------------------------------------ the lr schedule (pwd's fold)
+    def set_lr_scheduler(self, lr_scheduler: Any, num_training_steps: int | None = None) -> None:
+        """Tell pwd's fold where the next step's lr comes from, and when there is no next step.
+
+        ``lr_scheduler`` must step this optimizer's groups once per ``step()``.  ``num_training_steps``:
+        after the step with index ``num_training_steps - 1`` no decay is applied for a step that never comes.
+        """
+        self._lr_scheduler = lr_scheduler
+        self._num_training_steps = num_training_steps
+        if self.mode == "pwd" and lr_scheduler is not None and not lookahead.can_look_ahead(lr_scheduler):
+            logger.warning(
+                "LPWD: %s cannot say the next step's lr, so pwd folds in the current lr and pre_step() corrects, "
+                "with one pass over the weights, each step where the lr changed",
+                type(lr_scheduler).__name__,
+            )
+
+    # ------------------------------------------------------------------ the per-step decay
+    def _record_base_lr(self, group: dict[str, Any]) -> None:
+        """η̄ of the lr couplings: the lr the group was built with, as torch's schedulers record it."""
+        if self.lr_coupling != "coupled" and group.get("lr") is not None:
+            group.setdefault("initial_lr", group["lr"])
+
+    def _rate(self, group: dict[str, Any], lr: float, lam: float) -> float:
+        """r_t, the effective weight decay at lr η: the per-step decay is d = η·r."""
+        if self.lr_coupling == "coupled" or lam == 0.0:
+            return lam
+        return effective_weight_decay(self.lr_coupling, lam, lr, lookahead.as_float(group["initial_lr"]))
+
+    def _validate_group(self, index: int, group: dict[str, Any]) -> tuple[float, float]:
+        """Return (η, r) of a group now, or raise ``ValueError`` naming the group.
+
+        Runs for every group at every step, so the group's label is only formatted on the error path.
+        """
+        lam = lookahead.as_float(group["weight_decay"])
+        if not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"LPWD: {_group_label(index, group)} has weight_decay={lam}; λ must be a finite number >= 0")
+        if group.get("lr") is None:
+            raise ValueError(
+                f"LPWD: {_group_label(index, group)} has no learning rate (lr=None); LPWD needs η to scale the decay. "
+                "Pass lr=... (for Adafactor: relative_step=False)"
+            )
+        eta = lookahead.as_float(group["lr"])
+        if self.lr_coupling != "coupled" and lam > 0:
+            base_lr = lookahead.as_float(group.get("initial_lr", 0.0))
+            if not base_lr > 0:
+                raise ValueError(
+                    f"LPWD: {_group_label(index, group)} has base lr (initial_lr) {base_lr}; lr_coupling="
+                    f"{self.lr_coupling!r} divides by it: build the optimizer with an lr > 0"
+                )
+        rate = self._rate(group, eta, lam)
+        _check_factor(index, group, eta, lam, eta * rate)
+        return eta, rate
+
+    def _decay_factors(self) -> list[float]:
+        """1 − d_t per group, all groups validated before anything is modified."""
+        return [1.0 - eta * rate for eta, rate in (self._validate_group(i, g) for i, g in enumerate(self.param_groups))]
+
+    def _next_factor(self, index: int, group: dict[str, Any]) -> float:
+        """pwd: 1 − d_{t+1}, the decay to fold into this step (1.0 after the last step, or without decay)."""
+        lam = lookahead.as_float(group["weight_decay"])
+        next_lr = lookahead.next_lr(group, self._lr_scheduler, self._num_training_steps)
+        if next_lr is None or lam == 0.0:
+            return 1.0
+        decay = next_lr * self._rate(group, next_lr, lam)
+        _check_factor(index, group, next_lr, lam, decay, "the next step's lr")
+        return 1.0 - decay
+
+    def _warn_if_decay_is_lost(self) -> None:
+        """Warn (once, at construction) about groups whose decay rounds away in bf16/fp16.
+
+        θ·(1 − d) differs from θ by d·|θ|, while neighbouring bf16 (fp16) numbers are 2^-8..2^-7
+        (2^-11..2^-10) times |θ| apart: below d = eps/2 of the dtype round-to-nearest loses the decay.
+        """
+        problems = []
+        for index, group in enumerate(self.param_groups):
+            eta, rate = self._validate_group(index, group)
+            dtypes = {p.dtype for p in group["params"] if p.dtype in LOW_PRECISION_DTYPES}
+            for dtype in sorted(dtypes, key=str):
+                resolution = torch.finfo(dtype).eps / 2
+                if 0.0 < eta * rate < resolution:
+                    problems.append(
+                        f"{_group_label(index, group)}: lr={eta:g} × weight_decay={rate:g} = {eta * rate:.3g} per step, "
+                        f"below the {str(dtype).removeprefix('torch.')} resolution {resolution:.3g}"
+                    )
+        if problems:
+            warnings.warn(
+                "LPWD: stochastic_rounding=False with low precision parameters, and 1 - lr*weight_decay rounds "
+                "to 1 in their dtype, so the weight decay does nothing (or is distorted) on them:\n  "
+                + "\n  ".join(problems)
+                + "\nTurn the compensation on with LPWD(..., stochastic_rounding=True) "
+                "(LPWDTrainer: --lpwd_stochastic_rounding true), or keep fp32 master weights.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def _low_precision_groups(self) -> list[bool]:
+        """Per group: does it hold bf16/fp16 parameters that need stochastic rounding (not cached:
+        ``model.to(torch.bfloat16)`` changes the dtype of the very same Parameter objects)."""
+        if not self.stochastic_rounding:
+            return [False] * len(self.param_groups)
+        return [any(p.dtype in LOW_PRECISION_DTYPES for p in g["params"]) for g in self.param_groups]
+
+    # ------------------------------------------------------------------ pwd: before the forward
+    def _decay_is_up_to_date(self) -> bool:
+        """pwd: do the weights of every group with parameters carry this step's 1 − d_t."""
+        step_index = lookahead.step_index(self._lr_scheduler)
+        for group, wanted in zip(self.param_groups, self._decay_factors(), strict=True):
+            if group["params"] and wanted != ledger.carried_factor(group, step_index):
+                return False
+        return True
+
+    @torch.no_grad()
+    def pre_step(self) -> None:
+        """pwd: make the weights (1 − d_t)·θ_t before the forward pass; a no-op for wd / rwd.
+
+        The previous ``step()`` already applied the decay it predicted, so this only checks the
+        prediction and rescales, in one pass, the groups where it was wrong (or where no decay was
+        applied yet).  Acts once per optimizer step: safe to call before every micro-batch.
+        """
+        if self.mode != "pwd" or self._pre_step_done:
+            return
+        for group, wanted in zip(self.param_groups, self._decay_factors(), strict=True):  # validate all first
+            if not group["params"]:
+                continue
+            carried = ledger.carried_factor(group, None)
+            if wanted != carried:
+                scale_(list(group["params"]), wanted / carried, stochastic=self.stochastic_rounding)
+                self.fold_corrections += 1
+            ledger.record(group, wanted)
+        self._pre_step_done = True
+
+    @torch.no_grad()
+    def decay_initial_weights(
+        self, initial_lr_scale: float, storage: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
+        """pwd: apply step 0's decay (1 − d_0) now, before the weights are copied anywhere.
+
+        For engines that copy the model's weights into master weights of their own before the first
+        forward (DeepSpeed).  ``initial_lr_scale`` is the schedule's λ(0) (η_0 = lr × λ(0)); ``storage``
+        maps a parameter to the tensor that holds its values (DeepSpeed ZeRO-3: ``p.ds_tensor``).
+        """
+        if self.mode != "pwd":
+            return
+        factors = []
+        for index, group in enumerate(self.param_groups):
+            eta, _ = self._validate_group(index, group)
+            lam = lookahead.as_float(group["weight_decay"])
+            first_lr = eta * initial_lr_scale
+            decay = first_lr * self._rate(group, first_lr, lam)
+            _check_factor(index, group, first_lr, lam, decay, "the first step's lr")
+            factors.append(1.0 - decay)
+        for group, factor in zip(self.param_groups, factors, strict=True):
+            if factor != 1.0 and group["params"]:
+                tensors = [storage(p) if storage is not None else p for p in group["params"]]
+                scale_([t for t in tensors if t.numel() > 0], factor, stochastic=self.stochastic_rounding)
+            ledger.record(group, factor)
+
+    @property
+    def pre_step_pending(self) -> bool:
+        """True between a pwd ``pre_step()`` and the ``step()`` it belongs to."""
+        return self._pre_step_done
+
+    @torch.no_grad()
+    def settle(self) -> None:
+        """pwd: undo the decay already applied for a step that will not come.
+
+        After the last ``step()`` of a loop that gave no ``num_training_steps`` (or stopped before it),
+        the weights hold (1 − d̂)·θ_T; this divides that factor out, leaving θ_T, unfolded pwd's final
+        weights.  A later ``pre_step()`` decays again as needed.
+        """
+        for group in self.param_groups:
+            applied = ledger.applied(group)
+            if applied is not None and applied != 1.0 and group["params"]:
+                scale_(list(group["params"]), 1.0 / applied, stochastic=self.stochastic_rounding)
+            ledger.clear(group)
+        self._pre_step_done = False
+
+    # ------------------------------------------------------------------ the step
+    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
+        """Take one optimizer step with the configured timing.
+
+        A ``closure`` is evaluated first (with gradients enabled, as torch's optimizers do), so the
+        gradient is always taken at the weights as they are before any decay of this step.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # DeepSpeed ZeRO-1/2 replace our ``param_groups`` with a one-group list while stepping one
+        # group: the base must step exactly the groups we are given.
+        base = self.base_optimizer
+        base_groups = base.param_groups
+        base.param_groups = self.param_groups
+        try:
+            plans = self._plan_pwd() if self.mode == "pwd" else self._plan_wd_rwd()
+            self._execute(plans)
+        finally:
+            base.param_groups = base_groups
+            self._pre_step_done = False
+        return loss
+
+    def _plan_wd_rwd(self) -> list[_GroupPlan | None]:
+        """wd: θ − η·u − d·θ; rwd: (1 − d)(θ − η·u).  One AdamW call where it can; else scale passes."""
+        low = self._low_precision_groups()
+        plans: list[_GroupPlan | None] = []
+        for index, group in enumerate(self.param_groups):
+            eta, rate = self._validate_group(index, group)
+            factor = 1.0 - eta * rate
+            if self.cautious:
+                plans.append(_GroupPlan({"weight_decay": 0.0}, cautious=eta * rate))
+            elif self.folds_decay_into_base and not low[index]:
+                if self.mode == "rwd":
+                    override = {} if factor == 1.0 else dict(zip(("lr", "weight_decay"), rwd_on_adamw(eta, rate), strict=True))
+                else:
+                    override = {} if rate == lookahead.as_float(group["weight_decay"]) else {"weight_decay": rate}
+                plans.append(_GroupPlan(override))
+            elif self.mode == "wd":  # u does not depend on θ: (1 − d)θ − ηu = θ − ηu − dθ
+                plans.append(_GroupPlan({"weight_decay": 0.0}, before=factor))
+            else:
+                plans.append(_GroupPlan({"weight_decay": 0.0}, after=factor))
+        return plans
+
+    def _plan_pwd(self) -> list[_GroupPlan | None]:
+        """pwd: this step's decay where it is missing, then one base step with the next decay folded in."""
+        if not self._pre_step_done and self.require_pre_step and not self._decay_is_up_to_date():
+            raise RuntimeError(
+                "LPWD(mode='pwd'): step() was called without pre_step() on a step whose decay was not applied "
+                "yet (the first step, or an lr other than the one the previous step folded in), so the "
+                "gradient was taken at undecayed weights. Call optimizer.pre_step() once per optimizer step, "
+                "before the forward pass (LPWDTrainer does this for you), or use mode='rwd' if the loop "
+                "cannot be changed."
+            )
+        low = self._low_precision_groups()
+        step_index = lookahead.step_index(self._lr_scheduler)
+        # Read only first: validate every group (d_t and the predicted d_{t+1}) before anything changes.
+        checked = []
+        for index, group in enumerate(self.param_groups):
+            eta, rate = self._validate_group(index, group)
+            checked.append(None if not group["params"] else (eta, 1.0 - eta * rate, self._next_factor(index, group)))
+        plans: list[_GroupPlan | None] = []
+        for index, (group, values) in enumerate(zip(self.param_groups, checked, strict=True)):
+            if values is None:  # ZeRO-3: a group not stepped in this call keeps its bookkeeping
+                plans.append(None)
+                continue
+            eta, wanted, factor = values
+            # The decay must be on the weights the update starts from: pre_step() put it there, or (no
+            # pre_step(): DeepSpeed, or a missed prediction) it is applied now, in one pass.
+            carried = ledger.begin_step(group, step_index)
+            if carried != wanted:
+                with torch.no_grad():
+                    scale_(list(group["params"]), wanted / carried, stochastic=self.stochastic_rounding)
+                self.fold_corrections += 1
+            if factor == 1.0:
+                plans.append(_GroupPlan({"weight_decay": 0.0}, record=factor))
+            elif self.folds_decay_into_base and not low[index] and eta > 0.0:
+                # One AdamW update: (1 − η'λ')θ − η'u = f·(θ − η_t·u); parameters it skips are scaled alone.
+                lr, lam = pwd_fold_on_adamw(eta, factor)
+                plans.append(_GroupPlan({"lr": lr, "weight_decay": lam}, after=factor, after_scope="idle", record=factor))
+            else:  # η_t = 0 (the fold would divide by it), another base, or stochastic rounding
+                plans.append(_GroupPlan({"weight_decay": 0.0}, after=factor, after_scope="all", record=factor))
+        return plans
+
+    @torch.no_grad()
+    def _execute(self, plans: list[_GroupPlan | None]) -> None:
+        """Scale passes before, one base step with the plans' hyperparameters, scale passes after."""
+        groups = self.param_groups
+        stepped = [[p for p in g["params"] if p.grad is not None] for g in groups]
+        for plan, params in zip(plans, stepped, strict=True):
+            if plan is not None and plan.before != 1.0 and params:
+                scale_(params, plan.before, stochastic=self.stochastic_rounding)
+        before_step = [
+            [p.detach().clone() for p in params] if plan is not None and plan.cautious > 0.0 else None
+            for plan, params in zip(plans, stepped, strict=True)
+        ]
+        saved = [{key: g[key] for key in plan.override} if plan is not None else {} for g, plan in zip(groups, plans, strict=True)]
+        try:
+            for group, plan in zip(groups, plans, strict=True):
+                if plan is not None:
+                    group.update(plan.override)
+            step_without_global_hooks(self.base_optimizer)
+        finally:
+            for group, values in zip(groups, saved, strict=True):
+                group.update(values)
+        for group, plan, params, olds in zip(groups, plans, stepped, before_step, strict=True):
+            if plan is None:
+                continue
+            if olds:
+                apply_cautious_decay_(params, olds, update_directions(self.base_optimizer, group, params), plan.cautious)
+            if plan.after != 1.0:
+                targets = {
+                    "stepped": params,
+                    "all": list(group["params"]),
+                    "idle": [p for p in group["params"] if p.grad is None],
+                }[plan.after_scope]
+                if targets:
+                    scale_(targets, plan.after, stochastic=self.stochastic_rounding)
+            if plan.record is not None:
+                ledger.record(group, plan.record)
+
+
+def _check_factor(index: int, group: dict[str, Any], eta: float, lam: float, decay: float, what: str = "lr") -> None:
+    """η must be finite and >= 0, and the per-step decay d < 1 (else 1 − d <= 0 flips the weights' signs)."""
+    if not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"LPWD: {_group_label(index, group)} has {what}={eta}; η must be a finite number >= 0")
+    check_decay_factor(decay, f"LPWD: {_group_label(index, group)} has {what}={eta} and weight_decay={lam}",
+                       "lower weight_decay or lr")
