@@ -167,7 +167,7 @@ def test_a_torch_scheduler_drives_the_lr_it_decays_with(mode, base, kwargs) -> N
             seen.append(params[0].detach().clone())
         sched.step()
         assert opt.param_groups[0]["lr"] == pytest.approx(LR * 0.5 ** (step + 1))
-    factors = [(b / a).mean().item() for a, b in zip(seen, seen[1:])]
+    factors = [(b / a).mean().item() for a, b in zip(seen, seen[1:], strict=False)]
     expected = [1 - LR * 0.5**k * LAM for k in range(1, 4)]
     assert factors == pytest.approx(expected, rel=1e-6)
 
