@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TIED_DEPTHS
-from .groups import format_layer_table, layer_table, lpwd_param_groups
+from .groups import format_layer_table, group_shrink, layer_table, lpwd_param_groups, shrink_warning
 from .layers import layer_depths_with_count
-from .optim import DEFAULT_WEIGHT_DECAY
+from .schedule import trainer_schedule_scales
+from .settings import DEFAULT_WEIGHT_DECAY, LR_COUPLINGS, TIED_DEPTHS
 
 __all__ = ["main", "build_meta_model"]
 
@@ -101,7 +101,8 @@ def _inspect(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    rows = layer_table(groups)
+    shrink = _run_shrink(args, groups)
+    rows = layer_table(groups, shrink)
     n_blocks = depths[1]
     total = sum(row["params"] for row in rows)
     print(f"model: {type(model).__name__} ({getattr(config, 'model_type', '?')}), built on the meta device")
@@ -109,11 +110,34 @@ def _inspect(args: argparse.Namespace) -> int:
           f"weight decay: {args.weight_decay:g} ({'uniform' if args.uniform else 'layer-wise'}), "
           f"layer lr decay: {args.layer_lr_decay:g}")
     print(format_layer_table(rows, _EXAMPLES_SHOWN))
+    if shrink is not None:
+        print(f"shrink: S = Σ_t d_t over {args.max_steps} steps of a {args.lr_scheduler_type} schedule from lr "
+              f"{args.learning_rate:g} ({args.lr_coupling} coupling)")
+        warning = shrink_warning(rows)
+        if warning:
+            print(warning.replace("--weight_decay", "--weight-decay").replace("--lpwd_decay_timescale",
+                                                                            "the Trainer's --lpwd_decay_timescale"))
     if args.plot:
         plot_profiles(rows, args.plot, title=f"{type(model).__name__}: λ={args.weight_decay:g}, "
                       f"γ={args.layer_lr_decay:g}")
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _run_shrink(args: argparse.Namespace, groups: list[dict[str, Any]]) -> list[float] | None:
+    """S per group over the run ``--learning-rate/--max-steps`` describe, ``None`` when they are not given."""
+    if args.learning_rate is None and args.max_steps is None:
+        return None
+    if args.learning_rate is None or args.max_steps is None:
+        raise CliError("the shrink column needs both --learning-rate and --max-steps")
+    if not args.learning_rate > 0 or args.max_steps < 1:
+        raise CliError("--learning-rate must be > 0 and --max-steps >= 1")
+    try:
+        scales = trainer_schedule_scales(args.lr_scheduler_type, args.max_steps, args.warmup_steps)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    return [group_shrink(float(g["weight_decay"]), args.learning_rate * float(g.get("lr_multiplier", 1.0)), scales,
+                         args.lr_coupling) for g in groups]
 
 
 def plot_profiles(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
@@ -174,6 +198,13 @@ def _parser() -> argparse.ArgumentParser:
         "--layer-pattern", metavar="REGEX", default=None,
         help=r"regex with one capture group for the block index, e.g. '\.layers\.(\d+)\.'",
     )
+    run = inspect.add_argument_group("the run, for the shrink column S = Σ_t d_t (both needed)")
+    run.add_argument("--learning-rate", type=float, default=None, metavar="η", help="peak lr of the run")
+    run.add_argument("--max-steps", type=int, default=None, metavar="T", help="optimizer steps of the run")
+    run.add_argument("--lr-scheduler-type", default="linear", help="a Trainer schedule (default linear)")
+    run.add_argument("--warmup-steps", type=int, default=0, help="warm-up steps (default 0)")
+    run.add_argument("--lr-coupling", choices=LR_COUPLINGS, default="coupled",
+                     help="how the decay follows the lr (default coupled: d = η_t·λ)")
     inspect.set_defaults(func=_inspect)
     return parser
 

@@ -19,46 +19,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .layers import compile_layer_pattern
-from .optim import DEFAULT_WEIGHT_DECAY, TIMINGS
+from .card import model_card_section
+from .groups import lpwd_param_groups
+from .settings import (
+    DEFAULT_WEIGHT_DECAY,
+    DEFAULTS,
+    LR_COUPLINGS,
+    TIED_DEPTHS,
+    WEIGHT_DECAY_MODES,
+    validate_bool,
+    validate_cautious,
+    validate_choice,
+    validate_decay_timescale,
+    validate_layer_lr_decay,
+    validate_layer_pattern,
+    validate_weight_decay,
+)
 
 LPWD_CONFIG_NAME = "lpwd_config.json"
-WEIGHT_DECAY_MODES: tuple[str, ...] = (*TIMINGS, "lpwd")
-"""User-facing modes: a timing of :data:`hf_lpwd.optim.TIMINGS`, or ``lpwd`` = ``pwd`` timing × layer-wise λ."""
-TIED_DEPTHS: tuple[str, ...] = ("input", "output")
-"""Where a matrix shared by the input embedding and the output head sits: depth 0 or depth N+1."""
+
+__all__ = ["LPWD_CONFIG_NAME", "LPWDConfig", "TIED_DEPTHS", "WEIGHT_DECAY_MODES", "validate_layer_lr_decay",
+           "validate_layer_pattern"]
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
-
-
-def validate_layer_pattern(pattern: Any, field_name: str = "layer_pattern") -> None:
-    """A layer pattern is a regex with exactly one capture group: the block index.
-
-    Delegates to :func:`hf_lpwd.layers.compile_layer_pattern`, the one validator of patterns, so a bad
-    pattern reads the same wherever it comes from.
-    """
-    if pattern is None or isinstance(pattern, re.Pattern) or callable(pattern):
-        return
-    if not isinstance(pattern, str):
-        raise ValueError(f"{field_name} must be a regex string, got {type(pattern).__name__}")
-    compile_layer_pattern(pattern, field_name)
-
-
-def validate_layer_lr_decay(gamma: Any, field_name: str = "layer_lr_decay") -> None:
-    """γ of layer-wise lr decay must be in (0, 1].
-
-    γ ≤ 0 gives zero or sign-flipping learning rates; γ > 1 would give the embeddings the largest
-    rate, the opposite of what discriminative fine-tuning is for, and no recipe we know uses it.
-    """
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
-        raise ValueError(f"{field_name} must be a number in (0, 1], got {gamma!r}")
-    if not 0.0 < gamma <= 1.0:
-        raise ValueError(
-            f"{field_name}={gamma:g} must be in (0, 1]: the lr at depth d is lr·γ^(N+1−d), so γ > 1 would train the "
-            "embeddings fastest and γ <= 0 gives zero or negative rates (1.0 turns layer-wise lr decay off)"
-        )
 
 
 @dataclass
@@ -88,25 +73,37 @@ class LPWDConfig:
             block detection of :func:`hf_lpwd.layer_depths`.
         decay_embeddings: whether depth 0 (embeddings, stem) is decayed at all in ``lpwd``.
         stochastic_rounding: keep the decay effective on bf16/fp16 weights.
+        lr_coupling: how the per-step decay follows the lr: ``coupled`` η_t·λ (AdamW), ``independent``
+            (η_t/η̄)·λ, ``corrected`` (η_t²/η̄)·λ, with η̄ each group's base (peak) lr.
+        cautious: decay only where update and weight agree in sign (wd timing, AdamW/SGD).
+        decay_timescale: τ in epochs; when set, λ is chosen so that the weights' EMA timescale at the
+            base lr is τ epochs (λ = 1/(η̄·τ·steps per epoch), independent: 1/(τ·steps per epoch)), and
+            ``weight_decay`` records the λ it produced.
         base_optimizer: the base optimizer's name (the Trainer's ``--optim``, e.g. ``adamw_torch_fused``).
         base_optimizer_kwargs: its JSON-able keyword arguments (betas, eps, momentum, ...).
         num_blocks: N, the number of blocks found (filled in when the optimizer is built).
         depth_weight_decay: λ per depth, keys are depths as strings (filled in likewise).
+        depth_shrink: S_d = Σ_t d_t per decayed depth over the whole run, the log-shrink of a weight that
+            no gradient moves (filled in when the schedule is known).
         lpwd_version: the hf_lpwd version that wrote the config.
     """
 
-    mode: str = "lpwd"
+    mode: str = DEFAULTS["mode"]
     weight_decay: float = DEFAULT_WEIGHT_DECAY
-    layerwise: bool | None = None
-    layer_lr_decay: float = 1.0
-    tied_depth: str = "input"
-    layer_pattern: str | None = None
-    decay_embeddings: bool = True
-    stochastic_rounding: bool = True
+    layerwise: bool | None = DEFAULTS["layerwise"]
+    layer_lr_decay: float = DEFAULTS["layer_lr_decay"]
+    tied_depth: str = DEFAULTS["tied_depth"]
+    layer_pattern: str | None = DEFAULTS["layer_pattern"]
+    decay_embeddings: bool = DEFAULTS["decay_embeddings"]
+    stochastic_rounding: bool = DEFAULTS["stochastic_rounding"]
+    lr_coupling: str = DEFAULTS["lr_coupling"]
+    cautious: bool = DEFAULTS["cautious"]
+    decay_timescale: float | None = DEFAULTS["decay_timescale"]
     base_optimizer: str | None = None
     base_optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
     num_blocks: int | None = None
     depth_weight_decay: dict[str, float] | None = None
+    depth_shrink: dict[str, float] | None = None
     lpwd_version: str = __version__
 
     def __post_init__(self) -> None:
@@ -134,8 +131,6 @@ class LPWDConfig:
         self, model: Any, decay_names: Any = None, depths: tuple[dict[str, int], int] | None = None
     ) -> list[dict[str, Any]]:
         """The optimizer param groups these settings give for ``model`` (see :func:`hf_lpwd.lpwd_param_groups`)."""
-        from .groups import lpwd_param_groups
-
         return lpwd_param_groups(
             model,
             self.weight_decay,
@@ -151,26 +146,22 @@ class LPWDConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad key."""
-        if self.mode not in WEIGHT_DECAY_MODES:
-            raise ValueError(f"LPWDConfig.mode={self.mode!r} is not one of {list(WEIGHT_DECAY_MODES)}")
-        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)):
-            raise ValueError(f"LPWDConfig.weight_decay must be a number, got {type(self.weight_decay).__name__}")
-        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(f"LPWDConfig.weight_decay={self.weight_decay} must be a finite number >= 0")
-        if not isinstance(self.layerwise, bool):
-            raise ValueError(f"LPWDConfig.layerwise must be true or false, got {self.layerwise!r}")
+        validate_choice(self.mode, WEIGHT_DECAY_MODES, "LPWDConfig.mode")
+        validate_weight_decay(self.weight_decay, "LPWDConfig.weight_decay")
+        validate_bool(self.layerwise, "LPWDConfig.layerwise")
         if self.mode == "lpwd" and not self.layerwise:
             raise ValueError(
                 "LPWDConfig: mode='lpwd' is pwd with the layer-wise profile, so layerwise=False contradicts it; "
                 "use mode='pwd' for pre-weight decay with a uniform λ"
             )
         validate_layer_lr_decay(self.layer_lr_decay, "LPWDConfig.layer_lr_decay")
-        if self.tied_depth not in TIED_DEPTHS:
-            raise ValueError(f"LPWDConfig.tied_depth={self.tied_depth!r} is not one of {list(TIED_DEPTHS)}")
+        validate_choice(self.tied_depth, TIED_DEPTHS, "LPWDConfig.tied_depth")
         validate_layer_pattern(self.layer_pattern, "LPWDConfig.layer_pattern")
         for name in ("decay_embeddings", "stochastic_rounding"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"LPWDConfig.{name} must be true or false, got {getattr(self, name)!r}")
+            validate_bool(getattr(self, name), f"LPWDConfig.{name}")
+        validate_choice(self.lr_coupling, LR_COUPLINGS, "LPWDConfig.lr_coupling")
+        validate_cautious(self.cautious, self.timing, "LPWDConfig.cautious")
+        validate_decay_timescale(self.decay_timescale, "LPWDConfig.decay_timescale")
         if self.base_optimizer is not None and not isinstance(self.base_optimizer, str):
             raise ValueError(f"LPWDConfig.base_optimizer must be a string, got {self.base_optimizer!r}")
         if not isinstance(self.base_optimizer_kwargs, dict):
@@ -183,14 +174,15 @@ class LPWDConfig:
             isinstance(self.num_blocks, bool) or not isinstance(self.num_blocks, int) or self.num_blocks < 0
         ):
             raise ValueError(f"LPWDConfig.num_blocks must be an integer >= 0, got {self.num_blocks!r}")
-        if self.depth_weight_decay is not None:
-            if not isinstance(self.depth_weight_decay, dict):
-                raise ValueError("LPWDConfig.depth_weight_decay must be a JSON object {depth: λ}")
-            for depth, lam in self.depth_weight_decay.items():
-                if not str(depth).isdigit() or isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
-                    raise ValueError(
-                        f"LPWDConfig.depth_weight_decay[{depth!r}]={lam!r}: keys are depths, values λ >= 0"
-                    )
+        for name, what in (("depth_weight_decay", "λ"), ("depth_shrink", "S")):
+            per_depth = getattr(self, name)
+            if per_depth is None:
+                continue
+            if not isinstance(per_depth, dict):
+                raise ValueError(f"LPWDConfig.{name} must be a JSON object {{depth: {what}}}")
+            for depth, value in per_depth.items():
+                if not str(depth).isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                    raise ValueError(f"LPWDConfig.{name}[{depth!r}]={value!r}: keys are depths, values {what} >= 0")
         if not isinstance(self.lpwd_version, str):
             raise ValueError("LPWDConfig.lpwd_version must be a string")
 
@@ -232,7 +224,7 @@ class LPWDConfig:
             raise ValueError(f"unknown LPWD config key(s) {unknown}; valid keys are {sorted(known)}")
         if "base_optimizer_kwargs" in data and isinstance(data["base_optimizer_kwargs"], dict):
             data["base_optimizer_kwargs"] = dict(data["base_optimizer_kwargs"])
-        for key in ("weight_decay", "layer_lr_decay"):
+        for key in ("weight_decay", "layer_lr_decay", "decay_timescale"):
             if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
                 data[key] = float(data[key])
         return cls(**data)
@@ -318,36 +310,5 @@ class LPWDConfig:
 
     # ------------------------------------------------------------------ model card
     def model_card_section(self) -> str:
-        """A short Markdown section for the model card: what transformers' card cannot say."""
-        timing = {
-            "wd": "decoupled decay, as AdamW: θ ← θ − ηu − ηλθ",
-            "rwd": "real-time decay: θ ← (1 − ηλ)(θ − ηu)",
-            "pwd": "pre-weight decay: θ ← (1 − ηλ)θ before each forward pass",
-        }[self.timing]
-        profile = "layer-wise, λ·(d+1)/(N+2) at depth d" if self.layerwise else "uniform"
-        lines = [
-            "## Weight decay: LPWD",
-            "",
-            f"This model was trained with `hf_lpwd` {self.lpwd_version}, weight decay mode `{self.mode}`: "
-            f"timing {timing}; λ profile {profile}.",
-            "",
-            "| setting | value |",
-            "|---|---|",
-            f"| λ (weight_decay) | {self.weight_decay:g} |",
-            f"| timing / profile | {self.timing} / {'layer-wise' if self.layerwise else 'uniform'} |",
-            f"| base optimizer | {self.base_optimizer or 'adamw'} |",
-            f"| decay embeddings | {self.decay_embeddings} |",
-            f"| tied embedding depth | {self.tied_depth} |",
-        ]
-        if self.layer_lr_decay != 1.0:
-            lines.append(f"| layer-wise lr decay γ | {self.layer_lr_decay:g} (lr·γ^(N+1−d)) |")
-        if self.layer_pattern:
-            lines.append(f"| layer pattern | `{self.layer_pattern}` |")
-        if self.num_blocks is not None:
-            lines.append(f"| blocks (N) | {self.num_blocks} |")
-        if self.depth_weight_decay:
-            per_depth = ", ".join(f"{d}: {lam:.3g}" for d, lam in sorted(self.depth_weight_decay.items(),
-                                                                        key=lambda kv: int(kv[0])))
-            lines.append(f"| λ per depth | {per_depth} |")
-        lines += ["", f"The full settings are in `{LPWD_CONFIG_NAME}`.", ""]
-        return "\n".join(lines)
+        """A short Markdown section for the model card (:func:`hf_lpwd.card.model_card_section`)."""
+        return model_card_section(self)

@@ -20,14 +20,20 @@ ride along harmlessly (and into ``state_dict()``).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from torch import nn
 
 from .layers import LayerPattern, layer_depths_with_count
+from .optim.functional import decay_per_step
+from .settings import TIED_DEPTHS, validate_choice, validate_layer_lr_decay
 
-__all__ = ["lpwd_param_groups", "default_decay_parameter_names", "layer_table", "format_layer_table", "tied_aliases"]
+__all__ = ["lpwd_param_groups", "default_decay_parameter_names", "layer_table", "format_layer_table", "tied_aliases",
+           "group_shrink", "shrink_warning", "SHRINK_LIMIT"]
+
+SHRINK_LIMIT = 1.0
+"""S above which the layer table warns: in our paired fine-tuning study accuracy collapsed beyond S ≈ 1."""
 
 # How many example names layer_table keeps per depth.
 _EXAMPLES = 3
@@ -92,11 +98,8 @@ def lpwd_param_groups(
         Groups sorted by depth, the decayed group of a depth before its non-decayed one; empty
         groups are dropped (except in the classic pair, as in the Trainer).
     """
-    from .config import TIED_DEPTHS, validate_layer_lr_decay
-
     validate_layer_lr_decay(layer_lr_decay, "layer_lr_decay")
-    if tied_depth not in TIED_DEPTHS:
-        raise ValueError(f"tied_depth={tied_depth!r} is not one of {list(TIED_DEPTHS)}")
+    validate_choice(tied_depth, TIED_DEPTHS, "tied_depth")
     named = list(model.named_parameters())
     decayed = _decayed_names(model, named, decay_names, no_decay_names)
     trainable = [(n, p) for n, p in named if p.requires_grad]
@@ -187,16 +190,42 @@ def _group(
     return group
 
 
-def layer_table(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def group_shrink(weight_decay: float, base_lr: float, scales: Sequence[float], lr_coupling: str = "coupled") -> float:
+    """S = Σ_t d_t over a run whose lr is η̄·s_t: the log-shrink of a weight no gradient moves.
+
+    Such a weight ends at Π_t (1 − d_t)·θ_0 ≈ e^(−S)·θ_0, whatever the timing, so S says how much of a
+    weight the decay alone removes over the run; with d_t of the lr coupling (see :mod:`hf_lpwd.optim.functional`).
+    """
+    if weight_decay == 0.0:
+        return 0.0
+    return float(sum(decay_per_step(lr_coupling, weight_decay, base_lr * s, base_lr) for s in scales))
+
+
+def shrink_warning(rows: list[dict[str, Any]], limit: float = SHRINK_LIMIT) -> str | None:
+    """The warning for decayed depths whose run shrink S exceeds ``limit``, or ``None``."""
+    over = [(row["depth"], row["shrink"]) for row in rows if row.get("shrink") is not None and row["shrink"] > limit]
+    if not over:
+        return None
+    listed = ", ".join(f"depth {d}: S = {s:.3g}" for d, s in over)
+    return (
+        f"LPWD: the decay alone would shrink a weight by e^-S with shrink S > {limit:g} over this run ({listed}). In "
+        "our paired fine-tuning study (README, 'Do the paper's claims hold?') accuracy collapsed beyond S ≈ 1. Lower "
+        "--weight_decay (S is proportional to it), or give --lpwd_decay_timescale a larger τ."
+    )
+
+
+def layer_table(groups: list[dict[str, Any]], shrink: Sequence[float | None] | None = None) -> list[dict[str, Any]]:
     """Summarise param groups per depth, for the CLI and the Trainer's log.
 
     Each row: ``depth``, ``tensors``, ``params`` (element count), ``multiplier`` and
     ``weight_decay`` (those of the depth's decayed group; 0 if nothing there is decayed),
     ``lr_multiplier`` (LLRD's γ^(N+1−d)), ``decayed_tensors``, ``examples`` (a few parameter
     names, decayed ones first) and ``tied`` (``"alias = name"`` of tied tensors at that depth).
+    With ``shrink`` (S per group, :func:`group_shrink`), each row also has ``shrink``: the largest S
+    of its decayed groups.
     """
     rows: dict[Any, dict[str, Any]] = {}
-    for group in groups:
+    for index, group in enumerate(groups):
         depth = group.get("depth")
         row = rows.setdefault(
             depth,
@@ -209,6 +238,12 @@ def layer_table(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         names = group.get("param_names") or []
         row["tensors"] += len(params)
         row["params"] += sum(int(p.numel()) for p in params)
+        if shrink is not None:
+            row.setdefault("shrink", 0.0)
+            if shrink[index] is None:
+                row["shrink"] = None
+            elif row["shrink"] is not None:
+                row["shrink"] = max(row["shrink"], float(shrink[index]))
         if group.get("lpwd_multiplier", 0.0) > 0 or group.get("weight_decay", 0.0) > 0:
             row["multiplier"] = max(row["multiplier"], float(group.get("lpwd_multiplier", 0.0)))
             row["weight_decay"] = max(row["weight_decay"], float(group["weight_decay"]))
@@ -219,11 +254,14 @@ def layer_table(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_layer_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> str:
     """Plain-text table of :func:`layer_table` rows (the CLI's output and the Trainer's start-of-training log)."""
-    header = ("depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay", "examples")
+    with_shrink = any("shrink" in row for row in rows)
+    header = ("depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay", *(("shrink",) if with_shrink else ()),
+              "examples")
     lines = [header]
     tied: list[str] = []
     for row in rows:
         examples = ", ".join(row["examples"][:examples_shown])
+        shrink = row.get("shrink")
         lines.append(
             (
                 str(row["depth"]),
@@ -232,6 +270,7 @@ def format_layer_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> s
                 f"{row.get('lr_multiplier', 1.0):.4g}",
                 f"{row['multiplier']:.4f}",
                 f"{row['weight_decay']:.6g}",
+                *((("?" if shrink is None else f"{shrink:.4g}"),) if with_shrink else ()),
                 examples,
             )
         )

@@ -30,12 +30,16 @@ def test_round_trip_is_equal_and_byte_stable(tmp_path: Path) -> None:
     assert json.loads(first) == {
         "base_optimizer": "adamw_torch_fused",
         "base_optimizer_kwargs": {"betas": [0.9, 0.999], "fused": True, "lr": 0.001},
+        "cautious": False,
         "decay_embeddings": False,
+        "decay_timescale": None,
+        "depth_shrink": None,
         "depth_weight_decay": {"1": 0.15, "2": 0.225, "3": 0.3},
         "layer_lr_decay": 1.0,
         "layer_pattern": r"\.layers\.(\d+)\.",
         "layerwise": True,
         "lpwd_version": __version__,
+        "lr_coupling": "coupled",
         "mode": "lpwd",
         "num_blocks": 2,
         "stochastic_rounding": True,
@@ -73,6 +77,18 @@ def test_a_config_written_by_0_1_0_loads_and_means_the_same(tmp_path: Path, mode
     cfg = LPWDConfig.from_pretrained(tmp_path)
     assert (cfg.mode, cfg.layerwise, cfg.layer_lr_decay, cfg.tied_depth, cfg.weight_decay) == (
         mode, layerwise, 1.0, "input", 0.2)
+    assert (cfg.lr_coupling, cfg.cautious, cfg.decay_timescale) == ("coupled", False, None)
+
+
+def test_a_config_written_by_0_2_0_loads_and_means_coupled_not_cautious_no_timescale(tmp_path: Path) -> None:
+    old = {"base_optimizer": "adamw_torch_fused", "base_optimizer_kwargs": {"betas": [0.9, 0.999]},
+           "decay_embeddings": True, "depth_weight_decay": {"1": 0.05, "2": 0.1}, "layer_lr_decay": 0.9,
+           "layer_pattern": None, "layerwise": True, "lpwd_version": "0.2.0", "mode": "lpwd", "num_blocks": 2,
+           "stochastic_rounding": True, "tied_depth": "output", "weight_decay": 0.1}
+    (tmp_path / LPWD_CONFIG_NAME).write_text(json.dumps(old))
+    cfg = LPWDConfig.from_pretrained(tmp_path)
+    assert (cfg.lr_coupling, cfg.cautious, cfg.decay_timescale, cfg.depth_shrink) == ("coupled", False, None, None)
+    assert (cfg.layer_lr_decay, cfg.tied_depth, cfg.weight_decay, cfg.timing) == (0.9, "output", 0.1, "pwd")
 
 
 @pytest.mark.parametrize(
@@ -94,6 +110,12 @@ def test_a_config_written_by_0_1_0_loads_and_means_the_same(tmp_path: Path, mode
         ({"layer_lr_decay": 0}, r"LPWDConfig.layer_lr_decay=0 must be in \(0, 1\]"),
         ({"layer_lr_decay": 1.5}, r"LPWDConfig.layer_lr_decay=1.5 must be in \(0, 1\]"),
         ({"layer_lr_decay": "0.9"}, r"LPWDConfig.layer_lr_decay must be a number"),
+        ({"lr_coupling": "sqrt"}, r"LPWDConfig.lr_coupling='sqrt' is not one of \['coupled', 'independent'"),
+        ({"mode": "lpwd", "cautious": True}, r"LPWDConfig.cautious=true needs the wd timing.*pwd decays before"),
+        ({"cautious": "yes", "mode": "wd"}, r"LPWDConfig.cautious must be true or false"),
+        ({"decay_timescale": 0}, r"LPWDConfig.decay_timescale=0.0 must be a number of epochs > 0"),
+        ({"decay_timescale": -3.0}, r"LPWDConfig.decay_timescale=-3.0 must be a number of epochs > 0"),
+        ({"depth_shrink": {"1": -0.5}}, r"LPWDConfig.depth_shrink\['1'\]=-0.5"),
         ({"tied_depth": "head"}, r"LPWDConfig.tied_depth='head' is not one of \['input', 'output'\]"),
     ],
 )

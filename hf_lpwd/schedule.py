@@ -1,0 +1,43 @@
+"""The lr schedule of a run as scale factors s_t (η_t = η̄·s_t), before or after the Trainer builds it.
+
+The shrink S = Σ_t d_t of the layer table and the first step's decay under DeepSpeed both need the
+schedule's values; they come from transformers' own ``get_scheduler`` or from the scheduler itself, never
+from a copy of its formulas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def scheduler_scales(lr_scheduler: Any, num_training_steps: int) -> list[list[float]] | None:
+    """s_t per param group of a ``LambdaLR`` (every Trainer schedule but ``reduce_lr_on_plateau``), or ``None``.
+
+    Groups sharing one lambda (the Trainer's) are evaluated once.
+    """
+    if not isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return None
+    cache: dict[int, list[float]] = {}
+    out = []
+    for fn in lr_scheduler.lr_lambdas:
+        if id(fn) not in cache:
+            cache[id(fn)] = [float(fn(t)) for t in range(num_training_steps)]
+        out.append(cache[id(fn)])
+    return out
+
+
+def trainer_schedule_scales(
+    lr_scheduler_type: str, num_training_steps: int, num_warmup_steps: int = 0, scheduler_kwargs: dict | None = None
+) -> list[float]:
+    """s_t of a Trainer schedule (``--lr_scheduler_type``), from transformers' ``get_scheduler`` on a probe."""
+    from transformers import get_scheduler
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = get_scheduler(lr_scheduler_type, optimizer=probe, num_warmup_steps=num_warmup_steps,
+                              num_training_steps=num_training_steps, scheduler_specific_kwargs=scheduler_kwargs or {})
+    scales = scheduler_scales(scheduler, num_training_steps)
+    if scales is None:
+        raise ValueError(f"--lr_scheduler_type {lr_scheduler_type} cannot say its lrs ahead of the run")
+    return scales[0]
