@@ -41,6 +41,15 @@ from hf_lpwd import LPWD
 LR, WEIGHT_DECAY = 1e-3, 0.1
 WARMUP = 3
 RESULTS = Path(__file__).resolve().parent / "results" / "optimizer_step.md"
+RULES: list[tuple[str, dict, float]] = [
+    ("wd", {"mode": "wd"}, 1.05),
+    ("rwd", {"mode": "rwd"}, 1.05),
+    ("pwd", {"mode": "pwd"}, 1.05),
+    ("pwd independent", {"mode": "pwd", "lr_coupling": "independent"}, 1.05),
+    ("pwd corrected", {"mode": "pwd", "lr_coupling": "corrected"}, 1.05),
+    ("wd cautious", {"mode": "wd", "cautious": True}, 1.5),
+]
+"""(row label, LPWD settings, target ratio to the same torch AdamW variant): issue 19's targets for the rules."""
 
 
 def encoder_shapes(params_millions: float, hidden: int = 384, vocab: int = 30522) -> list[tuple[int, ...]]:
@@ -148,12 +157,13 @@ def main() -> None:
 
     rows: list[tuple[str, str, float, float, float, float, str]] = []
     for variant, kw in (("fused", {"fused": True}), ("foreach", {"foreach": True})):
-        for mode in ("wd", "rwd", "pwd"):
-            ours = LPWD(make_params(shapes, grads, 1), base="adamw", mode=mode, lr=LR, weight_decay=WEIGHT_DECAY, **kw)
+        for label, rule, limit in RULES:
+            lam = WEIGHT_DECAY * LR if rule.get("lr_coupling") == "independent" else WEIGHT_DECAY  # same d per step
+            ours = LPWD(make_params(shapes, grads, 1), base="adamw", lr=LR, weight_decay=lam, **rule, **kw)
             ref = torch.optim.AdamW(make_params(shapes, grads, 1), lr=LR, weight_decay=WEIGHT_DECAY, **kw)
             t_ours, t_ref, paired = alternate(lpwd_step(ours), ref.step, args.steps)
-            rows.append((f"AdamW {variant}", mode, t_ours * 1e3, t_ref * 1e3, t_ours / t_ref, paired,
-                         verdict(t_ours / t_ref, paired, variant)))
+            rows.append((f"AdamW {variant}", label, t_ours * 1e3, t_ref * 1e3, t_ours / t_ref, paired,
+                         verdict(t_ours / t_ref, paired, variant, limit)))
             print(rows[-1], flush=True)
             del ours, ref
         ours_fn, ref_fn, ours = scheduled_pair(shapes, grads, kw, 2 * (WARMUP + args.steps))

@@ -69,24 +69,24 @@ def step_without_global_hooks(optimizer: torch.optim.Optimizer) -> Any:
     return (inner or step)(optimizer)
 
 
-def update_directions(base: torch.optim.Optimizer, group: dict[str, Any], params: list[torch.Tensor]) -> list[torch.Tensor]:
-    """After the base stepped ``params``, a tensor per parameter with the sign of the update u it took.
+def coming_update_direction(base: torch.optim.Optimizer, group: dict[str, Any], param: torch.Tensor) -> torch.Tensor:
+    """A new tensor with the sign of the update u the base's coming step will take for ``param``.
 
-    Adam(W): u = m̂/(√v̂+ε) has the sign of ``exp_avg``.  SGD: u is the momentum buffer (with Nesterov
-    g + μ·buf), or the gradient without momentum; ``maximize`` flips the gradient first, as torch does.
+    Read before the step, from the gradient and the state the step will update: Adam(W)'s
+    m_t = β1·m_{t−1} + (1 − β1)·g (u = m̂/(√v̂+ε) has its sign); SGD's momentum buffer
+    μ·buf + (1 − dampening)·g (the gradient itself on the first step or without momentum; Nesterov
+    g + μ·buf_t).  ``maximize`` negates the gradient first, as torch does.
     """
+    grad = -param.grad if group.get("maximize", False) else param.grad
+    state = base.state.get(param, {})
     if isinstance(base, torch.optim.SGD):
-        momentum, nesterov = group.get("momentum", 0.0), group.get("nesterov", False)
-        sign = -1.0 if group.get("maximize", False) else 1.0
-        out = []
-        for p in params:
-            buf = base.state.get(p, {}).get("momentum_buffer")
-            grad = p.grad if sign == 1.0 else -p.grad
-            if momentum == 0 or buf is None:
-                out.append(grad)
-            elif nesterov:
-                out.append(grad.add(buf, alpha=momentum))
-            else:
-                out.append(buf)
-        return out
-    return [base.state[p]["exp_avg"] for p in params]
+        momentum = group.get("momentum", 0.0)
+        buf = state.get("momentum_buffer")
+        if momentum == 0:
+            return grad.clone()
+        buf = grad.clone() if buf is None else buf.mul(momentum).add_(grad, alpha=1.0 - group.get("dampening", 0.0))
+        return grad.add(buf, alpha=momentum) if group.get("nesterov", False) else buf
+    exp_avg = state.get("exp_avg")
+    if exp_avg is None:
+        return grad.clone()  # m_1 = (1 − β1)·g
+    return torch.lerp(exp_avg, grad.to(exp_avg.dtype), 1.0 - group["betas"][0])

@@ -123,17 +123,15 @@ def cautious_wd_update(theta: torch.Tensor, u: torch.Tensor, lr: float, decay: f
 
 
 @torch.no_grad()
-def apply_cautious_decay_(
-    params: list[torch.Tensor], before: list[torch.Tensor], directions: list[torch.Tensor], decay: float
-) -> None:
-    """θ_{t+1} −= d·1[u ⊙ θ_t ≥ 0] ⊙ θ_t in place, after the base step moved θ_t to θ_t − η·u.
+def apply_cautious_decay_(param: torch.Tensor, direction: torch.Tensor, decay: float) -> None:
+    """θ ← θ − d·1[u ⊙ θ ≥ 0] ⊙ θ in place, *before* the base step moves θ by −η·u.
 
-    ``before`` holds θ_t and ``directions`` a tensor with the sign of u per coordinate (Adam's first
-    moment: m̂/(√v̂+ε) has m's sign).  Complex tensors are masked per real component, as torch's
-    optimizers treat them.
+    With the wd timing the decay term does not change u, so decaying first and stepping the base with
+    λ = 0 gives θ − η·u − d·1[u⊙θ ≥ 0]⊙θ.  ``direction`` need only have u's sign per coordinate (Adam's
+    first moment m_t: m̂/(√v̂+ε) has its sign).  Complex tensors are masked per real component, as torch's
+    optimizers treat them.  ``direction`` is overwritten (it is a temporary).
     """
-    for param, old, direction in zip(params, before, directions, strict=True):
-        if torch.is_complex(param):
-            param, old, direction = (torch.view_as_real(t) for t in (param, old, direction))
-        keep = torch.mul(direction, old).ge_(0)  # 1.0 where u·θ_t >= 0, else 0.0
-        param.addcmul_(keep, old, value=-decay)
+    if torch.is_complex(param):
+        param, direction = torch.view_as_real(param), torch.view_as_real(direction)
+    keep = direction.mul_(param).ge_(0)  # 1.0 where u·θ >= 0, else 0.0
+    param.addcmul_(keep, param, value=-decay)

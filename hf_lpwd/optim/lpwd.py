@@ -29,11 +29,11 @@ from ..rounding import LOW_PRECISION_DTYPES, scale_
 from ..settings import DEFAULT_WEIGHT_DECAY, LR_COUPLINGS, TIMINGS, check_decay_factor, validate_cautious
 from . import ledger, lookahead
 from .bases import (
+    coming_update_direction,
     refuse_cautious_base,
     refuse_schedule_free,
     resolve_base,
     step_without_global_hooks,
-    update_directions,
 )
 from .functional import apply_cautious_decay_, effective_weight_decay, pwd_fold_on_adamw, rwd_on_adamw
 
@@ -52,7 +52,7 @@ class _GroupPlan:
     before: float = 1.0  # scale of the parameters with a gradient, before the base step (generic wd)
     after: float = 1.0  # scale after the base step ...
     after_scope: str = "stepped"  # ... of the parameters with a gradient, "all" of them, or the "idle" ones
-    cautious: float = 0.0  # d_t of the masked decay, after the base step
+    cautious: float = 0.0  # d_t of the masked decay, before the base step
     record: float | None = None  # pwd: the factor the weights carry for the next step, once stepped
 
 
@@ -509,13 +509,12 @@ class LPWD(torch.optim.Optimizer):
         """Scale passes before, one base step with the plans' hyperparameters, scale passes after."""
         groups = self.param_groups
         stepped = [[p for p in g["params"] if p.grad is not None] for g in groups]
-        for plan, params in zip(plans, stepped, strict=True):
+        for group, plan, params in zip(groups, plans, stepped, strict=True):
             if plan is not None and plan.before != 1.0 and params:
                 scale_(params, plan.before, stochastic=self.stochastic_rounding)
-        before_step = [
-            [p.detach().clone() for p in params] if plan is not None and plan.cautious > 0.0 else None
-            for plan, params in zip(plans, stepped, strict=True)
-        ]
+            if plan is not None and plan.cautious > 0.0:
+                for p in params:  # one temporary at a time: no copy of the model
+                    apply_cautious_decay_(p, coming_update_direction(self.base_optimizer, group, p), plan.cautious)
         saved = [{key: g[key] for key in plan.override} if plan is not None else {} for g, plan in zip(groups, plans, strict=True)]
         try:
             for group, plan in zip(groups, plans, strict=True):
@@ -525,11 +524,9 @@ class LPWD(torch.optim.Optimizer):
         finally:
             for group, values in zip(groups, saved, strict=True):
                 group.update(values)
-        for group, plan, params, olds in zip(groups, plans, stepped, before_step, strict=True):
+        for group, plan, params in zip(groups, plans, stepped, strict=True):
             if plan is None:
                 continue
-            if olds:
-                apply_cautious_decay_(params, olds, update_directions(self.base_optimizer, group, params), plan.cautious)
             if plan.after != 1.0:
                 targets = {
                     "stepped": params,
