@@ -206,7 +206,7 @@ def shrink_warning(rows: list[dict[str, Any]], limit: float = SHRINK_LIMIT) -> s
     over = [(row["depth"], row["shrink"]) for row in rows if row.get("shrink") is not None and row["shrink"] > limit]
     if not over:
         return None
-    listed = ", ".join(f"depth {d}: S = {s:.3g}" for d, s in over)
+    listed = ", ".join(f"{'decayed parameters' if d is None else f'depth {d}'}: S = {s:.3g}" for d, s in over)
     return (
         f"LPWD: the decay alone would shrink a weight by e^-S with shrink S > {limit:g} over this run ({listed}). In "
         "our paired fine-tuning study (README, 'Do the paper's claims hold?') accuracy collapsed beyond S ≈ 1. Lower "

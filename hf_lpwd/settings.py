@@ -124,8 +124,8 @@ def check_decay_factor(decay: float, where: str, fix: str = "lower weight_decay 
         raise ValueError(f"{where}: the per-step decay is {decay}; it must be a finite number >= 0")
     if decay >= 1.0:
         raise ValueError(
-            f"{where}: the per-step decay d = {decay:g} makes the factor 1 − d = {1.0 - decay:g} <= 0, which would "
-            f"flip the weights' signs; {fix} so that d < 1"
+            f"{where}: the per-step decay d = {decay:g} must stay below 1 (the factor 1 − d = {1.0 - decay:g} would "
+            f"be <= 0 and flip the weights' signs); {fix}"
         )
 
 

@@ -38,17 +38,26 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from .config import (
-    LPWD_CONFIG_NAME,
-    TIED_DEPTHS,
-    WEIGHT_DECAY_MODES,
-    LPWDConfig,
-    validate_layer_lr_decay,
-    validate_layer_pattern,
-)
-from .groups import format_layer_table, layer_table
+from .config import LPWD_CONFIG_NAME, LPWDConfig
+from .groups import format_layer_table, group_shrink, layer_table, shrink_warning
 from .layers import layer_depths_with_count
 from .optim import LPWD
+from .optim.bases import refuse_cautious_base
+from .optim.functional import weight_decay_for_timescale
+from .schedule import scheduler_scales
+from .settings import (
+    DEFAULTS,
+    LR_COUPLINGS,
+    TIED_DEPTHS,
+    WEIGHT_DECAY_MODES,
+    check_decay_factor,
+    validate_cautious,
+    validate_choice,
+    validate_decay_timescale,
+    validate_layer_lr_decay,
+    validate_layer_pattern,
+    validate_weight_decay,
+)
 
 # A child of transformers' library logger: ``--log_level`` / ``transformers.logging.set_verbosity_*``
 # decide what shows, on the Trainer's own handler, as for the Trainer's own messages.
@@ -104,6 +113,23 @@ class LPWDTrainingArguments(TrainingArguments):
     lpwd_log_layer_norms: bool = field(
         default=True, metadata={"help": "Log the weight norm of each depth with the training logs."}
     )
+    lpwd_lr_coupling: str = field(
+        default=DEFAULTS["lr_coupling"],
+        metadata={"help": "How the per-step decay d follows the lr: coupled d = lr_t*λ (AdamW); independent "
+                  "d = (lr_t/lr)*λ, not multiplied by the peak lr; corrected d = (lr_t²/lr)*λ (AdamC).",
+                  "choices": list(LR_COUPLINGS)},
+    )
+    lpwd_cautious: bool = field(
+        default=DEFAULTS["cautious"],
+        metadata={"help": "Cautious weight decay: decay only the coordinates where the update and the weight have "
+                  "the same sign (wd timing; adamw/sgd bases)."},
+    )
+    lpwd_decay_timescale: float | None = field(
+        default=DEFAULTS["decay_timescale"],
+        metadata={"help": "Set λ from the weights' EMA timescale τ in epochs: λ = 1/(lr*τ*steps per epoch) "
+                  "(independent: 1/(τ*steps per epoch)). Like --weight_decay it sets λ, the head's rate under the "
+                  "layer-wise profile; give one or the other."},
+    )
     lpwd_config: str | None = field(
         default=None,
         metadata={"help": "Start from a saved lpwd_config.json (a folder, a file or a Hub repo id). A flag given "
@@ -118,8 +144,7 @@ class LPWDTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"--weight_decay_mode={self.weight_decay_mode!r} is not one of {list(WEIGHT_DECAY_MODES)}"
             )
-        if not isinstance(self.weight_decay, (int, float)) or not self.weight_decay >= 0:
-            raise ValueError(f"--weight_decay={self.weight_decay} must be >= 0 (it is λ)")
+        validate_weight_decay(self.weight_decay, "--weight_decay")
         validate_layer_pattern(self.lpwd_layer_pattern, "--lpwd_layer_pattern")
         validate_layer_lr_decay(self.lpwd_layer_lr_decay, "--lpwd_layer_lr_decay")
         if self.weight_decay_mode == "lpwd" and self.lpwd_layerwise is False:
@@ -127,8 +152,17 @@ class LPWDTrainingArguments(TrainingArguments):
                 "--weight_decay_mode lpwd is pwd with the layer-wise profile; with --lpwd_layerwise false use "
                 "--weight_decay_mode pwd"
             )
-        if self.lpwd_tied_depth not in TIED_DEPTHS:
-            raise ValueError(f"--lpwd_tied_depth={self.lpwd_tied_depth!r} is not one of {list(TIED_DEPTHS)}")
+        validate_choice(self.lpwd_tied_depth, TIED_DEPTHS, "--lpwd_tied_depth")
+        validate_choice(self.lpwd_lr_coupling, LR_COUPLINGS, "--lpwd_lr_coupling")
+        timing = "pwd" if self.weight_decay_mode == "lpwd" else self.weight_decay_mode
+        validate_cautious(self.lpwd_cautious, timing, "--lpwd_cautious")
+        validate_decay_timescale(self.lpwd_decay_timescale, "--lpwd_decay_timescale")
+        default_lambda = next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == "weight_decay")
+        if self.lpwd_decay_timescale is not None and self.weight_decay != default_lambda:
+            raise ValueError(
+                f"--lpwd_decay_timescale={self.lpwd_decay_timescale:g} and --weight_decay={self.weight_decay:g} both set "
+                "λ: give one of them (the timescale chooses λ = 1/(lr·τ·steps per epoch))"
+            )
         super().__post_init__()
 
     @staticmethod
@@ -149,7 +183,13 @@ class LPWDTrainingArguments(TrainingArguments):
             "lpwd_layer_pattern": saved.layer_pattern,
             "lpwd_decay_embeddings": saved.decay_embeddings,
             "lpwd_stochastic_rounding": saved.stochastic_rounding,
+            "lpwd_lr_coupling": saved.lr_coupling,
+            "lpwd_cautious": saved.cautious,
+            "lpwd_decay_timescale": saved.decay_timescale,
         }
+        if saved.decay_timescale is not None:
+            # λ comes from τ in the new run (its steps per epoch); the saved λ was the old run's.
+            values.pop("weight_decay")
         if saved.base_optimizer:
             values["optim"] = saved.base_optimizer
         return values
@@ -171,14 +211,17 @@ class LPWDTrainingArguments(TrainingArguments):
 def lpwd_config_from_args(args: TrainingArguments) -> LPWDConfig:
     """The LPWD settings of any ``TrainingArguments`` (plain ones get LPWD's defaults)."""
     return LPWDConfig(
-        mode=getattr(args, "weight_decay_mode", "lpwd"),
+        mode=getattr(args, "weight_decay_mode", DEFAULTS["mode"]),
         weight_decay=float(args.weight_decay),
-        layerwise=getattr(args, "lpwd_layerwise", None),
-        layer_lr_decay=float(getattr(args, "lpwd_layer_lr_decay", 1.0)),
-        tied_depth=getattr(args, "lpwd_tied_depth", "input"),
-        layer_pattern=getattr(args, "lpwd_layer_pattern", None),
-        decay_embeddings=getattr(args, "lpwd_decay_embeddings", True),
-        stochastic_rounding=getattr(args, "lpwd_stochastic_rounding", True),
+        layerwise=getattr(args, "lpwd_layerwise", DEFAULTS["layerwise"]),
+        layer_lr_decay=float(getattr(args, "lpwd_layer_lr_decay", DEFAULTS["layer_lr_decay"])),
+        tied_depth=getattr(args, "lpwd_tied_depth", DEFAULTS["tied_depth"]),
+        layer_pattern=getattr(args, "lpwd_layer_pattern", DEFAULTS["layer_pattern"]),
+        decay_embeddings=getattr(args, "lpwd_decay_embeddings", DEFAULTS["decay_embeddings"]),
+        stochastic_rounding=getattr(args, "lpwd_stochastic_rounding", DEFAULTS["stochastic_rounding"]),
+        lr_coupling=getattr(args, "lpwd_lr_coupling", DEFAULTS["lr_coupling"]),
+        cautious=getattr(args, "lpwd_cautious", DEFAULTS["cautious"]),
+        decay_timescale=getattr(args, "lpwd_decay_timescale", DEFAULTS["decay_timescale"]),
         base_optimizer=str(getattr(args.optim, "value", args.optim)),
     )
 
@@ -218,11 +261,20 @@ def check_training_arguments(args: TrainingArguments) -> None:
     _refuse_schedule_free(args)
     _refuse_unwrappable_optim(args)
     lr, lam = float(args.learning_rate), float(args.weight_decay)
-    if lam > 0 and lr * lam >= 1.0:
-        raise ValueError(
-            f"--learning_rate={lr:g} × --weight_decay={lam:g} = {lr * lam:g}: η·λ must stay below 1 (the decay "
-            "factor 1 − η·λ would be <= 0 and flip the weights' signs); lower --weight_decay or --learning_rate"
-        )
+    coupling = getattr(args, "lpwd_lr_coupling", DEFAULTS["lr_coupling"])
+    if coupling == "independent":  # d = (η_t/η̄)·λ: λ itself at the peak
+        check_decay_factor(lam, f"--weight_decay={lam:g} with --lpwd_lr_coupling independent (d = λ at the peak lr)",
+                           "lower --weight_decay")
+    else:  # coupled and corrected: d = η·λ at the peak lr
+        check_decay_factor(lr * lam, f"--learning_rate={lr:g} × --weight_decay={lam:g}",
+                           "lower --weight_decay or --learning_rate")
+    if getattr(args, "lpwd_cautious", False):
+        try:
+            base_cls, _ = Trainer.get_optimizer_cls_and_kwargs(args)
+        except Exception:  # noqa: BLE001 - needs the model or a package: LPWD's constructor will say
+            base_cls = None
+        if isinstance(base_cls, type):
+            refuse_cautious_base(base_cls)
 
 
 def _refuse_unwrappable_optim(
@@ -366,6 +418,8 @@ class LPWDMixin:
         source = "optimizer_cls_and_kwargs" if self.optimizer_cls_and_kwargs is not None else None
         _refuse_unwrappable_optim(self.args, (base_cls, base_kwargs), source)
         base_kwargs.pop("weight_decay", None)  # λ is LPWD's, per group
+        if cfg.decay_timescale is not None:
+            cfg.weight_decay = self._weight_decay_from_timescale()
         depths = self._depths_of(opt_model) if cfg.needs_depths else self._optional_depths(opt_model)
         groups = cfg.param_groups(opt_model, decay_names=self.get_decay_parameter_names(opt_model),
                                   depths=depths if cfg.needs_depths else None)
@@ -374,6 +428,8 @@ class LPWDMixin:
             base=base_cls,
             mode=cfg.timing,
             weight_decay=cfg.weight_decay,
+            lr_coupling=cfg.lr_coupling,
+            cautious=cfg.cautious,
             stochastic_rounding=cfg.stochastic_rounding,
             **base_kwargs,
         )
@@ -384,6 +440,25 @@ class LPWDMixin:
             self.optimizer.decay_initial_weights(_initial_lr_scale(self.args), _deepspeed_storage)
         self._record_layers(opt_model, groups, base_kwargs, depths)
         return self.optimizer
+
+    def set_initial_training_values(self, args: TrainingArguments, dataloader: Any) -> tuple:
+        """The Trainer's own count of steps; LPWD keeps its optimizer steps per epoch for the timescale."""
+        values = super().set_initial_training_values(args, dataloader)
+        self._lpwd_steps_per_epoch = int(values[1])
+        return values
+
+    def _weight_decay_from_timescale(self) -> float:
+        """λ = 1/(η̄·τ·S_e) (independent: 1/(τ·S_e)), S_e the optimizer steps per epoch, η̄ = --learning_rate."""
+        steps_per_epoch = getattr(self, "_lpwd_steps_per_epoch", None)
+        if steps_per_epoch is None:  # create_optimizer called outside train(): count as train() would
+            steps_per_epoch = int(self.set_initial_training_values(self.args, self.get_train_dataloader())[1])
+        cfg = self.lpwd_config
+        lam = weight_decay_for_timescale(cfg.lr_coupling, cfg.decay_timescale * steps_per_epoch,
+                                         float(self.args.learning_rate))
+        if self.args.should_log:
+            logger.info("LPWD: --lpwd_decay_timescale %g epochs × %d steps per epoch at lr %g (%s) gives λ = %.6g",
+                        cfg.decay_timescale, steps_per_epoch, self.args.learning_rate, cfg.lr_coupling, lam)
+        return lam
 
     def _optional_depths(self, model: nn.Module) -> tuple[dict[str, int], int] | None:
         """Depths for the per-depth norm log of a uniform, LLRD-free run (which does not need them)."""
@@ -400,7 +475,34 @@ class LPWDMixin:
         lpwd = _unwrap_lpwd(optimizer if optimizer is not None else self.optimizer)
         if lpwd is not None:
             lpwd.set_lr_scheduler(scheduler, num_training_steps)
+            self._log_layer_table(lpwd, scheduler, num_training_steps)
         return scheduler
+
+    def _log_layer_table(self, lpwd: LPWD, scheduler: Any, num_training_steps: int) -> None:
+        """The start-of-training layer table, with the run's shrink S_d = Σ_t d_t from the schedule itself."""
+        cfg = self.lpwd_config
+        groups = lpwd.param_groups
+        scales = scheduler_scales(scheduler, num_training_steps)
+        shrink: list[float | None] | None = None
+        if scales is not None:
+            shrink = [group_shrink(float(g["weight_decay"]), float(base_lr), s, cfg.lr_coupling)
+                      for g, base_lr, s in zip(groups, scheduler.base_lrs, scales, strict=True)]
+        rows = layer_table(groups, shrink if shrink is not None else [None] * len(groups))
+        if shrink is not None and cfg.needs_depths:
+            cfg.depth_shrink = {str(r["depth"]): round(float(r["shrink"]), 6) for r in rows
+                                if r["depth"] is not None and r["weight_decay"] > 0}
+        if not self.args.should_log:
+            return
+        logger.info(
+            "LPWD mode=%s (timing %s, %s λ, %s%s) λ=%g%s layer_lr_decay=%g base=%s, %d steps\n%s",
+            cfg.mode, cfg.timing, "layer-wise" if cfg.layerwise else "uniform", cfg.lr_coupling,
+            ", cautious" if cfg.cautious else "", cfg.weight_decay,
+            f" (from τ = {cfg.decay_timescale:g} epochs)" if cfg.decay_timescale is not None else "",
+            cfg.layer_lr_decay, cfg.base_optimizer, num_training_steps, format_layer_table(rows),
+        )
+        warning = shrink_warning(rows)
+        if warning:
+            logger.warning(warning)
 
     def _record_layers(
         self,
@@ -424,12 +526,6 @@ class LPWDMixin:
             cfg.depth_weight_decay = {
                 str(g["depth"]): float(g["weight_decay"]) for g in groups if g["weight_decay"] > 0
             }
-        if self.args.should_log:
-            logger.info(
-                "LPWD mode=%s (timing %s, %s λ) λ=%g layer_lr_decay=%g base=%s\n%s",
-                cfg.mode, cfg.timing, "layer-wise" if cfg.layerwise else "uniform", cfg.weight_decay,
-                cfg.layer_lr_decay, cfg.base_optimizer, format_layer_table(layer_table(groups)),
-            )
 
     # ------------------------------------------------------------------ the pre-forward decay
     def training_step(self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -62,7 +62,7 @@ def test_arguments_parse_from_command_line_and_yaml(tmp_path: Path) -> None:
     "overrides,match",
     [
         ({"weight_decay_mode": "l2"}, r"--weight_decay_mode='l2'.*\['wd', 'rwd', 'pwd', 'lpwd'\]"),
-        ({"weight_decay": -0.1}, r"--weight_decay=-0.1 must be >= 0"),
+        ({"weight_decay": -0.1}, r"--weight_decay=-0.1 must be a finite number >= 0"),
         ({"lpwd_layer_pattern": r"layers\.\d+"}, r"--lpwd_layer_pattern=.*exactly one"),
         ({"lpwd_layer_pattern": r"layers\.(\d+"}, r"--lpwd_layer_pattern=.*not a valid regular expression"),
     ],
@@ -403,11 +403,16 @@ def test_layer_table_is_logged_through_transformers_logging(tmp_path: Path, capl
     records = list({id(r): r for r in caplog.records if r.name == "transformers.hf_lpwd"}.values())
     assert len(records) == 1  # one record (pytest's capture may list the same record object twice)
     lines = records[0].getMessage().splitlines()
-    assert lines[0] == "LPWD mode=lpwd (timing pwd, layer-wise λ) λ=0.2 layer_lr_decay=0.5 base=adamw_torch_fused"
-    assert lines[1].split() == ["depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay", "examples"]
+    assert lines[0] == ("LPWD mode=lpwd (timing pwd, layer-wise λ, coupled) λ=0.2 layer_lr_decay=0.5 "
+                        "base=adamw_torch_fused, 1 steps")
+    assert lines[1].split() == ["depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay", "shrink",
+                                "examples"]
     assert [line.split()[:6:3] + line.split()[4:6] for line in lines[2:6]] == [
         ["0", "0.125", "0.2500", "0.05"], ["1", "0.25", "0.5000", "0.1"], ["2", "0.5", "0.7500", "0.15"],
         ["3", "1", "1.0000", "0.2"]]
+    # one step at the full lr (linear schedule, no warm-up): S_d = η·γ^(3−d)·λ_d
+    assert [float(line.split()[6]) for line in lines[2:6]] == pytest.approx(
+        [5e-3 * 0.5 ** (3 - d) * 0.2 * (d + 1) / 4 for d in range(4)], rel=1e-3)
 
 
 def test_save_model_writes_config_and_card_for_models_and_adapters(tmp_path: Path) -> None:
@@ -512,7 +517,7 @@ def test_saved_layerwise_follows_the_mode_unless_it_was_a_choice(tmp_path: Path,
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        ({"learning_rate": 0.5, "weight_decay": 2.0}, r"--learning_rate=0.5 × --weight_decay=2 = 1: η·λ must stay below 1"),
+        ({"learning_rate": 0.5, "weight_decay": 2.0}, r"--learning_rate=0.5 × --weight_decay=2: the per-step decay d = 1 must stay below 1"),
         ({"optim": "schedule_free_adamw"}, r"schedule-free optimizers keep two weight sequences"),
         ({"deepspeed": {"optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 2}}}, r"'optimizer' section"),
     ],
