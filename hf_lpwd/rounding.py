@@ -35,11 +35,11 @@ are drawn as 64-bit words (four 16-bit draws each), which is 4× fewer generator
 is most of the cost.
 
 Why not a compensation (Kahan) buffer.  Keeping the rounding error c = x − RN(x) of every weight in
-a second bf16 tensor and adding it back at the next step is deterministic and needs no random bits
-(on a 2-core CPU it took 0.9–1.8 ms per 1M bf16 weights against 3.3–4 ms here, where drawing the
-bits is most of the time), but it is a second copy of the weights: +2 bytes per parameter of memory,
-read and written at every step (8 bytes/param of traffic against 4 here), and optimizer state that
-checkpoints would have to carry — the state LPWD promises not to add.  On a GPU, where random bits are nearly free, stochastic rounding is the cheaper one.
+a second bf16 tensor and adding it back at the next step is deterministic and needs no random bits,
+but it is a second copy of the weights: +2 bytes per parameter of memory, read and written at every
+step, and optimizer state that checkpoints would have to carry — the state LPWD promises not to add.
+On a GPU, where random bits are nearly free, stochastic rounding is also the cheaper one
+(``benchmarks/bf16_decay.py`` measures the rounded pass).
 
 Caveats.  The bit tricks pass ±inf through and keep NaNs NaN, except a NaN whose upper payload bits
 are all set, which the carry may turn into ±0 or ±inf (never produced by arithmetic on IEEE inputs,
