@@ -5,7 +5,8 @@
 
     class MySFTTrainer(LPWDMixin, SFTTrainer): ...
 
-It changes these things and nothing else, all through the Trainer's public seams:
+It changes these things and nothing else, through the Trainer's seams (no callback: ``wd`` mode is
+the stock Trainer, callbacks included):
 
 * ``create_optimizer`` builds the param groups (λ and lr per depth, depths parsed once) and wraps
   *the optimizer the Trainer itself would have chosen* (``get_optimizer_cls_and_kwargs``:
@@ -17,6 +18,9 @@ It changes these things and nothing else, all through the Trainer's public seams
   free whenever the fold predicted the lr (always, with the Trainer's ``LambdaLR`` schedules), one
   pass otherwise.  Under DeepSpeed the decay acts on DeepSpeed's fp32 master weights inside the step
   instead (a pass on the model's weights would be overwritten);
+* ``train()`` ends pwd exactly: a run stopped before ``max_steps`` (early stopping) divides out the
+  decay folded in for the step that never came, and ``load_best_model_at_end`` leaves the best
+  checkpoint's weights as saved (``_load_best_model``, the one private method overridden);
 * ``save_model`` (every checkpoint and the final model) writes ``lpwd_config.json`` and an LPWD
   section in the folder's model card; the logs get a weight norm per depth.
 
@@ -35,7 +39,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from .config import (
@@ -48,7 +52,7 @@ from .config import (
 )
 from .groups import format_layer_table, layer_table
 from .layers import layer_depths_with_count
-from .optim import LPWD
+from .optim import APPLIED_DECAY_KEY, LPWD
 
 # A child of transformers' library logger: ``--log_level`` / ``transformers.logging.set_verbosity_*``
 # decide what shows, on the Trainer's own handler, as for the Trainer's own messages.
@@ -290,14 +294,25 @@ def _unwrap_lpwd(optimizer: Any) -> LPWD | None:
     return optimizer
 
 
-class _SettleAtTrainEnd(TrainerCallback):
-    """A run stopped before ``max_steps`` (early stopping) leaves a decay folded in for a step that never
-    comes; remove it so the final weights are unfolded pwd's."""
+def _zero_optimizer_with_lp_params(optimizer: Any) -> Any:
+    """DeepSpeed's ZeRO-1/2 optimizer between the Trainer's wrappers and LPWD (the one that copies its fp32
+    master partitions into the model's weights, ``update_lp_params``), or ``None`` (ZeRO-3, no DeepSpeed)."""
+    while optimizer is not None and not isinstance(optimizer, LPWD):
+        if callable(getattr(optimizer, "update_lp_params", None)):
+            return optimizer
+        optimizer = getattr(optimizer, "optimizer", None)
+    return None
 
-    def on_train_end(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
-        lpwd = _unwrap_lpwd(optimizer)
-        if lpwd is not None and lpwd.mode == "pwd" and lpwd.require_pre_step:  # not under DeepSpeed
-            lpwd.settle()
+
+def _forget_applied_decay(lpwd: LPWD) -> None:
+    """pwd: record that the weights carry no decay for a coming step, without touching them.
+
+    For weights just loaded from a checkpoint as the final model: they are the model as saved (θ' of
+    that step, the weights its metric was computed on), and nothing is pending for them.
+    """
+    for group in lpwd.param_groups:
+        group[APPLIED_DECAY_KEY] = None
+    lpwd.settle()  # nothing left to divide: clears the rest of the per-step bookkeeping
 
 
 class LPWDMixin:
@@ -320,7 +335,6 @@ class LPWDMixin:
         self._lpwd_depth_params: dict[int, list[torch.Tensor]] = {}
         self._lpwd_depths: tuple[int, tuple[dict[str, int], int]] | None = None  # (id(model), depths)
         check_training_arguments(self.args)
-        self.add_callback(_SettleAtTrainEnd())
         if self.lpwd_config.needs_depths and self.model is not None:
             # Fail before training, not at the first step, when the blocks cannot be found.
             self._depths_of(self.model)
@@ -437,6 +451,59 @@ class LPWDMixin:
         if optimizer is not None and optimizer.require_pre_step:
             optimizer.pre_step()  # once per optimizer step; free when the fold predicted the lr
         return super().training_step(model, inputs, *args, **kwargs)
+
+    # ------------------------------------------------------------------ the end of training
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's ``train()``, then pwd's decay for a step that never came is divided out.
+
+        A run that ends at ``max_steps`` folded nothing into its last step; one stopped earlier (early
+        stopping, ``control.should_training_stop``) holds θ'_{T+1} = (1 − η_{T+1}·λ)·θ_T, and leaves
+        with θ_T, the final parameters of unfolded pwd.  wd / rwd: nothing happens.
+        """
+        output = super().train(*args, **kwargs)
+        self._lpwd_settle()
+        return output
+
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the final model is the best checkpoint's weights, bit for bit.
+
+        A checkpoint holds θ' (the weights the next forward would have seen, already decayed: the ones its
+        metric was computed on), so the loaded weights are left as they are.  The run's own last weights
+        are settled first (the load replaces them; if it finds nothing to load, they stay unfolded pwd's),
+        and after the load no decay is recorded as pending.  The Trainer calls this (a private method,
+        the one place where it loads the best model) before ``on_train_end``, and ``train()`` returns
+        after both.
+        """
+        self._lpwd_settle()
+        super()._load_best_model()
+        lpwd = self.lpwd_optimizer
+        if lpwd is not None and lpwd.mode == "pwd":
+            _forget_applied_decay(lpwd)  # DeepSpeed's load also restored the checkpoint's bookkeeping
+
+    def _lpwd_settle(self) -> None:
+        """pwd: divide out the decay applied for a step that will not come (a no-op after the last step)."""
+        lpwd = self.lpwd_optimizer
+        if lpwd is None or lpwd.mode != "pwd":
+            return
+        if not getattr(self, "is_deepspeed_enabled", False):
+            lpwd.settle()
+            return
+        zero = _zero_optimizer_with_lp_params(self.optimizer)
+        if zero is not None:
+            # ZeRO-1/2: LPWD's groups hold DeepSpeed's fp32 master partitions; settle them, then let
+            # DeepSpeed copy them into the model's weights as after a step.
+            lpwd.settle()
+            zero.update_lp_params()
+            return
+        pending = {g.get("depth", i): float(g[APPLIED_DECAY_KEY]) for i, g in enumerate(lpwd.param_groups)
+                   if g.get(APPLIED_DECAY_KEY) not in (None, 1.0)}
+        if pending:
+            logger.warning(
+                "LPWD under DeepSpeed ZeRO-3: the run stopped before max_steps, and the final weights keep the "
+                "decay folded in for the step that never came, 1 - lr*λ per depth %s (the weights the last "
+                "evaluation saw), not unfolded pwd's", pending,
+            )
+        _forget_applied_decay(lpwd)
 
     # ------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
