@@ -53,12 +53,11 @@ from .config import (
 from .groups import format_layer_table, layer_table
 from .layers import layer_depths_with_count
 from .optim import APPLIED_DECAY_KEY, LPWD
+from .refusals import check_deepspeed, check_training_arguments, refuse_unwrappable_optim
 
 # A child of transformers' library logger: ``--log_level`` / ``transformers.logging.set_verbosity_*``
 # decide what shows, on the Trainer's own handler, as for the Trainer's own messages.
 logger = hf_logging.get_logger("transformers.hf_lpwd")
-
-_UNSUPPORTED_OPTIM_KWARGS = ("params", "model", "optimizer_dict")
 
 
 @dataclass
@@ -192,71 +191,6 @@ def _json_safe(kwargs: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(kwargs, default=repr))
 
 
-def check_deepspeed(args: TrainingArguments) -> None:
-    """Refuse, before training, the DeepSpeed configs LPWD cannot serve.
-
-    With an ``optimizer`` section DeepSpeed builds its own optimizer and never asks the Trainer's
-    ``create_optimizer``, so there is nothing for LPWD to wrap.  Every timing works without one:
-    wd / rwd are AdamW with other (η, λ), and pwd's decay is folded into the step on DeepSpeed's
-    fp32 master partitions (a pass over the model's weights before the forward would be overwritten).
-    """
-    ds_config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
-    if ds_config is None and isinstance(getattr(args, "deepspeed", None), dict):
-        ds_config = args.deepspeed
-    if isinstance(ds_config, dict) and "optimizer" in ds_config:
-        raise ValueError(
-            "the DeepSpeed config has an 'optimizer' section, so DeepSpeed would build its own optimizer and LPWD "
-            "could not wrap it. Remove the 'optimizer' key from the DeepSpeed config: the Trainer then builds LPWD "
-            "around --optim (adamw_torch_fused by default), with --learning_rate and --adam_* as usual"
-        )
-
-
-def check_training_arguments(args: TrainingArguments) -> None:
-    """Every refusal that needs only the arguments, so a script can make them before it writes anything.
-
-    The DeepSpeed ``optimizer`` section, schedule-free optimizers, an ``--optim`` that builds its own
-    parameter groups, and η·λ ≥ 1 (``--learning_rate`` × ``--weight_decay``: a decay factor <= 0).
-    ``LPWDMixin`` makes the same checks when it is constructed.
-    """
-    check_deepspeed(args)
-    _refuse_schedule_free(args)
-    _refuse_unwrappable_optim(args)
-    lr, lam = float(args.learning_rate), float(args.weight_decay)
-    if lam > 0 and lr * lam >= 1.0:
-        raise ValueError(
-            f"--learning_rate={lr:g} × --weight_decay={lam:g} = {lr * lam:g}: η·λ must stay below 1 (the decay "
-            "factor 1 − η·λ would be <= 0 and flip the weights' signs); lower --weight_decay or --learning_rate"
-        )
-
-
-def _refuse_unwrappable_optim(
-    args: TrainingArguments, base: tuple[Any, dict[str, Any]] | None = None, source: str | None = None
-) -> None:
-    """LPWD wraps an optimizer class that takes param groups; some ``--optim`` values build something else."""
-    if base is None:
-        try:
-            base = Trainer.get_optimizer_cls_and_kwargs(args)
-        except Exception:  # noqa: BLE001 - needs the model or a package: create_optimizer will say
-            return
-    base_cls, base_kwargs = base
-    if not isinstance(base_cls, type) or any(key in base_kwargs for key in _UNSUPPORTED_OPTIM_KWARGS):
-        raise ValueError(
-            f"{source or '--optim ' + str(getattr(args.optim, 'value', args.optim))} builds its own parameter groups "
-            "or optimizers, so LPWD cannot wrap it. Use an optimizer that takes param groups: adamw_torch_fused (default), "
-            "adamw_torch, sgd, adafactor, adagrad, rmsprop, ..."
-        )
-
-
-def _refuse_schedule_free(args: TrainingArguments) -> None:
-    optim = str(getattr(args.optim, "value", args.optim))
-    if "schedule_free" in optim:
-        raise ValueError(
-            f"--optim {optim}: schedule-free optimizers keep two weight sequences and switch the model's weights "
-            "with optimizer.train()/eval(), with their own decay rule; LPWD's decay timings act on one weight "
-            "sequence. Use the stock Trainer for schedule-free training, or --optim adamw_torch_fused with LPWD"
-        )
-
-
 def _initial_lr_scale(args: TrainingArguments) -> float:
     """λ(0) of the schedule the Trainer will build: the first step's lr is ``learning_rate × λ(0)``.
 
@@ -270,6 +204,24 @@ def _initial_lr_scale(args: TrainingArguments) -> float:
     get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=args.get_warmup_steps(total),
                   num_training_steps=total, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
     return float(probe.param_groups[0]["lr"])
+
+
+def _keep_embeddings_in_32_bit(base_cls: Any, base_kwargs: dict[str, Any], model: nn.Module) -> None:
+    """bitsandbytes 8-bit optimizers: 32-bit state for every ``nn.Embedding``, as the stock ``create_optimizer``.
+
+    The stock Trainer registers the override with bitsandbytes' process-global manager
+    (``GlobalOptimManager.register_module_override``); it takes effect at the optimizer's first step.
+    Without it the embeddings get uint8 Adam state and ``wd`` is no longer the stock Trainer.
+    """
+    if "bitsandbytes" not in str(base_cls) or base_kwargs.get("optim_bits", None) != 8:
+        return
+    import bitsandbytes
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})
+            logger.debug("bitsandbytes: will optimize %s in fp32", module)
 
 
 def _deepspeed_storage(param: torch.Tensor) -> torch.Tensor:
@@ -378,7 +330,7 @@ class LPWDMixin:
             base_cls, base_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         base_kwargs = dict(base_kwargs)
         source = "optimizer_cls_and_kwargs" if self.optimizer_cls_and_kwargs is not None else None
-        _refuse_unwrappable_optim(self.args, (base_cls, base_kwargs), source)
+        refuse_unwrappable_optim(self.args, (base_cls, base_kwargs), source)
         base_kwargs.pop("weight_decay", None)  # λ is LPWD's, per group
         depths = self._depths_of(opt_model) if cfg.needs_depths else self._optional_depths(opt_model)
         groups = cfg.param_groups(opt_model, decay_names=self.get_decay_parameter_names(opt_model),
@@ -391,6 +343,7 @@ class LPWDMixin:
             stochastic_rounding=cfg.stochastic_rounding,
             **base_kwargs,
         )
+        _keep_embeddings_in_32_bit(base_cls, base_kwargs, opt_model)
         if getattr(self, "is_deepspeed_enabled", False):
             # The model's weights become copies of DeepSpeed's fp32 masters: no pre-forward pass. Step 0's
             # decay goes on the weights now, before DeepSpeed copies them into its masters.
