@@ -427,34 +427,39 @@ class LPWDMixin:
         the one place where it loads the best model) before ``on_train_end``, and ``train()`` returns
         after both.
         """
-        self._lpwd_settle()
+        self._lpwd_settle(warn=False)
         super()._load_best_model()
         lpwd = self.lpwd_optimizer
         if lpwd is not None and lpwd.mode == "pwd":
             _forget_applied_decay(lpwd)  # DeepSpeed's load also restored the checkpoint's bookkeeping
 
-    def _lpwd_settle(self) -> None:
-        """pwd: divide out the decay applied for a step that will not come (a no-op after the last step)."""
+    def _lpwd_settle(self, warn: bool = True) -> None:
+        """pwd: divide out the decay applied for a step that will not come (a no-op after the last step).
+
+        ``warn``: under ZeRO-3, where the decay stays, say so (not when a best checkpoint replaces the weights).
+        """
         lpwd = self.lpwd_optimizer
         if lpwd is None or lpwd.mode != "pwd":
             return
         if not getattr(self, "is_deepspeed_enabled", False):
             lpwd.settle()
             return
+        pending = {g.get("depth", i): float(g[APPLIED_DECAY_KEY]) for i, g in enumerate(lpwd.param_groups)
+                   if g.get(APPLIED_DECAY_KEY) not in (None, 1.0)}
         zero = _zero_optimizer_with_lp_params(self.optimizer)
         if zero is not None:
             # ZeRO-1/2: LPWD's groups hold DeepSpeed's fp32 master partitions; settle them, then let
-            # DeepSpeed copy them into the model's weights as after a step.
+            # DeepSpeed copy them into the model's weights as after a step (every rank: an all-gather).
             lpwd.settle()
-            zero.update_lp_params()
+            if pending:
+                zero.update_lp_params()
             return
-        pending = {g.get("depth", i): float(g[APPLIED_DECAY_KEY]) for i, g in enumerate(lpwd.param_groups)
-                   if g.get(APPLIED_DECAY_KEY) not in (None, 1.0)}
-        if pending:
+        if pending and warn and self.is_world_process_zero():
+            # ZeRO-3's masters are partitions outside LPWD's groups between steps (README: DeepSpeed).
             logger.warning(
                 "LPWD under DeepSpeed ZeRO-3: the run stopped before max_steps, and the final weights keep the "
-                "decay folded in for the step that never came, 1 - lr*λ per depth %s (the weights the last "
-                "evaluation saw), not unfolded pwd's", pending,
+                "decay folded in for the step that never came, θ' = (1 - lr·λ)·θ with 1 - lr·λ per depth %s (the "
+                "weights an evaluation at that point sees), not unfolded pwd's θ", pending,
             )
         _forget_applied_decay(lpwd)
 
