@@ -25,6 +25,7 @@ SCRIPT = str(ROOT / "tests" / "scripts" / "train_bnb_8bit.py")
 OPTIMS_8BIT = ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "ademamix_8bit", "paged_ademamix_8bit",
                "lion_8bit", "paged_lion_8bit", "rmsprop_bnb_8bit")
 DECOUPLED_IN_STOCK = tuple(o for o in OPTIMS_8BIT if "rmsprop" not in o)
+pytestmark = pytest.mark.slow  # two fresh processes, ~20 s
 
 
 def run_fresh(tmp_path: Path, kind: str) -> dict:
