@@ -5,7 +5,8 @@
 
     class MySFTTrainer(LPWDMixin, SFTTrainer): ...
 
-It changes these things and nothing else, all through the Trainer's public seams:
+It changes these things and nothing else, through the Trainer's seams (no callback: ``wd`` mode is
+the stock Trainer, callbacks included):
 
 * ``create_optimizer`` builds the param groups (λ and lr per depth, depths parsed once) and wraps
   *the optimizer the Trainer itself would have chosen* (``get_optimizer_cls_and_kwargs``:
@@ -17,6 +18,9 @@ It changes these things and nothing else, all through the Trainer's public seams
   free whenever the fold predicted the lr (always, with the Trainer's ``LambdaLR`` schedules), one
   pass otherwise.  Under DeepSpeed the decay acts on DeepSpeed's fp32 master weights inside the step
   instead (a pass on the model's weights would be overwritten);
+* ``train()`` ends pwd exactly: a run stopped before ``max_steps`` (early stopping) divides out the
+  decay folded in for the step that never came, and ``load_best_model_at_end`` leaves the best
+  checkpoint's weights as saved (``_load_best_model``, the one private method overridden);
 * ``save_model`` (every checkpoint and the final model) writes ``lpwd_config.json`` and an LPWD
   section in the folder's model card; the logs get a weight norm per depth.
 
@@ -35,22 +39,21 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from .config import LPWD_CONFIG_NAME, LPWDConfig
 from .groups import format_layer_table, group_shrink, layer_table, shrink_warning
 from .layers import layer_depths_with_count
-from .optim import LPWD
-from .optim.bases import refuse_cautious_base
+from .optim import APPLIED_DECAY_KEY, LPWD
 from .optim.functional import weight_decay_for_timescale
+from .refusals import check_deepspeed, check_training_arguments, refuse_unwrappable_optim
 from .schedule import scheduler_scales
 from .settings import (
     DEFAULTS,
     LR_COUPLINGS,
     TIED_DEPTHS,
     WEIGHT_DECAY_MODES,
-    check_decay_factor,
     validate_cautious,
     validate_choice,
     validate_decay_timescale,
@@ -62,8 +65,6 @@ from .settings import (
 # A child of transformers' library logger: ``--log_level`` / ``transformers.logging.set_verbosity_*``
 # decide what shows, on the Trainer's own handler, as for the Trainer's own messages.
 logger = hf_logging.get_logger("transformers.hf_lpwd")
-
-_UNSUPPORTED_OPTIM_KWARGS = ("params", "model", "optimizer_dict")
 
 
 @dataclass
@@ -231,80 +232,6 @@ def _json_safe(kwargs: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(kwargs, default=repr))
 
 
-def check_deepspeed(args: TrainingArguments) -> None:
-    """Refuse, before training, the DeepSpeed configs LPWD cannot serve.
-
-    With an ``optimizer`` section DeepSpeed builds its own optimizer and never asks the Trainer's
-    ``create_optimizer``, so there is nothing for LPWD to wrap.  Every timing works without one:
-    wd / rwd are AdamW with other (η, λ), and pwd's decay is folded into the step on DeepSpeed's
-    fp32 master partitions (a pass over the model's weights before the forward would be overwritten).
-    """
-    ds_config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
-    if ds_config is None and isinstance(getattr(args, "deepspeed", None), dict):
-        ds_config = args.deepspeed
-    if isinstance(ds_config, dict) and "optimizer" in ds_config:
-        raise ValueError(
-            "the DeepSpeed config has an 'optimizer' section, so DeepSpeed would build its own optimizer and LPWD "
-            "could not wrap it. Remove the 'optimizer' key from the DeepSpeed config: the Trainer then builds LPWD "
-            "around --optim (adamw_torch_fused by default), with --learning_rate and --adam_* as usual"
-        )
-
-
-def check_training_arguments(args: TrainingArguments) -> None:
-    """Every refusal that needs only the arguments, so a script can make them before it writes anything.
-
-    The DeepSpeed ``optimizer`` section, schedule-free optimizers, an ``--optim`` that builds its own
-    parameter groups, and η·λ ≥ 1 (``--learning_rate`` × ``--weight_decay``: a decay factor <= 0).
-    ``LPWDMixin`` makes the same checks when it is constructed.
-    """
-    check_deepspeed(args)
-    _refuse_schedule_free(args)
-    _refuse_unwrappable_optim(args)
-    lr, lam = float(args.learning_rate), float(args.weight_decay)
-    coupling = getattr(args, "lpwd_lr_coupling", DEFAULTS["lr_coupling"])
-    if coupling == "independent":  # d = (η_t/η̄)·λ: λ itself at the peak
-        check_decay_factor(lam, f"--weight_decay={lam:g} with --lpwd_lr_coupling independent (d = λ at the peak lr)",
-                           "lower --weight_decay")
-    else:  # coupled and corrected: d = η·λ at the peak lr
-        check_decay_factor(lr * lam, f"--learning_rate={lr:g} × --weight_decay={lam:g}",
-                           "lower --weight_decay or --learning_rate")
-    if getattr(args, "lpwd_cautious", False):
-        try:
-            base_cls, _ = Trainer.get_optimizer_cls_and_kwargs(args)
-        except Exception:  # noqa: BLE001 - needs the model or a package: LPWD's constructor will say
-            base_cls = None
-        if isinstance(base_cls, type):
-            refuse_cautious_base(base_cls)
-
-
-def _refuse_unwrappable_optim(
-    args: TrainingArguments, base: tuple[Any, dict[str, Any]] | None = None, source: str | None = None
-) -> None:
-    """LPWD wraps an optimizer class that takes param groups; some ``--optim`` values build something else."""
-    if base is None:
-        try:
-            base = Trainer.get_optimizer_cls_and_kwargs(args)
-        except Exception:  # noqa: BLE001 - needs the model or a package: create_optimizer will say
-            return
-    base_cls, base_kwargs = base
-    if not isinstance(base_cls, type) or any(key in base_kwargs for key in _UNSUPPORTED_OPTIM_KWARGS):
-        raise ValueError(
-            f"{source or '--optim ' + str(getattr(args.optim, 'value', args.optim))} builds its own parameter groups "
-            "or optimizers, so LPWD cannot wrap it. Use an optimizer that takes param groups: adamw_torch_fused (default), "
-            "adamw_torch, sgd, adafactor, adagrad, rmsprop, ..."
-        )
-
-
-def _refuse_schedule_free(args: TrainingArguments) -> None:
-    optim = str(getattr(args.optim, "value", args.optim))
-    if "schedule_free" in optim:
-        raise ValueError(
-            f"--optim {optim}: schedule-free optimizers keep two weight sequences and switch the model's weights "
-            "with optimizer.train()/eval(), with their own decay rule; LPWD's decay timings act on one weight "
-            "sequence. Use the stock Trainer for schedule-free training, or --optim adamw_torch_fused with LPWD"
-        )
-
-
 def _initial_lr_scale(args: TrainingArguments) -> float:
     """λ(0) of the schedule the Trainer will build: the first step's lr is ``learning_rate × λ(0)``.
 
@@ -318,6 +245,24 @@ def _initial_lr_scale(args: TrainingArguments) -> float:
     get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=args.get_warmup_steps(total),
                   num_training_steps=total, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
     return float(probe.param_groups[0]["lr"])
+
+
+def _keep_embeddings_in_32_bit(base_cls: Any, base_kwargs: dict[str, Any], model: nn.Module) -> None:
+    """bitsandbytes 8-bit optimizers: 32-bit state for every ``nn.Embedding``, as the stock ``create_optimizer``.
+
+    The stock Trainer registers the override with bitsandbytes' process-global manager
+    (``GlobalOptimManager.register_module_override``); it takes effect at the optimizer's first step.
+    Without it the embeddings get uint8 Adam state and ``wd`` is no longer the stock Trainer.
+    """
+    if "bitsandbytes" not in str(base_cls) or base_kwargs.get("optim_bits", None) != 8:
+        return
+    import bitsandbytes
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})
+            logger.debug("bitsandbytes: will optimize %s in fp32", module)
 
 
 def _deepspeed_storage(param: torch.Tensor) -> torch.Tensor:
@@ -342,14 +287,25 @@ def _unwrap_lpwd(optimizer: Any) -> LPWD | None:
     return optimizer
 
 
-class _SettleAtTrainEnd(TrainerCallback):
-    """A run stopped before ``max_steps`` (early stopping) leaves a decay folded in for a step that never
-    comes; remove it so the final weights are unfolded pwd's."""
+def _zero_optimizer_with_lp_params(optimizer: Any) -> Any:
+    """DeepSpeed's ZeRO-1/2 optimizer between the Trainer's wrappers and LPWD (the one that copies its fp32
+    master partitions into the model's weights, ``update_lp_params``), or ``None`` (ZeRO-3, no DeepSpeed)."""
+    while optimizer is not None and not isinstance(optimizer, LPWD):
+        if callable(getattr(optimizer, "update_lp_params", None)):
+            return optimizer
+        optimizer = getattr(optimizer, "optimizer", None)
+    return None
 
-    def on_train_end(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
-        lpwd = _unwrap_lpwd(optimizer)
-        if lpwd is not None and lpwd.mode == "pwd" and lpwd.require_pre_step:  # not under DeepSpeed
-            lpwd.settle()
+
+def _forget_applied_decay(lpwd: LPWD) -> None:
+    """pwd: record that the weights carry no decay for a coming step, without touching them.
+
+    For weights just loaded from a checkpoint as the final model: they are the model as saved (θ' of
+    that step, the weights its metric was computed on), and nothing is pending for them.
+    """
+    for group in lpwd.param_groups:
+        group[APPLIED_DECAY_KEY] = None
+    lpwd.settle()  # nothing left to divide: clears the rest of the per-step bookkeeping
 
 
 class LPWDMixin:
@@ -372,7 +328,6 @@ class LPWDMixin:
         self._lpwd_depth_params: dict[int, list[torch.Tensor]] = {}
         self._lpwd_depths: tuple[int, tuple[dict[str, int], int]] | None = None  # (id(model), depths)
         check_training_arguments(self.args)
-        self.add_callback(_SettleAtTrainEnd())
         if self.lpwd_config.needs_depths and self.model is not None:
             # Fail before training, not at the first step, when the blocks cannot be found.
             self._depths_of(self.model)
@@ -416,7 +371,7 @@ class LPWDMixin:
             base_cls, base_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         base_kwargs = dict(base_kwargs)
         source = "optimizer_cls_and_kwargs" if self.optimizer_cls_and_kwargs is not None else None
-        _refuse_unwrappable_optim(self.args, (base_cls, base_kwargs), source)
+        refuse_unwrappable_optim(self.args, (base_cls, base_kwargs), source)
         base_kwargs.pop("weight_decay", None)  # λ is LPWD's, per group
         if cfg.decay_timescale is not None:
             cfg.weight_decay = self._weight_decay_from_timescale()
@@ -433,6 +388,7 @@ class LPWDMixin:
             stochastic_rounding=cfg.stochastic_rounding,
             **base_kwargs,
         )
+        _keep_embeddings_in_32_bit(base_cls, base_kwargs, opt_model)
         if getattr(self, "is_deepspeed_enabled", False):
             # The model's weights become copies of DeepSpeed's fp32 masters: no pre-forward pass. Step 0's
             # decay goes on the weights now, before DeepSpeed copies them into its masters.
@@ -533,6 +489,64 @@ class LPWDMixin:
         if optimizer is not None and optimizer.require_pre_step:
             optimizer.pre_step()  # once per optimizer step; free when the fold predicted the lr
         return super().training_step(model, inputs, *args, **kwargs)
+
+    # ------------------------------------------------------------------ the end of training
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's ``train()``, then pwd's decay for a step that never came is divided out.
+
+        A run that ends at ``max_steps`` folded nothing into its last step; one stopped earlier (early
+        stopping, ``control.should_training_stop``) holds θ'_{T+1} = (1 − η_{T+1}·λ)·θ_T, and leaves
+        with θ_T, the final parameters of unfolded pwd.  wd / rwd: nothing happens.
+        """
+        output = super().train(*args, **kwargs)
+        self._lpwd_settle()
+        return output
+
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the final model is the best checkpoint's weights, bit for bit.
+
+        A checkpoint holds θ' (the weights the next forward would have seen, already decayed: the ones its
+        metric was computed on), so the loaded weights are left as they are.  The run's own last weights
+        are settled first (the load replaces them; if it finds nothing to load, they stay unfolded pwd's),
+        and after the load no decay is recorded as pending.  The Trainer calls this (a private method,
+        the one place where it loads the best model) before ``on_train_end``, and ``train()`` returns
+        after both.
+        """
+        self._lpwd_settle(warn=False)
+        super()._load_best_model()
+        lpwd = self.lpwd_optimizer
+        if lpwd is not None and lpwd.mode == "pwd":
+            _forget_applied_decay(lpwd)  # DeepSpeed's load also restored the checkpoint's bookkeeping
+
+    def _lpwd_settle(self, warn: bool = True) -> None:
+        """pwd: divide out the decay applied for a step that will not come (a no-op after the last step).
+
+        ``warn``: under ZeRO-3, where the decay stays, say so (not when a best checkpoint replaces the weights).
+        """
+        lpwd = self.lpwd_optimizer
+        if lpwd is None or lpwd.mode != "pwd":
+            return
+        if not getattr(self, "is_deepspeed_enabled", False):
+            lpwd.settle()
+            return
+        pending = {g.get("depth", i): float(g[APPLIED_DECAY_KEY]) for i, g in enumerate(lpwd.param_groups)
+                   if g.get(APPLIED_DECAY_KEY) not in (None, 1.0)}
+        zero = _zero_optimizer_with_lp_params(self.optimizer)
+        if zero is not None:
+            # ZeRO-1/2: LPWD's groups hold DeepSpeed's fp32 master partitions; settle them, then let
+            # DeepSpeed copy them into the model's weights as after a step (every rank: an all-gather).
+            lpwd.settle()
+            if pending:
+                zero.update_lp_params()
+            return
+        if pending and warn and self.is_world_process_zero():
+            # ZeRO-3's masters are partitions outside LPWD's groups between steps (README: DeepSpeed).
+            logger.warning(
+                "LPWD under DeepSpeed ZeRO-3: the run stopped before max_steps, and the final weights keep the "
+                "decay folded in for the step that never came, θ' = (1 - lr·λ)·θ with 1 - lr·λ per depth %s (the "
+                "weights an evaluation at that point sees), not unfolded pwd's θ", pending,
+            )
+        _forget_applied_decay(lpwd)
 
     # ------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:

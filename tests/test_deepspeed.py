@@ -11,7 +11,8 @@ decay step (η·λ·|θ| ≈ 1.5e-3 × 0.02 = 3e-5), so a lost, doubled or misti
 In bf16 DeepSpeed runs the whole model in bf16 (fp32 master in the optimizer) while DDP autocasts with fp32
 weights, so the two are not comparable element-wise; there ZeRO-3 must equal ZeRO-2 (observed: bit for bit).
 
-Also checked: warmup_steps=0 (the decay before the first forward is 1 − η₀λ, not 1), ZeRO-3 with a small
+Also checked: an early stop under ZeRO-2 (bitwise DDP's settled weights), warmup_steps=0 (the decay before the
+first forward is 1 − η₀λ, not 1), ZeRO-3 with a small
 ``sub_group_size`` (one param group stepped in several calls), bf16, resume from a ZeRO-2 checkpoint (bitwise),
 and the refusal of a DeepSpeed ``optimizer`` section.
 
@@ -43,6 +44,7 @@ SCRIPT = str(ROOT / "tests" / "scripts" / "train_deepspeed.py")
 MODES = ("wd", "rwd", "pwd", "lpwd")
 NO_WARMUP = ("pwd-nowarmup", "lpwd-nowarmup")
 ALL = ("stock", *MODES, *NO_WARMUP)
+EARLY_STOP = "lpwd-earlystop"  # constant lr, stopped after step 2 of 4: a decay folded in for a step that never comes
 RTOL, ATOL = 1e-5, 1e-6
 pytestmark = pytest.mark.slow
 
@@ -76,11 +78,12 @@ class Runs:
         return self.done[name]
 
     def ddp(self) -> Path:
-        return self.get("ddp", "--modes", ",".join(ALL))
+        return self.get("ddp", "--modes", ",".join((*ALL, EARLY_STOP)))
 
     def zero(self, stage: int, bf16: bool = False) -> Path:
         name = f"zero{stage}" + ("_bf16" if bf16 else "")
-        args = ["--engine", f"zero{stage}", "--modes", ",".join(ALL if not bf16 else ("stock", *MODES)), "--probe"]
+        modes = ("stock", *MODES) if bf16 else (*ALL, EARLY_STOP) if stage == 2 else ALL
+        args = ["--engine", f"zero{stage}", "--modes", ",".join(modes), "--probe"]
         if stage == 2 and not bf16:
             args += ["--save-steps", "2"]  # for the resume test
         return self.get(name, *args, *(["--bf16"] if bf16 else []))
@@ -146,6 +149,18 @@ def test_bf16_zero3_equals_zero2(runs: Runs, mode: str) -> None:
     if mode != "wd":
         wd = result(runs.zero(2, bf16=True), "wd")
         assert any(not torch.equal(zero2[n], wd[n]) for n in zero2)
+
+
+def test_early_stop_under_zero2_is_bitwise_ddp(runs: Runs) -> None:
+    """Stopped after step 2 of 4 at a constant lr: the decay folded in for step 3 is divided out of DeepSpeed's fp32
+    master partitions, which DeepSpeed then copies into the model's weights; DDP divides it out of its weights. The
+    same multiplications on the same numbers: bitwise equal (without the division ZeRO-2 keeps 1 − ηλ = 0.9985)."""
+    for folder in (runs.zero(2), runs.ddp()):
+        assert json.loads((folder / EARLY_STOP / "info0.json").read_text())["global_step"] == 2
+    zero, ddp = result(runs.zero(2), EARLY_STOP), result(runs.ddp(), EARLY_STOP)
+    assert zero.keys() == ddp.keys()
+    for name in ddp:
+        assert torch.equal(zero[name], ddp[name]), name
 
 
 def probe(folder: Path, mode: str) -> dict:

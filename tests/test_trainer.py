@@ -18,6 +18,7 @@ from transformers import (
     set_seed,
 )
 
+import hf_lpwd.refusals as refusals
 import hf_lpwd.trainer as trainer_module
 from hf_lpwd import LPWD, LPWDConfig, LPWDMixin, LPWDTrainer, LPWDTrainingArguments
 from hf_lpwd.optim import lookahead
@@ -489,7 +490,7 @@ def test_schedule_free_optim_is_refused_up_front() -> None:
     from types import SimpleNamespace
 
     with pytest.raises(ValueError, match=r"--optim schedule_free_adamw: schedule-free optimizers keep two weight"):
-        trainer_module._refuse_schedule_free(SimpleNamespace(optim="schedule_free_adamw"))
+        refusals._refuse_schedule_free(SimpleNamespace(optim="schedule_free_adamw"))
 
 
 @pytest.mark.parametrize(

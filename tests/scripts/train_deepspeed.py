@@ -15,7 +15,9 @@ equal separate launches bit for bit), each into ``OUT_DIR/MODE/``.
 * mode ``stock``: ``transformers.Trainer`` (AdamW, decoupled decay) instead of ``LPWDTrainer``: checks the harness
   itself (ZeRO vs DDP with no LPWD involved); the others are ``LPWDTrainer`` with that ``weight_decay_mode``.
   A suffix ``-nowarmup`` (``lpwd-nowarmup``) trains with ``warmup_steps=0``: the decay before the first forward
-  is then 1 − η₀λ, not 1 (with the default warm-up from lr 0 it is exactly 1).
+  is then 1 − η₀λ, not 1 (with the default warm-up from lr 0 it is exactly 1).  A suffix ``-earlystop`` trains
+  with a ``constant`` lr and stops after step 2 of 4 (``control.should_training_stop``, as early stopping does),
+  so pwd has a decay folded in for a step that never comes, which the end of ``train()`` must divide out.
 * ``--ds-optimizer``: the DeepSpeed config gets an ``optimizer`` section (which LPWD cannot wrap); with
   ``--refusal-only`` reaching ``deepspeed_init`` is an error, so nothing trains and DeepSpeed's own Adam op is
   not compiled (minutes of g++).
@@ -40,7 +42,7 @@ import traceback
 
 import torch
 import torch.distributed as dist
-from transformers import LlamaForCausalLM, Trainer, TrainingArguments, set_seed
+from transformers import LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from hf_lpwd import LPWDTrainer, LPWDTrainingArguments  # noqa: E402
@@ -69,9 +71,10 @@ def deepspeed_config(stage: int, bf16: bool, ds_optimizer: bool, sub_group_size:
 
 def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> TrainingArguments:
     mode, _, variant = mode.partition("-")  # "lpwd-nowarmup": lpwd with warmup_steps=0 (the first decay is not 1)
+    schedule = "constant" if variant == "earlystop" else "linear"
     kwargs = dict(
         output_dir=out, weight_decay=WEIGHT_DECAY, learning_rate=LR, max_steps=STEPS,
-        per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type="linear",
+        per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type=schedule,
         warmup_steps=0 if variant == "nowarmup" else cli.warmup,
         max_grad_norm=0.0, report_to="none", use_cpu=True, ddp_backend="gloo", disable_tqdm=True, seed=0,
         data_seed=0, logging_steps=2, dataloader_num_workers=0, bf16=cli.bf16,
@@ -89,6 +92,20 @@ def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> T
     if mode == "stock":
         return TrainingArguments(**kwargs)
     return LPWDTrainingArguments(weight_decay_mode=mode, **kwargs)
+
+
+class StopAfter(TrainerCallback):
+    """Stop training after ``step`` optimizer steps, through the flag early stopping sets."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+EARLY_STOP_STEP = 2
 
 
 def describe_tensor(t: torch.Tensor) -> dict:
@@ -188,7 +205,8 @@ def train_one(cli: argparse.Namespace, mode: str, out: str, world: int) -> None:
     rank = dist.get_rank() if dist.is_initialized() else 0
     start = time.perf_counter()
     try:
-        trainer = cls(model=model, args=args, train_dataset=TokenDataset(64, seed=1, causal_lm=True))
+        callbacks = [StopAfter(EARLY_STOP_STEP)] if mode.endswith("-earlystop") else None
+        trainer = cls(model=model, args=args, train_dataset=TokenDataset(64, seed=1, causal_lm=True), callbacks=callbacks)
         resume = os.path.join(cli.resume_from, mode, f"checkpoint-{cli.resume_step}") if cli.resume_from else None
         trainer.train(resume_from_checkpoint=resume)
     finally:
@@ -212,7 +230,7 @@ def main() -> None:
     parser.add_argument("--save-init", action="store_true", help="only write the initial model to --model-dir")
     parser.add_argument("--engine", default="ddp", choices=["ddp", "zero1", "zero2", "zero3"])
     parser.add_argument("--modes", default="lpwd",
-                        help="comma-separated: stock, wd, rwd, pwd, lpwd, each optionally with -nowarmup")
+                        help="comma-separated: stock, wd, rwd, pwd, lpwd, each optionally with -nowarmup or -earlystop")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--probe", action="store_true")
@@ -231,7 +249,8 @@ def main() -> None:
         LlamaForCausalLM(tiny_config()).save_pretrained(cli.model_dir)
         return
     modes = cli.modes.split(",")
-    unknown = {m for m in modes if m.removesuffix("-nowarmup") not in ("stock", "wd", "rwd", "pwd", "lpwd")}
+    unknown = {m for m in modes if m.split("-")[0] not in ("stock", "wd", "rwd", "pwd", "lpwd")
+               or m.partition("-")[2] not in ("", "nowarmup", "earlystop")}
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}")
     if cli.refusal_only:
