@@ -344,15 +344,23 @@ def test_folded_pwd_equals_unfolded_pwd_in_the_trainer(tmp_path: Path, monkeypat
 
 
 def test_layer_lr_decay_follows_the_schedule_per_group(tmp_path: Path, monkeypatch) -> None:
-    """lr of the group at depth d = schedule(t)·γ^(N+1−d), and pwd's decay uses each group's own lr."""
-    seen: list[list[tuple[int, float, float, float]]] = []
+    """lr of the group at depth d = schedule(t)·γ^(N+1−d), and pwd's fold predicts each group's own lr.
+
+    What the previous step folded in (the group's applied factor *before* ``pre_step()`` looks at it) must be
+    1 − η_{d,t}·λ_d for the coming step, so that ``pre_step()`` has nothing to correct (step 0: nothing folded
+    yet, and the warm-up's lr 0 needs nothing).
+    """
+    seen: list[list[tuple[int, float, float, float | None]]] = []
+    corrections: list[int] = []
     original = LPWD.pre_step
 
     def recording_pre_step(self):
         first = not self.pre_step_pending
+        if first:
+            seen.append([(g["depth"], g["lr"], g["weight_decay"], g.get("lpwd_applied_decay")) for g in self.param_groups])
         original(self)
         if first:
-            seen.append([(g["depth"], g["lr"], g["weight_decay"], g["lpwd_applied_decay"]) for g in self.param_groups])
+            corrections.append(self.fold_corrections)
 
     monkeypatch.setattr(LPWD, "pre_step", recording_pre_step)
     gamma, lr, lam = 0.5, 4e-3, 0.5
@@ -366,8 +374,13 @@ def test_layer_lr_decay_follows_the_schedule_per_group(tmp_path: Path, monkeypat
     for step, groups in enumerate(seen):
         for depth, group_lr, group_lam, applied in groups:
             assert group_lr == pytest.approx(lr * schedule[step] * gamma ** (3 - depth), rel=1e-12)
-            assert applied == pytest.approx(1 - group_lr * group_lam, rel=1e-12)
+            if step == 0:
+                assert applied is None  # no previous step: the first decay (1, at lr 0) is pre_step()'s
+            else:
+                assert applied == pytest.approx(1 - group_lr * group_lam, rel=1e-12), (step, depth)
+    assert corrections == [0] * 6
     assert {g[0] for g in seen[0]} == {0, 1, 2, 3}
+    assert len({g[1] for g in seen[2]}) == 4  # four different lrs at once: a look-up in another group's would show
 
 
 def test_mixin_with_an_lpwd_config_records_the_real_base_and_warns_about_lambda(tmp_path: Path, caplog) -> None:
