@@ -34,10 +34,9 @@ import sys
 import time
 from pathlib import Path
 
+import deepspeed  # noqa: F401 - the deepspeed extra, installed by `make test`: a broken install fails here, loudly
 import pytest
 import torch
-
-pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'hf_lpwd[deepspeed]'")
 
 ROOT = Path(__file__).parent.parent
 SCRIPT = str(ROOT / "tests" / "scripts" / "train_deepspeed.py")

@@ -280,7 +280,7 @@ def test_arguments_start_from_a_saved_config(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- other models and trainers
 def test_llama_causal_lm_with_lora_decays_adapters_by_depth(tmp_path: Path) -> None:
-    peft = pytest.importorskip("peft")
+    import peft
     model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.4, max_steps=2))
     trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(8, causal_lm=True))
@@ -312,7 +312,7 @@ def test_t5_with_seq2seq_trainer_through_the_mixin(tmp_path: Path) -> None:
 
 
 def test_trl_sft_trainer_through_the_mixin(tmp_path: Path) -> None:
-    trl = pytest.importorskip("trl")
+    import trl
     from datasets import Dataset
 
     class LPWDSFTTrainer(LPWDMixin, trl.SFTTrainer):
