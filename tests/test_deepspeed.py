@@ -17,7 +17,7 @@ Also checked: warmup_steps=0 (the decay before the first forward is 1 − η₀�
 and the refusal of a DeepSpeed ``optimizer`` section.
 
 Cost (2 shared CPU cores): each launch imports torch/transformers/deepspeed once and trains its modes in turn
-(1-9 s of training per mode): ddp 32-65 s, zero1 ~40-60 s, zero2 35-60 s, zero3 54-64 s, zero2_bf16 34-44 s, zero3_bf16 42-46 s,
+(1-9 s of training per mode): ddp 32-65 s, zero1 and zero2 35-60 s each, zero3 54-64 s, zero2_bf16 34-44 s, zero3_bf16 42-46 s,
 zero3_sub ~35 s, zero2_resume 36-43 s, ds_optimizer (1 process, nothing trains) 20-33 s; about 6 min in all. The
 very first DeepSpeed launch on a machine also compiles DeepSpeed's shm comm op with g++ (~80 s, cached in
 ~/.cache/torch_extensions).  A config with an ``optimizer`` section that is *not* refused makes DeepSpeed compile
