@@ -13,7 +13,10 @@ order of first appearance and a parameter shared by several blocks belongs to th
 The contract (C1-C7 of issue 13) is checked separately for the module path (``layer_depths(model)``
 on the real module) and the name path (``layer_depths(names)``): the oracle's N blocks get depths
 1..N in order (one depth per block), parameters before the first block get 0, after the last N+1,
-a stage's own parameters stay within one of its blocks' depths +- 1, nothing leaves [0, N+1].
+a parameter between blocks (LLaVA's projector and text embeddings between the vision and the text
+stack, T5's encoder final norm between encoder and decoder) the depth of the block just before it or
+just after it in registration order, a stage's own parameters stay within one of its blocks' depths
++- 1, nothing leaves [0, N+1].
 
 Usage::
 
@@ -162,14 +165,26 @@ def _io(modules: list[nn.Module]) -> tuple[set[int], set[int]]:
     weighted = [leaf for leaf in leaves if isinstance(leaf, (nn.Linear, nn.modules.conv._ConvNd))]
     ins = {w[0] for w in map(_widths, weighted or leaves) if w[0] is not None}
     # The output: the last-registered leaf's width, or the last of the shallowest leaves (a block's
-    # own residual norms, when its attention or experts register last).
+    # own residual norms, when its attention or experts register last). A norm registered before every
+    # other layer of the element normalises its *input* (a merger's ``ln_q`` before its MLP): it says
+    # nothing about the output width, so it is not one of those leaves.
     last = next((w[1] for w in map(_widths, reversed(leaves)) if w[1] is not None), None)
+    start = next((i for i, leaf in enumerate(leaves) if not _is_norm(leaf)), 0)
     outs: list[int] = []
-    for level in sorted({d for d, _ in found}):
-        outs = [w[1] for d, leaf in found if d == level for w in [_widths(leaf)] if w[1] is not None]
+    for level in sorted({d for d, _ in found[start:]}):
+        outs = [w[1] for d, leaf in found[start:] if d == level for w in [_widths(leaf)] if w[1] is not None]
         if outs:
             break
     return ins, {w for w in (last, outs[-1] if outs else None) if w is not None}
+
+
+def _is_norm(leaf: nn.Module) -> bool:
+    """A width-preserving normalisation layer (LayerNorm, BatchNorm, GroupNorm, an RMSNorm-like scale)."""
+    if isinstance(leaf, (nn.LayerNorm, nn.modules.batchnorm._NormBase, nn.GroupNorm)):
+        return True
+    weight = leaf._parameters.get("weight")
+    return weight is not None and weight.dim() == 1 and len(leaf._parameters) <= 2 and not isinstance(
+        leaf, (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding))
 
 
 def _composite(modules: list[nn.Module]) -> bool:
@@ -280,6 +295,12 @@ class OracleResult:
     # name -> (lowest, highest) allowed depth for non-block parameters inside a stack's element;
     # parameters outside every stack are judged by position (before / between / after the blocks).
     bounds: dict[str, tuple[int, int]]
+    # per block: the index of the stack (tower) it belongs to, in chaining order
+    block_stack: list[int] = field(default_factory=list)
+    # non-block parameter -> the stack whose home holds it: the largest module around that stack that holds
+    # no other stack's blocks (LLaVA's ``language_model`` for its ``embed_tokens``, T5's ``encoder`` for its
+    # ``final_layer_norm``); a parameter outside every home (a projector between two towers) is not listed
+    home: dict[str, int] = field(default_factory=dict)
 
 
 def oracle(model: nn.Module) -> OracleResult:
@@ -304,19 +325,22 @@ def oracle(model: nn.Module) -> OracleResult:
     stacks.sort(key=lambda s: min((order[n] for e in s.elements for n in names_of(e)), default=0))
 
     blocks: list[list[str]] = []
+    block_stack: list[int] = []
     pending: list[tuple[list[str], int, bool]] = []  # (names, index of the next block, is stage-own)
     stage_own: list[tuple[list[str], int, int]] = []  # (names, first block index, last block index)
-    for s in stacks:
+    for index, s in enumerate(stacks):
         for i, element in enumerate(s.elements):
             inner = s.stages[i] if s.stages is not None else None
             if s.stages is None:
                 blocks.append(names_of(element))
+                block_stack.append(index)
             elif inner is None:  # a downsample between stages
                 pending.append((names_of(element), len(blocks), False))
             else:
                 lo = len(blocks)
                 for b in inner:
                     blocks.append(names_of(b))
+                    block_stack.append(index)
                 stage_own.append((names_of(element), lo, len(blocks) - 1))
     # A module shared by several blocks (Zamba's shared transformer) belongs to the first one.
     claimed: set[str] = set()
@@ -325,6 +349,7 @@ def oracle(model: nn.Module) -> OracleResult:
         mine = [n for n in block if n not in claimed]
         claimed.update(mine)
         unique.append(mine)
+    home = _homes(model, stacks, unique, block_stack, owner, names_of)
     n = len(unique)
     bounds: dict[str, tuple[int, int]] = {}
     for names, lo, hi in stage_own:
@@ -335,7 +360,43 @@ def oracle(model: nn.Module) -> OracleResult:
         for name in names:
             if name not in claimed:
                 bounds.setdefault(name, (nxt if nxt > 0 else 0, nxt + 1 if nxt < n else n + 1))
-    return OracleResult([b for b in unique if b], bounds)
+    kept = [i for i, b in enumerate(unique) if b]
+    return OracleResult([unique[i] for i in kept], bounds, [block_stack[i] for i in kept],
+                        {name: stack for name, stack in home.items() if name not in claimed})
+
+
+def _homes(model: nn.Module, stacks: list[_OStack], blocks: list[list[str]], block_stack: list[int],
+           owner: dict[int, str], names_of) -> dict[str, int]:  # noqa: ANN001
+    """Parameter name -> the stack whose home module holds it (see ``OracleResult.home``), from module containment."""
+    by_name = {name: pid for pid, name in owner.items()}
+    stack_of_param = {by_name[n]: block_stack[k] for k, block in enumerate(blocks) for n in block}
+    parent: dict[int, nn.Module] = {}
+    for module in model.modules():
+        for child in module.children():
+            parent.setdefault(id(child), module)
+    touched: dict[int, frozenset[int]] = {}
+
+    def touches(module: nn.Module) -> frozenset[int]:
+        """The stacks with a block parameter somewhere inside ``module``."""
+        key = id(module)
+        if key not in touched:
+            found = {stack_of_param[id(p)] for p in module._parameters.values()
+                     if p is not None and id(p) in stack_of_param}
+            for child in module.children():
+                found |= touches(child)
+            touched[key] = frozenset(found)
+        return touched[key]
+
+    home: dict[str, int] = {}
+    for index, s in enumerate(stacks):
+        module = s.elements[0][0]
+        if touches(module) - {index}:
+            continue
+        while id(module) in parent and touches(parent[id(module)]) <= {index}:
+            module = parent[id(module)]
+        for name in names_of([module]):
+            home.setdefault(name, index)
+    return home
 
 
 def oracle_blocks(model: nn.Module) -> list[list[str]]:
@@ -363,11 +424,23 @@ def check_contract(names: list[str], depths: dict[str, int], result: OracleResul
             return f"C2: oracle block {k} ({block[0]}) spans depths {sorted(got)}"
         if got != {k}:
             return f"C3/C4: oracle block {k} ({block[0]}) has depth {got.pop()}, expected {k} (N={n})"
-    in_block = {name for block in blocks for name in block}
-    first = min(pos[b] for block in blocks for b in block)
-    last = max(pos[b] for block in blocks for b in block)
+    block_of = {name: k for k, block in enumerate(blocks, start=1) for name in block}
+    stack_of = dict(enumerate(result.block_stack, start=1)) if result.block_stack else dict.fromkeys(block_of.values(), 0)
+    first = min(pos[b] for b in block_of)
+    last = max(pos[b] for b in block_of)
+    # For every position, the oracle block of the nearest block parameter before / after it.
+    before: list[int | None] = [None] * len(names)
+    after: list[int | None] = [None] * len(names)
+    current: int | None = None
+    for i, name in enumerate(names):
+        current = block_of.get(name, current)
+        before[i] = current
+    current = None
+    for i in range(len(names) - 1, -1, -1):
+        current = block_of.get(names[i], current)
+        after[i] = current
     for name in names:
-        if name in in_block:
+        if name in block_of:
             continue
         d, p = depths[name], pos[name]
         if not 0 <= d <= n + 1:
@@ -381,8 +454,20 @@ def check_contract(names: list[str], depths: dict[str, int], result: OracleResul
             return f"C5: {name} is before the first block but has depth {d}"
         if p > last and d != n + 1:
             return f"C6: {name} is after the last block but has depth {d}, expected {n + 1}"
-        if first < p < last and not 1 <= d <= n:
-            return f"C7: {name} sits between blocks but has depth {d}"
+        if first < p < last:
+            # Between blocks: where it sits in forward order, with the block just before it or the one just
+            # after it; inside the home of only one of the two stacks (T5's encoder final norm, LLaVA's text
+            # embeddings), with that stack's block. A projector between two towers may take either.
+            prev, nxt = before[p], after[p]
+            assert prev is not None and nxt is not None
+            allowed = {prev, nxt}
+            mine = result.home.get(name)
+            sides = (stack_of[prev], stack_of[nxt])
+            if mine is not None and sides[0] != sides[1] and mine in sides:
+                allowed = {prev if mine == sides[0] else nxt}
+            if d not in allowed:
+                return (f"C7: {name} sits between oracle blocks {prev} and {nxt} but has depth {d}, "
+                        f"expected {sorted(allowed)}")
     return ""
 
 

@@ -95,11 +95,35 @@ def test_inspect_tied_embeddings(model_dir, capsys, tied_depth, depth):
         assert rows["3"][1:7] == ["2", "816", "1", "1.0000", "0.1", "model.embed_tokens.weight,"]
 
 
-def test_inspect_plot_writes_a_png(model_dir, tmp_path, capsys):
-    pytest.importorskip("matplotlib")
+def plotted_lines(monkeypatch) -> list[dict[str, tuple[list[float], list[float]]]]:
+    """Every figure saved from now on, as {line label: (x data, y data)}, read from the figure's own axes."""
+    from matplotlib.figure import Figure
+
+    figures: list[dict[str, tuple[list[float], list[float]]]] = []
+    savefig = Figure.savefig
+
+    def recording_savefig(self, *args, **kwargs):
+        figures.append({line.get_label(): ([float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()])
+                        for axes in self.axes for line in axes.get_lines()})
+        return savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    return figures
+
+
+def test_inspect_plot_draws_both_profiles(model_dir, tmp_path, capsys, monkeypatch):
+    """The PNG holds two step lines against depth: λ·(d+1)/(N+2) and γ^(N+1−d) (λ = 0.1, γ = 0.5, N = 2)."""
+    figures = plotted_lines(monkeypatch)
     target = tmp_path / "profile.png"
-    assert main(["inspect", str(model_dir), "--plot", str(target)]) == 0
+    args = ["inspect", str(model_dir), "--weight-decay", "0.1", "--layer-lr-decay", "0.5", "--plot", str(target)]
+    assert main(args) == 0
     assert f"plot written to {target}" in capsys.readouterr().out
+    (lines,) = figures
+    assert sorted(lines) == ["lr multiplier", "weight decay λ_d"]
+    depths, lam = lines["weight decay λ_d"]
+    assert depths == [0, 1, 2, 3]
+    assert lam == pytest.approx([0.1 * (d + 1) / 4 for d in depths], rel=1e-12)
+    assert lines["lr multiplier"] == (depths, pytest.approx([0.5 ** (3 - d) for d in depths], rel=1e-12))
     data = target.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")

@@ -1,15 +1,16 @@
-"""LPWDTrainer under DeepSpeed ZeRO-2 and ZeRO-3: real 2-process runs on CPU (torchrun, gloo), against DDP.
+"""LPWDTrainer under DeepSpeed ZeRO-1, ZeRO-2 and ZeRO-3: real 2-process runs on CPU (torchrun, gloo), against DDP.
 
 DeepSpeed wraps the Trainer's own optimizer (no ``optimizer`` section in its config) and steps it on flat fp32
 master partitions; the final parameters of every mode must equal the 2-rank DDP run of the same mode.
 
-Tolerance.  Observed in fp32 (deepspeed 0.19.8, torch 2.13 CPU, 4 steps, lr 3e-3, λ 0.5): ZeRO-1 and ZeRO-2 equal
-DDP *bit for bit* (stock Trainer, wd, rwd); ZeRO-3 differs by at most 1.2e-7 absolute (the all-gather /
-reduce-scatter sums in another order; elements of ~1e-4 show 3e-4 relative, i.e. a few ulps).  We assert
-rtol=1e-5, atol=1e-6 (as test_distributed.py): 8× the worst ZeRO-3 difference, far below the effect of one
-decay step (η·λ·|θ| ≈ 1.5e-3 × 0.02 = 3e-5), so a lost, doubled or mistimed decay on any rank would fail.
+Tolerance.  In fp32 (deepspeed 0.19.8, torch 2.13 CPU, 4 steps, lr 3e-3, λ 0.5) ZeRO-1 and ZeRO-2 equal DDP
+*bit for bit* in every mode (stock Trainer, wd, rwd, pwd, lpwd, with and without warm-up): asserted with
+``torch.equal``.  ZeRO-3 differs by at most 1.2e-7 absolute (the all-gather / reduce-scatter sums in another
+order; elements of ~1e-4 show 3e-4 relative, i.e. a few ulps).  There we assert rtol=1e-5, atol=1e-6 (as
+test_distributed.py): 8× the worst ZeRO-3 difference, far below the effect of one decay step
+(η·λ·|θ| ≈ 1.5e-3 × 0.02 = 3e-5), so a lost, doubled or mistimed decay on any rank would fail.
 In bf16 DeepSpeed runs the whole model in bf16 (fp32 master in the optimizer) while DDP autocasts with fp32
-weights, so the two are not comparable element-wise; there ZeRO-3 must equal ZeRO-2 (observed: bit for bit).
+weights, so the two are not comparable element-wise; there ZeRO-3 must equal ZeRO-2 bit for bit (asserted).
 
 Also checked: an early stop under ZeRO-2 (bitwise DDP's settled weights), warmup_steps=0 (the decay before the
 first forward is 1 − η₀λ, not 1), ZeRO-3 with a small
@@ -17,8 +18,8 @@ first forward is 1 − η₀λ, not 1), ZeRO-3 with a small
 and the refusal of a DeepSpeed ``optimizer`` section.
 
 Cost (2 shared CPU cores): each launch imports torch/transformers/deepspeed once and trains its modes in turn
-(1-9 s of training per mode): ddp 32-65 s, zero2 35-60 s, zero3 54-64 s, zero2_bf16 34-44 s, zero3_bf16 42-46 s,
-zero3_sub ~35 s, zero2_resume 36-43 s, ds_optimizer (1 process, nothing trains) 20-33 s; about 5 min in all. The
+(1-9 s of training per mode): ddp 32-65 s, zero1 and zero2 35-60 s each, zero3 54-64 s, zero2_bf16 34-44 s, zero3_bf16 42-46 s,
+zero3_sub ~35 s, zero2_resume 36-43 s, ds_optimizer (1 process, nothing trains) 20-33 s; about 6 min in all. The
 very first DeepSpeed launch on a machine also compiles DeepSpeed's shm comm op with g++ (~80 s, cached in
 ~/.cache/torch_extensions).  A config with an ``optimizer`` section that is *not* refused makes DeepSpeed compile
 its CPU Adam op (~5 min): the refusal test stops such a run at ``deepspeed_init`` instead.
@@ -34,10 +35,9 @@ import sys
 import time
 from pathlib import Path
 
+import deepspeed  # noqa: F401 - the deepspeed extra, installed by `make test`: a broken install fails here, loudly
 import pytest
 import torch
-
-pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'hf_lpwd[deepspeed]'")
 
 ROOT = Path(__file__).parent.parent
 SCRIPT = str(ROOT / "tests" / "scripts" / "train_deepspeed.py")
@@ -108,20 +108,35 @@ def assert_close(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], rto
         torch.testing.assert_close(got[name], ref[name], rtol=rtol, atol=atol, msg=name)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+def assert_equal(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == ref.keys()
+    for name in ref:
+        diff = (got[name] - ref[name]).abs().max().item()
+        assert torch.equal(got[name], ref[name]), f"{name}: not bitwise equal (max |difference| {diff:.3g})"
+
+
+def assert_matches_ddp(stage: int, got: dict[str, torch.Tensor], ddp: dict[str, torch.Tensor]) -> None:
+    """ZeRO-1/2 partition the optimizer state only and sum gradients as DDP does: bitwise. ZeRO-3: see the docstring."""
+    if stage in (1, 2):
+        assert_equal(got, ddp)
+    else:
+        assert_close(got, ddp)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
 def test_stock_trainer_under_zero_matches_ddp(runs: Runs, stage: int) -> None:
-    """The harness itself: no LPWD involved, DeepSpeed vs DDP within float32 rounding (ZeRO-2: bit for bit)."""
+    """The harness itself: no LPWD involved, DeepSpeed vs DDP (ZeRO-1/2: bit for bit; ZeRO-3: float32 rounding)."""
     zero = result(runs.zero(stage), "stock")
-    assert_close(zero, result(runs.ddp(), "stock"))
+    assert_matches_ddp(stage, zero, result(runs.ddp(), "stock"))
     for name, tensor in result(runs.zero(stage), "stock", rank=1).items():
         assert torch.equal(tensor, zero[name]), name
 
 
-@pytest.mark.parametrize("stage, mode", [(2, m) for m in MODES] + [(3, m) for m in MODES])
+@pytest.mark.parametrize("stage, mode", [(s, m) for s in (1, 2, 3) for m in MODES])
 def test_lpwd_under_zero_matches_ddp(runs: Runs, stage: int, mode: str) -> None:
     zero = result(runs.zero(stage), mode)
     ddp = result(runs.ddp(), mode)
-    assert_close(zero, ddp)
+    assert_matches_ddp(stage, zero, ddp)
     for name, tensor in result(runs.zero(stage), mode, rank=1).items():
         assert torch.equal(tensor, zero[name]), name
     if mode != "wd":  # the mode changed something: not silently AdamW's decay
@@ -130,21 +145,21 @@ def test_lpwd_under_zero_matches_ddp(runs: Runs, stage: int, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", NO_WARMUP)
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 def test_first_decay_without_warmup_under_zero_matches_ddp(runs: Runs, stage: int, mode: str) -> None:
     """warmup_steps=0: the decay before the very first forward is 1 − η₀λ ≠ 1; under ZeRO the model's weights
     (what the first forward sees) are copied into the optimizer's fp32 masters, so the Trainer glue applies it
     to the model's weights in create_optimizer, before DeepSpeed makes that copy. (Adam's eps is 1e-3 in these
     runs: see train_deepspeed.py for why a run without warm-up needs it to compare ZeRO-3 with DDP.)"""
-    assert_close(result(runs.zero(stage), mode), result(runs.ddp(), mode))
+    assert_matches_ddp(stage, result(runs.zero(stage), mode), result(runs.ddp(), mode))
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_bf16_zero3_equals_zero2(runs: Runs, mode: str) -> None:
-    """bf16 model, fp32 master partitions in the optimizer; both stages must agree (observed: bit for bit)."""
+    """bf16 model, fp32 master partitions in the optimizer; both stages agree bit for bit."""
     zero2 = result(runs.zero(2, bf16=True), mode)
     zero3 = result(runs.zero(3, bf16=True), mode)
-    assert_close(zero3, zero2, rtol=2**-8, atol=ATOL)
+    assert_equal(zero3, zero2)
     assert all(torch.isfinite(t).all() for t in zero2.values())
     if mode != "wd":
         wd = result(runs.zero(2, bf16=True), "wd")
@@ -169,7 +184,7 @@ def probe(folder: Path, mode: str) -> dict:
 
 def test_deepspeed_drives_the_client_optimizer_as_lpwd_assumes(runs: Runs) -> None:
     """The facts the fold relies on; if a DeepSpeed release changes them, this says which."""
-    for stage in (2, 3):
+    for stage in (1, 2, 3):
         for mode in ("stock", "rwd"):
             info = probe(runs.zero(stage), mode)
             calls = info["create_optimizer_calls"]
@@ -178,7 +193,7 @@ def test_deepspeed_drives_the_client_optimizer_as_lpwd_assumes(runs: Runs) -> No
             assert len(steps) == 4 * 2, "one step() per param group per optimizer step"
             for i, call in enumerate(steps):
                 groups = call["groups"]
-                if stage == 2:
+                if stage in (1, 2):
                     # param_groups is replaced by a one-group list (the same dict) for the call
                     assert not call["param_groups_is_original_list"] and len(groups) == 1
                     stepped = groups
@@ -194,9 +209,12 @@ def test_deepspeed_drives_the_client_optimizer_as_lpwd_assumes(runs: Runs) -> No
             if mode == "rwd":
                 keys = set(steps[0]["groups"][0]["keys"])
                 assert {"depth", "lpwd_multiplier", "param_names"} <= keys, keys
-                if steps[0]["base_param_groups_len"] is not None:  # an LPWD holding a base_optimizer
-                    # stage 1-2 swap the wrapper's list only: LPWD.base_optimizer keeps the full list
-                    assert steps[0]["base_groups_are_wrapper_groups"] == (stage == 3)
+                # the client optimizer is LPWD, holding its base: stages 1-2 swap the wrapper's list only, and
+                # LPWD.base_optimizer keeps the full list; stage 3 keeps the one list for both
+                assert steps[0]["base_param_groups_len"] == 2, steps[0]
+                assert steps[0]["base_groups_are_wrapper_groups"] == (stage == 3)
+            else:
+                assert steps[0]["base_param_groups_len"] is None  # the stock Trainer's AdamW has no base
             if stage == 2:
                 assert info["state_dict_calls"] == 2, "ZeRO checkpoints save the client optimizer's state_dict()"
     info = probe(runs.zero(2, bf16=True), "rwd")

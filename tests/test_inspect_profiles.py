@@ -34,13 +34,25 @@ def test_table_shows_lr_multiplier_and_lambda_side_by_side(tmp_path: Path, capsy
     assert out[8] == "tied: lm_head.weight = model.embed_tokens.weight (depth 0)"
 
 
-def test_plot_draws_a_png(tmp_path: Path, capsys) -> None:
-    pytest.importorskip("matplotlib")
-    config = _llama_config(tmp_path, tied=False)
+@pytest.mark.parametrize(("tied_depth", "depths"), [("input", [0, 1, 2, 3, 4]), ("output", [1, 2, 3, 4])])
+def test_plot_draws_a_png_of_the_tables_profiles(tmp_path: Path, capsys, monkeypatch, tied_depth: str,
+                                                 depths: list[int]) -> None:
+    """The plotted lines are the table's columns: the default λ = 0.01 as λ·(d+1)/5 and γ^(4−d), N = 3; a tied
+    matrix at the output leaves depth 0 empty, so the lines start at depth 1."""
+    from tests.test_cli import plotted_lines
+
+    figures = plotted_lines(monkeypatch)
+    config = _llama_config(tmp_path, tied=True)
     target = tmp_path / "profile.png"
-    assert main(["inspect", "--config", str(config), "--layer-lr-decay", "0.8", "--plot", str(target)]) == 0
+    assert main(["inspect", "--config", str(config), "--layer-lr-decay", "0.8", "--tied-depth", tied_depth,
+                 "--plot", str(target)]) == 0
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("profile")] == ["profile.png"]
+    (lines,) = figures
+    # tied at the input: depth 4 holds the final norm only (not decayed), λ 0 there
+    lam = [0.01 * (d + 1) / 5 if d < 4 or tied_depth == "output" else 0.0 for d in depths]
+    assert lines["weight decay λ_d"] == (depths, pytest.approx(lam, rel=1e-12))
+    assert lines["lr multiplier"] == (depths, pytest.approx([0.8 ** (4 - d) for d in depths], rel=1e-12))
 
 
 def test_bad_plot_folder_and_bad_gamma_are_one_line_errors(tmp_path: Path, capsys) -> None:

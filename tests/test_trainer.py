@@ -14,6 +14,7 @@ import transformers
 from transformers import (
     HfArgumentParser,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -195,22 +196,47 @@ def test_kill_and_resume_is_bitwise_an_uninterrupted_run(tmp_path: Path) -> None
 
 
 # --------------------------------------------------------------------------- logging and saving
+def _bert_depth(name: str) -> int:
+    """Depths of tiny_bert(layers=2), by hand: embeddings 0, encoder layer i → i+1, pooler and classifier 3."""
+    if name.startswith("bert.embeddings."):
+        return 0
+    if name.startswith("bert.encoder.layer."):
+        return int(name.split(".")[3]) + 1
+    assert name.startswith(("bert.pooler.", "classifier.")), name
+    return 3
+
+
+class _NormsAtLog(TrainerCallback):
+    """‖θ‖₂ per depth straight from the model's parameters, at the moment of each training log."""
+
+    def __init__(self) -> None:
+        self.norms: list[dict[int, float]] = []
+
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs):  # noqa: ANN001
+        if "loss" in logs:
+            tensors: dict[int, list[torch.Tensor]] = {}
+            for name, param in model.named_parameters():
+                tensors.setdefault(_bert_depth(name), []).append(param.detach().double().flatten())
+            self.norms.append({d: float(torch.cat(ts).norm()) for d, ts in tensors.items()})
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_weight_norm_per_depth_is_logged(tmp_path: Path, enabled: bool) -> None:
-    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.1, logging_steps=1, max_steps=2),
+    """Every depth of every training log equals the norm of that depth's parameters when it was logged."""
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.5, logging_steps=1, max_steps=3),
                                  lpwd_log_layer_norms=enabled)
     model = tiny_bert()
-    trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(8))
+    at_log = _NormsAtLog()
+    trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(12), callbacks=[at_log])
     trainer.train()
     logged = [log for log in trainer.state.log_history if "loss" in log]
-    keys = {k for log in logged for k in log if k.startswith("lpwd/")}
-    if not enabled:
-        assert keys == set()
-        return
-    assert keys == {f"lpwd/weight_norm/depth_{d:02d}" for d in range(4)}
-    head = [p for n, p in model.named_parameters() if n.startswith(("bert.pooler.", "classifier."))]
-    expected = torch.linalg.vector_norm(torch.cat([p.detach().flatten() for p in head]))
-    assert logged[-1]["lpwd/weight_norm/depth_03"] == pytest.approx(float(expected), rel=1e-5)
+    assert len(logged) == len(at_log.norms) == 3
+    for log, direct in zip(logged, at_log.norms, strict=True):
+        keys = sorted(k for k in log if k.startswith("lpwd/"))
+        assert keys == ([f"lpwd/weight_norm/depth_{d:02d}" for d in range(4)] if enabled else [])
+        got = {int(k.rsplit("_", 1)[1]): log[k] for k in keys}
+        assert got == (pytest.approx(direct, rel=1e-5) if enabled else {})
+    assert at_log.norms[0] != at_log.norms[-1]  # the weights moved between the logs: each log read them anew
 
 
 def test_checkpoint_and_output_dir_carry_the_config_and_card(tmp_path: Path) -> None:
@@ -256,7 +282,7 @@ def test_arguments_start_from_a_saved_config(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- other models and trainers
 def test_llama_causal_lm_with_lora_decays_adapters_by_depth(tmp_path: Path) -> None:
-    peft = pytest.importorskip("peft")
+    import peft
     model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.4, max_steps=2))
     trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(8, causal_lm=True))
@@ -288,7 +314,7 @@ def test_t5_with_seq2seq_trainer_through_the_mixin(tmp_path: Path) -> None:
 
 
 def test_trl_sft_trainer_through_the_mixin(tmp_path: Path) -> None:
-    trl = pytest.importorskip("trl")
+    import trl
     from datasets import Dataset
 
     class LPWDSFTTrainer(LPWDMixin, trl.SFTTrainer):
@@ -310,7 +336,15 @@ def test_trl_sft_trainer_through_the_mixin(tmp_path: Path) -> None:
     lpwd = trainer.lpwd_optimizer
     assert lpwd.mode == "pwd"
     assert {g["depth"] for g in lpwd.param_groups} == {0, 1, 2, 3}
-    assert any(not torch.equal(before[n], p) for n, p in params_of(trainer.model).items())
+    # Tokens w60, w61 (ids 62, 63) never occur: their embedding rows get a zero gradient, Adam moves them by
+    # exactly 0, and what is left is lpwd's decay of depth 0, λ/(N+2) = 0.05, at the linear schedule's
+    # η_0 = 5e-3, η_1 = 2.5e-3 (the stock SFTTrainer would apply λ = 0.2 there: 4× the shrink).
+    assert max(max(ids) for ids in trainer.train_dataset["input_ids"]) == 61
+    unused = trainer.model.model.embed_tokens.weight.detach()[62:]
+    shrink = (1 - 5e-3 * 0.05) * (1 - 2.5e-3 * 0.05)
+    torch.testing.assert_close(unused, before["model.embed_tokens.weight"][62:] * shrink, rtol=1e-6, atol=0)
+    moved = [n for n, p in params_of(trainer.model).items() if not torch.equal(before[n], p)]
+    assert len(moved) == len(before)  # and every tensor trained (the others have gradients)
 
 
 # --------------------------------------------------------------------------- pwd folded into the step
@@ -346,15 +380,23 @@ def test_folded_pwd_equals_unfolded_pwd_in_the_trainer(tmp_path: Path, monkeypat
 
 
 def test_layer_lr_decay_follows_the_schedule_per_group(tmp_path: Path, monkeypatch) -> None:
-    """lr of the group at depth d = schedule(t)·γ^(N+1−d), and pwd's decay uses each group's own lr."""
-    seen: list[list[tuple[int, float, float, float]]] = []
+    """lr of the group at depth d = schedule(t)·γ^(N+1−d), and pwd's fold predicts each group's own lr.
+
+    What the previous step folded in (the group's applied factor *before* ``pre_step()`` looks at it) must be
+    1 − η_{d,t}·λ_d for the coming step, so that ``pre_step()`` has nothing to correct (step 0: nothing folded
+    yet, and the warm-up's lr 0 needs nothing).
+    """
+    seen: list[list[tuple[int, float, float, float | None]]] = []
+    corrections: list[int] = []
     original = LPWD.pre_step
 
     def recording_pre_step(self):
         first = not self.pre_step_pending
+        if first:
+            seen.append([(g["depth"], g["lr"], g["weight_decay"], g.get("lpwd_applied_decay")) for g in self.param_groups])
         original(self)
         if first:
-            seen.append([(g["depth"], g["lr"], g["weight_decay"], g["lpwd_applied_decay"]) for g in self.param_groups])
+            corrections.append(self.fold_corrections)
 
     monkeypatch.setattr(LPWD, "pre_step", recording_pre_step)
     gamma, lr, lam = 0.5, 4e-3, 0.5
@@ -368,8 +410,13 @@ def test_layer_lr_decay_follows_the_schedule_per_group(tmp_path: Path, monkeypat
     for step, groups in enumerate(seen):
         for depth, group_lr, group_lam, applied in groups:
             assert group_lr == pytest.approx(lr * schedule[step] * gamma ** (3 - depth), rel=1e-12)
-            assert applied == pytest.approx(1 - group_lr * group_lam, rel=1e-12)
+            if step == 0:
+                assert applied is None  # no previous step: the first decay (1, at lr 0) is pre_step()'s
+            else:
+                assert applied == pytest.approx(1 - group_lr * group_lam, rel=1e-12), (step, depth)
+    assert corrections == [0] * 6
     assert {g[0] for g in seen[0]} == {0, 1, 2, 3}
+    assert len({g[1] for g in seen[2]}) == 4  # four different lrs at once: a look-up in another group's would show
 
 
 def test_mixin_with_an_lpwd_config_records_the_real_base_and_warns_about_lambda(tmp_path: Path, caplog) -> None:
