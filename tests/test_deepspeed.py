@@ -42,8 +42,9 @@ import torch
 ROOT = Path(__file__).parent.parent
 SCRIPT = str(ROOT / "tests" / "scripts" / "train_deepspeed.py")
 MODES = ("wd", "rwd", "pwd", "lpwd")
+RULES = ("pwd-independent", "wd-cautious")  # the lr coupling and cautious decay of the decay-rules issue
 NO_WARMUP = ("pwd-nowarmup", "lpwd-nowarmup")
-ALL = ("stock", *MODES, *NO_WARMUP)
+ALL = ("stock", *MODES, *NO_WARMUP, *RULES)
 EARLY_STOP = "lpwd-earlystop"  # constant lr, stopped after step 2 of 4: a decay folded in for a step that never comes
 RTOL, ATOL = 1e-5, 1e-6
 pytestmark = pytest.mark.slow
@@ -132,7 +133,7 @@ def test_stock_trainer_under_zero_matches_ddp(runs: Runs, stage: int) -> None:
         assert torch.equal(tensor, zero[name]), name
 
 
-@pytest.mark.parametrize("stage, mode", [(s, m) for s in (1, 2, 3) for m in MODES])
+@pytest.mark.parametrize("stage, mode", [(s, m) for s in (1, 2, 3) for m in (*MODES, *RULES)])
 def test_lpwd_under_zero_matches_ddp(runs: Runs, stage: int, mode: str) -> None:
     zero = result(runs.zero(stage), mode)
     ddp = result(runs.ddp(), mode)

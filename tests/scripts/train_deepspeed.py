@@ -70,7 +70,8 @@ def deepspeed_config(stage: int, bf16: bool, ds_optimizer: bool, sub_group_size:
 
 
 def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> TrainingArguments:
-    mode, _, variant = mode.partition("-")  # "lpwd-nowarmup": lpwd with warmup_steps=0 (the first decay is not 1)
+    # "lpwd-nowarmup": lpwd with warmup_steps=0 (the first decay is not 1); "pwd-independent", "wd-cautious": the rules
+    mode, _, variant = mode.partition("-")
     schedule = "constant" if variant == "earlystop" else "linear"
     kwargs = dict(
         output_dir=out, weight_decay=WEIGHT_DECAY, learning_rate=LR, max_steps=STEPS,
@@ -91,7 +92,13 @@ def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> T
         kwargs["deepspeed"] = deepspeed_config(int(cli.engine[-1]), cli.bf16, cli.ds_optimizer, cli.sub_group_size)
     if mode == "stock":
         return TrainingArguments(**kwargs)
-    return LPWDTrainingArguments(weight_decay_mode=mode, **kwargs)
+    rules = {}
+    if variant == "independent":  # d = (η_t/η̄)·λ: λ is the per-step decay at the peak lr
+        rules = {"lpwd_lr_coupling": "independent"}
+        kwargs["weight_decay"] = 2 * WEIGHT_DECAY * LR  # twice coupled pwd's per-step decay: a run of its own
+    elif variant == "cautious":
+        rules = {"lpwd_cautious": True}
+    return LPWDTrainingArguments(weight_decay_mode=mode, **rules, **kwargs)
 
 
 class StopAfter(TrainerCallback):
@@ -250,7 +257,7 @@ def main() -> None:
         return
     modes = cli.modes.split(",")
     unknown = {m for m in modes if m.split("-")[0] not in ("stock", "wd", "rwd", "pwd", "lpwd")
-               or m.partition("-")[2] not in ("", "nowarmup", "earlystop")}
+               or m.partition("-")[2] not in ("", "nowarmup", "earlystop", "independent", "cautious")}
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}")
     if cli.refusal_only:
