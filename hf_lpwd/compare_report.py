@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .grid import Axis, cell_name, reference_settings, settings_key
+from .grid import Axis, cell_name, is_number, reference_settings, settings_key
 from .stats import excludes_zero, fmt_diff, mean_std, paired_differences, t_interval
 
 __all__ = ["DIGITS", "cell_summaries", "write_report"]
@@ -28,7 +28,7 @@ SUMMARY_NAME = "report.json"
 DIGITS = 4
 """Decimals of every metric value in the report."""
 DRIVER_KEY = "weight_decay"
-"""In the plots against S and the norm ratio, the axis that moves a run along its curve (else the last numeric axis)."""
+"""In the plots against S and the norm ratio, the key that moves a run along its line (else the last numeric key)."""
 
 
 def _values_by_seed(rows: Sequence[dict[str, Any]], settings: dict[str, str], seeds: Sequence[int], field: Any
@@ -185,32 +185,30 @@ def _file_part(text: str) -> str:
     return re.sub(r"[^\w.+-]+", "_", text)
 
 
-def _series_label(settings: dict[str, str], axes: Sequence[Axis]) -> str:
-    return ", ".join(f"{a.name}={'+'.join(settings[k] for k in a.keys)}" for a in axes) or "all cells"
+def _numeric_keys(axes: Sequence[Axis], cells: Sequence[dict[str, str]]) -> list[str]:
+    """Grid keys (single or linked) whose values are all numbers and that take more than one value."""
+    keys = [k for a in axes for k in a.keys]
+    return [k for k in keys if len({c[k] for c in cells}) > 1 and all(is_number(c[k]) for c in cells)]
 
 
-def _driver(axes: Sequence[Axis]) -> Axis | None:
-    numeric = [a for a in axes if a.numeric]
-    return next((a for a in numeric if a.keys == (DRIVER_KEY,)), numeric[-1] if numeric else None)
-
-
-def _points(summaries: Sequence[dict[str, Any]], axes: Sequence[Axis], along: Axis | None,
+def _points(summaries: Sequence[dict[str, Any]], keys: Sequence[str], along: str | None,
             x_of: Any) -> dict[str, list[tuple[float, float, float]]]:
-    """Series (one per combination of the axes other than ``along``) of (x, mean, std) points."""
-    others = [a for a in axes if a is not along]
+    """Series of (x, mean, std) points, one series per combination of the values of the keys other than ``along``."""
     series: dict[str, list[tuple[float, float, float]]] = {}
     for s in summaries:
         x = x_of(s)
         if s["n"] == 0 or x is None:
             continue
-        series.setdefault(_series_label(s["settings"], others), []).append((x, s["mean"], s["std"]))
+        label = ", ".join(f"{k}={s['settings'][k]}" for k in keys if k != along) or "all cells"
+        series.setdefault(label, []).append((x, s["mean"], s["std"]))
     return series
 
 
 def write_plots(out: Path, axes: Sequence[Axis], summaries: Sequence[dict[str, Any]], metric: str
                 ) -> list[str] | str:
-    """The metric against each numeric axis, against S and against the norm ratio (where known): the file names, or
-    the note that explains why there are none."""
+    """The metric against each numeric grid key (one line per combination of the other keys), and against S and the
+    norm ratio where known (one line per combination of the keys other than λ, which moves a run along its line):
+    the file names, or the note that explains why there are none."""
     try:
         import matplotlib
 
@@ -218,18 +216,18 @@ def write_plots(out: Path, axes: Sequence[Axis], summaries: Sequence[dict[str, A
         import matplotlib.pyplot as plt
     except ImportError:
         return 'Plots skipped: matplotlib is not installed (pip install "hf_lpwd[plot]").'
+    keys = [k for a in axes for k in a.keys]
+    numeric = _numeric_keys(axes, [s["settings"] for s in summaries])
     names = []
-    for axis in axes:
-        if axis.numeric and len(axis.values) > 1:
-            key = axis.keys[0]
-            series = _points(summaries, axes, axis, lambda s, k=key: float(s["settings"][k]))
-            name = f"{_file_part(metric)}_vs_{_file_part(key)}.png"
-            _plot(plt, series, out / name, key, metric, f"{metric} against {key}")
-            names.append(name)
-    driver = _driver(axes)
+    for key in numeric:
+        series = _points(summaries, keys, key, lambda s, k=key: float(s["settings"][k]))
+        name = f"{_file_part(metric)}_vs_{_file_part(key)}.png"
+        _plot(plt, series, out / name, key, metric, f"{metric} against {key}")
+        names.append(name)
+    driver = DRIVER_KEY if DRIVER_KEY in numeric else (numeric[-1] if numeric else None)
     for field, what, label in (("shrink", "the shrink S", "shrink S = Σ_t d_t (largest depth)"),
                                ("norm_ratio", "the norm ratio", "norm ratio ‖θ_last‖ / ‖θ_first‖")):
-        series = _points(summaries, axes, driver, lambda s, f=field: s[f])
+        series = _points(summaries, keys, driver, lambda s, f=field: s[f])
         if sum(len(v) for v in series.values()) > 1:
             name = f"{_file_part(metric)}_vs_{field}.png"
             _plot(plt, series, out / name, label, metric, f"{metric} against {what}")

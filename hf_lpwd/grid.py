@@ -23,6 +23,7 @@ __all__ = [
     "cell_name",
     "check_axes",
     "expand_grid",
+    "is_number",
     "parse_axis",
     "parse_reference",
     "parse_seeds",
@@ -52,13 +53,9 @@ class Axis:
     def label(self, value: tuple[str, ...]) -> str:
         return "+".join(value)
 
-    @property
-    def numeric(self) -> bool:
-        """A single key whose values all parse as numbers (it gets a plot against its values)."""
-        return len(self.keys) == 1 and all(_is_number(v[0]) for v in self.values)
 
-
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """A grid value that is a finite number (its key gets a plot against its values)."""
     try:
         return math.isfinite(float(text))
     except ValueError:

@@ -305,6 +305,8 @@ def test_linked_axis_and_fixed_flags_in_the_command(tmp_path, fake):
     rows = read_results(out / "results.jsonl")
     assert {r["metrics"]["fixed"] for r in rows} == {3}
     report = (out / "report.md").read_text()
+    # λ inside a linked axis still gets its plot, one line per value of the keys linked to it
+    assert "](score_vs_lam.png)" in report and (out / "score_vs_lam.png").is_file()
     assert table_row(report, "lpwd+1")[1] == (f"{(score('lpwd', 1, 0) + score('lpwd', 1, 1)) / 2:.4f} ± "
                                               f"{abs(score('lpwd', 1, 0) - score('lpwd', 1, 1)) / math.sqrt(2):.4f} (2)")
 
