@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hf_lpwd.stats import fmt_diff, paired_differences, t_interval  # noqa: F401 - the study scripts import them here
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 DEFAULT_DATA_DIR = REPO / ".." / "shared" / "data"
@@ -371,30 +373,7 @@ def run_grid(name: str, out_dir: Path, key: str, settings: dict[str, Any], cells
 
 
 # ---------------------------------------------------------------------------------------------- paired statistics
-def t_interval(values: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, half width of the 95 % t-interval, n); half width nan for n < 2."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, 0
-    mean = statistics.fmean(values)
-    if n < 2:
-        return mean, math.nan, 1
-    from scipy.stats import t
-
-    return mean, float(t.ppf(0.975, n - 1)) * statistics.stdev(values) / math.sqrt(n), n
-
-
-def fmt_diff(mean: float, half: float, n: int, scale: float = 1.0, digits: int = 1) -> str:
-    """``+1.2 [−0.3, +2.7] (5)``; the interval is bold-free, a star marks intervals that exclude 0."""
-    if n == 0 or not finite(mean):
-        return "–"
-    if not finite(half):
-        return f"{mean * scale:+.{digits}f} (n={n})"
-    lo, hi = (mean - half) * scale, (mean + half) * scale
-    star = " *" if lo > 0 or hi < 0 else ""
-    return f"{mean * scale:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{star}"
-
-
+# t_interval and fmt_diff are the package's (hf_lpwd.stats, imported at the top): one home for the statistics.
 def by_cell(runs: Iterable[dict[str, Any]], metric: str) -> dict[tuple[str, float], dict[int, float]]:
     """(mode, λ) → {seed: metric}."""
     out: dict[tuple[str, float], dict[int, float]] = defaultdict(dict)
@@ -406,8 +385,7 @@ def by_cell(runs: Iterable[dict[str, Any]], metric: str) -> dict[tuple[str, floa
 def paired(cells: dict[tuple[str, float], dict[int, float]], a: tuple[str, float],
            b: tuple[str, float]) -> list[float]:
     """Per-seed differences a − b over the seeds both cells have."""
-    ca, cb = cells.get(a, {}), cells.get(b, {})
-    return [ca[s] - cb[s] for s in sorted(set(ca) & set(cb))]
+    return paired_differences(cells.get(a, {}), cells.get(b, {}))
 
 
 def plot_xy(series: dict[str, list[tuple[float, float, float]]], path: Path, xlabel: str, ylabel: str, title: str,

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Study v3, question 5: from scratch, trained until validation perplexity flattens. The v2 Llama (4 blocks, hidden 96,
+# 4 heads, MLP 256, untied head) on Tiny Shakespeare through recipes/causal_lm.py (byte tokenizer, blocks of 64, batch
+# 32, η = 3e-3 linear warm-up 10 % and decay, validation: the first 5 % of the text), 3 seeds, metric perplexity.
+#   bash benchmarks/study_v3/q5_scratch.sh pilot    # WD, λ = 0.1, 3000 steps, eval every 250: where does it flatten?
+#   STEPS=2000 bash benchmarks/study_v3/q5_scratch.sh now   # WD vs LPWD at λ ∈ {0.1, 0.3, 1}: today's flags
+#   STEPS=2000 bash benchmarks/study_v3/q5_scratch.sh       # NEEDS issue 19: WD, LPWD, cautious, independent
+# The full grid sets λ through the decay timescale τ (epochs; --lpwd_decay_timescale, issue 19) so that the
+# independent coupling, whose λ is not multiplied by η̄, sits at the same timescales as the coupled arms:
+# λ = 1/(η̄·τ·S_e) coupled, 1/(τ·S_e) independent. With S_e ≈ 516 steps per epoch here, τ = 6.5, 2.2, 0.65 epochs
+# are λ ≈ 0.1, 0.3, 1 coupled.
+source "$(dirname "$0")/common.sh"
+STEPS="${STEPS:-2000}"
+lm() {  # lm STEPS [more recipe flags]: sets the array CMD
+    local steps="$1"
+    shift
+    CMD=("$PY" recipes/causal_lm.py --model_type llama --tokenizer_name recipes/data/byte_tokenizer
+        --config_overrides "vocab_size=257,hidden_size=96,intermediate_size=256,num_hidden_layers=4,num_attention_heads=4,num_key_value_heads=4,max_position_embeddings=64,bos_token_id=0,eos_token_id=0,pad_token_id=0,tie_word_embeddings=false"
+        --train_file "$DATA_ROOT/text/tinyshakespeare/input.txt" --validation_split_percentage 5 --block_size 64
+        --max_steps "$steps" --per_device_train_batch_size 32 --per_device_eval_batch_size 64 --learning_rate 3e-3
+        --lr_scheduler_type linear --warmup_steps 0.1 --optim adamw_torch_fused --save_strategy no
+        --logging_steps 50 --logging_first_step true --report_to none --disable_tqdm true --use_cpu true
+        --dataloader_num_workers 0 "$@")
+}
+case "${1:-grid}" in
+pilot)
+    lm 3000 --weight_decay_mode wd --eval_strategy steps --eval_steps 250
+    "${COMPARE[@]}" --grid weight_decay=0.1 --seeds 0 --metric perplexity --out "$RESULTS/q5_scratch_pilot" \
+        -- "${CMD[@]}"
+    "$PY" benchmarks/study_v3/curve.py "$RESULTS/q5_scratch_pilot"
+    ;;
+now)
+    lm "$STEPS" --eval_strategy no
+    "${COMPARE[@]}" --grid weight_decay_mode=wd,lpwd --grid weight_decay=0.1,0.3,1 --reference weight_decay_mode=wd \
+        --seeds 0,1,2 --metric perplexity --out "$RESULTS/q5_scratch_wd_lpwd" -- "${CMD[@]}"
+    ;;
+grid)
+    lm "$STEPS" --eval_strategy no
+    "${COMPARE[@]}" \
+        --grid weight_decay_mode+lpwd_cautious+lpwd_lr_coupling=wd+false+coupled,lpwd+false+coupled,wd+true+coupled,wd+false+independent \
+        --grid lpwd_decay_timescale=6.5,2.2,0.65 \
+        --reference weight_decay_mode+lpwd_cautious+lpwd_lr_coupling=wd+false+coupled \
+        --seeds 0,1,2 --metric perplexity --out "$RESULTS/q5_scratch" -- "${CMD[@]}"
+    ;;
+esac
