@@ -7,8 +7,8 @@ OUT/runs/<cell>/seed<s>``.  What a finished run leaves behind is read from its o
 * ``all_results.json`` (or ``final/all_results.json``): every numeric metric; ``--metric`` picks the one reported;
 * ``trainer_state.json``: the per-depth weight norms ``lpwd/weight_norm/depth_DD`` that ``LPWDTrainer`` logs, first and
   last logged value; the norm ratio is ‖θ‖ at the last log / ‖θ‖ at the first log (all depths together);
-* the shrink S: ``lpwd_config.json`` (or ``final/lpwd_config.json``) key ``shrink`` (a number, a list indexed by depth
-  or a ``{depth: S_d}`` mapping), else the last logged ``lpwd/shrink/depth_DD`` values; S of a run is the largest S_d.
+* the shrink S: ``lpwd_config.json`` (or ``final/lpwd_config.json``) keys ``depth_shrink`` (``{depth: S_d}``) or
+  ``shrink`` (the run's largest S), else the last logged ``lpwd/shrink/depth_DD`` values; S of a run is the largest S_d.
 
 ``OUT/results.jsonl`` gets one line per finished run, written only once the run has succeeded, so a rerun of the same
 command never repeats a finished run and redoes an interrupted one (its partial folder is wiped first).
@@ -267,7 +267,9 @@ def collect_outputs(run_dir: Path) -> dict[str, Any]:
                    norm_ratio=total_last / total_first if total_first > 0 else None)
     config_path = _first_file(run_dir, "lpwd_config.json")
     config = _read_json(config_path) if config_path else None
-    shrink = _shrink_values(config.get("shrink")) if isinstance(config, dict) else None
+    shrink = None
+    if isinstance(config, dict):  # per depth where the run had depths, else the run's one S
+        shrink = _shrink_values(config.get("depth_shrink")) or _shrink_values(config.get("shrink"))
     if shrink is None:
         logged = [d for d in (_depth_values(e, SHRINK_PREFIX) for e in logs if isinstance(e, dict)) if d]
         shrink = logged[-1] if logged else None

@@ -84,6 +84,8 @@ class LPWDConfig:
         depth_weight_decay: λ per depth, keys are depths as strings (filled in likewise).
         depth_shrink: S_d = Σ_t d_t per decayed depth over the whole run, the log-shrink of a weight that
             no gradient moves (filled in when the schedule is known).
+        shrink: the run's largest S over its decayed parameters (filled in likewise, for any profile): what
+            ``hf-lpwd compare`` plots the metric against.
         lpwd_version: the hf_lpwd version that wrote the config.
     """
 
@@ -103,6 +105,7 @@ class LPWDConfig:
     num_blocks: int | None = None
     depth_weight_decay: dict[str, float] | None = None
     depth_shrink: dict[str, float] | None = None
+    shrink: float | None = None
     lpwd_version: str = __version__
 
     def __post_init__(self) -> None:
@@ -182,6 +185,9 @@ class LPWDConfig:
             for depth, value in per_depth.items():
                 if not str(depth).isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                     raise ValueError(f"LPWDConfig.{name}[{depth!r}]={value!r}: keys are depths, values {what} >= 0")
+        if self.shrink is not None and (isinstance(self.shrink, bool) or not isinstance(self.shrink, (int, float))
+                                        or not self.shrink >= 0):
+            raise ValueError(f"LPWDConfig.shrink must be a number >= 0, got {self.shrink!r}")
         if not isinstance(self.lpwd_version, str):
             raise ValueError("LPWDConfig.lpwd_version must be a string")
 
@@ -223,7 +229,7 @@ class LPWDConfig:
             raise ValueError(f"unknown LPWD config key(s) {unknown}; valid keys are {sorted(known)}")
         if "base_optimizer_kwargs" in data and isinstance(data["base_optimizer_kwargs"], dict):
             data["base_optimizer_kwargs"] = dict(data["base_optimizer_kwargs"])
-        for key in ("weight_decay", "layer_lr_decay", "decay_timescale"):
+        for key in ("weight_decay", "layer_lr_decay", "decay_timescale", "shrink"):
             if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
                 data[key] = float(data[key])
         return cls(**data)

@@ -444,9 +444,11 @@ class LPWDMixin:
             shrink = [group_shrink(float(g["weight_decay"]), float(base_lr), s, cfg.lr_coupling)
                       for g, base_lr, s in zip(groups, scheduler.base_lrs, scales, strict=True)]
         rows = layer_table(groups, shrink if shrink is not None else [None] * len(groups))
-        if shrink is not None and cfg.needs_depths:
-            cfg.depth_shrink = {str(r["depth"]): round(float(r["shrink"]), 6) for r in rows
-                                if r["depth"] is not None and r["weight_decay"] > 0}
+        if shrink is not None:
+            decayed = [r for r in rows if r["weight_decay"] > 0]
+            cfg.shrink = round(max((float(r["shrink"]) for r in decayed), default=0.0), 6)
+            if cfg.needs_depths:
+                cfg.depth_shrink = {str(r["depth"]): round(float(r["shrink"]), 6) for r in decayed}
         if not self.args.should_log:
             return
         logger.info(

@@ -208,6 +208,7 @@ def test_parse_axis_errors(spec, message):
 # ---------------------------------------------------------------------------------------------- run outputs
 @pytest.mark.parametrize(("config", "logs", "shrink", "per_depth"), [
     ({"shrink": 0.5}, [], 0.5, {"all": 0.5}),
+    ({"depth_shrink": {"1": 0.2, "2": 0.7}, "shrink": 0.7}, [], 0.7, {"01": 0.2, "02": 0.7}),  # LPWDTrainer's keys
     ({"shrink": [0.1, 0.4, 0.2]}, [], 0.4, {"00": 0.1, "01": 0.4, "02": 0.2}),
     ({"shrink": {"0": 0.1, "3": 0.9}}, [], 0.9, {"00": 0.1, "03": 0.9}),
     ({}, [{"lpwd/shrink/depth_00": 0.2, "lpwd/shrink/depth_01": 0.7}], 0.7, {"00": 0.2, "01": 0.7}),

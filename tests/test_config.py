@@ -42,6 +42,7 @@ def test_round_trip_is_equal_and_byte_stable(tmp_path: Path) -> None:
         "lr_coupling": "coupled",
         "mode": "lpwd",
         "num_blocks": 2,
+        "shrink": None,
         "stochastic_rounding": True,
         "tied_depth": "input",
         "weight_decay": 0.3,
