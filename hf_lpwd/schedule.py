@@ -41,3 +41,17 @@ def trainer_schedule_scales(
     if scales is None:
         raise ValueError(f"--lr_scheduler_type {lr_scheduler_type} cannot say its lrs ahead of the run")
     return scales[0]
+
+
+def first_step_scale(args: Any) -> float:
+    """s_0 of the schedule the Trainer will build from ``TrainingArguments``: the first step's lr is lr × s_0.
+
+    0 with any warm-up from lr 0, 1 without one, for every Trainer schedule; the length only shapes later steps.
+    """
+    from transformers import get_scheduler
+
+    total = args.max_steps if args.max_steps > 0 else 1_000_000
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=args.get_warmup_steps(total),
+                  num_training_steps=total, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    return float(probe.param_groups[0]["lr"])

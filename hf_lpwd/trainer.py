@@ -44,11 +44,12 @@ from transformers.utils import logging as hf_logging
 
 from .config import LPWD_CONFIG_NAME, LPWDConfig
 from .groups import format_layer_table, group_shrink, layer_table, shrink_warning
+from .integrations import deepspeed as deepspeed_glue
 from .layers import layer_depths_with_count
-from .optim import APPLIED_DECAY_KEY, LPWD
+from .optim import LPWD
 from .optim.functional import weight_decay_for_timescale
 from .refusals import check_deepspeed, check_training_arguments, refuse_unwrappable_optim
-from .schedule import scheduler_scales
+from .schedule import first_step_scale, scheduler_scales
 from .settings import (
     DEFAULTS,
     LR_COUPLINGS,
@@ -232,21 +233,6 @@ def _json_safe(kwargs: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(kwargs, default=repr))
 
 
-def _initial_lr_scale(args: TrainingArguments) -> float:
-    """λ(0) of the schedule the Trainer will build: the first step's lr is ``learning_rate × λ(0)``.
-
-    Built on a throwaway optimizer with the Trainer's own ``get_scheduler`` (0 with any warm-up from lr 0,
-    1 without one, for every Trainer schedule); the length only shapes later steps.
-    """
-    from transformers import get_scheduler
-
-    total = args.max_steps if args.max_steps > 0 else 1_000_000
-    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=args.get_warmup_steps(total),
-                  num_training_steps=total, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
-    return float(probe.param_groups[0]["lr"])
-
-
 def _keep_embeddings_in_32_bit(base_cls: Any, base_kwargs: dict[str, Any], model: nn.Module) -> None:
     """bitsandbytes 8-bit optimizers: 32-bit state for every ``nn.Embedding``, as the stock ``create_optimizer``.
 
@@ -265,12 +251,6 @@ def _keep_embeddings_in_32_bit(base_cls: Any, base_kwargs: dict[str, Any], model
             logger.debug("bitsandbytes: will optimize %s in fp32", module)
 
 
-def _deepspeed_storage(param: torch.Tensor) -> torch.Tensor:
-    """The tensor holding a parameter's values: its partition under ZeRO-3's ``zero.Init``, else itself."""
-    partition = getattr(param, "ds_tensor", None)
-    return partition if partition is not None else param
-
-
 def _squared_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """Σ‖t‖² over ``tensors`` as a float32 0-d tensor on ``device`` (one fused norm, no host sync)."""
     tensors = [t for t in tensors if t.numel() > 0]
@@ -285,27 +265,6 @@ def _unwrap_lpwd(optimizer: Any) -> LPWD | None:
     while optimizer is not None and not isinstance(optimizer, LPWD):
         optimizer = getattr(optimizer, "optimizer", None)
     return optimizer
-
-
-def _zero_optimizer_with_lp_params(optimizer: Any) -> Any:
-    """DeepSpeed's ZeRO-1/2 optimizer between the Trainer's wrappers and LPWD (the one that copies its fp32
-    master partitions into the model's weights, ``update_lp_params``), or ``None`` (ZeRO-3, no DeepSpeed)."""
-    while optimizer is not None and not isinstance(optimizer, LPWD):
-        if callable(getattr(optimizer, "update_lp_params", None)):
-            return optimizer
-        optimizer = getattr(optimizer, "optimizer", None)
-    return None
-
-
-def _forget_applied_decay(lpwd: LPWD) -> None:
-    """pwd: record that the weights carry no decay for a coming step, without touching them.
-
-    For weights just loaded from a checkpoint as the final model: they are the model as saved (θ' of
-    that step, the weights its metric was computed on), and nothing is pending for them.
-    """
-    for group in lpwd.param_groups:
-        group[APPLIED_DECAY_KEY] = None
-    lpwd.settle()  # nothing left to divide: clears the rest of the per-step bookkeeping
 
 
 class LPWDMixin:
@@ -393,7 +352,7 @@ class LPWDMixin:
             # The model's weights become copies of DeepSpeed's fp32 masters: no pre-forward pass. Step 0's
             # decay goes on the weights now, before DeepSpeed copies them into its masters.
             self.optimizer.require_pre_step = False
-            self.optimizer.decay_initial_weights(_initial_lr_scale(self.args), _deepspeed_storage)
+            self.optimizer.decay_initial_weights(first_step_scale(self.args), deepspeed_glue.storage)
         self._record_layers(opt_model, groups, base_kwargs, depths)
         return self.optimizer
 
@@ -518,7 +477,7 @@ class LPWDMixin:
         super()._load_best_model()
         lpwd = self.lpwd_optimizer
         if lpwd is not None and lpwd.mode == "pwd":
-            _forget_applied_decay(lpwd)  # DeepSpeed's load also restored the checkpoint's bookkeeping
+            lpwd.forget_applied_decay()  # DeepSpeed's load also restored the checkpoint's bookkeeping
 
     def _lpwd_settle(self, warn: bool = True) -> None:
         """pwd: divide out the decay applied for a step that will not come (a no-op after the last step).
@@ -528,27 +487,10 @@ class LPWDMixin:
         lpwd = self.lpwd_optimizer
         if lpwd is None or lpwd.mode != "pwd":
             return
-        if not getattr(self, "is_deepspeed_enabled", False):
+        if getattr(self, "is_deepspeed_enabled", False):
+            deepspeed_glue.settle(lpwd, self.optimizer, warn=warn and self.is_world_process_zero())
+        else:
             lpwd.settle()
-            return
-        pending = {g.get("depth", i): float(g[APPLIED_DECAY_KEY]) for i, g in enumerate(lpwd.param_groups)
-                   if g.get(APPLIED_DECAY_KEY) not in (None, 1.0)}
-        zero = _zero_optimizer_with_lp_params(self.optimizer)
-        if zero is not None:
-            # ZeRO-1/2: LPWD's groups hold DeepSpeed's fp32 master partitions; settle them, then let
-            # DeepSpeed copy them into the model's weights as after a step (every rank: an all-gather).
-            lpwd.settle()
-            if pending:
-                zero.update_lp_params()
-            return
-        if pending and warn and self.is_world_process_zero():
-            # ZeRO-3's masters are partitions outside LPWD's groups between steps (README: DeepSpeed).
-            logger.warning(
-                "LPWD under DeepSpeed ZeRO-3: the run stopped before max_steps, and the final weights keep the "
-                "decay folded in for the step that never came, θ' = (1 - lr·λ)·θ with 1 - lr·λ per depth %s (the "
-                "weights an evaluation at that point sees), not unfolded pwd's θ", pending,
-            )
-        _forget_applied_decay(lpwd)
 
     # ------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:

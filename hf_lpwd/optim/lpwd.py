@@ -419,6 +419,26 @@ class LPWD(torch.optim.Optimizer):
             ledger.clear(group)
         self._pre_step_done = False
 
+    def forget_applied_decay(self) -> None:
+        """pwd: record that the weights carry no decay for a coming step, without touching them.
+
+        For weights just replaced from outside (a checkpoint loaded as the final model): they are what
+        was saved, and nothing is pending for them.
+        """
+        for group in self.param_groups:
+            ledger.clear(group)
+        self._pre_step_done = False
+
+    @property
+    def pending_decay(self) -> dict[Any, float]:
+        """pwd: the factor each group's weights carry for a coming step, where it is not 1 (keyed by depth)."""
+        pending = {}
+        for index, group in enumerate(self.param_groups):
+            applied = ledger.applied(group)
+            if applied not in (None, 1.0):
+                pending[group.get("depth", index)] = applied
+        return pending
+
     # ------------------------------------------------------------------ the step
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """Take one optimizer step with the configured timing.
