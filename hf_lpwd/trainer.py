@@ -34,6 +34,7 @@ import dataclasses
 import json
 import os
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,15 +197,20 @@ class LPWDTrainingArguments(TrainingArguments):
             values["optim"] = saved.base_optimizer
         return values
 
+    @classmethod
+    def saved_config_overrides(cls, saved: LPWDConfig, explicit: Collection[str]) -> dict[str, Any]:
+        """What ``--lpwd_config`` sets: every value of :meth:`saved_config_values` whose argument is not in
+        ``explicit`` (the arguments the user set).  The one rule of merging a saved config, for this class
+        (explicit = differs from its default) and for scripts that know which flags were given (the recipes)."""
+        return {name: value for name, value in cls.saved_config_values(saved).items() if name not in explicit}
+
     def _merge_saved_config(self, saved: LPWDConfig) -> None:
-        """Fields still at their default take the saved value (a script that knows which flags were given
-        explicitly, like the recipes, applies :meth:`saved_config_values` itself)."""
+        """Fields still at their default take the saved value."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name, value in self.saved_config_values(saved).items():
-            current = getattr(self, name)
-            default = defaults[name]
-            if current == default or str(current) == str(default):
-                setattr(self, name, value)
+        explicit = {name for name in defaults
+                    if getattr(self, name) != defaults[name] and str(getattr(self, name)) != str(defaults[name])}
+        for name, value in self.saved_config_overrides(saved, explicit).items():
+            setattr(self, name, value)
 
     def to_lpwd_config(self) -> LPWDConfig:
         return lpwd_config_from_args(self)

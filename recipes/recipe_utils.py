@@ -99,22 +99,15 @@ def _given_on_command_line(dataclass_types: Sequence[type], args: Sequence[str])
     return set(vars(namespace))
 
 
-def _saved_lpwd_values(path: str, training_args_cls: type) -> tuple[dict[str, Any] | None, Any]:
-    """The argument values that ``--lpwd_config PATH`` stands for: ``LPWDTrainingArguments.saved_config_values``,
-    so the mapping (``mode`` → ``--weight_decay_mode``, ``base_optimizer`` → ``--optim``, ...) stays the package's.
-    ``None`` for arguments without LPWD fields.  Returns ``(values, saved LPWDConfig)``.
-    """
+def _load_saved_config(path: str) -> Any:
+    """The ``LPWDConfig`` that ``--lpwd_config PATH`` names, or a ``RecipeError`` naming the flag."""
     from hf_lpwd import LPWDConfig
 
     try:
-        saved = LPWDConfig.from_pretrained(path)
+        return LPWDConfig.from_pretrained(path)
     except Exception as exc:  # missing file, invalid JSON, a key this version does not know, no Hub access
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RecipeError(f"--lpwd_config={path}: {first_line}") from None
-    values_of = getattr(training_args_cls, "saved_config_values", None)
-    if values_of is None:  # plain TrainingArguments: no LPWD fields to fill
-        return None, saved
-    return dict(values_of(saved)), saved
 
 
 def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple[Any, ...]:
@@ -153,15 +146,10 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     if lpwd_config:
         explicit = set(file_values) | _given_on_command_line(dataclass_types, argv)
         training_cls = next(dc for dc in dataclass_types if "lpwd_config" in {f.name for f in dataclasses.fields(dc)})
-        saved_values, saved = _saved_lpwd_values(lpwd_config, training_cls)
-        if (saved_values is not None and "weight_decay_mode" in explicit
-                and getattr(saved, "layerwise", None) == (saved.mode == "lpwd")):
-            # The saved λ profile was only its mode's default: with another mode given, it follows that mode.
-            saved_values.pop("lpwd_layerwise", None)
-        if saved_values is not None:
-            for name, value in saved_values.items():
-                if name not in explicit:
-                    values[name] = value
+        saved = _load_saved_config(lpwd_config)
+        overrides_of = getattr(training_cls, "saved_config_overrides", None)
+        if overrides_of is not None:  # the package's one merging rule, with the flags actually given
+            values.update(overrides_of(saved, explicit))
             values["lpwd_config"] = None  # merged here: the dataclass must not merge again by comparing with defaults
     outputs = []
     try:
