@@ -528,6 +528,11 @@ def _recipe_args(script: str, tmp_path: Path, out: Path) -> list:
         ("text_classification", "layer_pattern", "--lpwd_layer_pattern='nomatch"),
         ("causal_lm", "layer_pattern", "--lpwd_layer_pattern='nomatch"),
         ("image_classification", "layer_pattern", "--lpwd_layer_pattern='nomatch"),
+        ("causal_lm", "lr_coupling", "--lpwd_lr_coupling"),
+        ("causal_lm", "cautious_pwd", "--lpwd_cautious=true needs the wd timing"),
+        ("causal_lm", "cautious_adafactor", "Adafactor is not one of them"),
+        ("causal_lm", "timescale_and_lambda", "--lpwd_decay_timescale=2 and --weight_decay=0.1 both set λ"),
+        ("causal_lm", "timescale_zero", "--lpwd_decay_timescale=0.0 must be a number of epochs > 0"),
     ],
 )
 def test_recipe_errors_exit_2_one_line_nothing_written(tmp_path, script, case, flag):
@@ -540,6 +545,11 @@ def test_recipe_errors_exit_2_one_line_nothing_written(tmp_path, script, case, f
         "missing_lpwd_config": ["--lpwd_config", tmp_path / "nowhere" / "lpwd_config.json"],
         "layer_pattern": ["--lpwd_layer_pattern", r"nomatch\.(\d+)\."],
         "schedule_free": ["--optim", "schedule_free_adamw"],
+        "lr_coupling": ["--lpwd_lr_coupling", "sqrt"],
+        "cautious_pwd": ["--lpwd_cautious", "true"],
+        "cautious_adafactor": ["--weight_decay_mode", "wd", "--lpwd_cautious", "true", "--optim", "adafactor"],
+        "timescale_and_lambda": ["--lpwd_decay_timescale", "2", "--weight_decay", "0.1"],
+        "timescale_zero": ["--lpwd_decay_timescale", "0"],
     }[case]
     proc = run_recipe(f"{script}.py", [*_recipe_args(script, tmp_path, out), *extra], tmp_path)
     assert proc.returncode == 2, proc.stderr[-4000:]
