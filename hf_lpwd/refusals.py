@@ -11,7 +11,7 @@ from typing import Any
 from transformers import Trainer, TrainingArguments
 
 from .optim.bases import refuse_cautious_base
-from .settings import DEFAULTS, check_decay_factor
+from .settings import DEFAULTS, SCHEDULE_FREE_REASON, check_decay_factor
 
 _UNSUPPORTED_OPTIM_KWARGS = ("params", "model", "optimizer_dict")
 _OWN_STEP_FAMILIES = {
@@ -106,9 +106,8 @@ def _refuse_schedule_free(args: TrainingArguments) -> None:
     optim = _optim_name(args)
     if "schedule_free" in optim:
         raise ValueError(
-            f"--optim {optim}: schedule-free optimizers keep two weight sequences and switch the model's weights "
-            "with optimizer.train()/eval(), with their own decay rule; LPWD's decay timings act on one weight "
-            "sequence. Use the stock Trainer for schedule-free training, or --optim adamw_torch_fused with LPWD"
+            f"--optim {optim}: {SCHEDULE_FREE_REASON}. Use the stock Trainer for schedule-free training, or "
+            "--optim adamw_torch_fused with LPWD"
         )
 
 

@@ -79,7 +79,7 @@ class LPWDTrainingArguments(TrainingArguments):
     """
 
     weight_decay_mode: str = field(
-        default="lpwd",
+        default=DEFAULTS["mode"],
         metadata={
             "help": "When the decay is applied. wd: AdamW's decoupled decay; rwd: real-time decay (1-lr*wd)(θ-lr*u); "
             "pwd: pre-weight decay before the forward pass; lpwd: pwd with λ growing with depth, λ*(d+1)/(N+2) "
@@ -88,30 +88,30 @@ class LPWDTrainingArguments(TrainingArguments):
         },
     )
     lpwd_layerwise: bool | None = field(
-        default=None,
+        default=DEFAULTS["layerwise"],
         metadata={"help": "The λ profile, independent of the timing: true = layer-wise λ*(d+1)/(N+2), false = one "
                   "λ for every decayed parameter. Unset: true for lpwd, false for wd/rwd/pwd."},
     )
     lpwd_layer_lr_decay: float = field(
-        default=1.0,
+        default=DEFAULTS["layer_lr_decay"],
         metadata={"help": "Layer-wise learning-rate decay γ in (0, 1]: the lr at depth d is lr*γ^(N+1-d) "
                   "(head: full lr). 1.0 = off. Any timing, any base."},
     )
     lpwd_tied_depth: str = field(
-        default="input",
+        default=DEFAULTS["tied_depth"],
         metadata={"help": "Depth of a matrix tied between the input embedding and the output head: input "
                   "(depth 0) or output (depth N+1, the head's λ and lr).", "choices": list(TIED_DEPTHS)},
     )
     lpwd_layer_pattern: str | None = field(
-        default=None,
+        default=DEFAULTS["layer_pattern"],
         metadata={"help": r"Regex with one capture group for the block index (e.g. '\.layers\.(\d+)\.'), "
                   "overriding the automatic block detection."},
     )
     lpwd_decay_embeddings: bool = field(
-        default=True, metadata={"help": "lpwd: decay depth 0 (embeddings, stem) at λ/(N+2); False gives it 0."}
+        default=DEFAULTS["decay_embeddings"], metadata={"help": "lpwd: decay depth 0 (embeddings, stem) at λ/(N+2); False gives it 0."}
     )
     lpwd_stochastic_rounding: bool = field(
-        default=True, metadata={"help": "Keep the decay effective on bf16/fp16 weights (stochastic rounding)."}
+        default=DEFAULTS["stochastic_rounding"], metadata={"help": "Keep the decay effective on bf16/fp16 weights (stochastic rounding)."}
     )
     lpwd_log_layer_norms: bool = field(
         default=True, metadata={"help": "Log the weight norm of each depth with the training logs."}
