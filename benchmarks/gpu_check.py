@@ -1,6 +1,7 @@
 """LPWD on a CUDA device: optimizer step cost, stochastic rounding cost, a Trainer run, and CPU/CUDA agreement.
 
-(a) Optimizer step, ``LPWD`` (``pre_step()`` + ``step()``) in modes pwd / rwd / wd against torch's fused AdamW, on
+(a) Optimizer step, ``LPWD`` (``pre_step()`` + ``step()``) in modes pwd / rwd / wd, pwd independent and cautious wd
+    against torch's fused AdamW, on
     ≥ 1B fp32 parameters (Llama-shaped 2-D tensors) and on the same shapes in bf16 (LPWD's bf16 groups take the
     stochastic-rounding path).  Both optimizers own separate parameters and states and share the fixed gradients;
     they alternate A B, B A, ... after a warm-up, each call timed with CUDA events; medians.
@@ -97,13 +98,16 @@ def part_a(params_billions: float, steps: int) -> list[str]:
     for dtype in (torch.float32, torch.bfloat16):
         gen = torch.Generator(device="cuda").manual_seed(0)
         grads = [torch.randn(s, device="cuda", generator=gen, dtype=dtype) * 1e-3 for s in shapes]
-        for mode in ("wd", "rwd", "pwd"):
+        for mode, rule in (("wd", {}), ("rwd", {}), ("pwd", {}), ("pwd", {"lr_coupling": "independent"}),
+                           ("wd", {"cautious": True})):
+            lam = WEIGHT_DECAY * LR if rule.get("lr_coupling") == "independent" else WEIGHT_DECAY
             ours = LPWD(make_params(shapes, grads, dtype, 1), base="adamw", mode=mode, lr=LR,
-                        weight_decay=WEIGHT_DECAY, fused=True)
+                        weight_decay=lam, fused=True, **rule)
+            label = " ".join([mode, *(str(v) if v is not True else k for k, v in rule.items())])
             ref = torch.optim.AdamW(make_params(shapes, grads, dtype, 1), lr=LR, weight_decay=WEIGHT_DECAY,
                                     fused=True)
             t_ours, t_ref, paired = cuda_alternate(lpwd_step(ours), ref.step, steps)
-            lines.append(f"| {str(dtype).removeprefix('torch.')} | {mode} | {t_ours:.2f} | {t_ref:.2f} | "
+            lines.append(f"| {str(dtype).removeprefix('torch.')} | {label} | {t_ours:.2f} | {t_ref:.2f} | "
                          f"{t_ours / t_ref:.3f} | {paired:.3f} |")
             print(lines[-1], flush=True)
             del ours, ref
