@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -248,8 +249,7 @@ def _keep_embeddings_in_32_bit(base_cls: Any, base_kwargs: dict[str, Any], model
     """
     if "bitsandbytes" not in str(base_cls) or base_kwargs.get("optim_bits", None) != 8:
         return
-    import bitsandbytes
-
+    bitsandbytes = sys.modules[base_cls.__module__.split(".")[0]]  # imported already: the base is its class
     manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
     for module in model.modules():
         if isinstance(module, nn.Embedding):

@@ -931,7 +931,7 @@ def test_package_requires_what_it_imports_and_the_recipes_extra_the_rest():
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     core = _requirement_names(project["dependencies"])
     extras = {name: _requirement_names(reqs) for name, reqs in project["optional-dependencies"].items()}
-    required, optional = _third_party_imports(sorted((REPO / "hf_lpwd").glob("*.py")))
+    required, optional = _third_party_imports(sorted((REPO / "hf_lpwd").rglob("*.py")))
     package = _dists(required) - {"hf-lpwd"}
     assert package == {"torch", "transformers", "huggingface-hub"}
     assert core == package | {"accelerate"}

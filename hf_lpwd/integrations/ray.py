@@ -19,12 +19,13 @@ LOCAL_OBJECT_STORE_BYTES = 100 * 1024 * 1024
 """A local instance moves only small result rows: a small object store leaves the memory to the runs."""
 
 
-def check_ray() -> None:
-    """Raise ``ImportError`` with the install line when Ray is missing."""
+def check_ray() -> Any:
+    """The ``ray`` module, or ``ImportError`` with the install line when Ray is missing (the ``ray`` extra)."""
     try:
-        import ray  # noqa: F401
+        import ray
     except ImportError:
         raise ImportError('--backend ray needs Ray: pip install "hf_lpwd[ray]"') from None
+    return ray
 
 
 def run_on_ray(specs: Sequence[Any], execute: Callable[[Any], dict[str, Any]], *, jobs: int, threads: int,
@@ -33,7 +34,7 @@ def run_on_ray(specs: Sequence[Any], execute: Callable[[Any], dict[str, Any]], *
 
     ``local_cpus``: the CPUs of a local instance (default: all of this machine's).
     """
-    import ray
+    ray = check_ray()
 
     started = not ray.is_initialized()
     if started:
