@@ -3,19 +3,20 @@
 Public API:
 
 * :class:`LPWD` — the optimizer: *when* the decay is applied (timings wd / rwd / pwd, :data:`TIMINGS`)
-  around any base optimizer, pwd folded into AdamW's step;
+  around any base optimizer, pwd folded into AdamW's step; how it follows the lr (:data:`LR_COUPLINGS`) and
+  cautious decay;
 * :func:`layer_depths`, :func:`lpwd_param_groups`, :func:`layer_table` — depth of each parameter
   and the param groups: *how much* per depth (uniform or layer-wise λ, layer-wise lr decay);
 * :class:`LPWDTrainer`, :class:`LPWDMixin`, :class:`LPWDTrainingArguments` — the Trainer glue;
 * :class:`LPWDConfig` — the decay settings as ``lpwd_config.json``.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from .config import LPWD_CONFIG_NAME, WEIGHT_DECAY_MODES, LPWDConfig  # noqa: E402
 from .groups import layer_table, lpwd_param_groups  # noqa: E402
 from .layers import layer_depths  # noqa: E402
-from .optim import DECAY_MODES, DEFAULT_WEIGHT_DECAY, LPWD, TIMINGS  # noqa: E402
+from .optim import DECAY_MODES, DEFAULT_WEIGHT_DECAY, LPWD, LR_COUPLINGS, TIMINGS  # noqa: E402
 
 _TRAINER_NAMES = ("LPWDMixin", "LPWDTrainer", "LPWDTrainingArguments")
 
@@ -34,6 +35,7 @@ def __getattr__(name: str):
 __all__ = [
     "DECAY_MODES",
     "DEFAULT_WEIGHT_DECAY",
+    "LR_COUPLINGS",
     "TIMINGS",
     "LPWD",
     "LPWD_CONFIG_NAME",
