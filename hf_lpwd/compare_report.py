@@ -105,7 +105,7 @@ def markdown_table(axes: Sequence[Axis], summaries: Sequence[dict[str, Any]], me
         if with_norm:
             row.append(_fmt(s["norm_ratio"], 3))
         if with_shrink:
-            row.append(_fmt(s["shrink"], 3))
+            row.append("–" if s["shrink"] is None else f"{s['shrink']:.3g}")  # spans 1e-5 (harmless) to > 1
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
