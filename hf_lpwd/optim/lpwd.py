@@ -548,11 +548,12 @@ class LPWD(torch.optim.Optimizer):
             if plan is None:
                 continue
             if plan.after != 1.0:
-                targets = {
-                    "stepped": params,
-                    "all": list(group["params"]),
-                    "idle": [p for p in group["params"] if p.grad is None],
-                }[plan.after_scope]
+                if plan.after_scope == "stepped":
+                    targets = params
+                elif plan.after_scope == "all":
+                    targets = list(group["params"])
+                else:  # "idle": the fused AdamW call skipped them
+                    targets = [p for p in group["params"] if p.grad is None]
                 if targets:
                     scale_(targets, plan.after, stochastic=self.stochastic_rounding)
             if plan.record is not None:
