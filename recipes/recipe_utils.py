@@ -142,9 +142,13 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
             u.split("=")[0], known, n=1)) else "") for u in unknown if u.startswith("-")]
         raise RecipeError(f"unrecognized arguments: {', '.join(hints) or ' '.join(unknown)}")
     values = vars(namespace)
+    explicit = set(file_values) | _given_on_command_line(dataclass_types, argv)
+    if "do_train" in values and not explicit & {"do_train", "do_eval"}:
+        # Neither asked for: train and evaluate. Decided here, from the flags given, because TrainingArguments sets
+        # do_eval itself whenever --eval_strategy is not "no", which would otherwise turn a run into evaluation only.
+        values["do_train"] = values["do_eval"] = True
     lpwd_config = values.get("lpwd_config")
     if lpwd_config:
-        explicit = set(file_values) | _given_on_command_line(dataclass_types, argv)
         training_cls = next(dc for dc in dataclass_types if "lpwd_config" in {f.name for f in dataclasses.fields(dc)})
         saved = _load_saved_config(lpwd_config)
         overrides_of = getattr(training_cls, "saved_config_overrides", None)

@@ -590,6 +590,30 @@ def _parse(monkeypatch, argv: list) -> tuple:
                       [str(a) for a in argv])
 
 
+@pytest.mark.parametrize("flags, expected", [
+    ([], (True, True)),
+    (["--eval_strategy", "steps", "--eval_steps", "5"], (True, True)),  # TrainingArguments sets do_eval by itself
+    (["--do_eval", "true"], (False, True)),
+    (["--do_train", "true"], (True, False)),
+    (["--do_train", "true", "--eval_strategy", "steps", "--eval_steps", "5"], (True, True)),
+    (["--do_eval", "true", "--eval_strategy", "steps", "--eval_steps", "5"], (False, True)),
+])
+def test_recipes_train_unless_told_otherwise(tmp_path, monkeypatch, flags, expected):
+    """Neither --do_train nor --do_eval given: train and evaluate, whatever --eval_strategy says."""
+    *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", *flags])
+    assert (args.do_train, args.do_eval) == expected
+
+
+def test_recipes_train_unless_the_config_file_says_otherwise(tmp_path, monkeypatch):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "o"), "do_eval": True, "eval_strategy": "steps"}))
+    *_, args = _parse(monkeypatch, [path])
+    assert (args.do_train, args.do_eval) == (False, True)
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "o"), "eval_strategy": "steps"}))
+    *_, args = _parse(monkeypatch, [path])
+    assert (args.do_train, args.do_eval) == (True, True)
+
+
 def _field_default(name: str):
     import dataclasses
 
