@@ -26,6 +26,10 @@ LR_COUPLINGS: tuple[str, ...] = ("coupled", "independent", "corrected")
 CAUTIOUS_TIMINGS: tuple[str, ...] = ("wd",)
 """Timings cautious decay is defined for: the mask 1[u_t ⊙ θ_t ≥ 0] needs u_t when the decay is applied."""
 
+CAUTIOUS_KERNELS: tuple[str, ...] = ("compiled", "eager")
+"""How cautious decay on an AdamW/Adam base runs: one ``torch.compile``'d pass per tensor (the default; the
+eager path where it does not apply), or the eager mask pass before the base's own step."""
+
 DEFAULT_WEIGHT_DECAY = 0.01
 """λ when none is given (:class:`hf_lpwd.LPWD`, :class:`hf_lpwd.LPWDConfig`, the CLI); the Trainer's
 ``--weight_decay`` keeps transformers' own default."""

@@ -135,12 +135,16 @@ def test_each_coupling_and_timing_matches_float64(coupling: str, mode: str, base
         assert opt.fold_corrections == 0
 
 
-@pytest.mark.parametrize("base", list(BASES))
+CAUTIOUS_CASES = [(base, "compiled") for base in BASES] + [("adamw", "eager"), ("adamw-foreach", "eager")]
+"""On AdamW the compiled one-pass kernel (default) and the eager mask pass; SGD always takes the eager path."""
+
+
+@pytest.mark.parametrize("base, kernel", CAUTIOUS_CASES)
 @pytest.mark.parametrize("coupling", list(RULE))
-def test_cautious_wd_matches_float64(coupling: str, base: str) -> None:
+def test_cautious_wd_matches_float64(coupling: str, base: str, kernel: str) -> None:
     base_kwargs, direction = BASES[base]
     thetas, targets = problem(1)
-    got, _ = run("wd", coupling, True, base_kwargs, thetas, targets)
+    got, _ = run("wd", coupling, True, {**base_kwargs, "cautious_kernel": kernel}, thetas, targets)
     want = reference("wd", coupling, True, direction, thetas, targets)
     plain = reference("wd", coupling, False, direction, thetas, targets)
     for g, w in zip(got, want, strict=True):

@@ -26,7 +26,14 @@ from typing import Any
 import torch
 
 from ..rounding import LOW_PRECISION_DTYPES, scale_
-from ..settings import DEFAULT_WEIGHT_DECAY, LR_COUPLINGS, TIMINGS, check_decay_factor, validate_cautious
+from ..settings import (
+    CAUTIOUS_KERNELS,
+    DEFAULT_WEIGHT_DECAY,
+    LR_COUPLINGS,
+    TIMINGS,
+    check_decay_factor,
+    validate_cautious,
+)
 from . import ledger, lookahead
 from .bases import (
     coming_update_direction,
@@ -35,11 +42,12 @@ from .bases import (
     resolve_base,
     step_without_global_hooks,
 )
+from .cautious_adamw import cautious_adamw_step
 from .functional import apply_cautious_decay_, effective_weight_decay, pwd_fold_on_adamw, rwd_on_adamw
 
 logger = logging.getLogger("hf_lpwd")
 
-_SETTINGS = ("base_optimizer", "mode", "lr_coupling", "cautious", "stochastic_rounding", "require_pre_step",
+_SETTINGS = ("base_optimizer", "mode", "lr_coupling", "cautious", "cautious_kernel", "stochastic_rounding", "require_pre_step",
              "fold_corrections", "folds_decay_into_base", "_pre_step_done", "_num_training_steps")
 """LPWD's own attributes, which pickling and deepcopy must carry beside torch's defaults/state/param_groups."""
 
@@ -99,6 +107,9 @@ class LPWD(torch.optim.Optimizer):
             set at construction for the two latter and kept by torch's schedulers).
         cautious: decay only where the update and the weight agree in sign,
             θ ← θ − η·u − d·1[u⊙θ ≥ 0]⊙θ (``wd`` timing; AdamW, Adam or SGD base).
+        cautious_kernel: ``"compiled"`` runs cautious AdamW/Adam as one ``torch.compile``'d pass per
+            tensor (compiled on the first step; the eager path where it does not apply), ``"eager"``
+            as a mask pass before the base's own step.  Same equation; the former is faster.
         stochastic_rounding: decay bf16/fp16 parameters with stochastic rounding so that decays
             below their resolution still take effect on average (no effect on fp32 parameters).
             ``False`` warns at construction if some group's η·λ is below its dtype's resolution.
@@ -123,6 +134,7 @@ class LPWD(torch.optim.Optimizer):
         weight_decay: float = DEFAULT_WEIGHT_DECAY,
         lr_coupling: str = "coupled",
         cautious: bool = False,
+        cautious_kernel: str = "compiled",
         stochastic_rounding: bool = True,
         **base_kwargs: Any,
     ) -> None:
@@ -135,6 +147,8 @@ class LPWD(torch.optim.Optimizer):
         if lr_coupling not in LR_COUPLINGS:
             raise ValueError(f"LPWD: lr_coupling={lr_coupling!r} is not one of {list(LR_COUPLINGS)}")
         validate_cautious(cautious, mode, "LPWD: cautious")
+        if cautious_kernel not in CAUTIOUS_KERNELS:
+            raise ValueError(f"LPWD: cautious_kernel={cautious_kernel!r} is not one of {list(CAUTIOUS_KERNELS)}")
         base_cls = resolve_base(base)
         refuse_schedule_free(base_cls)
         if cautious:
@@ -146,6 +160,7 @@ class LPWD(torch.optim.Optimizer):
         self.mode = mode
         self.lr_coupling = lr_coupling
         self.cautious = cautious
+        self.cautious_kernel = cautious_kernel
         self.stochastic_rounding = stochastic_rounding
         self.require_pre_step = True
         """pwd: ``step()`` without ``pre_step()`` on a step whose decay the fold did not apply is an
@@ -195,6 +210,7 @@ class LPWD(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("cautious_kernel", "compiled")  # pickled by 0.3.0
         base = self.__dict__.get("base_optimizer")
         if base is not None:  # keep sharing: torch's load_state_dict replaces our groups and state
             base.__setstate__({"state": self.state, "param_groups": self.param_groups})
@@ -528,6 +544,9 @@ class LPWD(torch.optim.Optimizer):
     def _execute(self, plans: list[_GroupPlan | None]) -> None:
         """Scale passes before, one base step with the plans' hyperparameters, scale passes after."""
         groups = self.param_groups
+        if self.cautious and self.cautious_kernel == "compiled" and all(plan is not None for plan in plans):
+            if cautious_adamw_step(self.base_optimizer, [plan.cautious for plan in plans]):  # type: ignore[union-attr]
+                return
         stepped = [[p for p in g["params"] if p.grad is not None] for g in groups]
         for group, plan, params in zip(groups, plans, stepped, strict=True):
             if plan is not None and plan.before != 1.0 and params:
