@@ -1,7 +1,8 @@
 """The decay timings (wd / rwd / pwd) around a base torch optimizer, with lr couplings and cautious decay.
 
 :class:`LPWD` is the optimizer; :mod:`.functional` holds the math as plain functions, :mod:`.ledger`
-pwd's bookkeeping, :mod:`.lookahead` the next step's lr, :mod:`.bases` what LPWD knows of its base.
+pwd's bookkeeping, :mod:`.lookahead` the next step's lr, :mod:`.bases` what LPWD knows of its base,
+:mod:`.cautious_adamw` cautious AdamW as one compiled pass.
 Nothing here knows about layers or transformers.
 """
 
