@@ -111,8 +111,12 @@ def machine_info(threads: int) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    versions = {}
-    for dist in ("hf_lpwd", "torch", "transformers"):
+    from . import (
+        __version__,  # the code that runs; an editable install's metadata keeps the version it was made at
+    )
+
+    versions: dict[str, str | None] = {"hf_lpwd": __version__}
+    for dist in ("torch", "transformers"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

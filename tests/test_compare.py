@@ -520,3 +520,12 @@ def test_text_classification_recipe_end_to_end(tmp_path, monkeypatch):
     wd, lpwd = (r["metrics"]["eval_accuracy"] for r in rows)
     assert table_row(report, "wd")[1:3] == [f"{wd:.4f} ± 0.0000 (1)", "reference"]
     assert table_row(report, "lpwd")[2] == f"{lpwd - wd:+.4f} (n=1)"
+
+
+def test_machine_records_the_version_of_the_code_that_runs():
+    """Not the installed metadata, which an editable install leaves at the version it was made at."""
+    import hf_lpwd
+    from hf_lpwd.compare import machine_info
+
+    info = machine_info(1)
+    assert info["hf_lpwd"] == hf_lpwd.__version__ and info["threads"] == 1
