@@ -126,7 +126,8 @@ class LPWDTrainingArguments(TrainingArguments):
     lpwd_cautious: bool = field(
         default=DEFAULTS["cautious"],
         metadata={"help": "Cautious weight decay: decay only the coordinates where the update and the weight have "
-                  "the same sign (wd timing; adamw/sgd bases)."},
+                  "the same sign (wd timing; adamw/sgd bases). On AdamW it runs as one torch.compile'd pass per "
+                  "tensor, compiled at the first step."},
     )
     lpwd_decay_timescale: float | None = field(
         default=DEFAULTS["decay_timescale"],
