@@ -1,6 +1,6 @@
 # Shared settings of the study v3 scripts (sourced by q*.sh; run those from the repository root).
-# Override with environment variables: PY (the Python), JOBS (runs at a time), THREADS (per run), DATA_ROOT (holds
-# glue/ and text/).
+# Override with environment variables: PY (the Python), JOBS (runs at a time), THREADS (per run), REPORT_ONLY,
+# DATA_ROOT (holds glue/ and text/).
 set -euo pipefail
 export PYTHONPATH="${PYTHONPATH:-.}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY="${PY:-.venv/bin/python}"
@@ -9,7 +9,9 @@ DATA_ROOT="${DATA_ROOT:-../shared/data}"
 RESULTS=benchmarks/results/study_v3
 DATA=benchmarks/study_v3/data
 THREADS="${THREADS:-}"                  # threads per run (default: cores // JOBS); 1 when two scripts share 2 cores
-COMPARE=("$PY" -m hf_lpwd.cli compare --jobs "$JOBS" ${THREADS:+--threads "$THREADS"} --delete-weights)
+REPORT_ONLY="${REPORT_ONLY:-}"          # non-empty: rewrite report.md and the plots from results.jsonl, run nothing
+COMPARE=("$PY" -m hf_lpwd.cli compare --jobs "$JOBS" ${THREADS:+--threads "$THREADS"} ${REPORT_ONLY:+--report-only}
+    --delete-weights)
 
 # The v2 SST-2 setting (benchmarks/decay_sweep.py's defaults) through the text-classification recipe: MiniLM-L6 with a
 # fresh 2-way head, batch 16, max 64 tokens, η = 1e-4 with linear warm-up (10 %) and decay, fused AdamW,

@@ -4,11 +4,11 @@
 # 32, η = 3e-3 linear warm-up 10 % and decay, validation: the first 5 % of the text), 3 seeds, metric perplexity.
 #   bash benchmarks/study_v3/q5_scratch.sh pilot    # WD, λ = 0.1, 3000 steps, eval every 250: where does it flatten?
 #   STEPS=2000 bash benchmarks/study_v3/q5_scratch.sh now   # WD vs LPWD at λ ∈ {0.1, 0.3, 1}: today's flags
-#   STEPS=2000 bash benchmarks/study_v3/q5_scratch.sh       # NEEDS issue 19: WD, LPWD, cautious, independent
-# The full grid sets λ through the decay timescale τ (epochs; --lpwd_decay_timescale, issue 19) so that the
-# independent coupling, whose λ is not multiplied by η̄, sits at the same timescales as the coupled arms:
-# λ = 1/(η̄·τ·S_e) coupled, 1/(τ·S_e) independent. With S_e ≈ 516 steps per epoch here, τ = 6.5, 2.2, 0.65 epochs
-# are λ ≈ 0.1, 0.3, 1 coupled.
+#   STEPS=2000 bash benchmarks/study_v3/q5_scratch.sh       # WD, LPWD, cautious at three timescales
+#   STEPS=2000 bash benchmarks/study_v3/q5_scratch.sh transfer   # coupled vs independent λ carried to another lr
+# The full grid sets λ through the decay timescale τ (epochs; --lpwd_decay_timescale, issue 19): λ = 1/(η̄·τ·S_e).
+# With S_e = 518 steps per epoch here, τ = 6.5, 2.2, 0.65 epochs are λ ≈ 0.1, 0.3, 1. At one lr the independent
+# coupling with τ is the same per-step decay, so its question is `transfer`: a λ carried to another lr.
 source "$(dirname "$0")/common.sh"
 STEPS="${STEPS:-2000}"
 lm() {  # lm STEPS [more recipe flags]: sets the array CMD
@@ -37,9 +37,20 @@ now)
 grid)
     lm "$STEPS" --eval_strategy no
     "${COMPARE[@]}" \
-        --grid weight_decay_mode+lpwd_cautious+lpwd_lr_coupling=wd+false+coupled,lpwd+false+coupled,wd+true+coupled,wd+false+independent \
+        --grid weight_decay_mode+lpwd_cautious+lpwd_lr_coupling=wd+false+coupled,lpwd+false+coupled,wd+true+coupled \
         --grid lpwd_decay_timescale=6.5,2.2,0.65 \
         --reference weight_decay_mode+lpwd_cautious+lpwd_lr_coupling=wd+false+coupled \
         --seeds 0,1,2 --metric perplexity --out "$RESULTS/q5_scratch" -- "${CMD[@]}"
+    ;;
+transfer)
+    # The independent arm of the grid above is the coupled arm by construction: one lr, λ set by τ, so
+    # d_t = η_t/(η̄·τ·S_e) in both (its seed-0 runs, kept in q5_scratch/results.jsonl, match coupled's perplexity to
+    # 4 decimals). What the coupling changes is a λ carried to another lr: here λ is fixed at the values τ = 2.2 epochs
+    # gives at η = 3e-3 (S_e = 518 steps per epoch: coupled 1/(3e-3·2.2·518), independent 1/(2.2·518)) and the runs
+    # use η = 1.5e-3 and 6e-3. Coupled's per-step decay then halves / doubles, independent's stays.
+    lm "$STEPS" --eval_strategy no
+    "${COMPARE[@]}" --grid lpwd_lr_coupling+weight_decay=coupled+0.2925,independent+0.0008775 \
+        --grid learning_rate=1.5e-3,6e-3 --reference lpwd_lr_coupling+weight_decay=coupled+0.2925 \
+        --seeds 0,1,2 --metric perplexity --out "$RESULTS/q5_scratch_transfer" -- "${CMD[@]}"
     ;;
 esac
