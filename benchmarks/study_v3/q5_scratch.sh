@@ -47,8 +47,9 @@ transfer)
     # d_t = η_t/(η̄·τ·S_e) in both (its seed-0 runs, kept in q5_scratch/results.jsonl, match coupled's perplexity to
     # 4 decimals). What the coupling changes is a λ carried to another lr: here λ is fixed at the values τ = 2.2 epochs
     # gives at η = 3e-3 (S_e = 518 steps per epoch: coupled 1/(3e-3·2.2·518), independent 1/(2.2·518)) and the runs
-    # use η = 1.5e-3 and 6e-3. Coupled's per-step decay then halves / doubles, independent's stays.
-    lm "$STEPS" --eval_strategy no
+    # use η = 1.5e-3 and 6e-3. Coupled's per-step decay then halves / doubles, independent's stays. AdamW's decay
+    # (wd), the rule "What to use" starts from; the recipe's default mode would be lpwd.
+    lm "$STEPS" --eval_strategy no --weight_decay_mode wd
     "${COMPARE[@]}" --grid lpwd_lr_coupling+weight_decay=coupled+0.2925,independent+0.0008775 \
         --grid learning_rate=1.5e-3,6e-3 --reference lpwd_lr_coupling+weight_decay=coupled+0.2925 \
         --seeds 0,1,2 --metric perplexity --out "$RESULTS/q5_scratch_transfer" -- "${CMD[@]}"
