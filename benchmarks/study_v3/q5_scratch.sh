@@ -6,6 +6,7 @@
 #   STEPS=2000 bash benchmarks/study_v3/q5_scratch.sh now   # WD vs LPWD at λ ∈ {0.1, 0.3, 1}: today's flags
 #   STEPS=2000 bash benchmarks/study_v3/q5_scratch.sh       # WD, LPWD, cautious at three timescales
 #   STEPS=2000 bash benchmarks/study_v3/q5_scratch.sh transfer   # coupled vs independent λ carried to another lr
+#   STEPS=2000 bash benchmarks/study_v3/q5_scratch.sh nodecay    # WD at λ = 0: the grid's no-decay baseline
 # The full grid sets λ through the decay timescale τ (epochs; --lpwd_decay_timescale, issue 19): λ = 1/(η̄·τ·S_e).
 # With S_e = 518 steps per epoch here, τ = 6.5, 2.2, 0.65 epochs are λ ≈ 0.1, 0.3, 1. At one lr the independent
 # coupling with τ is the same per-step decay, so its question is `transfer`: a λ carried to another lr.
@@ -53,5 +54,12 @@ transfer)
     "${COMPARE[@]}" --grid lpwd_lr_coupling+weight_decay=coupled+0.2925,independent+0.0008775 \
         --grid learning_rate=1.5e-3,6e-3 --reference lpwd_lr_coupling+weight_decay=coupled+0.2925 \
         --seeds 0,1,2 --metric perplexity --out "$RESULTS/q5_scratch_transfer" -- "${CMD[@]}"
+    ;;
+nodecay)
+    # The grid's baseline without decay (WD, λ = 0), same seeds: is decay worth anything from scratch here? Paired
+    # with the grid's WD cells by seed (same command line but for the decay flag).
+    lm "$STEPS" --eval_strategy no --weight_decay_mode wd
+    "${COMPARE[@]}" --grid weight_decay=0 --seeds 0,1,2 --metric perplexity --out "$RESULTS/q5_scratch_nodecay" \
+        -- "${CMD[@]}"
     ;;
 esac
