@@ -210,7 +210,8 @@ def shrink_warning(rows: list[dict[str, Any]], limit: float = SHRINK_LIMIT) -> s
     return (
         f"LPWD: the decay alone would shrink a weight by e^-S with shrink S > {limit:g} over this run ({listed}). In "
         "our paired fine-tuning study (README, 'Do the paper's claims hold?') accuracy collapsed beyond S ≈ 1. Lower "
-        "--weight_decay (S is proportional to it), or give --lpwd_decay_timescale a larger τ."
+        "--weight_decay (S is proportional to it), or give --lpwd_decay_timescale a larger τ. Training from scratch, "
+        "where the weights grow, S ≈ 1–3 did not hurt (README, study v3 Q5)."
     )
 
 
