@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
+from .version import __version__
 from .card import model_card_section
 from .groups import lpwd_param_groups
 from .settings import (

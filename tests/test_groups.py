@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hf_lpwd.groups import default_decay_parameter_names, layer_table, lpwd_param_groups
-from tests.conftest import tiny_llama
+from tests.tiny import tiny_llama
 
 LAYER = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from hf_lpwd.layers import layer_depths, layer_depths_with_count, normalize_name
-from tests.conftest import tiny_bert, tiny_llama, tiny_llama_config
+from tests.tiny import tiny_bert, tiny_llama, tiny_llama_config
 
 
 def _tiny_bert() -> nn.Module:

@@ -31,8 +31,7 @@ from transformers.training_args import OptimizerNames
 
 from hf_lpwd import LPWDTrainer, LPWDTrainingArguments
 from hf_lpwd.trainer import check_training_arguments
-from tests.conftest import tiny_llama
-from tests.tiny import TokenDataset
+from tests.tiny import TokenDataset, tiny_llama
 
 ROOT = Path(__file__).parent.parent
 LR, LAM, STEPS = 1e-3, 10.0, 3

@@ -14,8 +14,7 @@ import pytest
 from transformers import HfArgumentParser
 
 from hf_lpwd import LPWDTrainer, LPWDTrainingArguments
-from tests.conftest import tiny_llama
-from tests.tiny import TokenDataset
+from tests.tiny import TokenDataset, tiny_llama
 
 N, LAM, GAMMA = 2, 0.4, 0.5
 TIED = "model.embed_tokens.weight"

@@ -24,8 +24,7 @@ import hf_lpwd.refusals as refusals
 import hf_lpwd.trainer as trainer_module
 from hf_lpwd import LPWD, LPWDConfig, LPWDMixin, LPWDTrainer, LPWDTrainingArguments
 from hf_lpwd.optim import lookahead
-from tests.conftest import tiny_bert, tiny_llama
-from tests.tiny import TokenDataset
+from tests.tiny import TokenDataset, tiny_bert, tiny_llama
 
 SCRIPTS = Path(__file__).parent / "scripts"
 ROOT = Path(__file__).parent.parent

@@ -27,8 +27,7 @@ from safetensors.torch import load_file
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from hf_lpwd import LPWDTrainer, LPWDTrainingArguments
-from tests.conftest import tiny_bert, tiny_llama
-from tests.tiny import TokenDataset
+from tests.tiny import TokenDataset, tiny_bert, tiny_llama
 
 LR, LAM = 2e-2, 2.0  # η·λ = 0.04 per step
 NUM_BLOCKS = 2

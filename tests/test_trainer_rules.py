@@ -9,9 +9,8 @@ import pytest
 from transformers import HfArgumentParser
 
 from hf_lpwd import LPWDConfig, LPWDTrainer, LPWDTrainingArguments
-from tests.conftest import tiny_bert
 from tests.test_trainer import common_args
-from tests.tiny import TokenDataset
+from tests.tiny import TokenDataset, tiny_bert
 
 LR = 5e-3
 

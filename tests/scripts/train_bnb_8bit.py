@@ -22,8 +22,10 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from hf_lpwd import LPWDTrainer, LPWDTrainingArguments  # noqa: E402
-from tests.conftest import tiny_llama  # noqa: E402
-from tests.tiny import TokenDataset  # noqa: E402
+from tests.tiny import (
+    TokenDataset,  # noqa: E402
+    tiny_llama,  # noqa: E402
+)
 
 VOCAB = 256
 
