@@ -48,19 +48,26 @@ How a name is analysed:
 
 A module (rather than a list of names) says more, and :func:`layer_depths` uses it: the class of
 every list element stands in for its parameter names (two sibling lists of one class are two
-towers; a one-element list of a known block class is a stack), the classes a transformers model
-declares in ``_no_split_modules`` win over longer undeclared side lists and are never merged as
-parallel lists, and a model may declare its blocks itself (:func:`declared_layer_pattern`). Where
-names suffice both paths give the same depths (checked by ``benchmarks/layer_census.py``).
+towers; a one-element list of a known block class is a stack). A transformers model's
+``_no_split_modules`` is a hint weighed against the structure: a declared class repeated as the
+elements of one list marks that list as blocks (and a list whose elements hold such blocks as
+stages), which wins over a longer side list and is not merged with an equal side list that holds
+none; a declared embedding, head or single layer says nothing (transformers 5.25 declares those
+too). A model may declare its blocks itself (:func:`declared_layer_pattern`). Where names suffice
+both paths give the same depths (checked by
+``benchmarks/layer_census.py`` on every release it is run with).
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
+
+from .._compat.transformers import no_split_module_names
 
 __all__ = [
     "DECLARED_PATTERN_ATTR",
@@ -160,15 +167,17 @@ class _Block:
     items: list[_Item] = field(default_factory=list)
 
 
-def layer_depths(model_or_names: nn.Module | Iterable[str], layer_pattern: LayerPattern = None) -> dict[str, int]:
+def layer_depths(
+    model_or_names: nn.Module | Iterable[str], layer_pattern: LayerPattern = None
+) -> dict[str, int]:
     """Map every parameter name to its depth (0 = before the blocks, N+1 = after them).
 
     ``model_or_names`` is a module or parameter names in ``named_parameters()`` order (the order
     matters: parameters outside blocks are placed by it). A module gives more than its names:
     the class of every list element (two sibling lists of one class are two towers, a one-layer
-    list of a known block class is a stack), its ``_no_split_modules`` (the unit classes a
-    transformers model declares: a list of them wins over a longer side list) and the size of
-    every parameter; and a module may declare its blocks itself, see :func:`declared_layer_pattern`.
+    list of a known block class is a stack), its ``_no_split_modules`` (a hint: a declared class
+    repeated in one list marks blocks, which win over a longer side list) and the size of every
+    parameter; and a module may declare its blocks itself, see :func:`declared_layer_pattern`.
     ``layer_pattern`` overrides everything: a regex with exactly one capture group for the
     block index, e.g. ``r"\\.layers\\.(\\d+)\\."``, or a callable ``name -> block index or None``.
     The keys of the result are the names exactly as given.
@@ -222,7 +231,8 @@ def declared_layer_pattern(model: nn.Module) -> LayerPattern:
 
     * ``lpwd_layer_pattern``: a layer pattern (regex or callable, see :func:`layer_depths`) or a
       method returning one, applied to names relative to the declaring module;
-    * timm's ``group_matcher(coarse=False)``: its ``blocks`` rules without an ordinal (``r'^blocks\\.(\\d+)'``,
+    * timm's ``group_matcher(coarse=False)``: its ``blocks`` rules without an ordinal
+      (``r'^blocks\\.(\\d+)'``,
       ``[(r'^stages\\.(\\d+)\\.blocks\\.(\\d+)', None), ...]``); every distinct tuple of captured
       indices is one block, in numeric order.
     """
@@ -316,29 +326,52 @@ def _timm_pattern(rules: list[re.Pattern[str]], model: nn.Module, prefix: str) -
 
 @dataclass
 class _Hints:
-    """What a module says beyond its names: element classes and declared unit classes."""
+    """What a module says beyond its names: element classes and where the declared blocks sit."""
 
     # normalized element path (``("model", "layers", "3")``) -> class name of that module
     classes: dict[tuple[str, ...], str] = field(default_factory=dict)
-    # class names in the model's ``_no_split_modules`` (transformers' declared units)
-    units: frozenset[str] = frozenset()
+    # normalized element paths of declared blocks, and of the list elements that hold them (see _module_hints)
+    units: frozenset[tuple[str, ...]] = frozenset()
+    unit_holders: frozenset[tuple[str, ...]] = frozenset()
+
+
+# What the declaration says of a list's elements: nothing, they are blocks, they hold blocks (stages).
+_PLAIN, _BLOCKS, _STAGES = 0, 1, 2
 
 
 def _module_hints(model: nn.Module) -> _Hints:
-    """Classes of list elements (modules whose name ends in an index) and declared unit classes."""
+    """Classes of list elements (modules whose name ends in an index) and where declared blocks sit.
+
+    transformers' ``_no_split_modules`` names the classes that must not be split across devices: blocks,
+    and since 5.25 embeddings, heads and single decoder layers too. So a declared class is read as a block
+    class only where the structure agrees, where two or more of it are elements of one list (repeated
+    siblings): a head or an embedding named there, present once, says nothing. A list element holding such
+    blocks (PVT's ``block.0``, a list of ``PvtLayer``) is a stage. See :func:`_list_kind`.
+    """
     classes: dict[tuple[str, ...], str] = {}
-    units: set[str] = set()
     for name, module in model.named_modules():
         tokens = name.split(".")
         if tokens[-1].isdigit():
             classes.setdefault(tuple(_normalize_tokens(tokens)), type(module).__name__)
-        declared = getattr(module, "_no_split_modules", None)
-        if isinstance(declared, (list, tuple, set, frozenset)):
-            units.update(str(c) for c in declared)
-    return _Hints(classes, frozenset(units))
+    declared = no_split_module_names(model)
+    per_list = Counter((path[:-1], cls) for path, cls in classes.items() if cls in declared)
+    repeated = {cls for (_, cls), count in per_list.items() if count >= 2}
+    units = {path for path, cls in classes.items() if cls in repeated}
+    holders = {path[:i] for path in units for i in range(1, len(path)) if path[i - 1].isdigit()}
+    return _Hints(classes, frozenset(units), frozenset(holders))
 
 
-def compile_layer_pattern(pattern: str | re.Pattern[str], field_name: str = "layer_pattern") -> re.Pattern[str]:
+def _list_kind(key: tuple[str, ...], elems: dict[int, list[_Item]], hints: _Hints) -> int:
+    """_STAGES if an element of the list ``key`` holds declared blocks, _BLOCKS if one is one, else _PLAIN."""
+    paths = [(*key, str(i)) for i in elems]
+    if any(p in hints.unit_holders for p in paths):
+        return _STAGES
+    return _BLOCKS if any(p in hints.units for p in paths) else _PLAIN
+
+
+def compile_layer_pattern(
+    pattern: str | re.Pattern[str], field_name: str = "layer_pattern"
+) -> re.Pattern[str]:
     """Compile a user's layer pattern: a regex with exactly one capture group, the block index.
 
     The one validator of patterns for every entry point (``layer_depths``, ``LPWDConfig``, the Trainer
@@ -369,7 +402,9 @@ def _stacks_from_pattern(names: list[str], items: list[_Item], pattern: LayerPat
             if index is None:
                 continue
             if isinstance(index, bool) or not isinstance(index, int):
-                raise ValueError(f"layer_pattern callable returned {index!r} for {name!r}; return an int or None")
+                raise ValueError(
+                    f"layer_pattern callable returned {index!r} for {name!r}; return an int or None"
+                )
             stack = keyed.setdefault((), {})
             stack.setdefault(index, _Block(("#", str(index)))).items.append(item)
     else:
@@ -404,6 +439,8 @@ class _Group:
     elems: dict[int, list[_Item]]
     # Per composite list: the parameter names inside its first element (its "class", by names).
     signatures: list[frozenset[str]]
+    # The highest _list_kind of its composite lists (None: no composite list yet).
+    kind: int | None = None
 
     @property
     def parent(self) -> tuple[str, ...]:
@@ -419,7 +456,8 @@ def _containers(items: list[_Item], base: int) -> dict[tuple[str, ...], dict[int
     for item in items:
         for i in range(base, len(item.tokens) - 1):
             if item.tokens[i].isdigit():
-                containers.setdefault(tuple(item.tokens[:i]), {}).setdefault(int(item.tokens[i]), []).append(item)
+                by_index = containers.setdefault(tuple(item.tokens[:i]), {})
+                by_index.setdefault(int(item.tokens[i]), []).append(item)
                 break
     return containers
 
@@ -437,28 +475,35 @@ def _groups(items: list[_Item], base: int, hints: _Hints) -> list[_Group]:
     """Lists at ``base``, sibling lists of equal length and different contents merged (parallel lists).
 
     Two composite siblings with the same contents are two towers of the same block class, not the
-    halves of one block, so they stay apart, and so do a list of a class the model declares a
-    unit (``_no_split_modules``: a whole block) and an undeclared one (a side list of the same
-    length); two declared lists (Janus's ``block.j``/``attn.j``) are parallel. Bare lists
-    (``layer_norm1.i``) join any equal sibling.
+    halves of one block, so they stay apart, and so do a list of declared blocks and one holding none
+    (a side list of the same length: Qwen3-VL's mergers next to its vision blocks). Two lists of
+    declared blocks (Janus's ``block.j``/``attn.j``) are parallel, and so are the siblings of a list of
+    stages (PVT's and GLPN's ``patch_embeddings.i`` next to ``block.i``, declared or not). Bare lists
+    (``layer_norm1.i``, CLIPSeg's ``reduces.i``) join any equal sibling.
     """
     groups: list[_Group] = []
     for key, elems in _containers(items, base).items():
         composite = _is_composite(elems, len(key))
         signature = _signature(elems, len(key), hints)
+        kind = _list_kind(key, elems, hints)
         for group in groups:
             if group.parent == key[:-1] and set(group.elems) == set(elems) and not (
                 composite
-                and (signature in group.signatures or _declared(hints, signature) != _declared(hints, *group.signatures))
+                and group.kind is not None
+                and (signature in group.signatures or {kind, group.kind} == {_PLAIN, _BLOCKS})
             ):
                 group.keys.append(key)
                 for index, its in elems.items():
                     group.elems[index].extend(its)
                 if composite:
                     group.signatures.append(signature)
+                    group.kind = max(kind, group.kind if group.kind is not None else _PLAIN)
                 break
         else:
-            groups.append(_Group([key], {i: list(its) for i, its in elems.items()}, [signature] if composite else []))
+            groups.append(
+                _Group([key], {i: list(its) for i, its in elems.items()}, [signature] if composite else [],
+                       kind if composite else None)
+            )
     return [g for g in groups if g.signatures and _union_composite(g)]
 
 
@@ -472,26 +517,21 @@ def _union_composite(group: _Group) -> bool:
     return False
 
 
-def _declared(hints: _Hints, *signatures: frozenset[str]) -> bool:
-    """True if one of the signatures is a class the model declares in ``_no_split_modules``."""
-    return any("class:" + c in sig for sig in signatures for c in hints.units)
-
-
-def _drop_side_lists(groups: list[_Group], hints: _Hints) -> list[_Group]:
+def _drop_side_lists(groups: list[_Group]) -> list[_Group]:
     """Of the stacks under one parent only the longest are applied one after another.
 
     A shorter list next to a stack (Qwen3-VL's three ``deepstack_merger_list`` mergers next to its
     27 vision blocks, per-level projections next to a backbone's blocks) feeds other layers: a side
     list, whose parameters then take the depth of where they sit. When the model declares unit
-    classes (``_no_split_modules``), lists of a declared class come first.
+    classes (``_no_split_modules``), lists that are or hold declared blocks come first.
     """
-    def declared(g: _Group) -> bool:
-        return _declared(hints, *g.signatures)
+    def rank(g: _Group) -> tuple[bool, int]:
+        return bool(g.kind), len(g.elems)
 
     best: dict[tuple[str, ...], tuple[bool, int]] = {}
     for g in groups:
-        best[g.parent] = max(best.get(g.parent, (False, 0)), (declared(g), len(g.elems)))
-    return [g for g in groups if (declared(g), len(g.elems)) == best[g.parent]]
+        best[g.parent] = max(best.get(g.parent, (False, 0)), rank(g))
+    return [g for g in groups if rank(g) == best[g.parent]]
 
 
 @dataclass
@@ -508,7 +548,7 @@ def _find_stacks(items: list[_Item], hints: _Hints) -> _Found:
 
     Stacks are chained in order of first appearance, blocks of one stack in index order.
     """
-    groups = _drop_side_lists(_groups(items, 0, hints), hints)
+    groups = _drop_side_lists(_groups(items, 0, hints))
     repeated = [g for g in groups if len(g.elems) >= 2]
     if repeated:
         # A one-element list is a stack when its element looks like another stack's blocks
@@ -597,7 +637,9 @@ def _alike_group(group: _Group) -> bool:
     if len(suffixes) == 1:
         return True
     twinned = sum(
-        1 for i, mine in enumerate(suffixes) if any(j != i and _overlap(mine, other) for j, other in enumerate(suffixes))
+        1
+        for i, mine in enumerate(suffixes)
+        if any(j != i and _overlap(mine, other) for j, other in enumerate(suffixes))
     )
     return twinned * 2 >= len(suffixes)
 
