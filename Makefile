@@ -1,6 +1,6 @@
 # The README's two commands: `make demo` (the main job) and `make test` (what CI runs).
 # Each creates .venv if missing and installs what it needs; torch is pinned by constraints.txt
-# for this project's own setup only (the package itself accepts torch>=2.4).
+# for this project's own setup only (the package itself accepts torch>=2.6).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -34,7 +34,7 @@ clean:
 # `make compat` (outside CI): a fast subset (optimizer contract, Trainer parity, depths, private-name guards,
 # census sample) against the lowest supported and the newest transformers/accelerate, each in its own venv
 # under .venv-compat/ (created once per pin set; torch stays 2.13.0, the one on disk).
-COMPAT_LOW   ?= transformers==5.0.0 accelerate==1.1.0
+COMPAT_LOW   ?= transformers==5.12.1 accelerate==1.16.0
 COMPAT_HIGH  ?= transformers==5.25.0 accelerate==1.16.0
 COMPAT_TESTS ?= tests/test_optim_contract.py tests/test_layers.py tests/test_compat.py \
 	tests/test_trainer.py::test_wd_mode_is_bitwise_the_stock_trainer \
