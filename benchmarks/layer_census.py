@@ -31,7 +31,6 @@ import contextlib
 import os
 import pickle
 import signal
-import sys
 import time
 import warnings
 from collections import Counter
@@ -42,9 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hf_lpwd.layers import layer_depths  # noqa: E402
+from hf_lpwd._compat.transformers import model_from_config
+from hf_lpwd.layers import layer_depths
 
 TASKS = {
     "causal_lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
@@ -53,6 +51,18 @@ TASKS = {
     "seq2seq_lm": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
     "image_classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
     "image_text_to_text": "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
+    "semantic_segmentation": "MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES",
+    "depth_estimation": "MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES",
+    "mask_generation": "MODEL_FOR_MASK_GENERATION_MAPPING_NAMES",
+    "zero_shot_image_classification": "MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    "heads": "EXTRA_HEADS",
+}
+# Task heads no auto mapping lists, whose modules transformers 5.25 added to ``_no_split_modules``
+# (a decoder with side lists, a text decoder): the census must see what a user would train.
+EXTRA_HEADS = {
+    "clipseg": "CLIPSegForImageSegmentation",
+    "blip": "BlipForQuestionAnswering",
+    "blip_text_model": "BlipTextLMHeadModel",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "layer_census.md"
 
@@ -113,9 +123,11 @@ def _params_direct(module: nn.Module) -> bool:
     A weight-normed conv keeps its ``weight`` in ``parametrizations.weight.original0/1``: the
     ParametrizationList is part of the conv, not a second leaf, so one such conv is not composite.
     """
-    if isinstance(module, nn.utils.parametrize.ParametrizationList) or type(module).__name__ == "ParametrizationList":
+    if (isinstance(module, nn.utils.parametrize.ParametrizationList)
+            or type(module).__name__ == "ParametrizationList"):
         return False
-    return any(p is not None for p in module._parameters.values()) or nn.utils.parametrize.is_parametrized(module)
+    own = any(p is not None for p in module.parameters(recurse=False))
+    return own or nn.utils.parametrize.is_parametrized(module)
 
 
 def _has_params(module: nn.Module) -> bool:
@@ -160,7 +172,8 @@ def _io(modules: list[nn.Module]) -> tuple[set[int], set[int]]:
     is not forward order (Qwen3.5's linear-attention layers register a depthwise conv first), but
     a block that continues the previous one has *some* layer reading the previous block's width.
     """
-    found = [(name.count("."), leaf) for m in modules for name, leaf in m.named_modules() if _params_direct(leaf)]
+    found = [(name.count("."), leaf)
+             for m in modules for name, leaf in m.named_modules() if _params_direct(leaf)]
     leaves = [leaf for _, leaf in found]
     weighted = [leaf for leaf in leaves if isinstance(leaf, (nn.Linear, nn.modules.conv._ConvNd))]
     ins = {w[0] for w in map(_widths, weighted or leaves) if w[0] is not None}
@@ -355,7 +368,8 @@ def oracle(model: nn.Module) -> OracleResult:
     for names, lo, hi in stage_own:
         for name in names:
             if name not in claimed:
-                bounds.setdefault(name, (max(lo, 0), min(hi + 2, n + 1)))  # blocks lo..hi have depths lo+1..hi+1
+                # blocks lo..hi have depths lo+1..hi+1
+                bounds.setdefault(name, (max(lo, 0), min(hi + 2, n + 1)))
     for names, nxt, _ in pending:
         for name in names:
             if name not in claimed:
@@ -367,7 +381,7 @@ def oracle(model: nn.Module) -> OracleResult:
 
 def _homes(model: nn.Module, stacks: list[_OStack], blocks: list[list[str]], block_stack: list[int],
            owner: dict[int, str], names_of) -> dict[str, int]:  # noqa: ANN001
-    """Parameter name -> the stack whose home module holds it (see ``OracleResult.home``), from module containment."""
+    """Parameter name -> the stack whose home module holds it (``OracleResult.home``), from containment."""
     by_name = {name: pid for pid, name in owner.items()}
     stack_of_param = {by_name[n]: block_stack[k] for k, block in enumerate(blocks) for n in block}
     parent: dict[int, nn.Module] = {}
@@ -425,7 +439,10 @@ def check_contract(names: list[str], depths: dict[str, int], result: OracleResul
         if got != {k}:
             return f"C3/C4: oracle block {k} ({block[0]}) has depth {got.pop()}, expected {k} (N={n})"
     block_of = {name: k for k, block in enumerate(blocks, start=1) for name in block}
-    stack_of = dict(enumerate(result.block_stack, start=1)) if result.block_stack else dict.fromkeys(block_of.values(), 0)
+    if result.block_stack:
+        stack_of = dict(enumerate(result.block_stack, start=1))
+    else:
+        stack_of = dict.fromkeys(block_of.values(), 0)
     first = min(pos[b] for b in block_of)
     last = max(pos[b] for b in block_of)
     # For every position, the oracle block of the nearest block parameter before / after it.
@@ -503,7 +520,7 @@ def build(model_type: str, cls_name: str, timeout: int) -> Built:
     cls = getattr(transformers, cls_name)
     with time_limit(timeout), warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
-        model = cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+        model = model_from_config(cls, config)
     named = list(model.named_parameters())
     try:
         module_depths: dict[str, int] | str = layer_depths(model)
@@ -513,7 +530,8 @@ def build(model_type: str, cls_name: str, timeout: int) -> Built:
 
 
 def evaluate(task: str, model_type: str, cls_name: str, built: Built) -> Outcome:
-    out = Outcome(task, model_type, cls_name, "pass", n_blocks=len(built.oracle.blocks), n_params=len(built.names))
+    out = Outcome(task, model_type, cls_name, "pass", n_blocks=len(built.oracle.blocks),
+                  n_params=len(built.names))
     if not built.oracle.blocks:
         out.status, out.reason = "skip", "oracle found no block list (no repeated blocks to check)"
         return out
@@ -544,7 +562,7 @@ def iter_targets(tasks: list[str], models: set[str] | None) -> Iterator[tuple[st
     from transformers.models.auto import modeling_auto
 
     for task in tasks:
-        mapping = getattr(modeling_auto, TASKS[task])
+        mapping = EXTRA_HEADS if TASKS[task] == "EXTRA_HEADS" else getattr(modeling_auto, TASKS[task])
         for model_type, cls_name in mapping.items():
             if models and model_type not in models:
                 continue
@@ -602,7 +620,8 @@ def write_report(outcomes: list[Outcome], out: Path, timing_ms: tuple[float, flo
         f"- checked (built, oracle found blocks): {len(built)}",
         f"- **module path: {share(n_module, len(built))}** of (task, architecture) pairs; "
         f"architectures passing on every task: {share(len(module_archs), len(archs))}",
-        f"- **name path: {share(n_names, len(built))}**; architectures: {share(len(names_archs), len(archs))}",
+        f"- **name path: {share(n_names, len(built))}**; "
+        f"architectures: {share(len(names_archs), len(archs))}",
         f"- both paths: {share(len(passed), len(built))}; the two give identical depths on "
         f"{share(sum(o.agree for o in built), len(built))}",
         f"- skipped (build failed or no block list): {len(skipped)}",
@@ -615,7 +634,8 @@ def write_report(outcomes: list[Outcome], out: Path, timing_ms: tuple[float, flo
     ]
     if failed:
         lines += ["| task | model_type | class | reason |", "|---|---|---|---|"]
-        lines += [f"| {o.task} | {o.model_type} | {o.cls_name} | {o.reason.replace('|', '/')} |" for o in failed]
+        lines += [f"| {o.task} | {o.model_type} | {o.cls_name} | {o.reason.replace('|', '/')} |"
+                  for o in failed]
     else:
         lines.append("None.")
     lines += ["", "## Skipped", ""]
@@ -632,7 +652,8 @@ def write_report(outcomes: list[Outcome], out: Path, timing_ms: tuple[float, flo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help=f"comma-separated subset of {','.join(TASKS)}")
     parser.add_argument("--limit", type=int, default=None, help="stop after this many (task, model) pairs")
     parser.add_argument("--models", default=None, help="comma-separated model_types to include")
     parser.add_argument("--timeout", type=int, default=60, help="seconds allowed to build one model")

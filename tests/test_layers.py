@@ -206,10 +206,12 @@ def _fsdp1(name: str) -> str:
         pytest.param(lambda n: "_orig_mod." + n, id="compile"),
         pytest.param(lambda n: "module._orig_mod." + n, id="ddp+compile"),
         pytest.param(_fsdp1, id="fsdp1"),
-        pytest.param(lambda n: re.sub(r"(layers\.\d+)\.", r"\1._checkpoint_wrapped_module.", n), id="checkpoint"),
+        pytest.param(lambda n: re.sub(r"(layers\.\d+)\.", r"\1._checkpoint_wrapped_module.", n),
+                     id="checkpoint"),
         pytest.param(lambda n: "base_model.model." + n, id="peft"),
         pytest.param(lambda n: "module.base_model.model." + n, id="ddp+peft"),
-        pytest.param(lambda n: "base_model.model." + n.replace(".weight", ".base_layer.weight"), id="peft-base"),
+        pytest.param(lambda n: "base_model.model." + n.replace(".weight", ".base_layer.weight"),
+                     id="peft-base"),
     ],
 )
 def test_wrapper_prefixes_change_nothing(wrap):
@@ -248,11 +250,13 @@ def _moe_names(moe: str) -> list[str]:
             names.append(f"model.layers.{i}.{moe}gate.weight")
         for e in range(4):
             names += [f"model.layers.{i}.{moe}experts.{e}.{w}.weight" for w in ("w1", "w2", "w3")]
-        names += [f"model.layers.{i}.input_layernorm.weight", f"model.layers.{i}.post_attention_layernorm.weight"]
+        names += [f"model.layers.{i}.input_layernorm.weight",
+                  f"model.layers.{i}.post_attention_layernorm.weight"]
     return names + ["model.norm.weight", "lm_head.weight"]
 
 
-MOE_DEPTHS = {"model.embed_tokens.": 0, "model.layers.0.": 1, "model.layers.1.": 2, "model.norm.": 3, "lm_head.": 3}
+MOE_DEPTHS = {"model.embed_tokens.": 0, "model.layers.0.": 1, "model.layers.1.": 2, "model.norm.": 3,
+              "lm_head.": 3}
 
 NAME_CASES = {
     # Old Mixtral naming: experts are a list inside a block, not blocks.
@@ -275,7 +279,8 @@ NAME_CASES = {
     # Funnel-style lists of lists: blocks.<stage>.<block>.
     "list-of-lists": ([
         "embeddings.word.weight",
-        *[f"encoder.blocks.{s}.{b}.{p}.weight" for s in range(2) for b in range(2) for p in ("attn.q", "ffn.w")],
+        *[f"encoder.blocks.{s}.{b}.{p}.weight"
+          for s in range(2) for b in range(2) for p in ("attn.q", "ffn.w")],
         "head.weight",
     ], {
         "embeddings.": 0, "encoder.blocks.0.0.": 1, "encoder.blocks.0.1.": 2,
@@ -287,7 +292,8 @@ NAME_CASES = {
         *[f"encoder.layer.{i}.{p}.weight" for i in range(3) for p in ("attention.query", "output.dense")],
         "classifier.layers.0.weight", "classifier.layers.1.weight",
     ], {
-        "embeddings.": 0, "encoder.layer.0.": 1, "encoder.layer.1.": 2, "encoder.layer.2.": 3, "classifier.": 4,
+        "embeddings.": 0, "encoder.layer.0.": 1, "encoder.layer.1.": 2, "encoder.layer.2.": 3,
+        "classifier.": 4,
     }),
     # A model that registers its final norm before its layers: registration order decides.
     "norm-registered-first": ([
@@ -329,7 +335,8 @@ GPT2_NAMES = ["transformer.wte.weight", "transformer.h.0.attn.weight", "transfor
     [
         pytest.param(r"\.h\.(\d+)\.", id="regex"),
         pytest.param(re.compile(r"\.h\.(\d+)\."), id="compiled"),
-        pytest.param(lambda n: int(n.split(".")[2]) if n.startswith("transformer.h.") else None, id="callable"),
+        pytest.param(lambda n: int(n.split(".")[2]) if n.startswith("transformer.h.") else None,
+                     id="callable"),
     ],
 )
 def test_pattern_override(pattern):
@@ -447,10 +454,12 @@ def _tiny_qwen3_vl(vision_depth: int) -> nn.Module:
     vision = dict(depth=vision_depth, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16,
                   deepstack_visual_indexes=[0, 1], patch_size=4, spatial_merge_size=2, temporal_patch_size=2,
                   num_position_embeddings=16)
-    text = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+    text = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                num_attention_heads=2,
                 num_key_value_heads=1, head_dim=8,
                 rope_scaling={"rope_type": "default", "mrope_section": [2, 1, 1]})
-    return _meta(lambda: Qwen3VLForConditionalGeneration(Qwen3VLConfig(vision_config=vision, text_config=text)))
+    config = Qwen3VLConfig(vision_config=vision, text_config=text)
+    return _meta(lambda: Qwen3VLForConditionalGeneration(config))
 
 
 QWEN3_VL_DEPTHS = {
@@ -521,7 +530,8 @@ class _TimmLike(nn.Module):
         super().__init__()
         self.patch_embed = nn.Linear(4, 4)
         self.stages = nn.ModuleList(
-            nn.ModuleDict({"blocks": nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)) for _ in range(2))})
+            nn.ModuleDict({"blocks": nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+                                                   for _ in range(2))})
             for _ in range(2)
         )
         self.head = nn.Linear(4, 2)
@@ -529,7 +539,8 @@ class _TimmLike(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         if coarse:
             return {"stem": r"^patch_embed", "blocks": r"^stages\.(\d+)"}
-        return {"stem": r"^patch_embed", "blocks": [(r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^head", (99999,))]}
+        blocks = [(r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^head", (99999,))]
+        return {"stem": r"^patch_embed", "blocks": blocks}
 
 
 def test_model_declares_its_blocks():
@@ -573,3 +584,84 @@ def test_weight_norm_parametrization_is_one_layer():
                   f"layers.{i}.conv.parametrizations.weight.original1", f"layers.{i}.norm.weight"]
     assert normalize_name("layers.0.conv.parametrizations.weight.original1") == "layers.0.conv.weight"
     assert [layer_depths(names)[n] for n in names] == [0, 1, 1, 1, 1, 2, 2, 2, 2]
+
+
+# --- issue 26: _no_split_modules is a hint, not the definition of a block ----------------------------
+# transformers 5.25 added embeddings, heads and decoder layers to the classes it declares; the depths must not
+# move with it. Each model below is given 5.25's declaration on the instance, so the test means the same on
+# every installed release.
+
+
+def _tiny_clipseg() -> nn.Module:
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+
+    text = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                num_attention_heads=2,
+                max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+                  image_size=32, patch_size=16)
+    cfg = CLIPSegConfig(text_config=text, vision_config=vision, projection_dim=8, extract_layers=[1, 2],
+                        reduce_dim=8, decoder_num_attention_heads=2, decoder_intermediate_size=16)
+    return _meta(lambda: CLIPSegForImageSegmentation(cfg))
+
+
+CLIPSEG_DEPTHS = {
+    "clip.logit_scale": 0,
+    "clip.text_model.embeddings.": 0,
+    "clip.text_model.encoder.layers.0.": 1,
+    "clip.text_model.encoder.layers.1.": 2,
+    "clip.text_model.final_layer_norm.": 2,  # closes the text tower
+    "clip.vision_model.embeddings.": 3,  # opens the vision tower
+    "clip.vision_model.pre_layrnorm.": 3,
+    "clip.vision_model.encoder.layers.0.": 3,
+    "clip.vision_model.encoder.layers.1.": 4,
+    "clip.vision_model.encoder.layers.2.": 5,
+    "clip.vision_model.post_layernorm.": 5,
+    "clip.visual_projection.": 5,
+    "clip.text_projection.": 5,
+    "decoder.film_": 6,
+    "decoder.transposed_convolution.": 6,
+    # reduces.i maps extract layer i's output into decoder layer i: a bare list parallel to the layers
+    "decoder.reduces.0.": 6,
+    "decoder.reduces.1.": 7,
+    "decoder.layers.0.": 6,
+    "decoder.layers.1.": 7,
+}
+
+# What transformers 5.25 declares (5.24: PVT nothing, CLIPSeg the two layer classes only).
+DECLARED_525 = {
+    "pvt": (_tiny_pvt, PVT_DEPTHS, 3, ["PvtLayer", "PvtPatchEmbeddings"]),
+    "clipseg": (_tiny_clipseg, CLIPSEG_DEPTHS, 7,
+                ["CLIPSegTextEmbeddings", "CLIPSegEncoderLayer", "CLIPSegVisionEmbeddings",
+                 "CLIPSegDecoderLayer"]),
+    # a declared embedding, norm and head class (present once, or not in a list) says nothing
+    "bert": (_tiny_bert, REAL_MODELS["bert"][1], 2, ["BertLayer", "BertEmbeddings", "BertPooler", "Linear"]),
+}
+
+
+@pytest.mark.parametrize("key", sorted(DECLARED_525))
+@pytest.mark.parametrize("declared", ["none", "5.25"])
+def test_declared_embeddings_and_heads_do_not_move_the_depths(key, declared):
+    build, prefixes, n_blocks, classes = DECLARED_525[key]
+    model = build()
+    if declared == "5.25":
+        model._no_split_modules = classes
+    else:
+        for module in model.modules():
+            module._no_split_modules = None
+    names = [n for n, _ in model.named_parameters()]
+    expected = _expected(names, prefixes)
+    assert layer_depths_with_count(model) == (expected, n_blocks)
+    assert layer_depths(names) == expected
+
+
+def test_a_declared_block_class_still_beats_an_equal_side_list():
+    # Qwen3-VL with as many deepstack mergers as vision blocks: only the declaration tells them apart, and a
+    # declaration that also names the patch embedding and the merger's class once keeps saying so.
+    model = _tiny_qwen3_vl(2)
+    model._no_split_modules = ["Qwen3VLVisionBlock", "Qwen3VLTextDecoderLayer", "Qwen3VLVisionPatchEmbed"]
+    depths, n_blocks = layer_depths_with_count(model)
+    assert n_blocks == 4
+    assert depths["model.visual.deepstack_merger_list.0.linear_fc1.weight"] == 2
+    assert depths["model.visual.deepstack_merger_list.1.linear_fc1.weight"] == 2
+    assert depths["model.language_model.layers.0.mlp.up_proj.weight"] == 3

@@ -1,0 +1,69 @@
+"""torch's private names the package relies on (guarded by ``tests/test_compat.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+PRIVATE_NAMES = (
+    "torch._foreach_norm",
+    "torch._foreach_mul_",
+    "Optimizer._optimizer_state_dict_pre_hooks / _post_hooks",
+    "Optimizer._optimizer_load_state_dict_pre_hooks / _post_hooks",
+    "Optimizer.step.hooked / __wrapped__ (profile_hook_step)",
+)
+
+
+def foreach_norm(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """‖t‖₂ of every tensor, one fused kernel per device and dtype.
+
+    The public ``torch.nn.utils.get_total_norm`` (torch ≥ 2.6) returns only the root of the sum, in the
+    inputs' dtype; the per-depth norms need each norm, and the squares summed in float32.
+    """
+    return list(torch._foreach_norm(tensors))
+
+
+def foreach_mul_(tensors: list[torch.Tensor], factor: float) -> None:
+    """t ← factor·t for every tensor, one fused kernel (what torch's own foreach optimizers use).
+
+    No public in-place multi-tensor scale exists; a Python loop of ``mul_`` launches one kernel per tensor.
+    """
+    torch._foreach_mul_(tensors, factor)
+
+
+class OptimizerHookDicts(NamedTuple):
+    """The hooks ``register_state_dict_pre_hook`` & co. store, by handle id, in registration order."""
+
+    state_dict_pre: dict[int, Callable[..., Any]]
+    state_dict_post: dict[int, Callable[..., Any]]
+    load_state_dict_pre: dict[int, Callable[..., Any]]
+    load_state_dict_post: dict[int, Callable[..., Any]]
+
+
+def optimizer_hook_dicts(optimizer: torch.optim.Optimizer) -> OptimizerHookDicts:
+    """The hook dicts of ``optimizer``, for a wrapper that delegates ``state_dict`` to an inner optimizer.
+
+    torch registers these hooks publicly but runs them only inside ``Optimizer.state_dict`` /
+    ``load_state_dict`` of the same object; no public call runs them around another object's state
+    dict.
+    """
+    return OptimizerHookDicts(
+        optimizer._optimizer_state_dict_pre_hooks,
+        optimizer._optimizer_state_dict_post_hooks,
+        optimizer._optimizer_load_state_dict_pre_hooks,
+        optimizer._optimizer_load_state_dict_post_hooks,
+    )
+
+
+def step_without_hooks(optimizer_cls: type[torch.optim.Optimizer]) -> Callable[..., Any]:
+    """The class's ``step`` before torch wrapped it to fire the global and per-instance step hooks.
+
+    torch wraps each class's ``step`` once (``Optimizer._patch_step_function``), marks the wrapper
+    ``hooked = True`` and keeps the original as ``__wrapped__`` (functools.wraps); no public switch turns
+    the hooks off for one call.
+    """
+    step = optimizer_cls.step
+    inner = getattr(step, "__wrapped__", None) if getattr(step, "hooked", False) else None
+    return inner or step

@@ -1,0 +1,107 @@
+"""transformers' private names the package relies on (guarded by ``tests/test_compat.py``).
+
+``PRIVATE_NAMES`` lists them; each function below is the only place one is read.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+PRIVATE_NAMES = (
+    "PreTrainedModel._no_split_modules",
+    "PreTrainedModel._from_config",
+    "_BaseAutoModelClass._model_mapping",
+    "Trainer._load_best_model",
+    "Trainer.set_initial_training_values (its tuple, index 1)",
+    "Trainer.get_decay_parameter_names (called unbound)",
+    "TrainingArguments.hf_deepspeed_config",
+)
+
+# The Trainer method LPWDMixin overrides to settle before the best checkpoint is loaded. No callback or public
+# method runs between the end of the last step and that load (``on_train_end`` comes after it).
+LOAD_BEST_MODEL_METHOD = "_load_best_model"
+
+
+def no_split_module_names(model: nn.Module) -> frozenset[str]:
+    """Class names in ``_no_split_modules`` of ``model`` and its sub-modules (a multi-tower model's towers).
+
+    No public attribute says which modules are a model's blocks; this one says which must not be split
+    across devices, and is read only as a hint (see ``hf_lpwd.model.layers._module_hints``): since
+    transformers 5.25 it also names embeddings, heads and single decoder layers.
+    """
+    names: set[str] = set()
+    for module in model.modules():
+        declared = getattr(module, "_no_split_modules", None)
+        if isinstance(declared, (list, tuple, set, frozenset)):
+            names.update(str(c) for c in declared)
+    return frozenset(names)
+
+
+def steps_per_epoch(values: Sequence[Any]) -> int:
+    """Optimizer steps per epoch from ``Trainer.set_initial_training_values``'s tuple (its index 1).
+
+    The Trainer computes this count (gradient accumulation, ``max_steps``, a dataloader without a length)
+    only there, and exposes it in no attribute or callback before the optimizer is built; re-deriving it would
+    drift from the Trainer's own count.
+    """
+    return int(values[1])
+
+
+def model_from_config(cls: Any, config: Any) -> nn.Module:
+    """A model of class ``cls`` built from ``config`` as ``from_pretrained`` would, without weights.
+
+    Auto classes have the public ``from_config``; a concrete model class has only the private
+    ``_from_config``, which (unlike ``cls(config)``) resolves the attention implementation and dtype first.
+    """
+    if hasattr(cls, "from_config"):
+        return cls.from_config(config)
+    return cls._from_config(config)
+
+
+def auto_class_accepts(auto_cls: Any, config: Any) -> bool:
+    """Whether an ``AutoModelFor...`` class has a model for ``config``'s type (True if it cannot say).
+
+    The auto class keeps its mapping in ``_model_mapping``; the public ``MODEL_FOR_..._MAPPING`` constants
+    hold the same lazy mappings, but by a name that is not derivable from the auto class.
+    """
+    mapping = getattr(auto_cls, "_model_mapping", None)
+    return mapping is None or type(config) in mapping
+
+
+def decay_parameter_names(model: nn.Module) -> list[str]:
+    """The names transformers' Trainer decays, by its own rule (biases and norm weights excluded).
+
+    ``Trainer.get_decay_parameter_names`` is public but an instance method; it never reads ``self``, so it is
+    called unbound rather than copied (a copy would drift from transformers' rule).
+    """
+    from transformers import Trainer
+
+    return list(Trainer.get_decay_parameter_names(None, model))  # type: ignore[arg-type]
+
+
+def deepspeed_config_dict(args: Any) -> dict[str, Any] | None:
+    """The DeepSpeed config as a dict (``--deepspeed`` a path or a dict), or None without DeepSpeed.
+
+    ``TrainingArguments.__post_init__`` loads the file into ``hf_deepspeed_config`` (no public attribute holds
+    the loaded dict); a dict given in Python is also kept as ``args.deepspeed``.
+    """
+    config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
+    if config is None and isinstance(getattr(args, "deepspeed", None), dict):
+        config = args.deepspeed
+    return config if isinstance(config, dict) else None
+
+
+def trainer_loads_best_model_privately() -> bool:
+    """True while ``Trainer._load_best_model`` exists, takes only ``self``, and the Trainer calls it."""
+    from transformers import Trainer
+
+    method = getattr(Trainer, LOAD_BEST_MODEL_METHOD, None)
+    if method is None:
+        return False
+    if list(inspect.signature(method).parameters) != ["self"]:
+        return False
+    return f"self.{LOAD_BEST_MODEL_METHOD}()" in inspect.getsource(Trainer)
