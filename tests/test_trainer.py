@@ -20,7 +20,7 @@ from transformers import (
     set_seed,
 )
 
-import hf_lpwd.refusals as refusals
+import hf_lpwd.trainer.refusals as refusals
 import hf_lpwd.trainer as trainer_module
 from hf_lpwd import LPWD, LPWDConfig, LPWDMixin, LPWDTrainer, LPWDTrainingArguments
 from hf_lpwd.optim import lookahead
@@ -519,7 +519,7 @@ def test_saved_config_restores_optim_and_the_new_fields(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        ({"weight_decay_mode": "lpwd", "lpwd_layerwise": False}, r"--weight_decay_mode lpwd.*--weight_decay_mode pwd"),
+        ({"weight_decay_mode": "lpwd", "lpwd_layerwise": False}, r"--weight_decay_mode='lpwd'.*--lpwd_layerwise=False.*--weight_decay_mode='pwd'"),
         ({"lpwd_layer_lr_decay": 0.0}, r"--lpwd_layer_lr_decay=0 must be in \(0, 1\]"),
         ({"lpwd_layer_lr_decay": 1.2}, r"--lpwd_layer_lr_decay=1.2 must be in \(0, 1\]"),
         ({"lpwd_tied_depth": "middle"}, r"--lpwd_tied_depth='middle'"),
