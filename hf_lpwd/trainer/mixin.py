@@ -22,7 +22,6 @@ a resumed run is bitwise the uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from typing import Any
 
 import torch
@@ -36,7 +35,7 @@ from ..integrations.bitsandbytes import keep_embeddings_in_32_bit
 from ..layers import layer_depths_with_count
 from ..optim import LPWD
 from ..schedule import first_step_scale
-from .arguments import checked_settings_of, lpwd_config_from_args
+from .arguments import checked_settings_of, lpwd_config_from_args, settings_of
 from .build import base_optimizer_of, build_lpwd, lambda_from_timescale, record_groups
 from .card import add_card_section
 from .layer_log import log_layer_table
@@ -69,10 +68,11 @@ class LPWDMixin:
         super().__init__(*args, **kwargs)
         self._lpwd_given_config = None if lpwd_config is None else dataclasses.replace(lpwd_config)
         self._lpwd_built_config: LPWDConfig | None = None
-        self._lpwd_depth_cache: tuple[Any, str | None, tuple[dict[str, int], int]] | None = None
+        self._lpwd_depth_cache: tuple[Any, tuple[dict[str, int], int]] | None = None
         self._lpwd_depth_params: dict[int, list[torch.Tensor]] = {}
         self._lpwd_norms_step: int | None = None
         check_training_arguments(self.args)
+        self._lpwd_checked_args = self._lpwd_argument_key()
         if self.lpwd_config.needs_depths and self.model is not None:
             self.lpwd_depths(self.model)  # fail before training, not at the first step, when no blocks are found
 
@@ -96,6 +96,11 @@ class LPWDMixin:
                            "recording %s", given.base_optimizer, optim, optim)
         return dataclasses.replace(given, base_optimizer=optim)
 
+    def _lpwd_argument_key(self) -> tuple:
+        """What :func:`check_training_arguments` reads, to check it again only when a trial changed it."""
+        return (tuple(settings_of(self.args).items()), self.args.learning_rate, str(self.args.optim),
+                self.args.optim_args)
+
     @property
     def lpwd_optimizer(self) -> LPWD | None:
         """The :class:`hf_lpwd.LPWD` inside the Trainer's (possibly wrapped) optimizer, once built."""
@@ -105,10 +110,10 @@ class LPWDMixin:
         """``(depth of each parameter name, N)`` of ``model`` (default: the Trainer's), parsed once per model."""
         model = self.model if model is None else model
         pattern = self.lpwd_config.layer_pattern
-        cache = self._lpwd_depth_cache
-        if cache is None or cache[0]() is not model or cache[1] != pattern:
-            self._lpwd_depth_cache = cache = (weakref.ref(model), pattern, layer_depths_with_count(model, pattern))
-        return cache[2]
+        key = (pattern, tuple(name for name, _ in model.named_parameters()))  # no reference: the Trainer pickles
+        if self._lpwd_depth_cache is None or self._lpwd_depth_cache[0] != key:
+            self._lpwd_depth_cache = (key, layer_depths_with_count(model, pattern))
+        return self._lpwd_depth_cache[1]
 
     def _optional_depths(self, model: nn.Module, required: bool) -> tuple[dict[str, int], int] | None:
         try:
@@ -123,6 +128,9 @@ class LPWDMixin:
         opt_model = self.model if model is None else model
         if self.optimizer is not None:
             return self.optimizer
+        if self._lpwd_argument_key() != self._lpwd_checked_args:  # a search trial changed them
+            check_training_arguments(self.args)
+            self._lpwd_checked_args = self._lpwd_argument_key()
         config = self._lpwd_settings_now(warn=True)
         base = base_optimizer_of(self, opt_model)
         if config.decay_timescale is not None:
