@@ -7,13 +7,16 @@ The settings are read when the optimizer is built (not frozen in ``__init__``), 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hf_lpwd import LPWDTrainer, LPWDTrainingArguments
-from tests.tiny import TokenDataset, common_args, tiny_bert
+from tests.tiny import ROOT, TokenDataset, common_args, offline_env, tiny_bert
 
 optuna = pytest.importorskip("optuna")
 
@@ -91,29 +94,14 @@ def test_each_trial_builds_the_lpwd_its_arguments_say(tmp_path: Path) -> None:
 
 
 def test_ray_trials_build_their_own_lpwd(tmp_path: Path) -> None:
-    """The same with Ray Tune (a local instance; each trial in a worker process, the Trainer pickled to it)."""
+    """The same with Ray Tune: a local instance, each trial in a worker process (the Trainer pickled to it).
+
+    In a fresh process, as a user runs it: an ``Accelerator`` left by an earlier Trainer in the same process
+    holds a weakref that Ray cannot pickle (accelerate's state, not LPWD's).
+    """
     pytest.importorskip("ray.tune")
-    import json
-
-    import ray
-
     record = tmp_path / "built.jsonl"
-    args = LPWDTrainingArguments(**common_args(tmp_path, learning_rate=0.05, max_steps=6, eval_strategy="no"))
-    trainer = FileRecordingTrainer(model_init=lambda: tiny_bert(layers=LAYERS), args=args,
-                                   train_dataset=TokenDataset(24), eval_dataset=TokenDataset(16, seed=1))
-    trainer.record_file = str(record)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}})
-    try:
-        from ray import tune
-
-        best = trainer.hyperparameter_search(
-            hp_space=lambda _: {"weight_decay_mode": tune.grid_search(["wd", "lpwd"]),
-                                "weight_decay": tune.grid_search([0.05, 0.3])},
-            backend="ray", n_trials=1, direction="minimize", resources_per_trial={"cpu": 1},
-            storage_path=str(tmp_path / "ray"))
-    finally:
-        ray.shutdown()
+    subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "hp_search_ray.py"), str(tmp_path), str(record)],
+                   check=True, env=offline_env(), cwd=ROOT, timeout=600)
     built = sorted((row["mode"], row["lambda"]) for row in map(json.loads, record.read_text().splitlines()))
     assert built == [("lpwd", 0.05), ("lpwd", 0.3), ("wd", 0.05), ("wd", 0.3)]  # λ: the head's rate
-    assert best.hyperparameters["weight_decay_mode"] in ("wd", "lpwd")
