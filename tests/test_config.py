@@ -252,3 +252,15 @@ def test_save_pretrained_with_push_to_hub_writes_then_uploads(tmp_path: Path, mo
     assert uploads == [("my-model", LPWD_CONFIG_NAME, json.loads(full_config().to_json_string()))]
     full_config().save_pretrained(tmp_path / "other", push_to_hub=True, repo_id="me/named")
     assert uploads[-1][0] == "me/named"
+
+
+def test_the_0_3_0_fixture_config_loads_and_means_the_same() -> None:
+    """tests/data/checkpoint_v0_3_0: every 0.3.0 key, the run's record beside the settings."""
+    cfg = LPWDConfig.from_pretrained(Path(__file__).parent / "data" / "checkpoint_v0_3_0" / "checkpoint-3")
+    assert (cfg.mode, cfg.timing, cfg.layerwise, cfg.weight_decay, cfg.lr_coupling, cfg.cautious) == (
+        "lpwd", "pwd", True, 0.5, "coupled", False)
+    assert cfg.record.num_blocks == cfg.num_blocks == 3
+    assert cfg.record.depth_weight_decay == {"0": 0.1, "1": 0.2, "2": 0.3, "3": 0.4, "4": 0.5}  # λ(d+1)/(N+2)
+    assert cfg.record.shrink == 0.006 and cfg.lpwd_version == "0.3.0"
+    assert json.loads(cfg.to_json_string()).keys() == json.loads(
+        (Path(__file__).parent / "data" / "checkpoint_v0_3_0" / "checkpoint-3" / LPWD_CONFIG_NAME).read_text()).keys()
