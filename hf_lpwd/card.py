@@ -8,22 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from .names import LPWD_CONFIG_NAME
-from .settings import SETTING, card_rows
+from .settings import card_rows, resolve_settings, rule_in_words
 
 CARD_HEADING = "## Weight decay: LPWD"
 """The section's heading: a card that has it already is left as it is."""
-
-_TIMING_TEXT = {
-    "wd": "decoupled decay, as AdamW: θ ← θ − ηu − dθ",
-    "rwd": "real-time decay: θ ← (1 − d)(θ − ηu)",
-    "pwd": "pre-weight decay: θ ← (1 − d)θ before each forward pass",
-}
-_COUPLING_TEXT = {
-    "coupled": "d = η_t·λ",
-    "independent": "d = (η_t/η̄)·λ, independent of the peak lr",
-    "corrected": "d = (η_t²/η̄)·λ, lr²-corrected",
-}
-
 
 def _per_depth(values: dict[str, float]) -> str:
     return ", ".join(f"{d}: {v:.3g}" for d, v in sorted(values.items(), key=lambda kv: int(kv[0])))
@@ -39,14 +27,12 @@ def _cell(value: Any) -> str:
 
 def model_card_section(config: Any, config_name: str = LPWD_CONFIG_NAME) -> str:
     """Markdown for one :class:`hf_lpwd.LPWDConfig`: the rule in words, then one row per setting that is set."""
-    settings = config.settings()
-    profile = "layer-wise, λ·(d+1)/(N+2) at depth d" if config.layerwise else "uniform"
-    masked = ", decayed only where u⊙θ ≥ 0 (cautious)" if settings[SETTING["cautious"].name] else ""
+    settings = resolve_settings(config.settings())
     lines = [
         CARD_HEADING,
         "",
         f"This model was trained with `hf_lpwd` {config.lpwd_version}, weight decay mode `{config.mode}`: "
-        f"timing {_TIMING_TEXT[config.timing]}{masked}; λ profile {profile}; {_COUPLING_TEXT[config.lr_coupling]}.",
+        f"{rule_in_words(settings)}.",
         "",
         "| setting | value |",
         "|---|---|",

@@ -103,9 +103,8 @@ def _with_setting_fields(cls: type) -> type:
 class LPWDConfig:
     """Everything needed to rebuild LPWD's decay for a model.
 
-    One field per setting of :data:`hf_lpwd.settings.SETTINGS` (``mode``, ``weight_decay``, ``layerwise``,
-    ``layer_lr_decay``, ``tied_depth``, ``layer_pattern``, ``decay_embeddings``, ``stochastic_rounding``,
-    ``lr_coupling``, ``cautious``, ``decay_timescale``; their help is there), plus:
+    One field per shared setting of :data:`hf_lpwd.settings.SETTINGS` (name, type, default and help are
+    declared there), plus:
 
     Args:
         base_optimizer: the base optimizer's name (the Trainer's ``--optim``, e.g. ``adamw_torch_fused``).
@@ -234,7 +233,7 @@ class LPWDConfig:
             raise ValueError(f"unknown LPWD config key(s) {unknown}; valid keys are {sorted(known)}")
         if "base_optimizer_kwargs" in data and isinstance(data["base_optimizer_kwargs"], dict):
             data["base_optimizer_kwargs"] = dict(data["base_optimizer_kwargs"])
-        for key in ("weight_decay", "layer_lr_decay", "decay_timescale", "shrink"):
+        for key in (*(s.name for s in CONFIG_SETTINGS if s.kind is float), "shrink"):
             if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
                 data[key] = float(data[key])
         return cls(**data)

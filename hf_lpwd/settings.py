@@ -122,6 +122,20 @@ def check_decay_factor(decay: float, where: str, fix: str = "lower weight_decay 
         )
 
 
+def check_peak_decay(weight_decay: float, lr: float, lr_coupling: str, lambda_label: str = "--weight_decay",
+                     lr_label: str = "--learning_rate", coupling_label: str = "--lpwd_lr_coupling") -> None:
+    """The per-step decay at the peak lr must stay below 1: η·λ (coupled, corrected), λ (independent).
+
+    The one rule behind the Trainer's refusal and ``hf-lpwd inspect``'s, in the words of the caller's flags.
+    """
+    if lr_coupling == "independent":  # d = (η_t/η̄)·λ
+        check_decay_factor(weight_decay, f"{lambda_label}={weight_decay:g} with {coupling_label} independent "
+                           "(d = λ at the peak lr)", f"lower {lambda_label}")
+    else:
+        check_decay_factor(lr * weight_decay, f"{lr_label}={lr:g} × {lambda_label}={weight_decay:g}",
+                           f"lower {lambda_label} or {lr_label}")
+
+
 SCHEDULE_FREE_REASON = (
     "schedule-free optimizers keep two weight sequences (x and z) and the model holds a third, their "
     "interpolation y, switched by optimizer.train()/eval(), with their own decay rule; LPWD's timings act on "
@@ -328,6 +342,36 @@ def optimizer_keywords(values: Mapping[str, Any]) -> dict[str, Any]:
 def needs_depths(values: Mapping[str, Any]) -> bool:
     """Whether the param groups depend on each parameter's depth (a layer-wise λ or lr profile)."""
     return bool(values["layerwise"]) or values["layer_lr_decay"] != 1.0
+
+
+_TIMING_WORDS = {
+    "wd": "decoupled decay, as AdamW: θ ← θ − ηu − dθ",
+    "rwd": "real-time decay: θ ← (1 − d)(θ − ηu)",
+    "pwd": "pre-weight decay: θ ← (1 − d)θ before each forward pass",
+}
+_COUPLING_WORDS = {
+    "coupled": "d = η_t·λ",
+    "independent": "d = (η_t/η̄)·λ, independent of the peak lr",
+    "corrected": "d = (η_t²/η̄)·λ, lr²-corrected",
+}
+
+
+def rule_in_words(values: Mapping[str, Any]) -> str:
+    """The decay rule of resolved settings, for people: timing (and mask), λ profile, lr coupling."""
+    masked = ", decayed only where u⊙θ ≥ 0 (cautious)" if values["cautious"] else ""
+    profile = "layer-wise, λ·(d+1)/(N+2) at depth d" if values["layerwise"] else "uniform"
+    return (f"timing {_TIMING_WORDS[timing_of(values['mode'])]}{masked}; λ profile {profile}; "
+            f"{_COUPLING_WORDS[values['lr_coupling']]}")
+
+
+def describe(values: Mapping[str, Any]) -> str:
+    """One line for the logs: mode, λ, and every other setting that differs from its default."""
+    changed = [f"{s.name}={values[s.name]}" for s in SETTINGS
+               if s.in_config and s.name not in ("mode", "weight_decay", "layerwise")
+               and values.get(s.name, s.default) != s.default]
+    profile = "layer-wise" if values["layerwise"] else "uniform"
+    return (f"mode={values['mode']} (timing {timing_of(values['mode'])}, {profile} λ) "
+            f"λ={values['weight_decay']:g}" + (" " + " ".join(changed) if changed else ""))
 
 
 def card_rows(values: Mapping[str, Any]) -> Iterable[tuple[Setting, Any]]:

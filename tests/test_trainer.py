@@ -472,8 +472,8 @@ def test_layer_table_is_logged_through_transformers_logging(tmp_path: Path, capl
     records = list({id(r): r for r in caplog.records if r.name == "transformers.hf_lpwd"}.values())
     assert len(records) == 1  # one record (pytest's capture may list the same record object twice)
     lines = records[0].getMessage().splitlines()
-    assert lines[0] == ("LPWD mode=lpwd (timing pwd, layer-wise λ, coupled) λ=0.2 layer_lr_decay=0.5 "
-                        "base=adamw_torch_fused, 1 steps")
+    assert lines[0] == ("LPWD mode=lpwd (timing pwd, layer-wise λ) λ=0.2 layer_lr_decay=0.5 "
+                        "base=adamw_torch_fused, 1 steps")  # the settings that differ from their defaults
     assert lines[1].split() == ["depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay", "shrink",
                                 "examples"]
     assert [line.split()[:6:3] + line.split()[4:6] for line in lines[2:6]] == [

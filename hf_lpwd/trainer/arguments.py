@@ -61,7 +61,7 @@ def _check_lambda_given_once(values: dict[str, Any], weight_decay_default: float
 
 
 def checked_settings_of(args: Any) -> dict[str, Any]:
-    """:func:`settings_of`, validated in the command line's words (``--lpwd_cautious``, ``--weight_decay``)."""
+    """:func:`settings_of`, validated in the command line's words (``--weight_decay``, ``--lpwd_...``)."""
     values = settings_of(args)
     check_settings(values, argument_label)
     _check_lambda_given_once(values, _TRAINER_WEIGHT_DECAY_DEFAULT)

@@ -6,6 +6,7 @@ The mixin calls these in order; none of them knows the training loop.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -19,7 +20,7 @@ from .refusals import refuse_unwrappable_optim
 
 logger = hf_logging.get_logger("transformers.hf_lpwd")
 
-__all__ = ["base_optimizer_of", "lambda_from_timescale", "build_lpwd", "record_groups"]
+__all__ = ["base_optimizer_of", "resolve_lambda", "build_lpwd", "record_groups"]
 
 
 def base_optimizer_of(trainer: Any, model: nn.Module) -> tuple[Any, dict[str, Any]]:
@@ -36,14 +37,17 @@ def base_optimizer_of(trainer: Any, model: nn.Module) -> tuple[Any, dict[str, An
     return base_cls, base_kwargs
 
 
-def lambda_from_timescale(config: LPWDConfig, steps_per_epoch: int, lr: float, should_log: bool) -> float:
-    """λ = 1/(η̄·τ·S_e) (independent: 1/(τ·S_e)), S_e the optimizer steps per epoch, η̄ = ``--learning_rate``."""
+def resolve_lambda(config: LPWDConfig, steps_per_epoch: Callable[[], int], lr: float, should_log: bool) -> None:
+    """With a timescale τ, set ``config.weight_decay`` = 1/(η̄·τ·S_e) (independent: 1/(τ·S_e)), S_e the optimizer
+    steps per epoch (asked only then), η̄ = ``--learning_rate``; else λ is the one given."""
     tau = config.decay_timescale
-    lam = weight_decay_for_timescale(config.lr_coupling, tau * steps_per_epoch, lr)
+    if tau is None:
+        return
+    per_epoch = steps_per_epoch()
+    config.weight_decay = weight_decay_for_timescale(config.lr_coupling, tau * per_epoch, lr)
     if should_log:
         logger.info("LPWD: --lpwd_decay_timescale %g epochs × %d steps per epoch at lr %g (%s) gives λ = %.6g",
-                    tau, steps_per_epoch, lr, config.lr_coupling, lam)
-    return lam
+                    tau, per_epoch, lr, config.lr_coupling, config.weight_decay)
 
 
 def build_lpwd(

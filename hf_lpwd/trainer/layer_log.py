@@ -10,6 +10,7 @@ from ..config import LPWDConfig
 from ..model.groups import format_layer_table, group_shrink, layer_table, shrink_warning
 from ..optim import LPWD
 from ..schedule import scheduler_scales
+from ..settings import describe, resolve_settings
 
 logger = hf_logging.get_logger("transformers.hf_lpwd")
 
@@ -33,14 +34,8 @@ def log_layer_table(lpwd: LPWD, scheduler: Any, num_training_steps: int, config:
             config.record.depth_shrink = {str(r["depth"]): round(float(r["shrink"]), 6) for r in decayed}
     if not should_log:
         return
-    tau = config.decay_timescale
-    logger.info(
-        "LPWD mode=%s (timing %s, %s λ, %s%s) λ=%g%s layer_lr_decay=%g base=%s, %d steps\n%s",
-        config.mode, config.timing, "layer-wise" if config.layerwise else "uniform", config.lr_coupling,
-        ", cautious" if config.cautious else "", config.weight_decay,
-        f" (from τ = {tau:g} epochs)" if tau is not None else "",
-        config.layer_lr_decay, config.base_optimizer, num_training_steps, format_layer_table(rows),
-    )
+    logger.info("LPWD %s base=%s, %d steps\n%s", describe(resolve_settings(config.settings())),
+                config.base_optimizer, num_training_steps, format_layer_table(rows))
     warning = shrink_warning(rows)
     if warning:
         logger.warning(warning)

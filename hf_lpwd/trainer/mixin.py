@@ -36,7 +36,7 @@ from ..layers import layer_depths_with_count
 from ..optim import LPWD
 from ..schedule import first_step_scale
 from .arguments import checked_settings_of, lpwd_config_from_args, settings_of
-from .build import base_optimizer_of, build_lpwd, lambda_from_timescale, record_groups
+from .build import base_optimizer_of, build_lpwd, record_groups, resolve_lambda
 from .card import add_card_section
 from .layer_log import log_layer_table
 from .norms import layer_norms, params_by_depth
@@ -133,9 +133,7 @@ class LPWDMixin:
             self._lpwd_checked_args = self._lpwd_argument_key()
         config = self._lpwd_settings_now(warn=True)
         base = base_optimizer_of(self, opt_model)
-        if config.decay_timescale is not None:
-            config.weight_decay = lambda_from_timescale(config, self._lpwd_steps_per_epoch(),
-                                                        float(self.args.learning_rate), self.args.should_log)
+        resolve_lambda(config, self._lpwd_steps_per_epoch, float(self.args.learning_rate), self.args.should_log)
         depths = self._optional_depths(opt_model, required=config.needs_depths)
         self.optimizer = build_lpwd(opt_model, config, base, self.get_decay_parameter_names(opt_model), depths)
         keep_embeddings_in_32_bit(*base, opt_model)

@@ -11,7 +11,7 @@ from typing import Any
 from transformers import Trainer, TrainingArguments
 
 from ..optim.bases import refuse_cautious_base
-from ..settings import DEFAULTS, SCHEDULE_FREE_REASON, check_decay_factor
+from ..settings import DEFAULTS, SCHEDULE_FREE_REASON, SETTING, check_peak_decay
 
 _UNSUPPORTED_OPTIM_KWARGS = ("params", "model", "optimizer_dict")
 _OWN_STEP_FAMILIES = {
@@ -62,19 +62,14 @@ def check_training_arguments(args: TrainingArguments) -> None:
 
 
 def _check_peak_decay(args: TrainingArguments) -> None:
-    """The per-step decay at the peak lr must stay below 1: η·λ (coupled, corrected), λ (independent)."""
-    lr, lam = float(args.learning_rate), float(args.weight_decay)
-    if getattr(args, "lpwd_lr_coupling", DEFAULTS["lr_coupling"]) == "independent":  # d = (η_t/η̄)·λ
-        check_decay_factor(lam, f"--weight_decay={lam:g} with --lpwd_lr_coupling independent (d = λ at the peak lr)",
-                           "lower --weight_decay")
-    else:
-        check_decay_factor(lr * lam, f"--learning_rate={lr:g} × --weight_decay={lam:g}",
-                           "lower --weight_decay or --learning_rate")
+    """The per-step decay at the peak lr must stay below 1 (:func:`hf_lpwd.settings.check_peak_decay`)."""
+    check_peak_decay(float(args.weight_decay), float(args.learning_rate),
+                     getattr(args, SETTING["lr_coupling"].flag, DEFAULTS["lr_coupling"]))
 
 
 def _refuse_cautious_base(args: TrainingArguments) -> None:
     """Cautious decay reads the sign of the base's update: AdamW/Adam's first moment or SGD's momentum."""
-    if not getattr(args, "lpwd_cautious", False):
+    if not getattr(args, SETTING["cautious"].flag, False):
         return
     try:
         base_cls, _ = Trainer.get_optimizer_cls_and_kwargs(args)
