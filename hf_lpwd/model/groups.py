@@ -26,11 +26,10 @@ from typing import Any
 from torch import nn
 
 from ..layers import LayerPattern, layer_depths_with_count
-from ..optim.functional import decay_per_step
 from ..settings import TIED_DEPTHS, validate_choice, validate_layer_lr_decay
 
 __all__ = ["lpwd_param_groups", "param_groups_for_settings", "default_decay_parameter_names", "layer_table", "format_layer_table", "tied_aliases",
-           "group_shrink", "shrink_warning", "SHRINK_LIMIT"]
+           "shrink_warning", "SHRINK_LIMIT"]
 
 SHRINK_LIMIT = 1.0
 """S above which the layer table warns: in our paired fine-tuning study accuracy collapsed beyond S ≈ 1."""
@@ -205,17 +204,6 @@ def _group(
     return group
 
 
-def group_shrink(weight_decay: float, base_lr: float, scales: Sequence[float], lr_coupling: str = "coupled") -> float:
-    """S = Σ_t d_t over a run whose lr is η̄·s_t: the log-shrink of a weight no gradient moves.
-
-    Such a weight ends at Π_t (1 − d_t)·θ_0 ≈ e^(−S)·θ_0, whatever the timing, so S says how much of a
-    weight the decay alone removes over the run; with d_t of the lr coupling (see :mod:`hf_lpwd.optim.functional`).
-    """
-    if weight_decay == 0.0:
-        return 0.0
-    return float(sum(decay_per_step(lr_coupling, weight_decay, base_lr * s, base_lr) for s in scales))
-
-
 def shrink_warning(rows: list[dict[str, Any]], limit: float = SHRINK_LIMIT) -> str | None:
     """The warning for decayed depths whose run shrink S exceeds ``limit``, or ``None``."""
     over = [(row["depth"], row["shrink"]) for row in rows if row.get("shrink") is not None and row["shrink"] > limit]
@@ -237,7 +225,7 @@ def layer_table(groups: list[dict[str, Any]], shrink: Sequence[float | None] | N
     ``weight_decay`` (those of the depth's decayed group; 0 if nothing there is decayed),
     ``lr_multiplier`` (LLRD's γ^(N+1−d)), ``decayed_tensors``, ``examples`` (a few parameter
     names, decayed ones first) and ``tied`` (``"alias = name"`` of tied tensors at that depth).
-    With ``shrink`` (S per group, :func:`group_shrink`), each row also has ``shrink``: the largest S
+    With ``shrink`` (S per group, :func:`hf_lpwd.schedule.group_shrink`), each row also has ``shrink``: the largest S
     of its decayed groups.
     """
     rows: dict[Any, dict[str, Any]] = {}
@@ -298,3 +286,12 @@ def format_layer_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> s
         out.append("  ".join([*cells, line[-1]]))
     out.extend(f"tied: {t}" for t in tied)
     return "\n".join(out)
+
+
+def __getattr__(name: str) -> object:
+    """``group_shrink`` moved to :mod:`hf_lpwd.schedule` (it reads the schedule and the decay rule, not the model)."""
+    if name == "group_shrink":
+        from ..schedule import group_shrink
+
+        return group_shrink
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

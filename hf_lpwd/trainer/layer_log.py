@@ -7,9 +7,9 @@ from typing import Any
 from transformers.utils import logging as hf_logging
 
 from ..config import LPWDConfig
-from ..model.groups import format_layer_table, group_shrink, layer_table, shrink_warning
+from ..model.groups import format_layer_table, layer_table, shrink_warning
 from ..optim import LPWD
-from ..schedule import scheduler_scales
+from ..schedule import group_shrink, scheduler_scales
 from ..settings import describe, resolve_settings
 
 logger = hf_logging.get_logger("transformers.hf_lpwd")
