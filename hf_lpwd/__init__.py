@@ -4,7 +4,7 @@ Public API:
 
 * :class:`LPWD` — the optimizer: *when* the decay is applied (timings wd / rwd / pwd, :data:`TIMINGS`)
   around any base optimizer, pwd folded into AdamW's step; how it follows the lr (:data:`LR_COUPLINGS`) and
-  cautious decay;
+  the masks of the decay;
 * :func:`layer_depths`, :func:`lpwd_param_groups`, :func:`layer_table` — depth of each parameter
   and the param groups: *how much* per depth (uniform or layer-wise λ, layer-wise lr decay);
 * :class:`LPWDTrainer`, :class:`LPWDMixin`, :class:`LPWDTrainingArguments` — the Trainer glue;

@@ -1,59 +1,51 @@
-"""The model card's LPWD section: what transformers' own card cannot say about the decay."""
+"""The model card's LPWD section: what transformers' own card cannot say about the decay.
+
+The rows are the carded settings of :data:`hf_lpwd.settings.SETTINGS` (set ones only) and the run's record.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-_TIMING_TEXT = {
-    "wd": "decoupled decay, as AdamW: θ ← θ − ηu − dθ",
-    "rwd": "real-time decay: θ ← (1 − d)(θ − ηu)",
-    "pwd": "pre-weight decay: θ ← (1 − d)θ before each forward pass",
-}
-_COUPLING_TEXT = {
-    "coupled": "d = η_t·λ",
-    "independent": "d = (η_t/η̄)·λ, independent of the peak lr",
-    "corrected": "d = (η_t²/η̄)·λ, lr²-corrected",
-}
+from .names import LPWD_CONFIG_NAME
+from .settings import card_rows, resolve_settings, rule_in_words
 
+CARD_HEADING = "## Weight decay: LPWD"
+"""The section's heading: a card that has it already is left as it is."""
 
 def _per_depth(values: dict[str, float]) -> str:
     return ", ".join(f"{d}: {v:.3g}" for d, v in sorted(values.items(), key=lambda kv: int(kv[0])))
 
 
-def model_card_section(config: Any, config_name: str = "lpwd_config.json") -> str:
-    """Markdown for one :class:`hf_lpwd.LPWDConfig`: timing, profile, λ (and the timescale it came from)."""
-    profile = "layer-wise, λ·(d+1)/(N+2) at depth d" if config.layerwise else "uniform"
-    rule = _TIMING_TEXT[config.timing] + (", decayed only where u⊙θ ≥ 0 (cautious)" if config.cautious else "")
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str) and any(ch in value for ch in "\\()[]|*"):
+        return f"`{value}`"
+    return str(value)
+
+
+def model_card_section(config: Any, config_name: str = LPWD_CONFIG_NAME) -> str:
+    """Markdown for one :class:`hf_lpwd.LPWDConfig`: the rule in words, then one row per setting that is set."""
+    settings = resolve_settings(config.settings())
     lines = [
-        "## Weight decay: LPWD",
+        CARD_HEADING,
         "",
         f"This model was trained with `hf_lpwd` {config.lpwd_version}, weight decay mode `{config.mode}`: "
-        f"timing {rule}; λ profile {profile}; {_COUPLING_TEXT[config.lr_coupling]}.",
+        f"{rule_in_words(settings)}.",
         "",
         "| setting | value |",
         "|---|---|",
-        f"| λ (weight_decay) | {config.weight_decay:g} |",
     ]
-    if config.decay_timescale is not None:
-        lines.append(f"| decay timescale τ | {config.decay_timescale:g} epochs (λ above is what it gave) |")
-    lines += [
-        f"| timing / profile | {config.timing} / {'layer-wise' if config.layerwise else 'uniform'} |",
-        f"| lr coupling | {config.lr_coupling} |",
-        f"| base optimizer | {config.base_optimizer or 'adamw'} |",
-        f"| decay embeddings | {config.decay_embeddings} |",
-        f"| tied embedding depth | {config.tied_depth} |",
-    ]
-    if config.cautious:
-        lines.append("| cautious | True |")
-    if config.layer_lr_decay != 1.0:
-        lines.append(f"| layer-wise lr decay γ | {config.layer_lr_decay:g} (lr·γ^(N+1−d)) |")
-    if config.layer_pattern:
-        lines.append(f"| layer pattern | `{config.layer_pattern}` |")
-    if config.num_blocks is not None:
-        lines.append(f"| blocks (N) | {config.num_blocks} |")
-    if config.depth_weight_decay:
-        lines.append(f"| λ per depth | {_per_depth(config.depth_weight_decay)} |")
-    if config.depth_shrink:
-        lines.append(f"| shrink S = Σ_t d_t per depth | {_per_depth(config.depth_shrink)} |")
+    lines.append(f"| timing / profile | {config.timing} / {'layer-wise' if config.layerwise else 'uniform'} |")
+    lines += [f"| {s.card} | {_cell(value)}{s.card_unit} |" for s, value in card_rows(settings)]
+    lines.append(f"| base optimizer | {config.base_optimizer or 'adamw'} |")
+    record = config.record
+    if record.num_blocks is not None:
+        lines.append(f"| blocks (N) | {record.num_blocks} |")
+    if record.depth_weight_decay:
+        lines.append(f"| λ per depth | {_per_depth(record.depth_weight_decay)} |")
+    if record.depth_shrink:
+        lines.append(f"| shrink S = Σ_t d_t per depth | {_per_depth(record.depth_shrink)} |")
     lines += ["", f"The full settings are in `{config_name}`.", ""]
     return "\n".join(lines)

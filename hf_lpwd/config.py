@@ -6,6 +6,10 @@ Hub repo.  Safety first: JSON only (never pickle, never remote code), and loadin
 unknown key, a wrong type or an out-of-range value is an error that names the key.  A file written
 by a newer hf_lpwd with keys this version does not know fails with a message saying to upgrade,
 rather than silently training with settings the user did not ask for.
+
+The config's fields are the settings of :data:`hf_lpwd.settings.SETTINGS` (declared there once) plus the base
+optimizer; what one run measured (blocks, λ per depth, shrink) is a :class:`RunRecord` held beside the settings
+(``config.record``) and written into the same file under the same keys as before.
 """
 
 from __future__ import annotations
@@ -14,31 +18,29 @@ import dataclasses
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
-from .version import __version__
-from .card import model_card_section
-from .groups import lpwd_param_groups
+from .names import LPWD_CONFIG_NAME, RECORD_DEPTH_SHRINK_KEY, RECORD_SHRINK_KEY
 from .settings import (
-    DEFAULT_WEIGHT_DECAY,
-    DEFAULTS,
-    LR_COUPLINGS,
+    CONFIG_SETTINGS,
     TIED_DEPTHS,
     WEIGHT_DECAY_MODES,
-    validate_bool,
-    validate_cautious,
-    validate_choice,
-    validate_decay_timescale,
+    check_settings,
+    config_label,
+    needs_depths,
+    resolve_settings,
+    timing_of,
     validate_layer_lr_decay,
     validate_layer_pattern,
-    validate_weight_decay,
 )
+from .version import __version__
 
-LPWD_CONFIG_NAME = "lpwd_config.json"
+__all__ = ["LPWD_CONFIG_NAME", "LPWDConfig", "RunRecord", "TIED_DEPTHS", "WEIGHT_DECAY_MODES",
+           "validate_layer_lr_decay", "validate_layer_pattern"]
 
-__all__ = ["LPWD_CONFIG_NAME", "LPWDConfig", "TIED_DEPTHS", "WEIGHT_DECAY_MODES", "validate_layer_lr_decay",
-           "validate_layer_pattern"]
+RECORD_KEYS = ("num_blocks", "depth_weight_decay", RECORD_DEPTH_SHRINK_KEY, RECORD_SHRINK_KEY)
+"""The keys of :class:`RunRecord` in ``lpwd_config.json``."""
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -46,78 +48,113 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 @dataclass
-class LPWDConfig:
-    """Everything needed to rebuild LPWD's decay for a model.
-
-    Two independent axes: *when* the decay is applied (the timing: ``wd``, ``rwd`` or ``pwd``) and
-    *how λ varies with depth* (the profile: uniform, or layer-wise λ·(d+1)/(N+2) at depth d of N
-    blocks).  ``mode`` names the timing, ``layerwise`` the profile; ``lpwd`` is the paper's method,
-    ``pwd`` × layer-wise, and the default of ``layerwise`` follows the mode (true for ``lpwd`` only),
-    so a config written by hf_lpwd 0.1.0 (which has no ``layerwise`` key) means what it meant.
+class RunRecord:
+    """What one run measured, written beside the settings so a reader sees the decay it got.
 
     Args:
-        mode: ``wd`` (AdamW's decoupled decay), ``rwd`` (real-time), ``pwd`` (pre-weight) or
-            ``lpwd`` (pre-weight with λ growing with depth: λ·(d+1)/(N+2) at depth d of N blocks).
-        weight_decay: λ, the rate of the deepest level (the head) with the layer-wise profile, of
-            every decayed parameter otherwise.
-        layerwise: the λ profile: ``True`` layer-wise, ``False`` uniform; ``None`` (unset) resolves
-            to ``mode == "lpwd"``.  ``mode="lpwd"`` with ``layerwise=False`` is refused (that is ``pwd``).
-        layer_lr_decay: γ of layer-wise learning-rate decay (LLRD): the lr at depth d is
-            lr·γ^(N+1−d), so the head trains at the full lr and the embeddings at lr·γ^(N+1).
-            ``1.0`` (default) is off; 0 < γ ≤ 1.
-        tied_depth: where a matrix shared by the input embedding and the output head sits:
-            ``"input"`` (depth 0, where it is registered: the default, as in 0.1.0) or ``"output"``
-            (depth N+1, the head's λ and lr).
-        layer_pattern: regex with one capture group for the block index, overriding the automatic
-            block detection of :func:`hf_lpwd.layer_depths`.
-        decay_embeddings: whether depth 0 (embeddings, stem) is decayed at all in ``lpwd``.
-        stochastic_rounding: keep the decay effective on bf16/fp16 weights.
-        lr_coupling: how the per-step decay follows the lr: ``coupled`` η_t·λ (AdamW), ``independent``
-            (η_t/η̄)·λ, ``corrected`` (η_t²/η̄)·λ, with η̄ each group's base (peak) lr.
-        cautious: decay only where update and weight agree in sign (wd timing, AdamW/SGD).
-        decay_timescale: τ in epochs; when set, λ is chosen so that the weights' EMA timescale at the
-            base lr is τ epochs (λ = 1/(η̄·τ·steps per epoch), independent: 1/(τ·steps per epoch)), and
-            ``weight_decay`` records the λ it produced.
-        base_optimizer: the base optimizer's name (the Trainer's ``--optim``, e.g. ``adamw_torch_fused``).
-        base_optimizer_kwargs: its JSON-able keyword arguments (betas, eps, momentum, ...).
-        num_blocks: N, the number of blocks found (filled in when the optimizer is built).
-        depth_weight_decay: λ per depth, keys are depths as strings (filled in likewise).
-        depth_shrink: S_d = Σ_t d_t per decayed depth over the whole run, the log-shrink of a weight that
-            no gradient moves (filled in when the schedule is known).
-        shrink: the run's largest S over its decayed parameters (filled in likewise, for any profile): what
-            ``hf-lpwd compare`` plots the metric against.
-        lpwd_version: the hf_lpwd version that wrote the config.
+        num_blocks: N, the number of blocks found.
+        depth_weight_decay: λ per depth (layer-wise profile), keys are depths as strings.
+        depth_shrink: S_d = Σ_t d_t per decayed depth over the whole run, the log-shrink of a weight that no
+            gradient moves.
+        shrink: the run's largest S over its decayed parameters (any profile): what ``hf-lpwd compare`` plots
+            the metric against.
     """
 
-    mode: str = DEFAULTS["mode"]
-    weight_decay: float = DEFAULT_WEIGHT_DECAY
-    layerwise: bool | None = DEFAULTS["layerwise"]
-    layer_lr_decay: float = DEFAULTS["layer_lr_decay"]
-    tied_depth: str = DEFAULTS["tied_depth"]
-    layer_pattern: str | None = DEFAULTS["layer_pattern"]
-    decay_embeddings: bool = DEFAULTS["decay_embeddings"]
-    stochastic_rounding: bool = DEFAULTS["stochastic_rounding"]
-    lr_coupling: str = DEFAULTS["lr_coupling"]
-    cautious: bool = DEFAULTS["cautious"]
-    decay_timescale: float | None = DEFAULTS["decay_timescale"]
-    base_optimizer: str | None = None
-    base_optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
     num_blocks: int | None = None
     depth_weight_decay: dict[str, float] | None = None
     depth_shrink: dict[str, float] | None = None
     shrink: float | None = None
-    lpwd_version: str = __version__
 
-    def __post_init__(self) -> None:
-        if self.layerwise is None:
-            self.layerwise = self.mode == "lpwd"
+    def validate(self, prefix: str = "LPWDConfig") -> None:
+        """Raise ``ValueError`` naming the first bad key."""
+        if self.num_blocks is not None and (
+            isinstance(self.num_blocks, bool) or not isinstance(self.num_blocks, int) or self.num_blocks < 0
+        ):
+            raise ValueError(f"{prefix}.num_blocks must be an integer >= 0, got {self.num_blocks!r}")
+        for name, what in (("depth_weight_decay", "λ"), ("depth_shrink", "S")):
+            per_depth = getattr(self, name)
+            if per_depth is None:
+                continue
+            if not isinstance(per_depth, dict):
+                raise ValueError(f"{prefix}.{name} must be a JSON object {{depth: {what}}}")
+            for depth, value in per_depth.items():
+                if (not str(depth).isdigit() or isinstance(value, bool) or not isinstance(value, (int, float))
+                        or value < 0):
+                    raise ValueError(f"{prefix}.{name}[{depth!r}]={value!r}: keys are depths, values {what} >= 0")
+        if self.shrink is not None and (isinstance(self.shrink, bool) or not isinstance(self.shrink, (int, float))
+                                        or not self.shrink >= 0):
+            raise ValueError(f"{prefix}.shrink must be a number >= 0, got {self.shrink!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _with_setting_fields(cls: type) -> type:
+    """Give ``cls`` one field per shared setting (declared in :mod:`hf_lpwd.settings`), before its own fields."""
+    own = dict(cls.__dict__.get("__annotations__", {}))
+    for setting in CONFIG_SETTINGS:
+        setattr(cls, setting.name, setting.default)  # None, bools, numbers and strings: safe as class defaults
+    cls.__annotations__ = {**{s.name: s.annotation for s in CONFIG_SETTINGS}, **own}
+    return cls
+
+
+@dataclass
+@_with_setting_fields
+class LPWDConfig:
+    """Everything needed to rebuild LPWD's decay for a model.
+
+    One field per shared setting of :data:`hf_lpwd.settings.SETTINGS` (name, type, default and help are
+    declared there), plus:
+
+    Args:
+        base_optimizer: the base optimizer's name (the Trainer's ``--optim``, e.g. ``adamw_torch_fused``).
+        base_optimizer_kwargs: its JSON-able keyword arguments (betas, eps, momentum, ...).
+        record: what one run measured (:class:`RunRecord`); ``num_blocks``, ``depth_weight_decay``,
+            ``depth_shrink`` and ``shrink`` are accepted as keywords and read as attributes, as in 0.3.0.
+        lpwd_version: the hf_lpwd version that wrote the config.
+
+    Two independent axes: *when* the decay is applied (the timing: ``wd``, ``rwd`` or ``pwd``) and *how λ
+    varies with depth* (the profile).  ``mode`` names the timing, ``layerwise`` the profile; ``lpwd`` is the
+    paper's method, ``pwd`` × layer-wise, and an unset ``layerwise`` follows the mode (true for ``lpwd`` only),
+    so a config written by hf_lpwd 0.1.0 (which has no ``layerwise`` key) means what it meant.
+    """
+
+    base_optimizer: str | None = None
+    base_optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    record: RunRecord = field(default_factory=RunRecord)
+    lpwd_version: str = __version__
+    num_blocks: InitVar[int | None] = None
+    depth_weight_decay: InitVar[dict[str, float] | None] = None
+    depth_shrink: InitVar[dict[str, float] | None] = None
+    shrink: InitVar[float | None] = None
+
+    def __post_init__(self, num_blocks: Any, depth_weight_decay: Any, depth_shrink: Any, shrink: Any) -> None:
+        measured = {"num_blocks": num_blocks, "depth_weight_decay": depth_weight_decay,
+                    "depth_shrink": depth_shrink, "shrink": shrink}
+        given = {key: value for key, value in measured.items() if value is not None and not isinstance(value, property)}
+        self.record = dataclasses.replace(self.record, **given)  # never shared between two configs
         self.validate()
+        self.layerwise = resolve_settings({"mode": self.mode, "layerwise": self.layerwise})["layerwise"]
+
+    @classmethod
+    def from_settings(cls, values: dict[str, Any], **other: Any) -> LPWDConfig:
+        """A config from settings an entry point has validated already (in its own words): no second check."""
+        config = cls.__new__(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            object.__setattr__(config, f.name, other.get(f.name, values.get(f.name, default)))
+        config.layerwise = resolve_settings(config.settings())["layerwise"]
+        return config
 
     # ------------------------------------------------------------------ derived
+    def settings(self) -> dict[str, Any]:
+        """``{name: value}`` of the shared settings."""
+        return {s.name: getattr(self, s.name) for s in CONFIG_SETTINGS}
+
     @property
     def timing(self) -> str:
         """When the decay is applied, the :class:`hf_lpwd.LPWD` ``mode``: ``lpwd`` is the ``pwd`` timing."""
-        return "pwd" if self.mode == "lpwd" else self.mode
+        return timing_of(self.mode)
 
     @property
     def optimizer_mode(self) -> str:
@@ -127,43 +164,20 @@ class LPWDConfig:
     @property
     def needs_depths(self) -> bool:
         """Whether the param groups depend on the depth of each parameter."""
-        return bool(self.layerwise) or self.layer_lr_decay != 1.0
+        return needs_depths(resolve_settings(self.settings()))
 
     def param_groups(
         self, model: Any, decay_names: Any = None, depths: tuple[dict[str, int], int] | None = None
     ) -> list[dict[str, Any]]:
-        """The optimizer param groups these settings give for ``model`` (see :func:`hf_lpwd.lpwd_param_groups`)."""
-        return lpwd_param_groups(
-            model,
-            self.weight_decay,
-            layerwise=bool(self.layerwise),
-            layer_pattern=self.layer_pattern,
-            decay_embeddings=self.decay_embeddings,
-            decay_names=decay_names,
-            layer_lr_decay=self.layer_lr_decay,
-            tied_depth=self.tied_depth,
-            depths=depths,
-        )
+        """The optimizer param groups these settings give for ``model`` (:func:`hf_lpwd.lpwd_param_groups`)."""
+        from .model.groups import param_groups_for_settings
+
+        return param_groups_for_settings(model, resolve_settings(self.settings()), decay_names, depths)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad key."""
-        validate_choice(self.mode, WEIGHT_DECAY_MODES, "LPWDConfig.mode")
-        validate_weight_decay(self.weight_decay, "LPWDConfig.weight_decay")
-        validate_bool(self.layerwise, "LPWDConfig.layerwise")
-        if self.mode == "lpwd" and not self.layerwise:
-            raise ValueError(
-                "LPWDConfig: mode='lpwd' is pwd with the layer-wise profile, so layerwise=False contradicts it; "
-                "use mode='pwd' for pre-weight decay with a uniform λ"
-            )
-        validate_layer_lr_decay(self.layer_lr_decay, "LPWDConfig.layer_lr_decay")
-        validate_choice(self.tied_depth, TIED_DEPTHS, "LPWDConfig.tied_depth")
-        validate_layer_pattern(self.layer_pattern, "LPWDConfig.layer_pattern")
-        for name in ("decay_embeddings", "stochastic_rounding"):
-            validate_bool(getattr(self, name), f"LPWDConfig.{name}")
-        validate_choice(self.lr_coupling, LR_COUPLINGS, "LPWDConfig.lr_coupling")
-        validate_cautious(self.cautious, self.timing, "LPWDConfig.cautious")
-        validate_decay_timescale(self.decay_timescale, "LPWDConfig.decay_timescale")
+        check_settings(self.settings(), config_label)
         if self.base_optimizer is not None and not isinstance(self.base_optimizer, str):
             raise ValueError(f"LPWDConfig.base_optimizer must be a string, got {self.base_optimizer!r}")
         if not isinstance(self.base_optimizer_kwargs, dict):
@@ -172,28 +186,18 @@ class LPWDConfig:
             json.dumps(self.base_optimizer_kwargs, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"LPWDConfig.base_optimizer_kwargs must hold only JSON values ({exc})") from None
-        if self.num_blocks is not None and (
-            isinstance(self.num_blocks, bool) or not isinstance(self.num_blocks, int) or self.num_blocks < 0
-        ):
-            raise ValueError(f"LPWDConfig.num_blocks must be an integer >= 0, got {self.num_blocks!r}")
-        for name, what in (("depth_weight_decay", "λ"), ("depth_shrink", "S")):
-            per_depth = getattr(self, name)
-            if per_depth is None:
-                continue
-            if not isinstance(per_depth, dict):
-                raise ValueError(f"LPWDConfig.{name} must be a JSON object {{depth: {what}}}")
-            for depth, value in per_depth.items():
-                if not str(depth).isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                    raise ValueError(f"LPWDConfig.{name}[{depth!r}]={value!r}: keys are depths, values {what} >= 0")
-        if self.shrink is not None and (isinstance(self.shrink, bool) or not isinstance(self.shrink, (int, float))
-                                        or not self.shrink >= 0):
-            raise ValueError(f"LPWDConfig.shrink must be a number >= 0, got {self.shrink!r}")
+        if not isinstance(self.record, RunRecord):
+            raise ValueError("LPWDConfig.record must be a RunRecord")
+        self.record.validate()
         if not isinstance(self.lpwd_version, str):
             raise ValueError("LPWDConfig.lpwd_version must be a string")
 
     # ------------------------------------------------------------------ dict / JSON
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The JSON object of ``lpwd_config.json``: the settings, the base optimizer, the run record, the version."""
+        return {**self.settings(), "base_optimizer": self.base_optimizer,
+                "base_optimizer_kwargs": json.loads(json.dumps(self.base_optimizer_kwargs)),
+                **self.record.to_dict(), "lpwd_version": self.lpwd_version}
 
     def to_json_string(self) -> str:
         """Byte-stable JSON: sorted keys, fixed indent, trailing newline."""
@@ -216,7 +220,7 @@ class LPWDConfig:
     def from_dict(cls, config_dict: dict[str, Any], **overrides: Any) -> LPWDConfig:
         if not isinstance(config_dict, dict):
             raise ValueError(f"an LPWD config must be a JSON object, got {type(config_dict).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls) if f.name != "record"} | set(RECORD_KEYS)
         data = {**config_dict, **overrides}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -229,7 +233,7 @@ class LPWDConfig:
             raise ValueError(f"unknown LPWD config key(s) {unknown}; valid keys are {sorted(known)}")
         if "base_optimizer_kwargs" in data and isinstance(data["base_optimizer_kwargs"], dict):
             data["base_optimizer_kwargs"] = dict(data["base_optimizer_kwargs"])
-        for key in ("weight_decay", "layer_lr_decay", "decay_timescale", "shrink"):
+        for key in (*(s.name for s in CONFIG_SETTINGS if s.kind is float), "shrink"):
             if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
                 data[key] = float(data[key])
         return cls(**data)
@@ -316,4 +320,20 @@ class LPWDConfig:
     # ------------------------------------------------------------------ model card
     def model_card_section(self) -> str:
         """A short Markdown section for the model card (:func:`hf_lpwd.card.model_card_section`)."""
+        from .card import model_card_section
+
         return model_card_section(self)
+
+
+def _record_property(name: str) -> property:
+    def get(self: LPWDConfig) -> Any:
+        return getattr(self.record, name)
+
+    def set_(self: LPWDConfig, value: Any) -> None:
+        setattr(self.record, name, value)
+
+    return property(get, set_, doc=f"``record.{name}`` (what the run measured), as an attribute of the config.")
+
+
+for _name in RECORD_KEYS:
+    setattr(LPWDConfig, _name, _record_property(_name))

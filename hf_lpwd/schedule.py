@@ -7,9 +7,12 @@ from a copy of its formulas.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from .optim.functional import decay_per_step
 
 
 def scheduler_scales(lr_scheduler: Any, num_training_steps: int) -> list[list[float]] | None:
@@ -55,3 +58,15 @@ def first_step_scale(args: Any) -> float:
     get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=args.get_warmup_steps(total),
                   num_training_steps=total, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
     return float(probe.param_groups[0]["lr"])
+
+
+def group_shrink(weight_decay: float, base_lr: float, scales: Sequence[float],
+                 lr_coupling: str = "coupled") -> float:
+    """S = Σ_t d_t over a run whose lr is η̄·s_t: the log-shrink of a weight no gradient moves.
+
+    Such a weight ends at Π_t (1 − d_t)·θ_0 ≈ e^(−S)·θ_0, whatever the timing, so S says how much of a
+    weight the decay alone removes over the run; with d_t of the lr coupling (see :mod:`hf_lpwd.optim.functional`).
+    """
+    if weight_decay == 0.0:
+        return 0.0
+    return float(sum(decay_per_step(lr_coupling, weight_decay, base_lr * s, base_lr) for s in scales))

@@ -1,14 +1,19 @@
-"""The one home of LPWD's names, defaults and validators.
+"""Every LPWD setting declared once: name, type, default, choices, help, validator, flag and model-card label.
 
-Config, groups, optimizer, Trainer glue and CLI all check their inputs here, so a bad value reads
-the same wherever it comes from.  Each validator takes the name of the field as the user wrote it
-(``--weight_decay``, ``LPWDConfig.tied_depth``, ...) and raises ``ValueError`` naming it.
+The Trainer's arguments (:mod:`hf_lpwd.trainer.arguments`), the config's JSON keys (:mod:`hf_lpwd.config`), the
+``--lpwd_config`` merge rule, ``hf-lpwd inspect``'s options and the model card's rows are derived from
+:data:`SETTINGS`; adding a setting is one :class:`Setting` here plus the code that acts on it.  Validation runs once
+per entry point (:func:`check_settings`), with the names of that entry point (``--lpwd_cautious`` on the command
+line, ``LPWDConfig.cautious`` in a file, ``cautious`` for a keyword), so a bad value reads the same wherever it comes
+from.  This module imports nothing else of hf_lpwd (but the pattern parser, lazily).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 TIMINGS: tuple[str, ...] = ("wd", "rwd", "pwd")
@@ -33,22 +38,6 @@ eager path where it does not apply), or the eager mask pass before the base's ow
 DEFAULT_WEIGHT_DECAY = 0.01
 """λ when none is given (:class:`hf_lpwd.LPWD`, :class:`hf_lpwd.LPWDConfig`, the CLI); the Trainer's
 ``--weight_decay`` keeps transformers' own default."""
-
-DEFAULTS: dict[str, Any] = {
-    "mode": "lpwd",
-    "layerwise": None,
-    "layer_lr_decay": 1.0,
-    "tied_depth": "input",
-    "layer_pattern": None,
-    "decay_embeddings": True,
-    "stochastic_rounding": True,
-    "lr_coupling": "coupled",
-    "cautious": False,
-    "decay_timescale": None,
-}
-"""Defaults of the LPWD settings shared by :class:`hf_lpwd.LPWDConfig` and the Trainer's arguments.  A
-0.1.0 / 0.2.0 config without the newer keys means these: coupled, not cautious, no timescale."""
-
 
 def validate_choice(value: Any, choices: tuple[str, ...], field_name: str) -> None:
     if value not in choices:
@@ -133,9 +122,261 @@ def check_decay_factor(decay: float, where: str, fix: str = "lower weight_decay 
         )
 
 
+def check_peak_decay(weight_decay: float, lr: float, lr_coupling: str, lambda_label: str = "--weight_decay",
+                     lr_label: str = "--learning_rate", coupling_label: str = "--lpwd_lr_coupling") -> None:
+    """The per-step decay at the peak lr must stay below 1: η·λ (coupled, corrected), λ (independent).
+
+    The one rule behind the Trainer's refusal and ``hf-lpwd inspect``'s, in the words of the caller's flags.
+    """
+    if lr_coupling == "independent":  # d = (η_t/η̄)·λ
+        check_decay_factor(weight_decay, f"{lambda_label}={weight_decay:g} with {coupling_label} independent "
+                           "(d = λ at the peak lr)", f"lower {lambda_label}")
+    else:
+        check_decay_factor(lr * weight_decay, f"{lr_label}={lr:g} × {lambda_label}={weight_decay:g}",
+                           f"lower {lambda_label} or {lr_label}")
+
+
 SCHEDULE_FREE_REASON = (
     "schedule-free optimizers keep two weight sequences (x and z) and the model holds a third, their "
     "interpolation y, switched by optimizer.train()/eval(), with their own decay rule; LPWD's timings act on "
     "one weight sequence"
 )
 """Why LPWD refuses schedule-free optimizers, in the words of both of its refusals."""
+
+
+# --------------------------------------------------------------------------------------------- the declarations
+Check = Callable[[Any, str], Any]
+"""A validator: ``check(value, label)`` raises ``ValueError`` naming ``label`` (the setting as the user wrote it)."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One LPWD setting, declared once.
+
+    ``name`` is the keyword and the config's JSON key; ``argument`` the ``TrainingArguments`` field (``--flag``),
+    ``lpwd_<name>`` unless given; ``trainer_owned`` when transformers declares that field itself (``weight_decay``,
+    whose default stays transformers' own).  ``kind`` is ``bool``, ``float`` or ``str``; ``optional`` admits
+    ``None``.  ``card`` labels the model card's row (``None``: no row; ``card_unit`` follows the value), ``in_config`` says whether the setting is
+    shared in ``lpwd_config.json`` (a logging switch is not), ``optimizer_keyword`` whether :class:`hf_lpwd.LPWD`
+    takes it.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    optional: bool = False
+    choices: tuple[str, ...] | None = None
+    check: Check | None = None
+    argument: str | None = None
+    trainer_owned: bool = False
+    card: str | None = None
+    card_unit: str = ""
+    in_config: bool = True
+    optimizer_keyword: bool = False
+
+    @property
+    def flag(self) -> str:
+        """The ``TrainingArguments`` field, i.e. the command line's ``--flag`` without the dashes."""
+        return self.argument or f"lpwd_{self.name}"
+
+    @property
+    def annotation(self) -> Any:
+        """The field's type, as ``HfArgumentParser`` reads it."""
+        return self.kind | None if self.optional else self.kind
+
+
+def _check_number(value: Any, label: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{label} must be a number, got {value!r}")
+
+
+def _check_string(value: Any, label: str) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{label} must be a string, got {value!r}")
+
+
+_KIND_CHECKS: dict[type, Check] = {bool: validate_bool, float: _check_number, str: _check_string}
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "mode", str, "lpwd", choices=WEIGHT_DECAY_MODES, argument="weight_decay_mode", card="weight decay mode",
+        help="When the decay is applied. wd: AdamW's decoupled decay; rwd: real-time decay (1-lr*wd)(θ-lr*u); "
+        "pwd: pre-weight decay before the forward pass; lpwd: pwd with λ growing with depth, λ*(d+1)/(N+2) "
+        "(= pwd with --lpwd_layerwise true).",
+    ),
+    Setting(
+        "weight_decay", float, DEFAULT_WEIGHT_DECAY, check=validate_weight_decay, argument="weight_decay",
+        trainer_owned=True, card="λ (weight_decay)", optimizer_keyword=True,
+        help="λ: the rate of the deepest level (the head) with the layer-wise profile, of every decayed parameter "
+        "otherwise.",
+    ),
+    Setting(
+        "layerwise", bool, None, optional=True, card="layer-wise λ profile",
+        help="The λ profile, independent of the timing: true = layer-wise λ*(d+1)/(N+2), false = one λ for every "
+        "decayed parameter. Unset: true for lpwd, false for wd/rwd/pwd.",
+    ),
+    Setting(
+        "layer_lr_decay", float, 1.0, check=validate_layer_lr_decay, card="layer-wise lr decay γ",
+        help="Layer-wise learning-rate decay γ in (0, 1]: the lr at depth d is lr*γ^(N+1-d) (head: full lr). "
+        "1.0 = off. Any timing, any base.",
+    ),
+    Setting(
+        "tied_depth", str, "input", choices=TIED_DEPTHS, card="tied embedding depth",
+        help="Depth of a matrix tied between the input embedding and the output head: input (depth 0) or output "
+        "(depth N+1, the head's λ and lr).",
+    ),
+    Setting(
+        "layer_pattern", str, None, optional=True, check=validate_layer_pattern,
+        card="layer pattern",
+        help=r"Regex with one capture group for the block index (e.g. '\.layers\.(\d+)\.'), overriding the "
+        "automatic block detection.",
+    ),
+    Setting(
+        "decay_embeddings", bool, True, card="decay embeddings",
+        help="lpwd: decay depth 0 (embeddings, stem) at λ/(N+2); False gives it 0.",
+    ),
+    Setting(
+        "stochastic_rounding", bool, True, card="stochastic rounding", optimizer_keyword=True,
+        help="Keep the decay effective on bf16/fp16 weights (stochastic rounding).",
+    ),
+    Setting(
+        "lr_coupling", str, "coupled", choices=LR_COUPLINGS, card="lr coupling", optimizer_keyword=True,
+        help="How the per-step decay d follows the lr: coupled d = lr_t*λ (AdamW); independent d = (lr_t/lr)*λ, "
+        "not multiplied by the peak lr; corrected d = (lr_t²/lr)*λ (AdamC).",
+    ),
+    Setting(
+        "cautious", bool, False, card="cautious", optimizer_keyword=True,
+        help="Cautious weight decay: decay only the coordinates where the update and the weight have the same "
+        "sign (wd timing; adamw/sgd bases). On AdamW it runs as one torch.compile'd pass per tensor, compiled at "
+        "the first step.",
+    ),
+    Setting(
+        "decay_timescale", float, None, optional=True, check=validate_decay_timescale,
+        card="decay timescale τ", card_unit=" epochs (λ above is what it gave)",
+        help="Set λ from the weights' EMA timescale τ in epochs: λ = 1/(lr*τ*steps per epoch) (independent: "
+        "1/(τ*steps per epoch)). Like --weight_decay it sets λ, the head's rate under the layer-wise profile; give "
+        "one or the other.",
+    ),
+    Setting(
+        "log_layer_norms", bool, True, in_config=False,
+        help="Log the weight norm of each depth with the training logs (and at the first and last step).",
+    ),
+)
+"""Every setting, in the order of the Trainer's ``--help`` and of the model card."""
+
+SETTING: dict[str, Setting] = {s.name: s for s in SETTINGS}
+CONFIG_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.in_config)
+
+DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+"""Defaults of the settings.  A 0.1.0 / 0.2.0 config without the newer keys means these: coupled, not cautious,
+no timescale."""
+
+
+# --------------------------------------------------------------------------------------------- labels
+def argument_label(setting: Setting) -> str:
+    """How the command line names a setting: ``--lpwd_cautious``."""
+    return f"--{setting.flag}"
+
+
+def config_label(setting: Setting) -> str:
+    """How ``lpwd_config.json`` names it: ``LPWDConfig.cautious``."""
+    return f"LPWDConfig.{setting.name}"
+
+
+def keyword_label(setting: Setting) -> str:
+    """How Python names it: ``cautious``."""
+    return setting.name
+
+
+# --------------------------------------------------------------------------------------------- validation
+def timing_of(mode: str) -> str:
+    """The timing of a mode: ``lpwd`` is the ``pwd`` timing with the layer-wise profile."""
+    return "pwd" if mode == "lpwd" else mode
+
+
+def check_value(setting: Setting, value: Any, label: str) -> None:
+    """One value against its declaration: type, choices, validator."""
+    if value is None and setting.optional:
+        return
+    if setting.choices is not None:
+        validate_choice(value, setting.choices, label)
+    else:
+        _KIND_CHECKS[setting.kind](value, label)
+    if setting.check is not None:
+        setting.check(value, label)
+
+
+def check_settings(values: Mapping[str, Any], label: Callable[[Setting], str] = keyword_label) -> None:
+    """Validate ``{name: value}`` (any subset of :data:`SETTINGS`) and the rules that join settings.
+
+    ``label`` names a setting in the words of the entry point (:func:`argument_label`, :func:`config_label`,
+    :func:`keyword_label`).  Raises ``ValueError`` naming the first bad setting.
+    """
+    for name, value in values.items():
+        check_value(SETTING[name], value, label(SETTING[name]))
+    mode = values.get("mode", DEFAULTS["mode"])
+    if mode == "lpwd" and values.get("layerwise") is False:
+        mode_label, layerwise_label = label(SETTING["mode"]), label(SETTING["layerwise"])
+        raise ValueError(
+            f"{mode_label}='lpwd' is pwd with the layer-wise profile, so {layerwise_label}=False contradicts it; "
+            f"use {mode_label}='pwd' for pre-weight decay with a uniform λ"
+        )
+    validate_cautious(values.get("cautious", False), timing_of(mode), label(SETTING["cautious"]))
+
+
+def resolve_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting, defaults filled in, and what an unset value means (``layerwise``: the mode's profile)."""
+    resolved = {**DEFAULTS, **values}
+    if resolved["layerwise"] is None:
+        resolved["layerwise"] = resolved["mode"] == "lpwd"
+    return resolved
+
+
+def optimizer_keywords(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings :class:`hf_lpwd.LPWD` takes as keywords, and its ``mode`` (the timing)."""
+    return {"mode": timing_of(values["mode"]),
+            **{s.name: values[s.name] for s in SETTINGS if s.optimizer_keyword}}
+
+
+def needs_depths(values: Mapping[str, Any]) -> bool:
+    """Whether the param groups depend on each parameter's depth (a layer-wise λ or lr profile)."""
+    return bool(values["layerwise"]) or values["layer_lr_decay"] != 1.0
+
+
+_TIMING_WORDS = {
+    "wd": "decoupled decay, as AdamW: θ ← θ − ηu − dθ",
+    "rwd": "real-time decay: θ ← (1 − d)(θ − ηu)",
+    "pwd": "pre-weight decay: θ ← (1 − d)θ before each forward pass",
+}
+_COUPLING_WORDS = {
+    "coupled": "d = η_t·λ",
+    "independent": "d = (η_t/η̄)·λ, independent of the peak lr",
+    "corrected": "d = (η_t²/η̄)·λ, lr²-corrected",
+}
+
+
+def rule_in_words(values: Mapping[str, Any]) -> str:
+    """The decay rule of resolved settings, for people: timing (and mask), λ profile, lr coupling."""
+    masked = ", decayed only where u⊙θ ≥ 0 (cautious)" if values["cautious"] else ""
+    profile = "layer-wise, λ·(d+1)/(N+2) at depth d" if values["layerwise"] else "uniform"
+    return (f"timing {_TIMING_WORDS[timing_of(values['mode'])]}{masked}; λ profile {profile}; "
+            f"{_COUPLING_WORDS[values['lr_coupling']]}")
+
+
+def describe(values: Mapping[str, Any]) -> str:
+    """One line for the logs: mode, λ, and every other setting that differs from its default."""
+    changed = [f"{s.name}={values[s.name]}" for s in SETTINGS
+               if s.in_config and s.name not in ("mode", "weight_decay", "layerwise")
+               and values.get(s.name, s.default) != s.default]
+    profile = "layer-wise" if values["layerwise"] else "uniform"
+    return (f"mode={values['mode']} (timing {timing_of(values['mode'])}, {profile} λ) "
+            f"λ={values['weight_decay']:g}" + (" " + " ".join(changed) if changed else ""))
+
+
+def card_rows(values: Mapping[str, Any]) -> Iterable[tuple[Setting, Any]]:
+    """``(setting, value)`` of the model card's rows: every carded setting that is set."""
+    for setting in SETTINGS:
+        value = values.get(setting.name)
+        if setting.card is not None and value is not None:
+            yield setting, value

@@ -8,7 +8,6 @@ the LPWD one first (tests/scripts/train_bnb_8bit.py).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.tiny import ROOT, offline_env
+
 pytest.importorskip("bitsandbytes", reason="bitsandbytes is in the dev extra: pip install -e '.[dev]'")
 
-ROOT = Path(__file__).parent.parent
 SCRIPT = str(ROOT / "tests" / "scripts" / "train_bnb_8bit.py")
 # Every 8-bit --optim of transformers 5.24 (paged ones run unpaged on CPU). rmsprop_bnb_8bit applies λ as L2 in
 # the stock Trainer, LPWD's wd is decoupled: its weights differ by design (tests/test_optim_table.py).
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow  # two fresh processes, ~20 s
 def run_fresh(tmp_path: Path, kind: str) -> dict:
     out = tmp_path / kind / "result.pt"
     out.parent.mkdir(parents=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = offline_env()
     subprocess.run([sys.executable, SCRIPT, str(out), "--trainer", kind, "--optims", ",".join(OPTIMS_8BIT)],
                    check=True, env=env, timeout=600, capture_output=True)
     return torch.load(out, weights_only=True)

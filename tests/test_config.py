@@ -106,7 +106,7 @@ def test_a_config_written_by_0_2_0_loads_and_means_coupled_not_cautious_no_times
         ({"base_optimizer_kwargs": [1, 2]}, r"LPWDConfig.base_optimizer_kwargs must be a JSON object"),
         ({"learning_rate": 1e-3}, r"unknown LPWD config key\(s\) \['learning_rate'\]"),
         ({"future_knob": 1, "lpwd_version": "99.0.0"}, r"written by hf_lpwd 99.0.0.*Upgrade"),
-        ({"mode": "lpwd", "layerwise": False}, r"mode='lpwd'.*layerwise=False.*use mode='pwd'"),
+        ({"mode": "lpwd", "layerwise": False}, r"LPWDConfig.mode='lpwd'.*LPWDConfig.layerwise=False.*use LPWDConfig.mode='pwd'"),
         ({"layerwise": "yes"}, r"LPWDConfig.layerwise must be true or false"),
         ({"layer_lr_decay": 0}, r"LPWDConfig.layer_lr_decay=0 must be in \(0, 1\]"),
         ({"layer_lr_decay": 1.5}, r"LPWDConfig.layer_lr_decay=1.5 must be in \(0, 1\]"),
@@ -228,7 +228,7 @@ def test_model_card_section_states_the_settings() -> None:
     assert "1: 0.15, 2: 0.225, 3: 0.3" in text
     assert "| timing / profile | pwd / layer-wise |" in text
     llrd = LPWDConfig(mode="wd", layerwise=True, layer_lr_decay=0.8).model_card_section()
-    assert "| timing / profile | wd / layer-wise |" in llrd and "| layer-wise lr decay γ | 0.8 (lr·γ^(N+1−d)) |" in llrd
+    assert "| timing / profile | wd / layer-wise |" in llrd and "| layer-wise lr decay γ | 0.8 |" in llrd
 
 
 def test_save_pretrained_with_push_to_hub_writes_then_uploads(tmp_path: Path, monkeypatch) -> None:
@@ -252,3 +252,15 @@ def test_save_pretrained_with_push_to_hub_writes_then_uploads(tmp_path: Path, mo
     assert uploads == [("my-model", LPWD_CONFIG_NAME, json.loads(full_config().to_json_string()))]
     full_config().save_pretrained(tmp_path / "other", push_to_hub=True, repo_id="me/named")
     assert uploads[-1][0] == "me/named"
+
+
+def test_the_0_3_0_fixture_config_loads_and_means_the_same() -> None:
+    """tests/data/checkpoint_v0_3_0: every 0.3.0 key, the run's record beside the settings."""
+    cfg = LPWDConfig.from_pretrained(Path(__file__).parent / "data" / "checkpoint_v0_3_0" / "checkpoint-3")
+    assert (cfg.mode, cfg.timing, cfg.layerwise, cfg.weight_decay, cfg.lr_coupling, cfg.cautious) == (
+        "lpwd", "pwd", True, 0.5, "coupled", False)
+    assert cfg.record.num_blocks == cfg.num_blocks == 3
+    assert cfg.record.depth_weight_decay == {"0": 0.1, "1": 0.2, "2": 0.3, "3": 0.4, "4": 0.5}  # λ(d+1)/(N+2)
+    assert cfg.record.shrink == 0.006 and cfg.lpwd_version == "0.3.0"
+    assert json.loads(cfg.to_json_string()).keys() == json.loads(
+        (Path(__file__).parent / "data" / "checkpoint_v0_3_0" / "checkpoint-3" / LPWD_CONFIG_NAME).read_text()).keys()

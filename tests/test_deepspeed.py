@@ -28,7 +28,6 @@ its CPU Adam op (~5 min): the refusal test stops such a run at ``deepspeed_init`
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -39,7 +38,8 @@ import deepspeed  # noqa: F401 - the deepspeed extra, installed by `make test`: 
 import pytest
 import torch
 
-ROOT = Path(__file__).parent.parent
+from tests.tiny import ROOT, offline_env
+
 SCRIPT = str(ROOT / "tests" / "scripts" / "train_deepspeed.py")
 MODES = ("wd", "rwd", "pwd", "lpwd")
 RULES = ("pwd-independent", "wd-cautious")  # the lr coupling and cautious decay of the decay-rules issue
@@ -51,7 +51,7 @@ pytestmark = pytest.mark.slow
 
 
 def launch(out: Path, *args: str, world: int = 2) -> float:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = offline_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world),
            SCRIPT, str(out), *args]
     start = time.perf_counter()
@@ -67,7 +67,7 @@ class Runs:
         self.root = root
         self.init = root / "init"
         subprocess.run([sys.executable, SCRIPT, "--save-init", "--model-dir", str(self.init)], check=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, timeout=300)
+                       env=offline_env(), timeout=300)
         self.done: dict[str, Path] = {}
 
     def get(self, name: str, *args: str, world: int = 2) -> Path:

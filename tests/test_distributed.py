@@ -11,7 +11,6 @@ rtol=1e-5, atol=1e-6: about 10× the observed worst case, far below the effect o
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).parent.parent
+from tests.tiny import ROOT, offline_env
+
 SCRIPT = str(ROOT / "tests" / "scripts" / "train_distributed.py")
 pytestmark = pytest.mark.slow
 
 
 def run(*args: str, world: int = 1) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = offline_env()
     launcher = [sys.executable] if world == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)]
     proc = subprocess.run([*launcher, SCRIPT, *args], env=env, timeout=420, capture_output=True, text=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,14 +19,13 @@ from transformers import (
     set_seed,
 )
 
-import hf_lpwd.refusals as refusals
 import hf_lpwd.trainer as trainer_module
+import hf_lpwd.trainer.refusals as refusals
 from hf_lpwd import LPWD, LPWDConfig, LPWDMixin, LPWDTrainer, LPWDTrainingArguments
 from hf_lpwd.optim import lookahead
-from tests.tiny import TokenDataset, tiny_bert, tiny_llama
+from tests.tiny import ROOT, TokenDataset, offline_env, tiny_bert, tiny_llama
 
 SCRIPTS = Path(__file__).parent / "scripts"
-ROOT = Path(__file__).parent.parent
 
 
 def common_args(tmp_path: Path, **overrides) -> dict:
@@ -173,7 +171,7 @@ def test_pre_step_uses_the_coming_steps_lr(tmp_path: Path, monkeypatch) -> None:
 
 @pytest.mark.slow
 def test_kill_and_resume_is_bitwise_an_uninterrupted_run(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = offline_env()
     script = str(SCRIPTS / "train_tiny_bert.py")
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run([sys.executable, script, str(full)], check=True, env=env, timeout=300)
@@ -196,20 +194,21 @@ def test_kill_and_resume_is_bitwise_an_uninterrupted_run(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_a_0_2_0_checkpoint_resumes_bitwise_with_todays_code(tmp_path: Path) -> None:
-    """tests/data/checkpoint_v0_2_0 (SOURCE.md): written by hf_lpwd 0.2.0 mid warm-up, one torch thread; resumed now,
-    the run ends on the 0.2.0 uninterrupted run's final parameters (group keys and state_dict layout unchanged).
+@pytest.mark.parametrize("version", ["0.2.0", "0.3.0"])
+def test_an_old_checkpoint_resumes_bitwise_with_todays_code(tmp_path: Path, version: str) -> None:
+    """tests/data/checkpoint_v0_X_0 (SOURCE.md): written by hf_lpwd 0.2.0 / 0.3.0 mid warm-up, one torch thread;
+    resumed now, the run ends on that version's uninterrupted run's final parameters (group keys and state_dict
+    layout unchanged).
 
     Bitwise on the machine that wrote the fixture; asserted to 1e-6 relative so that another CPU's kernels may round
     differently, while one decay factor too many or too few (~1e-3 here) or a lost Adam state fails by far.
     """
-    data = ROOT / "tests" / "data" / "checkpoint_v0_2_0"
+    data = ROOT / "tests" / "data" / f"checkpoint_v{version.replace('.', '_')}"
     checkpoint = tmp_path / "killed" / "checkpoint-3"
     shutil.copytree(data / "checkpoint-3", checkpoint)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(SCRIPTS / "train_tiny_bert.py"), str(tmp_path / "killed"), "--resume",
-                    str(checkpoint)], check=True, env=env, timeout=300)
-    assert json.loads((checkpoint / "lpwd_config.json").read_text())["lpwd_version"] == "0.2.0"
+                    str(checkpoint)], check=True, env=offline_env(), timeout=300)
+    assert json.loads((checkpoint / "lpwd_config.json").read_text())["lpwd_version"] == version
     old, new = torch.load(data / "final_uninterrupted.pt"), torch.load(tmp_path / "killed" / "final.pt")
     assert old.keys() == new.keys()
     for name in old:
@@ -473,8 +472,8 @@ def test_layer_table_is_logged_through_transformers_logging(tmp_path: Path, capl
     records = list({id(r): r for r in caplog.records if r.name == "transformers.hf_lpwd"}.values())
     assert len(records) == 1  # one record (pytest's capture may list the same record object twice)
     lines = records[0].getMessage().splitlines()
-    assert lines[0] == ("LPWD mode=lpwd (timing pwd, layer-wise λ, coupled) λ=0.2 layer_lr_decay=0.5 "
-                        "base=adamw_torch_fused, 1 steps")
+    assert lines[0] == ("LPWD mode=lpwd (timing pwd, layer-wise λ) λ=0.2 layer_lr_decay=0.5 "
+                        "base=adamw_torch_fused, 1 steps")  # the settings that differ from their defaults
     assert lines[1].split() == ["depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay", "shrink",
                                 "examples"]
     assert [line.split()[:6:3] + line.split()[4:6] for line in lines[2:6]] == [
@@ -519,7 +518,7 @@ def test_saved_config_restores_optim_and_the_new_fields(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        ({"weight_decay_mode": "lpwd", "lpwd_layerwise": False}, r"--weight_decay_mode lpwd.*--weight_decay_mode pwd"),
+        ({"weight_decay_mode": "lpwd", "lpwd_layerwise": False}, r"--weight_decay_mode='lpwd'.*--lpwd_layerwise=False.*--weight_decay_mode='pwd'"),
         ({"lpwd_layer_lr_decay": 0.0}, r"--lpwd_layer_lr_decay=0 must be in \(0, 1\]"),
         ({"lpwd_layer_lr_decay": 1.2}, r"--lpwd_layer_lr_decay=1.2 must be in \(0, 1\]"),
         ({"lpwd_tied_depth": "middle"}, r"--lpwd_tied_depth='middle'"),

@@ -87,3 +87,4 @@ def common_args(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     )
     args.update(overrides)
     return args
+

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from hf_lpwd import LPWDTrainer, LPWDTrainingArguments  # noqa: E402
+from hf_lpwd import LPWDTrainer, LPWDTrainingArguments
 from tests.tiny import (
-    TokenDataset,  # noqa: E402
-    tiny_llama,  # noqa: E402
+    TokenDataset,
+    tiny_llama,
 )
 
 VOCAB = 256

@@ -44,10 +44,9 @@ import torch
 import torch.distributed as dist
 from transformers import LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from hf_lpwd import LPWDTrainer, LPWDTrainingArguments  # noqa: E402
-from tests.scripts.train_distributed import GLOBAL_BATCH, LR, STEPS, WEIGHT_DECAY, tiny_config  # noqa: E402
-from tests.tiny import TokenDataset  # noqa: E402
+from hf_lpwd import LPWDTrainer, LPWDTrainingArguments
+from tests.scripts.train_distributed import GLOBAL_BATCH, LR, STEPS, WEIGHT_DECAY, tiny_config
+from tests.tiny import TokenDataset
 
 
 def deepspeed_config(stage: int, bf16: bool, ds_optimizer: bool, sub_group_size: int = 0) -> dict:

@@ -21,15 +21,13 @@ import argparse
 import gc
 import json
 import os
-import sys
 
 import torch
 import torch.distributed as dist
 from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from hf_lpwd import LPWD, LPWDTrainer, LPWDTrainingArguments, layer_depths, lpwd_param_groups  # noqa: E402
-from tests.tiny import TokenDataset  # noqa: E402
+from hf_lpwd import LPWD, LPWDTrainer, LPWDTrainingArguments, layer_depths, lpwd_param_groups
+from tests.tiny import TokenDataset
 
 WEIGHT_DECAY, LR, STEPS, GLOBAL_BATCH = 0.5, 3e-3, 4, 8
 

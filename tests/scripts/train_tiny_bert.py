@@ -14,15 +14,12 @@ import argparse
 import json
 import os
 import signal
-import sys
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification, TrainerCallback, set_seed
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tiny import TokenDataset  # noqa: E402
-
-from hf_lpwd import LPWDTrainer, LPWDTrainingArguments  # noqa: E402
+from hf_lpwd import LPWDTrainer, LPWDTrainingArguments
+from tests.tiny import TokenDataset
 
 
 class KillAfterSave(TrainerCallback):

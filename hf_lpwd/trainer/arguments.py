@@ -1,0 +1,141 @@
+"""``LPWDTrainingArguments``: ``TrainingArguments`` plus one field per LPWD setting, derived from the registry.
+
+Every field but ``lpwd_config`` comes from :data:`hf_lpwd.settings.SETTINGS` (name, type, default, choices, help);
+this module adds the rules that only the command line has: merging a saved ``lpwd_config.json`` under the flags
+a user gave, and refusing ``--lpwd_decay_timescale`` together with ``--weight_decay`` (both set λ).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from ..config import LPWDConfig
+from ..settings import CONFIG_SETTINGS, SETTING, SETTINGS, argument_label, check_settings
+
+__all__ = ["LPWDTrainingArguments", "lpwd_config_from_args", "settings_of", "checked_settings_of"]
+
+
+def _with_setting_arguments(cls: type) -> type:
+    """One dataclass field per setting transformers does not declare itself, ahead of ``cls``'s own."""
+    own = dict(cls.__dict__.get("__annotations__", {}))
+    added: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.trainer_owned:
+            continue
+        metadata: dict[str, Any] = {"help": setting.help}
+        if setting.choices is not None:
+            metadata["choices"] = list(setting.choices)
+        setattr(cls, setting.flag, field(default=setting.default, metadata=metadata))
+        added[setting.flag] = setting.annotation
+    cls.__annotations__ = {**added, **own}
+    return cls
+
+
+def settings_of(args: Any) -> dict[str, Any]:
+    """``{setting: value}`` of any ``TrainingArguments`` (plain ones, e.g. TRL's ``SFTConfig``, get the defaults).
+
+    Read when the optimizer is built, not frozen before: ``Trainer.hyperparameter_search`` sets each trial's
+    values on the arguments.  Integers of float settings (a search space's ``suggest_int``) become floats.
+    """
+    values = {}
+    for setting in SETTINGS:
+        value = getattr(args, setting.flag, setting.default)
+        if setting.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        values[setting.name] = value
+    return values
+
+
+def _check_lambda_given_once(values: dict[str, Any], weight_decay_default: float) -> None:
+    tau, lam = values["decay_timescale"], values["weight_decay"]
+    if tau is not None and lam != weight_decay_default:
+        raise ValueError(
+            f"{argument_label(SETTING['decay_timescale'])}={tau:g} and --weight_decay={lam:g} both set λ: give one "
+            "of them (the timescale chooses λ = 1/(lr·τ·steps per epoch))"
+        )
+
+
+def checked_settings_of(args: Any) -> dict[str, Any]:
+    """:func:`settings_of`, validated in the command line's words (``--weight_decay``, ``--lpwd_...``)."""
+    values = settings_of(args)
+    check_settings(values, argument_label)
+    _check_lambda_given_once(values, _TRAINER_WEIGHT_DECAY_DEFAULT)
+    return values
+
+
+def lpwd_config_from_args(args: Any, values: dict[str, Any] | None = None) -> LPWDConfig:
+    """The LPWD settings of any ``TrainingArguments`` as a config (``values``: already read and checked)."""
+    values = settings_of(args) if values is None else values
+    shared = {s.name: values[s.name] for s in CONFIG_SETTINGS}
+    return LPWDConfig.from_settings(shared, base_optimizer=str(getattr(args.optim, "value", args.optim)))
+
+
+_TRAINER_WEIGHT_DECAY_DEFAULT = next(f.default for f in dataclasses.fields(TrainingArguments)
+                                     if f.name == "weight_decay")
+
+
+@dataclass
+@_with_setting_arguments
+class LPWDTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus LPWD's settings (:data:`hf_lpwd.settings.SETTINGS`); λ is the usual
+    ``--weight_decay``.
+
+    With ``--lpwd_config PATH_OR_REPO_ID`` the settings start from a saved ``lpwd_config.json``; any LPWD flag
+    (or ``--weight_decay`` / ``--optim``) given with a value other than its default overrides the file.
+    """
+
+    lpwd_config: str | None = field(
+        default=None,
+        metadata={"help": "Start from a saved lpwd_config.json (a folder, a file or a Hub repo id). A flag given "
+                  "with a value other than its default overrides the file; one left at (or given with) its "
+                  "default value takes the file's."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.lpwd_config:
+            self._merge_saved_config(LPWDConfig.from_pretrained(self.lpwd_config))
+        checked_settings_of(self)
+        super().__post_init__()
+
+    @staticmethod
+    def saved_config_values(saved: LPWDConfig) -> dict[str, Any]:
+        """The argument values a saved config stands for: ``{field name: value}``.
+
+        Every shared setting maps to its flag (``mode`` → ``weight_decay_mode``), ``base_optimizer`` to ``optim``.
+        ``layerwise`` is carried only where it was a choice (it differs from its mode's default): a config saved
+        as ``lpwd`` then run with ``--weight_decay_mode pwd`` is plain pwd, as the mode says, and one saved as
+        ``wd`` with ``--lpwd_layerwise true`` stays layer-wise whatever mode is given.  With a timescale, λ comes
+        from τ in the new run (its steps per epoch): the saved λ was the old run's.
+        """
+        values: dict[str, Any] = {s.flag: getattr(saved, s.name) for s in CONFIG_SETTINGS}
+        layerwise = SETTING["layerwise"].flag
+        if values[layerwise] == (saved.mode == "lpwd"):
+            values[layerwise] = None
+        if saved.decay_timescale is not None:
+            values.pop(SETTING["weight_decay"].flag)
+        if saved.base_optimizer:
+            values["optim"] = saved.base_optimizer
+        return values
+
+    @classmethod
+    def saved_config_overrides(cls, saved: LPWDConfig, explicit: Collection[str]) -> dict[str, Any]:
+        """What ``--lpwd_config`` sets: every value of :meth:`saved_config_values` whose argument is not in
+        ``explicit`` (the arguments the user set).  The one rule of merging a saved config, for this class
+        (explicit = differs from its default) and for scripts that know which flags were given (the recipes)."""
+        return {name: value for name, value in cls.saved_config_values(saved).items() if name not in explicit}
+
+    def _merge_saved_config(self, saved: LPWDConfig) -> None:
+        """Fields still at their default take the saved value."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        explicit = {name for name in defaults
+                    if getattr(self, name) != defaults[name] and str(getattr(self, name)) != str(defaults[name])}
+        for name, value in self.saved_config_overrides(saved, explicit).items():
+            setattr(self, name, value)
+
+    def to_lpwd_config(self) -> LPWDConfig:
+        return lpwd_config_from_args(self)

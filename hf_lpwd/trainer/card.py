@@ -1,0 +1,31 @@
+"""The LPWD section of a saved model's ``README.md``: appended to a card (PEFT writes one for adapters) or a new one.
+
+The section's text is :func:`hf_lpwd.card.model_card_section`; this module only puts it in a folder, atomically.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..card import CARD_HEADING
+from ..config import LPWDConfig
+
+__all__ = ["add_card_section"]
+
+
+def add_card_section(folder: str, config: LPWDConfig) -> None:
+    """Append ``config``'s section to ``folder/README.md`` once, or start a card with the ``lpwd`` tag."""
+    card = os.path.join(folder, "README.md")
+    section = config.model_card_section()
+    if os.path.isfile(card):
+        with open(card, encoding="utf-8") as f:
+            text = f.read()
+        if CARD_HEADING in text:
+            return
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        text = "---\nlibrary_name: transformers\ntags:\n- lpwd\n---\n\n" + section
+    tmp = f"{card}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, card)

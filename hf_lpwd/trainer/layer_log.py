@@ -1,0 +1,41 @@
+"""The start-of-training layer table, with the run's shrink S_d = Σ_t d_t computed from the schedule itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers.utils import logging as hf_logging
+
+from ..config import LPWDConfig
+from ..model.groups import format_layer_table, layer_table, shrink_warning
+from ..optim import LPWD
+from ..schedule import group_shrink, scheduler_scales
+from ..settings import describe, resolve_settings
+
+logger = hf_logging.get_logger("transformers.hf_lpwd")
+
+__all__ = ["log_layer_table"]
+
+
+def log_layer_table(lpwd: LPWD, scheduler: Any, num_training_steps: int, config: LPWDConfig,
+                    should_log: bool) -> None:
+    """Record the shrink in ``config.record`` and, on the logging rank, log the table and the shrink warning."""
+    groups = lpwd.param_groups
+    scales = scheduler_scales(scheduler, num_training_steps)
+    shrink: list[float | None] = [None] * len(groups)
+    if scales is not None:
+        shrink = [group_shrink(float(g["weight_decay"]), float(base_lr), s, config.lr_coupling)
+                  for g, base_lr, s in zip(groups, scheduler.base_lrs, scales, strict=True)]
+    rows = layer_table(groups, shrink)
+    if scales is not None:
+        decayed = [r for r in rows if r["weight_decay"] > 0]
+        config.record.shrink = round(max((float(r["shrink"]) for r in decayed), default=0.0), 6)
+        if config.needs_depths:
+            config.record.depth_shrink = {str(r["depth"]): round(float(r["shrink"]), 6) for r in decayed}
+    if not should_log:
+        return
+    logger.info("LPWD %s base=%s, %d steps\n%s", describe(resolve_settings(config.settings())),
+                config.base_optimizer, num_training_steps, format_layer_table(rows))
+    warning = shrink_warning(rows)
+    if warning:
+        logger.warning(warning)

@@ -1,0 +1,259 @@
+"""``LPWDMixin``: the only part of the package that knows the Trainer's order of calls.
+
+It changes these things and nothing else, through the Trainer's seams (no callback: ``wd`` mode is the stock
+Trainer, callbacks included):
+
+* ``create_optimizer`` reads the settings *now* (a hyperparameter search changes the arguments between trials),
+  builds the param groups (depths parsed once per model) and wraps the optimizer the Trainer itself would have
+  chosen (``--optim``) in :class:`hf_lpwd.LPWD` (:mod:`hf_lpwd.trainer.build`);
+* ``create_scheduler`` hands LPWD the schedule and ``max_steps`` (pwd folds the next step's decay into this
+  step's update) and logs the layer table;
+* ``training_step`` calls ``LPWD.pre_step()`` before the forward pass (free when the fold predicted the lr);
+  under DeepSpeed the decay acts on its fp32 master weights inside the step instead;
+* ``train()`` ends pwd exactly (a run stopped early divides out the decay folded in for the step that never
+  came); ``load_best_model_at_end`` leaves the best checkpoint's weights as saved;
+* ``save_model`` writes ``lpwd_config.json`` (settings and the run's record) and the card section; the logs get
+  a weight norm per depth, at every logging step and at the first and last step.
+
+Resuming: a checkpoint holds the decayed weights and, in the optimizer's param groups, the factor they carry, so
+a resumed run is bitwise the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.utils import logging as hf_logging
+
+from ..config import LPWDConfig
+from ..integrations import deepspeed as deepspeed_glue
+from ..integrations.bitsandbytes import keep_embeddings_in_32_bit
+from ..layers import layer_depths_with_count
+from ..optim import LPWD
+from ..schedule import first_step_scale
+from .arguments import checked_settings_of, lpwd_config_from_args, settings_of
+from .build import base_optimizer_of, build_lpwd, record_groups, resolve_lambda
+from .card import add_card_section
+from .layer_log import log_layer_table
+from .norms import layer_norms, params_by_depth
+from .refusals import check_training_arguments
+
+logger = hf_logging.get_logger("transformers.hf_lpwd")
+
+__all__ = ["LPWDMixin", "LPWDTrainer"]
+
+
+def _unwrap_lpwd(optimizer: Any) -> LPWD | None:
+    """LPWD inside Accelerate's / DeepSpeed's optimizer wrappers (each keeps the inner one as ``.optimizer``)."""
+    while optimizer is not None and not isinstance(optimizer, LPWD):
+        optimizer = getattr(optimizer, "optimizer", None)
+    return optimizer
+
+
+class LPWDMixin:
+    """Put in front of any ``transformers.Trainer`` subclass to train with LPWD.
+
+    Settings come from ``lpwd_config`` when given, else from the Trainer's arguments, read when the optimizer is
+    built (:class:`LPWDTrainingArguments`, or LPWD's defaults on plain ``TrainingArguments``, e.g. TRL's
+    ``SFTConfig``, with λ = ``args.weight_decay``).  With ``lpwd_config``, λ is the config's: a different
+    ``args.weight_decay`` is reported in a warning, and the base optimizer is always the one ``args.optim``
+    builds (recorded in the config).
+    """
+
+    def __init__(self, *args: Any, lpwd_config: LPWDConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lpwd_given_config = None if lpwd_config is None else dataclasses.replace(lpwd_config)
+        self._lpwd_built_config: LPWDConfig | None = None
+        self._lpwd_depth_cache: tuple[Any, tuple[dict[str, int], int]] | None = None
+        self._lpwd_depth_params: dict[int, list[torch.Tensor]] = {}
+        self._lpwd_norms_step: int | None = None
+        check_training_arguments(self.args)
+        self._lpwd_checked_args = self._lpwd_argument_key()
+        if self.lpwd_config.needs_depths and self.model is not None:
+            self.lpwd_depths(self.model)  # fail before training, not at the first step, when no blocks are found
+
+    # ------------------------------------------------------------------ the settings of the run
+    @property
+    def lpwd_config(self) -> LPWDConfig:
+        """The run's settings and record: those of the optimizer built last, else what the arguments say now."""
+        return self._lpwd_built_config if self._lpwd_built_config is not None else self._lpwd_settings_now()
+
+    def _lpwd_settings_now(self, warn: bool = False) -> LPWDConfig:
+        optim = str(getattr(self.args.optim, "value", self.args.optim))
+        given = self._lpwd_given_config
+        if given is None:
+            return lpwd_config_from_args(self.args, checked_settings_of(self.args))
+        if warn and float(self.args.weight_decay) != given.weight_decay:
+            logger.warning("LPWDMixin: lpwd_config.weight_decay=%g is the λ used; args.weight_decay=%g is ignored "
+                           "(pass the λ you want in LPWDConfig, or build the config from the arguments)",
+                           given.weight_decay, float(self.args.weight_decay))
+        if warn and given.base_optimizer not in (None, optim):
+            logger.warning("LPWDMixin: lpwd_config.base_optimizer=%s, but args.optim=%s builds the base optimizer; "
+                           "recording %s", given.base_optimizer, optim, optim)
+        return dataclasses.replace(given, base_optimizer=optim)
+
+    def _lpwd_argument_key(self) -> tuple:
+        """What :func:`check_training_arguments` reads, to check it again only when a trial changed it."""
+        return (tuple(settings_of(self.args).items()), self.args.learning_rate, str(self.args.optim),
+                self.args.optim_args)
+
+    @property
+    def lpwd_optimizer(self) -> LPWD | None:
+        """The :class:`hf_lpwd.LPWD` inside the Trainer's (possibly wrapped) optimizer, once built."""
+        return _unwrap_lpwd(self.optimizer)
+
+    def lpwd_depths(self, model: nn.Module | None = None) -> tuple[dict[str, int], int]:
+        """``(depth of each parameter name, N)`` of ``model`` (default: the Trainer's), parsed once per model."""
+        model = self.model if model is None else model
+        pattern = self.lpwd_config.layer_pattern
+        key = (pattern, tuple(name for name, _ in model.named_parameters()))  # no reference: the Trainer pickles
+        if self._lpwd_depth_cache is None or self._lpwd_depth_cache[0] != key:
+            self._lpwd_depth_cache = (key, layer_depths_with_count(model, pattern))
+        return self._lpwd_depth_cache[1]
+
+    def _optional_depths(self, model: nn.Module, required: bool) -> tuple[dict[str, int], int] | None:
+        try:
+            return self.lpwd_depths(model)
+        except ValueError:
+            if required:
+                raise
+            return None  # a uniform, LLRD-free run on a model without a block stack: no per-depth view
+
+    # ------------------------------------------------------------------ optimizer and schedule
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        opt_model = self.model if model is None else model
+        if self.optimizer is not None:
+            return self.optimizer
+        if self._lpwd_argument_key() != self._lpwd_checked_args:  # a search trial changed them
+            check_training_arguments(self.args)
+            self._lpwd_checked_args = self._lpwd_argument_key()
+        config = self._lpwd_settings_now(warn=True)
+        base = base_optimizer_of(self, opt_model)
+        resolve_lambda(config, self._lpwd_steps_per_epoch, float(self.args.learning_rate), self.args.should_log)
+        depths = self._optional_depths(opt_model, required=config.needs_depths)
+        self.optimizer = build_lpwd(opt_model, config, base, self.get_decay_parameter_names(opt_model), depths)
+        keep_embeddings_in_32_bit(*base, opt_model)
+        if getattr(self, "is_deepspeed_enabled", False):
+            # The weights become copies of DeepSpeed's fp32 masters: no pre-forward pass. Step 0's decay goes on
+            # the weights now, before DeepSpeed copies them into its masters.
+            self.optimizer.require_pre_step = False
+            self.optimizer.decay_initial_weights(first_step_scale(self.args), deepspeed_glue.storage)
+        record_groups(config, self.optimizer.param_groups, base[1], None if depths is None else depths[1])
+        self._lpwd_depth_params = {} if depths is None else params_by_depth(opt_model, depths[0])
+        self._lpwd_built_config = config
+        return self.optimizer
+
+    def set_initial_training_values(self, args: TrainingArguments, dataloader: Any) -> tuple:
+        """The Trainer's own count of steps; LPWD keeps its optimizer steps per epoch for the timescale."""
+        values = super().set_initial_training_values(args, dataloader)
+        self._lpwd_steps_per_epoch_seen = int(values[1])
+        return values
+
+    def _lpwd_steps_per_epoch(self) -> int:
+        seen = getattr(self, "_lpwd_steps_per_epoch_seen", None)
+        if seen is None:  # create_optimizer called outside train(): count as train() would
+            seen = int(self.set_initial_training_values(self.args, self.get_train_dataloader())[1])
+        return seen
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        """The Trainer's scheduler, handed to LPWD so that pwd can fold the next step's decay."""
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        lpwd = _unwrap_lpwd(optimizer if optimizer is not None else self.optimizer)
+        if lpwd is not None:
+            lpwd.set_lr_scheduler(scheduler, num_training_steps)
+            log_layer_table(lpwd, scheduler, num_training_steps, self.lpwd_config, self.args.should_log)
+        return scheduler
+
+    # ------------------------------------------------------------------ the step
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.state.global_step == 0 and self._lpwd_norms_step is None:
+            self._log_lpwd_norms()  # the weights training starts from
+        optimizer = self.lpwd_optimizer
+        if optimizer is not None and optimizer.require_pre_step:
+            optimizer.pre_step()  # once per optimizer step; free when the fold predicted the lr
+        return super().training_step(model, inputs, *args, **kwargs)
+
+    # ------------------------------------------------------------------ the end of training
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's ``train()``, then pwd's decay for a step that never came is divided out.
+
+        A run that ends at ``max_steps`` folded nothing into its last step; one stopped earlier (early stopping)
+        holds θ'_{T+1} = (1 − η_{T+1}·λ)·θ_T and leaves with θ_T, the final parameters of unfolded pwd.  The last
+        weights' norms are logged unless the last logging step logged them.
+        """
+        self._lpwd_norms_step = None
+        output = super().train(*args, **kwargs)
+        self._lpwd_settle()
+        if self._lpwd_norms_step != self.state.global_step:
+            self._log_lpwd_norms()
+        return output
+
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the final model is the best checkpoint's weights, bit for bit.
+
+        A checkpoint holds θ' (the weights its metric was computed on), so the loaded weights are left as they
+        are; the run's own last weights are settled first, and no decay is pending after the load.  The one
+        private method overridden: the Trainer's only place that loads the best model, before ``on_train_end``.
+        """
+        self._lpwd_settle(warn=False)
+        super()._load_best_model()
+        lpwd = self.lpwd_optimizer
+        if lpwd is not None and lpwd.mode == "pwd":
+            lpwd.forget_applied_decay()  # DeepSpeed's load also restored the checkpoint's bookkeeping
+
+    def _lpwd_settle(self, warn: bool = True) -> None:
+        """pwd: divide out the decay applied for a step that will not come (a no-op after the last step)."""
+        lpwd = self.lpwd_optimizer
+        if lpwd is None or lpwd.mode != "pwd":
+            return
+        if getattr(self, "is_deepspeed_enabled", False):
+            deepspeed_glue.settle(lpwd, self.optimizer, warn=warn and self.is_world_process_zero())
+        else:
+            lpwd.settle()
+
+    # ------------------------------------------------------------------ logging
+    def _lpwd_logs_norms(self) -> bool:
+        return bool(getattr(self.args, "lpwd_log_layer_norms", True)) and bool(self._lpwd_depth_params)
+
+    def _log_lpwd_norms(self) -> None:
+        if self._lpwd_logs_norms():
+            self.log(self.lpwd_layer_norms())
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and self._lpwd_logs_norms():
+            logs.update(self.lpwd_layer_norms())
+        super().log(logs, *args, **kwargs)
+
+    def lpwd_layer_norms(self) -> dict[str, float]:
+        """‖θ‖₂ of all trainable parameters of each depth, keyed ``lpwd/weight_norm/depth_DD``."""
+        self._lpwd_norms_step = self.state.global_step
+        return layer_norms(self._lpwd_depth_params)
+
+    # ------------------------------------------------------------------ saving
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's ``save_model`` (checkpoints, final model), plus ``lpwd_config.json`` and the card section.
+
+        The config goes in first, so that a ``push_to_hub`` inside ``save_model`` uploads it too.
+        """
+        target = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            self.lpwd_config.save_pretrained(target)
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save:
+            add_card_section(target, self.lpwd_config)
+
+    def create_model_card(self, *args: Any, tags: str | list[str] | None = None, **kwargs: Any) -> None:
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        if "lpwd" not in tags:
+            tags.append("lpwd")
+        super().create_model_card(*args, tags=tags, **kwargs)
+        if self.is_world_process_zero():
+            add_card_section(self.args.output_dir, self.lpwd_config)
+
+
+class LPWDTrainer(LPWDMixin, Trainer):
+    """``transformers.Trainer`` with LPWD: pass :class:`LPWDTrainingArguments` (or any ``TrainingArguments``)."""

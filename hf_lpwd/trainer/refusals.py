@@ -1,0 +1,159 @@
+"""What LPWDTrainer refuses from the training arguments alone, before anything is written.
+
+One home for these checks: ``LPWDMixin.__init__`` makes them, and so do the recipes before they create the
+output folder (the Trainer's own ``__init__`` creates it).  Each message names the flag and the way out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import Trainer, TrainingArguments
+
+from ..optim.bases import refuse_cautious_base
+from ..settings import DEFAULTS, SCHEDULE_FREE_REASON, SETTING, check_peak_decay
+
+_UNSUPPORTED_OPTIM_KWARGS = ("params", "model", "optimizer_dict")
+_OWN_STEP_FAMILIES = {
+    "galore_": "GaLore",
+    "apollo_": "APOLLO",
+}
+_LOMO = ("lomo", "adalomo")
+
+
+def _optim_name(args: Any) -> str:
+    return str(getattr(args.optim, "value", args.optim))
+
+
+def check_deepspeed(args: TrainingArguments) -> None:
+    """Refuse, before training, the DeepSpeed configs LPWD cannot serve.
+
+    With an ``optimizer`` section DeepSpeed builds its own optimizer and never asks the Trainer's
+    ``create_optimizer``, so there is nothing for LPWD to wrap.  Every timing works without one:
+    wd / rwd are AdamW with other (η, λ), and pwd's decay is folded into the step on DeepSpeed's
+    fp32 master partitions (a pass over the model's weights before the forward would be overwritten).
+    """
+    ds_config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
+    if ds_config is None and isinstance(getattr(args, "deepspeed", None), dict):
+        ds_config = args.deepspeed
+    if isinstance(ds_config, dict) and "optimizer" in ds_config:
+        raise ValueError(
+            "the DeepSpeed config has an 'optimizer' section, so DeepSpeed would build its own optimizer and LPWD "
+            "could not wrap it. Remove the 'optimizer' key from the DeepSpeed config: the Trainer then builds LPWD "
+            "around --optim (adamw_torch_fused by default), with --learning_rate and --adam_* as usual"
+        )
+
+
+def check_training_arguments(args: TrainingArguments) -> None:
+    """Every refusal that needs only the arguments, so a script can make them before it writes anything.
+
+    The DeepSpeed ``optimizer`` section; ``--optim`` values LPWD cannot wrap (schedule-free; GaLore, APOLLO and
+    LOMO, which build their own groups or step outside ``step()``; any other that builds its own parameter
+    groups); StableAdamW's ``decouple_lr``; and η·λ ≥ 1 (``--learning_rate`` × ``--weight_decay``: a decay
+    factor <= 0).  ``LPWDMixin`` makes the same checks when it is constructed.
+    """
+    check_deepspeed(args)
+    _refuse_schedule_free(args)
+    _refuse_own_step_optim(args)
+    _refuse_stable_adamw_decouple_lr(args)
+    refuse_unwrappable_optim(args)
+    _check_peak_decay(args)
+    _refuse_cautious_base(args)
+
+
+def _check_peak_decay(args: TrainingArguments) -> None:
+    """The per-step decay at the peak lr must stay below 1 (:func:`hf_lpwd.settings.check_peak_decay`)."""
+    check_peak_decay(float(args.weight_decay), float(args.learning_rate),
+                     getattr(args, SETTING["lr_coupling"].flag, DEFAULTS["lr_coupling"]))
+
+
+def _refuse_cautious_base(args: TrainingArguments) -> None:
+    """Cautious decay reads the sign of the base's update: AdamW/Adam's first moment or SGD's momentum."""
+    if not getattr(args, SETTING["cautious"].flag, False):
+        return
+    try:
+        base_cls, _ = Trainer.get_optimizer_cls_and_kwargs(args)
+    except Exception:  # noqa: BLE001 - needs the model or a package: LPWD's constructor will say
+        return
+    if isinstance(base_cls, type):
+        refuse_cautious_base(base_cls)
+
+
+def refuse_unwrappable_optim(
+    args: TrainingArguments, base: tuple[Any, dict[str, Any]] | None = None, source: str | None = None
+) -> None:
+    """LPWD wraps an optimizer class that takes param groups; some ``--optim`` values build something else."""
+    if base is None:
+        try:
+            base = Trainer.get_optimizer_cls_and_kwargs(args)
+        except Exception:  # noqa: BLE001 - needs the model or a package: create_optimizer will say
+            return
+    base_cls, base_kwargs = base
+    if not isinstance(base_cls, type) or any(key in base_kwargs for key in _UNSUPPORTED_OPTIM_KWARGS):
+        raise ValueError(
+            f"{source or '--optim ' + _optim_name(args)} builds its own parameter groups "
+            "or optimizers, so LPWD cannot wrap it. Use an optimizer that takes param groups: adamw_torch_fused (default), "
+            "adamw_torch, sgd, adafactor, adagrad, rmsprop, ..."
+        )
+
+
+def _refuse_schedule_free(args: TrainingArguments) -> None:
+    optim = _optim_name(args)
+    if "schedule_free" in optim:
+        raise ValueError(
+            f"--optim {optim}: {SCHEDULE_FREE_REASON}. Use the stock Trainer for schedule-free training, or "
+            "--optim adamw_torch_fused with LPWD"
+        )
+
+
+def _refuse_own_step_optim(args: TrainingArguments) -> None:
+    """GaLore / APOLLO build their own param groups around a low-rank projection of ``--optim_target_modules``
+    (their ``*_layerwise`` variants step each parameter inside a backward hook); LOMO / AdaLomo fuse the update
+    into the backward pass over the whole model and are never ``step()``-ed.  Neither has the param groups and
+    the ``step()`` LPWD's decay timings act on.  Refused by name: ``get_optimizer_cls_and_kwargs`` needs the model
+    (and the package) to say so, i.e. only when the output folder exists already."""
+    optim = _optim_name(args)
+    family = next((name for prefix, name in _OWN_STEP_FAMILIES.items() if optim.startswith(prefix)), None)
+    if family is not None:
+        raise ValueError(
+            f"--optim {optim}: {family} builds its own parameter groups (a low-rank projection of "
+            "--optim_target_modules), and its *_layerwise variants step each parameter inside a backward hook, so "
+            "LPWD cannot wrap it. Use the stock Trainer for it, or with LPWD an optimizer that takes param groups: "
+            "adamw_torch_fused (default), adamw_torch, adamw_8bit, adafactor, ..."
+        )
+    if optim in _LOMO:
+        raise ValueError(
+            f"--optim {optim}: LOMO / AdaLomo fuse the update into the backward pass over the whole model (the "
+            "Trainer never calls step()), so there are no param groups and no step for LPWD's decay. Use the stock "
+            "Trainer for it, or with LPWD an optimizer that takes param groups: adamw_torch_fused (default), "
+            "adamw_8bit, adafactor, ..."
+        )
+
+
+def _optim_args(args: Any) -> dict[str, str]:
+    """``--optim_args`` as the Trainer reads it: ``key=value`` pairs separated by commas, spaces dropped."""
+    text = getattr(args, "optim_args", None)
+    if not text:
+        return {}
+    pairs = (item.split("=", 1) for item in text.replace(" ", "").split(",") if "=" in item)
+    return {key: value for key, value in pairs}
+
+
+def _refuse_stable_adamw_decouple_lr(args: TrainingArguments) -> None:
+    """StableAdamW's ``decouple_lr`` decays by (1 − (η/max_lr)·λ): the decay follows the schedule but not the lr's
+    size.  LPWD drops the base's own decay and applies its timing's (1 − η·λ), which would silently change that
+    rule (1000× less decay at lr = max_lr = 1e-3)."""
+    if _optim_name(args) != "stable_adamw":
+        return
+    value = _optim_args(args).get("decouple_lr")
+    if value:  # the Trainer passes bool(value): any non-empty value turns it on, "False" included
+        raise ValueError(
+            f"--optim stable_adamw --optim_args decouple_lr={value}: StableAdamW then decays by "
+            "(1 - (lr/max_lr)·λ), a decay that does not scale with the lr; LPWD replaces StableAdamW's own decay "
+            "with its timing's (1 - lr·λ), so it would train a different decay without a word. Remove decouple_lr "
+            "(and max_lr) from --optim_args and give --lpwd_lr_coupling independent, LPWD's rule for a decay that "
+            "follows the schedule but not the lr's size (d = (lr_t/lr)·λ, the peak lr in the place of max_lr)"
+        )
+
+
+__all__ = ["check_deepspeed", "check_training_arguments", "refuse_unwrappable_optim"]

@@ -1,0 +1,59 @@
+"""The per-depth weight norms reach the logs at the first and the last step, whatever ``logging_steps`` is.
+
+``hf-lpwd compare``'s norm ratio reads the first and last logged norms; with ``logging_steps`` (default 500) above
+``max_steps`` they used to be missing.  Expected values are computed here from the model's parameters by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_lpwd import LPWDTrainer, LPWDTrainingArguments
+from hf_lpwd.names import NORM_LOG_PREFIX
+from tests.tiny import TokenDataset, common_args, tiny_bert
+
+
+def _depth(name: str) -> int:
+    """tiny_bert(layers=2) by hand: embeddings 0, encoder layer i → i+1, pooler and classifier 3."""
+    if name.startswith("bert.embeddings."):
+        return 0
+    if name.startswith("bert.encoder.layer."):
+        return int(name.split(".")[3]) + 1
+    return 3
+
+
+def _norms(model: torch.nn.Module) -> dict[str, float]:
+    squares: dict[int, float] = {}
+    for name, param in model.named_parameters():
+        squares[_depth(name)] = squares.get(_depth(name), 0.0) + float(param.detach().double().square().sum())
+    return {f"{NORM_LOG_PREFIX}{d:02d}": v ** 0.5 for d, v in sorted(squares.items())}
+
+
+@pytest.mark.parametrize("logging_steps,logged_at", [(500, [0, 3]), (3, [0, 3]), (2, [0, 2, 3])])
+def test_norms_are_logged_at_the_first_and_last_step(tmp_path: Path, logging_steps: int,
+                                                     logged_at: list[int]) -> None:
+    torch.manual_seed(0)
+    model = tiny_bert()
+    start = _norms(model)
+    args = LPWDTrainingArguments(**common_args(tmp_path, max_steps=3, logging_steps=logging_steps,
+                                               weight_decay=0.5, learning_rate=5e-2))
+    trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(16))
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if any(k.startswith(NORM_LOG_PREFIX) for k in entry)]
+    assert [entry["step"] for entry in logs] == logged_at
+    first = {k: v for k, v in logs[0].items() if k.startswith(NORM_LOG_PREFIX)}
+    last = {k: v for k, v in logs[-1].items() if k.startswith(NORM_LOG_PREFIX)}
+    assert first == pytest.approx(start, abs=1e-6)
+    assert last == pytest.approx(_norms(model), abs=1e-6)
+    assert last != pytest.approx(first, abs=1e-4)  # the decay moved them
+
+
+def test_no_norms_when_switched_off(tmp_path: Path) -> None:
+    args = LPWDTrainingArguments(**common_args(tmp_path, max_steps=2, logging_steps=500),
+                                 lpwd_log_layer_norms=False)
+    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
+    trainer.train()
+    assert not [e for e in trainer.state.log_history if any(k.startswith(NORM_LOG_PREFIX) for k in e)]
