@@ -26,7 +26,8 @@ def _cell(value: Any) -> str:
 
 
 def model_card_section(config: Any, config_name: str = LPWD_CONFIG_NAME) -> str:
-    """Markdown for one :class:`hf_lpwd.LPWDConfig`: the rule in words, then one row per setting that is set."""
+    """Markdown for one :class:`hf_lpwd.LPWDConfig`: the rule in words, then one row per setting that is
+    set."""
     settings = resolve_settings(config.settings())
     lines = [
         CARD_HEADING,
@@ -37,7 +38,8 @@ def model_card_section(config: Any, config_name: str = LPWD_CONFIG_NAME) -> str:
         "| setting | value |",
         "|---|---|",
     ]
-    lines.append(f"| timing / profile | {config.timing} / {'layer-wise' if config.layerwise else 'uniform'} |")
+    lines.append(f"| timing / profile | {config.timing} / "
+                 f"{'layer-wise' if config.layerwise else 'uniform'} |")
     lines += [f"| {s.card} | {_cell(value)}{s.card_unit} |" for s, value in card_rows(settings)]
     lines.append(f"| base optimizer | {config.base_optimizer or 'adamw'} |")
     record = config.record

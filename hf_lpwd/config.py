@@ -8,8 +8,8 @@ by a newer hf_lpwd with keys this version does not know fails with a message say
 rather than silently training with settings the user did not ask for.
 
 The config's fields are the settings of :data:`hf_lpwd.settings.SETTINGS` (declared there once) plus the base
-optimizer; what one run measured (blocks, λ per depth, shrink) is a :class:`RunRecord` held beside the settings
-(``config.record``) and written into the same file under the same keys as before.
+optimizer; what one run measured (blocks, λ per depth, shrink) is a :class:`RunRecord` held beside the
+settings (``config.record``) and written into the same file under the same keys as before.
 """
 
 from __future__ import annotations
@@ -80,8 +80,10 @@ class RunRecord:
             for depth, value in per_depth.items():
                 if (not str(depth).isdigit() or isinstance(value, bool) or not isinstance(value, (int, float))
                         or value < 0):
-                    raise ValueError(f"{prefix}.{name}[{depth!r}]={value!r}: keys are depths, values {what} >= 0")
-        if self.shrink is not None and (isinstance(self.shrink, bool) or not isinstance(self.shrink, (int, float))
+                    raise ValueError(f"{prefix}.{name}[{depth!r}]={value!r}: keys are depths, "
+                                     f"values {what} >= 0")
+        if self.shrink is not None and (isinstance(self.shrink, bool)
+                                        or not isinstance(self.shrink, (int, float))
                                         or not self.shrink >= 0):
             raise ValueError(f"{prefix}.shrink must be a number >= 0, got {self.shrink!r}")
 
@@ -90,10 +92,12 @@ class RunRecord:
 
 
 def _with_setting_fields(cls: type) -> type:
-    """Give ``cls`` one field per shared setting (declared in :mod:`hf_lpwd.settings`), before its own fields."""
+    """Give ``cls`` one field per shared setting (declared in :mod:`hf_lpwd.settings`), before its own
+    fields."""
     own = dict(cls.__dict__.get("__annotations__", {}))
     for setting in CONFIG_SETTINGS:
-        setattr(cls, setting.name, setting.default)  # None, bools, numbers and strings: safe as class defaults
+        # None, bools, numbers and strings: safe as class defaults
+        setattr(cls, setting.name, setting.default)
     cls.__annotations__ = {**{s.name: s.annotation for s in CONFIG_SETTINGS}, **own}
     return cls
 
@@ -115,8 +119,8 @@ class LPWDConfig:
 
     Two independent axes: *when* the decay is applied (the timing: ``wd``, ``rwd`` or ``pwd``) and *how λ
     varies with depth* (the profile).  ``mode`` names the timing, ``layerwise`` the profile; ``lpwd`` is the
-    paper's method, ``pwd`` × layer-wise, and an unset ``layerwise`` follows the mode (true for ``lpwd`` only),
-    so a config written by hf_lpwd 0.1.0 (which has no ``layerwise`` key) means what it meant.
+    paper's method, ``pwd`` × layer-wise, and an unset ``layerwise`` follows the mode (true for ``lpwd``
+    only), so a config written by hf_lpwd 0.1.0 (which has no ``layerwise`` key) means what it meant.
     """
 
     base_optimizer: str | None = None
@@ -131,7 +135,8 @@ class LPWDConfig:
     def __post_init__(self, num_blocks: Any, depth_weight_decay: Any, depth_shrink: Any, shrink: Any) -> None:
         measured = {"num_blocks": num_blocks, "depth_weight_decay": depth_weight_decay,
                     "depth_shrink": depth_shrink, "shrink": shrink}
-        given = {key: value for key, value in measured.items() if value is not None and not isinstance(value, property)}
+        given = {key: value for key, value in measured.items()
+                 if value is not None and not isinstance(value, property)}
         self.record = dataclasses.replace(self.record, **given)  # never shared between two configs
         self.validate()
         self.layerwise = resolve_settings({"mode": self.mode, "layerwise": self.layerwise})["layerwise"]
@@ -169,7 +174,8 @@ class LPWDConfig:
     def param_groups(
         self, model: Any, decay_names: Any = None, depths: tuple[dict[str, int], int] | None = None
     ) -> list[dict[str, Any]]:
-        """The optimizer param groups these settings give for ``model`` (:func:`hf_lpwd.lpwd_param_groups`)."""
+        """The optimizer param groups these settings give for ``model``
+        (:func:`hf_lpwd.lpwd_param_groups`)."""
         from .model.groups import param_groups_for_settings
 
         return param_groups_for_settings(model, resolve_settings(self.settings()), decay_names, depths)
@@ -194,7 +200,8 @@ class LPWDConfig:
 
     # ------------------------------------------------------------------ dict / JSON
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of ``lpwd_config.json``: the settings, the base optimizer, the run record, the version."""
+        """The JSON object of ``lpwd_config.json``: the settings, the base optimizer, the run record, the
+        version."""
         return {**self.settings(), "base_optimizer": self.base_optimizer,
                 "base_optimizer_kwargs": json.loads(json.dumps(self.base_optimizer_kwargs)),
                 **self.record.to_dict(), "lpwd_version": self.lpwd_version}
@@ -227,8 +234,9 @@ class LPWDConfig:
             written_by = str(data.get("lpwd_version", "?"))
             if written_by != "?" and _version_tuple(written_by) > _version_tuple(__version__):
                 raise ValueError(
-                    f"this LPWD config was written by hf_lpwd {written_by}, newer than the installed {__version__}, "
-                    f"and has keys this version does not know: {unknown}. Upgrade hf_lpwd (pip install -U hf_lpwd)."
+                    f"this LPWD config was written by hf_lpwd {written_by}, newer than the installed "
+                    f"{__version__}, and has keys this version does not know: {unknown}. Upgrade hf_lpwd "
+                    "(pip install -U hf_lpwd)."
                 )
             raise ValueError(f"unknown LPWD config key(s) {unknown}; valid keys are {sorted(known)}")
         if "base_optimizer_kwargs" in data and isinstance(data["base_optimizer_kwargs"], dict):
@@ -248,7 +256,8 @@ class LPWDConfig:
         return cls.from_dict(data)
 
     # ------------------------------------------------------------------ folders and the Hub
-    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False,
+                        **kwargs: Any) -> None:
         """Write ``lpwd_config.json`` into ``save_directory`` (and push it when ``push_to_hub``)."""
         self.validate()
         if os.path.isfile(save_directory):
@@ -274,7 +283,8 @@ class LPWDConfig:
         if os.path.isdir(path):
             file = os.path.join(path, LPWD_CONFIG_NAME)
             if not os.path.isfile(file):
-                raise FileNotFoundError(f"{path} has no {LPWD_CONFIG_NAME}; was the model trained with hf_lpwd?")
+                raise FileNotFoundError(f"{path} has no {LPWD_CONFIG_NAME}; "
+                                        "was the model trained with hf_lpwd?")
             return cls.from_json_file(file)
         if os.path.isfile(path):
             return cls.from_json_file(path)
@@ -332,7 +342,8 @@ def _record_property(name: str) -> property:
     def set_(self: LPWDConfig, value: Any) -> None:
         setattr(self.record, name, value)
 
-    return property(get, set_, doc=f"``record.{name}`` (what the run measured), as an attribute of the config.")
+    return property(get, set_,
+                    doc=f"``record.{name}`` (what the run measured), as an attribute of the config.")
 
 
 for _name in RECORD_KEYS:

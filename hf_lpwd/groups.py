@@ -1,4 +1,5 @@
-"""Moved to :mod:`hf_lpwd.model.groups` (and ``group_shrink`` to :mod:`hf_lpwd.schedule`); 0.3.0's imports work."""
+"""Moved to :mod:`hf_lpwd.model.groups` (and ``group_shrink`` to :mod:`hf_lpwd.schedule`); 0.3.0's imports
+work."""
 
 from .model.groups import *  # noqa: F403
 from .model.groups import __all__ as _moved

@@ -4,7 +4,8 @@ One constant per name, so that a reader and a writer cannot drift apart; this mo
 """
 
 LPWD_CONFIG_NAME = "lpwd_config.json"
-"""The settings a model was trained with (and the run's record, see :mod:`hf_lpwd.config`), beside its weights."""
+"""The settings a model was trained with (and the run's record, see :mod:`hf_lpwd.config`), beside its
+weights."""
 
 NORM_LOG_PREFIX = "lpwd/weight_norm/depth_"
 """Per-depth weight norms in the Trainer's logs: ``f"{NORM_LOG_PREFIX}{depth:02d}"`` → ‖θ_d‖₂."""

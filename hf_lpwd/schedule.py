@@ -16,7 +16,8 @@ from .optim.functional import decay_per_step
 
 
 def scheduler_scales(lr_scheduler: Any, num_training_steps: int) -> list[list[float]] | None:
-    """s_t per param group of a ``LambdaLR`` (every Trainer schedule but ``reduce_lr_on_plateau``), or ``None``.
+    """s_t per param group of a ``LambdaLR`` (every Trainer schedule but ``reduce_lr_on_plateau``), or
+    ``None``.
 
     Groups sharing one lambda (the Trainer's) are evaluated once.
     """
@@ -32,14 +33,17 @@ def scheduler_scales(lr_scheduler: Any, num_training_steps: int) -> list[list[fl
 
 
 def trainer_schedule_scales(
-    lr_scheduler_type: str, num_training_steps: int, num_warmup_steps: int = 0, scheduler_kwargs: dict | None = None
+    lr_scheduler_type: str, num_training_steps: int, num_warmup_steps: int = 0,
+    scheduler_kwargs: dict | None = None
 ) -> list[float]:
-    """s_t of a Trainer schedule (``--lr_scheduler_type``), from transformers' ``get_scheduler`` on a probe."""
+    """s_t of a Trainer schedule (``--lr_scheduler_type``), from transformers' ``get_scheduler`` on a
+    probe."""
     from transformers import get_scheduler
 
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     scheduler = get_scheduler(lr_scheduler_type, optimizer=probe, num_warmup_steps=num_warmup_steps,
-                              num_training_steps=num_training_steps, scheduler_specific_kwargs=scheduler_kwargs or {})
+                              num_training_steps=num_training_steps,
+                              scheduler_specific_kwargs=scheduler_kwargs or {})
     scales = scheduler_scales(scheduler, num_training_steps)
     if scales is None:
         raise ValueError(f"--lr_scheduler_type {lr_scheduler_type} cannot say its lrs ahead of the run")
@@ -49,7 +53,8 @@ def trainer_schedule_scales(
 def first_step_scale(args: Any) -> float:
     """s_0 of the schedule the Trainer will build from ``TrainingArguments``: the first step's lr is lr × s_0.
 
-    0 with any warm-up from lr 0, 1 without one, for every Trainer schedule; the length only shapes later steps.
+    0 with any warm-up from lr 0, 1 without one, for every Trainer schedule; the length only shapes later
+    steps.
     """
     from transformers import get_scheduler
 
@@ -65,7 +70,8 @@ def group_shrink(weight_decay: float, base_lr: float, scales: Sequence[float],
     """S = Σ_t d_t over a run whose lr is η̄·s_t: the log-shrink of a weight no gradient moves.
 
     Such a weight ends at Π_t (1 − d_t)·θ_0 ≈ e^(−S)·θ_0, whatever the timing, so S says how much of a
-    weight the decay alone removes over the run; with d_t of the lr coupling (see :mod:`hf_lpwd.optim.functional`).
+    weight the decay alone removes over the run; with d_t of the lr coupling (see
+    :mod:`hf_lpwd.optim.functional`).
     """
     if weight_decay == 0.0:
         return 0.0

@@ -1,11 +1,11 @@
 """Every LPWD setting declared once: name, type, default, choices, help, validator, flag and model-card label.
 
-The Trainer's arguments (:mod:`hf_lpwd.trainer.arguments`), the config's JSON keys (:mod:`hf_lpwd.config`), the
-``--lpwd_config`` merge rule, ``hf-lpwd inspect``'s options and the model card's rows are derived from
-:data:`SETTINGS`; adding a setting is one :class:`Setting` here plus the code that acts on it.  Validation runs once
-per entry point (:func:`check_settings`), with the names of that entry point (``--lpwd_cautious`` on the command
-line, ``LPWDConfig.cautious`` in a file, ``cautious`` for a keyword), so a bad value reads the same wherever it comes
-from.  This module imports nothing else of hf_lpwd (but the pattern parser, lazily).
+The Trainer's arguments (:mod:`hf_lpwd.trainer.arguments`), the config's JSON keys (:mod:`hf_lpwd.config`),
+the ``--lpwd_config`` merge rule, ``hf-lpwd inspect``'s options and the model card's rows are derived from
+:data:`SETTINGS`; adding a setting is one :class:`Setting` here plus the code that acts on it.  Validation
+runs once per entry point (:func:`check_settings`), with the names of that entry point (``--lpwd_cautious`` on
+the command line, ``LPWDConfig.cautious`` in a file, ``cautious`` for a keyword), so a bad value reads the
+same wherever it comes from.  This module imports nothing else of hf_lpwd (but the pattern parser, lazily).
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def validate_layer_lr_decay(gamma: Any, field_name: str = "layer_lr_decay") -> N
         raise ValueError(f"{field_name} must be a number in (0, 1], got {gamma!r}")
     if not 0.0 < gamma <= 1.0:
         raise ValueError(
-            f"{field_name}={gamma:g} must be in (0, 1]: the lr at depth d is lr·γ^(N+1−d), so γ > 1 would train the "
-            "embeddings fastest and γ <= 0 gives zero or negative rates (1.0 turns layer-wise lr decay off)"
+            f"{field_name}={gamma:g} must be in (0, 1]: the lr at depth d is lr·γ^(N+1−d), so γ > 1 would "
+            "train the embeddings fastest and γ <= 0 gives zero or negative rates (1.0 turns layer-wise lr "
+            "decay off)"
         )
 
 
@@ -106,8 +107,8 @@ def validate_cautious(cautious: bool, timing: str, field_name: str = "cautious")
         why = ("pwd decays before the forward pass, before the update u_t the mask needs exists"
                if timing == "pwd" else "rwd decays θ_t − η_t·u_t, not the θ_t the mask compares u_t with")
         raise ValueError(
-            f"{field_name}=true needs the wd timing (θ ← θ − η·u − d·1[u⊙θ ≥ 0]⊙θ); with timing {timing}: {why}. "
-            "Use --weight_decay_mode wd (add --lpwd_layerwise true for the layer-wise profile)"
+            f"{field_name}=true needs the wd timing (θ ← θ − η·u − d·1[u⊙θ ≥ 0]⊙θ); with timing {timing}: "
+            f"{why}. Use --weight_decay_mode wd (add --lpwd_layerwise true for the layer-wise profile)"
         )
 
 
@@ -117,8 +118,8 @@ def check_decay_factor(decay: float, where: str, fix: str = "lower weight_decay 
         raise ValueError(f"{where}: the per-step decay is {decay}; it must be a finite number >= 0")
     if decay >= 1.0:
         raise ValueError(
-            f"{where}: the per-step decay d = {decay:g} must stay below 1 (the factor 1 − d = {1.0 - decay:g} would "
-            f"be <= 0 and flip the weights' signs); {fix}"
+            f"{where}: the per-step decay d = {decay:g} must stay below 1 (the factor 1 − d = "
+            f"{1.0 - decay:g} would be <= 0 and flip the weights' signs); {fix}"
         )
 
 
@@ -144,21 +145,22 @@ SCHEDULE_FREE_REASON = (
 """Why LPWD refuses schedule-free optimizers, in the words of both of its refusals."""
 
 
-# --------------------------------------------------------------------------------------------- the declarations
+# ------------------------------------------------------------------------------------------- the declarations
 Check = Callable[[Any, str], Any]
-"""A validator: ``check(value, label)`` raises ``ValueError`` naming ``label`` (the setting as the user wrote it)."""
+"""A validator: ``check(value, label)`` raises ``ValueError`` naming ``label`` (the setting as the user wrote
+it)."""
 
 
 @dataclass(frozen=True)
 class Setting:
     """One LPWD setting, declared once.
 
-    ``name`` is the keyword and the config's JSON key; ``argument`` the ``TrainingArguments`` field (``--flag``),
-    ``lpwd_<name>`` unless given; ``trainer_owned`` when transformers declares that field itself (``weight_decay``,
-    whose default stays transformers' own).  ``kind`` is ``bool``, ``float`` or ``str``; ``optional`` admits
-    ``None``.  ``card`` labels the model card's row (``None``: no row; ``card_unit`` follows the value), ``in_config`` says whether the setting is
-    shared in ``lpwd_config.json`` (a logging switch is not), ``optimizer_keyword`` whether :class:`hf_lpwd.LPWD`
-    takes it.
+    ``name`` is the keyword and the config's JSON key; ``argument`` the ``TrainingArguments`` field
+    (``--flag``), ``lpwd_<name>`` unless given; ``trainer_owned`` when transformers declares that field itself
+    (``weight_decay``, whose default stays transformers' own).  ``kind`` is ``bool``, ``float`` or ``str``;
+    ``optional`` admits ``None``.  ``card`` labels the model card's row (``None``: no row; ``card_unit``
+    follows the value), ``in_config`` says whether the setting is shared in ``lpwd_config.json`` (a logging
+    switch is not), ``optimizer_keyword`` whether :class:`hf_lpwd.LPWD` takes it.
     """
 
     name: str
@@ -200,21 +202,22 @@ _KIND_CHECKS: dict[type, Check] = {bool: validate_bool, float: _check_number, st
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
-        "mode", str, "lpwd", choices=WEIGHT_DECAY_MODES, argument="weight_decay_mode", card="weight decay mode",
-        help="When the decay is applied. wd: AdamW's decoupled decay; rwd: real-time decay (1-lr*wd)(θ-lr*u); "
-        "pwd: pre-weight decay before the forward pass; lpwd: pwd with λ growing with depth, λ*(d+1)/(N+2) "
-        "(= pwd with --lpwd_layerwise true).",
+        "mode", str, "lpwd", choices=WEIGHT_DECAY_MODES, argument="weight_decay_mode",
+        card="weight decay mode",
+        help="When the decay is applied. wd: AdamW's decoupled decay; rwd: real-time decay "
+        "(1-lr*wd)(θ-lr*u); pwd: pre-weight decay before the forward pass; lpwd: pwd with λ growing with "
+        "depth, λ*(d+1)/(N+2) (= pwd with --lpwd_layerwise true).",
     ),
     Setting(
         "weight_decay", float, DEFAULT_WEIGHT_DECAY, check=validate_weight_decay, argument="weight_decay",
         trainer_owned=True, card="λ (weight_decay)", optimizer_keyword=True,
-        help="λ: the rate of the deepest level (the head) with the layer-wise profile, of every decayed parameter "
-        "otherwise.",
+        help="λ: the rate of the deepest level (the head) with the layer-wise profile, of every decayed "
+        "parameter otherwise.",
     ),
     Setting(
         "layerwise", bool, None, optional=True, card="layer-wise λ profile",
-        help="The λ profile, independent of the timing: true = layer-wise λ*(d+1)/(N+2), false = one λ for every "
-        "decayed parameter. Unset: true for lpwd, false for wd/rwd/pwd.",
+        help="The λ profile, independent of the timing: true = layer-wise λ*(d+1)/(N+2), false = one λ for "
+        "every decayed parameter. Unset: true for lpwd, false for wd/rwd/pwd.",
     ),
     Setting(
         "layer_lr_decay", float, 1.0, check=validate_layer_lr_decay, card="layer-wise lr decay γ",
@@ -223,8 +226,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "tied_depth", str, "input", choices=TIED_DEPTHS, card="tied embedding depth",
-        help="Depth of a matrix tied between the input embedding and the output head: input (depth 0) or output "
-        "(depth N+1, the head's λ and lr).",
+        help="Depth of a matrix tied between the input embedding and the output head: input (depth 0) or "
+        "output (depth N+1, the head's λ and lr).",
     ),
     Setting(
         "layer_pattern", str, None, optional=True, check=validate_layer_pattern,
@@ -242,21 +245,21 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "lr_coupling", str, "coupled", choices=LR_COUPLINGS, card="lr coupling", optimizer_keyword=True,
-        help="How the per-step decay d follows the lr: coupled d = lr_t*λ (AdamW); independent d = (lr_t/lr)*λ, "
-        "not multiplied by the peak lr; corrected d = (lr_t²/lr)*λ (AdamC).",
+        help="How the per-step decay d follows the lr: coupled d = lr_t*λ (AdamW); independent d = "
+        "(lr_t/lr)*λ, not multiplied by the peak lr; corrected d = (lr_t²/lr)*λ (AdamC).",
     ),
     Setting(
         "cautious", bool, False, card="cautious", optimizer_keyword=True,
-        help="Cautious weight decay: decay only the coordinates where the update and the weight have the same "
-        "sign (wd timing; adamw/sgd bases). On AdamW it runs as one torch.compile'd pass per tensor, compiled at "
-        "the first step.",
+        help="Cautious weight decay: decay only the coordinates where the update and the weight have the "
+        "same sign (wd timing; adamw/sgd bases). On AdamW it runs as one torch.compile'd pass per tensor, "
+        "compiled at the first step.",
     ),
     Setting(
         "decay_timescale", float, None, optional=True, check=validate_decay_timescale,
         card="decay timescale τ", card_unit=" epochs (λ above is what it gave)",
         help="Set λ from the weights' EMA timescale τ in epochs: λ = 1/(lr*τ*steps per epoch) (independent: "
-        "1/(τ*steps per epoch)). Like --weight_decay it sets λ, the head's rate under the layer-wise profile; give "
-        "one or the other.",
+        "1/(τ*steps per epoch)). Like --weight_decay it sets λ, the head's rate under the layer-wise "
+        "profile; give one or the other.",
     ),
     Setting(
         "log_layer_norms", bool, True, in_config=False,
@@ -269,8 +272,8 @@ SETTING: dict[str, Setting] = {s.name: s for s in SETTINGS}
 CONFIG_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.in_config)
 
 DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
-"""Defaults of the settings.  A 0.1.0 / 0.2.0 config without the newer keys means these: coupled, not cautious,
-no timescale."""
+"""Defaults of the settings.  A 0.1.0 / 0.2.0 config without the newer keys means these: coupled, not
+cautious, no timescale."""
 
 
 # --------------------------------------------------------------------------------------------- labels
@@ -319,14 +322,15 @@ def check_settings(values: Mapping[str, Any], label: Callable[[Setting], str] = 
     if mode == "lpwd" and values.get("layerwise") is False:
         mode_label, layerwise_label = label(SETTING["mode"]), label(SETTING["layerwise"])
         raise ValueError(
-            f"{mode_label}='lpwd' is pwd with the layer-wise profile, so {layerwise_label}=False contradicts it; "
-            f"use {mode_label}='pwd' for pre-weight decay with a uniform λ"
+            f"{mode_label}='lpwd' is pwd with the layer-wise profile, so {layerwise_label}=False contradicts "
+            f"it; use {mode_label}='pwd' for pre-weight decay with a uniform λ"
         )
     validate_cautious(values.get("cautious", False), timing_of(mode), label(SETTING["cautious"]))
 
 
 def resolve_settings(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Every setting, defaults filled in, and what an unset value means (``layerwise``: the mode's profile)."""
+    """Every setting, defaults filled in, and what an unset value means (``layerwise``: the mode's
+    profile)."""
     resolved = {**DEFAULTS, **values}
     if resolved["layerwise"] is None:
         resolved["layerwise"] = resolved["mode"] == "lpwd"

@@ -1,9 +1,9 @@
 """bitsandbytes' 8-bit optimizers under LPWDTrainer: embeddings keep 32-bit state, as with the stock Trainer.
 
 The stock ``create_optimizer`` registers ``optim_bits=32`` for every ``nn.Embedding`` with bitsandbytes'
-process-global ``GlobalOptimManager``; LPWD's must do the same, or the embeddings get uint8 Adam state and ``wd`` mode
-is not the stock Trainer.  Because that manager outlives any one Trainer, each trainer kind runs in a fresh process,
-the LPWD one first (tests/scripts/train_bnb_8bit.py).
+process-global ``GlobalOptimManager``; LPWD's must do the same, or the embeddings get uint8 Adam state and
+``wd`` mode is not the stock Trainer.  Because that manager outlives any one Trainer, each trainer kind runs
+in a fresh process, the LPWD one first (tests/scripts/train_bnb_8bit.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from tests.tiny import ROOT, offline_env
 pytest.importorskip("bitsandbytes", reason="bitsandbytes is in the dev extra: pip install -e '.[dev]'")
 
 SCRIPT = str(ROOT / "tests" / "scripts" / "train_bnb_8bit.py")
-# Every 8-bit --optim of transformers 5.24 (paged ones run unpaged on CPU). rmsprop_bnb_8bit applies λ as L2 in
-# the stock Trainer, LPWD's wd is decoupled: its weights differ by design (tests/test_optim_table.py).
+# Every 8-bit --optim of transformers 5.24 (paged ones run unpaged on CPU). rmsprop_bnb_8bit applies λ as L2
+# in the stock Trainer, LPWD's wd is decoupled: its weights differ by design (tests/test_optim_table.py).
 OPTIMS_8BIT = ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "ademamix_8bit", "paged_ademamix_8bit",
                "lion_8bit", "paged_lion_8bit", "rmsprop_bnb_8bit")
 DECOUPLED_IN_STOCK = tuple(o for o in OPTIMS_8BIT if "rmsprop" not in o)

@@ -14,7 +14,8 @@ from hf_lpwd.config import LPWD_CONFIG_NAME
 def full_config() -> LPWDConfig:
     return LPWDConfig(
         mode="lpwd", weight_decay=0.3, layer_pattern=r"\.layers\.(\d+)\.", decay_embeddings=False,
-        base_optimizer="adamw_torch_fused", base_optimizer_kwargs={"lr": 1e-3, "betas": [0.9, 0.999], "fused": True},
+        base_optimizer="adamw_torch_fused",
+        base_optimizer_kwargs={"lr": 1e-3, "betas": [0.9, 0.999], "fused": True},
         num_blocks=2, depth_weight_decay={"1": 0.15, "2": 0.225, "3": 0.3},
     )
 
@@ -69,7 +70,8 @@ def test_timing_and_profile_are_independent(kwargs: dict, timing: str, layerwise
 
 
 @pytest.mark.parametrize("mode,layerwise", [("wd", False), ("rwd", False), ("pwd", False), ("lpwd", True)])
-def test_a_config_written_by_0_1_0_loads_and_means_the_same(tmp_path: Path, mode: str, layerwise: bool) -> None:
+def test_a_config_written_by_0_1_0_loads_and_means_the_same(tmp_path: Path, mode: str,
+                                                            layerwise: bool) -> None:
     """0.1.0 wrote no layerwise / layer_lr_decay / tied_depth keys: the profile followed the mode."""
     old = {"base_optimizer": "adamw_torch_fused", "base_optimizer_kwargs": {}, "decay_embeddings": True,
            "depth_weight_decay": None, "layer_pattern": None, "lpwd_version": "0.1.0", "mode": mode,
@@ -88,7 +90,8 @@ def test_a_config_written_by_0_2_0_loads_and_means_coupled_not_cautious_no_times
            "stochastic_rounding": True, "tied_depth": "output", "weight_decay": 0.1}
     (tmp_path / LPWD_CONFIG_NAME).write_text(json.dumps(old))
     cfg = LPWDConfig.from_pretrained(tmp_path)
-    assert (cfg.lr_coupling, cfg.cautious, cfg.decay_timescale, cfg.depth_shrink) == ("coupled", False, None, None)
+    assert ((cfg.lr_coupling, cfg.cautious, cfg.decay_timescale, cfg.depth_shrink)
+            == ("coupled", False, None, None))
     assert (cfg.layer_lr_decay, cfg.tied_depth, cfg.weight_decay, cfg.timing) == (0.9, "output", 0.1, "pwd")
 
 
@@ -106,13 +109,15 @@ def test_a_config_written_by_0_2_0_loads_and_means_coupled_not_cautious_no_times
         ({"base_optimizer_kwargs": [1, 2]}, r"LPWDConfig.base_optimizer_kwargs must be a JSON object"),
         ({"learning_rate": 1e-3}, r"unknown LPWD config key\(s\) \['learning_rate'\]"),
         ({"future_knob": 1, "lpwd_version": "99.0.0"}, r"written by hf_lpwd 99.0.0.*Upgrade"),
-        ({"mode": "lpwd", "layerwise": False}, r"LPWDConfig.mode='lpwd'.*LPWDConfig.layerwise=False.*use LPWDConfig.mode='pwd'"),
+        ({"mode": "lpwd", "layerwise": False},
+         r"LPWDConfig.mode='lpwd'.*LPWDConfig.layerwise=False.*use LPWDConfig.mode='pwd'"),
         ({"layerwise": "yes"}, r"LPWDConfig.layerwise must be true or false"),
         ({"layer_lr_decay": 0}, r"LPWDConfig.layer_lr_decay=0 must be in \(0, 1\]"),
         ({"layer_lr_decay": 1.5}, r"LPWDConfig.layer_lr_decay=1.5 must be in \(0, 1\]"),
         ({"layer_lr_decay": "0.9"}, r"LPWDConfig.layer_lr_decay must be a number"),
         ({"lr_coupling": "sqrt"}, r"LPWDConfig.lr_coupling='sqrt' is not one of \['coupled', 'independent'"),
-        ({"mode": "lpwd", "cautious": True}, r"LPWDConfig.cautious=true needs the wd timing.*pwd decays before"),
+        ({"mode": "lpwd", "cautious": True},
+         r"LPWDConfig.cautious=true needs the wd timing.*pwd decays before"),
         ({"cautious": "yes", "mode": "wd"}, r"LPWDConfig.cautious must be true or false"),
         ({"decay_timescale": 0}, r"LPWDConfig.decay_timescale=0.0 must be a number of epochs > 0"),
         ({"decay_timescale": -3.0}, r"LPWDConfig.decay_timescale=-3.0 must be a number of epochs > 0"),
@@ -218,7 +223,8 @@ def test_hub_id_goes_through_hf_hub_download(tmp_path: Path, monkeypatch) -> Non
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     assert LPWDConfig.from_pretrained("someone/model", revision="v1") == full_config()
-    assert (asked["repo_id"], asked["filename"], asked["revision"]) == ("someone/model", LPWD_CONFIG_NAME, "v1")
+    assert ((asked["repo_id"], asked["filename"], asked["revision"])
+            == ("someone/model", LPWD_CONFIG_NAME, "v1"))
 
 
 def test_model_card_section_states_the_settings() -> None:
@@ -263,4 +269,5 @@ def test_the_0_3_0_fixture_config_loads_and_means_the_same() -> None:
     assert cfg.record.depth_weight_decay == {"0": 0.1, "1": 0.2, "2": 0.3, "3": 0.4, "4": 0.5}  # λ(d+1)/(N+2)
     assert cfg.record.shrink == 0.006 and cfg.lpwd_version == "0.3.0"
     assert json.loads(cfg.to_json_string()).keys() == json.loads(
-        (Path(__file__).parent / "data" / "checkpoint_v0_3_0" / "checkpoint-3" / LPWD_CONFIG_NAME).read_text()).keys()
+        (Path(__file__).parent / "data" / "checkpoint_v0_3_0" / "checkpoint-3" / LPWD_CONFIG_NAME).read_text()
+    ).keys()

@@ -1,4 +1,5 @@
-"""LPWDTrainer under DeepSpeed ZeRO-1, ZeRO-2 and ZeRO-3: real 2-process runs on CPU (torchrun, gloo), against DDP.
+"""LPWDTrainer under DeepSpeed ZeRO-1, ZeRO-2 and ZeRO-3: real 2-process runs on CPU (torchrun, gloo), against
+DDP.
 
 DeepSpeed wraps the Trainer's own optimizer (no ``optimizer`` section in its config) and steps it on flat fp32
 master partitions; the final parameters of every mode must equal the 2-rank DDP run of the same mode.
@@ -14,15 +15,16 @@ weights, so the two are not comparable element-wise; there ZeRO-3 must equal ZeR
 
 Also checked: an early stop under ZeRO-2 (bitwise DDP's settled weights), warmup_steps=0 (the decay before the
 first forward is 1 − η₀λ, not 1), ZeRO-3 with a small
-``sub_group_size`` (one param group stepped in several calls), bf16, resume from a ZeRO-2 checkpoint (bitwise),
-and the refusal of a DeepSpeed ``optimizer`` section.
+``sub_group_size`` (one param group stepped in several calls), bf16, resume from a ZeRO-2 checkpoint
+(bitwise), and the refusal of a DeepSpeed ``optimizer`` section.
 
 Cost (2 shared CPU cores): each launch imports torch/transformers/deepspeed once and trains its modes in turn
-(1-9 s of training per mode): ddp 32-65 s, zero1 and zero2 35-60 s each, zero3 54-64 s, zero2_bf16 34-44 s, zero3_bf16 42-46 s,
-zero3_sub ~35 s, zero2_resume 36-43 s, ds_optimizer (1 process, nothing trains) 20-33 s; about 6 min in all. The
-very first DeepSpeed launch on a machine also compiles DeepSpeed's shm comm op with g++ (~80 s, cached in
-~/.cache/torch_extensions).  A config with an ``optimizer`` section that is *not* refused makes DeepSpeed compile
-its CPU Adam op (~5 min): the refusal test stops such a run at ``deepspeed_init`` instead.
+(1-9 s of training per mode): ddp 32-65 s, zero1 and zero2 35-60 s each, zero3 54-64 s, zero2_bf16 34-44 s,
+zero3_bf16 42-46 s, zero3_sub ~35 s, zero2_resume 36-43 s, ds_optimizer (1 process, nothing trains) 20-33 s;
+about 6 min in all. The very first DeepSpeed launch on a machine also compiles DeepSpeed's shm comm op with
+g++ (~80 s, cached in ~/.cache/torch_extensions).  A config with an ``optimizer`` section that is *not*
+refused makes DeepSpeed compile its CPU Adam op (~5 min): the refusal test stops such a run at
+``deepspeed_init`` instead.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ MODES = ("wd", "rwd", "pwd", "lpwd")
 RULES = ("pwd-independent", "wd-cautious")  # the lr coupling and cautious decay of the decay-rules issue
 NO_WARMUP = ("pwd-nowarmup", "lpwd-nowarmup")
 ALL = ("stock", *MODES, *NO_WARMUP, *RULES)
-EARLY_STOP = "lpwd-earlystop"  # constant lr, stopped after step 2 of 4: a decay folded in for a step that never comes
+# constant lr, stopped after step 2 of 4: a decay folded in for a step that never comes
+EARLY_STOP = "lpwd-earlystop"
 RTOL, ATOL = 1e-5, 1e-6
 pytestmark = pytest.mark.slow
 
@@ -117,7 +120,8 @@ def assert_equal(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> 
 
 
 def assert_matches_ddp(stage: int, got: dict[str, torch.Tensor], ddp: dict[str, torch.Tensor]) -> None:
-    """ZeRO-1/2 partition the optimizer state only and sum gradients as DDP does: bitwise. ZeRO-3: see the docstring."""
+    """ZeRO-1/2 partition the optimizer state only and sum gradients as DDP does: bitwise. ZeRO-3: see the
+    docstring."""
     if stage in (1, 2):
         assert_equal(got, ddp)
     else:
@@ -126,7 +130,8 @@ def assert_matches_ddp(stage: int, got: dict[str, torch.Tensor], ddp: dict[str, 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_stock_trainer_under_zero_matches_ddp(runs: Runs, stage: int) -> None:
-    """The harness itself: no LPWD involved, DeepSpeed vs DDP (ZeRO-1/2: bit for bit; ZeRO-3: float32 rounding)."""
+    """The harness itself: no LPWD involved, DeepSpeed vs DDP (ZeRO-1/2: bit for bit; ZeRO-3: float32
+    rounding)."""
     zero = result(runs.zero(stage), "stock")
     assert_matches_ddp(stage, zero, result(runs.ddp(), "stock"))
     for name, tensor in result(runs.zero(stage), "stock", rank=1).items():
@@ -168,9 +173,10 @@ def test_bf16_zero3_equals_zero2(runs: Runs, mode: str) -> None:
 
 
 def test_early_stop_under_zero2_is_bitwise_ddp(runs: Runs) -> None:
-    """Stopped after step 2 of 4 at a constant lr: the decay folded in for step 3 is divided out of DeepSpeed's fp32
-    master partitions, which DeepSpeed then copies into the model's weights; DDP divides it out of its weights. The
-    same multiplications on the same numbers: bitwise equal (without the division ZeRO-2 keeps 1 − ηλ = 0.9985)."""
+    """Stopped after step 2 of 4 at a constant lr: the decay folded in for step 3 is divided out of
+    DeepSpeed's fp32 master partitions, which DeepSpeed then copies into the model's weights; DDP divides it
+    out of its weights. The same multiplications on the same numbers: bitwise equal (without the division
+    ZeRO-2 keeps 1 − ηλ = 0.9985)."""
     for folder in (runs.zero(2), runs.ddp()):
         assert json.loads((folder / EARLY_STOP / "info0.json").read_text())["global_step"] == 2
     zero, ddp = result(runs.zero(2), EARLY_STOP), result(runs.ddp(), EARLY_STOP)
@@ -189,7 +195,8 @@ def test_deepspeed_drives_the_client_optimizer_as_lpwd_assumes(runs: Runs) -> No
         for mode in ("stock", "rwd"):
             info = probe(runs.zero(stage), mode)
             calls = info["create_optimizer_calls"]
-            assert len(calls) == 2 and not calls[0]["optimizer_was_set"] and calls[1]["optimizer_was_set"], calls
+            assert (len(calls) == 2 and not calls[0]["optimizer_was_set"]
+                    and calls[1]["optimizer_was_set"]), calls
             steps = info["steps"]
             assert len(steps) == 4 * 2, "one step() per param group per optimizer step"
             for i, call in enumerate(steps):
@@ -217,16 +224,19 @@ def test_deepspeed_drives_the_client_optimizer_as_lpwd_assumes(runs: Runs) -> No
             else:
                 assert steps[0]["base_param_groups_len"] is None  # the stock Trainer's AdamW has no base
             if stage == 2:
-                assert info["state_dict_calls"] == 2, "ZeRO checkpoints save the client optimizer's state_dict()"
+                assert info["state_dict_calls"] == 2, \
+                    "ZeRO checkpoints save the client optimizer's state_dict()"
     info = probe(runs.zero(2, bf16=True), "rwd")
     assert {p["dtype"] for call in info["steps"] for g in call["groups"] for p in g["params"]} == {"float32"}
 
 
 @pytest.mark.parametrize("mode", ["stock", "pwd", "lpwd"])
 def test_zero3_sub_groups_match_ddp(runs: Runs, mode: str) -> None:
-    """sub_group_size=1000: ZeRO-3 steps a param group larger than that per rank in several step() calls, each with
-    another flat tensor in the group's params (observed: pwd's two groups of 4480 elements per rank are split)."""
-    folder = runs.get("zero3_sub", "--engine", "zero3", "--modes", "stock,pwd,lpwd", "--sub-group-size", "1000")
+    """sub_group_size=1000: ZeRO-3 steps a param group larger than that per rank in several step() calls, each
+    with another flat tensor in the group's params (observed: pwd's two groups of 4480 elements per rank are
+    split)."""
+    folder = runs.get("zero3_sub", "--engine", "zero3", "--modes", "stock,pwd,lpwd",
+                      "--sub-group-size", "1000")
     assert_close(result(folder, mode), result(runs.ddp(), mode))
 
 
@@ -247,8 +257,8 @@ def test_zero2_resume_from_checkpoint_is_bitwise(runs: Runs, mode: str) -> None:
 def test_deepspeed_optimizer_section_is_refused_before_training(runs: Runs, mode: str) -> None:
     """LPWD cannot wrap DeepSpeed's own optimizer: refuse with a message naming the key, before any training.
 
-    Without the refusal the Trainer silently trains with DeepSpeed's Adam (LPWD never built) after compiling its
-    CPU Adam op (~5 min of g++); --refusal-only turns reaching deepspeed_init into an error instead.
+    Without the refusal the Trainer silently trains with DeepSpeed's Adam (LPWD never built) after compiling
+    its CPU Adam op (~5 min of g++); --refusal-only turns reaching deepspeed_init into an error instead.
     """
     folder = runs.get("ds_optimizer", "--engine", "zero2", "--modes", "lpwd,rwd", "--ds-optimizer",
                       "--refusal-only", world=1)

@@ -67,7 +67,8 @@ def test_classic_groups_match_trainer(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), weight_decay=0.1, report_to=[], use_cpu=True)
     trainer_groups = Trainer(model=model, args=args).create_optimizer().param_groups
     ours = lpwd_param_groups(model, weight_decay=0.1, layerwise=False)
-    assert [[id(p) for p in g["params"]] for g in ours] == [[id(p) for p in g["params"]] for g in trainer_groups]
+    assert ([[id(p) for p in g["params"]] for g in ours]
+            == [[id(p) for p in g["params"]] for g in trainer_groups])
     assert [(g["weight_decay"], g["depth"], g["lpwd_multiplier"]) for g in ours] == [(0.1, None, 1.0),
                                                                                       (0.0, None, 0.0)]
     assert "model.layers.0.mlp.up_proj.weight" not in ours[0]["param_names"]
@@ -156,8 +157,8 @@ def test_uniform_profile_with_layer_lr_decay_by_hand():
     """2 blocks, γ = 0.5: lr multipliers γ^(N+1−d) = 1/8, 1/4, 1/2, 1; λ the same at every depth."""
     groups = lpwd_param_groups(_tiny_llama(), weight_decay=0.1, layerwise=False, layer_lr_decay=0.5)
     assert [(g["depth"], g["weight_decay"], g["lpwd_multiplier"], g["lr_multiplier"]) for g in groups] == [
-        (0, 0.1, 1.0, 0.125), (1, 0.1, 1.0, 0.25), (1, 0.0, 0.0, 0.25), (2, 0.1, 1.0, 0.5), (2, 0.0, 0.0, 0.5),
-        (3, 0.1, 1.0, 1.0), (3, 0.0, 0.0, 1.0)]
+        (0, 0.1, 1.0, 0.125), (1, 0.1, 1.0, 0.25), (1, 0.0, 0.0, 0.25), (2, 0.1, 1.0, 0.5),
+        (2, 0.0, 0.0, 0.5), (3, 0.1, 1.0, 1.0), (3, 0.0, 0.0, 1.0)]
 
 
 def test_layerwise_profile_with_layer_lr_decay_and_lpwd_applies_the_multiplier():

@@ -1,8 +1,8 @@
 """``Trainer.hyperparameter_search``: every trial builds its LPWD from that trial's arguments.
 
 The settings are read when the optimizer is built (not frozen in ``__init__``), so a search over
-``weight_decay_mode`` and ``weight_decay`` trains what each trial says.  Failing before 0.4.0: every trial built the
-``__init__``-time settings (``mode=lpwd``, λ = 0) and the objectives were equal.
+``weight_decay_mode`` and ``weight_decay`` trains what each trial says.  Failing before 0.4.0: every trial
+built the ``__init__``-time settings (``mode=lpwd``, λ = 0) and the objectives were equal.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ class RecordingTrainer(LPWDTrainer):
 
 
 class FileRecordingTrainerMixin:
-    """Appends ``{"mode", "lambda"}`` of each LPWD it builds to ``self.record_file`` (a search trial's process)."""
+    """Appends ``{"mode", "lambda"}`` of each LPWD it builds to ``self.record_file`` (a search trial's
+    process)."""
 
     record_file: str | None = None
 
@@ -78,7 +79,8 @@ def test_each_trial_builds_the_lpwd_its_arguments_say(tmp_path: Path) -> None:
 
     trainer.hyperparameter_search(hp_space=hp_space, compute_objective=objective, backend="optuna",
                                   n_trials=len(TRIALS), direction="minimize",
-                                  sampler=optuna.samplers.GridSampler({"trial": list(range(len(TRIALS)))}, seed=0))
+                                  sampler=optuna.samplers.GridSampler({"trial": list(range(len(TRIALS)))},
+                                                                      seed=0))
 
     assert len(RecordingTrainer.built) == 3
     by_mode: dict[str, list[dict]] = {}
@@ -101,7 +103,7 @@ def test_ray_trials_build_their_own_lpwd(tmp_path: Path) -> None:
     """
     pytest.importorskip("ray.tune")
     record = tmp_path / "built.jsonl"
-    subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "hp_search_ray.py"), str(tmp_path), str(record)],
-                   check=True, env=offline_env(), cwd=ROOT, timeout=600)
+    subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "hp_search_ray.py"), str(tmp_path),
+                    str(record)], check=True, env=offline_env(), cwd=ROOT, timeout=600)
     built = sorted((row["mode"], row["lambda"]) for row in map(json.loads, record.read_text().splitlines()))
     assert built == [("lpwd", 0.05), ("lpwd", 0.3), ("wd", 0.05), ("wd", 0.3)]  # λ: the head's rate

@@ -1,4 +1,5 @@
-"""The run's shrink S_d = Σ_t d_t per depth: a float64 sum of the schedule, in the table, the CLI and the warning."""
+"""The run's shrink S_d = Σ_t d_t per depth: a float64 sum of the schedule, in the table, the CLI and the
+warning."""
 
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ def test_the_table_has_a_shrink_column_and_warns_above_one() -> None:
     rows = layer_table(groups, shrink=[0.4, 0.0, 1.6])
     assert [(r["depth"], r["shrink"]) for r in rows] == [(0, 0.4), (1, 1.6)]
     text = format_layer_table(rows)
-    assert text.splitlines()[0].split()[:7] == ["depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay",
-                                              "shrink"]
+    assert text.splitlines()[0].split()[:7] == ["depth", "tensors", "parameters", "lr_mult", "λ_mult",
+                                              "weight_decay", "shrink"]
     assert [line.split()[6] for line in text.splitlines()[1:]] == ["0.4", "1.6"]
     warning = shrink_warning(rows)
     assert "shrink" in warning and "depth 1: S = 1.6" in warning and "depth 0" not in warning
@@ -51,12 +52,12 @@ def test_the_table_has_a_shrink_column_and_warns_above_one() -> None:
 
 
 def test_inspect_shows_the_shrink_column_for_a_run(tmp_path, capsys) -> None:
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 50, "hidden_size": 16,
-              "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "tie_word_embeddings": False}
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 50,
+              "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "tie_word_embeddings": False}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    code = main(["inspect", str(tmp_path), "--weight-decay", "24", "--learning-rate", "2e-3", "--max-steps", "100",
-                 "--warmup-steps", "10"])
+    code = main(["inspect", str(tmp_path), "--weight-decay", "24", "--learning-rate", "2e-3",
+                 "--max-steps", "100", "--warmup-steps", "10"])
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()

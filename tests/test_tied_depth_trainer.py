@@ -1,4 +1,5 @@
-"""``--lpwd_tied_depth output`` reaches the optimizer a Trainer builds: flag or YAML → arguments → LPWDConfig → groups.
+"""``--lpwd_tied_depth output`` reaches the optimizer a Trainer builds: flag or YAML → arguments → LPWDConfig
+→ groups.
 
 A Llama with ``tie_word_embeddings`` holds one matrix under two names (``model.embed_tokens.weight`` and
 ``lm_head.weight``).  ``input`` puts it at depth 0 (λ/(N+2), lr·γ^(N+1)), ``output`` at the head's depth N+1
@@ -49,11 +50,13 @@ def test_tied_depth_from_flag_or_yaml_sets_the_tied_matrix_group(tmp_path: Path,
                                                                  tied_depth: str | None) -> None:
     args = _parsed(tmp_path, source, tied_depth)
     assert args.lpwd_tied_depth == (tied_depth or "input")
-    trainer = LPWDTrainer(model=tiny_llama(tied=True), args=args, train_dataset=TokenDataset(4, causal_lm=True))
+    trainer = LPWDTrainer(model=tiny_llama(tied=True), args=args,
+                          train_dataset=TokenDataset(4, causal_lm=True))
     group = _tied_group(trainer)
     if tied_depth == "output":
         # the head's depth N+1: λ·(N+2)/(N+2), lr × γ^0
-        assert (group["depth"], group["weight_decay"], group["lr_multiplier"]) == (N + 1, pytest.approx(LAM), 1.0)
+        assert ((group["depth"], group["weight_decay"], group["lr_multiplier"])
+                == (N + 1, pytest.approx(LAM), 1.0))
         assert group["lr"] == pytest.approx(1e-3)
     else:  # input, also the default: depth 0, λ/(N+2), lr × γ^(N+1)
         assert (group["depth"], group["weight_decay"], group["lr_multiplier"]) == (

@@ -52,7 +52,8 @@ def test_arguments_parse_from_command_line_and_yaml(tmp_path: Path) -> None:
     assert (args.weight_decay_mode, args.weight_decay, args.lpwd_decay_embeddings) == ("rwd", 0.3, False)
     assert args.lpwd_layer_pattern == r"\.layer\.(\d+)\."
     yaml_file = tmp_path / "args.yaml"
-    yaml_file.write_text(f"output_dir: {tmp_path}\nweight_decay_mode: lpwd\nweight_decay: 0.1\nuse_cpu: true\n")
+    yaml_file.write_text(f"output_dir: {tmp_path}\nweight_decay_mode: lpwd\nweight_decay: 0.1\n"
+                         "use_cpu: true\n")
     (from_yaml,) = parser.parse_yaml_file(str(yaml_file))
     assert (from_yaml.weight_decay_mode, from_yaml.weight_decay) == ("lpwd", 0.1)
     assert LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True).weight_decay_mode == "lpwd"
@@ -73,7 +74,8 @@ def test_bad_arguments_name_the_field(tmp_path: Path, overrides: dict, match: st
 
 
 def test_pattern_matching_nothing_fails_before_training(tmp_path: Path) -> None:
-    args = LPWDTrainingArguments(**common_args(tmp_path), weight_decay=0.1, lpwd_layer_pattern=r"\.blocks\.(\d+)\.")
+    args = LPWDTrainingArguments(**common_args(tmp_path), weight_decay=0.1,
+                                 lpwd_layer_pattern=r"\.blocks\.(\d+)\.")
     with pytest.raises(ValueError, match="blocks"):
         LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
 
@@ -82,8 +84,10 @@ def test_deepspeed_config_with_its_own_optimizer_is_refused(tmp_path: Path) -> N
     """DeepSpeed's own optimizer section would bypass create_optimizer: refused, naming the key to remove."""
     from types import SimpleNamespace
 
-    with_optimizer = {"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
-    trainer_module.check_deepspeed(SimpleNamespace(hf_deepspeed_config=None, deepspeed={"zero_optimization": {}}))
+    with_optimizer = {"zero_optimization": {"stage": 2},
+                      "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}
+    trainer_module.check_deepspeed(SimpleNamespace(hf_deepspeed_config=None,
+                                                   deepspeed={"zero_optimization": {}}))
     with pytest.raises(ValueError, match=r"'optimizer' section.*Remove the 'optimizer' key"):
         trainer_module.check_deepspeed(SimpleNamespace(hf_deepspeed_config=SimpleNamespace(config=with_optimizer)))
 
@@ -145,8 +149,9 @@ def test_pre_step_decays_once_per_optimizer_step_with_accumulation(tmp_path: Pat
             decays.append(trainer.state.global_step)
 
     monkeypatch.setattr(LPWD, "pre_step", counting_pre_step)
-    args = LPWDTrainingArguments(**common_args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                                               num_train_epochs=2, max_steps=-1, weight_decay=0.1))
+    args = LPWDTrainingArguments(**common_args(tmp_path, per_device_train_batch_size=2,
+                                               gradient_accumulation_steps=2, num_train_epochs=2,
+                                               max_steps=-1, weight_decay=0.1))
     trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(10))
     trainer.train()
     assert trainer.state.global_step == 6
@@ -196,12 +201,13 @@ def test_kill_and_resume_is_bitwise_an_uninterrupted_run(tmp_path: Path) -> None
 @pytest.mark.slow
 @pytest.mark.parametrize("version", ["0.2.0", "0.3.0"])
 def test_an_old_checkpoint_resumes_bitwise_with_todays_code(tmp_path: Path, version: str) -> None:
-    """tests/data/checkpoint_v0_X_0 (SOURCE.md): written by hf_lpwd 0.2.0 / 0.3.0 mid warm-up, one torch thread;
-    resumed now, the run ends on that version's uninterrupted run's final parameters (group keys and state_dict
-    layout unchanged).
+    """tests/data/checkpoint_v0_X_0 (SOURCE.md): written by hf_lpwd 0.2.0 / 0.3.0 mid warm-up, one torch
+    thread; resumed now, the run ends on that version's uninterrupted run's final parameters (group keys and
+    state_dict layout unchanged).
 
-    Bitwise on the machine that wrote the fixture; asserted to 1e-6 relative so that another CPU's kernels may round
-    differently, while one decay factor too many or too few (~1e-3 here) or a lost Adam state fails by far.
+    Bitwise on the machine that wrote the fixture; asserted to 1e-6 relative so that another CPU's kernels may
+    round differently, while one decay factor too many or too few (~1e-3 here) or a lost Adam state fails by
+    far.
     """
     data = ROOT / "tests" / "data" / f"checkpoint_v{version.replace('.', '_')}"
     checkpoint = tmp_path / "killed" / "checkpoint-3"
@@ -218,7 +224,8 @@ def test_an_old_checkpoint_resumes_bitwise_with_todays_code(tmp_path: Path, vers
 
 # --------------------------------------------------------------------------- logging and saving
 def _bert_depth(name: str) -> int:
-    """Depths of tiny_bert(layers=2), by hand: embeddings 0, encoder layer i → i+1, pooler and classifier 3."""
+    """Depths of tiny_bert(layers=2), by hand: embeddings 0, encoder layer i → i+1, pooler and classifier
+    3."""
     if name.startswith("bert.embeddings."):
         return 0
     if name.startswith("bert.encoder.layer."):
@@ -261,8 +268,8 @@ def test_weight_norm_per_depth_is_logged(tmp_path: Path, enabled: bool) -> None:
 
 
 def test_checkpoint_and_output_dir_carry_the_config_and_card(tmp_path: Path) -> None:
-    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.25, max_steps=2, save_strategy="steps",
-                                               save_steps=2))
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.25, max_steps=2,
+                                               save_strategy="steps", save_steps=2))
     trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
     trainer.train()
     trainer.save_model()
@@ -296,8 +303,8 @@ def test_arguments_start_from_a_saved_config(tmp_path: Path) -> None:
     LPWDConfig(mode="rwd", weight_decay=0.4, decay_embeddings=False).save_pretrained(tmp_path / "cfg")
     args = LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True, lpwd_config=str(tmp_path / "cfg"))
     assert (args.weight_decay_mode, args.weight_decay, args.lpwd_decay_embeddings) == ("rwd", 0.4, False)
-    overridden = LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True, lpwd_config=str(tmp_path / "cfg"),
-                                       weight_decay=0.1)
+    overridden = LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True,
+                                       lpwd_config=str(tmp_path / "cfg"), weight_decay=0.1)
     assert (overridden.weight_decay_mode, overridden.weight_decay) == ("rwd", 0.1)
 
 
@@ -348,7 +355,8 @@ def test_trl_sft_trainer_through_the_mixin(tmp_path: Path) -> None:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-    data = Dataset.from_dict({"text": [" ".join(f"w{(i * 7 + j) % 60}" for j in range(10)) for i in range(16)]})
+    data = Dataset.from_dict({"text": [" ".join(f"w{(i * 7 + j) % 60}" for j in range(10))
+                                       for i in range(16)]})
     config = trl.SFTConfig(**common_args(tmp_path, weight_decay=0.2, max_steps=2), max_length=16)
     trainer = LPWDSFTTrainer(model=tiny_llama(), args=config, train_dataset=data, processing_class=tokenizer,
                              lpwd_config=LPWDConfig(mode="lpwd", weight_decay=0.2))
@@ -384,17 +392,19 @@ def test_folded_pwd_equals_unfolded_pwd_in_the_trainer(tmp_path: Path, monkeypat
             monkeypatch.setattr(lookahead, "next_lr", lambda group, scheduler, num_training_steps: None)
         set_seed(0)
         model = tiny_bert()
-        args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=2.0, max_steps=6, warmup_steps=warmup,
-                                                   lr_scheduler_type="cosine", learning_rate=2e-2))
+        args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=2.0, max_steps=6,
+                                                   warmup_steps=warmup, lr_scheduler_type="cosine",
+                                                   learning_rate=2e-2))
         trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(24))
         trainer.train()
         results.append((params_of(model), trainer.lpwd_optimizer.fold_corrections))
     (folded, corrections), (unfolded, _) = results
     assert corrections == expected_corrections
-    for name in folded:  # float32 rounding of another order of operations: observed ≤ 6e-7 of a tensor's norm.
+    # float32 rounding of another order of operations: observed ≤ 6e-7 of a tensor's norm.
+    for name in folded:
         if "attention.self.key.bias" in name:
-            # softmax is invariant to the key bias: its exact gradient is 0, the computed one is rounding noise
-            # that Adam normalises into lr-sized steps, so it compares nothing.
+            # softmax is invariant to the key bias: its exact gradient is 0, the computed one is rounding
+            # noise that Adam normalises into lr-sized steps, so it compares nothing.
             continue
         diff = (folded[name] - unfolded[name]).norm().item()
         assert diff <= 1e-5 * unfolded[name].norm().item() + 1e-7, (name, diff)
@@ -414,7 +424,8 @@ def test_layer_lr_decay_follows_the_schedule_per_group(tmp_path: Path, monkeypat
     def recording_pre_step(self):
         first = not self.pre_step_pending
         if first:
-            seen.append([(g["depth"], g["lr"], g["weight_decay"], g.get("lpwd_applied_decay")) for g in self.param_groups])
+            seen.append([(g["depth"], g["lr"], g["weight_decay"], g.get("lpwd_applied_decay"))
+                         for g in self.param_groups])
         original(self)
         if first:
             corrections.append(self.fold_corrections)
@@ -426,7 +437,8 @@ def test_layer_lr_decay_follows_the_schedule_per_group(tmp_path: Path, monkeypat
                                  lpwd_layer_lr_decay=gamma)
     trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(24))
     trainer.train()
-    schedule = [0.0, 0.5, 1.0, 0.75, 0.5, 0.25]  # linear warm-up over 2 steps, then linear decay to 0 at step 6
+    # linear warm-up over 2 steps, then linear decay to 0 at step 6
+    schedule = [0.0, 0.5, 1.0, 0.75, 0.5, 0.25]
     assert len(seen) == 6
     for step, groups in enumerate(seen):
         for depth, group_lr, group_lam, applied in groups:
@@ -437,10 +449,12 @@ def test_layer_lr_decay_follows_the_schedule_per_group(tmp_path: Path, monkeypat
                 assert applied == pytest.approx(1 - group_lr * group_lam, rel=1e-12), (step, depth)
     assert corrections == [0] * 6
     assert {g[0] for g in seen[0]} == {0, 1, 2, 3}
-    assert len({g[1] for g in seen[2]}) == 4  # four different lrs at once: a look-up in another group's would show
+    # four different lrs at once: a look-up in another group's would show
+    assert len({g[1] for g in seen[2]}) == 4
 
 
-def test_mixin_with_an_lpwd_config_records_the_real_base_and_warns_about_lambda(tmp_path: Path, caplog) -> None:
+def test_mixin_with_an_lpwd_config_records_the_real_base_and_warns_about_lambda(tmp_path: Path,
+                                                                                caplog) -> None:
     class MyTrainer(LPWDMixin, Trainer):
         pass
 
@@ -474,8 +488,8 @@ def test_layer_table_is_logged_through_transformers_logging(tmp_path: Path, capl
     lines = records[0].getMessage().splitlines()
     assert lines[0] == ("LPWD mode=lpwd (timing pwd, layer-wise λ) λ=0.2 layer_lr_decay=0.5 "
                         "base=adamw_torch_fused, 1 steps")  # the settings that differ from their defaults
-    assert lines[1].split() == ["depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay", "shrink",
-                                "examples"]
+    assert lines[1].split() == ["depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay",
+                                "shrink", "examples"]
     assert [line.split()[:6:3] + line.split()[4:6] for line in lines[2:6]] == [
         ["0", "0.125", "0.2500", "0.05"], ["1", "0.25", "0.5000", "0.1"], ["2", "0.5", "0.7500", "0.15"],
         ["3", "1", "1.0000", "0.2"]]
@@ -488,7 +502,8 @@ def test_save_model_writes_config_and_card_for_models_and_adapters(tmp_path: Pat
     from peft import LoraConfig, get_peft_model
 
     for name, model in (("full", tiny_llama()),
-                        ("adapter", get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"])))):
+                        ("adapter", get_peft_model(tiny_llama(),
+                                                   LoraConfig(r=2, target_modules=["q_proj"])))):
         args = LPWDTrainingArguments(**common_args(tmp_path / name, weight_decay=0.3, max_steps=1,
                                                    save_strategy="steps", save_steps=1))
         trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(8, causal_lm=True))
@@ -518,7 +533,8 @@ def test_saved_config_restores_optim_and_the_new_fields(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        ({"weight_decay_mode": "lpwd", "lpwd_layerwise": False}, r"--weight_decay_mode='lpwd'.*--lpwd_layerwise=False.*--weight_decay_mode='pwd'"),
+        ({"weight_decay_mode": "lpwd", "lpwd_layerwise": False},
+         r"--weight_decay_mode='lpwd'.*--lpwd_layerwise=False.*--weight_decay_mode='pwd'"),
         ({"lpwd_layer_lr_decay": 0.0}, r"--lpwd_layer_lr_decay=0 must be in \(0, 1\]"),
         ({"lpwd_layer_lr_decay": 1.2}, r"--lpwd_layer_lr_decay=1.2 must be in \(0, 1\]"),
         ({"lpwd_tied_depth": "middle"}, r"--lpwd_tied_depth='middle'"),
@@ -530,7 +546,8 @@ def test_bad_profile_arguments_name_the_flag(tmp_path: Path, overrides: dict, ma
 
 
 @pytest.mark.parametrize("mode,layerwise", [("wd", True), ("rwd", True), ("pwd", False), ("wd", False)])
-def test_every_timing_profile_combination_builds_its_groups(tmp_path: Path, mode: str, layerwise: bool) -> None:
+def test_every_timing_profile_combination_builds_its_groups(tmp_path: Path, mode: str,
+                                                            layerwise: bool) -> None:
     args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.4, max_steps=1),
                                  weight_decay_mode=mode, lpwd_layerwise=layerwise)
     trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
@@ -550,21 +567,24 @@ def test_optimizer_cls_and_kwargs_become_the_base_and_non_classes_are_refused(tm
     assert type(base) is torch.optim.SGD and base.defaults["momentum"] == 0.9
     factory = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8),
                           optimizer_cls_and_kwargs=(lambda params, **kw: torch.optim.SGD(params, lr=0.1), {}))
-    with pytest.raises(ValueError, match="builds its own parameter groups or optimizers, so LPWD cannot wrap it"):
+    with pytest.raises(ValueError,
+                       match="builds its own parameter groups or optimizers, so LPWD cannot wrap it"):
         factory.create_optimizer()
 
 
 def test_schedule_free_optim_is_refused_up_front() -> None:
     from types import SimpleNamespace
 
-    with pytest.raises(ValueError, match=r"--optim schedule_free_adamw: schedule-free optimizers keep two weight"):
+    with pytest.raises(ValueError,
+                       match=r"--optim schedule_free_adamw: schedule-free optimizers keep two weight"):
         refusals._refuse_schedule_free(SimpleNamespace(optim="schedule_free_adamw"))
 
 
 @pytest.mark.parametrize(
     "saved,given,expected",
     [
-        # a saved lpwd config run with --weight_decay_mode pwd is plain pwd: its layerwise was the mode's default
+        # a saved lpwd config run with --weight_decay_mode pwd is plain pwd: its layerwise was the mode's
+        # default
         (dict(mode="lpwd"), dict(weight_decay_mode="pwd"), ("pwd", False)),
         # a saved wd config with an explicit layer-wise profile stays layer-wise under another timing
         (dict(mode="wd", layerwise=True), dict(weight_decay_mode="rwd"), ("rwd", True)),
@@ -577,7 +597,8 @@ def test_schedule_free_optim_is_refused_up_front() -> None:
 def test_saved_layerwise_follows_the_mode_unless_it_was_a_choice(tmp_path: Path, saved: dict, given: dict,
                                                                  expected: tuple) -> None:
     LPWDConfig(weight_decay=0.2, **saved).save_pretrained(tmp_path / "cfg")
-    args = LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True, lpwd_config=str(tmp_path / "cfg"), **given)
+    args = LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True, lpwd_config=str(tmp_path / "cfg"),
+                                 **given)
     cfg = args.to_lpwd_config()
     assert (cfg.timing, cfg.layerwise) == expected
     assert LPWDTrainingArguments.saved_config_values(LPWDConfig(mode="lpwd"))["lpwd_layerwise"] is None
@@ -586,9 +607,11 @@ def test_saved_layerwise_follows_the_mode_unless_it_was_a_choice(tmp_path: Path,
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        ({"learning_rate": 0.5, "weight_decay": 2.0}, r"--learning_rate=0.5 × --weight_decay=2: the per-step decay d = 1 must stay below 1"),
+        ({"learning_rate": 0.5, "weight_decay": 2.0},
+         r"--learning_rate=0.5 × --weight_decay=2: the per-step decay d = 1 must stay below 1"),
         ({"optim": "schedule_free_adamw"}, r"schedule-free optimizers keep two weight sequences"),
-        ({"deepspeed": {"optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 2}}}, r"'optimizer' section"),
+        ({"deepspeed": {"optimizer": {"type": "AdamW"}, "zero_optimization": {"stage": 2}}},
+         r"'optimizer' section"),
     ],
 )
 def test_check_training_arguments_refuses_from_the_arguments_alone(overrides: dict, match: str) -> None:

@@ -1,20 +1,21 @@
-"""How an LPWDTrainer run ends: the last step, early stopping, ``load_best_model_at_end``; and that wd mode adds
-nothing to the stock Trainer's callbacks.
+"""How an LPWDTrainer run ends: the last step, early stopping, ``load_best_model_at_end``; and that wd mode
+adds nothing to the stock Trainer's callbacks.
 
-pwd keeps θ'_{t+1} = (1 − η_{t+1}·λ)·θ_t as the model's weights between steps (the next step's decay is folded into
-this step's AdamW call).  Three ways to end a run, three requirements:
+pwd keeps θ'_{t+1} = (1 − η_{t+1}·λ)·θ_t as the model's weights between steps (the next step's decay is folded
+into this step's AdamW call).  Three ways to end a run, three requirements:
 
-* the run reaches ``max_steps``: the last step folds nothing, so the final weights are unfolded pwd's θ_T and the
-  checkpoint written at that step holds the same weights, bit for bit;
-* early stopping, no ``load_best_model_at_end``: the decay folded in for the step that never came is divided out,
-  the final weights are θ_T again;
-* early stopping with ``load_best_model_at_end``: the final model is the best checkpoint's weights, bit for bit
-  (the weights its metric was computed on), and no decay is left pending in the optimizer.
+* the run reaches ``max_steps``: the last step folds nothing, so the final weights are unfolded pwd's θ_T and
+  the checkpoint written at that step holds the same weights, bit for bit;
+* early stopping, no ``load_best_model_at_end``: the decay folded in for the step that never came is divided
+  out, the final weights are θ_T again;
+* early stopping with ``load_best_model_at_end``: the final model is the best checkpoint's weights, bit for
+  bit (the weights its metric was computed on), and no decay is left pending in the optimizer.
 
-The schedule is ``constant`` (η > 0 at the last step): with the usual schedules whose lr reaches 0 at ``max_steps``
-the extra factor is 1 and every one of these checks would pass with the end of the run broken.  η·λ = 0.04, so one
-factor too many or too few is a 4 % error; the reference is unfolded pwd written here independently of LPWD (float64
-AdamW with λ = 0, the decay applied before each step's forward), so float32 rounding is all that separates the two.
+The schedule is ``constant`` (η > 0 at the last step): with the usual schedules whose lr reaches 0 at
+``max_steps`` the extra factor is 1 and every one of these checks would pass with the end of the run broken.
+η·λ = 0.04, so one factor too many or too few is a 4 % error; the reference is unfolded pwd written here
+independently of LPWD (float64 AdamW with λ = 0, the decay applied before each step's forward), so float32
+rounding is all that separates the two.
 """
 
 from __future__ import annotations
@@ -51,12 +52,13 @@ def early_stopping() -> EarlyStoppingCallback:
 
 
 def data() -> dict:
-    return {"train_dataset": TokenDataset(64, causal_lm=True), "eval_dataset": TokenDataset(8, seed=1, causal_lm=True)}
+    return {"train_dataset": TokenDataset(64, causal_lm=True),
+            "eval_dataset": TokenDataset(8, seed=1, causal_lm=True)}
 
 
 def lpwd_lambda(name: str, mode: str) -> float:
-    """λ of a decayed Llama parameter, by hand: pwd one λ; lpwd λ·(d+1)/(N+2) with d = 0 embeddings, 1..N blocks,
-    N+1 the head."""
+    """λ of a decayed Llama parameter, by hand: pwd one λ; lpwd λ·(d+1)/(N+2) with d = 0 embeddings, 1..N
+    blocks, N+1 the head."""
     if mode == "pwd":
         return LAM
     if name.startswith("model.embed_tokens."):
@@ -69,7 +71,8 @@ def lpwd_lambda(name: str, mode: str) -> float:
 
 
 class _DecayBeforeEachStep(TrainerCallback):
-    """Unfolded pwd on the stock Trainer: θ ← (1 − η_t·λ)·θ on the decayed parameters before step t's forward."""
+    """Unfolded pwd on the stock Trainer: θ ← (1 − η_t·λ)·θ on the decayed parameters before step t's
+    forward."""
 
     def __init__(self, model: torch.nn.Module, mode: str) -> None:
         decayed = set(Trainer.get_decay_parameter_names(None, model))
@@ -121,8 +124,8 @@ def assert_no_decay_pending(trainer: LPWDTrainer) -> None:
 
 @pytest.mark.parametrize("mode", ["pwd", "lpwd"])
 def test_a_run_to_max_steps_ends_at_unfolded_pwd_and_its_last_checkpoint(tmp_path: Path, mode: str) -> None:
-    """η > 0 at the last step: it must fold nothing (the Trainer tells LPWD max_steps), so the checkpoint written at
-    that step and the final model are the same weights, unfolded pwd's θ_T."""
+    """η > 0 at the last step: it must fold nothing (the Trainer tells LPWD max_steps), so the checkpoint
+    written at that step and the final model are the same weights, unfolded pwd's θ_T."""
     trainer = lpwd_run(tmp_path, mode, [], max_steps=4, eval_strategy="no", save_steps=4)
     assert_matches_reference(trainer.model, float64_unfolded_pwd(tmp_path, mode, [], max_steps=4,
                                                                  eval_strategy="no", save_steps=4))
@@ -142,10 +145,11 @@ def test_early_stopping_ends_at_unfolded_pwd(tmp_path: Path, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["pwd", "lpwd"])
-def test_early_stopping_with_load_best_model_is_the_best_checkpoint_bit_for_bit(tmp_path: Path, mode: str) -> None:
-    """The Trainer loads the best checkpoint before on_train_end; those weights (θ' of that step, what its eval_loss
-    was computed on) are the final model as saved. Patience 2, and the *highest* eval_loss counts as best: the
-    losses fall here, so the best checkpoint is step 1's, not the last one."""
+def test_early_stopping_with_load_best_model_is_the_best_checkpoint_bit_for_bit(tmp_path: Path,
+                                                                                mode: str) -> None:
+    """The Trainer loads the best checkpoint before on_train_end; those weights (θ' of that step, what its
+    eval_loss was computed on) are the final model as saved. Patience 2, and the *highest* eval_loss counts as
+    best: the losses fall here, so the best checkpoint is step 1's, not the last one."""
     stopper = EarlyStoppingCallback(early_stopping_patience=2, early_stopping_threshold=1e9)
     trainer = lpwd_run(tmp_path, mode, [stopper], load_best_model_at_end=True, greater_is_better=True)
     out = Path(trainer.args.output_dir)
@@ -163,7 +167,8 @@ def test_early_stopping_with_load_best_model_is_the_best_checkpoint_bit_for_bit(
 
 @pytest.mark.parametrize("mode", ["wd", "rwd", "pwd", "lpwd"])
 def test_the_callbacks_are_the_stock_trainers(tmp_path: Path, mode: str) -> None:
-    """LPWD adds no callback in any mode (the end of a pwd run is handled in train()), with or without user ones."""
+    """LPWD adds no callback in any mode (the end of a pwd run is handled in train()), with or without user
+    ones."""
     for user in ([], [early_stopping()]):
         kwargs = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", weight_decay=0.1)
         stock = Trainer(model=tiny_bert(), args=TrainingArguments(**kwargs), callbacks=list(user))

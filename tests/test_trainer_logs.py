@@ -1,7 +1,8 @@
 """The per-depth weight norms reach the logs at the first and the last step, whatever ``logging_steps`` is.
 
-``hf-lpwd compare``'s norm ratio reads the first and last logged norms; with ``logging_steps`` (default 500) above
-``max_steps`` they used to be missing.  Expected values are computed here from the model's parameters by hand.
+``hf-lpwd compare``'s norm ratio reads the first and last logged norms; with ``logging_steps`` (default 500)
+above ``max_steps`` they used to be missing.  Expected values are computed here from the model's parameters by
+hand.
 """
 
 from __future__ import annotations

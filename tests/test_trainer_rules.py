@@ -1,4 +1,5 @@
-"""The decay rules through the Trainer: flags reach the optimizer, the timescale sets λ, bad combinations refused."""
+"""The decay rules through the Trainer: flags reach the optimizer, the timescale sets λ, bad combinations
+refused."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def test_the_timescale_sets_lambda_from_the_trainers_steps_per_epoch(
     tmp_path: Path, coupling: str, budget: dict, grad_accum: int, steps_per_epoch: int
 ) -> None:
     tau = 2.5
-    args = LPWDTrainingArguments(**common_args(tmp_path, learning_rate=LR, gradient_accumulation_steps=grad_accum,
-                                               **budget), lpwd_decay_timescale=tau, lpwd_lr_coupling=coupling,
+    args = LPWDTrainingArguments(**common_args(tmp_path, learning_rate=LR,
+                                               gradient_accumulation_steps=grad_accum, **budget),
+                                 lpwd_decay_timescale=tau, lpwd_lr_coupling=coupling,
                                  weight_decay_mode="lpwd")
     trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(24))
     trainer.train()
@@ -80,9 +82,11 @@ def test_a_run_whose_shrink_exceeds_one_warns_naming_the_flag(tmp_path: Path, ca
             trainer.train()
     finally:
         transformers.logging.disable_propagation()
-    records = {id(r): r for r in caplog.records if "shrink" in r.getMessage()}  # pytest may list a record twice
+    # pytest may list a record twice
+    records = {id(r): r for r in caplog.records if "shrink" in r.getMessage()}
     warnings = [r.getMessage() for r in records.values()]
-    assert len(warnings) == 1 and "decayed parameters: S = 1.2" in warnings[0] and "--weight_decay" in warnings[0]
+    assert (len(warnings) == 1 and "decayed parameters: S = 1.2" in warnings[0]
+            and "--weight_decay" in warnings[0])
 
 
 @pytest.mark.parametrize(
@@ -96,7 +100,8 @@ def test_a_run_whose_shrink_exceeds_one_warns_naming_the_flag(tmp_path: Path, ca
         ({"lpwd_cautious": True, "weight_decay_mode": "rwd"}, r"--lpwd_cautious=true needs the wd timing"),
     ],
 )
-def test_bad_rule_arguments_name_the_flag_before_any_output(tmp_path: Path, overrides: dict, match: str) -> None:
+def test_bad_rule_arguments_name_the_flag_before_any_output(tmp_path: Path, overrides: dict,
+                                                            match: str) -> None:
     with pytest.raises(ValueError, match=match):
         LPWDTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, **overrides)
     assert not (tmp_path / "out").exists()
@@ -105,12 +110,14 @@ def test_bad_rule_arguments_name_the_flag_before_any_output(tmp_path: Path, over
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        ({"lpwd_cautious": True, "weight_decay_mode": "wd", "optim": "adafactor"}, r"Adafactor is not one of them"),
+        ({"lpwd_cautious": True, "weight_decay_mode": "wd", "optim": "adafactor"},
+         r"Adafactor is not one of them"),
         ({"lpwd_lr_coupling": "independent", "weight_decay": 1.5},
          r"--weight_decay=1.5 with --lpwd_lr_coupling independent.*must stay below 1"),
     ],
 )
-def test_rule_and_base_combinations_are_refused_by_the_argument_check(tmp_path: Path, overrides, match) -> None:
+def test_rule_and_base_combinations_are_refused_by_the_argument_check(tmp_path: Path, overrides,
+                                                                      match) -> None:
     from hf_lpwd.trainer import check_training_arguments
 
     args = LPWDTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, **overrides)

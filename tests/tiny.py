@@ -1,7 +1,7 @@
 """Shared test helpers (no downloads): tiny models built from configs, tiny datasets, Trainer arguments, the
 offline environment of subprocesses and the repository root.  Import them from here (``from tests.tiny import
-...``), never from ``conftest``.  Sizes are arguments rather than copies: a test that counts parameters by hand
-names the sizes it counts.
+...``), never from ``conftest``.  Sizes are arguments rather than copies: a test that counts parameters by
+hand names the sizes it counts.
 """
 
 from __future__ import annotations

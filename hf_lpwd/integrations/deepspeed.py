@@ -50,8 +50,8 @@ def settle(lpwd: LPWD, optimizer: Any, warn: bool) -> None:
         return
     if pending and warn:
         logger.warning(
-            "LPWD under DeepSpeed ZeRO-3: the run stopped before max_steps, and the final weights keep the decay "
-            "folded in for the step that never came, θ' = (1 - lr·λ)·θ with 1 - lr·λ per depth %s (the weights an "
-            "evaluation at that point sees), not unfolded pwd's θ", pending,
+            "LPWD under DeepSpeed ZeRO-3: the run stopped before max_steps, and the final weights keep the "
+            "decay folded in for the step that never came, θ' = (1 - lr·λ)·θ with 1 - lr·λ per depth %s (the "
+            "weights an evaluation at that point sees), not unfolded pwd's θ", pending,
         )
     lpwd.forget_applied_decay()

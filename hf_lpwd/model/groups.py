@@ -28,8 +28,8 @@ from torch import nn
 from ..layers import LayerPattern, layer_depths_with_count
 from ..settings import TIED_DEPTHS, validate_choice, validate_layer_lr_decay
 
-__all__ = ["lpwd_param_groups", "param_groups_for_settings", "default_decay_parameter_names", "layer_table", "format_layer_table", "tied_aliases",
-           "shrink_warning", "SHRINK_LIMIT"]
+__all__ = ["lpwd_param_groups", "param_groups_for_settings", "default_decay_parameter_names", "layer_table",
+           "format_layer_table", "tied_aliases", "shrink_warning", "SHRINK_LIMIT"]
 
 SHRINK_LIMIT = 1.0
 """S above which the layer table warns: in our paired fine-tuning study accuracy collapsed beyond S ≈ 1."""
@@ -206,27 +206,30 @@ def _group(
 
 def shrink_warning(rows: list[dict[str, Any]], limit: float = SHRINK_LIMIT) -> str | None:
     """The warning for decayed depths whose run shrink S exceeds ``limit``, or ``None``."""
-    over = [(row["depth"], row["shrink"]) for row in rows if row.get("shrink") is not None and row["shrink"] > limit]
+    over = [(row["depth"], row["shrink"]) for row in rows
+            if row.get("shrink") is not None and row["shrink"] > limit]
     if not over:
         return None
     listed = ", ".join(f"{'decayed parameters' if d is None else f'depth {d}'}: S = {s:.3g}" for d, s in over)
     return (
-        f"LPWD: the decay alone would shrink a weight by e^-S with shrink S > {limit:g} over this run ({listed}). In "
-        "our paired fine-tuning study (README, 'Do the paper's claims hold?') accuracy collapsed beyond S ≈ 1. Lower "
-        "--weight_decay (S is proportional to it), or give --lpwd_decay_timescale a larger τ. Training from scratch, "
-        "where the weights grow, S ≈ 1–3 did not hurt (README, study v3 Q5)."
+        f"LPWD: the decay alone would shrink a weight by e^-S with shrink S > {limit:g} over this run "
+        f"({listed}). In our paired fine-tuning study (README, 'Do the paper's claims hold?') accuracy "
+        "collapsed beyond S ≈ 1. Lower --weight_decay (S is proportional to it), or give "
+        "--lpwd_decay_timescale a larger τ. Training from scratch, where the weights grow, S ≈ 1–3 did not "
+        "hurt (README, study v3 Q5)."
     )
 
 
-def layer_table(groups: list[dict[str, Any]], shrink: Sequence[float | None] | None = None) -> list[dict[str, Any]]:
+def layer_table(groups: list[dict[str, Any]],
+                shrink: Sequence[float | None] | None = None) -> list[dict[str, Any]]:
     """Summarise param groups per depth, for the CLI and the Trainer's log.
 
     Each row: ``depth``, ``tensors``, ``params`` (element count), ``multiplier`` and
     ``weight_decay`` (those of the depth's decayed group; 0 if nothing there is decayed),
     ``lr_multiplier`` (LLRD's γ^(N+1−d)), ``decayed_tensors``, ``examples`` (a few parameter
     names, decayed ones first) and ``tied`` (``"alias = name"`` of tied tensors at that depth).
-    With ``shrink`` (S per group, :func:`hf_lpwd.schedule.group_shrink`), each row also has ``shrink``: the largest S
-    of its decayed groups.
+    With ``shrink`` (S per group, :func:`hf_lpwd.schedule.group_shrink`), each row also has ``shrink``: the
+    largest S of its decayed groups.
     """
     rows: dict[Any, dict[str, Any]] = {}
     for index, group in enumerate(groups):
@@ -257,10 +260,11 @@ def layer_table(groups: list[dict[str, Any]], shrink: Sequence[float | None] | N
 
 
 def format_layer_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> str:
-    """Plain-text table of :func:`layer_table` rows (the CLI's output and the Trainer's start-of-training log)."""
+    """Plain-text table of :func:`layer_table` rows (the CLI's output and the Trainer's start-of-training
+    log)."""
     with_shrink = any("shrink" in row for row in rows)
-    header = ("depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay", *(("shrink",) if with_shrink else ()),
-              "examples")
+    header = ("depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay",
+              *(("shrink",) if with_shrink else ()), "examples")
     lines = [header]
     tied: list[str] = []
     for row in rows:
@@ -289,7 +293,8 @@ def format_layer_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> s
 
 
 def __getattr__(name: str) -> object:
-    """``group_shrink`` moved to :mod:`hf_lpwd.schedule` (it reads the schedule and the decay rule, not the model)."""
+    """``group_shrink`` moved to :mod:`hf_lpwd.schedule` (it reads the schedule and the decay rule, not the
+    model)."""
     if name == "group_shrink":
         from ..schedule import group_shrink
 

@@ -4,10 +4,10 @@
 
     class MySFTTrainer(LPWDMixin, SFTTrainer): ...
 
-One module per concern: :mod:`.arguments` (the flags, derived from :mod:`hf_lpwd.settings`), :mod:`.mixin` (what
-must touch the training loop), :mod:`.build` (base, λ, groups, LPWD), :mod:`.layer_log` (the layer table),
-:mod:`.norms` (per-depth norms), :mod:`.card` (the model card), :mod:`.refusals` (what the arguments alone rule
-out).
+One module per concern: :mod:`.arguments` (the flags, derived from :mod:`hf_lpwd.settings`), :mod:`.mixin`
+(what must touch the training loop), :mod:`.build` (base, λ, groups, LPWD), :mod:`.layer_log` (the layer
+table), :mod:`.norms` (per-depth norms), :mod:`.card` (the model card), :mod:`.refusals` (what the arguments
+alone rule out).
 """
 
 from __future__ import annotations

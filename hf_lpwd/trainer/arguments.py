@@ -1,8 +1,9 @@
-"""``LPWDTrainingArguments``: ``TrainingArguments`` plus one field per LPWD setting, derived from the registry.
+"""``LPWDTrainingArguments``: ``TrainingArguments`` plus one field per LPWD setting, derived from the
+registry.
 
-Every field but ``lpwd_config`` comes from :data:`hf_lpwd.settings.SETTINGS` (name, type, default, choices, help);
-this module adds the rules that only the command line has: merging a saved ``lpwd_config.json`` under the flags
-a user gave, and refusing ``--lpwd_decay_timescale`` together with ``--weight_decay`` (both set λ).
+Every field but ``lpwd_config`` comes from :data:`hf_lpwd.settings.SETTINGS` (name, type, default, choices,
+help); this module adds the rules that only the command line has: merging a saved ``lpwd_config.json`` under
+the flags a user gave, and refusing ``--lpwd_decay_timescale`` together with ``--weight_decay`` (both set λ).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def _with_setting_arguments(cls: type) -> type:
 
 
 def settings_of(args: Any) -> dict[str, Any]:
-    """``{setting: value}`` of any ``TrainingArguments`` (plain ones, e.g. TRL's ``SFTConfig``, get the defaults).
+    """``{setting: value}`` of any ``TrainingArguments`` (plain ones, e.g. TRL's ``SFTConfig``, get the
+    defaults).
 
     Read when the optimizer is built, not frozen before: ``Trainer.hyperparameter_search`` sets each trial's
     values on the arguments.  Integers of float settings (a search space's ``suggest_int``) become floats.
@@ -55,8 +57,8 @@ def _check_lambda_given_once(values: dict[str, Any], weight_decay_default: float
     tau, lam = values["decay_timescale"], values["weight_decay"]
     if tau is not None and lam != weight_decay_default:
         raise ValueError(
-            f"{argument_label(SETTING['decay_timescale'])}={tau:g} and --weight_decay={lam:g} both set λ: give one "
-            "of them (the timescale chooses λ = 1/(lr·τ·steps per epoch))"
+            f"{argument_label(SETTING['decay_timescale'])}={tau:g} and --weight_decay={lam:g} both set λ: "
+            "give one of them (the timescale chooses λ = 1/(lr·τ·steps per epoch))"
         )
 
 
@@ -91,9 +93,9 @@ class LPWDTrainingArguments(TrainingArguments):
 
     lpwd_config: str | None = field(
         default=None,
-        metadata={"help": "Start from a saved lpwd_config.json (a folder, a file or a Hub repo id). A flag given "
-                  "with a value other than its default overrides the file; one left at (or given with) its "
-                  "default value takes the file's."},
+        metadata={"help": "Start from a saved lpwd_config.json (a folder, a file or a Hub repo id). A flag "
+                  "given with a value other than its default overrides the file; one left at (or given "
+                  "with) its default value takes the file's."},
     )
 
     def __post_init__(self) -> None:
@@ -106,11 +108,11 @@ class LPWDTrainingArguments(TrainingArguments):
     def saved_config_values(saved: LPWDConfig) -> dict[str, Any]:
         """The argument values a saved config stands for: ``{field name: value}``.
 
-        Every shared setting maps to its flag (``mode`` → ``weight_decay_mode``), ``base_optimizer`` to ``optim``.
-        ``layerwise`` is carried only where it was a choice (it differs from its mode's default): a config saved
-        as ``lpwd`` then run with ``--weight_decay_mode pwd`` is plain pwd, as the mode says, and one saved as
-        ``wd`` with ``--lpwd_layerwise true`` stays layer-wise whatever mode is given.  With a timescale, λ comes
-        from τ in the new run (its steps per epoch): the saved λ was the old run's.
+        Every shared setting maps to its flag (``mode`` → ``weight_decay_mode``), ``base_optimizer`` to
+        ``optim``.  ``layerwise`` is carried only where it was a choice (it differs from its mode's default):
+        a config saved as ``lpwd`` then run with ``--weight_decay_mode pwd`` is plain pwd, as the mode says,
+        and one saved as ``wd`` with ``--lpwd_layerwise true`` stays layer-wise whatever mode is given.  With
+        a timescale, λ comes from τ in the new run (its steps per epoch): the saved λ was the old run's.
         """
         values: dict[str, Any] = {s.flag: getattr(saved, s.name) for s in CONFIG_SETTINGS}
         layerwise = SETTING["layerwise"].flag
@@ -126,14 +128,16 @@ class LPWDTrainingArguments(TrainingArguments):
     def saved_config_overrides(cls, saved: LPWDConfig, explicit: Collection[str]) -> dict[str, Any]:
         """What ``--lpwd_config`` sets: every value of :meth:`saved_config_values` whose argument is not in
         ``explicit`` (the arguments the user set).  The one rule of merging a saved config, for this class
-        (explicit = differs from its default) and for scripts that know which flags were given (the recipes)."""
+        (explicit = differs from its default) and for scripts that know which flags were given (the
+        recipes)."""
         return {name: value for name, value in cls.saved_config_values(saved).items() if name not in explicit}
 
     def _merge_saved_config(self, saved: LPWDConfig) -> None:
         """Fields still at their default take the saved value."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         explicit = {name for name in defaults
-                    if getattr(self, name) != defaults[name] and str(getattr(self, name)) != str(defaults[name])}
+                    if getattr(self, name) != defaults[name]
+                    and str(getattr(self, name)) != str(defaults[name])}
         for name, value in self.saved_config_overrides(saved, explicit).items():
             setattr(self, name, value)
 

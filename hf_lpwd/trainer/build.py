@@ -1,4 +1,5 @@
-"""What ``create_optimizer`` builds, as plain functions: the base the Trainer chose, λ, the groups, LPWD, the record.
+"""What ``create_optimizer`` builds, as plain functions: the base the Trainer chose, λ, the groups, LPWD, the
+record.
 
 The mixin calls these in order; none of them knows the training loop.
 """
@@ -24,12 +25,14 @@ __all__ = ["base_optimizer_of", "resolve_lambda", "build_lpwd", "record_groups"]
 
 
 def base_optimizer_of(trainer: Any, model: nn.Module) -> tuple[Any, dict[str, Any]]:
-    """The optimizer the Trainer itself would build (``optimizer_cls_and_kwargs``, else ``--optim``), without λ.
+    """The optimizer the Trainer itself would build (``optimizer_cls_and_kwargs``, else ``--optim``), without
+    λ.
 
     λ is LPWD's, per group, so the base's own ``weight_decay`` is dropped.
     """
     given = trainer.optimizer_cls_and_kwargs
-    base_cls, base_kwargs = given if given is not None else trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
+    base_cls, base_kwargs = (given if given is not None
+                             else trainer.get_optimizer_cls_and_kwargs(trainer.args, model))
     base_kwargs = dict(base_kwargs)
     refuse_unwrappable_optim(trainer.args, (base_cls, base_kwargs),
                              "optimizer_cls_and_kwargs" if given is not None else None)
@@ -37,17 +40,18 @@ def base_optimizer_of(trainer: Any, model: nn.Module) -> tuple[Any, dict[str, An
     return base_cls, base_kwargs
 
 
-def resolve_lambda(config: LPWDConfig, steps_per_epoch: Callable[[], int], lr: float, should_log: bool) -> None:
-    """With a timescale τ, set ``config.weight_decay`` = 1/(η̄·τ·S_e) (independent: 1/(τ·S_e)), S_e the optimizer
-    steps per epoch (asked only then), η̄ = ``--learning_rate``; else λ is the one given."""
+def resolve_lambda(config: LPWDConfig, steps_per_epoch: Callable[[], int], lr: float,
+                   should_log: bool) -> None:
+    """With a timescale τ, set ``config.weight_decay`` = 1/(η̄·τ·S_e) (independent: 1/(τ·S_e)), S_e the
+    optimizer steps per epoch (asked only then), η̄ = ``--learning_rate``; else λ is the one given."""
     tau = config.decay_timescale
     if tau is None:
         return
     per_epoch = steps_per_epoch()
     config.weight_decay = weight_decay_for_timescale(config.lr_coupling, tau * per_epoch, lr)
     if should_log:
-        logger.info("LPWD: --lpwd_decay_timescale %g epochs × %d steps per epoch at lr %g (%s) gives λ = %.6g",
-                    tau, per_epoch, lr, config.lr_coupling, config.weight_decay)
+        logger.info("LPWD: --lpwd_decay_timescale %g epochs × %d steps per epoch at lr %g (%s) "
+                    "gives λ = %.6g", tau, per_epoch, lr, config.lr_coupling, config.weight_decay)
 
 
 def build_lpwd(
@@ -59,7 +63,8 @@ def build_lpwd(
 ) -> LPWD:
     """LPWD around ``base`` with the groups ``config`` gives ``model`` (``depths`` parsed by the caller)."""
     base_cls, base_kwargs = base
-    groups = config.param_groups(model, decay_names=decay_names, depths=depths if config.needs_depths else None)
+    groups = config.param_groups(model, decay_names=decay_names,
+                                 depths=depths if config.needs_depths else None)
     keywords = optimizer_keywords(resolve_settings(config.settings()))
     return LPWD(groups, base=base_cls, **keywords, **base_kwargs)
 

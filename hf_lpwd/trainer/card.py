@@ -1,6 +1,8 @@
-"""The LPWD section of a saved model's ``README.md``: appended to a card (PEFT writes one for adapters) or a new one.
+"""The LPWD section of a saved model's ``README.md``: appended to a card (PEFT writes one for adapters) or a
+new one.
 
-The section's text is :func:`hf_lpwd.card.model_card_section`; this module only puts it in a folder, atomically.
+The section's text is :func:`hf_lpwd.card.model_card_section`; this module only puts it in a folder,
+atomically.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The start-of-training layer table, with the run's shrink S_d = Σ_t d_t computed from the schedule itself."""
+"""The start-of-training layer table, with the run's shrink S_d = Σ_t d_t computed from the schedule
+itself."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ __all__ = ["log_layer_table"]
 
 def log_layer_table(lpwd: LPWD, scheduler: Any, num_training_steps: int, config: LPWDConfig,
                     should_log: bool) -> None:
-    """Record the shrink in ``config.record`` and, on the logging rank, log the table and the shrink warning."""
+    """Record the shrink in ``config.record`` and, on the logging rank, log the table and the shrink
+    warning."""
     groups = lpwd.param_groups
     scales = scheduler_scales(scheduler, num_training_steps)
     shrink: list[float | None] = [None] * len(groups)

@@ -3,20 +3,20 @@
 It changes these things and nothing else, through the Trainer's seams (no callback: ``wd`` mode is the stock
 Trainer, callbacks included):
 
-* ``create_optimizer`` reads the settings *now* (a hyperparameter search changes the arguments between trials),
-  builds the param groups (depths parsed once per model) and wraps the optimizer the Trainer itself would have
-  chosen (``--optim``) in :class:`hf_lpwd.LPWD` (:mod:`hf_lpwd.trainer.build`);
+* ``create_optimizer`` reads the settings *now* (a hyperparameter search changes the arguments between
+  trials), builds the param groups (depths parsed once per model) and wraps the optimizer the Trainer itself
+  would have chosen (``--optim``) in :class:`hf_lpwd.LPWD` (:mod:`hf_lpwd.trainer.build`);
 * ``create_scheduler`` hands LPWD the schedule and ``max_steps`` (pwd folds the next step's decay into this
   step's update) and logs the layer table;
 * ``training_step`` calls ``LPWD.pre_step()`` before the forward pass (free when the fold predicted the lr);
   under DeepSpeed the decay acts on its fp32 master weights inside the step instead;
 * ``train()`` ends pwd exactly (a run stopped early divides out the decay folded in for the step that never
   came); ``load_best_model_at_end`` leaves the best checkpoint's weights as saved;
-* ``save_model`` writes ``lpwd_config.json`` (settings and the run's record) and the card section; the logs get
-  a weight norm per depth, at every logging step and at the first and last step.
+* ``save_model`` writes ``lpwd_config.json`` (settings and the run's record) and the card section; the logs
+  get a weight norm per depth, at every logging step and at the first and last step.
 
-Resuming: a checkpoint holds the decayed weights and, in the optimizer's param groups, the factor they carry, so
-a resumed run is bitwise the uninterrupted one.
+Resuming: a checkpoint holds the decayed weights and, in the optimizer's param groups, the factor they carry,
+so a resumed run is bitwise the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ __all__ = ["LPWDMixin", "LPWDTrainer"]
 
 
 def _unwrap_lpwd(optimizer: Any) -> LPWD | None:
-    """LPWD inside Accelerate's / DeepSpeed's optimizer wrappers (each keeps the inner one as ``.optimizer``)."""
+    """LPWD inside Accelerate's / DeepSpeed's optimizer wrappers (each keeps the inner one as
+    ``.optimizer``)."""
     while optimizer is not None and not isinstance(optimizer, LPWD):
         optimizer = getattr(optimizer, "optimizer", None)
     return optimizer
@@ -57,8 +58,8 @@ def _unwrap_lpwd(optimizer: Any) -> LPWD | None:
 class LPWDMixin:
     """Put in front of any ``transformers.Trainer`` subclass to train with LPWD.
 
-    Settings come from ``lpwd_config`` when given, else from the Trainer's arguments, read when the optimizer is
-    built (:class:`LPWDTrainingArguments`, or LPWD's defaults on plain ``TrainingArguments``, e.g. TRL's
+    Settings come from ``lpwd_config`` when given, else from the Trainer's arguments, read when the optimizer
+    is built (:class:`LPWDTrainingArguments`, or LPWD's defaults on plain ``TrainingArguments``, e.g. TRL's
     ``SFTConfig``, with λ = ``args.weight_decay``).  With ``lpwd_config``, λ is the config's: a different
     ``args.weight_decay`` is reported in a warning, and the base optimizer is always the one ``args.optim``
     builds (recorded in the config).
@@ -74,12 +75,14 @@ class LPWDMixin:
         check_training_arguments(self.args)
         self._lpwd_checked_args = self._lpwd_argument_key()
         if self.lpwd_config.needs_depths and self.model is not None:
-            self.lpwd_depths(self.model)  # fail before training, not at the first step, when no blocks are found
+            # fail before training, not at the first step, when no blocks are found
+            self.lpwd_depths(self.model)
 
     # ------------------------------------------------------------------ the settings of the run
     @property
     def lpwd_config(self) -> LPWDConfig:
-        """The run's settings and record: those of the optimizer built last, else what the arguments say now."""
+        """The run's settings and record: those of the optimizer built last, else what the arguments say
+        now."""
         return self._lpwd_built_config if self._lpwd_built_config is not None else self._lpwd_settings_now()
 
     def _lpwd_settings_now(self, warn: bool = False) -> LPWDConfig:
@@ -88,12 +91,13 @@ class LPWDMixin:
         if given is None:
             return lpwd_config_from_args(self.args, checked_settings_of(self.args))
         if warn and float(self.args.weight_decay) != given.weight_decay:
-            logger.warning("LPWDMixin: lpwd_config.weight_decay=%g is the λ used; args.weight_decay=%g is ignored "
-                           "(pass the λ you want in LPWDConfig, or build the config from the arguments)",
+            logger.warning("LPWDMixin: lpwd_config.weight_decay=%g is the λ used; args.weight_decay=%g is "
+                           "ignored (pass the λ you want in LPWDConfig, or build the config from the "
+                           "arguments)",
                            given.weight_decay, float(self.args.weight_decay))
         if warn and given.base_optimizer not in (None, optim):
-            logger.warning("LPWDMixin: lpwd_config.base_optimizer=%s, but args.optim=%s builds the base optimizer; "
-                           "recording %s", given.base_optimizer, optim, optim)
+            logger.warning("LPWDMixin: lpwd_config.base_optimizer=%s, but args.optim=%s builds the base "
+                           "optimizer; recording %s", given.base_optimizer, optim, optim)
         return dataclasses.replace(given, base_optimizer=optim)
 
     def _lpwd_argument_key(self) -> tuple:
@@ -107,10 +111,12 @@ class LPWDMixin:
         return _unwrap_lpwd(self.optimizer)
 
     def lpwd_depths(self, model: nn.Module | None = None) -> tuple[dict[str, int], int]:
-        """``(depth of each parameter name, N)`` of ``model`` (default: the Trainer's), parsed once per model."""
+        """``(depth of each parameter name, N)`` of ``model`` (default: the Trainer's), parsed once per
+        model."""
         model = self.model if model is None else model
         pattern = self.lpwd_config.layer_pattern
-        key = (pattern, tuple(name for name, _ in model.named_parameters()))  # no reference: the Trainer pickles
+        # no reference: the Trainer pickles
+        key = (pattern, tuple(name for name, _ in model.named_parameters()))
         if self._lpwd_depth_cache is None or self._lpwd_depth_cache[0] != key:
             self._lpwd_depth_cache = (key, layer_depths_with_count(model, pattern))
         return self._lpwd_depth_cache[1]
@@ -133,13 +139,15 @@ class LPWDMixin:
             self._lpwd_checked_args = self._lpwd_argument_key()
         config = self._lpwd_settings_now(warn=True)
         base = base_optimizer_of(self, opt_model)
-        resolve_lambda(config, self._lpwd_steps_per_epoch, float(self.args.learning_rate), self.args.should_log)
+        resolve_lambda(config, self._lpwd_steps_per_epoch, float(self.args.learning_rate),
+                       self.args.should_log)
         depths = self._optional_depths(opt_model, required=config.needs_depths)
-        self.optimizer = build_lpwd(opt_model, config, base, self.get_decay_parameter_names(opt_model), depths)
+        self.optimizer = build_lpwd(opt_model, config, base, self.get_decay_parameter_names(opt_model),
+                                    depths)
         keep_embeddings_in_32_bit(*base, opt_model)
         if getattr(self, "is_deepspeed_enabled", False):
-            # The weights become copies of DeepSpeed's fp32 masters: no pre-forward pass. Step 0's decay goes on
-            # the weights now, before DeepSpeed copies them into its masters.
+            # The weights become copies of DeepSpeed's fp32 masters: no pre-forward pass. Step 0's decay goes
+            # on the weights now, before DeepSpeed copies them into its masters.
             self.optimizer.require_pre_step = False
             self.optimizer.decay_initial_weights(first_step_scale(self.args), deepspeed_glue.storage)
         record_groups(config, self.optimizer.param_groups, base[1], None if depths is None else depths[1])
@@ -159,7 +167,8 @@ class LPWDMixin:
             seen = int(self.set_initial_training_values(self.args, self.get_train_dataloader())[1])
         return seen
 
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+    def create_scheduler(self, num_training_steps: int,
+                         optimizer: torch.optim.Optimizer | None = None) -> Any:
         """The Trainer's scheduler, handed to LPWD so that pwd can fold the next step's decay."""
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         lpwd = _unwrap_lpwd(optimizer if optimizer is not None else self.optimizer)
@@ -169,7 +178,8 @@ class LPWDMixin:
         return scheduler
 
     # ------------------------------------------------------------------ the step
-    def training_step(self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], *args: Any,
+                      **kwargs: Any) -> torch.Tensor:
         if self.state.global_step == 0 and self._lpwd_norms_step is None:
             self._log_lpwd_norms()  # the weights training starts from
         optimizer = self.lpwd_optimizer
@@ -181,9 +191,9 @@ class LPWDMixin:
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's ``train()``, then pwd's decay for a step that never came is divided out.
 
-        A run that ends at ``max_steps`` folded nothing into its last step; one stopped earlier (early stopping)
-        holds θ'_{T+1} = (1 − η_{T+1}·λ)·θ_T and leaves with θ_T, the final parameters of unfolded pwd.  The last
-        weights' norms are logged unless the last logging step logged them.
+        A run that ends at ``max_steps`` folded nothing into its last step; one stopped earlier (early
+        stopping) holds θ'_{T+1} = (1 − η_{T+1}·λ)·θ_T and leaves with θ_T, the final parameters of unfolded
+        pwd.  The last weights' norms are logged unless the last logging step logged them.
         """
         self._lpwd_norms_step = None
         output = super().train(*args, **kwargs)
@@ -197,7 +207,8 @@ class LPWDMixin:
 
         A checkpoint holds θ' (the weights its metric was computed on), so the loaded weights are left as they
         are; the run's own last weights are settled first, and no decay is pending after the load.  The one
-        private method overridden: the Trainer's only place that loads the best model, before ``on_train_end``.
+        private method overridden: the Trainer's only place that loads the best model, before
+        ``on_train_end``.
         """
         self._lpwd_settle(warn=False)
         super()._load_best_model()
@@ -235,7 +246,8 @@ class LPWDMixin:
 
     # ------------------------------------------------------------------ saving
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """The Trainer's ``save_model`` (checkpoints, final model), plus ``lpwd_config.json`` and the card section.
+        """The Trainer's ``save_model`` (checkpoints, final model), plus ``lpwd_config.json`` and the card
+        section.
 
         The config goes in first, so that a ``push_to_hub`` inside ``save_model`` uploads it too.
         """
@@ -256,4 +268,5 @@ class LPWDMixin:
 
 
 class LPWDTrainer(LPWDMixin, Trainer):
-    """``transformers.Trainer`` with LPWD: pass :class:`LPWDTrainingArguments` (or any ``TrainingArguments``)."""
+    """``transformers.Trainer`` with LPWD: pass :class:`LPWDTrainingArguments` (or any
+    ``TrainingArguments``)."""

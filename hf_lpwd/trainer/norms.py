@@ -1,4 +1,5 @@
-"""‖θ‖₂ per depth for the Trainer's logs, with FSDP2's sharded parameters summed over ranks (never gathered)."""
+"""‖θ‖₂ per depth for the Trainer's logs, with FSDP2's sharded parameters summed over ranks (never
+gathered)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ def _squared_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Te
 def layer_norms(by_depth: dict[int, list[torch.Tensor]]) -> dict[str, float]:
     """‖θ‖₂ of all parameters of each depth, keyed ``lpwd/weight_norm/depth_DD`` (:mod:`hf_lpwd.names`).
 
-    Sharded parameters (FSDP2's DTensors) contribute the squared norm of their local shard, summed over ranks in
-    one all-reduce per call, and one device-to-host copy.
+    Sharded parameters (FSDP2's DTensors) contribute the squared norm of their local shard, summed over ranks
+    in one all-reduce per call, and one device-to-host copy.
     """
     depths = list(by_depth)
     first = next(p for params in by_depth.values() for p in params)

@@ -38,17 +38,18 @@ def check_deepspeed(args: TrainingArguments) -> None:
         ds_config = args.deepspeed
     if isinstance(ds_config, dict) and "optimizer" in ds_config:
         raise ValueError(
-            "the DeepSpeed config has an 'optimizer' section, so DeepSpeed would build its own optimizer and LPWD "
-            "could not wrap it. Remove the 'optimizer' key from the DeepSpeed config: the Trainer then builds LPWD "
-            "around --optim (adamw_torch_fused by default), with --learning_rate and --adam_* as usual"
+            "the DeepSpeed config has an 'optimizer' section, so DeepSpeed would build its own optimizer and "
+            "LPWD could not wrap it. Remove the 'optimizer' key from the DeepSpeed config: the Trainer then "
+            "builds LPWD around --optim (adamw_torch_fused by default), with --learning_rate and --adam_* as "
+            "usual"
         )
 
 
 def check_training_arguments(args: TrainingArguments) -> None:
     """Every refusal that needs only the arguments, so a script can make them before it writes anything.
 
-    The DeepSpeed ``optimizer`` section; ``--optim`` values LPWD cannot wrap (schedule-free; GaLore, APOLLO and
-    LOMO, which build their own groups or step outside ``step()``; any other that builds its own parameter
+    The DeepSpeed ``optimizer`` section; ``--optim`` values LPWD cannot wrap (schedule-free; GaLore, APOLLO
+    and LOMO, which build their own groups or step outside ``step()``; any other that builds its own parameter
     groups); StableAdamW's ``decouple_lr``; and η·λ ≥ 1 (``--learning_rate`` × ``--weight_decay``: a decay
     factor <= 0).  ``LPWDMixin`` makes the same checks when it is constructed.
     """
@@ -92,8 +93,8 @@ def refuse_unwrappable_optim(
     if not isinstance(base_cls, type) or any(key in base_kwargs for key in _UNSUPPORTED_OPTIM_KWARGS):
         raise ValueError(
             f"{source or '--optim ' + _optim_name(args)} builds its own parameter groups "
-            "or optimizers, so LPWD cannot wrap it. Use an optimizer that takes param groups: adamw_torch_fused (default), "
-            "adamw_torch, sgd, adafactor, adagrad, rmsprop, ..."
+            "or optimizers, so LPWD cannot wrap it. Use an optimizer that takes param groups: "
+            "adamw_torch_fused (default), adamw_torch, sgd, adafactor, adagrad, rmsprop, ..."
         )
 
 
@@ -108,25 +109,25 @@ def _refuse_schedule_free(args: TrainingArguments) -> None:
 
 def _refuse_own_step_optim(args: TrainingArguments) -> None:
     """GaLore / APOLLO build their own param groups around a low-rank projection of ``--optim_target_modules``
-    (their ``*_layerwise`` variants step each parameter inside a backward hook); LOMO / AdaLomo fuse the update
-    into the backward pass over the whole model and are never ``step()``-ed.  Neither has the param groups and
-    the ``step()`` LPWD's decay timings act on.  Refused by name: ``get_optimizer_cls_and_kwargs`` needs the model
-    (and the package) to say so, i.e. only when the output folder exists already."""
+    (their ``*_layerwise`` variants step each parameter inside a backward hook); LOMO / AdaLomo fuse the
+    update into the backward pass over the whole model and are never ``step()``-ed.  Neither has the param
+    groups and the ``step()`` LPWD's decay timings act on.  Refused by name: ``get_optimizer_cls_and_kwargs``
+    needs the model (and the package) to say so, i.e. only when the output folder exists already."""
     optim = _optim_name(args)
     family = next((name for prefix, name in _OWN_STEP_FAMILIES.items() if optim.startswith(prefix)), None)
     if family is not None:
         raise ValueError(
             f"--optim {optim}: {family} builds its own parameter groups (a low-rank projection of "
-            "--optim_target_modules), and its *_layerwise variants step each parameter inside a backward hook, so "
-            "LPWD cannot wrap it. Use the stock Trainer for it, or with LPWD an optimizer that takes param groups: "
-            "adamw_torch_fused (default), adamw_torch, adamw_8bit, adafactor, ..."
+            "--optim_target_modules), and its *_layerwise variants step each parameter inside a backward "
+            "hook, so LPWD cannot wrap it. Use the stock Trainer for it, or with LPWD an optimizer that "
+            "takes param groups: adamw_torch_fused (default), adamw_torch, adamw_8bit, adafactor, ..."
         )
     if optim in _LOMO:
         raise ValueError(
-            f"--optim {optim}: LOMO / AdaLomo fuse the update into the backward pass over the whole model (the "
-            "Trainer never calls step()), so there are no param groups and no step for LPWD's decay. Use the stock "
-            "Trainer for it, or with LPWD an optimizer that takes param groups: adamw_torch_fused (default), "
-            "adamw_8bit, adafactor, ..."
+            f"--optim {optim}: LOMO / AdaLomo fuse the update into the backward pass over the whole model "
+            "(the Trainer never calls step()), so there are no param groups and no step for LPWD's decay. "
+            "Use the stock Trainer for it, or with LPWD an optimizer that takes param groups: "
+            "adamw_torch_fused (default), adamw_8bit, adafactor, ..."
         )
 
 
@@ -140,19 +141,20 @@ def _optim_args(args: Any) -> dict[str, str]:
 
 
 def _refuse_stable_adamw_decouple_lr(args: TrainingArguments) -> None:
-    """StableAdamW's ``decouple_lr`` decays by (1 − (η/max_lr)·λ): the decay follows the schedule but not the lr's
-    size.  LPWD drops the base's own decay and applies its timing's (1 − η·λ), which would silently change that
-    rule (1000× less decay at lr = max_lr = 1e-3)."""
+    """StableAdamW's ``decouple_lr`` decays by (1 − (η/max_lr)·λ): the decay follows the schedule but not the
+    lr's size.  LPWD drops the base's own decay and applies its timing's (1 − η·λ), which would silently
+    change that rule (1000× less decay at lr = max_lr = 1e-3)."""
     if _optim_name(args) != "stable_adamw":
         return
     value = _optim_args(args).get("decouple_lr")
     if value:  # the Trainer passes bool(value): any non-empty value turns it on, "False" included
         raise ValueError(
             f"--optim stable_adamw --optim_args decouple_lr={value}: StableAdamW then decays by "
-            "(1 - (lr/max_lr)·λ), a decay that does not scale with the lr; LPWD replaces StableAdamW's own decay "
-            "with its timing's (1 - lr·λ), so it would train a different decay without a word. Remove decouple_lr "
-            "(and max_lr) from --optim_args and give --lpwd_lr_coupling independent, LPWD's rule for a decay that "
-            "follows the schedule but not the lr's size (d = (lr_t/lr)·λ, the peak lr in the place of max_lr)"
+            "(1 - (lr/max_lr)·λ), a decay that does not scale with the lr; LPWD replaces StableAdamW's own "
+            "decay with its timing's (1 - lr·λ), so it would train a different decay without a word. Remove "
+            "decouple_lr (and max_lr) from --optim_args and give --lpwd_lr_coupling independent, LPWD's rule "
+            "for a decay that follows the schedule but not the lr's size (d = (lr_t/lr)·λ, the peak lr in "
+            "the place of max_lr)"
         )
 
 

@@ -1,28 +1,31 @@
 """The Trainer under DeepSpeed ZeRO on CPU (gloo), against DDP; launched with ``torchrun --nproc_per_node 2``.
 
-    python train_deepspeed.py OUT_DIR --model-dir DIR [--engine ddp|zero1|zero2|zero3] [--modes stock,wd,rwd,pwd,lpwd]
-                              [--bf16] [--warmup 1] [--probe] [--save-steps N] [--resume-from ROOT [--resume-step 2]]
+    python train_deepspeed.py OUT_DIR --model-dir DIR [--engine ddp|zero1|zero2|zero3]
+                              [--modes stock,wd,rwd,pwd,lpwd] [--bf16] [--warmup 1] [--probe]
+                              [--save-steps N] [--resume-from ROOT [--resume-step 2]]
                               [--ds-optimizer [--refusal-only]]
     python train_deepspeed.py --save-init --model-dir DIR
 
-Same tiny Llama, data, seeds, lr schedule and global batch (2 ranks × 4) as ``train_distributed.py``.  Several modes
-run one after the other in one launch (one import of torch/transformers/deepspeed for all; the runs of one launch
-equal separate launches bit for bit), each into ``OUT_DIR/MODE/``.
+Same tiny Llama, data, seeds, lr schedule and global batch (2 ranks × 4) as ``train_distributed.py``.  Several
+modes run one after the other in one launch (one import of torch/transformers/deepspeed for all; the runs of
+one launch equal separate launches bit for bit), each into ``OUT_DIR/MODE/``.
 
-* ``--engine ddp``: no DeepSpeed (the reference); ``zeroN``: ``TrainingArguments(deepspeed=...)`` with a config
-  dict holding ``zero_optimization.stage = N``, ``auto`` batch sizes and *no* ``optimizer`` section, so DeepSpeed
-  wraps the Trainer's own optimizer (``zero_force_ds_cpu_optimizer: false`` keeps it from insisting on its CPU Adam).
-* mode ``stock``: ``transformers.Trainer`` (AdamW, decoupled decay) instead of ``LPWDTrainer``: checks the harness
-  itself (ZeRO vs DDP with no LPWD involved); the others are ``LPWDTrainer`` with that ``weight_decay_mode``.
-  A suffix ``-nowarmup`` (``lpwd-nowarmup``) trains with ``warmup_steps=0``: the decay before the first forward
-  is then 1 − η₀λ, not 1 (with the default warm-up from lr 0 it is exactly 1).  A suffix ``-earlystop`` trains
-  with a ``constant`` lr and stops after step 2 of 4 (``control.should_training_stop``, as early stopping does),
-  so pwd has a decay folded in for a step that never comes, which the end of ``train()`` must divide out.
+* ``--engine ddp``: no DeepSpeed (the reference); ``zeroN``: ``TrainingArguments(deepspeed=...)`` with a
+  config dict holding ``zero_optimization.stage = N``, ``auto`` batch sizes and *no* ``optimizer`` section, so
+  DeepSpeed wraps the Trainer's own optimizer (``zero_force_ds_cpu_optimizer: false`` keeps it from insisting
+  on its CPU Adam).
+* mode ``stock``: ``transformers.Trainer`` (AdamW, decoupled decay) instead of ``LPWDTrainer``: checks the
+  harness itself (ZeRO vs DDP with no LPWD involved); the others are ``LPWDTrainer`` with that
+  ``weight_decay_mode``.  A suffix ``-nowarmup`` (``lpwd-nowarmup``) trains with ``warmup_steps=0``: the decay
+  before the first forward is then 1 − η₀λ, not 1 (with the default warm-up from lr 0 it is exactly 1).  A
+  suffix ``-earlystop`` trains with a ``constant`` lr and stops after step 2 of 4
+  (``control.should_training_stop``, as early stopping does), so pwd has a decay folded in for a step that
+  never comes, which the end of ``train()`` must divide out.
 * ``--ds-optimizer``: the DeepSpeed config gets an ``optimizer`` section (which LPWD cannot wrap); with
   ``--refusal-only`` reaching ``deepspeed_init`` is an error, so nothing trains and DeepSpeed's own Adam op is
   not compiled (minutes of g++).
-* ``--probe``: records how DeepSpeed drives the client optimizer (``create_optimizer`` calls; at each ``step()``
-  the wrapper's ``param_groups``: how many, which params, shapes, dtypes, keys; ``state_dict`` /
+* ``--probe``: records how DeepSpeed drives the client optimizer (``create_optimizer`` calls; at each
+  ``step()`` the wrapper's ``param_groups``: how many, which params, shapes, dtypes, keys; ``state_dict`` /
   ``load_state_dict`` calls) in ``MODE/probe{R}.json``.  A custom key ``probe_key`` is put in every group to
   see whether it survives.
 
@@ -69,7 +72,8 @@ def deepspeed_config(stage: int, bf16: bool, ds_optimizer: bool, sub_group_size:
 
 
 def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> TrainingArguments:
-    # "lpwd-nowarmup": lpwd with warmup_steps=0 (the first decay is not 1); "pwd-independent", "wd-cautious": the rules
+    # "lpwd-nowarmup": lpwd with warmup_steps=0 (the first decay is not 1); "pwd-independent", "wd-cautious":
+    # the rules
     mode, _, variant = mode.partition("-")
     schedule = "constant" if variant == "earlystop" else "linear"
     kwargs = dict(
@@ -88,7 +92,8 @@ def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> T
         # (ZeRO-3 vs DDP then ≤ 8e-9) while the timings still differ by 7e-3.
         kwargs["adam_epsilon"] = 1e-3
     if cli.engine.startswith("zero"):
-        kwargs["deepspeed"] = deepspeed_config(int(cli.engine[-1]), cli.bf16, cli.ds_optimizer, cli.sub_group_size)
+        kwargs["deepspeed"] = deepspeed_config(int(cli.engine[-1]), cli.bf16, cli.ds_optimizer,
+                                               cli.sub_group_size)
     if mode == "stock":
         return TrainingArguments(**kwargs)
     rules = {}
@@ -115,7 +120,8 @@ EARLY_STOP_STEP = 2
 
 
 def describe_tensor(t: torch.Tensor) -> dict:
-    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."), "has_grad": t.grad is not None}
+    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
+            "has_grad": t.grad is not None}
 
 
 class Probe:
@@ -144,7 +150,8 @@ class Probe:
                 "base_groups_are_wrapper_groups": base is None or base.param_groups is o.param_groups,
                 "base_param_groups_len": len(base.param_groups) if base is not None else None,
                 "groups": [{
-                    "index_in_original": next((i for i, g in enumerate(self.original_groups) if g is group), None),
+                    "index_in_original": next((i for i, g in enumerate(self.original_groups) if g is group),
+                                              None),
                     "keys": sorted(k for k in group if k != "params"),
                     "probe_key": group.get("probe_key"),
                     "lr": float(group["lr"]),
@@ -179,7 +186,8 @@ def make_trainer_class(base: type[Trainer], probe: Probe | None) -> type[Trainer
         def create_optimizer(self, *args, **kwargs):
             before = self.optimizer
             opt = super().create_optimizer(*args, **kwargs)
-            probe.create_optimizer_calls.append({"optimizer_was_set": before is not None, "type": type(opt).__name__,
+            probe.create_optimizer_calls.append({"optimizer_was_set": before is not None,
+                                                  "type": type(opt).__name__,
                                                   "groups": len(getattr(opt, "param_groups", []))})
             if before is None and hasattr(opt, "param_groups"):
                 probe.attach(opt)
@@ -212,8 +220,10 @@ def train_one(cli: argparse.Namespace, mode: str, out: str, world: int) -> None:
     start = time.perf_counter()
     try:
         callbacks = [StopAfter(EARLY_STOP_STEP)] if mode.endswith("-earlystop") else None
-        trainer = cls(model=model, args=args, train_dataset=TokenDataset(64, seed=1, causal_lm=True), callbacks=callbacks)
-        resume = os.path.join(cli.resume_from, mode, f"checkpoint-{cli.resume_step}") if cli.resume_from else None
+        trainer = cls(model=model, args=args, train_dataset=TokenDataset(64, seed=1, causal_lm=True),
+                      callbacks=callbacks)
+        resume = (os.path.join(cli.resume_from, mode, f"checkpoint-{cli.resume_step}")
+                  if cli.resume_from else None)
         trainer.train(resume_from_checkpoint=resume)
     finally:
         if probe is not None:
@@ -233,10 +243,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", nargs="?")
     parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--save-init", action="store_true", help="only write the initial model to --model-dir")
+    parser.add_argument("--save-init", action="store_true",
+                        help="only write the initial model to --model-dir")
     parser.add_argument("--engine", default="ddp", choices=["ddp", "zero1", "zero2", "zero3"])
     parser.add_argument("--modes", default="lpwd",
-                        help="comma-separated: stock, wd, rwd, pwd, lpwd, each optionally with -nowarmup or -earlystop")
+                        help="comma-separated: stock, wd, rwd, pwd, lpwd, each optionally with -nowarmup "
+                        "or -earlystop")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--probe", action="store_true")
@@ -244,11 +256,14 @@ def main() -> None:
     parser.add_argument("--resume-from", default=None, help="resume each mode from ROOT/MODE/checkpoint-STEP")
     parser.add_argument("--resume-step", type=int, default=2)
     parser.add_argument("--refusal-only", action="store_true",
-                        help="stop with an error where DeepSpeed would be initialised (nothing trains or compiles)")
+                        help="stop with an error where DeepSpeed would be initialised "
+                        "(nothing trains or compiles)")
     parser.add_argument("--ds-optimizer", action="store_true")
-    parser.add_argument("--sub-group-size", type=int, default=0, help="ZeRO-3 sub_group_size (default DeepSpeed's 1e9)")
+    parser.add_argument("--sub-group-size", type=int, default=0,
+                        help="ZeRO-3 sub_group_size (default DeepSpeed's 1e9)")
     parser.add_argument("--skip-deepspeed-check", action="store_true",
-                        help="probe only: bypass hf_lpwd's refusal of pwd under DeepSpeed, to see what happens")
+                        help="probe only: bypass hf_lpwd's refusal of pwd under DeepSpeed, "
+                        "to see what happens")
     cli = parser.parse_args()
     if cli.save_init:
         set_seed(0)
@@ -271,9 +286,9 @@ def main() -> None:
 
         hf_lpwd.trainer.check_deepspeed = lambda *args, **kwargs: None
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    # Initialise torch's process group (TrainingArguments.device) and, under DeepSpeed, deepspeed.comm: zero.Init
-    # (ZeRO-3 from_pretrained) reads the world size from deepspeed.comm, which accelerate leaves uninitialised on
-    # CPU; it would see 1 rank and reject the batch sizes.
+    # Initialise torch's process group (TrainingArguments.device) and, under DeepSpeed, deepspeed.comm:
+    # zero.Init (ZeRO-3 from_pretrained) reads the world size from deepspeed.comm, which accelerate leaves
+    # uninitialised on CPU; it would see 1 rank and reject the batch sizes.
     _ = training_args(cli, cli.out, "wd", world).device
     if cli.engine.startswith("zero"):
         import deepspeed
@@ -285,8 +300,8 @@ def main() -> None:
         try:
             train_one(cli, mode, out, world)
         except Exception as exc:  # noqa: BLE001 - recorded for the test, which decides (xfail or fail)
-            # Raised before any collective on both ranks alike (e.g. a refusal in __init__), or the run hangs and
-            # the test's timeout ends it.
+            # Raised before any collective on both ranks alike (e.g. a refusal in __init__), or the run hangs
+            # and the test's timeout ends it.
             os.makedirs(out, exist_ok=True)
             with open(os.path.join(out, f"error{rank}.txt"), "w") as f:
                 f.write(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")

@@ -34,16 +34,18 @@ WEIGHT_DECAY, LR, STEPS, GLOBAL_BATCH = 0.5, 3e-3, 4, 8
 
 def tiny_config() -> LlamaConfig:
     # No dropout (Llama has none): one process and two see the same function of the weights.
-    return LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
-                       num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=False)
+    return LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                       tie_word_embeddings=False)
 
 
 def training_args(out: str, world: int) -> LPWDTrainingArguments:
     return LPWDTrainingArguments(
-        output_dir=out, weight_decay_mode="lpwd", weight_decay=WEIGHT_DECAY, learning_rate=LR, max_steps=STEPS,
-        per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type="linear", warmup_steps=1,
-        max_grad_norm=0.0, save_strategy="steps", save_steps=2, save_only_model=True, report_to="none",
-        use_cpu=True, disable_tqdm=True, seed=0, data_seed=0, logging_steps=2, dataloader_num_workers=0,
+        output_dir=out, weight_decay_mode="lpwd", weight_decay=WEIGHT_DECAY, learning_rate=LR,
+        max_steps=STEPS, per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type="linear",
+        warmup_steps=1, max_grad_norm=0.0, save_strategy="steps", save_steps=2, save_only_model=True,
+        report_to="none", use_cpu=True, disable_tqdm=True, seed=0, data_seed=0, logging_steps=2,
+        dataloader_num_workers=0,
     )
 
 
@@ -70,14 +72,17 @@ def run_trainer(mode: str, out: str, model_dir: str | None) -> None:
         model = LlamaForCausalLM.from_pretrained(model_dir)
     else:
         model = LlamaForCausalLM(tiny_config())
-    trainer = LPWDTrainer(model=model, args=training_args(out, world), train_dataset=TokenDataset(64, seed=1, causal_lm=True))
+    trainer = LPWDTrainer(model=model, args=training_args(out, world),
+                          train_dataset=TokenDataset(64, seed=1, causal_lm=True))
     trainer.train()
     rank = dist.get_rank() if dist.is_initialized() else 0
     if mode == "fsdp2":
-        assert all(hasattr(p, "full_tensor") for p in trainer.model.parameters()), "expected DTensor parameters"
+        assert all(hasattr(p, "full_tensor") for p in trainer.model.parameters()), \
+            "expected DTensor parameters"
     named = {n: full(p) for n, p in trainer.model.named_parameters()}
     dump(out, rank, named, trainer.lpwd_optimizer.param_groups)
-    norms = [{k: v for k, v in log.items() if k.startswith("lpwd/")} for log in trainer.state.log_history if "loss" in log]
+    norms = [{k: v for k, v in log.items() if k.startswith("lpwd/")}
+             for log in trainer.state.log_history if "loss" in log]
     with open(os.path.join(out, f"trainer{rank}.json"), "w") as f:
         json.dump({"fold_corrections": trainer.lpwd_optimizer.fold_corrections, "norms": norms}, f)
     del trainer
@@ -117,7 +122,8 @@ def run_plain_loop(out: str, model_dir: str, fsdp1: bool) -> None:
         opt.zero_grad()
     context = FSDP.summon_full_params(model) if fsdp1 else torch.no_grad()
     with context:
-        named = {n.replace("_fsdp_wrapped_module.", ""): p.detach().clone() for n, p in model.named_parameters()}
+        named = {n.replace("_fsdp_wrapped_module.", ""): p.detach().clone()
+                 for n, p in model.named_parameters()}
     dump(out, rank, named, groups)
     with open(os.path.join(out, f"layout{rank}.json"), "w") as f:
         json.dump({"empty_shards": empty, "num_blocks": max(depths.values()) - 1}, f)
@@ -128,7 +134,8 @@ def main() -> None:
     parser.add_argument("mode", choices=["single", "ddp", "fsdp2", "plain", "fsdp1"])
     parser.add_argument("out")
     parser.add_argument("--model-dir", default=None)
-    parser.add_argument("--save-init", action="store_true", help="only write the initial model to --model-dir")
+    parser.add_argument("--save-init", action="store_true",
+                        help="only write the initial model to --model-dir")
     cli = parser.parse_args()
     if cli.save_init:
         set_seed(0)
