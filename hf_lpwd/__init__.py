@@ -12,8 +12,8 @@ Public API:
 """
 
 from .config import LPWD_CONFIG_NAME, WEIGHT_DECAY_MODES, LPWDConfig  # noqa: E402
-from .groups import layer_table, lpwd_param_groups  # noqa: E402
-from .layers import layer_depths  # noqa: E402
+from .model.groups import layer_table, lpwd_param_groups  # noqa: E402
+from .model.layers import layer_depths  # noqa: E402
 from .optim import DECAY_MODES, DEFAULT_WEIGHT_DECAY, LPWD, LR_COUPLINGS, TIMINGS  # noqa: E402
 from .version import __version__  # noqa: E402,F401
 

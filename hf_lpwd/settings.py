@@ -80,7 +80,7 @@ def validate_layer_pattern(pattern: Any, field_name: str = "layer_pattern") -> N
         return
     if not isinstance(pattern, str):
         raise ValueError(f"{field_name} must be a regex string, got {type(pattern).__name__}")
-    from .layers import compile_layer_pattern  # the one parser of patterns
+    from .model.layers import compile_layer_pattern  # the one parser of patterns
 
     compile_layer_pattern(pattern, field_name)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .._compat.deepspeed import zero3_partition
 from ..optim import LPWD
 
 logger = logging.getLogger("transformers.hf_lpwd")
@@ -20,8 +21,7 @@ logger = logging.getLogger("transformers.hf_lpwd")
 
 def storage(param: torch.Tensor) -> torch.Tensor:
     """The tensor holding a parameter's values: its partition under ZeRO-3's ``zero.Init``, else itself."""
-    partition = getattr(param, "ds_tensor", None)
-    return partition if partition is not None else param
+    return zero3_partition(param)
 
 
 def zero12_optimizer(optimizer: Any) -> Any:

@@ -25,8 +25,9 @@ from typing import Any
 
 from torch import nn
 
-from ..layers import LayerPattern, layer_depths_with_count
+from .._compat.transformers import decay_parameter_names
 from ..settings import TIED_DEPTHS, validate_choice, validate_layer_lr_decay
+from .layers import LayerPattern, layer_depths_with_count
 
 __all__ = ["lpwd_param_groups", "param_groups_for_settings", "default_decay_parameter_names", "layer_table",
            "format_layer_table", "tied_aliases", "shrink_warning", "SHRINK_LIMIT"]
@@ -41,12 +42,10 @@ _EXAMPLES = 3
 def default_decay_parameter_names(model: nn.Module) -> list[str]:
     """Names transformers' Trainer would decay (everything but biases and norm weights).
 
-    ``Trainer.get_decay_parameter_names`` does not use ``self``, so it is called unbound rather
-    than re-implemented: the decay/no-decay split then follows whatever transformers decides.
+    Transformers' own rule, not a copy of it (:func:`hf_lpwd._compat.transformers.decay_parameter_names`): the
+    decay/no-decay split then follows whatever transformers decides.
     """
-    from transformers import Trainer
-
-    return list(Trainer.get_decay_parameter_names(None, model))  # type: ignore[arg-type]
+    return decay_parameter_names(model)
 
 
 def lpwd_param_groups(

@@ -29,10 +29,11 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
+from .._compat.transformers import steps_per_epoch
 from ..config import LPWDConfig
 from ..integrations import deepspeed as deepspeed_glue
 from ..integrations.bitsandbytes import keep_embeddings_in_32_bit
-from ..layers import layer_depths_with_count
+from ..model.layers import layer_depths_with_count
 from ..optim import LPWD
 from ..schedule import first_step_scale
 from .arguments import checked_settings_of, lpwd_config_from_args, settings_of
@@ -158,13 +159,13 @@ class LPWDMixin:
     def set_initial_training_values(self, args: TrainingArguments, dataloader: Any) -> tuple:
         """The Trainer's own count of steps; LPWD keeps its optimizer steps per epoch for the timescale."""
         values = super().set_initial_training_values(args, dataloader)
-        self._lpwd_steps_per_epoch_seen = int(values[1])
+        self._lpwd_steps_per_epoch_seen = steps_per_epoch(values)
         return values
 
     def _lpwd_steps_per_epoch(self) -> int:
         seen = getattr(self, "_lpwd_steps_per_epoch_seen", None)
         if seen is None:  # create_optimizer called outside train(): count as train() would
-            seen = int(self.set_initial_training_values(self.args, self.get_train_dataloader())[1])
+            seen = steps_per_epoch(self.set_initial_training_values(self.args, self.get_train_dataloader()))
         return seen
 
     def create_scheduler(self, num_training_steps: int,

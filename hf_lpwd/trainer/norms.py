@@ -8,6 +8,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from .._compat.torch import foreach_norm
 from ..names import norm_log_key
 
 __all__ = ["params_by_depth", "layer_norms"]
@@ -27,7 +28,7 @@ def _squared_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Te
     tensors = [t for t in tensors if t.numel() > 0]
     if not tensors:
         return torch.zeros((), dtype=torch.float32, device=device)
-    norms = torch._foreach_norm([t.float() if t.dtype != torch.float32 else t for t in tensors])
+    norms = foreach_norm([t.float() if t.dtype != torch.float32 else t for t in tensors])
     return torch.stack(norms).square().sum()
 
 

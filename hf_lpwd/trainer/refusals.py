@@ -10,6 +10,7 @@ from typing import Any
 
 from transformers import Trainer, TrainingArguments
 
+from .._compat.transformers import deepspeed_config_dict
 from ..optim.bases import refuse_cautious_base
 from ..settings import DEFAULTS, SCHEDULE_FREE_REASON, SETTING, check_peak_decay
 
@@ -33,10 +34,8 @@ def check_deepspeed(args: TrainingArguments) -> None:
     wd / rwd are AdamW with other (η, λ), and pwd's decay is folded into the step on DeepSpeed's
     fp32 master partitions (a pass over the model's weights before the forward would be overwritten).
     """
-    ds_config = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
-    if ds_config is None and isinstance(getattr(args, "deepspeed", None), dict):
-        ds_config = args.deepspeed
-    if isinstance(ds_config, dict) and "optimizer" in ds_config:
+    ds_config = deepspeed_config_dict(args)
+    if ds_config is not None and "optimizer" in ds_config:
         raise ValueError(
             "the DeepSpeed config has an 'optimizer' section, so DeepSpeed would build its own optimizer and "
             "LPWD could not wrap it. Remove the 'optimizer' key from the DeepSpeed config: the Trainer then "
