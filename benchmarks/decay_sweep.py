@@ -19,9 +19,9 @@ Each finished run is appended to ``<out-dir>/decay_sweep_runs.jsonl`` at once; a
 runs already there (resume after an interruption), then rewrites ``decay_sweep.md``, ``decay_sweep.json`` and the
 PNG plots from all the runs of these settings in the file::
 
-    PYTHONPATH=. HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/decay_sweep.py      # the study
-    ... benchmarks/decay_sweep.py --tasks sst2 --modes wd,lwd --lambdas 50 --seeds 0 --steps 5 --out-dir /tmp/x
-    ... benchmarks/decay_sweep.py --report-only                                                   # tables and plots
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.decay_sweep      # the study (from the repo root)
+    ... -m benchmarks.decay_sweep --tasks sst2 --modes wd,lwd --lambdas 50 --seeds 0 --steps 5 --out-dir /tmp/x
+    ... -m benchmarks.decay_sweep --report-only                                        # tables and plots
 
 The committed results ran seed 0 on the default grid, then for each seed s in 1..4 (the four modes are identical at
 λ = 0.01, so the report lets that seed's WD run stand in for PWD and lwd there, and says so)::
@@ -39,14 +39,11 @@ import math
 import os
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from benchmarks.common import (
     MODE_ORDER,
     MODE_STYLE,
     RESULTS_DIR,

@@ -11,9 +11,9 @@ a perplexity curve on the first validation blocks during training.  Same learnin
 Each finished run is appended to ``<out-dir>/pretrain_lm_runs.jsonl``; a rerun with the same settings skips those runs
 (resume), then rewrites ``pretrain_lm.md``, ``pretrain_lm.json`` and ``pretrain_lm.png``::
 
-    PYTHONPATH=. HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pretrain_lm.py        # ~1 min per run
-    ... benchmarks/pretrain_lm.py --lambdas 1 --seeds 0 --steps 5 --out-dir /tmp/x                     # a quick check
-    ... benchmarks/pretrain_lm.py --report-only                                                        # tables, plot
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.pretrain_lm   # ~1 min per run (repo root)
+    ... -m benchmarks.pretrain_lm --lambdas 1 --seeds 0 --steps 5 --out-dir /tmp/x    # a quick check
+    ... -m benchmarks.pretrain_lm --report-only                                       # tables, plot
 
 The earlier runs (6 blocks, hidden 128, 200 steps, η = 2e-3, wd vs lpwd) stay in the JSONL under their own settings
 key: ``--report-only --steps 200 --lr 2e-3 --hidden 128 --layers 6 --intermediate 352 --curve-every 0``.
@@ -24,14 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from benchmarks.common import (
     MODE_ORDER,
     MODE_STYLE,
     RESULTS_DIR,

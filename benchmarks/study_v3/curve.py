@@ -3,7 +3,7 @@
 The pilots train once with ``--eval_strategy steps`` to see where the metric plateaus; the ``eval_loss`` of each
 evaluation is printed with its exp (the perplexity of a language model).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/study_v3/curve.py benchmarks/results/study_v3/q5_scratch_pilot
+    .venv/bin/python -m benchmarks.study_v3.curve benchmarks/results/study_v3/q5_scratch_pilot   # repo root
 """
 
 from __future__ import annotations

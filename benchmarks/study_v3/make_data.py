@@ -5,20 +5,17 @@ training rows with at least ``--min-words`` words, sorted), so ``train1600.tsv``
 The dev set (872 sentences) is used as it is, from ``../shared/data/glue/SST-2/dev.tsv``: it is the test set and
 never chooses anything.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/study_v3/make_data.py                      # train1600.tsv
-    PYTHONPATH=. .venv/bin/python benchmarks/study_v3/make_data.py --train-size 8000 --min-words 5
+    .venv/bin/python -m benchmarks.study_v3.make_data                      # train1600.tsv (from the repo root)
+    .venv/bin/python -m benchmarks.study_v3.make_data --train-size 8000 --min-words 5
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import data_dir, load_glue  # noqa: E402
+from benchmarks.common import data_dir, load_glue
 
 SUBSET_SEED = 1234  # decay_sweep.py's
 OUT = Path(__file__).resolve().parent / "data"
