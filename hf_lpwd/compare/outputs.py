@@ -1,12 +1,12 @@
 """What a finished run left in its output folder: metrics, per-depth weight norms, the shrink S, its weights.
 
-* ``all_results.json`` (or ``final/all_results.json``): every numeric metric; ``--metric`` picks the one reported;
-* ``trainer_state.json``: the per-depth weight norms ``lpwd/weight_norm/depth_DD`` that ``LPWDTrainer`` logs (at the
-  first and the last step whatever ``logging_steps`` is); the norm ratio is ‖θ‖ at the last log / ‖θ‖ at the first
-  (all depths together, ‖θ‖ = √Σ_d ‖θ_d‖²).  Without norms, ``norms_note`` says why in words;
-* the shrink S: ``lpwd_config.json`` (or ``final/lpwd_config.json``) keys ``depth_shrink`` (``{depth: S_d}``) or
-  ``shrink`` (the run's largest S); S of a run is the largest S_d.
-"""
+* ``all_results.json`` (or ``final/all_results.json``): every numeric metric; ``--metric`` picks the one
+  reported;
+* ``trainer_state.json``: the per-depth weight norms ``lpwd/weight_norm/depth_DD`` that ``LPWDTrainer`` logs
+  (at the first and the last step whatever ``logging_steps`` is); the norm ratio is ‖θ‖ at the last log / ‖θ‖
+  at the first (all depths together, ‖θ‖ = √Σ_d ‖θ_d‖²).  Without norms, ``norms_note`` says why in words;
+* the shrink S: ``lpwd_config.json`` (or ``final/lpwd_config.json``) keys ``depth_shrink`` (``{depth: S_d}``)
+  or ``shrink`` (the run's largest S); S of a run is the largest S_d. """
 
 from __future__ import annotations
 
@@ -27,13 +27,17 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 KEPT_BY_DEFAULT = ("each run keeps its JSON files and its log (compare.log); its weights and checkpoints are "
                    "deleted once its results are read (--keep-weights keeps them)")
 KEPT_WITH_WEIGHTS = "each run keeps everything it writes, weights and checkpoints included (--keep-weights)"
-NO_STATE_NOTE = (f"the command wrote no {STATE_FILE} (not a Hugging Face Trainer run, or it saved no state), so "
-                 "there are no weight norms")
+NO_STATE_NOTE = (
+    f"the command wrote no {STATE_FILE} (not a Hugging Face Trainer run, or it saved no state), so "
+    "there are no weight norms"
+)
 NOT_LPWD_NOTE = (f"no {LPWD_CONFIG_NAME} and no `{NORM_LOG_PREFIX}DD` logs: the command does not train with "
                  "LPWDTrainer (or LPWDMixin), which logs the per-depth weight norms")
-NO_NORM_LOGS_NOTE = (f"an LPWDTrainer run, but its {STATE_FILE} logs no `{NORM_LOG_PREFIX}DD` norms: the norms "
-                     "were switched off (--lpwd_log_layer_norms false), or an hf_lpwd up to 0.3 logged them "
-                     "only every --logging_steps and the run was shorter")
+NO_NORM_LOGS_NOTE = (
+    f"an LPWDTrainer run, but its {STATE_FILE} logs no `{NORM_LOG_PREFIX}DD` norms: the norms "
+    "were switched off (--lpwd_log_layer_norms false), or an hf_lpwd up to 0.3 logged them "
+    "only every --logging_steps and the run was shorter"
+)
 
 
 def _read_json(path: Path) -> Any:
@@ -70,7 +74,8 @@ def _shrink_values(raw: Any) -> dict[str, float] | None:
 
 
 def collect_outputs(run_dir: Path) -> dict[str, Any]:
-    """The metrics, weight norms and shrink that a finished run left in ``run_dir`` (see the module docstring)."""
+    """The metrics, weight norms and shrink that a finished run left in ``run_dir`` (see the module
+    docstring)."""
     run_dir = Path(run_dir)
     results_path = _first_file(run_dir, RESULTS_FILE)
     results = _read_json(results_path) if results_path else None

@@ -1,9 +1,8 @@
-"""The plan of a compare: the grid's cells × seeds, each cell's reference, what ``results.jsonl`` already holds,
-what is left to run and with how many threads; checked in full before anything runs or is written.
+"""The plan of a compare: the grid's cells × seeds, each cell's reference, what ``results.jsonl`` already
+holds, what is left to run and with how many threads; checked in full before anything runs or is written.
 
-The plan's inputs (grid, seeds, reference, metric, command) are saved in ``OUT/compare_plan.json`` when the runs
-start, so that ``--report-only`` rebuilds the report from ``OUT`` alone.
-"""
+The plan's inputs (grid, seeds, reference, metric, command) are saved in ``OUT/compare_plan.json`` when the
+runs start, so that ``--report-only`` rebuilds the report from ``OUT`` alone. """
 
 from __future__ import annotations
 
@@ -80,14 +79,21 @@ def check_metric(rows: Sequence[dict[str, Any]], metric: str) -> None:
     for row in rows:
         if metric not in row.get("metrics", {}):
             have = ", ".join(sorted(row.get("metrics", {}))) or "none"
-            raise CompareError(f"--metric {metric}: run {row.get('cell')} seed {row.get('seed')} did not write "
-                               f"it (its all_results.json has: {have})")
+            raise CompareError(
+                f"--metric {metric}: run {row.get('cell')} seed {row.get('seed')} did not write "
+                f"it (its all_results.json has: {have})"
+            )
 
 
 def plan_record(plan: Plan) -> dict[str, Any]:
     """What ``--report-only`` needs besides the runs (``OUT/compare_plan.json``)."""
-    return {"command": plan.command, "grid": [a.spec() for a in plan.axes], "seeds": plan.seeds,
-            "reference": [f"{name}={'+'.join(v)}" for name, v in plan.reference.items()], "metric": plan.metric}
+    return {
+        "command": plan.command,
+        "grid": [a.spec() for a in plan.axes],
+        "seeds": plan.seeds,
+        "reference": [f"{name}={'+'.join(v)}" for name, v in plan.reference.items()],
+        "metric": plan.metric,
+    }
 
 
 def write_plan(plan: Plan) -> None:
@@ -120,8 +126,10 @@ def _report_only_inputs(options: CompareOptions, out: Path) -> CompareOptions:
     """``--report-only`` without a grid or command: take them from the plan file, else from results.jsonl."""
     rows = read_results(out / RESULTS_NAME)
     if not rows:
-        raise CompareError(f"--report-only: {out / RESULTS_NAME} does not exist or holds no finished run; run "
-                           "the grid first (hf-lpwd compare --grid ... --out DIR -- COMMAND)")
+        raise CompareError(
+            f"--report-only: {out / RESULTS_NAME} does not exist or holds no finished run; run "
+            "the grid first (hf-lpwd compare --grid ... --out DIR -- COMMAND)"
+        )
     record = _read_plan(out) or {}
     command = options.command or record.get("command") or rows[-1].get("command") or []
     mine = [r for r in rows if r.get("command") == command]
@@ -158,8 +166,10 @@ def make_plan(options: CompareOptions) -> Plan:
     if options.ray_address and options.backend != "ray":
         raise CompareError("--ray-address needs --backend ray")
     if options.keep_weights and options.delete_weights:
-        raise CompareError("--keep-weights and --delete-weights contradict each other: give one (deleting the "
-                           "weights is the default)")
+        raise CompareError(
+            "--keep-weights and --delete-weights contradict each other: give one (deleting the "
+            "weights is the default)"
+        )
     cores = available_cores()
     if options.threads is not None and options.threads < 1:
         raise CompareError(f"--threads {options.threads}: must be >= 1")
@@ -168,8 +178,10 @@ def make_plan(options: CompareOptions) -> Plan:
     threads_override = options.threads is not None
     threads = options.threads or _user_threads() or max(1, cores // options.jobs)
     if options.backend == "local" and threads_override and options.jobs * threads > cores:
-        raise CompareError(f"--jobs {options.jobs} × --threads {threads} = {options.jobs * threads} threads on "
-                           f"{cores} cores: lower --threads (default: OMP_NUM_THREADS if set, else cores // jobs)")
+        raise CompareError(
+            f"--jobs {options.jobs} × --threads {threads} = {options.jobs * threads} threads on "
+            f"{cores} cores: lower --threads (default: OMP_NUM_THREADS if set, else cores // jobs)"
+        )
     all_rows = read_results(out / RESULTS_NAME)
     rows = [r for r in all_rows if r.get("command") == command]
     if all_rows and not rows:

@@ -1,10 +1,9 @@
-"""The plots of ``hf-lpwd compare``: the metric against each numeric grid key, against the shrink S and against
-the norm ratio, mean ± std over seeds (matplotlib, the ``plot`` extra).
+"""The plots of ``hf-lpwd compare``: the metric against each numeric grid key, against the shrink S and
+against the norm ratio, mean ± std over seeds (matplotlib, the ``plot`` extra).
 
-Series that sit on the same values must stay visible: each series gets its own marker, and the series are spread
-a little sideways around each x (a dodge of a few % of the axis, on a log axis a factor), so that equal points sit
-side by side instead of on top of each other.
-"""
+Series that sit on the same values must stay visible: each series gets its own marker, and the series are
+spread a little sideways around each x (a dodge of a few % of the axis, on a log axis a factor), so that equal
+points sit side by side instead of on top of each other. """
 
 from __future__ import annotations
 
@@ -21,7 +20,8 @@ from .grid import Axis, is_number
 __all__ = ["DRIVER_KEY", "MARKERS", "dodged", "write_plots"]
 
 DRIVER_KEY = "weight_decay"
-"""In the plots against S and the norm ratio, the key that moves a run along its line (else the last numeric key)."""
+"""In the plots against S and the norm ratio, the key that moves a run along its line (else the last numeric
+key)."""
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 DODGE = 0.012
 """Sideways spread between neighbouring series: a fraction of the x range (of log10 x on a log axis)."""
@@ -40,7 +40,8 @@ def _numeric_keys(axes: Sequence[Axis], cells: Sequence[dict[str, str]]) -> list
 
 
 def _points(summaries: Sequence[dict[str, Any]], keys: Sequence[str], along: str | None, x_of: Any) -> Points:
-    """Series of (x, mean, std) points, one series per combination of the values of the keys other than ``along``."""
+    """Series of (x, mean, std) points, one series per combination of the values of the keys other than
+    ``along``."""
     series: Points = {}
     for s in summaries:
         x = x_of(s)
@@ -70,9 +71,9 @@ def dodged(series: Points, logx: bool) -> Points:
 
 def write_plots(out: Path, axes: Sequence[Axis], summaries: Sequence[dict[str, Any]], metric: str
                 ) -> list[str] | str:
-    """The metric against each numeric grid key (one line per combination of the other keys), and against S and the
-    norm ratio where known (one line per combination of the keys other than λ, which moves a run along its line):
-    the file names, or the note that explains why there are none."""
+    """The metric against each numeric grid key (one line per combination of the other keys), and against S
+    and the norm ratio where known (one line per combination of the keys other than λ, which moves a run along
+    its line): the file names, or the note that explains why there are none."""
     try:
         import matplotlib
 
@@ -101,17 +102,28 @@ def write_plots(out: Path, axes: Sequence[Axis], summaries: Sequence[dict[str, A
 
 def plot_series(plt: Any, series: Points, path: Path, xlabel: str, ylabel: str, title: str
                 ) -> list[tuple[list[float], str]]:
-    """One line per series through (x, mean, std) points, each with its own marker and dodged sideways, written
-    atomically to ``path`` (``plt``: pyplot, Agg); returns the drawn x positions and marker of each series."""
+    """One line per series through (x, mean, std) points, each with its own marker and dodged sideways,
+    written atomically to ``path`` (``plt``: pyplot, Agg); returns the drawn x positions and marker of each
+    series."""
     xs = [p[0] for pts in series.values() for p in pts]
     logx = bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 20
     fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=120)
     drawn = []
     for i, (label, pts) in enumerate(dodged(series, logx).items()):
         marker = MARKERS[i % len(MARKERS)]
-        line = ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker=marker,
-                           capsize=3, linewidth=1.5, markersize=6, alpha=0.85, label=textwrap.shorten(label, 60),
-                           mfc="none" if i % 2 else None, zorder=2 + i)
+        line = ax.errorbar(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            yerr=[p[2] for p in pts],
+            marker=marker,
+            capsize=3,
+            linewidth=1.5,
+            markersize=6,
+            alpha=0.85,
+            label=textwrap.shorten(label, 60),
+            mfc="none" if i % 2 else None,
+            zorder=2 + i,
+        )
         drawn.append(([float(x) for x in line.lines[0].get_xdata()], line.lines[0].get_marker()))
     if logx:
         ax.set_xscale("log")

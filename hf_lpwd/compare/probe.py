@@ -1,14 +1,14 @@
-"""Checks of the training command before the first run: its ``--help`` must list every flag compare passes, and
-every cell's command line must parse (a dry parse) where the command allows it.
+"""Checks of the training command before the first run: its ``--help`` must list every flag compare passes,
+and every cell's command line must parse (a dry parse) where the command allows it.
 
-The dry parse runs a Python training script (``python script.py ...`` or ``python -m module ...``) once for all cells
-in one process, with the ``__post_init__`` of ``transformers.TrainingArguments`` and of ``hf_lpwd``'s
-``LPWDTrainingArguments`` wrapped: once the outermost one returns, the arguments are parsed and validated, an
-``LPWDTrainingArguments`` also by ``hf_lpwd.trainer.check_training_arguments`` (what ``LPWDTrainer`` refuses from
-the arguments alone, η·λ ≥ 1 among them), and the script stops there, before it loads a model or writes a file.  A script that never builds
-TrainingArguments cannot be stopped that way, so it is dry-parsed only when its ``--help`` lists the
-TrainingArguments flags; as a last guard, a ``Trainer`` built during the probe stops it too.
-"""
+The dry parse runs a Python training script (``python script.py ...`` or ``python -m module ...``) once for
+all cells in one process, with the ``__post_init__`` of ``transformers.TrainingArguments`` and of
+``hf_lpwd``'s ``LPWDTrainingArguments`` wrapped: once the outermost one returns, the arguments are parsed and
+validated, an ``LPWDTrainingArguments`` also by ``hf_lpwd.trainer.check_training_arguments`` (what
+``LPWDTrainer`` refuses from the arguments alone, η·λ ≥ 1 among them), and the script stops there, before it
+loads a model or writes a file.  A script that never builds TrainingArguments cannot be stopped that way, so
+it is dry-parsed only when its ``--help`` lists the TrainingArguments flags; as a last guard, a ``Trainer``
+built during the probe stops it too. """
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ TRAINING_ARGUMENTS_FLAGS = ("output_dir", "per_device_train_batch_size", "lr_sch
 """Flags whose presence in ``--help`` says the command parses ``TrainingArguments`` (so a dry parse stops)."""
 PROBE_MARK = "hf-lpwd-probe:"
 
-# Runs in the training command's interpreter (``python -c``): stdlib only, plus what the script itself imports.
+# Runs in the training command's interpreter (``python -c``): stdlib only, plus what the script itself
+# imports.
 PROBE_SOURCE = r'''
 import contextlib, io, json, runpy, sys, traceback
 MARK = "hf-lpwd-probe:"
@@ -122,8 +123,8 @@ for argv in argvs:
 
 
 def check_command_flags(command: Sequence[str], axes: Sequence[Axis], env: dict[str, str]) -> set[str]:
-    """The command accepts every grid key and ``--seed --data_seed --output_dir``: its ``--help`` must name them.
-    Returns the flags its ``--help`` lists."""
+    """The command accepts every grid key and ``--seed --data_seed --output_dir``: its ``--help`` must name
+    them. Returns the flags its ``--help`` lists."""
     argv = list(command) + ["--help"]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
@@ -131,8 +132,10 @@ def check_command_flags(command: Sequence[str], axes: Sequence[Axis], env: dict[
     except OSError as exc:
         raise CompareError(f"the command could not be started: {shlex.join(command)} ({exc})") from None
     except subprocess.TimeoutExpired:
-        raise CompareError(f"`{shlex.join(argv)}` did not finish in {HELP_TIMEOUT_S} s; compare reads the flags "
-                           "the command accepts from its --help") from None
+        raise CompareError(
+            f"`{shlex.join(argv)}` did not finish in {HELP_TIMEOUT_S} s; compare reads the flags "
+            "the command accepts from its --help"
+        ) from None
     if proc.returncode != 0:
         last = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "")
         raise CompareError(f"`{shlex.join(argv)}` exited with status {proc.returncode} ({last.strip()}); "
@@ -145,13 +148,17 @@ def check_command_flags(command: Sequence[str], axes: Sequence[Axis], env: dict[
             close = difflib.get_close_matches(key, sorted(accepted), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             what = "grid key" if key in keys else "flag compare passes to every run:"
-            raise CompareError(f"{what} --{key} is not accepted by the command (its --help does not list it){hint}")
+            raise CompareError(
+                f"{what} --{key} is not accepted by the command (its --help does not list it){hint}"
+            )
     return accepted
 
 
-def dry_parse_target(command: Sequence[str], accepted: set[str]) -> tuple[str, tuple[str, str], list[str]] | None:
-    """``(python, ("script", path) or ("module", name), the arguments before compare's)`` when the command is a
-    Python script that parses TrainingArguments (its ``--help`` lists their flags); else ``None``."""
+def dry_parse_target(
+    command: Sequence[str], accepted: set[str]
+) -> tuple[str, tuple[str, str], list[str]] | None:
+    """``(python, ("script", path) or ("module", name), the arguments before compare's)`` when the command is
+    a Python script that parses TrainingArguments (its ``--help`` lists their flags); else ``None``."""
     if len(command) < 2 or not re.fullmatch(r"python[\d.]*(\.exe)?", Path(command[0]).name):
         return None
     if not all(flag in accepted for flag in TRAINING_ARGUMENTS_FLAGS):
@@ -165,8 +172,8 @@ def dry_parse_target(command: Sequence[str], accepted: set[str]) -> tuple[str, t
 
 def dry_parse(command: Sequence[str], accepted: set[str], cells: Sequence[tuple[str, list[str]]], cwd: str,
               env: dict[str, str]) -> None:
-    """Parse each ``(cell name, that cell's full command line)`` without training; raises :class:`CompareError`
-    naming the first cell the command refuses, with the command's own message."""
+    """Parse each ``(cell name, that cell's full command line)`` without training; raises
+    :class:`CompareError` naming the first cell the command refuses, with the command's own message."""
     target = dry_parse_target(command, accepted)
     if target is None or not cells:
         return
@@ -177,8 +184,12 @@ def dry_parse(command: Sequence[str], accepted: set[str], cells: Sequence[tuple[
         proc = subprocess.run([python, "-c", PROBE_SOURCE], input=payload, capture_output=True, text=True,
                               cwd=cwd, env=env, timeout=HELP_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        print(f"hf-lpwd: note: the dry parse of the cells did not run ({type(exc).__name__}); each cell's command "
-              "line is checked by its first run", file=sys.stderr)
+        print(
+            f"hf-lpwd: note: the dry parse of the cells did not run ({type(exc).__name__}); each cell's "
+            "command "
+            "line is checked by its first run",
+            file=sys.stderr,
+        )
         return
     outcomes = [json.loads(line[len(PROBE_MARK):]) for line in proc.stdout.splitlines()
                 if line.startswith(PROBE_MARK)]

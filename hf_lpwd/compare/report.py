@@ -1,11 +1,10 @@
 """The report of ``hf-lpwd compare``: per cell mean ± std (n), paired differences to the reference, plots.
 
-Everything here is computed from ``OUT/results.jsonl`` (and the plan), so the report of a partial grid can be rebuilt
-at any time (``--report-only``).  The statistics are :mod:`hf_lpwd.compare.stats`'; the plots
+Everything here is computed from ``OUT/results.jsonl`` (and the plan), so the report of a partial grid can be
+rebuilt at any time (``--report-only``).  The statistics are :mod:`hf_lpwd.compare.stats`'; the plots
 (:mod:`hf_lpwd.compare.plots`) need matplotlib (the ``plot`` extra) and are skipped with a note without it.
 Cells that cannot say much are flagged in words: all seeds at one value, no difference to the reference at any
-seed, or several cells at the same constant (a model that predicts one class whatever its input).
-"""
+seed, or several cells at the same constant (a model that predicts one class whatever its input). """
 
 from __future__ import annotations
 
@@ -50,7 +49,8 @@ def _mean_or_none(values: dict[int, float]) -> float | None:
 def cell_summaries(axes: Sequence[Axis], cells: Sequence[dict[str, str]], seeds: Sequence[int],
                    reference: dict[str, tuple[str, ...]], metric: str,
                    rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per cell: the metric per seed, mean ± std, the paired difference to its reference cell, and its flags."""
+    """Per cell: the metric per seed, mean ± std, the paired difference to its reference cell, and its
+    flags."""
     seeds = list(seeds)
     out = []
     for settings in cells:
@@ -58,12 +58,20 @@ def cell_summaries(axes: Sequence[Axis], cells: Sequence[dict[str, str]], seeds:
         mean, std, n = mean_std([values[s] for s in sorted(values)])
         ref = reference_settings(settings, axes, reference)
         entry: dict[str, Any] = {
-            "cell": cell_name(settings), "settings": settings, "n": n, "mean": mean, "std": std,
+            "cell": cell_name(settings),
+            "settings": settings,
+            "n": n,
+            "mean": mean,
+            "std": std,
             "values": {str(s): v for s, v in sorted(values.items())},
-            "norm_ratio": _mean_or_none(_values_by_seed(rows, settings, seeds, lambda r: r.get("norm_ratio"))),
+            "norm_ratio": _mean_or_none(
+                _values_by_seed(rows, settings, seeds, lambda r: r.get("norm_ratio"))
+            ),
             "shrink": _mean_or_none(_values_by_seed(rows, settings, seeds, lambda r: r.get("shrink"))),
             "seconds": _mean_or_none(_values_by_seed(rows, settings, seeds, lambda r: r.get("seconds"))),
-            "reference": ref, "is_reference": ref == settings, "flags": [],
+            "reference": ref,
+            "is_reference": ref == settings,
+            "flags": [],
         }
         if n >= 2 and len(set(values.values())) == 1:
             entry["flags"].append(f"all {n} seeds gave {fmt_value(mean, DIGITS)}")
@@ -89,11 +97,13 @@ def degenerate_notes(summaries: Sequence[dict[str, Any]], metric: str) -> str:
     flagged = [s for s in summaries if s["flags"]]
     if not flagged:
         return ""
-    lines = ["\n## Degenerate cells\n\n",
-             f"These cells cannot show a difference: their {metric} did not move with the seed, or not away from "
-             "the reference. A model that predicts one class whatever its input scores the share of that class "
-             "(e.g. the majority class's accuracy) at every seed; check the learning rate, λ and the number of "
-             "steps before reading their differences.\n\n"]
+    lines = [
+        "\n## Degenerate cells\n\n",
+        f"These cells cannot show a difference: their {metric} did not move with the seed, or not away from "
+        "the reference. A model that predicts one class whatever its input scores the share of that class "
+        "(e.g. the majority class's accuracy) at every seed; check the learning rate, λ and the number of "
+        "steps before reading their differences.\n\n",
+    ]
     lines += [f"- {s['cell']}: {'; '.join(s['flags'])}\n" for s in flagged]
     return "".join(lines)
 
@@ -116,7 +126,10 @@ def markdown_table(axes: Sequence[Axis], summaries: Sequence[dict[str, Any]], me
     with_norm = any(s["norm_ratio"] is not None for s in summaries)
     with_shrink = any(s["shrink"] is not None for s in summaries)
     with_flags = any(s["flags"] for s in summaries)
-    head = [a.name for a in axes] + [f"{metric}: mean ± std (n)", "− reference: mean [95 % t-interval] (pairs)"]
+    head = [a.name for a in axes] + [
+        f"{metric}: mean ± std (n)",
+        "− reference: mean [95 % t-interval] (pairs)",
+    ]
     head += ["norm ratio"] * with_norm + ["shrink S"] * with_shrink + ["flag"] * with_flags
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
@@ -142,9 +155,11 @@ def _machines(rows: Sequence[dict[str, Any]]) -> str:
     seen = []
     for row in rows:
         m = row.get("machine") or {}
-        text = (f"{m.get('host')} ({m.get('cpu')}, {m.get('cores')} cores, threads per run: {m.get('threads')}; "
-                f"Python {m.get('python')}, torch {m.get('torch')}, transformers {m.get('transformers')}, "
-                f"hf_lpwd {m.get('hf_lpwd')})")
+        text = (
+            f"{m.get('host')} ({m.get('cpu')}, {m.get('cores')} cores, threads per run: {m.get('threads')}; "
+            f"Python {m.get('python')}, torch {m.get('torch')}, transformers {m.get('transformers')}, "
+            f"hf_lpwd {m.get('hf_lpwd')})"
+        )
         if text not in seen:
             seen.append(text)
     return "; ".join(seen) or "–"
@@ -170,7 +185,8 @@ def _kept_sentence(used: Sequence[dict[str, Any]]) -> str:
         return f"Outputs: {KEPT_WITH_WEIGHTS}.\n\n"
     if kept == {False}:
         return f"Outputs: {KEPT_BY_DEFAULT}.\n\n"
-    return "Outputs: some runs kept their weights (--keep-weights), the others only their JSON files and log.\n\n"
+    return ("Outputs: some runs kept their weights (--keep-weights), the others only their JSON files and "
+            "log.\n\n")
 
 
 def write_report(out: Path, axes: Sequence[Axis], cells: Sequence[dict[str, str]], seeds: Sequence[int],
@@ -188,41 +204,53 @@ def write_report(out: Path, axes: Sequence[Axis], cells: Sequence[dict[str, str]
     parts = [
         f"# hf-lpwd compare: {metric}\n\n",
         f"Command: `{shlex.join(command)}`\n\n",
-        "Grid: " + "; ".join(f"`{a.name}` ∈ {{{', '.join(a.label(v) for v in a.values)}}}" for a in axes)
-        + f"; seeds {', '.join(map(str, seeds))} (seed s runs with `--seed s --data_seed s` in every cell: the "
-        "differences are paired).\n\n",
+        "Grid: "
+        + "; ".join(f"`{a.name}` ∈ {{{', '.join(a.label(v) for v in a.values)}}}" for a in axes)
+        + f"; seeds {', '.join(map(str, seeds))} (seed s runs with `--seed s --data_seed s` in every cell: "
+        "the differences are paired).\n\n",
         f"Reference: {_reference_sentence(axes, reference)}.\n\n",
         f"Runs: {len(used)} of {total} finished"
         + (f" (missing: {'; '.join(missing)})" if missing else "")
-        + (f"; {sum(seconds) / 3600:.2f} h of run time, {statistics.fmean(seconds):.0f} s per run on average"
-           if seconds else "") + f". Machines: {_machines(used)}.\n\n",
+        + (
+            f"; {sum(seconds) / 3600:.2f} h of run time, {statistics.fmean(seconds):.0f} s per run on average"
+            if seconds
+            else ""
+        )
+        + f". Machines: {_machines(used)}.\n\n",
         _kept_sentence(used),
         markdown_table(axes, summaries, metric),
-        f"\n{metric}: mean ± sample std over seeds (n seeds). Difference to the reference: paired over the seeds "
-        "both cells finished, mean [95 % t-interval, n − 1 degrees of freedom]; * marks an interval that excludes "
-        "0. ",
+        f"\n{metric}: mean ± sample std over seeds (n seeds). Difference to the reference: paired over the "
+        "seeds both cells finished, mean [95 % t-interval, n − 1 degrees of freedom]; * marks an interval "
+        "that excludes 0. ",
     ]
     if used:
         parts.append(_norms_sentence(used))
     if any(s["shrink"] is not None for s in summaries):
-        parts.append("Shrink S: the run's largest per-depth S_d = Σ_t d_t (log-shrink of a weight no gradient "
-                     "moves), mean over seeds. ")
+        parts.append(
+            "Shrink S: the run's largest per-depth S_d = Σ_t d_t (log-shrink of a weight no gradient "
+            "moves), mean over seeds. "
+        )
     parts.append("\n")
     parts.append(degenerate_notes(summaries, metric))
     plots = write_plots(out, axes, summaries, metric)
     if isinstance(plots, str):
         parts.append(f"\n{plots}\n")
     elif plots:
-        parts.append("\n## Plots (error bars: std over seeds; series side by side where their values are equal)\n\n")
+        parts.append(
+            "\n## Plots (error bars: std over seeds; series side by side where their values are equal)\n\n"
+        )
         parts.extend(f"![{name}]({name})\n\n" for name in plots)
     (out / REPORT_NAME).write_text("".join(parts), encoding="utf-8")
     summary = {"metric": metric, "command": list(command), "seeds": list(seeds),
                "grid": [{"keys": list(a.keys), "values": [list(v) for v in a.values]} for a in axes],
                "reference": {k: list(v) for k, v in reference.items()}, "runs_finished": len(used),
                "runs_total": total, "cells": summaries}
-    (out / SUMMARY_NAME).write_text(json.dumps(_json_safe(summary), indent=1, sort_keys=True), encoding="utf-8")
-    return [out / REPORT_NAME, out / SUMMARY_NAME] + ([out / name for name in plots] if isinstance(plots, list)
-                                                      else [])
+    (out / SUMMARY_NAME).write_text(
+        json.dumps(_json_safe(summary), indent=1, sort_keys=True), encoding="utf-8"
+    )
+    return [out / REPORT_NAME, out / SUMMARY_NAME] + (
+        [out / name for name in plots] if isinstance(plots, list) else []
+    )
 
 
 def _json_safe(value: Any) -> Any:

@@ -1,11 +1,10 @@
-"""Running the plan: each (cell, seed) one process (local, ``--jobs`` at a time, or one Ray task each), its row
-appended to ``results.jsonl`` once it has succeeded, then the report.
+"""Running the plan: each (cell, seed) one process (local, ``--jobs`` at a time, or one Ray task each), its
+row appended to ``results.jsonl`` once it has succeeded, then the report.
 
-Every run gets the user's command with ``--KEY VALUE`` per grid key, ``--seed s --data_seed s`` (seed s: the same
-initialisation, data order and dropout in every cell, so cells are compared seed by seed) and ``--output_dir
-OUT/runs/<cell>/seed<s>``; a rerun of the same command never repeats a finished run and redoes an interrupted one
-(its partial folder is wiped first).
-"""
+Every run gets the user's command with ``--KEY VALUE`` per grid key, ``--seed s --data_seed s`` (seed s: the
+same initialisation, data order and dropout in every cell, so cells are compared seed by seed) and
+``--output_dir OUT/runs/<cell>/seed<s>``; a rerun of the same command never repeats a finished run and redoes
+an interrupted one (its partial folder is wiped first). """
 
 from __future__ import annotations
 
@@ -55,7 +54,8 @@ class RunSpec:
 
 
 def run_argv(command: Sequence[str], settings: dict[str, str], seed: int, run_dir: str) -> list[str]:
-    """The command of one run: the user's, then the grid flags, the seeds and the output folder (last wins)."""
+    """The command of one run: the user's, then the grid flags, the seeds and the output folder (last
+    wins)."""
     argv = list(command)
     for key, value in settings.items():
         argv += [f"--{key}", value]
@@ -63,8 +63,8 @@ def run_argv(command: Sequence[str], settings: dict[str, str], seed: int, run_di
 
 
 def child_env(threads: int, override: bool = False) -> dict[str, str]:
-    """The run's environment: ours, with ``threads`` CPU threads for torch / OpenMP / BLAS where the user set none
-    (``override``: ``--threads`` was given, and replaces what the user set)."""
+    """The run's environment: ours, with ``threads`` CPU threads for torch / OpenMP / BLAS where the user set
+    none (``override``: ``--threads`` was given, and replaces what the user set)."""
     env = dict(os.environ)
     for name in THREAD_VARIABLES:
         if override or not env.get(name, "").strip():
@@ -74,7 +74,8 @@ def child_env(threads: int, override: bool = False) -> dict[str, str]:
 
 
 def machine_info(threads: int) -> dict[str, Any]:
-    """Where a run ran: host, CPU, cores, threads, load, Python and the library versions (no imports needed)."""
+    """Where a run ran: host, CPU, cores, threads, load, Python and the library versions (no imports
+    needed)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -99,7 +100,8 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 
 class ChildProcesses:
-    """The runs a local backend has started, so that an interruption can stop them (none starts once stopped)."""
+    """The runs a local backend has started, so that an interruption can stop them (none starts once
+    stopped)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -199,14 +201,25 @@ def _specs(options: CompareOptions, plan: Plan) -> list[RunSpec]:
     for settings, seed in plan.todo:
         name = cell_name(settings)
         run_dir = str((plan.out / RUNS_DIRNAME / name / f"seed{seed}").resolve())
-        specs.append(RunSpec(name, settings, seed, run_argv(plan.command, settings, seed, run_dir), run_dir, cwd,
-                             plan.threads, not options.keep_weights, plan.threads_override))
+        specs.append(
+            RunSpec(
+                name,
+                settings,
+                seed,
+                run_argv(plan.command, settings, seed, run_dir),
+                run_dir,
+                cwd,
+                plan.threads,
+                not options.keep_weights,
+                plan.threads_override,
+            )
+        )
     return specs
 
 
 def run_compare(options: CompareOptions) -> int:
-    """The ``compare`` subcommand: plan, check the command (``--help``, a dry parse of every cell), run what is
-    missing, write the report; returns the exit status (:class:`CompareError` for bad input)."""
+    """The ``compare`` subcommand: plan, check the command (``--help``, a dry parse of every cell), run what
+    is missing, write the report; returns the exit status (:class:`CompareError` for bad input)."""
     from .report import write_report
 
     if options.delete_weights:
@@ -235,13 +248,16 @@ def run_compare(options: CompareOptions) -> int:
         return status
     paths = write_report(plan.out, plan.axes, plan.cells, plan.seeds, plan.reference, plan.metric, rows,
                          plan.command)
-    print(f"hf-lpwd: wrote the report of {len(rows)} runs: {paths[0]} ({', '.join(p.name for p in paths[1:])})",
-          file=sys.stderr)
+    print(
+        f"hf-lpwd: wrote the report of {len(rows)} runs: {paths[0]} ({', '.join(p.name for p in paths[1:])})",
+        file=sys.stderr,
+    )
     return status
 
 
 def _run_todo(options: CompareOptions, plan: Plan, specs: list[RunSpec]) -> int:
-    """Run the missing (cell, seed) pairs, appending each finished one to results.jsonl; returns the exit status."""
+    """Run the missing (cell, seed) pairs, appending each finished one to results.jsonl; returns the exit
+    status."""
     from huggingface_hub.utils import tqdm
 
     total = len(plan.cells) * len(plan.seeds)
@@ -258,7 +274,9 @@ def _run_todo(options: CompareOptions, plan: Plan, specs: list[RunSpec]) -> int:
                                                                        local_cpus=available_cores())
     else:
         stream = _run_local(specs, options.jobs)
-    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    previous = (
+        signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    )
     if previous is not None:
         signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -267,8 +285,12 @@ def _run_todo(options: CompareOptions, plan: Plan, specs: list[RunSpec]) -> int:
                 if outcome.get("stopped"):
                     continue
                 bar.close()
-                print(f"hf-lpwd: {'error: ' if outcome.get('bad_output') else ''}{_format_outcome(spec, outcome)}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"hf-lpwd: {'error: ' if outcome.get('bad_output') else ''}"
+                    f"{_format_outcome(spec, outcome)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 status = 2 if outcome.get("bad_output") else 1
                 break
             row = {**outcome["row"], "command": plan.command}
@@ -311,8 +333,8 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _run_local(specs: Sequence[RunSpec], jobs: int) -> Iterator[tuple[RunSpec, dict[str, Any]]]:
-    """Up to ``jobs`` runs at a time as local processes, a new one started only when the caller asks for the next
-    result (so none starts after the caller stopped); closing the stream stops the runs still going."""
+    """Up to ``jobs`` runs at a time as local processes, a new one started only when the caller asks for the
+    next result (so none starts after the caller stopped); closing the stream stops the runs still going."""
     children = ChildProcesses()
     queue = list(specs)
     running: dict[Future, RunSpec] = {}

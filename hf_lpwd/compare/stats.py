@@ -1,13 +1,13 @@
-"""Paired statistics over seeds: the one home of the numbers that ``hf-lpwd compare`` and ``benchmarks/`` report.
+"""Paired statistics over seeds: the one home of the numbers that ``hf-lpwd compare`` and ``benchmarks/``
+report.
 
 Seed s gives every cell the same initialisation, data order and dropout, so two cells are compared through the
 per-seed differences d_s = a_s − b_s.  Their mean d̄ and the 95 % t-interval d̄ ± t_{0.975, n−1} · sd(d) / √n
 (sd the sample standard deviation) say whether the difference is larger than the seed-to-seed noise.
 
-The Student-t quantile is computed here (no scipy in the core package): the t distribution's tail is a regularized
-incomplete beta function, P(T > t) = ½ · I_{ν/(ν+t²)}(ν/2, ½), evaluated by its continued fraction and inverted by
-bisection to machine precision.
-"""
+The Student-t quantile is computed here (no scipy in the core package): the t distribution's tail is a
+regularized incomplete beta function, P(T > t) = ½ · I_{ν/(ν+t²)}(ν/2, ½), evaluated by its continued fraction
+and inverted by bisection to machine precision. """
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ __all__ = [
 
 
 def _beta_continued_fraction(a: float, b: float, x: float) -> float:
-    """The continued fraction of I_x(a, b), evaluated with the modified Lentz method (converges for x < (a+1)/(a+b+2))."""
+    """The continued fraction of I_x(a, b), evaluated with the modified Lentz method (converges for x <
+    (a+1)/(a+b+2))."""
     tiny = 1e-300
     c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
     d = 1.0 / (d if abs(d) > tiny else tiny)
@@ -105,7 +106,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, int]:
-    """(mean, half width of the ``level`` t-interval, n): mean ± t_{(1+level)/2, n−1} · sd / √n; half width nan for n < 2."""
+    """(mean, half width of the ``level`` t-interval, n): mean ± t_{(1+level)/2, n−1} · sd / √n; half width
+    nan for n < 2."""
     n = len(values)
     if n == 0:
         return math.nan, math.nan, 0
@@ -126,14 +128,15 @@ def excludes_zero(mean: float, half: float) -> bool:
 
 
 def fmt_value(value: float, digits: int, signed: bool = False) -> str:
-    """``value`` with ``digits`` decimals (``+`` before a positive one when ``signed``); a value that rounds to
-    zero prints as ``0.00…``, never ``-0.00…`` or ``+0.00…``."""
+    """``value`` with ``digits`` decimals (``+`` before a positive one when ``signed``); a value that rounds
+    to zero prints as ``0.00…``, never ``-0.00…`` or ``+0.00…``."""
     text = f"{value:{'+' if signed else ''}.{digits}f}"
     return text.lstrip("+-") if float(text) == 0 else text
 
 
 def fmt_diff(mean: float, half: float, n: int, scale: float = 1.0, digits: int = 1) -> str:
-    """``+1.2 [-0.3, +2.7]``, with `` *`` where the interval excludes 0; ``+1.2 (n=1)`` without an interval."""
+    """``+1.2 [-0.3, +2.7]``, with `` *`` where the interval excludes 0; ``+1.2 (n=1)`` without an
+    interval."""
     if n == 0 or not math.isfinite(mean):
         return "–"
     if not math.isfinite(half):

@@ -1,8 +1,7 @@
 """``OUT/results.jsonl``: one JSON line per finished run, appended and synced only once the run has succeeded.
 
-A rerun reads it to skip what is done; a line cut by an interruption is skipped, so that run is redone.  The same
-two functions keep the benchmarks' run logs (``benchmarks/common.py``).
-"""
+A rerun reads it to skip what is done; a line cut by an interruption is skipped, so that run is redone.  The
+same two functions keep the benchmarks' run logs (``benchmarks/common.py``). """
 
 from __future__ import annotations
 
