@@ -845,3 +845,28 @@ def test_machine_records_the_version_of_the_code_that_runs():
 
     info = machine_info(1)
     assert info["hf_lpwd"] == hf_lpwd.__version__ and info["threads"] == 1
+
+
+def test_the_compare_package_imports_no_training_library_at_module_level():
+    """compare runs training as subprocesses: none of its modules imports torch or transformers when imported
+    (the dry-parse probe imports transformers in the training command's own process, from a string)."""
+    import ast
+
+    import hf_lpwd.compare
+    from hf_lpwd import compare_report, grid, stats
+
+    package = Path(hf_lpwd.compare.__file__).parent
+    modules = sorted(package.glob("*.py"))
+    concerns = {"grid", "plan", "probe", "runner", "outputs", "store", "report", "plots", "stats", "command"}
+    assert {m.stem for m in modules} >= concerns
+    for module in modules:
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
+        names |= {(n.module or "").split(".")[0] for n in top
+                  if isinstance(n, ast.ImportFrom) and n.level == 0}
+        assert not names & {"torch", "transformers", "huggingface_hub", "matplotlib", "ray"}, module.name
+    # the old module paths keep importing, as thin re-exports
+    assert compare_report.write_report is hf_lpwd.compare.report.write_report
+    assert grid.parse_axis is hf_lpwd.compare.parse_axis and stats.t_quantile is hf_lpwd.compare.t_quantile
+    assert hf_lpwd.compare.NORM_PREFIX == "lpwd/weight_norm/depth_"

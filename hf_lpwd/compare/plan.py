@@ -18,7 +18,15 @@ from .errors import CompareError
 from .grid import Axis, check_axes, expand_grid, parse_axis, parse_reference, parse_seeds, settings_key
 from .store import RESULTS_NAME, read_results
 
-__all__ = ["PLAN_NAME", "THREAD_VARIABLES", "CompareOptions", "Plan", "available_cores", "make_plan"]
+__all__ = [
+    "PLAN_NAME",
+    "THREAD_VARIABLES",
+    "CompareOptions",
+    "Plan",
+    "available_cores",
+    "child_env",
+    "make_plan",
+]
 
 PLAN_NAME = "compare_plan.json"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -67,6 +75,17 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def child_env(threads: int, override: bool = False) -> dict[str, str]:
+    """The run's environment: ours, with ``threads`` CPU threads for torch / OpenMP / BLAS where the user set
+    none (``override``: ``--threads`` was given, and replaces what the user set)."""
+    env = dict(os.environ)
+    for name in THREAD_VARIABLES:
+        if override or not env.get(name, "").strip():
+            env[name] = str(threads)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
 
 
 def _user_threads() -> int | None:

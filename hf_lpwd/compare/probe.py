@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .errors import CompareError
 from .grid import RESERVED_FLAGS, Axis
+from .plan import child_env
 
 __all__ = ["HELP_TIMEOUT_S", "check_command_flags", "dry_parse", "dry_parse_target"]
 
@@ -122,9 +123,11 @@ for argv in argvs:
 '''
 
 
-def check_command_flags(command: Sequence[str], axes: Sequence[Axis], env: dict[str, str]) -> set[str]:
+def check_command_flags(command: Sequence[str], axes: Sequence[Axis], env: dict[str, str] | int) -> set[str]:
     """The command accepts every grid key and ``--seed --data_seed --output_dir``: its ``--help`` must name
     them. Returns the flags its ``--help`` lists."""
+    if isinstance(env, int):  # the threads per run, as this function took them before
+        env = child_env(env)
     argv = list(command) + ["--help"]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,

@@ -28,7 +28,7 @@ from ..version import __version__
 from .errors import CompareError
 from .grid import cell_name
 from .outputs import KEPT_BY_DEFAULT, KEPT_WITH_WEIGHTS, collect_outputs, delete_weights
-from .plan import THREAD_VARIABLES, CompareOptions, Plan, available_cores, check_metric, make_plan, write_plan
+from .plan import CompareOptions, Plan, available_cores, check_metric, child_env, make_plan, write_plan
 from .probe import check_command_flags, dry_parse
 from .store import RESULTS_NAME, append_result, read_results
 
@@ -60,17 +60,6 @@ def run_argv(command: Sequence[str], settings: dict[str, str], seed: int, run_di
     for key, value in settings.items():
         argv += [f"--{key}", value]
     return argv + ["--seed", str(seed), "--data_seed", str(seed), "--output_dir", run_dir]
-
-
-def child_env(threads: int, override: bool = False) -> dict[str, str]:
-    """The run's environment: ours, with ``threads`` CPU threads for torch / OpenMP / BLAS where the user set
-    none (``override``: ``--threads`` was given, and replaces what the user set)."""
-    env = dict(os.environ)
-    for name in THREAD_VARIABLES:
-        if override or not env.get(name, "").strip():
-            env[name] = str(threads)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
 
 
 def machine_info(threads: int) -> dict[str, Any]:
