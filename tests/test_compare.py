@@ -100,9 +100,12 @@ norms1 = {{"lpwd/weight_norm/depth_00": 3.0 * (1 - a.lam / 4),
           "lpwd/weight_norm/depth_01": 4.0 * (1 - a.lam / 2)}}
 with open(os.path.join(a.output_dir, "trainer_state.json"), "w") as f:
     logs = [{{"loss": 1.0, **norms0}}, {{"loss": 0.5, **norms1}}, {{"eval_loss": 0.4}}]
+    if os.environ.get("FAKE_PLAIN_TRAINER"):  # a stock Trainer: no norms, no lpwd_config.json
+        logs = [{{"loss": 1.0}}, {{"loss": 0.5}}]
     json.dump({{"log_history": logs}}, f)
-with open(os.path.join(a.output_dir, "lpwd_config.json"), "w") as f:
-    json.dump({{"mode": a.mode, "shrink": [0.1 * a.lam, 0.2 * a.lam, 0.3 * a.lam]}}, f)
+if not os.environ.get("FAKE_PLAIN_TRAINER"):
+    with open(os.path.join(a.output_dir, "lpwd_config.json"), "w") as f:
+        json.dump({{"mode": a.mode, "shrink": [0.1 * a.lam, 0.2 * a.lam, 0.3 * a.lam]}}, f)
 """
 
 
@@ -113,7 +116,8 @@ def fake(tmp_path, monkeypatch) -> dict:
     count = tmp_path / "count.txt"
     count.write_text("")
     monkeypatch.setenv("FAKE_COUNT", str(count))
-    for name in ("FAKE_KILL_AT", "FAKE_FAIL_AT", "FAKE_RENDEZVOUS", "FAKE_INTERRUPT_AT", "FAKE_CONSTANT"):
+    for name in ("FAKE_KILL_AT", "FAKE_FAIL_AT", "FAKE_RENDEZVOUS", "FAKE_INTERRUPT_AT", "FAKE_CONSTANT",
+                 "FAKE_PLAIN_TRAINER"):
         monkeypatch.delenv(name, raising=False)
     return {"command": [sys.executable, str(script)], "count": count}
 
@@ -644,6 +648,17 @@ def test_degenerate_cells_are_flagged_in_words(tmp_path, fake, monkeypatch):
         "- mode=lpwd: all 3 seeds gave 0.5000; equal to its reference at all 3 seeds; 2 cells sit at this "
         "one value"
     ) in section
+
+
+def test_the_report_says_why_the_norm_column_is_empty(tmp_path, fake, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setenv("FAKE_PLAIN_TRAINER", "1")
+    assert compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--seeds", "0", "--metric", "score") == 0
+    report = (out / "report.md").read_text()
+    assert "norm ratio" not in table_lines(report)[0]
+    assert ("Norm ratio: no run logged per-depth weight norms, so the column is left out: no "
+            "lpwd_config.json and no `lpwd/weight_norm/depth_DD` logs: the command does not train with LPWDTrainer") in report
+    assert "(2 of 2 runs)" in report
 
 
 def test_a_cell_that_varies_is_not_flagged(tmp_path, fake):
