@@ -657,7 +657,8 @@ def test_the_report_says_why_the_norm_column_is_empty(tmp_path, fake, monkeypatc
     report = (out / "report.md").read_text()
     assert "norm ratio" not in table_lines(report)[0]
     assert ("Norm ratio: no run logged per-depth weight norms, so the column is left out: no "
-            "lpwd_config.json and no `lpwd/weight_norm/depth_DD` logs: the command does not train with LPWDTrainer") in report
+            "lpwd_config.json and no `lpwd/weight_norm/depth_DD` logs: the command does not train with "
+            "LPWDTrainer") in report
     assert "(2 of 2 runs)" in report
 
 
