@@ -35,7 +35,7 @@ PROBE_MARK = "hf-lpwd-probe:"
 # Runs in the training command's interpreter (``python -c``): stdlib only, plus what the script itself
 # imports.
 PROBE_SOURCE = r'''
-import contextlib, io, json, runpy, sys, traceback
+import contextlib, io, json, os, runpy, sys
 MARK = "hf-lpwd-probe:"
 target, argvs = json.loads(sys.stdin.read())
 
@@ -91,7 +91,7 @@ def no_trainer(self, *args, **kwargs):
 transformers.Trainer.__init__ = no_trainer
 kind, name = target
 if kind == "script":
-    sys.path[0] = __import__("os").path.dirname(__import__("os").path.abspath(name))
+    sys.path[0] = os.path.dirname(os.path.abspath(name))  # what `python script.py` puts first
 for argv in argvs:
     sys.argv = [name] + argv
     err = io.StringIO()
