@@ -690,23 +690,26 @@ def test_equal_series_stay_visible_in_the_plots(tmp_path):
     assert dodged({"only": [(2.0, 0.5, 0.0)]}, False) == {"only": [(2.0, 0.5, 0.0)]}
 
 
-@pytest.mark.parametrize("plan_file", [True, False])
-def test_report_only_needs_only_the_out_folder(tmp_path, fake, capsys, plan_file):
+@pytest.mark.parametrize("kept", ["plan", "report_json", "results_only"])
+def test_report_only_needs_only_the_out_folder(tmp_path, fake, capsys, kept):
+    """The plan file; else (an older compare's outputs) the report.json it wrote; else results.jsonl alone."""
     out = tmp_path / "out"
     assert compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--grid", "lam=0.1,1", "--seeds", "0,1",
                    "--metric", "score", "--reference", "mode=wd") == 0
     before = (out / "report.md").read_text()
     (out / "report.md").unlink()
-    if not plan_file:  # outputs of an older compare: the grid comes from results.jsonl
+    if kept != "plan":
         (out / "compare_plan.json").unlink()
+    if kept == "results_only":
+        (out / "report.json").unlink()
     capsys.readouterr()
     ran = len(invocations(fake["count"]))
-    given = [] if plan_file else ["--metric", "score", "--reference", "mode=wd"]  # no plan: say what it said
+    given = ["--metric", "score", "--reference", "mode=wd"] if kept == "results_only" else []
     assert main(["compare", "--out", str(out), *given, "--report-only"]) == 0
     assert f"hf-lpwd: wrote the report of 8 runs: {out / 'report.md'}" in capsys.readouterr().err
     assert len(invocations(fake["count"])) == ran  # nothing ran
     after = (out / "report.md").read_text()
-    if plan_file:
+    if kept != "results_only":
         assert table_lines(after) == table_lines(before)
     else:  # the columns in the settings' sorted order (lam, mode), the same numbers per cell
         def cells(text: str, mode_col: int) -> dict:

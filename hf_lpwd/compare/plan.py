@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 PLAN_NAME = "compare_plan.json"
+SUMMARY_NAME = "report.json"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 """The thread counts of torch / OpenMP / BLAS: a user's value is kept, ``--threads`` overrides it."""
 DEFAULT_METRIC = "eval_accuracy"
@@ -122,12 +123,27 @@ def write_plan(plan: Plan) -> None:
     os.replace(tmp, path)
 
 
-def _read_plan(out: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        record = json.loads((out / PLAN_NAME).read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def _read_plan(out: Path) -> dict[str, Any] | None:
+    """The plan file, else the plan an older compare kept in ``report.json`` (grid, seeds, reference)."""
+    record = _read_json(out / PLAN_NAME)
+    if record is not None:
+        return record
+    summary = _read_json(out / SUMMARY_NAME)
+    try:
+        return {"command": summary["command"], "metric": summary["metric"], "seeds": summary["seeds"],
+                "grid": [f"{'+'.join(a['keys'])}={','.join('+'.join(v) for v in a['values'])}"
+                         for a in summary["grid"]],
+                "reference": [f"{k}={'+'.join(v)}" for k, v in summary["reference"].items()]}
+    except (TypeError, KeyError, AttributeError):
+        return None
 
 
 def _grid_from_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
