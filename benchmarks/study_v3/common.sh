@@ -10,8 +10,7 @@ RESULTS=benchmarks/results/study_v3
 DATA=benchmarks/study_v3/data
 THREADS="${THREADS:-}"                  # threads per run (default: cores // JOBS); 1 when two scripts share 2 cores
 REPORT_ONLY="${REPORT_ONLY:-}"          # non-empty: rewrite report.md and the plots from results.jsonl, run nothing
-COMPARE=("$PY" -m hf_lpwd.cli compare --jobs "$JOBS" ${THREADS:+--threads "$THREADS"} ${REPORT_ONLY:+--report-only}
-    --delete-weights)
+COMPARE=("$PY" -m hf_lpwd.cli compare --jobs "$JOBS" ${THREADS:+--threads "$THREADS"} ${REPORT_ONLY:+--report-only})
 
 # The v2 SST-2 setting (benchmarks/decay_sweep.py's defaults) through the text-classification recipe: MiniLM-L6 with a
 # fresh 2-way head, batch 16, max 64 tokens, η = 1e-4 with linear warm-up (10 %) and decay, fused AdamW,
@@ -30,12 +29,12 @@ sst2() {  # sst2 TRAIN_TSV STEPS [more recipe flags]: sets the array CMD
 
 # Σ_t η_t of the Trainer's linear schedule (warm-up ceil(0.1·steps) steps): S = λ·Σ_t η_t is the shrink under WD.
 lr_sum() {  # lr_sum LR STEPS
-    "$PY" -c "import math, sys; sys.path.insert(0, 'benchmarks'); from common import lr_sum; \
+    "$PY" -c "import math; from benchmarks.common import lr_sum; \
 print(f'{lr_sum($1, $2, math.ceil(0.1 * $2)):.6g}')"
 }
 
 need_data() {  # need_data FILE make_data.py-flags...
     local file="$1"
     shift
-    [ -f "$file" ] || "$PY" benchmarks/study_v3/make_data.py --data-dir "$DATA_ROOT" "$@"
+    [ -f "$file" ] || "$PY" -m benchmarks.study_v3.make_data --data-dir "$DATA_ROOT" "$@"
 }

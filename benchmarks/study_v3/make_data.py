@@ -1,24 +1,21 @@
 """Write the SST-2 training subsets of study v3 as TSV files for ``recipes/text_classification.py``.
 
-The subset of N sentences is the draw ``benchmarks/decay_sweep.py`` makes (``random.Random(1234).sample`` of the
-training rows with at least ``--min-words`` words, sorted), so ``train1600.tsv`` is the training set of the v2 study.
-The dev set (872 sentences) is used as it is, from ``../shared/data/glue/SST-2/dev.tsv``: it is the test set and
-never chooses anything.
+The subset of N sentences is the draw ``benchmarks/decay_sweep.py`` makes (``random.Random(1234).sample`` of
+the training rows with at least ``--min-words`` words, sorted), so ``train1600.tsv`` is the training set of
+the v2 study. The dev set (872 sentences) is used as it is, from ``../shared/data/glue/SST-2/dev.tsv``: it is
+the test set and never chooses anything.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/study_v3/make_data.py                      # train1600.tsv
-    PYTHONPATH=. .venv/bin/python benchmarks/study_v3/make_data.py --train-size 8000 --min-words 5
+    .venv/bin/python -m benchmarks.study_v3.make_data                   # train1600.tsv (from the repo root)
+    .venv/bin/python -m benchmarks.study_v3.make_data --train-size 8000 --min-words 5
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import data_dir, load_glue  # noqa: E402
+from benchmarks.common import data_dir, load_glue
 
 SUBSET_SEED = 1234  # decay_sweep.py's
 OUT = Path(__file__).resolve().parent / "data"
@@ -35,7 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--train-size", type=int, default=1600)
     p.add_argument("--min-words", type=int, default=0)
-    p.add_argument("--data-dir", default=None, help="folder holding glue/SST-2 (default: <repo>/../shared/data)")
+    p.add_argument(
+        "--data-dir", default=None, help="folder holding glue/SST-2 (default: <repo>/../shared/data)"
+    )
     args = p.parse_args(argv)
     sentences, labels = load_glue("sst2", "train", data_dir(args.data_dir))
     rows = subset(sentences, args.train_size, args.min_words)

@@ -1,11 +1,11 @@
 """Question 3's plot against the shrink of the design: S = λ·Σ_t η_t of each cell of a ``compare`` report.
 
 For WD runs of the Trainer's linear schedule (warm-up ceil(0.1·steps) steps) S is known from the cell's
-learning_rate, max_steps and weight_decay alone; this draws the metric against S, one line per (lr, steps), and writes
-``shrink.md`` (the cells sorted by S) next to the report.  Once the runs record their own ``shrink`` (issue 19),
-``hf-lpwd compare`` draws ``*_vs_shrink.png`` itself.
+learning_rate, max_steps and weight_decay alone; this draws the metric against S, one line per (lr, steps),
+and writes ``shrink.md`` (the cells sorted by S) next to the report.  Once the runs record their own
+``shrink`` (issue 19), ``hf-lpwd compare`` draws ``*_vs_shrink.png`` itself.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/study_v3/plot_shrink.py benchmarks/results/study_v3/q3_transfer
+    .venv/bin/python -m benchmarks.study_v3.plot_shrink benchmarks/results/study_v3/q3_transfer   # repo root
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import lr_sum  # noqa: E402
+from benchmarks.common import lr_sum
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,4 +19,4 @@ done
 sst2 "$DATA/train1600.tsv" 100 --weight_decay_mode wd
 "${COMPARE[@]}" --grid "learning_rate+max_steps+weight_decay=$(IFS=,; echo "${CELLS[*]}")" --seeds 0,1,2 \
     --out "$RESULTS/q3_transfer" -- "${CMD[@]}"
-"$PY" benchmarks/study_v3/plot_shrink.py "$RESULTS/q3_transfer"
+"$PY" -m benchmarks.study_v3.plot_shrink "$RESULTS/q3_transfer"

@@ -28,7 +28,7 @@ pilot)
     lm 3000 --weight_decay_mode wd --eval_strategy steps --eval_steps 250
     "${COMPARE[@]}" --grid weight_decay=0.1 --seeds 0 --metric perplexity --out "$RESULTS/q5_scratch_pilot" \
         -- "${CMD[@]}"
-    "$PY" benchmarks/study_v3/curve.py "$RESULTS/q5_scratch_pilot"
+    "$PY" -m benchmarks.study_v3.curve "$RESULTS/q5_scratch_pilot"
     ;;
 now)
     lm "$STEPS" --eval_strategy no

@@ -1,11 +1,11 @@
 """Ray backend of ``hf-lpwd compare`` (``--backend ray``): each (cell, seed) one Ray task.
 
-The task runs :func:`hf_lpwd.compare.execute_run` on a worker: the training command as a subprocess in the driver's
-working directory with ``threads`` CPU threads (the task asks Ray for as many CPUs), then reads the run's output
-folder there and returns the row, which the driver appends to ``results.jsonl``.  On a cluster, the working directory
-and ``--out`` must therefore be on a file system every node sees.  ``--ray-address`` joins an existing cluster
-(``auto``, ``ray://host:10001``); without it a local Ray instance with this machine's cores is started and stopped.
-"""
+The task runs :func:`hf_lpwd.compare.execute_run` on a worker: the training command as a subprocess in the
+driver's working directory with ``threads`` CPU threads (the task asks Ray for as many CPUs), then reads the
+run's output folder there and returns the row, which the driver appends to ``results.jsonl``.  On a cluster,
+the working directory and ``--out`` must therefore be on a file system every node sees.  ``--ray-address``
+joins an existing cluster (``auto``, ``ray://host:10001``); without it a local Ray instance with this
+machine's cores is started and stopped. """
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ LOCAL_OBJECT_STORE_BYTES = 100 * 1024 * 1024
 
 
 def check_ray() -> Any:
-    """The ``ray`` module, or ``ImportError`` with the install line when Ray is missing (the ``ray`` extra)."""
+    """The ``ray`` module, or ``ImportError`` with the install line when Ray is missing (the ``ray``
+    extra)."""
     try:
         import ray
     except ImportError:
@@ -29,8 +30,10 @@ def check_ray() -> Any:
 
 
 def run_on_ray(specs: Sequence[Any], execute: Callable[[Any], dict[str, Any]], *, jobs: int, threads: int,
-               address: str | None = None, local_cpus: int | None = None) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """Yield ``(spec, outcome)`` as the tasks finish, at most ``jobs`` in flight; closing the stream cancels the rest.
+               address: str | None = None, local_cpus: int | None = None
+               ) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """Yield ``(spec, outcome)`` as the tasks finish, at most ``jobs`` in flight; closing the stream cancels
+    the rest.
 
     ``local_cpus``: the CPUs of a local instance (default: all of this machine's).
     """
@@ -41,8 +44,13 @@ def run_on_ray(specs: Sequence[Any], execute: Callable[[Any], dict[str, Any]], *
         if address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
         else:
-            ray.init(num_cpus=local_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-                     object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+            ray.init(
+                num_cpus=local_cpus,
+                include_dashboard=False,
+                logging_level="WARNING",
+                log_to_driver=False,
+                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            )
     task = ray.remote(num_cpus=threads, max_retries=0)(execute)
     queue = list(specs)
     pending: dict[Any, Any] = {}

@@ -1,0 +1,239 @@
+"""The plan of a compare: the grid's cells × seeds, each cell's reference, what ``results.jsonl`` already
+holds, what is left to run and with how many threads; checked in full before anything runs or is written.
+
+The plan's inputs (grid, seeds, reference, metric, command) are saved in ``OUT/compare_plan.json`` when the
+runs start, so that ``--report-only`` rebuilds the report from ``OUT`` alone. """
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import CompareError
+from .grid import Axis, check_axes, expand_grid, parse_axis, parse_reference, parse_seeds, settings_key
+from .store import RESULTS_NAME, read_results
+
+__all__ = [
+    "PLAN_NAME",
+    "THREAD_VARIABLES",
+    "CompareOptions",
+    "Plan",
+    "available_cores",
+    "child_env",
+    "make_plan",
+]
+
+PLAN_NAME = "compare_plan.json"
+SUMMARY_NAME = "report.json"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+"""The thread counts of torch / OpenMP / BLAS: a user's value is kept, ``--threads`` overrides it."""
+DEFAULT_METRIC = "eval_accuracy"
+
+
+@dataclasses.dataclass
+class CompareOptions:
+    """The ``hf-lpwd compare`` command line, as a library call takes it."""
+
+    command: list[str]
+    grid: list[str]
+    out: str
+    seeds: str | None = None
+    metric: str | None = None
+    reference: list[str] = dataclasses.field(default_factory=list)
+    jobs: int = 1
+    threads: int | None = None
+    backend: str = "local"
+    ray_address: str | None = None
+    report_only: bool = False
+    keep_weights: bool = False
+    delete_weights: bool = False
+    """Accepted for old command lines: deleting the weights is the default (``keep_weights`` keeps them)."""
+
+
+@dataclasses.dataclass
+class Plan:
+    axes: list[Axis]
+    cells: list[dict[str, str]]
+    seeds: list[int]
+    reference: dict[str, tuple[str, ...]]
+    metric: str
+    command: list[str]
+    out: Path
+    rows: list[dict[str, Any]]  # finished runs of this command (any cell)
+    todo: list[tuple[dict[str, str], int]]
+    threads: int
+    threads_override: bool
+    """``threads`` came from ``--threads`` (it replaces the user's OMP/MKL/OPENBLAS_NUM_THREADS)."""
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def child_env(threads: int, override: bool = False) -> dict[str, str]:
+    """The run's environment: ours, with ``threads`` CPU threads for torch / OpenMP / BLAS where the user set
+    none (``override``: ``--threads`` was given, and replaces what the user set)."""
+    env = dict(os.environ)
+    for name in THREAD_VARIABLES:
+        if override or not env.get(name, "").strip():
+            env[name] = str(threads)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def _user_threads() -> int | None:
+    """The user's ``OMP_NUM_THREADS`` when it is a positive integer."""
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def check_metric(rows: Sequence[dict[str, Any]], metric: str) -> None:
+    for row in rows:
+        if metric not in row.get("metrics", {}):
+            have = ", ".join(sorted(row.get("metrics", {}))) or "none"
+            raise CompareError(
+                f"--metric {metric}: run {row.get('cell')} seed {row.get('seed')} did not write "
+                f"it (its all_results.json has: {have})"
+            )
+
+
+def plan_record(plan: Plan) -> dict[str, Any]:
+    """What ``--report-only`` needs besides the runs (``OUT/compare_plan.json``)."""
+    return {
+        "command": plan.command,
+        "grid": [a.spec() for a in plan.axes],
+        "seeds": plan.seeds,
+        "reference": [f"{name}={'+'.join(v)}" for name, v in plan.reference.items()],
+        "metric": plan.metric,
+    }
+
+
+def write_plan(plan: Plan) -> None:
+    path = plan.out / PLAN_NAME
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(plan_record(plan), indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _read_plan(out: Path) -> dict[str, Any] | None:
+    """The plan file, else the plan an older compare kept in ``report.json`` (grid, seeds, reference)."""
+    record = _read_json(out / PLAN_NAME)
+    if record is not None:
+        return record
+    summary = _read_json(out / SUMMARY_NAME)
+    try:
+        return {"command": summary["command"], "metric": summary["metric"], "seeds": summary["seeds"],
+                "grid": [f"{'+'.join(a['keys'])}={','.join('+'.join(v) for v in a['values'])}"
+                         for a in summary["grid"]],
+                "reference": [f"{k}={'+'.join(v)}" for k, v in summary["reference"].items()]}
+    except (TypeError, KeyError, AttributeError):
+        return None
+
+
+def _grid_from_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One axis per settings key, its values in the order the runs finished (outputs without a plan file)."""
+    values: dict[str, list[str]] = {}
+    for row in rows:
+        for key, value in row["settings"].items():
+            seen = values.setdefault(key, [])
+            if value not in seen:
+                seen.append(value)
+    return [f"{key}={','.join(v)}" for key, v in values.items()]
+
+
+def _report_only_inputs(options: CompareOptions, out: Path) -> CompareOptions:
+    """``--report-only`` without a grid or command: take them from the plan file, else from results.jsonl."""
+    rows = read_results(out / RESULTS_NAME)
+    if not rows:
+        raise CompareError(
+            f"--report-only: {out / RESULTS_NAME} does not exist or holds no finished run; run "
+            "the grid first (hf-lpwd compare --grid ... --out DIR -- COMMAND)"
+        )
+    record = _read_plan(out) or {}
+    command = options.command or record.get("command") or rows[-1].get("command") or []
+    mine = [r for r in rows if r.get("command") == command]
+    grid = options.grid or record.get("grid") or _grid_from_rows(mine)
+    seeds = options.seeds or (",".join(map(str, record["seeds"])) if record.get("seeds") else
+                              ",".join(str(s) for s in sorted({int(r["seed"]) for r in mine})))
+    reference = options.reference or (record.get("reference", []) if not options.grid else [])
+    return dataclasses.replace(options, command=list(command), grid=list(grid), seeds=seeds,
+                               reference=list(reference), metric=options.metric or record.get("metric"))
+
+
+def make_plan(options: CompareOptions) -> Plan:
+    """Check every argument and read what is already done; raises :class:`CompareError`, writes nothing."""
+    out = Path(options.out)
+    if out.exists() and not out.is_dir():
+        raise CompareError(f"--out {out}: exists and is not a folder")
+    if options.report_only and not (options.command and options.grid):
+        options = _report_only_inputs(options, out)
+    command = list(options.command)
+    if not command:
+        raise CompareError("no command: put the training command after `--` "
+                           "(hf-lpwd compare --grid ... --out DIR -- python train.py ...)")
+    axes = [parse_axis(spec) for spec in options.grid]
+    check_axes(axes)
+    seeds = parse_seeds(options.seeds if options.seeds is not None else "0,1,2")
+    reference = parse_reference(options.reference, axes)
+    metric = options.metric if options.metric is not None else DEFAULT_METRIC
+    if not metric.strip():
+        raise CompareError("--metric is empty: name a key of the runs' all_results.json (e.g. eval_accuracy)")
+    if options.jobs < 1:
+        raise CompareError(f"--jobs {options.jobs}: must be >= 1")
+    if options.backend not in ("local", "ray"):
+        raise CompareError(f"--backend {options.backend!r}: choose local or ray")
+    if options.ray_address and options.backend != "ray":
+        raise CompareError("--ray-address needs --backend ray")
+    if options.keep_weights and options.delete_weights:
+        raise CompareError(
+            "--keep-weights and --delete-weights contradict each other: give one (deleting the "
+            "weights is the default)"
+        )
+    cores = available_cores()
+    if options.threads is not None and options.threads < 1:
+        raise CompareError(f"--threads {options.threads}: must be >= 1")
+    if options.backend == "local" and options.jobs > cores:
+        raise CompareError(f"--jobs {options.jobs}: more runs at a time than this machine's {cores} cores")
+    threads_override = options.threads is not None
+    threads = options.threads or _user_threads() or max(1, cores // options.jobs)
+    if options.backend == "local" and threads_override and options.jobs * threads > cores:
+        raise CompareError(
+            f"--jobs {options.jobs} × --threads {threads} = {options.jobs * threads} threads on "
+            f"{cores} cores: lower --threads (default: OMP_NUM_THREADS if set, else cores // jobs)"
+        )
+    all_rows = read_results(out / RESULTS_NAME)
+    rows = [r for r in all_rows if r.get("command") == command]
+    if all_rows and not rows:
+        raise CompareError(f"--out {out}: its {RESULTS_NAME} holds runs of another command "
+                           f"({shlex.join(all_rows[0].get('command') or [])}); use another --out")
+    cells = expand_grid(axes)
+    wanted = {settings_key(c) for c in cells}
+    check_metric([r for r in rows if settings_key(r["settings"]) in wanted], metric)
+    done = {(settings_key(r["settings"]), int(r["seed"])) for r in rows}
+    todo = [(cell, seed) for seed in seeds for cell in cells if (settings_key(cell), seed) not in done]
+    if options.report_only and not rows:
+        raise CompareError(f"--report-only: {out / RESULTS_NAME} holds no finished run of this command")
+    if options.backend == "ray" and not options.report_only:
+        from ..integrations.ray import check_ray
+
+        try:
+            check_ray()
+        except ImportError as exc:
+            raise CompareError(str(exc)) from None
+    return Plan(axes, cells, seeds, reference, metric, command, out, rows, todo, threads, threads_override)
