@@ -109,9 +109,11 @@ def default_task(config: Any) -> tuple[str | None, str]:
     Decoder-only text models (a causal-LM class, no masked-LM or seq2seq one): ``causal-lm``, as
     ``recipes/causal_lm.py``; vision models with a classifier: ``image-classification``, as
     ``recipes/image_classification.py``; text encoders (a masked-LM and a classifier class, the BERT family):
-    ``sequence-classification``, as ``recipes/text_classification.py`` and the README's MiniLM examples.  Any
-    other model: the class its config.json names, else the base model.
+    ``sequence-classification``, as ``recipes/text_classification.py`` and the README's MiniLM examples.
+    Encoder-decoder and any other models: the class its config.json names, else the base model.
     """
+    if getattr(config, "is_encoder_decoder", False):
+        return None, "an encoder-decoder model: the class config.json's architectures names"
     if _supports("causal-lm", config) and not _supports("masked-lm", config) \
             and not _supports("seq2seq-lm", config):
         return "causal-lm", "a decoder-only model, what recipes/causal_lm.py trains"
@@ -134,7 +136,10 @@ def _model_class(config: Any, task: str) -> tuple[Any, str, str]:
             named = [getattr(transformers, a) for a in names if hasattr(transformers, a)]
             if named:
                 return named[0], "architectures", why
-            return _auto_class("base"), "base", "no task class found for this config: the base model"
+            if getattr(config, "is_encoder_decoder", False) and _supports("seq2seq-lm", config):
+                why = "an encoder-decoder model, config.json names no class"
+                return _auto_class("seq2seq-lm"), "seq2seq-lm", why
+            return _auto_class("base"), "base", "config.json names no class and no recipe trains this model"
         task = chosen
     if not _supports(task, config):
         possible = [t for t in TASKS if _supports(t, config)]

@@ -21,7 +21,7 @@ def resolve_model_path(name: str | None, flag: str = "--model_name_or_path") -> 
     """
     if name is None or not name.startswith(PACKAGE_PREFIX):
         return name
-    module_name = name[len(PACKAGE_PREFIX):]
+    module_name = name[len(PACKAGE_PREFIX) :]
     try:
         module = importlib.import_module(module_name)
     except ImportError:

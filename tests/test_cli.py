@@ -24,10 +24,10 @@ TINY_LLAMA = {
     "num_key_value_heads": 2,
     "tie_word_embeddings": False,
 }
-# depth, tensors (decayed/all), parameters (decayed/all), lr multiplier, λ multiplier, weight decay, first example
-# (λ = 0.1, N = 2 blocks, 4 depth levels: λ·(d+1)/(N+2)); embed_tokens is 50 × 16 = 800 parameters; a block holds
-# q 16×16, k 16×8, v 16×8, o 16×16, gate/up/down 16×32 (2,304, decayed) and two norms of 16 (not decayed); the
-# head 800 (decayed) and the final norm 16 (not)
+# depth, tensors (decayed/all), parameters (decayed/all), lr multiplier, λ multiplier, weight decay, first
+# example (λ = 0.1, N = 2 blocks, 4 depth levels: λ·(d+1)/(N+2)); embed_tokens is 50 × 16 = 800 parameters; a
+# block holds q 16×16, k 16×8, v 16×8, o 16×16, gate/up/down 16×32 (2,304, decayed) and two norms of 16 (not
+# decayed); the head 800 (decayed) and the final norm 16 (not)
 EXPECTED_ROWS = [
     ["0", "1/1", "800/800", "1", "0.2500", "0.025", "model.embed_tokens.weight"],
     ["1", "7/9", "2,304/2,336", "1", "0.5000", "0.05", "model.layers.0.self_attn.q_proj.weight,"],
@@ -62,14 +62,21 @@ def test_inspect_directory(model_dir, capsys):
 
 
 def test_inspect_config_file_and_pattern(model_dir, capsys):
-    args = ["inspect", "--config", str(model_dir / "config.json"), "--weight-decay", "0.1",
-            "--layer-pattern", r"\.layers\.(\d+)\."]
+    args = [
+        "inspect",
+        "--config",
+        str(model_dir / "config.json"),
+        "--weight-decay",
+        "0.1",
+        "--layer-pattern",
+        r"\.layers\.(\d+)\.",
+    ]
     assert main(args) == 0
     assert _rows(capsys.readouterr().out) == EXPECTED_ROWS
 
 
 def test_inspect_layer_lr_decay(model_dir, capsys):
-    """lr multiplier γ^(N+1−d): γ = 0.5, N = 2 → 0.125, 0.25, 0.5, 1 (the head keeps the full lr); λ unchanged."""
+    """lr multiplier γ^(N+1−d): γ = 0.5, N = 2 → 0.125, 0.25, 0.5, 1 (the head keeps the full lr); same λ."""
     assert main(["inspect", str(model_dir), "--weight-decay", "0.1", "--layer-lr-decay", "0.5"]) == 0
     rows = _rows(capsys.readouterr().out)
     assert [row[3] for row in rows] == ["0.125", "0.25", "0.5", "1"]
@@ -87,7 +94,7 @@ def test_inspect_uniform(model_dir, capsys):
 
 @pytest.mark.parametrize(("tied_depth", "depth"), [("input", "0"), ("output", "3")])
 def test_inspect_tied_embeddings(model_dir, capsys, tied_depth, depth):
-    """A tied embedding/head matrix is one tensor at depth 0 (input) or N+1 (output), named in a 'tied:' line."""
+    """A tied embedding/head matrix: one tensor at depth 0 (input) or N+1 (output), in a 'tied:' line."""
     config = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps(dict(config, tie_word_embeddings=True)))
     assert main(["inspect", str(model_dir), "--weight-decay", "0.1", "--tied-depth", tied_depth]) == 0
@@ -104,7 +111,7 @@ def test_inspect_tied_embeddings(model_dir, capsys, tied_depth, depth):
 
 
 def plotted_figures(monkeypatch) -> list[dict[str, Any]]:
-    """Every figure saved from now on, read from the figure's own artists: ``lines`` {label: (x data, y data)},
+    """Every figure saved from now on, read from the figure's own artists: ``lines`` {label: (x, y data)},
     ``axes`` {label: the axes holding that line}, ``legend`` (the texts of every legend)."""
     from matplotlib.figure import Figure
 
@@ -114,12 +121,16 @@ def plotted_figures(monkeypatch) -> list[dict[str, Any]]:
     def recording_savefig(self, *args, **kwargs):
         lines = {line.get_label(): line for axes in self.axes for line in axes.get_lines()}
         legends = [*self.legends, *(axes.get_legend() for axes in self.axes if axes.get_legend() is not None)]
-        figures.append({
-            "lines": {label: ([float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()])
-                      for label, line in lines.items()},
-            "axes": {label: line.axes for label, line in lines.items()},
-            "legend": [text.get_text() for legend in legends for text in legend.get_texts()],
-        })
+        figures.append(
+            {
+                "lines": {
+                    label: ([float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()])
+                    for label, line in lines.items()
+                },
+                "axes": {label: line.axes for label, line in lines.items()},
+                "legend": [text.get_text() for legend in legends for text in legend.get_texts()],
+            }
+        )
         return savefig(self, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", recording_savefig)
@@ -130,7 +141,7 @@ LAMBDA, LR_MULT, SHRINK = "weight decay λ_d", "lr multiplier γ^(N+1−d)", "sh
 
 
 def steps(depths: list[int], values: list[float]) -> tuple[list[float], list[float]]:
-    """A full-width step per depth: x = the edges d − ½ … d_last + ½, y = the values and the last one again."""
+    """A full-width step per depth: x = the edges d − ½ … d_last + ½, y = the values, the last one again."""
     return [d - 0.5 for d in depths] + [depths[-1] + 0.5], [*values, values[-1]]
 
 
@@ -139,7 +150,16 @@ def test_inspect_plot_draws_both_profiles(model_dir, tmp_path, capsys, monkeypat
     depth a full-width step (the end ones too), named in a legend, λ drawn above the lr multiplier."""
     figures = plotted_figures(monkeypatch)
     target = tmp_path / "profile.png"
-    args = ["inspect", str(model_dir), "--weight-decay", "0.1", "--layer-lr-decay", "0.5", "--plot", str(target)]
+    args = [
+        "inspect",
+        str(model_dir),
+        "--weight-decay",
+        "0.1",
+        "--layer-lr-decay",
+        "0.5",
+        "--plot",
+        str(target),
+    ]
     assert main(args) == 0
     assert f"plot written to {target}" in capsys.readouterr().out
     (figure,) = figures
@@ -162,16 +182,29 @@ def test_inspect_plot_draws_both_profiles(model_dir, tmp_path, capsys, monkeypat
 
 
 def test_inspect_plot_draws_the_shrink(model_dir, tmp_path, monkeypatch):
-    """With the run given, S_d = η·λ_d·Σ_t s_t is drawn too: constant lr (s_t = 1) over 10 steps → 10·η·λ_d."""
+    """With the run given, S_d = η·λ_d·Σ_t s_t is drawn too: constant lr (s_t = 1), 10 steps → 10·η·λ_d."""
     figures = plotted_figures(monkeypatch)
-    args = ["inspect", str(model_dir), "--weight-decay", "0.1", "--learning-rate", "0.01", "--max-steps", "10",
-            "--lr-scheduler-type", "constant", "--plot", str(tmp_path / "s.png")]
+    args = [
+        "inspect",
+        str(model_dir),
+        "--weight-decay",
+        "0.1",
+        "--learning-rate",
+        "0.01",
+        "--max-steps",
+        "10",
+        "--lr-scheduler-type",
+        "constant",
+        "--plot",
+        str(tmp_path / "s.png"),
+    ]
     assert main(args) == 0
     (figure,) = figures
     depths = [0, 1, 2, 3]
-    assert figure["lines"][SHRINK] == (steps(depths, depths)[0],
-                                       pytest.approx(steps(depths, [10 * 0.01 * 0.1 * (d + 1) / 4 for d in depths])[1],
-                                                     rel=1e-12))
+    assert figure["lines"][SHRINK] == (
+        steps(depths, depths)[0],
+        pytest.approx(steps(depths, [10 * 0.01 * 0.1 * (d + 1) / 4 for d in depths])[1], rel=1e-12),
+    )
     assert SHRINK in figure["legend"]
 
 
@@ -221,7 +254,10 @@ def test_inspect_takes_the_recipes_package_name_and_builds_the_classifier(capsys
     assert out.startswith("model: BertForSequenceClassification (bert), task sequence-classification")
     head = {row[0]: row for row in _rows(out)}[str(blocks + 1)]
     # pooler.dense (hidden² + hidden bias) and classifier (2·hidden + 2 bias): the two matrices are decayed
-    assert head[1:3] == ["2/4", f"{hidden * hidden + 2 * hidden:,}/{hidden * hidden + hidden + 2 * hidden + 2:,}"]
+    assert head[1:3] == [
+        "2/4",
+        f"{hidden * hidden + 2 * hidden:,}/{hidden * hidden + hidden + 2 * hidden + 2:,}",
+    ]
 
 
 def test_inspect_task_flag_builds_the_asked_head(capsys):
@@ -235,7 +271,7 @@ def test_inspect_task_flag_builds_the_asked_head(capsys):
 
 def test_inspect_default_task_of_a_decoder_and_a_sequence_classifier(model_dir, capsys):
     """A Llama config naming no class is a causal LM (as recipes/causal_lm.py trains it); ``--task
-    sequence-classification`` puts the 2 × 16 score matrix (no bias) at the head depth, beside the final norm."""
+    sequence-classification`` puts the 2 × 16 score matrix (no bias) at the head depth, by the final norm."""
     config = json.loads((model_dir / "config.json").read_text())
     del config["architectures"]
     (model_dir / "config.json").write_text(json.dumps(config))
@@ -247,6 +283,28 @@ def test_inspect_default_task_of_a_decoder_and_a_sequence_classifier(model_dir, 
     out = capsys.readouterr().out
     assert out.startswith("model: LlamaForSequenceClassification (llama), task sequence-classification")
     assert _rows(out)[-1][:3] == ["3", "1/2", "32/48"]
+
+
+@pytest.mark.parametrize(
+    ("architectures", "built"),
+    [(None, "T5ForConditionalGeneration (t5), task seq2seq-lm"), (["T5EncoderModel"], "T5EncoderModel (t5)")],
+)
+def test_inspect_default_task_of_an_encoder_decoder(tmp_path, capsys, architectures, built):
+    """An encoder-decoder model: the class config.json names, else the seq2seq LM (no recipe trains one)."""
+    config = {
+        "model_type": "t5",
+        "num_layers": 2,
+        "num_decoder_layers": 2,
+        "d_model": 16,
+        "d_ff": 32,
+        "num_heads": 2,
+        "d_kv": 8,
+        "vocab_size": 64,
+        "architectures": architectures,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["inspect", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"model: {built}")
 
 
 def test_inspect_task_the_config_has_no_class_for(model_dir, capsys):
@@ -262,8 +320,14 @@ def _trainer_refuses(lr: float, lam: float, coupling: str) -> bool:
     from hf_lpwd.trainer import check_training_arguments
 
     try:
-        args = LPWDTrainingArguments(output_dir="unused", learning_rate=lr, weight_decay=lam, use_cpu=True,
-                                     report_to="none", lpwd_lr_coupling=coupling)
+        args = LPWDTrainingArguments(
+            output_dir="unused",
+            learning_rate=lr,
+            weight_decay=lam,
+            use_cpu=True,
+            report_to="none",
+            lpwd_lr_coupling=coupling,
+        )
         check_training_arguments(args)
     except ValueError:
         return True
@@ -272,13 +336,32 @@ def _trainer_refuses(lr: float, lam: float, coupling: str) -> bool:
 
 @pytest.mark.parametrize(
     ("lr", "lam", "coupling"),
-    [(0.1, 9.99, "coupled"), (0.1, 10.0, "coupled"), (0.1, 20.0, "coupled"), (0.5, 2.0, "corrected"),
-     (1e-3, 0.999, "independent"), (1e-3, 1.0, "independent"), (1e-3, -1.0, "coupled")],
+    [
+        (0.1, 9.99, "coupled"),
+        (0.1, 10.0, "coupled"),
+        (0.1, 20.0, "coupled"),
+        (0.5, 2.0, "corrected"),
+        (1e-3, 0.999, "independent"),
+        (1e-3, 1.0, "independent"),
+        (1e-3, -1.0, "coupled"),
+    ],
 )
 def test_inspect_refuses_what_the_trainer_refuses(model_dir, capsys, lr, lam, coupling):
-    """λ and η·λ (λ alone, independent coupling) checked as the Trainer does: exit 2 exactly where it refuses."""
-    code = main(["inspect", str(model_dir), "--learning-rate", str(lr), "--weight-decay", str(lam),
-                 "--max-steps", "10", "--lr-coupling", coupling])
+    """λ and η·λ (λ alone, independent coupling) checked as the Trainer does: exit 2 exactly where it does."""
+    code = main(
+        [
+            "inspect",
+            str(model_dir),
+            "--learning-rate",
+            str(lr),
+            "--weight-decay",
+            str(lam),
+            "--max-steps",
+            "10",
+            "--lr-coupling",
+            coupling,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == (2 if _trainer_refuses(lr, lam, coupling) else 0), err
     if lam < 0:
@@ -289,7 +372,10 @@ def test_inspect_refuses_what_the_trainer_refuses(model_dir, capsys, lr, lam, co
 
 def test_inspect_negative_weight_decay_without_a_run(model_dir, capsys):
     assert main(["inspect", str(model_dir), "--weight-decay", "-1"]) == 2
-    assert capsys.readouterr().err == "hf-lpwd: error: --weight-decay=-1.0 must be a finite number >= 0 (it is λ)\n"
+    assert (
+        capsys.readouterr().err
+        == "hf-lpwd: error: --weight-decay=-1.0 must be a finite number >= 0 (it is λ)\n"
+    )
 
 
 def _shrinks(out: str) -> list[str]:
@@ -299,9 +385,18 @@ def _shrinks(out: str) -> list[str]:
 
 
 def test_inspect_warmup_ratio_as_the_trainer_takes_it(model_dir, capsys):
-    """``--warmup-steps 0.1`` of 100 steps is 10 warm-up steps (the Trainer's rule): linear schedule, s_t = t/10
+    """``--warmup-steps 0.1`` of 100 steps is 10 warm-up steps (the Trainer's rule): linear, s_t = t/10
     for t < 10, then (100 − t)/90, Σ_t s_t = 4.5 + 45.5 = 50, so S_d = η·λ_d·50 with λ_d = λ·(d+1)/4."""
-    common = ["inspect", str(model_dir), "--weight-decay", "0.1", "--learning-rate", "1e-3", "--max-steps", "100"]
+    common = [
+        "inspect",
+        str(model_dir),
+        "--weight-decay",
+        "0.1",
+        "--learning-rate",
+        "1e-3",
+        "--max-steps",
+        "100",
+    ]
     assert main([*common, "--warmup-steps", "0.1"]) == 0
     ratio = capsys.readouterr().out
     assert main([*common, "--warmup-steps", "10"]) == 0
@@ -313,10 +408,27 @@ def test_inspect_warmup_ratio_as_the_trainer_takes_it(model_dir, capsys):
 
 
 def test_inspect_takes_underscored_flags(model_dir, capsys):
-    """The Trainer's spelling (``--learning_rate``) and the CLI's (``--learning-rate``) print the same table."""
-    dashes = ["--weight-decay", "0.1", "--layer-lr-decay", "0.5", "--tied-depth", "output", "--learning-rate",
-              "1e-3", "--max-steps", "100", "--warmup-steps", "0.1", "--lr-scheduler-type", "cosine",
-              "--lr-coupling", "corrected", "--layer-pattern", r"\.layers\.(\d+)\."]
+    """The Trainer's spelling (``--learning_rate``) and the CLI's (``--learning-rate``): the same table."""
+    dashes = [
+        "--weight-decay",
+        "0.1",
+        "--layer-lr-decay",
+        "0.5",
+        "--tied-depth",
+        "output",
+        "--learning-rate",
+        "1e-3",
+        "--max-steps",
+        "100",
+        "--warmup-steps",
+        "0.1",
+        "--lr-scheduler-type",
+        "cosine",
+        "--lr-coupling",
+        "corrected",
+        "--layer-pattern",
+        r"\.layers\.(\d+)\.",
+    ]
     assert main(["inspect", str(model_dir), *dashes]) == 0
     expected = capsys.readouterr().out
     underscores = ["--" + flag[2:].replace("-", "_") if flag.startswith("--") else flag for flag in dashes]
@@ -325,8 +437,9 @@ def test_inspect_takes_underscored_flags(model_dir, capsys):
     assert capsys.readouterr().out == expected
 
 
-@pytest.mark.parametrize("argv", [["inspect", "MODEL", "--weight-dec", "0.1"],
-                                  ["compare", "--out", "OUT", "--report-o"]])
+@pytest.mark.parametrize(
+    "argv", [["inspect", "MODEL", "--weight-dec", "0.1"], ["compare", "--out", "OUT", "--report-o"]]
+)
 def test_abbreviated_flags_are_refused(model_dir, tmp_path, capsys, argv):
     """argparse's prefix matching is off: ``--weight-dec`` is not taken as ``--weight-decay``."""
     argv = [str(model_dir) if a == "MODEL" else str(tmp_path / "cmp") if a == "OUT" else a for a in argv]
@@ -340,12 +453,14 @@ def test_abbreviated_flags_are_refused(model_dir, tmp_path, capsys, argv):
 def test_inspect_package_not_installed(capsys):
     assert main(["inspect", "package:no_such_module_for_hf_lpwd"]) == 2
     err = capsys.readouterr().err
-    assert "MODEL=package:no_such_module_for_hf_lpwd: the Python package 'no_such_module_for_hf_lpwd' is not " \
-           "installed" in err
+    assert (
+        "MODEL=package:no_such_module_for_hf_lpwd: the Python package 'no_such_module_for_hf_lpwd' is not "
+        "installed" in err
+    )
 
 
 def test_bitsandbytes_cpu_kernel_notice_is_filtered_and_nothing_else():
-    """The filter drops bitsandbytes' one CPU-kernel notice (as bitsandbytes logs it) and lets any other pass."""
+    """The filter drops bitsandbytes' one CPU-kernel notice (as bitsandbytes logs it), lets any other pass."""
     import logging
 
     from hf_lpwd.integrations.bnb_notice import NOTICE_LOGGER, quiet_cpu_kernel_notice
@@ -363,8 +478,11 @@ def test_bitsandbytes_cpu_kernel_notice_is_filtered_and_nothing_else():
         quiet_cpu_kernel_notice()
         quiet_cpu_kernel_notice()
         assert len(logger.filters) == 1
-        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you "
-                       "already `pip install kernels` and the kernels >= 0.11.1", "No module named 'kernels'")
+        logger.warning(
+            "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you "
+            "already `pip install kernels` and the kernels >= 0.11.1",
+            "No module named 'kernels'",
+        )
         logger.warning("another bitsandbytes warning")
     finally:
         logger.removeHandler(handler)
@@ -372,10 +490,25 @@ def test_bitsandbytes_cpu_kernel_notice_is_filtered_and_nothing_else():
 
 
 def test_inspect_prints_no_bitsandbytes_notice(model_dir):
-    """A real ``hf-lpwd inspect`` process (the shrink imports the Trainer's schedules, so peft and bitsandbytes):
+    """A real ``hf-lpwd inspect`` process (the shrink imports the Trainer's schedules: peft, bitsandbytes):
     stderr is empty."""
-    proc = subprocess.run([sys.executable, "-m", "hf_lpwd.cli", "inspect", str(model_dir), "--learning-rate",
-                           "1e-3", "--max-steps", "10"], capture_output=True, text=True, env=offline_env(),
-                          cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hf_lpwd.cli",
+            "inspect",
+            str(model_dir),
+            "--learning-rate",
+            "1e-3",
+            "--max-steps",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
