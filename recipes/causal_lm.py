@@ -30,13 +30,17 @@ from recipe_utils import (
     check_file,
     check_layers,
     default_train_eval,
+    dtype_field,
+    from_config_kwargs,
     load_pretrained,
+    log_weights_dtype,
     parse_list,
     recipe_main,
     require_columns,
     resolve_config,
     resolve_model_path,
     run_main,
+    torch_dtype,
     train_evaluate_save,
 )
 
@@ -48,56 +52,78 @@ TEXT_EXTENSIONS = (".txt", ".text", ".raw", ".json", ".jsonl", ".csv")
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Pretrained model (local folder or Hub id). Leave out to train from scratch."}
+        default=None,
+        metadata={"help": "Pretrained model (local folder or Hub id). Leave out to train from scratch."},
     )
     config_name: str | None = field(
-        default=None, metadata={"help": "Config to train from scratch: a folder or a config.json (with model_type)."}
+        default=None,
+        metadata={"help": "Config to train from scratch: a folder or a config.json (with model_type)."},
     )
     model_type: str | None = field(
-        default=None, metadata={"help": "Train from scratch from this architecture's default config (e.g. llama)."}
+        default=None,
+        metadata={"help": "Train from scratch from this architecture's default config (e.g. llama)."},
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Override config values when training from scratch, e.g. "
-                  "'hidden_size=64,num_hidden_layers=2,num_attention_heads=4'."},
+        metadata={
+            "help": "Override config values when training from scratch, e.g. "
+            "'hidden_size=64,num_hidden_layers=2,num_attention_heads=4'."
+        },
     )
     tokenizer_name: str | None = field(
-        default=None, metadata={"help": "Tokenizer folder or Hub id, if not the model's own (needed from scratch)."}
+        default=None,
+        metadata={"help": "Tokenizer folder or Hub id, if not the model's own (needed from scratch)."},
     )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and datasets are cached."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where downloaded models and datasets are cached."}
+    )
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
-    dtype: str = field(
-        default="auto",
-        metadata={"help": "dtype to load a pretrained model in.", "choices": ["auto", "float32", "bfloat16", "float16"]},
-    )
+    dtype: str = dtype_field()
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights (no LoRA)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling α."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated module names to adapt (q_proj,v_proj), or all-linear; "
-                  "default: peft's choice for the architecture."},
+        metadata={
+            "help": "Comma-separated module names to adapt (q_proj,v_proj), or all-linear; "
+            "default: peft's choice for the architecture."
+        },
     )
 
 
 @dataclass
 class DataArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset (e.g. Salesforce/wikitext)."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A Hub dataset (e.g. Salesforce/wikitext)."}
+    )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration."})
-    train_file: str | None = field(default=None, metadata={"help": "Training text: .txt (lines), .json/.jsonl or .csv."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "Training text: .txt (lines), .json/.jsonl or .csv."}
+    )
     validation_file: str | None = field(default=None, metadata={"help": "Evaluation text, same format."})
     validation_split_percentage: int = field(
-        default=5, metadata={"help": "Without a validation file/split: this percentage of the training data (its start)."}
+        default=5,
+        metadata={
+            "help": "Without a validation file/split: this percentage of the training data (its start)."
+        },
     )
     text_column: str = field(default="text", metadata={"help": "Column with the text (JSON/CSV/Hub data)."})
     block_size: int | None = field(
         default=None, metadata={"help": "Tokens per training block; default: min(1024, the model's context)."}
     )
     keep_linebreaks: bool = field(default=True, metadata={"help": "Keep the line breaks of .txt files."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training blocks."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation blocks."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
-    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize even if a cached result exists."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training blocks."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N evaluation blocks."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization."}
+    )
+    overwrite_cache: bool = field(
+        default=False, metadata={"help": "Re-tokenize even if a cached result exists."}
+    )
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -116,14 +142,16 @@ def load_raw_datasets(data_args: DataArguments, cache_dir: str | None, need_vali
     if not 0 < pct < 100:
         raise RecipeError(f"--validation_split_percentage={pct} must be between 1 and 99")
     if data_args.dataset_name is not None:
+
         def load(split: str | None = None) -> Any:
             try:
-                return datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name,
-                                             split=split, cache_dir=cache_dir)
+                return datasets.load_dataset(
+                    data_args.dataset_name, data_args.dataset_config_name, split=split, cache_dir=cache_dir
+                )
             except Exception as exc:  # the Hub's errors are many; all mean the same to the user
                 raise RecipeError(
-                    f"--dataset_name={data_args.dataset_name} could not be loaded ({type(exc).__name__}: {exc}). "
-                    "Without Hub access use --train_file/--validation_file."
+                    f"--dataset_name={data_args.dataset_name} could not be loaded "
+                    f"({type(exc).__name__}: {exc}). Without Hub access use --train_file/--validation_file."
                 ) from None
 
         raw = load()
@@ -147,12 +175,16 @@ def load_raw_datasets(data_args: DataArguments, cache_dir: str | None, need_vali
         kwargs["keep_linebreaks"] = data_args.keep_linebreaks
     raw = datasets.load_dataset(builder, data_files=files, **kwargs)
     if "validation" not in raw and need_validation:
-        raw["validation"] = datasets.load_dataset(builder, data_files=files, split=f"train[:{pct}%]", **kwargs)
+        raw["validation"] = datasets.load_dataset(
+            builder, data_files=files, split=f"train[:{pct}%]", **kwargs
+        )
         raw["train"] = datasets.load_dataset(builder, data_files=files, split=f"train[{pct}%:]", **kwargs)
     return raw
 
 
-def tokenize_and_pack(raw: Any, tokenizer: Any, data_args: DataArguments, block_size: int, training_args: Any) -> Any:
+def tokenize_and_pack(
+    raw: Any, tokenizer: Any, data_args: DataArguments, block_size: int, training_args: Any
+) -> Any:
     """Tokenize every text, concatenate them and cut the stream into blocks of ``block_size`` tokens."""
     column = data_args.text_column
 
@@ -163,20 +195,27 @@ def tokenize_and_pack(raw: Any, tokenizer: Any, data_args: DataArguments, block_
         keys = [k for k in ("input_ids", "attention_mask") if k in batch]
         joined = {k: list(chain.from_iterable(batch[k])) for k in keys}
         total = (len(joined["input_ids"]) // block_size) * block_size
-        out = {k: [v[i:i + block_size] for i in range(0, total, block_size)] for k, v in joined.items()}
+        out = {k: [v[i : i + block_size] for i in range(0, total, block_size)] for k, v in joined.items()}
         out["labels"] = [list(ids) for ids in out["input_ids"]]
         return out
 
     with training_args.main_process_first(desc="tokenization and packing"):
         tokenized = raw.map(
-            tokenize, batched=True, num_proc=data_args.preprocessing_num_workers,
+            tokenize,
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
             remove_columns=next(iter(raw.values())).column_names,
-            load_from_cache_file=not data_args.overwrite_cache, desc="Tokenizing",
+            load_from_cache_file=not data_args.overwrite_cache,
+            desc="Tokenizing",
         )
         return tokenized.map(
-            pack, batched=True, batch_size=1000, num_proc=data_args.preprocessing_num_workers,
+            pack,
+            batched=True,
+            batch_size=1000,
+            num_proc=data_args.preprocessing_num_workers,
             remove_columns=[c for c in next(iter(tokenized.values())).column_names],
-            load_from_cache_file=not data_args.overwrite_cache, desc=f"Packing into blocks of {block_size}",
+            load_from_cache_file=not data_args.overwrite_cache,
+            desc=f"Packing into blocks of {block_size}",
         )
 
 
@@ -195,28 +234,72 @@ def load_config_and_tokenizer(model_args: ModelArguments) -> tuple[Any, Any, str
             "recipes/make_byte_tokenizer.py)"
         )
     tokenizer = load_pretrained(
-        AutoTokenizer.from_pretrained, tokenizer_path,
-        "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path", **common,
+        AutoTokenizer.from_pretrained,
+        tokenizer_path,
+        "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path",
+        **common,
     )
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return config, tokenizer, model_path
 
 
+def check_model_args(model_args: ModelArguments) -> None:
+    """What the model flags alone can tell, before any data is read."""
+    torch_dtype(model_args.dtype)
+    if model_args.lora_r < 0:
+        raise RecipeError(f"--lora_r={model_args.lora_r} must be >= 0 (0 trains all weights, no LoRA)")
+    if model_args.lora_r > 0 and model_args.model_name_or_path is None:
+        # Refused rather than saving the random base too: an adapter is worth sharing on a base others have.
+        raise RecipeError(
+            f"--lora_r={model_args.lora_r} needs a pretrained --model_name_or_path: with only "
+            "--config_name / --model_type the base weights are random and never saved, so the adapter "
+            "(its base_model_name_or_path would be None) could not be loaded. Train from scratch without "
+            "--lora_r, then fine-tune its OUTPUT_DIR/final with --model_name_or_path and --lora_r"
+        )
+
+
+def check_lora_targets(model: Any, targets: list[str] | None) -> None:
+    """Every ``--lora_target_modules`` name matches a module (peft's rule: the name or its last parts)."""
+    if not targets:
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        leaves = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if name and not any(True for _ in module.children()) and not name.rsplit(".", 1)[-1].isdigit()
+            }
+        )
+        raise RecipeError(
+            f"--lora_target_modules: {', '.join(repr(t) for t in missing)} matches no module of "
+            f"{type(model).__name__}; its module names are: {', '.join(leaves)} (or pass all-linear)"
+        )
+
+
 def load_model(model_args: ModelArguments, config: Any, tokenizer: Any, model_path: str | None) -> Any:
-    import torch
     from transformers import AutoModelForCausalLM
 
     if model_path is not None:
-        dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
         model = load_pretrained(
-            AutoModelForCausalLM.from_pretrained, model_path, "--model_name_or_path", config=config, dtype=dtype,
-            cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+            AutoModelForCausalLM.from_pretrained,
+            model_path,
+            "--model_name_or_path",
+            config=config,
+            dtype=torch_dtype(model_args.dtype),
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
         )
     else:
-        model = AutoModelForCausalLM.from_config(config)
-        logger.info("training from scratch: %s, %.2fM parameters", type(model).__name__,
-                    sum(p.numel() for p in model.parameters()) / 1e6)
+        model = AutoModelForCausalLM.from_config(config, **from_config_kwargs(model_args.dtype))
+        logger.info(
+            "training from scratch: %s, %.2fM parameters",
+            type(model).__name__,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+        )
+    log_weights_dtype(model, model_args.dtype)
     embeddings = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > embeddings:
         model.resize_token_embeddings(len(tokenizer))
@@ -229,15 +312,27 @@ def load_model(model_args: ModelArguments, config: Any, tokenizer: Any, model_pa
         targets = parse_list(model_args.lora_target_modules)
         if targets == ["all-linear"]:
             targets = "all-linear"
-        lora = LoraConfig(task_type="CAUSAL_LM", r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-                          lora_dropout=model_args.lora_dropout, target_modules=targets)
+        else:
+            check_lora_targets(model, targets)
+        lora = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            target_modules=targets,
+        )
         try:
             model = get_peft_model(model, lora)
         except ValueError as exc:
             raise RecipeError(f"--lora_target_modules={model_args.lora_target_modules!r}: {exc}") from None
         trainable, total = model.get_nb_trainable_parameters()
-        logger.info("LoRA r=%d: %d of %d parameters trainable (%.2f%%)", model_args.lora_r, trainable, total,
-                    100 * trainable / total)
+        logger.info(
+            "LoRA r=%d: %d of %d parameters trainable (%.2f%%)",
+            model_args.lora_r,
+            trainable,
+            total,
+            100 * trainable / total,
+        )
     return model
 
 
@@ -249,18 +344,23 @@ def choose_block_size(data_args: DataArguments, config: Any, tokenizer: Any) -> 
     if data_args.block_size < 2:
         raise RecipeError(f"--block_size={data_args.block_size} must be at least 2")
     if context and data_args.block_size > context:
-        raise RecipeError(f"--block_size={data_args.block_size} exceeds the model's context "
-                          f"(max_position_embeddings={context})")
+        raise RecipeError(
+            f"--block_size={data_args.block_size} exceeds the model's context "
+            f"(max_position_embeddings={context})"
+        )
     return data_args.block_size
 
 
 # ---------------------------------------------------------------------------------------------- run
-def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, training_args: Any) -> dict[str, Any]:
+def train_and_evaluate(
+    model_args: ModelArguments, data_args: DataArguments, training_args: Any
+) -> dict[str, Any]:
     from transformers import default_data_collator, set_seed
 
     from hf_lpwd import LPWDTrainer
 
     default_train_eval(training_args)
+    check_model_args(model_args)
     raw = load_raw_datasets(data_args, model_args.cache_dir, need_validation=training_args.do_eval)
     if training_args.do_train and "train" not in raw:
         raise RecipeError("--do_train needs --train_file (or a --dataset_name with a train split)")
@@ -279,8 +379,10 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, tra
             blocks[split] = blocks[split].select(range(min(limit, len(blocks[split]))))
     for split in ("train",) * training_args.do_train + ("validation",) * training_args.do_eval:
         if len(blocks[split]) == 0:
-            raise RecipeError(f"the {split} data holds fewer than --block_size={block_size} tokens: "
-                              "lower --block_size or add text")
+            raise RecipeError(
+                f"the {split} data holds fewer than --block_size={block_size} tokens: "
+                "lower --block_size or add text"
+            )
     logger.info("blocks of %d tokens: %s", block_size, {k: len(v) for k, v in blocks.items()})
 
     trainer = LPWDTrainer(
@@ -291,8 +393,14 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, tra
         processing_class=tokenizer,
         data_collator=default_data_collator,
     )
-    metrics = train_evaluate_save(trainer, training_args, blocks.get("train"), blocks.get("validation"),
-                                  extra_eval_metrics=perplexity, extra_train_metrics={"block_size": block_size})
+    metrics = train_evaluate_save(
+        trainer,
+        training_args,
+        blocks.get("train"),
+        blocks.get("validation"),
+        extra_eval_metrics=perplexity,
+        extra_train_metrics={"block_size": block_size},
+    )
     del trainer
     return metrics
 

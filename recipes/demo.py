@@ -28,38 +28,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never touches the Hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-
+# `python recipes/demo.py` puts this folder first on sys.path: the recipes import each other by name.
 import text_classification  # noqa: E402
 from recipe_utils import RecipeError  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
 
 CONFIG = os.path.join(HERE, "configs", "sst2_minilm_lpwd.yaml")
 
 
 def run_one(mode: str, lam: float, cli: argparse.Namespace, index: int, total: int) -> dict:
     run_dir = os.path.join(cli.output_dir, f"{mode}_lambda{lam:g}")
-    argv = [
-        CONFIG,
-        "--train_file", os.path.join(HERE, "data", "sst2", "train.tsv"),
-        "--validation_file", os.path.join(HERE, "data", "sst2", "dev.tsv"),
-        "--output_dir", run_dir,
-        "--weight_decay_mode", mode,
-        "--weight_decay", str(lam),
-        "--learning_rate", str(cli.learning_rate),
-        "--max_steps", str(cli.max_steps),
-        "--per_device_train_batch_size", str(cli.batch_size),
-        "--max_seq_length", str(cli.max_seq_length),
-        "--logging_steps", str(max(1, cli.max_steps // 5)),
-        "--report_to", cli.report_to,
-        "--log_level", "warning",
-        "--dataloader_pin_memory", "false",
-    ]
+    flags = {
+        "--train_file": os.path.join(HERE, "data", "sst2", "train.tsv"),
+        "--validation_file": os.path.join(HERE, "data", "sst2", "dev.tsv"),
+        "--output_dir": run_dir,
+        "--weight_decay_mode": mode,
+        "--weight_decay": str(lam),
+        "--learning_rate": str(cli.learning_rate),
+        "--max_steps": str(cli.max_steps),
+        "--per_device_train_batch_size": str(cli.batch_size),
+        "--max_seq_length": str(cli.max_seq_length),
+        "--logging_steps": str(max(1, cli.max_steps // 5)),
+        "--report_to": cli.report_to,
+        "--log_level": "warning",
+        "--dataloader_pin_memory": "false",
+    }
+    argv = [CONFIG, *(item for pair in flags.items() for item in pair)]
     if cli.max_eval_samples:
         argv += ["--max_eval_samples", str(cli.max_eval_samples)]
-    print(f"\n=== run {index}/{total}: mode={mode} λ={lam:g} lr={cli.learning_rate:g} "
-          f"steps={cli.max_steps} → {run_dir}", flush=True)
+    print(
+        f"\n=== run {index}/{total}: mode={mode} λ={lam:g} lr={cli.learning_rate:g} "
+        f"steps={cli.max_steps} → {run_dir}",
+        flush=True,
+    )
     start = time.perf_counter()
     metrics = text_classification.main(argv)
     seconds = time.perf_counter() - start
@@ -75,8 +78,11 @@ def run_one(mode: str, lam: float, cli: argparse.Namespace, index: int, total: i
         "seconds": round(seconds, 1),
         "output_dir": run_dir,
     }
-    print(f"=== run {index}/{total} done: mode={mode} λ={lam:g} dev accuracy={row['dev_accuracy']:.4f} "
-          f"({seconds:.0f}s)", flush=True)
+    print(
+        f"=== run {index}/{total} done: mode={mode} λ={lam:g} dev accuracy={row['dev_accuracy']:.4f} "
+        f"({seconds:.0f}s)",
+        flush=True,
+    )
     return row
 
 
@@ -101,11 +107,14 @@ def format_table(rows: list[dict], cli: argparse.Namespace, total_seconds: float
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--output_dir", default=os.path.join(REPO, "outputs", "demo"))
     parser.add_argument("--modes", default="wd,lpwd", help="comma-separated: wd, rwd, pwd, lpwd")
-    parser.add_argument("--lambdas", default="0.05,100",
-                        help="comma-separated λ values: a normal one and a large one (η·λ·steps ≈ 1)")
+    parser.add_argument(
+        "--lambdas",
+        default="0.05,100",
+        help="comma-separated λ values: a normal one and a large one (η·λ·steps ≈ 1)",
+    )
     parser.add_argument("--learning_rate", type=float, default=2e-4)
     parser.add_argument("--max_steps", type=int, default=60)
     parser.add_argument("--batch_size", type=int, default=16)
@@ -118,8 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     lambdas = [float(x) for x in cli.lambdas.split(",") if x.strip()]
     too_big = [lam for lam in lambdas if cli.learning_rate * lam >= 1]
     if too_big:
-        parser.error(f"η·λ must stay below 1 per step (η={cli.learning_rate:g}, λ={too_big}): "
-                     "the weights would flip sign")
+        parser.error(
+            f"η·λ must stay below 1 per step (η={cli.learning_rate:g}, λ={too_big}): "
+            "the weights would flip sign"
+        )
     os.makedirs(cli.output_dir, exist_ok=True)
     runs = [(mode, lam) for lam in lambdas for mode in modes]
     start = time.perf_counter()
@@ -137,9 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     with open(os.path.join(cli.output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"runs": rows, "settings": vars(cli), "total_seconds": round(total, 1)}, f, indent=2)
     print("\n" + table)
-    print(f"\nPer run (final model, tokenizer, lpwd_config.json, metrics): {cli.output_dir}/<mode>_lambda<λ>/final")
-    print(f"Training logs: {cli.output_dir}/<mode>_lambda<λ>/trainer_state.json (log_history, "
-          "incl. lpwd/weight_norm/depth_DD)")
+    print(
+        "\nPer run (final model, tokenizer, lpwd_config.json, metrics): "
+        f"{cli.output_dir}/<mode>_lambda<λ>/final"
+    )
+    print(
+        f"Training logs: {cli.output_dir}/<mode>_lambda<λ>/trainer_state.json (log_history, "
+        "incl. lpwd/weight_norm/depth_DD)"
+    )
     print(f"This table: {os.path.join(cli.output_dir, 'results.md')} and results.json")
 
 

@@ -1,6 +1,6 @@
 """Image classification with LPWD, the paper's own setting: ViT / ConvNeXt / Swin on CIFAR-style data.
 
-    python recipes/image_classification.py recipes/configs/vit_cifar_lpwd.yaml          # Hub: CIFAR-10, ViT-B/16
+    python recipes/image_classification.py recipes/configs/vit_cifar_lpwd.yaml   # Hub: CIFAR-10, ViT-B/16
     python recipes/image_classification.py --model_name_or_path google/vit-base-patch16-224-in21k \\
         --train_dir data/train --validation_dir data/val --output_dir runs/vit \\
         --weight_decay_mode lpwd --weight_decay 0.05 --learning_rate 1e-4
@@ -12,8 +12,9 @@
 Data: image folders (``CLASS_NAME/xxx.png``, datasets' ``imagefolder`` loader) or a Hub dataset
 (``--dataset_name uoft-cs/cifar10``).  Transforms (no torchvision needed): random resized crop and
 horizontal flip for training, resize (+ centre crop) for evaluation, then the image processor's
-normalisation.  Metric (``--metric``): accuracy, the ``evaluate`` module shipped in ``recipes/metrics``.  The finished model, image processor, ``lpwd_config.json`` and
-``all_results.json`` go to ``OUTPUT_DIR/final``.
+normalisation.  Metric (``--metric``): accuracy, the ``evaluate`` module shipped in ``recipes/metrics``.
+The finished model, image processor, ``lpwd_config.json`` and ``all_results.json`` go to
+``OUTPUT_DIR/final``.  ``--dtype`` sets the weights' dtype (default auto: the checkpoint's own).
 """
 
 from __future__ import annotations
@@ -33,13 +34,17 @@ from recipe_utils import (
     check_layers,
     classification_metrics,
     default_train_eval,
+    dtype_field,
+    from_config_kwargs,
     load_metrics,
     load_pretrained,
+    log_weights_dtype,
     recipe_main,
     require_columns,
     resolve_config,
     resolve_model_path,
     run_main,
+    torch_dtype,
     train_evaluate_save,
 )
 
@@ -53,51 +58,82 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Pretrained model (local folder or Hub id). Leave out to train from scratch."}
+        default=None,
+        metadata={"help": "Pretrained model (local folder or Hub id). Leave out to train from scratch."},
     )
-    config_name: str | None = field(default=None, metadata={"help": "Config to train from scratch (folder or config.json)."})
-    model_type: str | None = field(default=None, metadata={"help": "Train from scratch from this architecture (vit, convnext, swin)."})
+    config_name: str | None = field(
+        default=None, metadata={"help": "Config to train from scratch (folder or config.json)."}
+    )
+    model_type: str | None = field(
+        default=None, metadata={"help": "Train from scratch from this architecture (vit, convnext, swin)."}
+    )
     config_overrides: str | None = field(
-        default=None, metadata={"help": "Config values for a model trained from scratch, e.g. 'image_size=32,patch_size=4'."}
+        default=None,
+        metadata={
+            "help": "Config values for a model trained from scratch, e.g. 'image_size=32,patch_size=4'."
+        },
     )
     image_processor_name: str | None = field(
         default=None,
-        metadata={"help": "Image processor (folder or Hub id), if not the model's own; from scratch the default is a "
-                  "resize to the config's image_size with ImageNet mean/std."},
+        metadata={
+            "help": "Image processor (folder or Hub id), if not the model's own; from scratch the default is "
+            "a resize to the config's image_size with ImageNet mean/std."
+        },
     )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and datasets are cached."})
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where downloaded models and datasets are cached."}
+    )
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
     ignore_mismatched_sizes: bool = field(
-        default=False, metadata={"help": "Replace a pretrained head with another number of classes (ImageNet → CIFAR)."}
+        default=False,
+        metadata={"help": "Replace a pretrained head with another number of classes (ImageNet → CIFAR)."},
     )
+    dtype: str = dtype_field()
 
 
 @dataclass
 class DataArguments:
     dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset, e.g. uoft-cs/cifar10."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration."})
-    train_dir: str | None = field(default=None, metadata={"help": "Folder of training images, one sub-folder per class."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Folder of evaluation images, same classes."})
+    train_dir: str | None = field(
+        default=None, metadata={"help": "Folder of training images, one sub-folder per class."}
+    )
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "Folder of evaluation images, same classes."}
+    )
     train_split_name: str = field(default="train", metadata={"help": "Split of --dataset_name to train on."})
     validation_split_name: str | None = field(
-        default=None, metadata={"help": "Split to evaluate on; default: validation, else test (CIFAR has only test)."}
+        default=None,
+        metadata={"help": "Split to evaluate on; default: validation, else test (CIFAR has only test)."},
     )
     validation_split_percentage: int = field(
-        default=0, metadata={"help": "Without an evaluation split: hold out this percentage of the training images."}
+        default=0,
+        metadata={"help": "Without an evaluation split: hold out this percentage of the training images."},
     )
-    image_column: str | None = field(default=None, metadata={"help": "Column with the images; default: image or img."})
-    label_column: str | None = field(default=None, metadata={"help": "Column with the labels; default: label or labels."})
+    image_column: str | None = field(
+        default=None, metadata={"help": "Column with the images; default: image or img."}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "Column with the labels; default: label or labels."}
+    )
     crop_scale_min: float = field(
-        default=0.08, metadata={"help": "Training random-resized-crop keeps 'crop_scale_min'..1 of the image area."}
+        default=0.08,
+        metadata={"help": "Training random-resized-crop keeps 'crop_scale_min'..1 of the image area."},
     )
     metric: str = field(
         default="accuracy",
-        metadata={"help": "Comma-separated metrics: shipped with the recipes (accuracy, f1, matthews_correlation; "
-                  "offline), a local `evaluate` metric script, or with Hub access an `evaluate` metric NAME or "
-                  "NAME:CONFIG. F1 is macro-averaged with more than 2 classes."},
+        metadata={
+            "help": "Comma-separated metrics: shipped with the recipes (accuracy, f1, matthews_correlation; "
+            "offline), a local `evaluate` metric script, or with Hub access an `evaluate` metric NAME or "
+            "NAME:CONFIG. F1 is macro-averaged with more than 2 classes."
+        },
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training images."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N evaluation images."}
+    )
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -113,7 +149,9 @@ def load_raw_datasets(data_args: DataArguments, cache_dir: str | None) -> Any:
 
     if data_args.dataset_name is not None:
         try:
-            raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
+            raw = datasets.load_dataset(
+                data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir
+            )
         except Exception as exc:  # the Hub's errors are many; all mean the same to the user
             raise RecipeError(
                 f"--dataset_name={data_args.dataset_name} could not be loaded ({type(exc).__name__}: {exc}). "
@@ -122,7 +160,9 @@ def load_raw_datasets(data_args: DataArguments, cache_dir: str | None) -> Any:
         splits = {}
         if data_args.train_split_name in raw:
             splits["train"] = raw[data_args.train_split_name]
-        eval_names = [data_args.validation_split_name] if data_args.validation_split_name else ["validation", "test"]
+        eval_names = (
+            [data_args.validation_split_name] if data_args.validation_split_name else ["validation", "test"]
+        )
         for name in eval_names:
             if name in raw:
                 splits["validation"] = raw[name]
@@ -132,13 +172,17 @@ def load_raw_datasets(data_args: DataArguments, cache_dir: str | None) -> Any:
         if data_args.train_dir is None and data_args.validation_dir is None:
             raise RecipeError("no data: pass --train_dir/--validation_dir (image folders) or --dataset_name")
         files = {}
-        for split, folder, flag in (("train", data_args.train_dir, "--train_dir"),
-                                    ("validation", data_args.validation_dir, "--validation_dir")):
+        for split, folder, flag in (
+            ("train", data_args.train_dir, "--train_dir"),
+            ("validation", data_args.validation_dir, "--validation_dir"),
+        ):
             if folder is None:
                 continue
             check_dir(folder, flag)
             if _image_files(folder) == 0:
-                raise RecipeError(f"{flag}={folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders")
+                raise RecipeError(
+                    f"{flag}={folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders"
+                )
             files[split] = os.path.join(folder, "**")
         # One call for all splits, so that the class names (ClassLabel) are the same in every split.
         raw = datasets.load_dataset("imagefolder", data_files=files, cache_dir=cache_dir)
@@ -157,13 +201,16 @@ def resolve_columns(raw: Any, data_args: DataArguments) -> tuple[str, str]:
         for name in candidates:
             if name in columns:
                 return name
-        raise RecipeError(f"cannot tell which column holds the {flag[2:].split('_')[0]}s; pass {flag} "
-                          f"(columns: {columns})")
+        raise RecipeError(
+            f"cannot tell which column holds the {flag[2:].split('_')[0]}s; pass {flag} (columns: {columns})"
+        )
 
     image = pick(data_args.image_column, ("image", "img", "pixel_values"), "--image_column")
     label = pick(data_args.label_column, ("label", "labels", "fine_label"), "--label_column")
     for split, ds in raw.items():
-        require_columns(ds.column_names, {"--image_column": image, "--label_column": label}, f"the {split} data")
+        require_columns(
+            ds.column_names, {"--image_column": image, "--label_column": label}, f"the {split} data"
+        )
     return image, label
 
 
@@ -175,7 +222,9 @@ def label_names(raw: Any, label_column: str) -> list[str]:
         return list(feature.names)
     values = sorted({v for ds in raw.values() for v in ds[label_column]})
     if len(values) < 2:
-        raise RecipeError(f"--label_column={label_column!r} has {len(values)} distinct value(s); need at least 2")
+        raise RecipeError(
+            f"--label_column={label_column!r} has {len(values)} distinct value(s); need at least 2"
+        )
     if values != list(range(len(values))):
         raise RecipeError(f"--label_column={label_column!r} must hold class ids 0..K-1 or be a ClassLabel")
     return [str(v) for v in values]
@@ -184,6 +233,7 @@ def label_names(raw: Any, label_column: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------- transforms
 def processor_geometry(processor: Any) -> tuple[tuple[int, int], tuple[float, ...], tuple[float, ...], float]:
     """(height, width), mean, std and the eval crop fraction of an image processor."""
+
     def as_dict(value: Any) -> dict[str, Any]:
         if value is None:
             return {}
@@ -208,7 +258,9 @@ def _to_array(image: Any, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return ((arr - mean) / std).transpose(2, 0, 1)
 
 
-def random_resized_crop(image: Any, size: tuple[int, int], scale: tuple[float, float], rng: Any = random) -> Any:
+def random_resized_crop(
+    image: Any, size: tuple[int, int], scale: tuple[float, float], rng: Any = random
+) -> Any:
     """torchvision's RandomResizedCrop (ratio 3/4..4/3), in PIL."""
     from PIL import Image
 
@@ -237,7 +289,9 @@ def center_resize(image: Any, size: tuple[int, int], crop_pct: float) -> Any:
     return image.crop((left, top, left + size[1], top + size[0]))
 
 
-def make_transforms(processor: Any, image_column: str, label_column: str, crop_scale_min: float) -> tuple[Any, Any]:
+def make_transforms(
+    processor: Any, image_column: str, label_column: str, crop_scale_min: float
+) -> tuple[Any, Any]:
     size, mean, std, crop_pct = processor_geometry(processor)
     mean_arr = np.asarray(mean, dtype=np.float32)
     std_arr = np.asarray(std, dtype=np.float32)
@@ -253,8 +307,10 @@ def make_transforms(processor: Any, image_column: str, label_column: str, crop_s
         return {"pixel_values": pixels, "labels": batch[label_column]}
 
     def eval_transform(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        pixels = [_to_array(center_resize(im.convert("RGB"), size, crop_pct), mean_arr, std_arr)
-                  for im in batch[image_column]]
+        pixels = [
+            _to_array(center_resize(im.convert("RGB"), size, crop_pct), mean_arr, std_arr)
+            for im in batch[image_column]
+        ]
         return {"pixel_values": pixels, "labels": batch[label_column]}
 
     return train_transform, eval_transform
@@ -264,7 +320,9 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
     import torch
 
     return {
-        "pixel_values": torch.from_numpy(np.stack([np.asarray(e["pixel_values"], dtype=np.float32) for e in examples])),
+        "pixel_values": torch.from_numpy(
+            np.stack([np.asarray(e["pixel_values"], dtype=np.float32) for e in examples])
+        ),
         "labels": torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long),
     }
 
@@ -287,37 +345,51 @@ def load_model_and_processor(model_args: ModelArguments, labels: list[str]) -> t
     processor_path = model_args.image_processor_name or model_path
     if processor_path is not None:
         processor = load_pretrained(
-            AutoImageProcessor.from_pretrained, processor_path,
-            "--image_processor_name" if model_args.image_processor_name else "--model_name_or_path", **common,
+            AutoImageProcessor.from_pretrained,
+            processor_path,
+            "--image_processor_name" if model_args.image_processor_name else "--model_name_or_path",
+            **common,
         )
     else:
         from transformers import ViTImageProcessor
 
         side = int(getattr(config, "image_size", 224))
-        processor = ViTImageProcessor(size={"height": side, "width": side}, image_mean=list(IMAGENET_MEAN),
-                                      image_std=list(IMAGENET_STD))
+        processor = ViTImageProcessor(
+            size={"height": side, "width": side}, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)
+        )
     if model_path is not None:
         model = load_pretrained(
-            AutoModelForImageClassification.from_pretrained, model_path, "--model_name_or_path", config=config,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **common,
+            AutoModelForImageClassification.from_pretrained,
+            model_path,
+            "--model_name_or_path",
+            config=config,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            dtype=torch_dtype(model_args.dtype),
+            **common,
         )
     else:
-        model = AutoModelForImageClassification.from_config(config)
+        model = AutoModelForImageClassification.from_config(config, **from_config_kwargs(model_args.dtype))
+    log_weights_dtype(model, model_args.dtype)
     return model, processor
 
 
 # ---------------------------------------------------------------------------------------------- run
-def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, training_args: Any) -> dict[str, Any]:
+def train_and_evaluate(
+    model_args: ModelArguments, data_args: DataArguments, training_args: Any
+) -> dict[str, Any]:
     from transformers import set_seed
 
     from hf_lpwd import LPWDTrainer
 
     default_train_eval(training_args)
+    torch_dtype(model_args.dtype)
     raw = load_raw_datasets(data_args, model_args.cache_dir)
     if training_args.do_train and "train" not in raw:
         raise RecipeError("--do_train needs --train_dir (or a --dataset_name with a train split)")
     if training_args.do_eval and "validation" not in raw:
-        raise RecipeError("--do_eval needs --validation_dir, a validation/test split or --validation_split_percentage")
+        raise RecipeError(
+            "--do_eval needs --validation_dir, a validation/test split or --validation_split_percentage"
+        )
     image_column, label_column = resolve_columns(raw, data_args)
     labels = label_names(raw, label_column)
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
@@ -327,7 +399,9 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataArguments, tra
     set_seed(training_args.seed)
     model, processor = load_model_and_processor(model_args, labels)
     check_layers(model, training_args)
-    train_transform, eval_transform = make_transforms(processor, image_column, label_column, data_args.crop_scale_min)
+    train_transform, eval_transform = make_transforms(
+        processor, image_column, label_column, data_args.crop_scale_min
+    )
     if "train" in raw:
         raw["train"].set_transform(train_transform)
     if "validation" in raw:

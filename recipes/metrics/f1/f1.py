@@ -1,6 +1,6 @@
 """F1 score, an ``evaluate`` metric module shipped with the recipes (numpy only, no Hub, no scikit-learn).
 
-    evaluate.load("recipes/metrics/f1").compute(predictions=[0, 1, 1], references=[0, 1, 0])   # {'f1': 0.666...}
+    evaluate.load("recipes/metrics/f1").compute(predictions=[0, 1, 1], references=[0, 1, 0])  # f1 = 2/3
 
 Same inputs and results as the Hub's ``evaluate-metric/f1`` (scikit-learn's ``f1_score`` with
 ``zero_division=0``): ``average="binary"`` (default, the F1 of ``pos_label``), ``"macro"`` (unweighted

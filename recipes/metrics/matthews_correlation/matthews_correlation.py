@@ -48,7 +48,9 @@ class MatthewsCorrelation(evaluate.Metric):
         refs = np.asarray(references)
         weights = np.ones(len(refs)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         labels = np.union1d(preds, refs)
-        confusion = np.array([[np.sum(weights * ((refs == t) & (preds == p))) for p in labels] for t in labels])
+        confusion = np.array(
+            [[np.sum(weights * ((refs == t) & (preds == p))) for p in labels] for t in labels]
+        )
         t_sum = confusion.sum(axis=1)
         p_sum = confusion.sum(axis=0)
         correct = np.trace(confusion)
