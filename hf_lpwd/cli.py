@@ -25,20 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .groups import group_shrink, layer_table, lpwd_param_groups, shrink_warning
+from ._compat.transformers import auto_class_accepts, model_from_config
 from .integrations.bnb_notice import quiet_cpu_kernel_notice
-from .layers import layer_depths_with_count
+from .model.groups import layer_table, lpwd_param_groups, shrink_warning
+from .model.layers import layer_depths_with_count
 from .model_source import resolve_model_path
-from .schedule import trainer_schedule_scales
-from .settings import (
-    DEFAULT_WEIGHT_DECAY,
-    LR_COUPLINGS,
-    TIED_DEPTHS,
-    check_decay_factor,
-    validate_layer_lr_decay,
-    validate_layer_pattern,
-    validate_weight_decay,
-)
+from .schedule import group_shrink, trainer_schedule_scales
+from .settings import SETTING, Setting, check_peak_decay, check_settings, parse_bool
 
 __all__ = ["TASKS", "build_meta_model", "main"]
 
@@ -99,8 +92,7 @@ def _auto_class(task: str) -> Any:
 
 
 def _supports(task: str, config: Any) -> bool:
-    mapping = getattr(_auto_class(task), "_model_mapping", None)
-    return mapping is None or type(config) in mapping
+    return auto_class_accepts(_auto_class(task), config)
 
 
 def default_task(config: Any) -> tuple[str | None, str]:
@@ -159,9 +151,7 @@ def build_meta_model(config: Any, task: str = TASK_AUTO) -> nn.Module:
 def _build(cls: Any, config: Any) -> nn.Module:
     try:
         with torch.device("meta"):
-            if hasattr(cls, "from_config"):
-                return cls.from_config(config)
-            return cls._from_config(config)
+            return model_from_config(cls, config)
     except Exception as exc:  # noqa: BLE001 - the user's config and the library's many errors
         raise CliError(f"could not build {cls.__name__} from this config: {_first_line(exc)}") from exc
 
@@ -176,9 +166,7 @@ def _warmup_steps(warmup: float, max_steps: int) -> int:
 def _check_settings(args: argparse.Namespace) -> None:
     """The LPWD settings and the run, checked by the validators the Trainer uses, before anything is built."""
     try:
-        validate_weight_decay(args.weight_decay, "--weight-decay")
-        validate_layer_lr_decay(args.layer_lr_decay, "--layer-lr-decay")
-        validate_layer_pattern(args.layer_pattern, "--layer-pattern")
+        check_settings({name: getattr(args, name) for name in INSPECT_SETTINGS}, _option_label)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if args.learning_rate is None and args.max_steps is None:
@@ -192,15 +180,9 @@ def _check_settings(args: argparse.Namespace) -> None:
     if not (math.isfinite(args.warmup_steps) and args.warmup_steps >= 0):
         raise CliError(f"--warmup-steps={args.warmup_steps:g} must be >= 0: steps (>= 1) or a ratio of "
                        "--max-steps (below 1), as the Trainer's --warmup_steps")
-    lr, lam = args.learning_rate, args.weight_decay
-    try:  # the per-step decay at the peak lr, as the Trainer refuses it: d = λ (independent), else η·λ
-        if args.lr_coupling == "independent":
-            check_decay_factor(
-                lam, f"--weight-decay={lam:g} with --lr-coupling independent (d = λ at the peak lr)",
-                "lower --weight-decay")
-        else:
-            check_decay_factor(lr * lam, f"--learning-rate={lr:g} × --weight-decay={lam:g}",
-                               "lower --weight-decay or --learning-rate")
+    try:  # the per-step decay at the peak lr, by the rule the Trainer refuses it with
+        check_peak_decay(args.weight_decay, args.learning_rate, args.lr_coupling, "--weight-decay",
+                         "--learning-rate", "--lr-coupling")
     except ValueError as exc:
         raise CliError(f"{exc} (the Trainer refuses this run)") from None
 
@@ -216,7 +198,8 @@ def _inspect(args: argparse.Namespace) -> int:
         depths = layer_depths_with_count(model, args.layer_pattern)
         groups = lpwd_param_groups(
             model, args.weight_decay, layerwise=not args.uniform, layer_pattern=args.layer_pattern,
-            layer_lr_decay=args.layer_lr_decay, tied_depth=args.tied_depth, depths=depths,
+            decay_embeddings=args.decay_embeddings, layer_lr_decay=args.layer_lr_decay,
+            tied_depth=args.tied_depth, depths=depths,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc
@@ -365,19 +348,26 @@ def _option(parser: Any, name: str, **kwargs: Any) -> None:
     parser.add_argument(f"--{name}", f"--{name.replace('-', '_')}", **kwargs)
 
 
+INSPECT_SETTINGS = ("weight_decay", "layer_lr_decay", "tied_depth", "layer_pattern", "decay_embeddings",
+                    "lr_coupling")
+"""The settings that shape the table; their options come from :data:`hf_lpwd.settings.SETTINGS`."""
+
+
+def _option_label(setting: Setting) -> str:
+    return f"--{setting.name.replace('_', '-')}"
+
+
 def _add_setting_options(parser: argparse.ArgumentParser) -> None:
-    """The LPWD settings inspect shows (each the Trainer's flag of that name, dashes or underscores)."""
-    _option(parser, "weight-decay", type=float, default=DEFAULT_WEIGHT_DECAY, metavar="λ",
-            help=f"full rate, the Trainer's --weight_decay (default {DEFAULT_WEIGHT_DECAY:g})")
+    """One option per setting of :data:`INSPECT_SETTINGS`, derived from its declaration: ``--layer-lr-decay``,
+    ``--layer_lr_decay`` and the Trainer's own ``--lpwd_layer_lr_decay`` all name it."""
+    for name in INSPECT_SETTINGS:
+        setting = SETTING[name]
+        spellings = dict.fromkeys([_option_label(setting), f"--{name}", f"--{setting.flag}"])
+        kind = parse_bool if setting.kind is bool else setting.kind
+        parser.add_argument(*spellings, dest=name, type=kind, default=setting.default, choices=setting.choices,
+                            metavar=None if setting.choices else name.split("_")[-1].upper(),
+                            help=f"{setting.help} (default {setting.default})")
     parser.add_argument("--uniform", action="store_true", help="uniform λ profile instead of layer-wise")
-    _option(parser, "layer-lr-decay", type=float, default=1.0, metavar="γ",
-            help="layer-wise lr decay γ in (0, 1]: lr·γ^(N+1−d) (default 1.0: off)")
-    _option(parser, "tied-depth", choices=TIED_DEPTHS, default="input",
-            help="depth of a tied embedding/head matrix (default input: depth 0)")
-    _option(parser, "layer-pattern", metavar="REGEX", default=None,
-            help=r"regex with one capture group for the block index, e.g. '\.layers\.(\d+)\.'")
-    _option(parser, "lr-coupling", choices=LR_COUPLINGS, default="coupled",
-            help="how the decay follows the lr (default coupled: d = η_t·λ)")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:

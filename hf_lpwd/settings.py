@@ -44,6 +44,16 @@ def validate_choice(value: Any, choices: tuple[str, ...], field_name: str) -> No
         raise ValueError(f"{field_name}={value!r} is not one of {list(choices)}")
 
 
+def parse_bool(text: str) -> bool:
+    """A command line's boolean, as ``HfArgumentParser`` reads it: true/false, yes/no, 1/0."""
+    lowered = str(text).lower()
+    if lowered in ("true", "yes", "1", "t", "y"):
+        return True
+    if lowered in ("false", "no", "0", "f", "n"):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
 def validate_bool(value: Any, field_name: str) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{field_name} must be true or false, got {value!r}")

@@ -236,9 +236,7 @@ def check_layers(model: Any, training_args: Any) -> None:
     folder)."""
     from hf_lpwd import layer_depths
 
-    # TODO(lead): the Trainer parses the depths again when it builds the optimizer; once it can take (or
-    # expose) the depths parsed here, pass them on instead of parsing twice (a change in the Trainer glue).
-
+    # One parse: ``layer_depths`` keeps the last parse of each model, which the Trainer's build reuses.
     config = training_args.to_lpwd_config()
     if not getattr(config, "needs_depths", config.layerwise):
         return

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hf_lpwd.cli import main
-from tests.tiny import ROOT, offline_env
+from tests.tiny import ROOT, offline_env, tiny_llama_config
 
 TINY_LLAMA = {
     "architectures": ["LlamaForCausalLM"],
@@ -512,3 +513,21 @@ def test_inspect_prints_no_bitsandbytes_notice(model_dir):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("spelling", ["--layer-lr-decay", "--layer_lr_decay", "--lpwd_layer_lr_decay"])
+def test_inspect_options_are_the_settings_own(spelling: str, capsys) -> None:
+    """Inspect's options are derived from the settings' declarations: the Trainer's flag works too, and a bad
+    value is refused by the setting's own validator, in inspect's words."""
+    from hf_lpwd.cli import main
+
+    config = tiny_llama_config(layers=2)
+    with tempfile.TemporaryDirectory() as folder:
+        config.save_pretrained(folder)
+        assert main(["inspect", folder, spelling, "0.5", "--decay_embeddings", "false"]) == 0
+        table = capsys.readouterr().out
+        assert main(["inspect", folder, spelling, "1.5"]) == 2
+        assert "--layer-lr-decay=1.5 must be in (0, 1]" in capsys.readouterr().err
+    rows = {line.split()[0]: line.split() for line in table.splitlines() if line.strip()[:1].isdigit()}
+    assert rows["0"][3] == "0.125" and rows["3"][3] == "1"  # lr·γ^(N+1−d): γ^3 at depth 0, γ^0 at the head
+    assert float(rows["0"][5]) == 0.0 and float(rows["3"][5]) == pytest.approx(0.01)  # depth 0 not decayed

@@ -665,3 +665,19 @@ def test_a_declared_block_class_still_beats_an_equal_side_list():
     assert depths["model.visual.deepstack_merger_list.0.linear_fc1.weight"] == 2
     assert depths["model.visual.deepstack_merger_list.1.linear_fc1.weight"] == 2
     assert depths["model.language_model.layers.0.mlp.up_proj.weight"] == 3
+
+
+def test_a_models_depths_are_parsed_once_while_its_names_stay(monkeypatch) -> None:
+    """The recipe's check and the Trainer's build share one parse; a changed model (an adapter) is parsed again."""
+    import hf_lpwd.model.layers as layers_module
+
+    calls: list[int] = []
+    parse = layers_module._parse_depths
+    monkeypatch.setattr(layers_module, "_parse_depths", lambda m, p: calls.append(1) or parse(m, p))
+    model = tiny_llama(layers=2)
+    first = layer_depths_with_count(model, None)
+    first[0]["lm_head.weight"] = -1  # a caller's change does not reach the cache
+    again = layer_depths_with_count(model, None)
+    assert len(calls) == 1 and again[0]["lm_head.weight"] == 3 and again[1] == 2
+    model.model.layers[0].mlp.extra = torch.nn.Linear(2, 2)  # new parameter names: parsed again
+    assert layer_depths_with_count(model, None)[0]["model.layers.0.mlp.extra.weight"] == 1 and len(calls) == 2

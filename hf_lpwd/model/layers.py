@@ -61,6 +61,7 @@ both paths give the same depths (checked by
 from __future__ import annotations
 
 import re
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -191,8 +192,28 @@ def layer_depths_with_count(
     """Like :func:`layer_depths`, also returning the number of blocks ``N``.
 
     The depths alone cannot tell N apart from N+1 (a model may have nothing after its last
-    block), and LPWD's rate needs the number of levels, ``N + 2``.
+    block), and LPWD's rate needs the number of levels, ``N + 2``.  A module's depths are parsed once
+    while its parameter names stay the same (a recipe's check and the Trainer's build share one parse).
     """
+    if isinstance(model_or_names, nn.Module):
+        key = (layer_pattern, tuple(n for n, _ in model_or_names.named_parameters()))
+        cached = _PARSED.get(model_or_names)
+        if cached is None or cached[0] != key:
+            cached = (key, _parse_depths(model_or_names, layer_pattern))
+            _PARSED[model_or_names] = cached
+        depths, count = cached[1]
+        return dict(depths), count
+    return _parse_depths(model_or_names, layer_pattern)
+
+
+_PARSED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, tuple[dict[str, int], int]]] = (
+    weakref.WeakKeyDictionary())
+"""The last parse of each live module: ``(pattern, names) → (depths, N)``."""
+
+
+def _parse_depths(
+    model_or_names: nn.Module | Iterable[str], layer_pattern: LayerPattern
+) -> tuple[dict[str, int], int]:
     hints = _Hints()
     if isinstance(model_or_names, nn.Module):
         pairs = [(n, int(p.numel())) for n, p in model_or_names.named_parameters()]

@@ -12,10 +12,14 @@ alone rule out).
 
 from __future__ import annotations
 
-from ..names import LPWD_CONFIG_NAME
-from .arguments import LPWDTrainingArguments, lpwd_config_from_args
-from .mixin import LPWDMixin, LPWDTrainer
-from .refusals import check_deepspeed, check_training_arguments
+from ..integrations.bnb_notice import quiet_cpu_kernel_notice
+
+quiet_cpu_kernel_notice()  # before transformers' Trainer imports peft, and peft bitsandbytes
+
+from ..names import LPWD_CONFIG_NAME  # noqa: E402
+from .arguments import LPWDTrainingArguments, lpwd_config_from_args  # noqa: E402
+from .mixin import LPWDMixin, LPWDTrainer  # noqa: E402
+from .refusals import check_deepspeed, check_training_arguments  # noqa: E402
 
 __all__ = [
     "LPWD_CONFIG_NAME",

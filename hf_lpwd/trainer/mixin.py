@@ -70,7 +70,6 @@ class LPWDMixin:
         super().__init__(*args, **kwargs)
         self._lpwd_given_config = None if lpwd_config is None else dataclasses.replace(lpwd_config)
         self._lpwd_built_config: LPWDConfig | None = None
-        self._lpwd_depth_cache: tuple[Any, tuple[dict[str, int], int]] | None = None
         self._lpwd_depth_params: dict[int, list[torch.Tensor]] = {}
         self._lpwd_norms_step: int | None = None
         check_training_arguments(self.args)
@@ -115,12 +114,7 @@ class LPWDMixin:
         """``(depth of each parameter name, N)`` of ``model`` (default: the Trainer's), parsed once per
         model."""
         model = self.model if model is None else model
-        pattern = self.lpwd_config.layer_pattern
-        # no reference: the Trainer pickles
-        key = (pattern, tuple(name for name, _ in model.named_parameters()))
-        if self._lpwd_depth_cache is None or self._lpwd_depth_cache[0] != key:
-            self._lpwd_depth_cache = (key, layer_depths_with_count(model, pattern))
-        return self._lpwd_depth_cache[1]
+        return layer_depths_with_count(model, self.lpwd_config.layer_pattern)  # parsed once per model
 
     def _optional_depths(self, model: nn.Module, required: bool) -> tuple[dict[str, int], int] | None:
         try:
