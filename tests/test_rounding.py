@@ -12,9 +12,9 @@ import warnings
 import pytest
 import torch
 
-import hf_lpwd.rounding as rounding
+import hf_lpwd.optim.rounding as rounding
 from hf_lpwd import LPWD
-from hf_lpwd.rounding import scale_, stochastic_round_
+from hf_lpwd.optim.rounding import scale_, stochastic_round_
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from ..rounding import LOW_PRECISION_DTYPES, scale_
 from ..settings import (
     CAUTIOUS_KERNELS,
     DEFAULT_WEIGHT_DECAY,
@@ -44,11 +43,19 @@ from .bases import (
 )
 from .cautious_adamw import cautious_adamw_step
 from .functional import apply_cautious_decay_, effective_weight_decay, pwd_fold_on_adamw, rwd_on_adamw
+from .precision import fraction_below_half_ulp, unrounded_share
+from .rounded_step import rounded_step
+from .rounding import LOW_PRECISION_DTYPES, NoiseKeys, scale_
 
 logger = logging.getLogger("hf_lpwd")
 
-_SETTINGS = ("base_optimizer", "mode", "lr_coupling", "cautious", "cautious_kernel", "stochastic_rounding", "require_pre_step",
-             "fold_corrections", "folds_decay_into_base", "_pre_step_done", "_num_training_steps")
+ROUNDING_STATE_KEY = "lpwd_rounding_noise"
+"""``state_dict()`` key of the rounding's noise state ({"seed", "count"}), present once a bf16/fp16 step rounded."""
+_SEED_SALT = 0x4C505744  # "LPWD": the noise's seed is torch's initial seed mixed, not the dropout stream itself
+
+_SETTINGS = ("base_optimizer", "mode", "lr_coupling", "cautious", "cautious_kernel", "stochastic_rounding",
+             "rounding_kernel", "require_pre_step", "fold_corrections", "folds_decay_into_base", "_pre_step_done",
+             "_num_training_steps", "_noise", "_precision_checked")
 """LPWD's own attributes, which pickling and deepcopy must carry beside torch's defaults/state/param_groups."""
 
 
@@ -110,9 +117,13 @@ class LPWD(torch.optim.Optimizer):
         cautious_kernel: ``"compiled"`` runs cautious AdamW/Adam as one ``torch.compile``'d pass per
             tensor (compiled on the first step; the eager path where it does not apply), ``"eager"``
             as a mask pass before the base's own step.  Same equation; the former is faster.
-        stochastic_rounding: decay bf16/fp16 parameters with stochastic rounding so that decays
-            below their resolution still take effect on average (no effect on fp32 parameters).
-            ``False`` warns at construction if some group's η·λ is below its dtype's resolution.
+        stochastic_rounding: on bf16/fp16 parameters, compute the whole step (update and decay) in fp32
+            and write it with one stochastic rounding, so that E[θ_{t+1}] is the fp32 step
+            (:mod:`hf_lpwd.optim.rounded_step`: AdamW, Adam, SGD; on other bases or tensor types the decay
+            alone, and a log line at the first step says so).  No effect on fp32 parameters.  The bits come
+            from a seed (``torch.initial_seed()`` at construction, the same on every rank) and a counter
+            that ``state_dict()`` carries.  ``False``: round to nearest, the stock result; warns when the
+            decay or most first updates are below the weights' resolution.
         **base_kwargs: passed to the base optimizer (``lr``, ``betas``, ``eps``, ``momentum``, ...).
 
     Training loop (``pre_step`` is a no-op for ``wd`` and ``rwd``)::
@@ -162,6 +173,11 @@ class LPWD(torch.optim.Optimizer):
         self.cautious = cautious
         self.cautious_kernel = cautious_kernel
         self.stochastic_rounding = stochastic_rounding
+        self.rounding_kernel = "compiled"
+        """``"compiled"``: the rounded bf16 step is one ``torch.compile``'d pass per tensor; ``"eager"``: the
+        same function run eagerly (also taken, with a warning, where compilation fails)."""
+        self._noise = NoiseKeys(torch.initial_seed() ^ _SEED_SALT)
+        self._precision_checked = False
         self.require_pre_step = True
         """pwd: ``step()`` without ``pre_step()`` on a step whose decay the fold did not apply is an
         error (``True``), or is corrected inside ``step()`` (``False``: DeepSpeed)."""
@@ -211,6 +227,9 @@ class LPWD(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("cautious_kernel", "compiled")  # pickled by 0.3.0
+        self.__dict__.setdefault("rounding_kernel", "compiled")
+        self.__dict__.setdefault("_noise", NoiseKeys(torch.initial_seed() ^ _SEED_SALT))
+        self.__dict__.setdefault("_precision_checked", False)
         base = self.__dict__.get("base_optimizer")
         if base is not None:  # keep sharing: torch's load_state_dict replaces our groups and state
             base.__setstate__({"state": self.state, "param_groups": self.param_groups})
@@ -221,6 +240,8 @@ class LPWD(torch.optim.Optimizer):
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         state_dict = self.base_optimizer.state_dict()
+        if self._noise.count:  # only runs that rounded a step carry it: fp32 checkpoints keep torch's layout
+            state_dict[ROUNDING_STATE_KEY] = self._noise.state_dict()
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state_dict)
             if result is not None:
@@ -232,11 +253,31 @@ class LPWD(torch.optim.Optimizer):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
+        state_dict = dict(state_dict)
+        noise = state_dict.pop(ROUNDING_STATE_KEY, None)
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
+        if noise is not None:
+            self._noise.load_state_dict(noise)
+        self._restore_fp32_moments(state_dict)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+
+    def _restore_fp32_moments(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict`` casts a state tensor to its parameter's dtype: the rounded step's fp32
+        moments of a bf16/fp16 weight would come back in bf16.  Put the saved fp32 values back (resume is bitwise)."""
+        saved = state_dict.get("state", {})
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                entry = saved.get(index, {})
+                index += 1
+                if p.dtype not in LOW_PRECISION_DTYPES or p not in self.state:
+                    continue
+                for key, value in entry.items():
+                    if torch.is_tensor(value) and value.dtype == torch.float32 and key != "step":
+                        self.state[p][key] = value.to(device=p.device, copy=True)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         base = getattr(self, "base_optimizer", None)
@@ -384,7 +425,7 @@ class LPWD(torch.optim.Optimizer):
                 continue
             carried = ledger.carried_factor(group, None)
             if wanted != carried:
-                scale_(list(group["params"]), wanted / carried, stochastic=self.stochastic_rounding)
+                self._scale(list(group["params"]), wanted / carried)
                 self.fold_corrections += 1
             ledger.record(group, wanted)
         self._pre_step_done = True
@@ -412,7 +453,7 @@ class LPWD(torch.optim.Optimizer):
         for group, factor in zip(self.param_groups, factors, strict=True):
             if factor != 1.0 and group["params"]:
                 tensors = [storage(p) if storage is not None else p for p in group["params"]]
-                scale_([t for t in tensors if t.numel() > 0], factor, stochastic=self.stochastic_rounding)
+                self._scale([t for t in tensors if t.numel() > 0], factor)
             ledger.record(group, factor)
 
     @property
@@ -431,7 +472,7 @@ class LPWD(torch.optim.Optimizer):
         for group in self.param_groups:
             applied = ledger.applied(group)
             if applied is not None and applied != 1.0 and group["params"]:
-                scale_(list(group["params"]), 1.0 / applied, stochastic=self.stochastic_rounding)
+                self._scale(list(group["params"]), 1.0 / applied)
             ledger.clear(group)
         self._pre_step_done = False
 
@@ -528,7 +569,7 @@ class LPWD(torch.optim.Optimizer):
             carried = ledger.begin_step(group, step_index)
             if carried != wanted:
                 with torch.no_grad():
-                    scale_(list(group["params"]), wanted / carried, stochastic=self.stochastic_rounding)
+                    self._scale(list(group["params"]), wanted / carried)
                 self.fold_corrections += 1
             if factor == 1.0:
                 plans.append(_GroupPlan({"weight_decay": 0.0}, record=factor))
@@ -540,21 +581,97 @@ class LPWD(torch.optim.Optimizer):
                 plans.append(_GroupPlan({"weight_decay": 0.0}, after=factor, after_scope="all", record=factor))
         return plans
 
+    def _scale(self, params: list[torch.Tensor], factor: float) -> None:
+        """θ ← factor·θ; bf16/fp16 weights stochastically rounded with the optimizer's own noise."""
+        scale_(params, factor, stochastic=self.stochastic_rounding, keys=self._noise,
+               eager=self.rounding_kernel == "eager")
+
+    def _check_precision(self) -> None:
+        """Once, at the first step: say what round-to-nearest will cost, or what the rounded step cannot take."""
+        self._precision_checked = True
+        low = [p for g in self.param_groups for p in g["params"] if p.dtype in LOW_PRECISION_DTYPES]
+        if not low:
+            return
+        if not self.stochastic_rounding:
+            adaptive = type(self.base_optimizer) is not torch.optim.SGD
+            lost = [fraction_below_half_ulp(g["params"], lookahead.as_float(g.get("initial_lr", g["lr"])), adaptive)
+                    for g in self.param_groups]
+            weights = [sum(p.numel() for p in g["params"] if p.dtype in LOW_PRECISION_DTYPES)
+                       for g in self.param_groups]
+            share = sum(f * n for f, n in zip(lost, weights, strict=True)) / max(1, sum(weights))
+            if share > 0.0:
+                warnings.warn(
+                    f"LPWD: stochastic_rounding=False on bf16/fp16 weights: at the peak lr, the first update of "
+                    f"{share:.1%} of their coordinates is below half their spacing and rounds away to nearest "
+                    "(the stock optimizer loses it too). LPWD(..., stochastic_rounding=True) "
+                    "(--lpwd_stochastic_rounding true) writes the whole step with stochastic rounding.",
+                    UserWarning, stacklevel=4)
+            return
+        count, numel, total, why = unrounded_share(self.base_optimizer, self.param_groups)
+        if count:
+            logger.warning(
+                "LPWD: %d bf16/fp16 parameters (%d of %d such weights, %.1f%%: %s) take the base's own step: "
+                "their update is rounded to nearest and only the decay stochastically (the whole step is "
+                "rounded on %s with plain tensors)", count, numel, total, 100.0 * numel / max(1, total), why,
+                "AdamW / Adam / SGD")
+
+    def _rounded_factors(self, plans: list[_GroupPlan | None]) -> list[tuple[float, float, float] | None]:
+        """(pre, post, cautious) of θ' = post·(pre·θ − c·mask⊙θ − η·u) per group, ``None`` where not rounded."""
+        factors: list[tuple[float, float, float] | None] = []
+        for plan in plans:
+            if plan is None or "lr" in plan.override:  # a fold into the base's own kernel: fp32 groups only
+                factors.append(None)
+                continue
+            post = plan.after if plan.after_scope in ("stepped", "all") else 1.0
+            factors.append((plan.before, post, plan.cautious))
+        return factors
+
     @torch.no_grad()
     def _execute(self, plans: list[_GroupPlan | None]) -> None:
+        """bf16/fp16 weights: the whole step rounded once; the rest: the base step between scale passes."""
+        if not self._precision_checked:
+            self._check_precision()
+        groups = self.param_groups
+        done: list[set[int]] = [set() for _ in groups]
+        if self.stochastic_rounding and any(p.dtype in LOW_PRECISION_DTYPES for g in groups for p in g["params"]):
+            stepped = rounded_step(self.base_optimizer, groups, self._rounded_factors(plans), self._noise,
+                                   eager=self.rounding_kernel == "eager")
+            done = [{id(p) for p in params} for params in stepped]
+        if not any(done):
+            self._execute_base(plans)
+            return
+        kept = [g["params"] for g in groups]
+        try:  # the base steps only what the rounded step did not
+            for group, ids in zip(groups, done, strict=True):
+                if ids:
+                    group["params"] = [p for p in group["params"] if id(p) not in ids]
+            self._execute_base(plans, record=False)
+        finally:
+            for group, params in zip(groups, kept, strict=True):
+                group["params"] = params
+        for group, plan in zip(groups, plans, strict=True):
+            if plan is not None and plan.record is not None:
+                ledger.record(group, plan.record)
+
+    def _execute_base(self, plans: list[_GroupPlan | None], record: bool = True) -> None:
         """Scale passes before, one base step with the plans' hyperparameters, scale passes after."""
         groups = self.param_groups
         if self.cautious and self.cautious_kernel == "compiled" and all(plan is not None for plan in plans):
             if cautious_adamw_step(self.base_optimizer, [plan.cautious for plan in plans]):  # type: ignore[union-attr]
+                if record:
+                    for group, plan in zip(groups, plans, strict=True):
+                        if plan is not None and plan.record is not None:
+                            ledger.record(group, plan.record)
                 return
         stepped = [[p for p in g["params"] if p.grad is not None] for g in groups]
         for group, plan, params in zip(groups, plans, stepped, strict=True):
             if plan is not None and plan.before != 1.0 and params:
-                scale_(params, plan.before, stochastic=self.stochastic_rounding)
+                self._scale(params, plan.before)
             if plan is not None and plan.cautious > 0.0:
                 for p in params:  # one temporary at a time: no copy of the model
                     apply_cautious_decay_(p, coming_update_direction(self.base_optimizer, group, p), plan.cautious)
-        saved = [{key: g[key] for key in plan.override} if plan is not None else {} for g, plan in zip(groups, plans, strict=True)]
+        saved = [{key: g[key] for key in plan.override} if plan is not None else {}
+                 for g, plan in zip(groups, plans, strict=True)]
         try:
             for group, plan in zip(groups, plans, strict=True):
                 if plan is not None:
@@ -574,10 +691,9 @@ class LPWD(torch.optim.Optimizer):
                 else:  # "idle": the fused AdamW call skipped them
                     targets = [p for p in group["params"] if p.grad is None]
                 if targets:
-                    scale_(targets, plan.after, stochastic=self.stochastic_rounding)
-            if plan.record is not None:
+                    self._scale(targets, plan.after)
+            if record and plan.record is not None:
                 ledger.record(group, plan.record)
-
 
 def _check_factor(index: int, group: dict[str, Any], eta: float, lam: float, decay: float, what: str = "lr") -> None:
     """η must be finite and >= 0, and the per-step decay d < 1 (else 1 − d <= 0 flips the weights' signs)."""
