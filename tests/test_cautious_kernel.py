@@ -111,7 +111,6 @@ def test_checkpoints_move_between_the_paths_and_torch(calls) -> None:
 @pytest.mark.parametrize("case, make, kwargs", [
     ("amsgrad", make_params, {"amsgrad": True}),
     ("maximize", make_params, {"maximize": True}),
-    ("bf16 parameters", lambda: make_params(torch.bfloat16), {}),
     ("non-contiguous parameter", lambda: make_params(transpose=True), {}),
     ("tensor subclass", lambda: make_params(subclass=True), {}),
 ])
@@ -123,6 +122,17 @@ def test_other_steps_take_the_eager_path(calls, case, make, kwargs) -> None:
     assert calls and not any(calls), case
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y), case
+
+
+def test_bf16_parameters_take_the_rounded_whole_step_with_either_setting(calls) -> None:
+    """bf16 weights: cautious decay is part of the rounded step (hf_lpwd.optim.rounded_step), whichever
+    ``cautious_kernel``; the same noise keys give the same weights, and the base never steps them."""
+    a, b = make_params(torch.bfloat16), make_params(torch.bfloat16)
+    opt = train(a)
+    train(b, cautious_kernel="eager")
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+    assert opt.state[a[0]]["exp_avg"].dtype == torch.float32  # the rounded step's state, not torch's bf16 one
 
 
 def test_one_kernel_serves_every_shape(calls) -> None:

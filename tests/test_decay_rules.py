@@ -16,12 +16,12 @@ from transformers import get_cosine_schedule_with_warmup
 
 from hf_lpwd import LPWD
 from hf_lpwd.optim import functional as F
+from tests.reference import BETAS, EPS, AdamDirection, SGDMomentumDirection, after_update, before_forward
 
 STEPS, WARMUP = 40, 6
 PEAK = 0.04
 LLRD = (1.0, 0.7, 0.49)  # lr multiplier per group: three different base lrs η̄
 LAMBDAS = (0.0, 1.5, 4.0)
-BETAS, EPS = (0.9, 0.99), 1e-8
 
 
 def schedule(step: int) -> float:
@@ -36,30 +36,8 @@ def grad_of(theta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (theta - target) + 0.3 * theta**3 + 0.1 * torch.sin(3 * theta)
 
 
-class Adam:
-    def __init__(self) -> None:
-        self.m = self.v = None
-        self.t = 0
-
-    def __call__(self, g):
-        self.t += 1
-        b1, b2 = BETAS
-        self.m = (1 - b1) * g if self.m is None else b1 * self.m + (1 - b1) * g
-        self.v = (1 - b2) * g * g if self.v is None else b2 * self.v + (1 - b2) * g * g
-        return (self.m / (1 - b1**self.t)) / ((self.v / (1 - b2**self.t)).sqrt() + EPS)
-
-
-class Momentum:
-    def __init__(self) -> None:
-        self.buf = None
-
-    def __call__(self, g):
-        self.buf = g.clone() if self.buf is None else 0.9 * self.buf + g
-        return self.buf
-
-
-BASES = {"adamw": ({"betas": BETAS, "eps": EPS, "fused": True}, Adam), "adamw-foreach": (
-    {"betas": BETAS, "eps": EPS, "foreach": True}, Adam), "sgd": ({"momentum": 0.9}, Momentum)}
+BASES = {"adamw": ({"betas": BETAS, "eps": EPS, "fused": True}, AdamDirection), "adamw-foreach": (
+    {"betas": BETAS, "eps": EPS, "foreach": True}, AdamDirection), "sgd": ({"momentum": 0.9}, SGDMomentumDirection)}
 RULE = {
     "coupled": lambda lam, eta, base: eta * lam,
     "independent": lambda lam, eta, base: eta / base * lam,
@@ -87,19 +65,9 @@ def reference(mode: str, coupling: str, cautious: bool, direction, thetas, targe
             base_lr = PEAK * mult
             eta = base_lr * schedule(step)
             d = RULE[coupling](lam, eta, base_lr)
-            theta = thetas[i]
-            if mode == "pwd":
-                theta = (1 - d) * theta
+            theta = before_forward(mode, thetas[i], d)
             u = dirs[i](grad_of(theta, targets[i]))
-            if mode == "wd" and cautious:
-                theta = theta - eta * u - d * ((u * theta) >= 0) * theta
-            elif mode == "wd":
-                theta = theta - eta * u - d * theta
-            elif mode == "rwd":
-                theta = (1 - d) * (theta - eta * u)
-            else:
-                theta = theta - eta * u
-            thetas[i] = theta
+            thetas[i] = after_update(mode, theta, u, eta, d, cautious)
     return thetas
 
 
@@ -188,22 +156,44 @@ def test_independent_decay_does_not_follow_the_peak_lr() -> None:
     assert shrink["independent", 1e-2] == pytest.approx(shrink["independent", 1e-3], rel=1e-12)
 
 
-def test_plain_functions_are_the_equations() -> None:
-    theta, u = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.5, 1.0, -1.0])
-    assert torch.equal(F.wd_update(theta, u, 0.1, 0.2), theta - 0.1 * u - 0.2 * theta)
-    assert torch.equal(F.rwd_update(theta, u, 0.1, 0.2), 0.8 * (theta - 0.1 * u))
-    assert torch.equal(F.cautious_mask(u, theta), torch.tensor([True, False, False]))
-    assert F.decay_per_step("independent", 2.0, 0.01, 0.02) == pytest.approx(1.0)
-    assert F.decay_per_step("corrected", 2.0, 0.01, 0.02) == pytest.approx(0.01)
-    assert F.weight_decay_for_timescale("coupled", 500.0, 1e-3) == pytest.approx(2.0)
-    assert F.weight_decay_for_timescale("independent", 500.0, 1e-3) == pytest.approx(0.002)
-    # the AdamW rewrites are the equations: (1 − η'λ')θ − η'u
-    for lr_, lam_ in (F.rwd_on_adamw(0.1, 0.3), F.pwd_fold_on_adamw(0.1, 0.97)):
-        assert lr_ > 0 and lam_ > 0
+@pytest.mark.parametrize("mode", ["wd", "rwd", "cautious"])
+def test_plain_functions_are_one_optimizer_step_and_the_reference(mode: str) -> None:
+    """F.wd_update / F.rwd_update / the cautious mask against the float64 reference, and against what one LPWD step
+    does (SGD base without momentum, float64 weights: u = g exactly)."""
+    gen = torch.Generator().manual_seed(3)
+    theta = torch.randn(64, generator=gen, dtype=torch.float64)
+    g = torch.randn(64, generator=gen, dtype=torch.float64)
+    lr, lam = 0.1, 2.0
+    if mode == "cautious":
+        got = torch.where(F.cautious_mask(g, theta), theta - lr * g - lr * lam * theta, theta - lr * g)
+        want = after_update("wd", theta, g, lr, lr * lam, cautious=True)
+    else:
+        got = {"wd": F.wd_update, "rwd": F.rwd_update}[mode](theta, g, lr, lr * lam)
+        want = after_update(mode, theta, g, lr, lr * lam)
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-15)
+    assert not torch.allclose(want, theta - lr * g)  # the decay term is there: λ matters
+    p = torch.nn.Parameter(theta.clone())
+    opt = LPWD([p], base="sgd", mode="wd" if mode == "cautious" else mode, cautious=mode == "cautious", lr=lr,
+               weight_decay=lam)
+    p.grad = g.clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), want, rtol=1e-15, atol=1e-15)
+
+
+def test_the_lr_couplings_and_rewrites_against_their_equations() -> None:
+    """d_t per coupling and the timescale's λ written from the issue's equations; the AdamW rewrites (η', λ') give
+    (1 − η'λ')θ − η'u = the timing's step, in float64 on random tensors."""
+    assert F.decay_per_step("coupled", 2.0, 0.01, 0.02) == pytest.approx(0.01 * 2.0, rel=1e-15)
+    assert F.decay_per_step("independent", 2.0, 0.01, 0.02) == pytest.approx(0.01 / 0.02 * 2.0, rel=1e-15)
+    assert F.decay_per_step("corrected", 2.0, 0.01, 0.02) == pytest.approx(0.01**2 / 0.02 * 2.0, rel=1e-15)
+    assert F.weight_decay_for_timescale("coupled", 500.0, 1e-3) == pytest.approx(1 / (1e-3 * 500), rel=1e-15)
+    assert F.weight_decay_for_timescale("independent", 500.0, 1e-3) == pytest.approx(1 / 500, rel=1e-15)
+    gen = torch.Generator().manual_seed(4)
+    theta, u = torch.randn(16, generator=gen, dtype=torch.float64), torch.randn(16, generator=gen, dtype=torch.float64)
     lr_, lam_ = F.rwd_on_adamw(0.1, 0.3)
-    torch.testing.assert_close((1 - lr_ * lam_) * theta - lr_ * u, (1 - 0.03) * (theta - 0.1 * u))
+    torch.testing.assert_close((1 - lr_ * lam_) * theta - lr_ * u, after_update("rwd", theta, u, 0.1, 0.03))
     lr_, lam_ = F.pwd_fold_on_adamw(0.1, 0.97)
-    torch.testing.assert_close((1 - lr_ * lam_) * theta - lr_ * u, 0.97 * (theta - 0.1 * u))
+    torch.testing.assert_close((1 - lr_ * lam_) * theta - lr_ * u, 0.97 * after_update("pwd", theta, u, 0.1, 0.03))
 
 
 @pytest.mark.parametrize(

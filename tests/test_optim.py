@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from hf_lpwd import LPWD
+from tests.reference import BETAS, EPS, AdamDirection, SGDMomentumDirection, after_update, before_forward
 
 STEPS = 60
-BETAS = (0.9, 0.99)
-EPS = 1e-8
 LAMBDAS = (0.0, 0.5, 3.0)  # per group: no decay, moderate, large (η·λ up to 0.15)
 
 
@@ -35,48 +34,16 @@ def make_problem(seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]
 
 
 # --------------------------------------------------------------------------- float64 reference
-class AdamDirection:
-    def __init__(self) -> None:
-        self.m = self.v = None
-        self.t = 0
-
-    def __call__(self, g: torch.Tensor) -> torch.Tensor:
-        self.t += 1
-        b1, b2 = BETAS
-        self.m = (1 - b1) * g if self.m is None else b1 * self.m + (1 - b1) * g
-        self.v = (1 - b2) * g * g if self.v is None else b2 * self.v + (1 - b2) * g * g
-        m_hat = self.m / (1 - b1**self.t)
-        v_hat = self.v / (1 - b2**self.t)
-        return m_hat / (v_hat.sqrt() + EPS)
-
-
-class SGDMomentumDirection:
-    def __init__(self, momentum: float, nesterov: bool) -> None:
-        self.momentum, self.nesterov, self.buf = momentum, nesterov, None
-
-    def __call__(self, g: torch.Tensor) -> torch.Tensor:
-        self.buf = g.clone() if self.buf is None else self.momentum * self.buf + g
-        return g + self.momentum * self.buf if self.nesterov else self.buf
-
-
 def reference(mode: str, direction_factory, thetas, targets) -> list[torch.Tensor]:
-    """The brief's equations, literally, in float64."""
+    """The brief's equations, literally, in float64 (``tests/reference.py``)."""
     thetas = [t.clone() for t in thetas]
     directions = [direction_factory() for _ in thetas]
     for step in range(STEPS):
         eta = lr_at(step)
         for i, lam in enumerate(LAMBDAS):
-            theta = thetas[i]
-            if mode == "pwd":
-                theta = (1 - eta * lam) * theta  # before the forward pass
+            theta = before_forward(mode, thetas[i], eta * lam)
             u = directions[i](grad_of(theta, targets[i]))
-            if mode == "wd":
-                theta = theta - eta * u - eta * lam * theta
-            elif mode == "rwd":
-                theta = (1 - eta * lam) * (theta - eta * u)
-            else:
-                theta = theta - eta * u
-            thetas[i] = theta
+            thetas[i] = after_update(mode, theta, u, eta, eta * lam)
     return thetas
 
 

@@ -257,12 +257,12 @@ def constructed_warnings(dtype: torch.dtype, lr: float, **kwargs) -> list[warnin
             opt.pre_step()
             p.grad, q.grad = torch.zeros_like(p), torch.zeros_like(q)
             opt.step()
-    return [w for w in caught if "LPWD" in str(w.message)]
+    return [w for w in caught if "the weight decay does nothing" in str(w.message)]
 
 
 def test_warns_once_when_the_decay_is_below_bf16_resolution_and_rounding_is_off() -> None:
     caught = constructed_warnings(torch.bfloat16, 1e-4, stochastic_rounding=False)
-    assert len(caught) == 1  # one warning at construction, none at the steps; λ = 0 group not named
+    assert len(caught) == 1  # one decay warning at construction, none at the steps; λ = 0 group not named
     message = str(caught[0].message)
     assert "param group 0 (depth 3)" in message and "lr=0.0001" in message and "weight_decay=0.1" in message
     assert "param group 1" not in message

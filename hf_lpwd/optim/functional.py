@@ -106,20 +106,10 @@ def rwd_update(theta: torch.Tensor, u: torch.Tensor, lr: float, decay: float) ->
     return (1.0 - decay) * (theta - lr * u)
 
 
-def pwd_pre_forward(theta: torch.Tensor, decay: float) -> torch.Tensor:
-    """(1 − d)·θ, the weights the forward pass sees; the update is then θ − η·u."""
-    return (1.0 - decay) * theta
-
-
 def cautious_mask(u: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """1[u ⊙ θ ≥ 0]: the coordinates where the update pushes the weight towards zero (Chen et al. 2025,
     arXiv 2510.12402); decay elsewhere would fight the gradient."""
     return (u * theta) >= 0
-
-
-def cautious_wd_update(theta: torch.Tensor, u: torch.Tensor, lr: float, decay: float) -> torch.Tensor:
-    """θ − η·u − d·1[u ⊙ θ ≥ 0] ⊙ θ."""
-    return theta - lr * u - decay * cautious_mask(u, theta) * theta
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .compiled import CompiledKernel
+from .functional import cautious_mask
 from .rounding import LOW_PRECISION_DTYPES, NoiseKeys, element_bits, hash_bits, round_to
 
 ADAM_BASES: tuple[type[torch.optim.Optimizer], ...] = (torch.optim.AdamW, torch.optim.Adam)
@@ -45,7 +46,7 @@ _MAX_NUMEL = 2**31 - 1  # int32 element indices of the noise
 def _timing(theta: torch.Tensor, u: torch.Tensor, lr: torch.Tensor, pre: torch.Tensor, post: torch.Tensor,
             cautious: torch.Tensor) -> torch.Tensor:
     """θ' = post·(pre·θ − c·1[u ⊙ θ ≥ 0] ⊙ θ − η·u): every timing, coupling and mask in one expression."""
-    masked = torch.where(u * theta >= 0, cautious * theta, torch.zeros_like(theta))
+    masked = torch.where(cautious_mask(u, theta), cautious * theta, torch.zeros_like(theta))
     return post * (pre * theta - masked - lr * u)
 
 
