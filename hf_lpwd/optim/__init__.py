@@ -10,6 +10,7 @@ from ..settings import DEFAULT_WEIGHT_DECAY, LR_COUPLINGS, TIMINGS
 from .bases import BASE_OPTIMIZERS, resolve_base
 from .ledger import APPLIED_DECAY_KEY
 from .lpwd import LPWD
+from .precision import fraction_below_half_ulp, rounding_path
 
 DECAY_MODES = TIMINGS
 """hf_lpwd 0.1.0's name of :data:`TIMINGS`, kept for compatibility."""
@@ -22,5 +23,7 @@ __all__ = [
     "LPWD",
     "LR_COUPLINGS",
     "TIMINGS",
+    "fraction_below_half_ulp",
     "resolve_base",
+    "rounding_path",
 ]

@@ -14,7 +14,7 @@ from θ_t, with no fp32 master copy.  One pass per tensor: ``torch.compile``'d w
 every tensor; the random bits are hashed in registers, :func:`.rounding.element_bits`), or the same function run
 eagerly where compilation is not available.
 
-Moments.  Created in fp32 (8 bytes per weight, as with fp32 weights; no master copy): ``benchmarks/bf16_step.py``
+Moments (and SGD's momentum buffer).  Created in fp32 (8 bytes per weight, as with fp32 weights; no master copy): ``benchmarks/bf16_step.py``
 measures bf16 moments, rounded to nearest or stochastically, against fp32 ones — to nearest loses v's small
 changes ((1 − β2)·(g² − v) is often below half an ulp of v), and stochastically rounded bf16 moments cost two more
 hashes and conversions per element (2.7× the fused bf16 AdamW step on CPU, against 1.4× with fp32 moments).  A
@@ -210,8 +210,8 @@ def _sgd_one(base: torch.optim.Optimizer, group: dict[str, Any], p: torch.Tensor
     state = base.state[p]
     buf = state.get("momentum_buffer")
     first = buf is None
-    if first:  # torch keeps the buffer in the gradient's dtype
-        buf = torch.empty_like(p.grad, memory_format=torch.contiguous_format)
+    if first:  # in fp32, like Adam's moments (torch would keep it in the gradient's dtype)
+        buf = torch.empty(p.shape, dtype=torch.float32, device=p.device)
     elif not (buf.is_contiguous() and buf.is_floating_point()):
         return False
     _SGD(_flat(p), _flat(p.grad), _flat(buf), key, sign_t, lr_t, momentum_t, damp_t, pre_t, post_t, cautious_t,
