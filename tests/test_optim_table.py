@@ -29,7 +29,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.training_args import OptimizerNames
 
-from hf_lpwd import LPWDTrainer, LPWDTrainingArguments
+from hf_lpwd import LPWD, LPWDTrainer, LPWDTrainingArguments
 from hf_lpwd.trainer import check_training_arguments
 from tests.tiny import TokenDataset, tiny_llama
 
@@ -215,7 +215,19 @@ def test_any_decouple_lr_value_the_trainer_reads_as_true_is_refused(tmp_path: Pa
 
 
 def test_stable_adamw_without_decouple_lr_is_accepted(tmp_path: Path) -> None:
-    check_training_arguments(arguments("lpwd", tmp_path, "stable_adamw", "max_lr=1e-3"))
+    """Accepted, and built as LPWD over optimi's StableAdamW with decouple_lr off and max_lr passed."""
+    if importlib.util.find_spec("optimi") is None:
+        pytest.skip("optimi is not installed (pip install -e '.[dev]')")
+    args = arguments("lpwd", tmp_path, "stable_adamw", "max_lr=1e-3")
+    check_training_arguments(args)
+    trainer = LPWDTrainer(model=tiny_llama(vocab=VOCAB), args=args, train_dataset=TokenDataset(4, vocab=VOCAB,
+                                                                                              causal_lm=True))
+    optimizer = trainer.create_optimizer()
+    base = optimizer.base_optimizer
+    assert isinstance(optimizer, LPWD) and type(base).__name__ == "StableAdamW"
+    assert base.defaults["decouple_lr"] is False and base.defaults["max_lr"] == 1e-3
+    # LPWD's λ on the decayed group, 0 on the Trainer's no-decay group (norms, biases)
+    assert {group["weight_decay"] for group in optimizer.param_groups if group["params"]} == {LAM, 0.0}
 
 
 @pytest.mark.slow
