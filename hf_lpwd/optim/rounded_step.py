@@ -43,11 +43,14 @@ _UNSUPPORTED_FLAGS = ("amsgrad", "capturable", "differentiable")
 _MAX_NUMEL = 2**31 - 1  # int32 element indices of the noise
 
 
-def _timing(theta: torch.Tensor, u: torch.Tensor, lr: torch.Tensor, pre: torch.Tensor, post: torch.Tensor,
+def _timing(theta: torch.Tensor, step: torch.Tensor, pre: torch.Tensor, post: torch.Tensor,
             cautious: torch.Tensor) -> torch.Tensor:
-    """θ' = post·(pre·θ − c·1[u ⊙ θ ≥ 0] ⊙ θ − η·u): every timing, coupling and mask in one expression."""
-    masked = torch.where(cautious_mask(u, theta), cautious * theta, torch.zeros_like(theta))
-    return post * (pre * theta - masked - lr * u)
+    """θ' = post·(pre·θ − c·1[u ⊙ θ ≥ 0] ⊙ θ − η·u), with ``step`` = η·u (η > 0: it has u's sign).
+
+    Every timing, coupling and mask in one expression.
+    """
+    masked = torch.where(cautious_mask(step, theta), cautious * theta, torch.zeros_like(theta))
+    return post * (pre * theta - masked - step)
 
 
 def _write(target: torch.Tensor, value: torch.Tensor, bits: torch.Tensor) -> None:
@@ -56,21 +59,21 @@ def _write(target: torch.Tensor, value: torch.Tensor, bits: torch.Tensor) -> Non
 
 def adam_rounded_(
     param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, key: torch.Tensor,
-    sign: torch.Tensor, lr: torch.Tensor, one_minus_beta1: torch.Tensor, beta2: torch.Tensor,
-    bias_correction1: torch.Tensor, bias_correction2_sqrt: torch.Tensor, eps: torch.Tensor,
+    sign: torch.Tensor, step_size: torch.Tensor, one_minus_beta1: torch.Tensor, beta2: torch.Tensor,
+    bias_correction2_sqrt: torch.Tensor, eps: torch.Tensor,
     pre: torch.Tensor, post: torch.Tensor, cautious: torch.Tensor,
 ) -> None:
     """One Adam(W) step of one flat tensor, in place: θ' (see the module docstring) stochastically rounded.
 
-    u = (m/(1 − β1^t)) / (√v/√(1 − β2^t) + ε), as torch's AdamW computes it (bias corrections in float64 by the
-    caller); ``sign`` is −1 for ``maximize``.
+    η·u = (η/(1 − β1^t))·m / (√v/√(1 − β2^t) + ε), as torch's AdamW computes it (step_size = η/(1 − β1^t) and
+    the bias corrections in float64 by the caller); ``sign`` is −1 for ``maximize``.
     """
     bits = element_bits(param.numel(), key, param.device)
     g = grad.float() * sign
     m = exp_avg.float().lerp(g, one_minus_beta1.float())
     v = exp_avg_sq.float() * beta2 + g * g * (1.0 - beta2)
-    u = (m / bias_correction1) / (v.sqrt() / bias_correction2_sqrt + eps)
-    _write(param, _timing(param.float(), u, lr, pre, post, cautious), bits)
+    step = step_size * m / (v.sqrt() / bias_correction2_sqrt + eps)
+    _write(param, _timing(param.float(), step, pre, post, cautious), bits)
     more = hash_bits(bits)  # moments kept in bf16/fp16 are rounded with bits of their own
     _write(exp_avg, m, (bits >> 16) & 0xFFFF)
     _write(exp_avg_sq, v, more)
@@ -86,7 +89,7 @@ def sgd_rounded_(
     g = grad.float() * sign
     b = g if first else buf.float() * momentum + g * one_minus_dampening
     u = g + momentum * b if nesterov else b
-    _write(param, _timing(param.float(), u, lr, pre, post, cautious), bits)
+    _write(param, _timing(param.float(), lr * u, pre, post, cautious), bits)
     _write(buf, b, (bits >> 16) & 0xFFFF)
 
 
@@ -97,7 +100,7 @@ def sgd_plain_rounded_(
     """One SGD step without momentum (u = g) of one flat tensor, in place."""
     bits = element_bits(param.numel(), key, param.device)
     g = grad.float() * sign
-    _write(param, _timing(param.float(), g, lr, pre, post, cautious), bits)
+    _write(param, _timing(param.float(), lr * g, pre, post, cautious), bits)
 
 
 _ADAM = CompiledKernel(adam_rounded_, "the stochastically rounded bf16 step")
@@ -180,7 +183,7 @@ def rounded_step(
                 beta1, beta2 = group["betas"]
                 where = ("adam", step, p.device)
                 if where not in cache:
-                    cache[where] = _scalars(p.device, sign, group["lr"], 1.0 - beta1, beta2, 1.0 - beta1**step,
+                    cache[where] = _scalars(p.device, sign, group["lr"] / (1.0 - beta1**step), 1.0 - beta1, beta2,
                                             (1.0 - beta2**step) ** 0.5, group["eps"], pre, post, cautious)
                 key = torch.tensor(keys.next_key(), dtype=torch.int32, device=p.device)
                 args = (*map(_flat, (p, p.grad, state["exp_avg"], state["exp_avg_sq"])), key, *cache[where])
