@@ -28,9 +28,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
-
+from benchmarks.common import machine
 from hf_lpwd import LPWD
 
 LR, WEIGHT_DECAY = 1e-4, 0.1

@@ -10,6 +10,9 @@
 (c) A ~100M-parameter Llama built from a config (random init, random tokens), bf16 mixed precision, 30 steps of
     ``LPWDTrainer`` (lpwd) against the stock ``Trainer`` (``adamw_torch_fused``): median step time (CUDA-synchronised
     callback timestamps, first 5 steps dropped, runs alternated twice) and ``torch.cuda.max_memory_allocated``.
+(e) The rounded bf16 step (issue 27: update + decay in fp32, one stochastic rounding, ``hf_lpwd.optim.rounded_step``)
+    on ≥ 1B bf16 parameters, compiled and eager, against torch's fused AdamW on the same bf16 weights (the bf16 rows
+    of (a) take this path too), and the optimizer state bytes of each.
 (d) The same tiny Llama trained 10 steps with lpwd by ``LPWDTrainer`` on CPU and on CUDA (fp32, TF32 off):
     final parameters equal within rtol=1e-4, atol=1e-5 (cuBLAS and MKL sum in other orders; Adam maps gradient
     differences of ~1e-6 relative to update differences of the same order, times lr=3e-3).
@@ -17,7 +20,7 @@
 Writes ``benchmarks/results/gpu.md``.  Without a CUDA device it says so and exits 2; ``--cpu-half`` runs the CPU half
 of (d) alone (what can be checked on a machine without one)::
 
-    PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py [--parts abcd] [--params-billions 1.0]
+    PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py [--parts abcde] [--params-billions 1.0]
     PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py --cpu-half
 """
 
@@ -30,14 +33,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import RESULTS_DIR, machine  # noqa: E402
-
+from benchmarks.common import RESULTS_DIR, machine
 from hf_lpwd import LPWD  # noqa: E402
 
 LR, WEIGHT_DECAY, WARMUP = 1e-3, 0.1, 3
@@ -136,6 +135,31 @@ def part_b(steps: int, millions: int = 256) -> list[str]:
              f"parameters, fused AdamW step {t_adam / per * 1e3:.2f} µs per 1M; ratio {t_sr / t_adam:.3f} "
              f"(median paired {paired:.3f})."]
     print(lines[-1], flush=True)
+    return lines
+
+
+def part_e(params_billions: float, steps: int) -> list[str]:
+    shapes = llama_shapes(params_billions)
+    numel = sum(torch.Size(s).numel() for s in shapes)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    grads = [torch.randn(s, device="cuda", generator=gen, dtype=torch.bfloat16) * 1e-3 for s in shapes]
+    ref = torch.optim.AdamW(make_params(shapes, grads, torch.bfloat16, 1), lr=LR, weight_decay=WEIGHT_DECAY,
+                            fused=True)
+    lines = [f"### (e) The rounded bf16 step vs fused AdamW on the same bf16 weights, {numel / 1e9:.2f}B parameters",
+             "", "| rounded step | LPWD ms | fused AdamW ms | median paired ratio | state bytes / weight |",
+             "|---|---:|---:|---:|---:|"]
+    for kernel in ("compiled", "eager"):
+        ours = LPWD(make_params(shapes, grads, torch.bfloat16, 1), base="adamw", mode="wd", lr=LR,
+                    weight_decay=WEIGHT_DECAY, fused=True)
+        ours.rounding_kernel = kernel
+        t_ours, t_ref, paired = cuda_alternate(lpwd_step(ours), ref.step, steps if kernel == "compiled" else 3)
+        state = sum(t.numel() * t.element_size() for st in ours.state.values() for t in st.values()
+                    if torch.is_tensor(t))
+        lines.append(f"| {kernel} | {t_ours:.2f} | {t_ref:.2f} | {paired:.3f} | {state / numel:.1f} |")
+        print(lines[-1], flush=True)
+        del ours
+        gc.collect()
+        torch.cuda.empty_cache()
     return lines
 
 
@@ -263,7 +287,7 @@ def part_d(steps: int = 10) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="abcd", help="which of a, b, c, d to run (default all)")
+    parser.add_argument("--parts", default="abcde", help="which of a, b, c, d, e to run (default all)")
     parser.add_argument("--params-billions", type=float, default=1.0, help="(a): model size, default 1.0")
     parser.add_argument("--steps", type=int, default=20, help="(a), (b): timed calls per optimizer")
     parser.add_argument("--cpu-half", action="store_true", help="run only the CPU half of (d) (no CUDA needed)")
@@ -282,7 +306,7 @@ def main() -> None:
     print(f"{card}; {machine()}", flush=True)
     sections = []
     runners = {"a": lambda: part_a(args.params_billions, args.steps), "b": lambda: part_b(args.steps),
-               "c": part_c, "d": part_d}
+               "c": part_c, "d": part_d, "e": lambda: part_e(args.params_billions, args.steps)}
     for part in args.parts:
         sections.append("\n".join(runners[part]()))
     if not args.no_write:

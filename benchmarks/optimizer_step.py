@@ -33,9 +33,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
-
+from benchmarks.common import machine
 from hf_lpwd import LPWD
 
 LR, WEIGHT_DECAY = 1e-3, 0.1

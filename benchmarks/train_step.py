@@ -42,9 +42,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import RESULTS_DIR, data_dir, load_average, load_glue, machine, minilm_path  # noqa: E402
+from benchmarks.common import RESULTS_DIR, data_dir, load_average, load_glue, machine, minilm_path
 
 HERE = Path(__file__).resolve()
 TIME_TARGET, MEMORY_TARGET = 1.02, 1.01
