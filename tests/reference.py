@@ -1,7 +1,8 @@
-"""The float64 reference: the base optimizers' directions u and one step of each timing, written from the equations.
+"""The float64 reference: the base optimizers' directions u and one step of each timing, written from the
+equations.
 
-The one home of these equations for the optimizer tests (``test_optim``, ``test_decay_rules``, ``test_rounding``).
-They never call the code they check:
+The one home of these equations for the optimizer tests (``test_optim``, ``test_decay_rules``,
+``test_rounding``). They never call the code they check:
 
 * Adam:  m ← β1·m + (1 − β1)·g,  v ← β2·v + (1 − β2)·g²,  u = (m/(1 − β1^t)) / (√(v/(1 − β2^t)) + ε)
 * SGD with momentum μ: b ← μ·b + g (b = g on the first step), u = b, or g + μ·b with Nesterov
@@ -53,8 +54,9 @@ def before_forward(mode: str, theta: torch.Tensor, decay: float) -> torch.Tensor
     return (1 - decay) * theta if mode == "pwd" else theta
 
 
-def after_update(mode: str, theta: torch.Tensor, u: torch.Tensor, lr: float, decay: float,
-                 cautious: bool = False) -> torch.Tensor:
+def after_update(
+    mode: str, theta: torch.Tensor, u: torch.Tensor, lr: float, decay: float, cautious: bool = False
+) -> torch.Tensor:
     """θ_{t+1} from the weights the forward saw (``before_forward``'s), the direction u, η and d."""
     if mode == "wd" and cautious:
         return theta - lr * u - decay * ((u * theta) >= 0).to(theta.dtype) * theta  # the mask as 0.0 / 1.0

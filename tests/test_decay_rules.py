@@ -2,8 +2,8 @@
 
 The reference writes the issue's equations literally: d_t = η_t·λ (coupled), (η_t/η̄)·λ (independent),
 (η_t²/η̄)·λ (corrected), with η̄ each group's own base lr (LLRD groups of different lrs), over a warm-up +
-cosine schedule from transformers; wd θ − η·u − d·θ, rwd (1 − d)(θ − η·u), pwd (1 − d)·θ before the
-gradient, cautious θ − η·u − d·1[u⊙θ ≥ 0]⊙θ.
+cosine schedule from transformers; wd θ − η·u − d·θ, rwd (1 − d)(θ − η·u), pwd (1 − d)·θ before the gradient,
+cautious θ − η·u − d·1[u⊙θ ≥ 0]⊙θ.
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ def grad_of(theta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (theta - target) + 0.3 * theta**3 + 0.1 * torch.sin(3 * theta)
 
 
-BASES = {"adamw": ({"betas": BETAS, "eps": EPS, "fused": True}, AdamDirection), "adamw-foreach": (
-    {"betas": BETAS, "eps": EPS, "foreach": True}, AdamDirection), "sgd": ({"momentum": 0.9}, SGDMomentumDirection)}
+BASES = {
+    "adamw": ({"betas": BETAS, "eps": EPS, "fused": True}, AdamDirection),
+    "adamw-foreach": ({"betas": BETAS, "eps": EPS, "foreach": True}, AdamDirection),
+    "sgd": ({"momentum": 0.9}, SGDMomentumDirection),
+}
 RULE = {
     "coupled": lambda lam, eta, base: eta * lam,
     "independent": lambda lam, eta, base: eta / base * lam,
@@ -73,8 +76,10 @@ def reference(mode: str, coupling: str, cautious: bool, direction, thetas, targe
 
 def run(mode: str, coupling: str, cautious: bool, base_kwargs: dict, thetas, targets):
     params = [torch.nn.Parameter(t.float()) for t in thetas]
-    groups = [{"params": [p], "weight_decay": lam, "lr_multiplier": mult}
-              for p, lam, mult in zip(params, lambdas(coupling), LLRD, strict=True)]
+    groups = [
+        {"params": [p], "weight_decay": lam, "lr_multiplier": mult}
+        for p, lam, mult in zip(params, lambdas(coupling), LLRD, strict=True)
+    ]
     base = "sgd" if "momentum" in base_kwargs else "adamw"
     opt = LPWD(groups, base=base, mode=mode, lr=PEAK, lr_coupling=coupling, cautious=cautious, **base_kwargs)
     sched = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
@@ -104,7 +109,8 @@ def test_each_coupling_and_timing_matches_float64(coupling: str, mode: str, base
 
 
 CAUTIOUS_CASES = [(base, "compiled") for base in BASES] + [("adamw", "eager"), ("adamw-foreach", "eager")]
-"""On AdamW the compiled one-pass kernel (default) and the eager mask pass; SGD always takes the eager path."""
+"""On AdamW the compiled one-pass kernel (default) and the eager mask pass; SGD always takes the eager
+path."""
 
 
 @pytest.mark.parametrize("base, kernel", CAUTIOUS_CASES)
@@ -123,10 +129,19 @@ def test_cautious_wd_matches_float64(coupling: str, base: str, kernel: str) -> N
 
 
 def test_couplings_differ_as_the_equations_say_at_zero_gradient() -> None:
-    """Built at η̄ = 0.02, stepped at η = 0.01 (lr set by hand), zero gradient: the weight shrinks by (1 − d)^k."""
+    """Built at η̄ = 0.02, stepped at η = 0.01 (lr set by hand), zero gradient: the weight shrinks by (1 −
+    d)^k."""
     base_lr, eta, k = 0.02, 0.01, 5
-    lam = {"coupled": 3.0, "independent": 0.06, "corrected": 3.0}  # independent's λ is the per-step decay at η̄
-    expected = {"coupled": eta * 3.0, "independent": eta / base_lr * 0.06, "corrected": eta**2 / base_lr * 3.0}
+    lam = {
+        "coupled": 3.0,
+        "independent": 0.06,
+        "corrected": 3.0,
+    }  # independent's λ is the per-step decay at η̄
+    expected = {
+        "coupled": eta * 3.0,
+        "independent": eta / base_lr * 0.06,
+        "corrected": eta**2 / base_lr * 3.0,
+    }
     for coupling, d in expected.items():
         p = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
         opt = LPWD([p], mode="wd", lr=base_lr, weight_decay=lam[coupling], lr_coupling=coupling)
@@ -143,8 +158,13 @@ def test_independent_decay_does_not_follow_the_peak_lr() -> None:
     for coupling in ("coupled", "independent"):
         for peak in (1e-3, 1e-2):
             p = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
-            opt = LPWD([p], mode="pwd", lr=peak, weight_decay=0.1 if coupling == "independent" else 10.0,
-                       lr_coupling=coupling)
+            opt = LPWD(
+                [p],
+                mode="pwd",
+                lr=peak,
+                weight_decay=0.1 if coupling == "independent" else 10.0,
+                lr_coupling=coupling,
+            )
             for _ in range(3):
                 opt.pre_step()
                 p.grad = torch.zeros_like(p)
@@ -158,8 +178,8 @@ def test_independent_decay_does_not_follow_the_peak_lr() -> None:
 
 @pytest.mark.parametrize("mode", ["wd", "rwd", "cautious"])
 def test_plain_functions_are_one_optimizer_step_and_the_reference(mode: str) -> None:
-    """F.wd_update / F.rwd_update / the cautious mask against the float64 reference, and against what one LPWD step
-    does (SGD base without momentum, float64 weights: u = g exactly)."""
+    """F.wd_update / F.rwd_update / the cautious mask against the float64 reference, and against what one LPWD
+    step does (SGD base without momentum, float64 weights: u = g exactly)."""
     gen = torch.Generator().manual_seed(3)
     theta = torch.randn(64, generator=gen, dtype=torch.float64)
     g = torch.randn(64, generator=gen, dtype=torch.float64)
@@ -173,34 +193,51 @@ def test_plain_functions_are_one_optimizer_step_and_the_reference(mode: str) -> 
     torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-15)
     assert not torch.allclose(want, theta - lr * g)  # the decay term is there: λ matters
     p = torch.nn.Parameter(theta.clone())
-    opt = LPWD([p], base="sgd", mode="wd" if mode == "cautious" else mode, cautious=mode == "cautious", lr=lr,
-               weight_decay=lam)
+    opt = LPWD(
+        [p],
+        base="sgd",
+        mode="wd" if mode == "cautious" else mode,
+        cautious=mode == "cautious",
+        lr=lr,
+        weight_decay=lam,
+    )
     p.grad = g.clone()
     opt.step()
     torch.testing.assert_close(p.detach(), want, rtol=1e-15, atol=1e-15)
 
 
 def test_the_lr_couplings_and_rewrites_against_their_equations() -> None:
-    """d_t per coupling and the timescale's λ written from the issue's equations; the AdamW rewrites (η', λ') give
-    (1 − η'λ')θ − η'u = the timing's step, in float64 on random tensors."""
+    """d_t per coupling and the timescale's λ written from the issue's equations; the AdamW rewrites (η', λ')
+    give (1 − η'λ')θ − η'u = the timing's step, in float64 on random tensors."""
     assert F.decay_per_step("coupled", 2.0, 0.01, 0.02) == pytest.approx(0.01 * 2.0, rel=1e-15)
     assert F.decay_per_step("independent", 2.0, 0.01, 0.02) == pytest.approx(0.01 / 0.02 * 2.0, rel=1e-15)
     assert F.decay_per_step("corrected", 2.0, 0.01, 0.02) == pytest.approx(0.01**2 / 0.02 * 2.0, rel=1e-15)
     assert F.weight_decay_for_timescale("coupled", 500.0, 1e-3) == pytest.approx(1 / (1e-3 * 500), rel=1e-15)
     assert F.weight_decay_for_timescale("independent", 500.0, 1e-3) == pytest.approx(1 / 500, rel=1e-15)
     gen = torch.Generator().manual_seed(4)
-    theta, u = torch.randn(16, generator=gen, dtype=torch.float64), torch.randn(16, generator=gen, dtype=torch.float64)
+    theta, u = (
+        torch.randn(16, generator=gen, dtype=torch.float64),
+        torch.randn(16, generator=gen, dtype=torch.float64),
+    )
     lr_, lam_ = F.rwd_on_adamw(0.1, 0.3)
     torch.testing.assert_close((1 - lr_ * lam_) * theta - lr_ * u, after_update("rwd", theta, u, 0.1, 0.03))
     lr_, lam_ = F.pwd_fold_on_adamw(0.1, 0.97)
-    torch.testing.assert_close((1 - lr_ * lam_) * theta - lr_ * u, 0.97 * after_update("pwd", theta, u, 0.1, 0.03))
+    torch.testing.assert_close(
+        (1 - lr_ * lam_) * theta - lr_ * u, 0.97 * after_update("pwd", theta, u, 0.1, 0.03)
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"lr_coupling": "sqrt"}, r"lr_coupling='sqrt' is not one of \['coupled', 'independent', 'corrected'\]"),
-        ({"mode": "pwd", "cautious": True}, r"cautious=true needs the wd timing.*pwd decays before the forward"),
+        (
+            {"lr_coupling": "sqrt"},
+            r"lr_coupling='sqrt' is not one of \['coupled', 'independent', 'corrected'\]",
+        ),
+        (
+            {"mode": "pwd", "cautious": True},
+            r"cautious=true needs the wd timing.*pwd decays before the forward",
+        ),
         ({"mode": "rwd", "cautious": True}, r"cautious=true needs the wd timing.*rwd decays"),
         ({"mode": "wd", "cautious": True, "base": torch.optim.RMSprop}, r"RMSprop is not one of them"),
         ({"mode": "wd", "lr_coupling": "independent", "lr": 0.0}, r"base lr \(initial_lr\) 0.0.*lr > 0"),

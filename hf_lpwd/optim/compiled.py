@@ -1,8 +1,9 @@
-"""One elementwise step compiled once with ``torch.compile``, with the same function run eagerly where that fails.
+"""One elementwise step compiled once with ``torch.compile``, with the same function run eagerly where that
+fails.
 
-The rounded steps (:mod:`.rounded_step`, :func:`.rounding.scale_` with keys) are plain functions of tensors and 0-d
-tensors.  Compiled with dynamic shapes, one kernel serves every tensor; where compilation is not available (no C++
-compiler, no Triton) the very same function runs eagerly, once a warning has said so.
+The rounded steps (:mod:`.rounded_step`, :func:`.rounding.scale_` with keys) are plain functions of tensors
+and 0-d tensors.  Compiled with dynamic shapes, one kernel serves every tensor; where compilation is not
+available (no C++ compiler, no Triton) the very same function runs eagerly, once a warning has said so.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Which path a group's step takes on its weights' dtype, and what round-to-nearest would lose.
 
-For the layer table and the warnings: :func:`rounding_path` names the path of a group (or a list of parameters),
-:func:`fraction_below_half_ulp` estimates at step 0 the share of coordinates whose update at the peak lr is below
-half the spacing of their bf16/fp16 weight (what round-to-nearest drops), :func:`unrounded_share` counts what the
-whole-step rounding cannot take (a base it does not know, a DTensor, a tensor subclass).
+For the layer table and the warnings: :func:`rounding_path` names the path of a group (or a list of
+parameters), :func:`fraction_below_half_ulp` estimates at step 0 the share of coordinates whose update at the
+peak lr is below half the spacing of their bf16/fp16 weight (what round-to-nearest drops),
+:func:`unrounded_share` counts what the whole-step rounding cannot take (a base it does not know, a DTensor, a
+tensor subclass).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ FP32_WEIGHTS = "fp32 weights"
 _SHORT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def _params_of(group_or_params: dict[str, Any] | Iterable[torch.Tensor]) -> tuple[list[torch.Tensor], dict[str, Any]]:
+def _params_of(
+    group_or_params: dict[str, Any] | Iterable[torch.Tensor],
+) -> tuple[list[torch.Tensor], dict[str, Any]]:
     if isinstance(group_or_params, dict):
         return list(group_or_params["params"]), group_or_params
     params = list(group_or_params)
@@ -34,9 +37,9 @@ def _params_of(group_or_params: dict[str, Any] | Iterable[torch.Tensor]) -> tupl
 def rounding_path(group_or_params: dict[str, Any] | Iterable[torch.Tensor], optimizer: Any = None) -> str:
     """How a group's step is written to its weights, in the layer table's words.
 
-    ``"fp32 weights"`` when no weight is bf16/fp16; else ``"bf16 weights: update + decay stochastically rounded"``
-    (the whole step, :mod:`.rounded_step`), ``"...: decay stochastically rounded, update rounded to nearest"`` (a
-    base, tensor type or flag the whole step does not cover) or ``"...: rounded to nearest
+    ``"fp32 weights"`` when no weight is bf16/fp16; else ``"bf16 weights: update + decay stochastically
+    rounded"`` (the whole step, :mod:`.rounded_step`), ``"...: decay stochastically rounded, update rounded to
+    nearest"`` (a base, tensor type or flag the whole step does not cover) or ``"...: rounded to nearest
     (stochastic_rounding=False)"``.  ``optimizer`` (an :class:`~hf_lpwd.LPWD`) gives the base and the setting;
     without it the group is assumed to run on AdamW with stochastic rounding on.
     """
@@ -62,10 +65,13 @@ def half_spacing(theta: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def fraction_below_half_ulp(params: Iterable[torch.Tensor], lr: float, adaptive: bool = True) -> float:
-    """Share of bf16/fp16 coordinates whose first update at ``lr`` is below half an ulp (rounds away to nearest).
+    """Share of bf16/fp16 coordinates whose first update at ``lr`` is below half an ulp (rounds away to
+    nearest).
 
-    Adam's first update is m̂/(√v̂ + ε) = ±1 per coordinate (g/|g|), so it moves θ by η: ``adaptive``.  SGD's moves it
-    by η·|g| (``adaptive=False``, from the gradients present; parameters without one are skipped).  Returns 0.0
+    Adam's first update is m̂/(√v̂ + ε) = ±1 per coordinate (g/|g|), so it moves θ by η: ``adaptive``.  SGD's
+    moves it
+    by η·|g| (``adaptive=False``, from the gradients present; parameters without one are skipped).  Returns
+    0.0
     when there is no such coordinate.
     """
     below = total = 0
@@ -83,8 +89,11 @@ def fraction_below_half_ulp(params: Iterable[torch.Tensor], lr: float, adaptive:
     return below / total if total else 0.0
 
 
-def unrounded_share(base: torch.optim.Optimizer, groups: Iterable[dict[str, Any]]) -> tuple[int, int, int, str]:
-    """(parameters, their weights, all bf16/fp16 weights, why) for bf16/fp16 weights the whole step cannot take."""
+def unrounded_share(
+    base: torch.optim.Optimizer, groups: Iterable[dict[str, Any]]
+) -> tuple[int, int, int, str]:
+    """(parameters, their weights, all bf16/fp16 weights, why) for bf16/fp16 weights the whole step cannot
+    take."""
     count = numel = total = 0
     why: set[str] = set()
     for group in groups:

@@ -1,52 +1,50 @@
 """Writing fp32 values to bf16/fp16 weights without losing small changes: stochastic rounding.
 
-Why.  A bf16 weight has 8 significant bits: the spacing of bf16 numbers around θ is between
-2^-8·|θ| and 2^-7·|θ|, so θ·(1 − η·λ) rounds (to nearest) back to θ whenever η·λ·|θ| is below half
-that spacing, i.e. for every θ once η·λ < 2^-9 (fp16: 11 bits, η·λ < 2^-12).  A decay of
-η·λ = 1e-5 per step then does nothing at all, however many steps are taken.
+Why.  A bf16 weight has 8 significant bits: the spacing of bf16 numbers around θ is between 2^-8·|θ| and
+2^-7·|θ|, so θ·(1 − η·λ) rounds (to nearest) back to θ whenever η·λ·|θ| is below half that spacing, i.e. for
+every θ once η·λ < 2^-9 (fp16: 11 bits, η·λ < 2^-12).  A decay of η·λ = 1e-5 per step then does nothing at
+all, however many steps are taken.
 
-Stochastic rounding keeps the *expected* value exact.  The product x = θ·f is computed in fp32 and
-written as one of its two neighbours x⁻ ≤ x ≤ x⁺ in the low precision format, x⁺ with probability
-p = (x − x⁻)/(x⁺ − x⁻), so
+Stochastic rounding keeps the *expected* value exact.  The product x = θ·f is computed in fp32 and written as
+one of its two neighbours x⁻ ≤ x ≤ x⁺ in the low precision format, x⁺ with probability p = (x − x⁻)/(x⁺ − x⁻),
+so
 
     E[SR(x)] = x⁻ + p·(x⁺ − x⁻) = x,        Var[SR(x)] = p·(1 − p)·(x⁺ − x⁻)² ≤ |x − θ|·(x⁺ − x⁻),
 
-and after K steps E[θ_K] = f^K·θ_0: the decay accumulates at the right rate.  The last inequality
-(θ itself is one of the two neighbours) says the noise is small: per step its variance is at most
-η·λ·|θ|·ulp, far below the ulp²/4 of a rounding that lands half way.
+and after K steps E[θ_K] = f^K·θ_0: the decay accumulates at the right rate.  The last inequality (θ itself is
+one of the two neighbours) says the noise is small: per step its variance is at most η·λ·|θ|·ulp, far below
+the ulp²/4 of a rounding that lands half way.
 
-How.  bf16 is the upper half of an fp32 word, so rounding down is clearing the 16 low bits, and
-adding a uniform integer u ∈ [0, 2^16) to the word first rounds up exactly when
-u ≥ 2^16 − (dropped bits), i.e. with probability (dropped bits)/2^16 = p.  fp16 normal numbers are
-fp32 numbers whose 13 low mantissa bits are zero (and whose exponent is in range), so the same trick
-drops 13 bits; fp16 subnormals (|x| < 2^-14, fixed spacing 2^-24) are first shifted by ±2^-14 into
-[2^-14, 2^-13), where the normal spacing is also 2^-24, rounded there and shifted back — both
-shifts exact up to 2^-37, i.e. 2^-13 of an fp16 ulp.  The probability therefore has the full
-resolution of the fp32 value: all 16 (bf16) / 13 (fp16) random bits are needed, since a decay of
-η·λ = 1e-5 moves θ by ~2^-9 of an ulp per step and coarser noise would round that to zero again.
+How.  bf16 is the upper half of an fp32 word, so rounding down is clearing the 16 low bits, and adding a
+uniform integer u ∈ [0, 2^16) to the word first rounds up exactly when u ≥ 2^16 − (dropped bits), i.e. with
+probability (dropped bits)/2^16 = p.  fp16 normal numbers are fp32 numbers whose 13 low mantissa bits are zero
+(and whose exponent is in range), so the same trick drops 13 bits; fp16 subnormals (|x| < 2^-14, fixed spacing
+2^-24) are first shifted by ±2^-14 into [2^-14, 2^-13), where the normal spacing is also 2^-24, rounded there
+and shifted back — both shifts exact up to 2^-37, i.e. 2^-13 of an fp16 ulp.  The probability therefore has
+the full resolution of the fp32 value: all 16 (bf16) / 13 (fp16) random bits are needed, since a decay of η·λ
+= 1e-5 moves θ by ~2^-9 of an ulp per step and coarser noise would round that to zero again.
 
-Randomness.  Called without ``keys`` the bits come from torch's generator of the tensor's device (the
-global one unless a ``generator`` is passed), drawn as 64-bit words (four 16-bit draws each).  LPWD
-passes ``keys`` (a :class:`NoiseKeys`): then the bits of element i of a tensor are a hash of
-(i XOR k), with k a fresh 32-bit key per tensor and call, derived from a seed and a counter.  That
-noise needs no generator state beyond two integers, which ``LPWD.state_dict()`` carries (a resumed
-run draws the very same bits), costs no pass over memory inside a compiled step (the bits are
-computed in registers), and does not consume the global generator (dropout and shuffling stay those
-of a run with fp32 weights).  The hash is a bijection of 32-bit words, so within one call every
-element gets distinct bits; over calls, the key is a 64-bit mix of the counter, so the bits of one
-element are independent from step to step.
+Randomness.  Called without ``keys`` the bits come from torch's generator of the tensor's device (the global
+one unless a ``generator`` is passed), drawn as 64-bit words (four 16-bit draws each).  LPWD passes ``keys``
+(a :class:`NoiseKeys`): then the bits of element i of a tensor are a hash of (i XOR k), with k a fresh 32-bit
+key per tensor and call, derived from a seed and a counter.  That noise needs no generator state beyond two
+integers, which ``LPWD.state_dict()`` carries (a resumed run draws the very same bits), costs no pass over
+memory inside a compiled step (the bits are computed in registers), and does not consume the global generator
+(dropout and shuffling stay those of a run with fp32 weights).  The hash is a bijection of 32-bit words, so
+within one call every element gets distinct bits; over calls, the key is a 64-bit mix of the counter, so the
+bits of one element are independent from step to step.
 
-Why not a compensation (Kahan) buffer.  Keeping the rounding error c = x − RN(x) of every weight in
-a second bf16 tensor and adding it back at the next step is deterministic and needs no random bits,
-but it is a second copy of the weights: +2 bytes per parameter of memory, read and written at every
-step, and optimizer state that checkpoints would have to carry — the state LPWD promises not to add.
-On a GPU, where random bits are nearly free, stochastic rounding is also the cheaper one
-(``benchmarks/bf16_decay.py`` measures the rounded pass).
+Why not a compensation (Kahan) buffer.  Keeping the rounding error c = x − RN(x) of every weight in a second
+bf16 tensor and adding it back at the next step is deterministic and needs no random bits, but it is a second
+copy of the weights: +2 bytes per parameter of memory, read and written at every step, and optimizer state
+that checkpoints would have to carry — the state LPWD promises not to add. On a GPU, where random bits are
+nearly free, stochastic rounding is also the cheaper one (``benchmarks/bf16_decay.py`` measures the rounded
+pass).
 
-Caveats.  The bit tricks pass ±inf through and keep NaNs NaN, except a NaN whose upper payload bits
-are all set, which the carry may turn into ±0 or ±inf (never produced by arithmetic on IEEE inputs,
-whose default NaN is 0x7FC00000 / 0xFFC00000).  A value above the largest finite number may round
-to inf, as round-to-nearest would.
+Caveats.  The bit tricks pass ±inf through and keep NaNs NaN, except a NaN whose upper payload bits are all
+set, which the carry may turn into ±0 or ±inf (never produced by arithmetic on IEEE inputs, whose default NaN
+is 0x7FC00000 / 0xFFC00000).  A value above the largest finite number may round to inf, as round-to-nearest
+would.
 
 For fp32 / fp64 weights this module is a single ``torch._foreach_mul_`` pass, bit for bit.
 """
@@ -119,10 +117,13 @@ def element_bits(numel: int, key: torch.Tensor, device: torch.device, start: int
 
 
 def round_to(value: torch.Tensor, dtype: torch.dtype, bits: torch.Tensor) -> torch.Tensor:
-    """fp32 ``value`` stochastically rounded to ``dtype`` with the uniform random int32 ``bits`` (their low 16).
+    """fp32 ``value`` stochastically rounded to ``dtype`` with the uniform random int32 ``bits`` (their low
+    16).
 
-    A pure function (no in-place op), so ``torch.compile`` fuses it into the step that computes ``value``.  fp32 /
-    fp64 targets take ``value`` as it is.  See the module docstring for the bit trick and the fp16 subnormal shift.
+    A pure function (no in-place op), so ``torch.compile`` fuses it into the step that computes ``value``.
+    fp32 /
+    fp64 targets take ``value`` as it is.  See the module docstring for the bit trick and the fp16 subnormal
+    shift.
     """
     if dtype not in _DROPPED_BITS:
         return value.to(dtype)
@@ -165,8 +166,8 @@ def _scale_with_keys_(tensors: list[torch.Tensor], factor: float, keys: NoiseKey
 def _chunk_elements(device: torch.device) -> int:
     """Elements rounded per chunk: bounds the fp32 scratch (6 bytes/element with the noise).
 
-    On CPU a chunk that fits the L2 cache keeps the six passes over it out of main memory; on an
-    accelerator each pass is a kernel launch, so the chunk must be large enough to hide launches.
+    On CPU a chunk that fits the L2 cache keeps the six passes over it out of main memory; on an accelerator
+    each pass is a kernel launch, so the chunk must be large enough to hide launches.
     """
     return 1 << 18 if device.type == "cpu" else 1 << 24
 
@@ -191,7 +192,8 @@ def stochastic_round_(
     *,
     words: torch.Tensor | None = None,
 ) -> None:
-    """Write ``value`` (fp32, same shape) into the bf16/fp16 tensor ``target`` with unbiased stochastic rounding.
+    """Write ``value`` (fp32, same shape) into the bf16/fp16 tensor ``target`` with unbiased stochastic
+    rounding.
 
     ``value`` is used as scratch and holds the rounded values afterwards; ``words`` is an optional
     int64 scratch buffer for the random bits (see :func:`_random_int16`).  The result is always one
@@ -227,8 +229,8 @@ def stochastic_round_(
 def _stochastic_scale_(tensors: list[torch.Tensor], factor: float, generator: torch.Generator | None) -> None:
     """tensor ← SR(factor·tensor) for bf16/fp16 tensors of one device, in chunks through reused scratch.
 
-    The fp32 values and the random words go through two buffers of at most one chunk each, allocated
-    once per call: the scratch stays bounded (6 bytes per chunk element) and, on CPU, in cache.
+    The fp32 values and the random words go through two buffers of at most one chunk each, allocated once per
+    call: the scratch stays bounded (6 bytes per chunk element) and, on CPU, in cache.
     """
     locals_ = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]  # DTensor shards scale locally
     locals_ = [t for t in locals_ if t.numel() > 0]
@@ -264,10 +266,10 @@ def scale_(
 ) -> None:
     """θ ← factor·θ for every tensor, stochastically rounded for bf16/fp16 when ``stochastic``.
 
-    fp32/fp64 tensors (and every tensor when ``stochastic`` is False) take one ``_foreach_mul_``
-    pass, exactly as without this module.  The random bits come from ``keys`` (hashed, one compiled
-    pass per tensor; ``eager`` skips the compilation) when given, else from ``generator`` (on the
-    tensors' device) or torch's global generator.
+    fp32/fp64 tensors (and every tensor when ``stochastic`` is False) take one ``_foreach_mul_`` pass, exactly
+    as without this module.  The random bits come from ``keys`` (hashed, one compiled pass per tensor;
+    ``eager`` skips the compilation) when given, else from ``generator`` (on the tensors' device) or torch's
+    global generator.
     """
     if not stochastic:
         torch._foreach_mul_(params, factor)
