@@ -1,31 +1,27 @@
-"""bf16 weights without an fp32 copy (issue 27): does the whole step survive, what does it cost, and what is
-it worth?
+"""bf16 weights without an fp32 copy (issue 27): does the whole step survive, what does it cost, and gain?
 
-Four parts, run from the repository root with ``python -m benchmarks.bf16_step PART``:
+Run from the repository root with ``python -m benchmarks.bf16_step PART``:
 
 * ``displacement``: 4 bf16 tensors 256×256 ~ N(0, 0.02), a fixed random gradient, AdamW η = 2e-5, λ = 0.01,
-300
-  steps; r = ⟨θ_bf16 − θ₀, θ_fp32 − θ₀⟩ / ‖θ_fp32 − θ₀‖² (1 = the fp32 run's displacement, target [0.97,
-  1.03]) for
-  torch's AdamW, LPWD with ``stochastic_rounding=False`` and LPWD's rounded step (compiled and eager); and the
-  moments' dtype: the same equation with a noisy gradient (g + N(0, 1) per step) and moments kept in fp32, in
-  bf16
-  rounded to nearest, in bf16 rounded stochastically.
+  300 steps; r = ⟨θ_bf16 − θ₀, θ_fp32 − θ₀⟩ / ‖θ_fp32 − θ₀‖² (1 = the fp32 run's displacement, target
+  [0.97, 1.03]) for torch's AdamW, LPWD with ``stochastic_rounding=False`` and LPWD's rounded step (compiled
+  and eager); and the moments' dtype: the same equation with a noisy gradient (g + N(0, 1) per step) and the
+  moments kept in fp32, in bf16 rounded to nearest, in bf16 rounded stochastically.
 * ``cost``: one rounded LPWD step (wd, compiled; then eager) against torch's fused AdamW step on the same bf16
   weights, alternated (A B, B A, ...), medians and the median of paired ratios; optimizer state bytes.
 * ``study``: MiniLM-L6 fine-tuned on SST-2 in study v3 Q1's setting (train8000, 400 steps, η = 1e-4 linear,
-batch 16,
-  ``recipes/text_classification.py``) with its weights cast to bf16: round to nearest (LPWD ``wd`` with
-  ``--lpwd_stochastic_rounding false``, bitwise the stock Trainer), LPWD ``wd`` with the rounded step, and
-  fp32
-  weights; paired seeds.  Each finished run is appended to ``benchmarks/results/bf16_step_sst2.jsonl`` and
-  skipped
-  when the study is run again (resumable); ``report`` prints the paired differences with 95 % t-intervals.
-* ``report``: the study's table from the JSONL.
+  batch 16, ``recipes/text_classification.py``) with its weights cast to bf16: round to nearest (LPWD ``wd``
+  with ``--lpwd_stochastic_rounding false``, bitwise the stock Trainer), LPWD ``wd`` with the rounded step,
+  and fp32 weights; paired seeds.  Each finished run is appended to
+  ``benchmarks/results/bf16_step_sst2.jsonl`` and skipped when the study runs again (resumable).
+  ``study --task llama``: the tiny Llama of ``recipes/configs/tiny_llama_shakespeare.yaml`` from scratch,
+  shortened to 600 steps and evaluated once (validation perplexity), the same three arms, in
+  ``benchmarks/results/bf16_step_llama.jsonl``.
+* ``report [--task llama]``: the study's table (paired differences to fp32 with 95 % t-intervals).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python -m benchmarks.bf16_step displacement
     OMP_NUM_THREADS=1 PYTHONPATH=. python -m benchmarks.bf16_step cost [--numel 1048576 --tensors 8]
-    OMP_NUM_THREADS=1 PYTHONPATH=. python -m benchmarks.bf16_step study [--seeds 0,1,2]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python -m benchmarks.bf16_step study [--seeds 0,1,2] [--task llama]
 """
 
 from __future__ import annotations
@@ -51,6 +47,8 @@ from hf_lpwd.optim.rounding import element_bits, hash_bits, round_to
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 STUDY_JSONL = RESULTS / "bf16_step_sst2.jsonl"
+LLAMA_JSONL = RESULTS / "bf16_step_llama.jsonl"
+LLAMA_STEPS = 600
 LR, LAM, STEPS, SHAPE = 2e-5, 0.01, 300, (256, 256)
 
 
@@ -287,24 +285,67 @@ def sst2_argv(out: Path, seed: int, extra: list[str]) -> list[str]:
     ]
 
 
-def one_run(arm: str, seed: int, out: Path) -> None:
+def llama_argv(out: Path, seed: int, extra: list[str]) -> list[str]:
+    """recipes/configs/tiny_llama_shakespeare.yaml from scratch, LLAMA_STEPS steps, evaluated once."""
+    config = ROOT / "recipes" / "configs" / "tiny_llama_shakespeare.yaml"
+    return [
+        str(config),
+        "--train_file",
+        str(DATA_ROOT / "text" / "tinyshakespeare" / "input.txt"),
+        "--tokenizer_name",
+        str(ROOT / "recipes" / "data" / "byte_tokenizer"),
+        "--max_steps",
+        str(LLAMA_STEPS),
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--use_cpu",
+        "true",
+        "--dataloader_num_workers",
+        "0",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        "--seed",
+        str(seed),
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
+
+
+def one_run(arm: str, seed: int, out: Path, task: str = "sst2") -> None:
     """In a process of its own (PYTHONPATH holds recipes/): the recipe, its model cast to the arm's dtype."""
-    import text_classification as recipe  # noqa: PLC0415 (recipes/ is on PYTHONPATH in this process only)
+    dtype = getattr(torch, ARMS[arm][0])
+    extra = ARMS[arm][1]
+    if task == "sst2":
+        import text_classification as recipe  # recipes/ is on PYTHONPATH in this process only
 
-    dtype_name, extra = ARMS[arm]
-    load = recipe.load_model_and_tokenizer
+        load = recipe.load_model_and_tokenizer
 
-    def load_in_dtype(*args, **kwargs):
-        model, tokenizer = load(*args, **kwargs)
-        return model.to(getattr(torch, dtype_name)), tokenizer
+        def load_in_dtype(*args, **kwargs):
+            model, tokenizer = load(*args, **kwargs)
+            return model.to(dtype), tokenizer
 
-    recipe.load_model_and_tokenizer = load_in_dtype
+        recipe.load_model_and_tokenizer = load_in_dtype
+        argv = sst2_argv(out, seed, extra)
+    else:
+        import causal_lm as recipe
+
+        load_model = recipe.load_model
+        recipe.load_model = lambda *args, **kwargs: load_model(*args, **kwargs).to(dtype)
+        argv = llama_argv(out, seed, extra)
     start = time.time()
-    metrics = recipe.main(sst2_argv(out, seed, extra))
+    metrics = recipe.main(argv)
     record = {
         "arm": arm,
         "seed": seed,
+        "task": task,
         "eval_accuracy": metrics.get("eval_accuracy"),
+        "eval_loss": metrics.get("eval_loss"),
+        "perplexity": metrics.get("perplexity"),
         "train_loss": metrics.get("train_loss"),
         "seconds": round(time.time() - start, 1),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -313,19 +354,20 @@ def one_run(arm: str, seed: int, out: Path) -> None:
     (out / "bf16_step_run.json").write_text(json.dumps(record), encoding="utf-8")
 
 
-def finished() -> list[dict]:
-    if not STUDY_JSONL.exists():
+def finished(jsonl: Path = STUDY_JSONL) -> list[dict]:
+    if not jsonl.exists():
         return []
-    return [json.loads(line) for line in STUDY_JSONL.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def study(seeds: list[int], runs_dir: Path) -> None:
-    done = {(r["arm"], r["seed"]) for r in finished()}
+def study(seeds: list[int], runs_dir: Path, task: str = "sst2") -> None:
+    jsonl = STUDY_JSONL if task == "sst2" else LLAMA_JSONL
+    done = {(r["arm"], r["seed"]) for r in finished(jsonl)}
     for seed in seeds:  # seed-major: every seed's arms finish together, so a partial study is still paired
         for arm in ARMS:
             if (arm, seed) in done:
                 continue
-            out = runs_dir / f"{arm.replace(' ', '_')}_seed{seed}"
+            out = runs_dir / f"{task}_{arm.replace(' ', '_')}_seed{seed}"
             env = {
                 **os.environ,
                 "PYTHONPATH": os.pathsep.join([str(ROOT / "recipes"), str(ROOT)]),
@@ -344,54 +386,52 @@ def study(seeds: list[int], runs_dir: Path) -> None:
                 str(seed),
                 "--out",
                 str(out),
+                "--task",
+                task,
             ]
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{arm} seed {seed} failed:\n{proc.stderr[-3000:]}", flush=True)
                 continue
             record = json.loads((out / "bf16_step_run.json").read_text(encoding="utf-8"))
-            STUDY_JSONL.parent.mkdir(parents=True, exist_ok=True)
-            with STUDY_JSONL.open("a", encoding="utf-8") as handle:
+            jsonl.parent.mkdir(parents=True, exist_ok=True)
+            with jsonl.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
-            print(
-                f"{arm} seed {seed}: accuracy {record['eval_accuracy']:.4f} ({record['seconds']} s)",
-                flush=True,
-            )
-    print("\n".join(report()))
+            print(f"{task} {arm} seed {seed}: {json.dumps(record)}", flush=True)
+    print("\n".join(report(task)))
 
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def report() -> list[str]:
-    runs = finished()
+def report(task: str = "sst2") -> list[str]:
+    """Per arm: the mean metric, the paired difference to fp32 with its 95 % t-interval, the peak RSS."""
+    runs = finished(STUDY_JSONL if task == "sst2" else LLAMA_JSONL)
+    key, scale, name = (
+        ("eval_accuracy", 100.0, "dev accuracy")
+        if task == "sst2"
+        else ("perplexity", 1.0, "validation perplexity")
+    )
     by = {(r["arm"], r["seed"]): r for r in runs}
     rows = [
-        "| arm | dev accuracy, mean (n) | paired difference to fp32, points [95 % t-interval] | peak RSS MB "
-        "|",
+        f"| arm | {name}, mean (n) | paired difference to fp32 [95 % t-interval] | peak RSS MB |",
         "|---|---:|---:|---:|",
     ]
     for arm in ARMS:
         seeds = sorted(s for a, s in by if a == arm)
         if not seeds:
             continue
-        acc = [by[arm, s]["eval_accuracy"] for s in seeds]
+        values = [scale * by[arm, s][key] for s in seeds]
         rss = statistics.median(by[arm, s]["peak_rss_bytes"] for s in seeds) / 2**20
-        paired = [
-            100 * (by[arm, s]["eval_accuracy"] - by["fp32", s]["eval_accuracy"])
-            for s in seeds
-            if ("fp32", s) in by
-        ]
+        paired = [scale * (by[arm, s][key] - by["fp32", s][key]) for s in seeds if ("fp32", s) in by]
         diff = "—"
         if arm != "fp32" and len(paired) >= 2:
-            mean, half = (
-                statistics.mean(paired),
-                T_975[len(paired) - 1] * statistics.stdev(paired) / len(paired) ** 0.5,
-            )
+            mean = statistics.mean(paired)
+            half = T_975[len(paired) - 1] * statistics.stdev(paired) / len(paired) ** 0.5
             diff = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (n={len(paired)})"
         elif arm != "fp32" and paired:
             diff = f"{paired[0]:+.2f} (n=1)"
-        rows.append(f"| {arm} | {100 * statistics.mean(acc):.2f} ({len(acc)}) | {diff} | {rss:.0f} |")
+        rows.append(f"| {arm} | {statistics.mean(values):.2f} ({len(values)}) | {diff} | {rss:.0f} |")
     return rows
 
 
@@ -406,6 +446,9 @@ def main() -> None:
     parser.add_argument("--arm", choices=list(ARMS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--task", choices=["sst2", "llama"], default="sst2", help="study: which model and data"
+    )
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.part == "displacement":
@@ -413,11 +456,11 @@ def main() -> None:
     elif args.part == "cost":
         cost(args.numel, args.tensors, args.steps)
     elif args.part == "study":
-        study([int(s) for s in args.seeds.split(",")], args.runs_dir)
+        study([int(s) for s in args.seeds.split(",")], args.runs_dir, args.task)
     elif args.part == "report":
-        print("\n".join(report()))
+        print("\n".join(report(args.task)))
     else:
-        one_run(args.arm, args.seed, args.out)
+        one_run(args.arm, args.seed, args.out, args.task)
 
 
 if __name__ == "__main__":

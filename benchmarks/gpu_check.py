@@ -1,38 +1,28 @@
-"""LPWD on a CUDA device: optimizer step cost, stochastic rounding cost, a Trainer run, and CPU/CUDA
-agreement.
+"""LPWD on a CUDA device: step costs, the rounding's cost, a Trainer run, and CPU/CUDA agreement.
 
 (a) Optimizer step, ``LPWD`` (``pre_step()`` + ``step()``) in modes pwd / rwd / wd, pwd independent and
-cautious wd
-    against torch's fused AdamW, on
-    ≥ 1B fp32 parameters (Llama-shaped 2-D tensors) and on the same shapes in bf16 (LPWD's bf16 groups take
-    the
-    stochastic-rounding path).  Both optimizers own separate parameters and states and share the fixed
-    gradients;
-    they alternate A B, B A, ... after a warm-up, each call timed with CUDA events; medians.
+    cautious wd against torch's fused AdamW, on ≥ 1B fp32 parameters (Llama-shaped 2-D tensors) and on the
+    same shapes in bf16 (LPWD's bf16 groups take the rounded whole step).  Both optimizers own separate
+    parameters and states and share the fixed gradients; they alternate A B, B A, ... after a warm-up, each
+    call timed with CUDA events; medians.
 (b) The bf16 stochastic-rounding pass (``hf_lpwd.rounding.scale_``) per 1M parameters against a plain fused
     bf16 AdamW step per 1M parameters (same alternation).
 (c) A ~100M-parameter Llama built from a config (random init, random tokens), bf16 mixed precision, 30 steps
-of
-    ``LPWDTrainer`` (lpwd) against the stock ``Trainer`` (``adamw_torch_fused``): median step time
-    (CUDA-synchronised
-    callback timestamps, first 5 steps dropped, runs alternated twice) and
+    of ``LPWDTrainer`` (lpwd) against the stock ``Trainer`` (``adamw_torch_fused``): median step time
+    (CUDA-synchronised callback timestamps, first 5 steps dropped, runs alternated twice) and
     ``torch.cuda.max_memory_allocated``.
-(e) The rounded bf16 step (issue 27: update + decay in fp32, one stochastic rounding,
-``hf_lpwd.optim.rounded_step``)
-    on ≥ 1B bf16 parameters, compiled and eager, against torch's fused AdamW on the same bf16 weights (the
-    bf16 rows
-    of (a) take this path too), and the optimizer state bytes of each.
 (d) The same tiny Llama trained 10 steps with lpwd by ``LPWDTrainer`` on CPU and on CUDA (fp32, TF32 off):
-    final parameters equal within rtol=1e-4, atol=1e-5 (cuBLAS and MKL sum in other orders; Adam maps gradient
-    differences of ~1e-6 relative to update differences of the same order, times lr=3e-3).
+    final parameters equal within rtol=1e-4, atol=1e-5 (cuBLAS and MKL sum in other orders; Adam maps
+    gradient differences of ~1e-6 relative to update differences of the same order, times lr=3e-3).
+(e) The rounded bf16 step (issue 27: update + decay in fp32, one stochastic rounding,
+    ``hf_lpwd.optim.rounded_step``) on ≥ 1B bf16 parameters, compiled and eager, against torch's fused AdamW
+    on the same bf16 weights, and the optimizer state bytes per weight.
 
 Writes ``benchmarks/results/gpu.md``.  Without a CUDA device it says so and exits 2; ``--cpu-half`` runs the
-CPU half
-of (d) alone (what can be checked on a machine without one)::
+CPU half of (d) alone (what can be checked on a machine without one)::
 
-    PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py [--parts abcde] [--params-billions
-    1.0]
-    PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py --cpu-half
+    PYTHONPATH=. HF_HUB_OFFLINE=1 python -m benchmarks.gpu_check [--parts abcde] [--params-billions 1.0]
+    PYTHONPATH=. HF_HUB_OFFLINE=1 python -m benchmarks.gpu_check --cpu-half
 """
 
 from __future__ import annotations

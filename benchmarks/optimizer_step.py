@@ -18,8 +18,7 @@ default), fixed random gradients, a fixed number of CPU threads.  For each pair 
 separate copies of the parameters and are timed alternately (A B A B ...) after a warm-up, so that drifts of
 the machine (other processes, frequency) hit both alike; the table shows medians.  Run::
 
-    PYTHONPATH=. .venv/bin/python benchmarks/optimizer_step.py [--params-millions 26] [--steps 20] [--threads
-    2]
+    PYTHONPATH=. python -m benchmarks.optimizer_step [--params-millions 26] [--steps 20] [--threads 2]
 """
 
 from __future__ import annotations

@@ -35,8 +35,7 @@ the sum of ``nbytes`` of the tensors in ``optimizer.state``.
 
 Optimizer-only ratios come from ``benchmarks/optimizer_step.py`` (run as a subprocess with ``--no-write``).
 
-    PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train_step.py [--steps 30] [--warmup 3]
-    [--threads 2]
+    PYTHONPATH=. HF_HUB_OFFLINE=1 python -m benchmarks.train_step [--steps 30] [--warmup 3] [--threads 2]
 """
 
 from __future__ import annotations

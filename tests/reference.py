@@ -1,5 +1,4 @@
-"""The float64 reference: the base optimizers' directions u and one step of each timing, written from the
-equations.
+"""The float64 reference: the base optimizers' directions u and one step of each timing.
 
 The one home of these equations for the optimizer tests (``test_optim``, ``test_decay_rules``,
 ``test_rounding``). They never call the code they check:

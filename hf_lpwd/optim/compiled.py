@@ -1,5 +1,4 @@
-"""One elementwise step compiled once with ``torch.compile``, with the same function run eagerly where that
-fails.
+"""One elementwise step compiled once with ``torch.compile``, run eagerly where compilation fails.
 
 The rounded steps (:mod:`.rounded_step`, :func:`.rounding.scale_` with keys) are plain functions of tensors
 and 0-d tensors.  Compiled with dynamic shapes, one kernel serves every tensor; where compilation is not

@@ -48,8 +48,7 @@ from .rounding import LOW_PRECISION_DTYPES, NoiseKeys, scale_
 logger = logging.getLogger("hf_lpwd")
 
 ROUNDING_STATE_KEY = "lpwd_rounding_noise"
-"""``state_dict()`` key of the rounding's noise state ({"seed", "count"}), present once a bf16/fp16 step
-rounded."""
+"""``state_dict()`` key of the rounding's noise state ({"seed", "count"}), once a bf16/fp16 step rounded."""
 _SEED_SALT = (
     0x4C505744  # "LPWD": the noise's seed is torch's initial seed mixed, not the dropout stream itself
 )

@@ -117,13 +117,11 @@ def element_bits(numel: int, key: torch.Tensor, device: torch.device, start: int
 
 
 def round_to(value: torch.Tensor, dtype: torch.dtype, bits: torch.Tensor) -> torch.Tensor:
-    """fp32 ``value`` stochastically rounded to ``dtype`` with the uniform random int32 ``bits`` (their low
-    16).
+    """fp32 ``value`` stochastically rounded to ``dtype`` with uniform random int32 ``bits`` (low 16 used).
 
     A pure function (no in-place op), so ``torch.compile`` fuses it into the step that computes ``value``.
-    fp32 /
-    fp64 targets take ``value`` as it is.  See the module docstring for the bit trick and the fp16 subnormal
-    shift.
+    fp32 / fp64 targets take ``value`` as it is.  See the module docstring for the bit trick and the fp16
+    subnormal shift.
     """
     if dtype not in _DROPPED_BITS:
         return value.to(dtype)
