@@ -15,7 +15,7 @@ Run from the repository root with ``python -m benchmarks.bf16_step PART``:
   and fp32 weights; paired seeds.  Each finished run is appended to
   ``benchmarks/results/bf16_step_sst2.jsonl`` and skipped when the study runs again (resumable).
   ``study --task llama``: the tiny Llama of ``recipes/configs/tiny_llama_shakespeare.yaml`` from scratch,
-  shortened to 600 steps and evaluated once (validation perplexity), the same three arms, in
+  shortened to 300 steps and evaluated once (validation perplexity), the same three arms, in
   ``benchmarks/results/bf16_step_llama.jsonl``.
 * ``report [--task llama]``: the study's table (paired differences to fp32 with 95 % t-intervals).
 
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 STUDY_JSONL = RESULTS / "bf16_step_sst2.jsonl"
 LLAMA_JSONL = RESULTS / "bf16_step_llama.jsonl"
-LLAMA_STEPS = 600
+LLAMA_STEPS = 300
 LR, LAM, STEPS, SHAPE = 2e-5, 0.01, 300, (256, 256)
 
 
