@@ -1,18 +1,18 @@
 """Does the weight decay survive bf16 weights (issue 9)?  Shrink after many steps, and the cost per step.
 
-With bf16 weights and no fp32 master copy, θ·(1 − η·λ) rounds back to θ once η·λ < 2^-9, so the
-decay does nothing — for torch's AdamW as well.  LPWD rounds its decay stochastically (see
-:mod:`hf_lpwd.rounding`), which keeps E[θ_K] = (1 − η·λ)^K·θ_0.
+With bf16 weights and no fp32 master copy, θ·(1 − η·λ) rounds back to θ once η·λ < 2^-9, so the decay does
+nothing — for torch's AdamW as well.  LPWD rounds its decay stochastically (see :mod:`hf_lpwd.rounding`),
+which keeps E[θ_K] = (1 − η·λ)^K·θ_0.
 
-Shrink: zero gradients (the Adam update is then exactly 0, so only the decay moves the weights),
-bf16 weights ~ N(0, 1), η = 1e-4, λ = 0.1, K = 10,000 steps; the table gives
+Shrink: zero gradients (the Adam update is then exactly 0, so only the decay moves the weights), bf16 weights
+~ N(0, 1), η = 1e-4, λ = 0.1, K = 10,000 steps; the table gives
 
     ‖θ_K‖ / ‖θ_0‖  divided by the exact (1 − η·λ)^K = 0.9048   (1.000 = the decay is exact)
 
 for LPWD wd / rwd / pwd on the AdamW base with and without stochastic rounding, and torch's AdamW.
 
-Cost: one LPWD step (pre_step() + step(), stochastic rounding on) against torch's AdamW step on the
-same bf16 weights, alternated (A B, B A, ...) after a warm-up, medians.  Run::
+Cost: one LPWD step (pre_step() + step(), stochastic rounding on) against torch's AdamW step on the same bf16
+weights, alternated (A B, B A, ...) after a warm-up, medians.  Run::
 
     PYTHONPATH=. .venv/bin/python benchmarks/bf16_decay.py [--numel 1048576] [--steps 10000] [--threads 2]
 """
@@ -28,9 +28,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
-
+from benchmarks.common import machine
 from hf_lpwd import LPWD
 
 LR, WEIGHT_DECAY = 1e-4, 0.1
@@ -50,15 +48,24 @@ def make_optimizer(kind: str, param: torch.nn.Parameter, fused: bool) -> torch.o
     if kind == "torch":
         return torch.optim.AdamW([param], lr=LR, weight_decay=WEIGHT_DECAY, fused=fused)
     mode, _, sr = kind.partition("/")
-    return LPWD([param], base="adamw", mode=mode, lr=LR, weight_decay=WEIGHT_DECAY,
-                stochastic_rounding=sr == "sr", fused=fused)
+    return LPWD(
+        [param],
+        base="adamw",
+        mode=mode,
+        lr=LR,
+        weight_decay=WEIGHT_DECAY,
+        stochastic_rounding=sr == "sr",
+        fused=fused,
+    )
 
 
 def step_fn(opt: torch.optim.Optimizer) -> Callable[[], None]:
     if isinstance(opt, LPWD):
+
         def run() -> None:
             opt.pre_step()
             opt.step()
+
         return run
     return opt.step
 
@@ -90,7 +97,6 @@ def cost(mode: str, numel: int, steps: int, fused: bool) -> tuple[float, float]:
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--numel", type=int, default=1 << 20, help="bf16 parameters (default 1M)")
@@ -104,16 +110,26 @@ def main() -> None:
     fused = not args.foreach
     variant = "fused" if fused else "foreach"
     exact = (1.0 - LR * WEIGHT_DECAY) ** args.steps
-    print(f"{args.numel} bf16 params, η={LR}, λ={WEIGHT_DECAY}, K={args.steps}: exact ratio {exact:.4f}; {machine()}",
-          flush=True)
+    print(
+        f"{args.numel} bf16 params, η={LR}, λ={WEIGHT_DECAY}, K={args.steps}: exact ratio {exact:.4f}; "
+        f"{machine()}",
+        flush=True,
+    )
 
     shrink_rows = []
     kinds = [f"{m}/sr" for m in ("wd", "rwd", "pwd")] + [f"{m}/off" for m in ("wd", "rwd", "pwd")] + ["torch"]
     for kind in kinds:
         ratio = shrink(kind, args.numel, args.steps, fused)
-        label = "torch AdamW" if kind == "torch" else (
-            f"LPWD {kind.split('/')[0]}, stochastic_rounding={kind.endswith('/sr')}")
-        verdict = "within 1%" if abs(ratio - 1) <= 0.01 else ("no shrink" if abs(ratio * exact - 1) < 1e-3 else "off")
+        label = (
+            "torch AdamW"
+            if kind == "torch"
+            else (f"LPWD {kind.split('/')[0]}, stochastic_rounding={kind.endswith('/sr')}")
+        )
+        verdict = (
+            "within 1%"
+            if abs(ratio - 1) <= 0.01
+            else ("no shrink" if abs(ratio * exact - 1) < 1e-3 else "off")
+        )
         shrink_rows.append(f"| {label} | {ratio * exact:.4f} | {ratio:.4f} | {verdict} |")
         print(shrink_rows[-1], flush=True)
 
@@ -123,12 +139,20 @@ def main() -> None:
         cost_rows.append(f"| {mode} | {t_ours * 1e3:.2f} | {t_ref * 1e3:.2f} | {t_ours / t_ref:.2f} |")
         print(cost_rows[-1], flush=True)
 
-    shrink_table = "\n".join([
-        "| optimizer (AdamW base, " + variant + ") | ‖θ_K‖/‖θ_0‖ | ÷ (1 − ηλ)^K | verdict |",
-        "|---|---:|---:|---|", *shrink_rows])
-    cost_table = "\n".join([
-        "| mode | LPWD (SR) pre_step()+step() ms | torch AdamW bf16 step() ms | ratio |",
-        "|---|---:|---:|---:|", *cost_rows])
+    shrink_table = "\n".join(
+        [
+            "| optimizer (AdamW base, " + variant + ") | ‖θ_K‖/‖θ_0‖ | ÷ (1 − ηλ)^K | verdict |",
+            "|---|---:|---:|---|",
+            *shrink_rows,
+        ]
+    )
+    cost_table = "\n".join(
+        [
+            "| mode | LPWD (SR) pre_step()+step() ms | torch AdamW bf16 step() ms | ratio |",
+            "|---|---:|---:|---:|",
+            *cost_rows,
+        ]
+    )
     print(shrink_table)
     print(cost_table)
     if not args.no_write:
@@ -140,7 +164,9 @@ def main() -> None:
             f"## Shrink after K = {args.steps} steps\n\n"
             f"{args.numel} bf16 weights ~ N(0, 1), zero gradients, η = {LR}, λ = {WEIGHT_DECAY}: the exact "
             f"decay is (1 − ηλ)^K = {exact:.4f}.\n\n" + shrink_table + "\n\n"
-            f"## Cost per step ({args.timed_steps} timed steps each, alternated, medians)\n\n" + cost_table + "\n\n"
+            f"## Cost per step ({args.timed_steps} timed steps each, alternated, medians)\n\n"
+            + cost_table
+            + "\n\n"
             "Without stochastic rounding 1 − ηλ = 1 − 1e-5 rounds to 1 in bf16 (spacing 2^-8 below 1), so "
             "neither torch's AdamW nor LPWD shrinks the weights at all.  With it, the decay pass computes "
             "θ·(1 − ηλ) in fp32 and rounds up or down with probabilities proportional to the distances. "

@@ -1,24 +1,28 @@
-"""LPWD on a CUDA device: optimizer step cost, stochastic rounding cost, a Trainer run, and CPU/CUDA agreement.
+"""LPWD on a CUDA device: step costs, the rounding's cost, a Trainer run, and CPU/CUDA agreement.
 
-(a) Optimizer step, ``LPWD`` (``pre_step()`` + ``step()``) in modes pwd / rwd / wd, pwd independent and cautious wd
-    against torch's fused AdamW, on
-    ≥ 1B fp32 parameters (Llama-shaped 2-D tensors) and on the same shapes in bf16 (LPWD's bf16 groups take the
-    stochastic-rounding path).  Both optimizers own separate parameters and states and share the fixed gradients;
-    they alternate A B, B A, ... after a warm-up, each call timed with CUDA events; medians.
+(a) Optimizer step, ``LPWD`` (``pre_step()`` + ``step()``) in modes pwd / rwd / wd, pwd independent and
+    cautious wd against torch's fused AdamW, on ≥ 1B fp32 parameters (Llama-shaped 2-D tensors) and on the
+    same shapes in bf16 (LPWD's bf16 groups take the rounded whole step).  Both optimizers own separate
+    parameters and states and share the fixed gradients; they alternate A B, B A, ... after a warm-up, each
+    call timed with CUDA events; medians.
 (b) The bf16 stochastic-rounding pass (``hf_lpwd.rounding.scale_``) per 1M parameters against a plain fused
     bf16 AdamW step per 1M parameters (same alternation).
-(c) A ~100M-parameter Llama built from a config (random init, random tokens), bf16 mixed precision, 30 steps of
-    ``LPWDTrainer`` (lpwd) against the stock ``Trainer`` (``adamw_torch_fused``): median step time (CUDA-synchronised
-    callback timestamps, first 5 steps dropped, runs alternated twice) and ``torch.cuda.max_memory_allocated``.
+(c) A ~100M-parameter Llama built from a config (random init, random tokens), bf16 mixed precision, 30 steps
+    of ``LPWDTrainer`` (lpwd) against the stock ``Trainer`` (``adamw_torch_fused``): median step time
+    (CUDA-synchronised callback timestamps, first 5 steps dropped, runs alternated twice) and
+    ``torch.cuda.max_memory_allocated``.
 (d) The same tiny Llama trained 10 steps with lpwd by ``LPWDTrainer`` on CPU and on CUDA (fp32, TF32 off):
-    final parameters equal within rtol=1e-4, atol=1e-5 (cuBLAS and MKL sum in other orders; Adam maps gradient
-    differences of ~1e-6 relative to update differences of the same order, times lr=3e-3).
+    final parameters equal within rtol=1e-4, atol=1e-5 (cuBLAS and MKL sum in other orders; Adam maps
+    gradient differences of ~1e-6 relative to update differences of the same order, times lr=3e-3).
+(e) The rounded bf16 step (issue 27: update + decay in fp32, one stochastic rounding,
+    ``hf_lpwd.optim.rounded_step``) on ≥ 1B bf16 parameters, compiled and eager, against torch's fused AdamW
+    on the same bf16 weights, and the optimizer state bytes per weight.
 
-Writes ``benchmarks/results/gpu.md``.  Without a CUDA device it says so and exits 2; ``--cpu-half`` runs the CPU half
-of (d) alone (what can be checked on a machine without one)::
+Writes ``benchmarks/results/gpu.md``.  Without a CUDA device it says so and exits 2; ``--cpu-half`` runs the
+CPU half of (d) alone (what can be checked on a machine without one)::
 
-    PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py [--parts abcd] [--params-billions 1.0]
-    PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py --cpu-half
+    PYTHONPATH=. HF_HUB_OFFLINE=1 python -m benchmarks.gpu_check [--parts abcde] [--params-billions 1.0]
+    PYTHONPATH=. HF_HUB_OFFLINE=1 python -m benchmarks.gpu_check --cpu-half
 """
 
 from __future__ import annotations
@@ -30,14 +34,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import RESULTS_DIR, machine  # noqa: E402
-
+from benchmarks.common import RESULTS_DIR, machine
 from hf_lpwd import LPWD  # noqa: E402
 
 LR, WEIGHT_DECAY, WARMUP = 1e-3, 0.1, 3
@@ -46,7 +46,9 @@ D_RTOL, D_ATOL = 1e-4, 1e-5
 
 
 # --------------------------------------------------------------------------- timing
-def cuda_alternate(a: Callable[[], object], b: Callable[[], object], steps: int) -> tuple[float, float, float]:
+def cuda_alternate(
+    a: Callable[[], object], b: Callable[[], object], steps: int
+) -> tuple[float, float, float]:
     """Median ms of ``a`` and ``b`` (CUDA events around each call) and the median paired ratio a_i / b_i."""
     times: tuple[list[float], list[float]] = ([], [])
     for i in range(WARMUP + steps):
@@ -64,7 +66,8 @@ def cuda_alternate(a: Callable[[], object], b: Callable[[], object], steps: int)
 
 
 def llama_shapes(params_billions: float, hidden: int = 4096, inter: int = 11008) -> list[tuple[int, ...]]:
-    """2-D/1-D tensors of Llama decoder layers (7B-like widths), as many layers as reach ``params_billions``."""
+    """2-D/1-D tensors of Llama decoder layers (7B-like widths), as many layers as reach
+    ``params_billions``."""
     layer = [(hidden, hidden)] * 4 + [(inter, hidden), (inter, hidden), (hidden, inter), (hidden,), (hidden,)]
     per_layer = sum(torch.Size(s).numel() for s in layer)
     layers = max(1, round(params_billions * 1e9 / per_layer))
@@ -92,23 +95,41 @@ def lpwd_step(opt: LPWD) -> Callable[[], None]:
 def part_a(params_billions: float, steps: int) -> list[str]:
     shapes = llama_shapes(params_billions)
     numel = sum(torch.Size(s).numel() for s in shapes)
-    lines = [f"### (a) Optimizer step vs fused AdamW, {numel / 1e9:.2f}B parameters in {len(shapes)} tensors", "",
-             "| dtype | mode | LPWD ms | fused AdamW ms | ratio of medians | median paired ratio |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"### (a) Optimizer step vs fused AdamW, {numel / 1e9:.2f}B parameters in {len(shapes)} tensors",
+        "",
+        "| dtype | mode | LPWD ms | fused AdamW ms | ratio of medians | median paired ratio |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for dtype in (torch.float32, torch.bfloat16):
         gen = torch.Generator(device="cuda").manual_seed(0)
         grads = [torch.randn(s, device="cuda", generator=gen, dtype=dtype) * 1e-3 for s in shapes]
-        for mode, rule in (("wd", {}), ("rwd", {}), ("pwd", {}), ("pwd", {"lr_coupling": "independent"}),
-                           ("wd", {"cautious": True})):
+        for mode, rule in (
+            ("wd", {}),
+            ("rwd", {}),
+            ("pwd", {}),
+            ("pwd", {"lr_coupling": "independent"}),
+            ("wd", {"cautious": True}),
+        ):
             lam = WEIGHT_DECAY * LR if rule.get("lr_coupling") == "independent" else WEIGHT_DECAY
-            ours = LPWD(make_params(shapes, grads, dtype, 1), base="adamw", mode=mode, lr=LR,
-                        weight_decay=lam, fused=True, **rule)
+            ours = LPWD(
+                make_params(shapes, grads, dtype, 1),
+                base="adamw",
+                mode=mode,
+                lr=LR,
+                weight_decay=lam,
+                fused=True,
+                **rule,
+            )
             label = " ".join([mode, *(str(v) if v is not True else k for k, v in rule.items())])
-            ref = torch.optim.AdamW(make_params(shapes, grads, dtype, 1), lr=LR, weight_decay=WEIGHT_DECAY,
-                                    fused=True)
+            ref = torch.optim.AdamW(
+                make_params(shapes, grads, dtype, 1), lr=LR, weight_decay=WEIGHT_DECAY, fused=True
+            )
             t_ours, t_ref, paired = cuda_alternate(lpwd_step(ours), ref.step, steps)
-            lines.append(f"| {str(dtype).removeprefix('torch.')} | {label} | {t_ours:.2f} | {t_ref:.2f} | "
-                         f"{t_ours / t_ref:.3f} | {paired:.3f} |")
+            lines.append(
+                f"| {str(dtype).removeprefix('torch.')} | {label} | {t_ours:.2f} | {t_ref:.2f} | "
+                f"{t_ours / t_ref:.3f} | {paired:.3f} |"
+            )
             print(lines[-1], flush=True)
             del ours, ref
             gc.collect()
@@ -127,15 +148,66 @@ def part_b(steps: int, millions: int = 256) -> list[str]:
     gen = torch.Generator(device="cuda").manual_seed(0)
     grads = [torch.randn(s, device="cuda", generator=gen, dtype=torch.bfloat16) * 1e-3 for s in shapes]
     params = make_params(shapes, grads, torch.bfloat16, 2)
-    ref = torch.optim.AdamW(make_params(shapes, grads, torch.bfloat16, 3), lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
-    t_sr, t_adam, paired = cuda_alternate(lambda: scale_(params, 1.0 - LR * WEIGHT_DECAY, stochastic=True),
-                                          ref.step, steps)
+    ref = torch.optim.AdamW(
+        make_params(shapes, grads, torch.bfloat16, 3), lr=LR, weight_decay=WEIGHT_DECAY, fused=True
+    )
+    t_sr, t_adam, paired = cuda_alternate(
+        lambda: scale_(params, 1.0 - LR * WEIGHT_DECAY, stochastic=True), ref.step, steps
+    )
     per = numel / 1e6
-    lines = ["### (b) bf16 stochastic-rounding pass vs a fused bf16 AdamW step", "",
-             f"{numel / 1e6:.0f}M bf16 parameters: `scale_(..., stochastic=True)` {t_sr / per * 1e3:.2f} µs per 1M "
-             f"parameters, fused AdamW step {t_adam / per * 1e3:.2f} µs per 1M; ratio {t_sr / t_adam:.3f} "
-             f"(median paired {paired:.3f})."]
+    lines = [
+        "### (b) bf16 stochastic-rounding pass vs a fused bf16 AdamW step",
+        "",
+        f"{numel / 1e6:.0f}M bf16 parameters: `scale_(..., stochastic=True)` {t_sr / per * 1e3:.2f} µs per "
+        "1M "
+        ""
+        ""
+        f"parameters, fused AdamW step {t_adam / per * 1e3:.2f} µs per 1M; ratio {t_sr / t_adam:.3f} "
+        f"(median paired {paired:.3f}).",
+    ]
     print(lines[-1], flush=True)
+    return lines
+
+
+def part_e(params_billions: float, steps: int) -> list[str]:
+    shapes = llama_shapes(params_billions)
+    numel = sum(torch.Size(s).numel() for s in shapes)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    grads = [torch.randn(s, device="cuda", generator=gen, dtype=torch.bfloat16) * 1e-3 for s in shapes]
+    ref = torch.optim.AdamW(
+        make_params(shapes, grads, torch.bfloat16, 1), lr=LR, weight_decay=WEIGHT_DECAY, fused=True
+    )
+    lines = [
+        f"### (e) The rounded bf16 step vs fused AdamW on the same bf16 weights, {numel / 1e9:.2f}B "
+        "parameters",
+        "",
+        "| rounded step | LPWD ms | fused AdamW ms | median paired ratio | state bytes / weight |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for kernel in ("compiled", "eager"):
+        ours = LPWD(
+            make_params(shapes, grads, torch.bfloat16, 1),
+            base="adamw",
+            mode="wd",
+            lr=LR,
+            weight_decay=WEIGHT_DECAY,
+            fused=True,
+        )
+        ours.rounding_kernel = kernel
+        t_ours, t_ref, paired = cuda_alternate(
+            lpwd_step(ours), ref.step, steps if kernel == "compiled" else 3
+        )
+        state = sum(
+            t.numel() * t.element_size()
+            for st in ours.state.values()
+            for t in st.values()
+            if torch.is_tensor(t)
+        )
+        lines.append(f"| {kernel} | {t_ours:.2f} | {t_ref:.2f} | {paired:.3f} | {state / numel:.1f} |")
+        print(lines[-1], flush=True)
+        del ours
+        gc.collect()
+        torch.cuda.empty_cache()
     return lines
 
 
@@ -143,9 +215,16 @@ def part_b(steps: int, millions: int = 256) -> list[str]:
 def llama_100m():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                         num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024,
-                         tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(config)
 
@@ -158,7 +237,11 @@ class RandomTokens(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.ids[i]}
+        return {
+            "input_ids": self.ids[i],
+            "attention_mask": torch.ones_like(self.ids[i]),
+            "labels": self.ids[i],
+        }
 
 
 def trainer_run(kind: str, steps: int, out: str) -> tuple[list[float], int, int]:
@@ -180,19 +263,38 @@ def trainer_run(kind: str, steps: int, out: str) -> tuple[list[float], int, int]
             torch.cuda.synchronize()
             self.times.append(time.perf_counter() - self.start)
 
-    common = dict(output_dir=out, max_steps=steps, per_device_train_batch_size=8, learning_rate=3e-4,
-                  weight_decay=0.1, lr_scheduler_type="cosine", warmup_steps=3, bf16=True, optim="adamw_torch_fused",
-                  save_strategy="no", report_to="none", logging_steps=10, disable_tqdm=True, seed=0,
-                  dataloader_num_workers=0)
+    common = dict(
+        output_dir=out,
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=3e-4,
+        weight_decay=0.1,
+        lr_scheduler_type="cosine",
+        warmup_steps=3,
+        bf16=True,
+        optim="adamw_torch_fused",
+        save_strategy="no",
+        report_to="none",
+        logging_steps=10,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
     model = llama_100m().cuda()
     numel = sum(p.numel() for p in model.parameters())
     timer = StepTimer()
     data = RandomTokens(8 * steps, 512, model.config.vocab_size)
     if kind == "lpwd":
-        trainer = LPWDTrainer(model=model, args=LPWDTrainingArguments(weight_decay_mode="lpwd", **common),
-                              train_dataset=data, callbacks=[timer])
+        trainer = LPWDTrainer(
+            model=model,
+            args=LPWDTrainingArguments(weight_decay_mode="lpwd", **common),
+            train_dataset=data,
+            callbacks=[timer],
+        )
     else:
-        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=data, callbacks=[timer])
+        trainer = Trainer(
+            model=model, args=TrainingArguments(**common), train_dataset=data, callbacks=[timer]
+        )
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
     peak = torch.cuda.max_memory_allocated()
@@ -208,24 +310,30 @@ def part_c(steps: int = 30, rounds: int = 2, skip: int = 5) -> list[str]:
     numel = 0
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
-            for kind in (("stock", "lpwd") if r % 2 == 0 else ("lpwd", "stock")):
+            for kind in ("stock", "lpwd") if r % 2 == 0 else ("lpwd", "stock"):
                 t, peak, numel = trainer_run(kind, steps, tmp)
                 times[kind] += t[skip:]
                 peaks[kind].append(peak)
     med = {k: statistics.median(v) for k, v in times.items()}
     peak = {k: max(v) for k, v in peaks.items()}
-    lines = [f"### (c) bf16 Trainer run, Llama {numel / 1e6:.0f}M parameters (random init), batch 8 × 512 tokens, "
-             f"{steps} steps × {rounds} runs each (first {skip} steps of each run dropped)", "",
-             "| trainer | median step ms | max_memory_allocated GiB |", "|---|---:|---:|",
-             f"| Trainer (adamw_torch_fused) | {med['stock'] * 1e3:.1f} | {peak['stock'] / 2**30:.2f} |",
-             f"| LPWDTrainer (lpwd) | {med['lpwd'] * 1e3:.1f} | {peak['lpwd'] / 2**30:.2f} |", "",
-             f"Step time ratio {med['lpwd'] / med['stock']:.3f}, memory ratio {peak['lpwd'] / peak['stock']:.3f}."]
+    lines = [
+        f"### (c) bf16 Trainer run, Llama {numel / 1e6:.0f}M parameters (random init), batch 8 × 512 tokens, "
+        f"{steps} steps × {rounds} runs each (first {skip} steps of each run dropped)",
+        "",
+        "| trainer | median step ms | max_memory_allocated GiB |",
+        "|---|---:|---:|",
+        f"| Trainer (adamw_torch_fused) | {med['stock'] * 1e3:.1f} | {peak['stock'] / 2**30:.2f} |",
+        f"| LPWDTrainer (lpwd) | {med['lpwd'] * 1e3:.1f} | {peak['lpwd'] / 2**30:.2f} |",
+        "",
+        f"Step time ratio {med['lpwd'] / med['stock']:.3f}, memory ratio {peak['lpwd'] / peak['stock']:.3f}.",
+    ]
     print("\n".join(lines), flush=True)
     return lines
 
 
 def tiny_run(device: str, steps: int = 10) -> dict[str, torch.Tensor]:
-    """The tiny Llama of tests/scripts/train_distributed.py, lpwd, ``steps`` steps on ``device``; final params."""
+    """The tiny Llama of tests/scripts/train_distributed.py, lpwd, ``steps`` steps on ``device``; final
+    params."""
     from transformers import LlamaForCausalLM, set_seed
 
     from hf_lpwd import LPWDTrainer, LPWDTrainingArguments
@@ -236,10 +344,23 @@ def tiny_run(device: str, steps: int = 10) -> dict[str, torch.Tensor]:
     model = LlamaForCausalLM(tiny_config())
     with tempfile.TemporaryDirectory() as tmp:
         args = LPWDTrainingArguments(
-            output_dir=tmp, weight_decay_mode="lpwd", weight_decay=0.5, learning_rate=3e-3, max_steps=steps,
-            per_device_train_batch_size=8, lr_scheduler_type="linear", warmup_steps=1, max_grad_norm=1.0,
-            save_strategy="no", report_to="none", use_cpu=device == "cpu", disable_tqdm=True, seed=0, data_seed=0,
-            dataloader_num_workers=0, lpwd_log_layer_norms=False,
+            output_dir=tmp,
+            weight_decay_mode="lpwd",
+            weight_decay=0.5,
+            learning_rate=3e-3,
+            max_steps=steps,
+            per_device_train_batch_size=8,
+            lr_scheduler_type="linear",
+            warmup_steps=1,
+            max_grad_norm=1.0,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=device == "cpu",
+            disable_tqdm=True,
+            seed=0,
+            data_seed=0,
+            dataloader_num_workers=0,
+            lpwd_log_layer_norms=False,
         )
         trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(128, seed=1, causal_lm=True))
         trainer.train()
@@ -254,43 +375,62 @@ def part_d(steps: int = 10) -> list[str]:
     worst_abs = max((cpu[n] - cuda[n]).abs().max().item() for n in cpu)
     worst_rel = max(((cpu[n] - cuda[n]).abs() / cpu[n].abs().clamp_min(1e-3)).max().item() for n in cpu)
     ok = all(torch.allclose(cuda[n], cpu[n], rtol=D_RTOL, atol=D_ATOL) for n in cpu)
-    lines = [f"### (d) Tiny Llama, lpwd, {steps} steps: CUDA vs CPU", "",
-             f"Max |Δ| {worst_abs:.3g}, max |Δ|/max(|θ|, 1e-3) {worst_rel:.3g}; within rtol={D_RTOL:g}, "
-             f"atol={D_ATOL:g}: {'yes' if ok else 'NO'}."]
+    lines = [
+        f"### (d) Tiny Llama, lpwd, {steps} steps: CUDA vs CPU",
+        "",
+        f"Max |Δ| {worst_abs:.3g}, max |Δ|/max(|θ|, 1e-3) {worst_rel:.3g}; within rtol={D_RTOL:g}, "
+        f"atol={D_ATOL:g}: {'yes' if ok else 'NO'}.",
+    ]
     print("\n".join(lines), flush=True)
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="abcd", help="which of a, b, c, d to run (default all)")
+    parser.add_argument("--parts", default="abcde", help="which of a, b, c, d, e to run (default all)")
     parser.add_argument("--params-billions", type=float, default=1.0, help="(a): model size, default 1.0")
     parser.add_argument("--steps", type=int, default=20, help="(a), (b): timed calls per optimizer")
-    parser.add_argument("--cpu-half", action="store_true", help="run only the CPU half of (d) (no CUDA needed)")
+    parser.add_argument(
+        "--cpu-half", action="store_true", help="run only the CPU half of (d) (no CUDA needed)"
+    )
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
     args = parser.parse_args()
     if args.cpu_half:
         params = tiny_run("cpu")
-        print(f"(d) CPU half: 10 lpwd steps, {sum(p.numel() for p in params.values())} parameters, "
-              f"all finite: {all(torch.isfinite(p).all() for p in params.values())}")
+        print(
+            f"(d) CPU half: 10 lpwd steps, {sum(p.numel() for p in params.values())} parameters, "
+            f"all finite: {all(torch.isfinite(p).all() for p in params.values())}"
+        )
         return
     if not torch.cuda.is_available():
-        print("gpu_check.py needs a CUDA device and torch.cuda.is_available() is False; nothing was measured. "
-              "(--cpu-half runs the CPU half of (d).)", file=sys.stderr)
+        print(
+            "gpu_check.py needs a CUDA device and torch.cuda.is_available() is False; nothing was measured. "
+            "(--cpu-half runs the CPU half of (d).)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     card = torch.cuda.get_device_name()
     print(f"{card}; {machine()}", flush=True)
     sections = []
-    runners = {"a": lambda: part_a(args.params_billions, args.steps), "b": lambda: part_b(args.steps),
-               "c": part_c, "d": part_d}
+    runners = {
+        "a": lambda: part_a(args.params_billions, args.steps),
+        "b": lambda: part_b(args.steps),
+        "c": part_c,
+        "d": part_d,
+        "e": lambda: part_e(args.params_billions, args.steps),
+    }
     for part in args.parts:
         sections.append("\n".join(runners[part]()))
     if not args.no_write:
-        command = "PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py " + " ".join(sys.argv[1:])
+        command = "PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py " + " ".join(
+            sys.argv[1:]
+        )
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(
             f"# LPWD on a GPU ({card})\n\nMachine: {card}, CUDA {torch.version.cuda}; {machine()}.  \n"
-            f"Command: `{command.strip()}`\n\n" + "\n\n".join(sections) + "\n", encoding="utf-8")
+            f"Command: `{command.strip()}`\n\n" + "\n\n".join(sections) + "\n",
+            encoding="utf-8",
+        )
         print(f"wrote {RESULTS}")
 
 

@@ -1,25 +1,24 @@
 """Cost of one LPWD optimizer step against the same torch optimizer step (issues 2 and 12).
 
-An optimizer step is memory bound: it streams the parameters, gradients and states once per pass,
-so its cost is (number of passes) × (bytes per pass).  On the AdamW base LPWD adds no pass for any
-timing: ``wd`` is torch's AdamW, ``rwd`` folds into its kernel with η' = η(1−ηλ), and ``pwd`` folds
-the *next* step's decay into this step's kernel (η' = η_t(1−η_{t+1}λ), see :mod:`hf_lpwd.optim`),
-so ``pre_step()`` is free whenever the lr was predicted.  Expected:
+An optimizer step is memory bound: it streams the parameters, gradients and states once per pass, so its cost
+is (number of passes) × (bytes per pass).  On the AdamW base LPWD adds no pass for any timing: ``wd`` is
+torch's AdamW, ``rwd`` folds into its kernel with η' = η(1−ηλ), and ``pwd`` folds the *next* step's decay into
+this step's kernel (η' = η_t(1−η_{t+1}λ), see :mod:`hf_lpwd.optim`), so ``pre_step()`` is free whenever the lr
+was predicted.  Expected:
 
     wd, rwd, pwd:  t_LPWD / t_AdamW ≈ 1     (targets: ≤ 1.05× the same torch variant, pre_step() + step())
 
-The pwd rows are measured twice: at a constant lr (no scheduler) and with a warm-up + cosine
-``LambdaLR`` that LPWD is told about (``set_lr_scheduler``), the reference AdamW stepping its own
-copy of the same schedule.  A separate multiply pass (what pwd cost before the fold, and what a
-missed prediction costs) is timed on its own for comparison.
+The pwd rows are measured twice: at a constant lr (no scheduler) and with a warm-up + cosine ``LambdaLR`` that
+LPWD is told about (``set_lr_scheduler``), the reference AdamW stepping its own copy of the same schedule.  A
+separate multiply pass (what pwd cost before the fold, and what a missed prediction costs) is timed on its own
+for comparison.
 
-Method: a list of fp32 tensors shaped like a small BERT / MiniLM encoder (~26M parameters in ~100
-tensors by default), fixed random gradients, a fixed number of CPU threads.  For each pair the two
-optimizers own separate copies of the parameters and are timed alternately (A B A B ...) after a
-warm-up, so that drifts of the machine (other processes, frequency) hit both alike; the table shows
-medians.  Run::
+Method: a list of fp32 tensors shaped like a small BERT / MiniLM encoder (~26M parameters in ~100 tensors by
+default), fixed random gradients, a fixed number of CPU threads.  For each pair the two optimizers own
+separate copies of the parameters and are timed alternately (A B A B ...) after a warm-up, so that drifts of
+the machine (other processes, frequency) hit both alike; the table shows medians.  Run::
 
-    PYTHONPATH=. .venv/bin/python benchmarks/optimizer_step.py [--params-millions 26] [--steps 20] [--threads 2]
+    PYTHONPATH=. python -m benchmarks.optimizer_step [--params-millions 26] [--steps 20] [--threads 2]
 """
 
 from __future__ import annotations
@@ -33,9 +32,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
-
+from benchmarks.common import machine
 from hf_lpwd import LPWD
 
 LR, WEIGHT_DECAY = 1e-3, 0.1
@@ -50,7 +47,8 @@ RULES: list[tuple[str, dict, float]] = [
     ("wd cautious", {"mode": "wd", "cautious": True}, 1.5),
     ("wd cautious, eager", {"mode": "wd", "cautious": True, "cautious_kernel": "eager"}, None),
 ]
-"""(row label, LPWD settings, target ratio to the same torch AdamW variant or None): issue 19's targets for the
+"""(row label, LPWD settings, target ratio to the same torch AdamW variant or None): issue 19's targets for
+the
 rules; cautious runs as one compiled pass per tensor, the eager row is what it costs without the compiler."""
 
 
@@ -66,7 +64,9 @@ def encoder_shapes(params_millions: float, hidden: int = 384, vocab: int = 30522
     return embeddings + layer * layers
 
 
-def make_params(shapes: list[tuple[int, ...]], grads: list[torch.Tensor], seed: int) -> list[torch.nn.Parameter]:
+def make_params(
+    shapes: list[tuple[int, ...]], grads: list[torch.Tensor], seed: int
+) -> list[torch.nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in shapes]
     for p, g in zip(params, grads, strict=True):
@@ -77,9 +77,9 @@ def make_params(shapes: list[tuple[int, ...]], grads: list[torch.Tensor], seed: 
 def alternate(a: Callable[[], object], b: Callable[[], object], steps: int) -> tuple[float, float, float]:
     """Median seconds of ``a`` and ``b`` and the median of the paired ratios a_i / b_i.
 
-    Timed alternately after ``WARMUP`` calls of each, in the order A B, B A, A B, ... so that neither
-    always runs first (caches, allocator) and a drift of the machine hits both alike.  The paired
-    ratio compares calls made back to back; it is the steadier figure on a shared machine.
+    Timed alternately after ``WARMUP`` calls of each, in the order A B, B A, A B, ... so that neither always
+    runs first (caches, allocator) and a drift of the machine hits both alike.  The paired ratio compares
+    calls made back to back; it is the steadier figure on a shared machine.
     """
     times: tuple[list[float], list[float]] = ([], [])
     for i in range(WARMUP + steps):
@@ -100,12 +100,21 @@ def python_overhead(steps: int, tensors: int = 100) -> str:
     for mode in ("wd", "rwd", "pwd"):
         grads = [torch.ones(1) for _ in range(tensors)]
         shapes = [(1,)] * tensors
-        ours = LPWD(make_params(shapes, grads, 4), base="adamw", mode=mode, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
+        ours = LPWD(
+            make_params(shapes, grads, 4),
+            base="adamw",
+            mode=mode,
+            lr=LR,
+            weight_decay=WEIGHT_DECAY,
+            fused=True,
+        )
         ref = torch.optim.AdamW(make_params(shapes, grads, 4), lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
         t_ours, t_ref, _ = alternate(lpwd_step(ours), ref.step, max(steps, 200))
         parts.append(f"{mode} {(t_ours - t_ref) * 1e6:+.0f} µs ({t_ours * 1e6:.0f} vs {t_ref * 1e6:.0f} µs)")
-    return (f"Per-step Python overhead of LPWD over fused AdamW, {tensors} one-element tensors in one group "
-            "(medians): " + ", ".join(parts) + ".")
+    return (
+        f"Per-step Python overhead of LPWD over fused AdamW, {tensors} one-element tensors in one group "
+        "(medians): " + ", ".join(parts) + "."
+    )
 
 
 def lpwd_step(opt: LPWD, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> Callable[[], None]:
@@ -118,11 +127,15 @@ def lpwd_step(opt: LPWD, scheduler: torch.optim.lr_scheduler.LRScheduler | None 
     return run
 
 
-def scheduled_pair(shapes, grads, kw: dict, total_steps: int) -> tuple[Callable[[], None], Callable[[], None], LPWD]:
+def scheduled_pair(
+    shapes, grads, kw: dict, total_steps: int
+) -> tuple[Callable[[], None], Callable[[], None], LPWD]:
     """pwd told about a warm-up + cosine LambdaLR, against AdamW with its own copy of the schedule."""
     from transformers import get_cosine_schedule_with_warmup
 
-    ours = LPWD(make_params(shapes, grads, 5), base="adamw", mode="pwd", lr=LR, weight_decay=WEIGHT_DECAY, **kw)
+    ours = LPWD(
+        make_params(shapes, grads, 5), base="adamw", mode="pwd", lr=LR, weight_decay=WEIGHT_DECAY, **kw
+    )
     ours_sched = get_cosine_schedule_with_warmup(ours, 2, total_steps)
     ours.set_lr_scheduler(ours_sched, total_steps)
     ref = torch.optim.AdamW(make_params(shapes, grads, 5), lr=LR, weight_decay=WEIGHT_DECAY, **kw)
@@ -133,7 +146,6 @@ def scheduled_pair(shapes, grads, kw: dict, total_steps: int) -> tuple[Callable[
         ref_sched.step()
 
     return lpwd_step(ours, ours_sched), ref_step, ours
-
 
 
 def verdict(ratio: float, paired: float, variant: str, limit: float | None = 1.05) -> str:
@@ -149,7 +161,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per optimizer (default 20)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
-    parser.add_argument("--append", action="store_true", help=f"append to {RESULTS.name} instead of replacing it")
+    parser.add_argument(
+        "--append", action="store_true", help=f"append to {RESULTS.name} instead of replacing it"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -163,54 +177,105 @@ def main() -> None:
     first_steps: list[float] = []  # the first compiled cautious step
     for variant, kw in (("fused", {"fused": True}), ("foreach", {"foreach": True})):
         for label, rule, limit in RULES:
-            lam = WEIGHT_DECAY * LR if rule.get("lr_coupling") == "independent" else WEIGHT_DECAY  # same d per step
+            lam = (
+                WEIGHT_DECAY * LR if rule.get("lr_coupling") == "independent" else WEIGHT_DECAY
+            )  # same d per step
             ours = LPWD(make_params(shapes, grads, 1), base="adamw", lr=LR, weight_decay=lam, **rule, **kw)
             ref = torch.optim.AdamW(make_params(shapes, grads, 1), lr=LR, weight_decay=WEIGHT_DECAY, **kw)
-            if rule.get("cautious") and rule.get("cautious_kernel", "compiled") == "compiled" and not first_steps:
+            if (
+                rule.get("cautious")
+                and rule.get("cautious_kernel", "compiled") == "compiled"
+                and not first_steps
+            ):
                 start = time.perf_counter()
                 lpwd_step(ours)()  # compiles the kernel (or loads it from inductor's cache)
                 first_steps.append(time.perf_counter() - start)
             t_ours, t_ref, paired = alternate(lpwd_step(ours), ref.step, args.steps)
-            rows.append((f"AdamW {variant}", label, t_ours * 1e3, t_ref * 1e3, t_ours / t_ref, paired,
-                         verdict(t_ours / t_ref, paired, variant, limit)))
+            rows.append(
+                (
+                    f"AdamW {variant}",
+                    label,
+                    t_ours * 1e3,
+                    t_ref * 1e3,
+                    t_ours / t_ref,
+                    paired,
+                    verdict(t_ours / t_ref, paired, variant, limit),
+                )
+            )
             print(rows[-1], flush=True)
             del ours, ref
         ours_fn, ref_fn, ours = scheduled_pair(shapes, grads, kw, 2 * (WARMUP + args.steps))
         t_ours, t_ref, paired = alternate(ours_fn, ref_fn, args.steps)
-        rows.append((f"AdamW {variant}", "pwd + LambdaLR", t_ours * 1e3, t_ref * 1e3, t_ours / t_ref, paired,
-                     verdict(t_ours / t_ref, paired, variant) + f"; correction passes: {ours.fold_corrections}"))
+        rows.append(
+            (
+                f"AdamW {variant}",
+                "pwd + LambdaLR",
+                t_ours * 1e3,
+                t_ref * 1e3,
+                t_ours / t_ref,
+                paired,
+                verdict(t_ours / t_ref, paired, variant) + f"; correction passes: {ours.fold_corrections}",
+            )
+        )
         print(rows[-1], flush=True)
         del ours, ours_fn, ref_fn
 
     for mode in ("wd", "rwd", "pwd"):
-        ours = LPWD(make_params(shapes, grads, 2), base="sgd", mode=mode, lr=LR, weight_decay=WEIGHT_DECAY,
-                    momentum=0.9, foreach=True)
+        ours = LPWD(
+            make_params(shapes, grads, 2),
+            base="sgd",
+            mode=mode,
+            lr=LR,
+            weight_decay=WEIGHT_DECAY,
+            momentum=0.9,
+            foreach=True,
+        )
         ref = torch.optim.SGD(make_params(shapes, grads, 2), lr=LR, momentum=0.9, foreach=True)
         t_ours, t_ref, paired = alternate(lpwd_step(ours), ref.step, args.steps)
-        rows.append(("SGD-momentum foreach", mode, t_ours * 1e3, t_ref * 1e3, t_ours / t_ref, paired,
-                     "informational (vs torch SGD without decay)"))
+        rows.append(
+            (
+                "SGD-momentum foreach",
+                mode,
+                t_ours * 1e3,
+                t_ref * 1e3,
+                t_ours / t_ref,
+                paired,
+                "informational (vs torch SGD without decay)",
+            )
+        )
         print(rows[-1], flush=True)
         del ours, ref
 
     params = make_params(shapes, grads, 3)
     with torch.no_grad():
         ref = torch.optim.AdamW(make_params(shapes, grads, 3), lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
-        t_mul, t_ref, paired_mul = alternate(lambda: torch._foreach_mul_(params, 1.0 - LR * WEIGHT_DECAY), ref.step, args.steps)
-    mul_line = (f"One `torch._foreach_mul_` pass over the parameters: {t_mul * 1e3:.1f} ms median, "
-                f"{t_mul / t_ref:.3f}× (paired {paired_mul:.3f}×) a fused AdamW step ({t_ref * 1e3:.1f} ms, timed "
-                "alternately with it); "
-                "the pass model predicts 2/7 ≈ 0.29×. This is what pwd cost per step before the fold, and what a step "
-                "whose lr the fold did not predict costs now.")
+        t_mul, t_ref, paired_mul = alternate(
+            lambda: torch._foreach_mul_(params, 1.0 - LR * WEIGHT_DECAY), ref.step, args.steps
+        )
+    mul_line = (
+        f"One `torch._foreach_mul_` pass over the parameters: {t_mul * 1e3:.1f} ms median, "
+        f"{t_mul / t_ref:.3f}× (paired {paired_mul:.3f}×) a fused AdamW step ({t_ref * 1e3:.1f} ms, timed "
+        "alternately with it); "
+        "the pass model predicts 2/7 ≈ 0.29×. This is what pwd cost per step before the fold, and what a "
+        "step "
+        ""
+        ""
+        "whose lr the fold did not predict costs now."
+    )
     print(mul_line)
 
     overhead = python_overhead(args.steps)
     if first_steps:
-        overhead += (f" The first cautious step, which compiles its kernel with torch.compile (or loads it from "
-                     f"inductor's cache), took {first_steps[0]:.1f} s.")
+        overhead += (
+            f" The first cautious step, which compiles its kernel with torch.compile (or loads it from "
+            f"inductor's cache), took {first_steps[0]:.1f} s."
+        )
     print(overhead)
 
-    header = ("| base (torch variant) | mode | LPWD pre_step()+step() ms | torch step() ms | ratio of medians "
-              "| median paired ratio | target |")
+    header = (
+        "| base (torch variant) | mode | LPWD pre_step()+step() ms | torch step() ms | ratio of medians "
+        "| median paired ratio | target |"
+    )
     table = [header, "|---|---|---:|---:|---:|---:|---|"]
     table += [f"| {v} | {m} | {a:.1f} | {b:.1f} | {r:.3f} | {q:.3f} | {t} |" for v, m, a, b, r, q, t in rows]
     print("\n".join(table))
@@ -220,16 +285,30 @@ def main() -> None:
         text = (
             ("\n" if args.append else "# LPWD optimizer step vs torch (issues 2 and 12)\n\n")
             + f"## {args.threads} thread(s)\n\nMachine: {machine()}.  \n"
-            f"Problem: {numel / 1e6:.1f}M fp32 parameters in {len(shapes)} tensors (encoder-shaped), fixed random "
-            f"gradients, lr={LR}, λ={WEIGHT_DECAY}; {args.steps} timed steps each after {WARMUP} warm-up steps, "
+            f"Problem: {numel / 1e6:.1f}M fp32 parameters in {len(shapes)} tensors (encoder-shaped), fixed "
+            "random "
+            f"gradients, lr={LR}, λ={WEIGHT_DECAY}; {args.steps} timed steps each after {WARMUP} warm-up "
+            "steps, "
             "LPWD and torch alternated (ABAB…), medians.  \n"
-            f"Command: `{command.strip()}`\n\n" + "\n".join(table) + "\n\n" + mul_line + "\n\n" + overhead + "\n\n"
-            "The step is memory bound, so the ratio counts passes over the parameters: wd, rwd and pwd all run "
-            "inside torch's AdamW kernel (pwd with the next step's lr folded in), no extra pass; the correction "
-            "passes column counts the steps where pre_step() had to rescale (the first decay only, at η_0 > 0). "
-            "Cautious wd replaces the base step with one torch.compile'd pass per tensor (the moments, the mask, "
-            "the decay and the update: AdamW's own traffic), against the foreach row's eager torch kernels too; "
-            "its eager row is the mask pass before the base step, what it costs where compilation is not available. "
+            f"Command: `{command.strip()}`\n\n"
+            + "\n".join(table)
+            + "\n\n"
+            + mul_line
+            + "\n\n"
+            + overhead
+            + "\n\n"
+            "The step is memory bound, so the ratio counts passes over the parameters: wd, rwd and pwd all "
+            "run "
+            "inside torch's AdamW kernel (pwd with the next step's lr folded in), no extra pass; the "
+            "correction "
+            "passes column counts the steps where pre_step() had to rescale (the first decay only, at η_0 > "
+            "0). "
+            "Cautious wd replaces the base step with one torch.compile'd pass per tensor (the moments, the "
+            "mask, "
+            "the decay and the update: AdamW's own traffic), against the foreach row's eager torch kernels "
+            "too; "
+            "its eager row is the mask pass before the base step, what it costs where compilation is not "
+            "available. "
             "On a shared 2-core machine single medians can move by a few percent between runs.\n"
         )
         with RESULTS.open("a" if args.append else "w", encoding="utf-8") as f:

@@ -1,8 +1,8 @@
 """Cautious AdamW's one-pass compiled kernel: when it runs, that it is the eager path's equation and state.
 
-The equation itself is checked against a float64 reference in ``test_decay_rules``; here: the dispatch
-(which steps take the compiled pass, which fall back), checkpoints that move between the two paths and
-torch's AdamW, and the fallback when ``torch.compile`` cannot build the kernel.
+The equation itself is checked against a float64 reference in ``test_decay_rules``; here: the dispatch (which
+steps take the compiled pass, which fall back), checkpoints that move between the two paths and torch's AdamW,
+and the fallback when ``torch.compile`` cannot build the kernel.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ class Subclass(torch.Tensor):
     """A tensor subclass (as FSDP2's DTensor is): its ops may not be plain elementwise kernels."""
 
 
-def make_params(dtype: torch.dtype = torch.float32, transpose: bool = False, subclass: bool = False
-                ) -> list[torch.nn.Parameter]:
+def make_params(
+    dtype: torch.dtype = torch.float32, transpose: bool = False, subclass: bool = False
+) -> list[torch.nn.Parameter]:
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(6, 9, generator=gen)
     weight = weight.t() if transpose else weight  # a non-contiguous parameter
@@ -34,11 +35,17 @@ def make_params(dtype: torch.dtype = torch.float32, transpose: bool = False, sub
 
 
 def train(params, steps: int = STEPS, opt: LPWD | None = None, start: int = 0, **kwargs):
-    """wd + cautious on AdamW (λ = 2 on the matrix, 0 on the vector); the vector has no gradient every 3rd step."""
+    """wd + cautious on AdamW (λ = 2 on the matrix, 0 on the vector); the vector has no gradient every 3rd
+    step."""
     if opt is None:
         kwargs = {"lr": 0.05, "weight_decay": 2.0, **kwargs}
-        opt = LPWD([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}], "adamw", "wd",
-                   cautious=True, **kwargs)
+        opt = LPWD(
+            [{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}],
+            "adamw",
+            "wd",
+            cautious=True,
+            **kwargs,
+        )
     gen = torch.Generator().manual_seed(1)
     for step in range(start + steps):
         grads = [torch.randn(p.shape, generator=gen).to(p.dtype) - 0.5 * p.detach() for p in params]
@@ -89,32 +96,50 @@ def test_compiled_pass_is_the_eager_path_with_the_same_state(calls, variant) -> 
 
 
 def test_checkpoints_move_between_the_paths_and_torch(calls) -> None:
-    """6 compiled steps, resumed on the eager path for 6 more: the 12 eager steps; the state loads into AdamW."""
+    """6 compiled steps, resumed on the eager path for 6 more: the 12 eager steps; the state loads into
+    AdamW."""
     whole = make_params()
     train(whole, cautious_kernel="eager")
     first = make_params()
     opt = train(first, steps=STEPS // 2)
     saved = copy.deepcopy(opt.state_dict())
     second = [torch.nn.Parameter(p.detach().clone()) for p in first]
-    resumed = LPWD([{"params": second[:1]}, {"params": second[1:], "weight_decay": 0.0}], "adamw", "wd",
-                   cautious=True, cautious_kernel="eager", lr=0.05, weight_decay=2.0)
+    resumed = LPWD(
+        [{"params": second[:1]}, {"params": second[1:], "weight_decay": 0.0}],
+        "adamw",
+        "wd",
+        cautious=True,
+        cautious_kernel="eager",
+        lr=0.05,
+        weight_decay=2.0,
+    )
     resumed.load_state_dict(saved)
     train(second, steps=STEPS - STEPS // 2, opt=resumed, start=STEPS // 2)
     for s, w in zip(second, whole, strict=True):
         assert rel(s, w) < 1e-5
     plain = torch.optim.AdamW([{"params": [torch.nn.Parameter(p.detach().clone())]} for p in first], lr=0.05)
-    plain.load_state_dict({**saved, "param_groups": [
-        {k: v for k, v in g.items() if not k.startswith("lpwd_")} for g in saved["param_groups"]]})
-    assert torch.equal(plain.state[plain.param_groups[0]["params"][0]]["exp_avg"], saved["state"][0]["exp_avg"])
+    plain.load_state_dict(
+        {
+            **saved,
+            "param_groups": [
+                {k: v for k, v in g.items() if not k.startswith("lpwd_")} for g in saved["param_groups"]
+            ],
+        }
+    )
+    assert torch.equal(
+        plain.state[plain.param_groups[0]["params"][0]]["exp_avg"], saved["state"][0]["exp_avg"]
+    )
 
 
-@pytest.mark.parametrize("case, make, kwargs", [
-    ("amsgrad", make_params, {"amsgrad": True}),
-    ("maximize", make_params, {"maximize": True}),
-    ("bf16 parameters", lambda: make_params(torch.bfloat16), {}),
-    ("non-contiguous parameter", lambda: make_params(transpose=True), {}),
-    ("tensor subclass", lambda: make_params(subclass=True), {}),
-])
+@pytest.mark.parametrize(
+    "case, make, kwargs",
+    [
+        ("amsgrad", make_params, {"amsgrad": True}),
+        ("maximize", make_params, {"maximize": True}),
+        ("non-contiguous parameter", lambda: make_params(transpose=True), {}),
+        ("tensor subclass", lambda: make_params(subclass=True), {}),
+    ],
+)
 def test_other_steps_take_the_eager_path(calls, case, make, kwargs) -> None:
     """What the kernel does not compute (or not exactly) runs the eager path, with the same result."""
     a, b = make(), make()
@@ -125,8 +150,20 @@ def test_other_steps_take_the_eager_path(calls, case, make, kwargs) -> None:
         assert torch.equal(x, y), case
 
 
+def test_bf16_parameters_take_the_rounded_whole_step_with_either_setting(calls) -> None:
+    """bf16 weights: cautious decay is part of the rounded step (hf_lpwd.optim.rounded_step), whichever
+    ``cautious_kernel``; the same noise keys give the same weights, and the base never steps them."""
+    a, b = make_params(torch.bfloat16), make_params(torch.bfloat16)
+    opt = train(a)
+    train(b, cautious_kernel="eager")
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+    assert opt.state[a[0]]["exp_avg"].dtype == torch.float32  # the rounded step's state, not torch's bf16 one
+
+
 def test_one_kernel_serves_every_shape(calls) -> None:
-    """Tensors of 1 to 4 dimensions and many sizes: at most two graphs (numel 1 is specialised), not one each."""
+    """Tensors of 1 to 4 dimensions and many sizes: at most two graphs (numel 1 is specialised), not one
+    each."""
     import torch._dynamo.utils
 
     shapes = [(13,), (7, 11), (3, 5, 2), (4, 3, 3, 3), (1, 17), (29,), (8, 8), (1,), (2,)]

@@ -2,8 +2,8 @@
 
 The reference writes the issue's equations literally: d_t = η_t·λ (coupled), (η_t/η̄)·λ (independent),
 (η_t²/η̄)·λ (corrected), with η̄ each group's own base lr (LLRD groups of different lrs), over a warm-up +
-cosine schedule from transformers; wd θ − η·u − d·θ, rwd (1 − d)(θ − η·u), pwd (1 − d)·θ before the
-gradient, cautious θ − η·u − d·1[u⊙θ ≥ 0]⊙θ.
+cosine schedule from transformers; wd θ − η·u − d·θ, rwd (1 − d)(θ − η·u), pwd (1 − d)·θ before the gradient,
+cautious θ − η·u − d·1[u⊙θ ≥ 0]⊙θ.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from transformers import get_cosine_schedule_with_warmup
 
 from hf_lpwd import LPWD
 from hf_lpwd.optim import functional as F
+from tests.reference import BETAS, EPS, AdamDirection, SGDMomentumDirection, after_update, before_forward
 
 STEPS, WARMUP = 40, 6
 PEAK = 0.04
 LLRD = (1.0, 0.7, 0.49)  # lr multiplier per group: three different base lrs η̄
 LAMBDAS = (0.0, 1.5, 4.0)
-BETAS, EPS = (0.9, 0.99), 1e-8
 
 
 def schedule(step: int) -> float:
@@ -36,30 +36,11 @@ def grad_of(theta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (theta - target) + 0.3 * theta**3 + 0.1 * torch.sin(3 * theta)
 
 
-class Adam:
-    def __init__(self) -> None:
-        self.m = self.v = None
-        self.t = 0
-
-    def __call__(self, g):
-        self.t += 1
-        b1, b2 = BETAS
-        self.m = (1 - b1) * g if self.m is None else b1 * self.m + (1 - b1) * g
-        self.v = (1 - b2) * g * g if self.v is None else b2 * self.v + (1 - b2) * g * g
-        return (self.m / (1 - b1**self.t)) / ((self.v / (1 - b2**self.t)).sqrt() + EPS)
-
-
-class Momentum:
-    def __init__(self) -> None:
-        self.buf = None
-
-    def __call__(self, g):
-        self.buf = g.clone() if self.buf is None else 0.9 * self.buf + g
-        return self.buf
-
-
-BASES = {"adamw": ({"betas": BETAS, "eps": EPS, "fused": True}, Adam), "adamw-foreach": (
-    {"betas": BETAS, "eps": EPS, "foreach": True}, Adam), "sgd": ({"momentum": 0.9}, Momentum)}
+BASES = {
+    "adamw": ({"betas": BETAS, "eps": EPS, "fused": True}, AdamDirection),
+    "adamw-foreach": ({"betas": BETAS, "eps": EPS, "foreach": True}, AdamDirection),
+    "sgd": ({"momentum": 0.9}, SGDMomentumDirection),
+}
 RULE = {
     "coupled": lambda lam, eta, base: eta * lam,
     "independent": lambda lam, eta, base: eta / base * lam,
@@ -87,26 +68,18 @@ def reference(mode: str, coupling: str, cautious: bool, direction, thetas, targe
             base_lr = PEAK * mult
             eta = base_lr * schedule(step)
             d = RULE[coupling](lam, eta, base_lr)
-            theta = thetas[i]
-            if mode == "pwd":
-                theta = (1 - d) * theta
+            theta = before_forward(mode, thetas[i], d)
             u = dirs[i](grad_of(theta, targets[i]))
-            if mode == "wd" and cautious:
-                theta = theta - eta * u - d * ((u * theta) >= 0) * theta
-            elif mode == "wd":
-                theta = theta - eta * u - d * theta
-            elif mode == "rwd":
-                theta = (1 - d) * (theta - eta * u)
-            else:
-                theta = theta - eta * u
-            thetas[i] = theta
+            thetas[i] = after_update(mode, theta, u, eta, d, cautious)
     return thetas
 
 
 def run(mode: str, coupling: str, cautious: bool, base_kwargs: dict, thetas, targets):
     params = [torch.nn.Parameter(t.float()) for t in thetas]
-    groups = [{"params": [p], "weight_decay": lam, "lr_multiplier": mult}
-              for p, lam, mult in zip(params, lambdas(coupling), LLRD, strict=True)]
+    groups = [
+        {"params": [p], "weight_decay": lam, "lr_multiplier": mult}
+        for p, lam, mult in zip(params, lambdas(coupling), LLRD, strict=True)
+    ]
     base = "sgd" if "momentum" in base_kwargs else "adamw"
     opt = LPWD(groups, base=base, mode=mode, lr=PEAK, lr_coupling=coupling, cautious=cautious, **base_kwargs)
     sched = get_cosine_schedule_with_warmup(opt, WARMUP, STEPS)
@@ -136,7 +109,8 @@ def test_each_coupling_and_timing_matches_float64(coupling: str, mode: str, base
 
 
 CAUTIOUS_CASES = [(base, "compiled") for base in BASES] + [("adamw", "eager"), ("adamw-foreach", "eager")]
-"""On AdamW the compiled one-pass kernel (default) and the eager mask pass; SGD always takes the eager path."""
+"""On AdamW the compiled one-pass kernel (default) and the eager mask pass; SGD always takes the eager
+path."""
 
 
 @pytest.mark.parametrize("base, kernel", CAUTIOUS_CASES)
@@ -155,10 +129,19 @@ def test_cautious_wd_matches_float64(coupling: str, base: str, kernel: str) -> N
 
 
 def test_couplings_differ_as_the_equations_say_at_zero_gradient() -> None:
-    """Built at η̄ = 0.02, stepped at η = 0.01 (lr set by hand), zero gradient: the weight shrinks by (1 − d)^k."""
+    """Built at η̄ = 0.02, stepped at η = 0.01 (lr set by hand), zero gradient: the weight shrinks by (1 −
+    d)^k."""
     base_lr, eta, k = 0.02, 0.01, 5
-    lam = {"coupled": 3.0, "independent": 0.06, "corrected": 3.0}  # independent's λ is the per-step decay at η̄
-    expected = {"coupled": eta * 3.0, "independent": eta / base_lr * 0.06, "corrected": eta**2 / base_lr * 3.0}
+    lam = {
+        "coupled": 3.0,
+        "independent": 0.06,
+        "corrected": 3.0,
+    }  # independent's λ is the per-step decay at η̄
+    expected = {
+        "coupled": eta * 3.0,
+        "independent": eta / base_lr * 0.06,
+        "corrected": eta**2 / base_lr * 3.0,
+    }
     for coupling, d in expected.items():
         p = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
         opt = LPWD([p], mode="wd", lr=base_lr, weight_decay=lam[coupling], lr_coupling=coupling)
@@ -175,8 +158,13 @@ def test_independent_decay_does_not_follow_the_peak_lr() -> None:
     for coupling in ("coupled", "independent"):
         for peak in (1e-3, 1e-2):
             p = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
-            opt = LPWD([p], mode="pwd", lr=peak, weight_decay=0.1 if coupling == "independent" else 10.0,
-                       lr_coupling=coupling)
+            opt = LPWD(
+                [p],
+                mode="pwd",
+                lr=peak,
+                weight_decay=0.1 if coupling == "independent" else 10.0,
+                lr_coupling=coupling,
+            )
             for _ in range(3):
                 opt.pre_step()
                 p.grad = torch.zeros_like(p)
@@ -188,29 +176,68 @@ def test_independent_decay_does_not_follow_the_peak_lr() -> None:
     assert shrink["independent", 1e-2] == pytest.approx(shrink["independent", 1e-3], rel=1e-12)
 
 
-def test_plain_functions_are_the_equations() -> None:
-    theta, u = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.5, 1.0, -1.0])
-    assert torch.equal(F.wd_update(theta, u, 0.1, 0.2), theta - 0.1 * u - 0.2 * theta)
-    assert torch.equal(F.rwd_update(theta, u, 0.1, 0.2), 0.8 * (theta - 0.1 * u))
-    assert torch.equal(F.cautious_mask(u, theta), torch.tensor([True, False, False]))
-    assert F.decay_per_step("independent", 2.0, 0.01, 0.02) == pytest.approx(1.0)
-    assert F.decay_per_step("corrected", 2.0, 0.01, 0.02) == pytest.approx(0.01)
-    assert F.weight_decay_for_timescale("coupled", 500.0, 1e-3) == pytest.approx(2.0)
-    assert F.weight_decay_for_timescale("independent", 500.0, 1e-3) == pytest.approx(0.002)
-    # the AdamW rewrites are the equations: (1 − η'λ')θ − η'u
-    for lr_, lam_ in (F.rwd_on_adamw(0.1, 0.3), F.pwd_fold_on_adamw(0.1, 0.97)):
-        assert lr_ > 0 and lam_ > 0
+@pytest.mark.parametrize("mode", ["wd", "rwd", "cautious"])
+def test_plain_functions_are_one_optimizer_step_and_the_reference(mode: str) -> None:
+    """F.wd_update / F.rwd_update / the cautious mask against the float64 reference, and against what one LPWD
+    step does (SGD base without momentum, float64 weights: u = g exactly)."""
+    gen = torch.Generator().manual_seed(3)
+    theta = torch.randn(64, generator=gen, dtype=torch.float64)
+    g = torch.randn(64, generator=gen, dtype=torch.float64)
+    lr, lam = 0.1, 2.0
+    if mode == "cautious":
+        got = torch.where(F.cautious_mask(g, theta), theta - lr * g - lr * lam * theta, theta - lr * g)
+        want = after_update("wd", theta, g, lr, lr * lam, cautious=True)
+    else:
+        got = {"wd": F.wd_update, "rwd": F.rwd_update}[mode](theta, g, lr, lr * lam)
+        want = after_update(mode, theta, g, lr, lr * lam)
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-15)
+    assert not torch.allclose(want, theta - lr * g)  # the decay term is there: λ matters
+    p = torch.nn.Parameter(theta.clone())
+    opt = LPWD(
+        [p],
+        base="sgd",
+        mode="wd" if mode == "cautious" else mode,
+        cautious=mode == "cautious",
+        lr=lr,
+        weight_decay=lam,
+    )
+    p.grad = g.clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), want, rtol=1e-15, atol=1e-15)
+
+
+def test_the_lr_couplings_and_rewrites_against_their_equations() -> None:
+    """d_t per coupling and the timescale's λ written from the issue's equations; the AdamW rewrites (η', λ')
+    give (1 − η'λ')θ − η'u = the timing's step, in float64 on random tensors."""
+    assert F.decay_per_step("coupled", 2.0, 0.01, 0.02) == pytest.approx(0.01 * 2.0, rel=1e-15)
+    assert F.decay_per_step("independent", 2.0, 0.01, 0.02) == pytest.approx(0.01 / 0.02 * 2.0, rel=1e-15)
+    assert F.decay_per_step("corrected", 2.0, 0.01, 0.02) == pytest.approx(0.01**2 / 0.02 * 2.0, rel=1e-15)
+    assert F.weight_decay_for_timescale("coupled", 500.0, 1e-3) == pytest.approx(1 / (1e-3 * 500), rel=1e-15)
+    assert F.weight_decay_for_timescale("independent", 500.0, 1e-3) == pytest.approx(1 / 500, rel=1e-15)
+    gen = torch.Generator().manual_seed(4)
+    theta, u = (
+        torch.randn(16, generator=gen, dtype=torch.float64),
+        torch.randn(16, generator=gen, dtype=torch.float64),
+    )
     lr_, lam_ = F.rwd_on_adamw(0.1, 0.3)
-    torch.testing.assert_close((1 - lr_ * lam_) * theta - lr_ * u, (1 - 0.03) * (theta - 0.1 * u))
+    torch.testing.assert_close((1 - lr_ * lam_) * theta - lr_ * u, after_update("rwd", theta, u, 0.1, 0.03))
     lr_, lam_ = F.pwd_fold_on_adamw(0.1, 0.97)
-    torch.testing.assert_close((1 - lr_ * lam_) * theta - lr_ * u, 0.97 * (theta - 0.1 * u))
+    torch.testing.assert_close(
+        (1 - lr_ * lam_) * theta - lr_ * u, 0.97 * after_update("pwd", theta, u, 0.1, 0.03)
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"lr_coupling": "sqrt"}, r"lr_coupling='sqrt' is not one of \['coupled', 'independent', 'corrected'\]"),
-        ({"mode": "pwd", "cautious": True}, r"cautious=true needs the wd timing.*pwd decays before the forward"),
+        (
+            {"lr_coupling": "sqrt"},
+            r"lr_coupling='sqrt' is not one of \['coupled', 'independent', 'corrected'\]",
+        ),
+        (
+            {"mode": "pwd", "cautious": True},
+            r"cautious=true needs the wd timing.*pwd decays before the forward",
+        ),
         ({"mode": "rwd", "cautious": True}, r"cautious=true needs the wd timing.*rwd decays"),
         ({"mode": "wd", "cautious": True, "base": torch.optim.RMSprop}, r"RMSprop is not one of them"),
         ({"mode": "wd", "lr_coupling": "independent", "lr": 0.0}, r"base lr \(initial_lr\) 0.0.*lr > 0"),

@@ -1,17 +1,17 @@
 """pwd's fold with layer-wise lr decay (LLRD): groups of different lrs, each folded with its *own* next lr.
 
 The fold puts step t+1's decay (1 − η_{t+1}·λ) into step t's AdamW call, with η_{t+1} looked up in the
-scheduler for *that group* (``base_lrs[i] × λ(t+1)``).  With LLRD every group has its own base lr, so a look-up
-in another group's entry mispredicts: ``pre_step()`` then corrects it in a pass of its own (the count rises and
-the weights stay right), while under DeepSpeed (``require_pre_step = False``) the gradient of every such step is
-taken at mis-decayed weights.  Both are checked against a float64 reference of *unfolded* pwd written here
-by hand:
+scheduler for *that group* (``base_lrs[i] × λ(t+1)``).  With LLRD every group has its own base lr, so a
+look-up in another group's entry mispredicts: ``pre_step()`` then corrects it in a pass of its own (the count
+rises and the weights stay right), while under DeepSpeed (``require_pre_step = False``) the gradient of every
+such step is taken at mis-decayed weights.  Both are checked against a float64 reference of *unfolded* pwd
+written here by hand:
 
     θ ← (1 − η_{d,t}·λ_d)·θ;   g = ∇L(θ);   θ ← θ − η_{d,t}·m̂/(√v̂ + ε)      (Adam, λ = 0 in the update)
 
-with η_{d,t} = lr·γ^(N+1−d)·s(t) (s: the schedule, written out below) and λ_d = λ·(d+1)/(N+2) for weights, 0 for
-biases.  The model is a quadratic bowl with the layout of a transformer (embedding, N blocks of two linears, a head),
-so the gradient θ − x̄·T is exact in float64 and the float32 run differs only by rounding.
+with η_{d,t} = lr·γ^(N+1−d)·s(t) (s: the schedule, written out below) and λ_d = λ·(d+1)/(N+2) for weights, 0
+for biases.  The model is a quadratic bowl with the layout of a transformer (embedding, N blocks of two
+linears, a head), so the gradient θ − x̄·T is exact in float64 and the float32 run differs only by rounding.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class _Block(nn.Module):
 
 
 class QuadraticBowl(nn.Module):
-    """L(θ) = Σ_p ½‖θ_p − x̄·T_p‖², x̄ the batch mean of ``x``: the gradient is θ − x̄·T (T: fixed targets)."""
+    """L(θ) = Σ_p ½‖θ_p − x̄·T_p‖², x̄ the batch mean of ``x``: the gradient is θ − x̄·T (T: fixed
+    targets)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,8 +91,14 @@ def schedule(kind: str, warmup: int, step: int) -> float:
     return max(0.0, 1.0 - progress) if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def unfolded_pwd_reference(init: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], scales: list[float],
-                           kind: str, warmup: int, layerwise: bool = True) -> dict[str, torch.Tensor]:
+def unfolded_pwd_reference(
+    init: dict[str, torch.Tensor],
+    targets: dict[str, torch.Tensor],
+    scales: list[float],
+    kind: str,
+    warmup: int,
+    layerwise: bool = True,
+) -> dict[str, torch.Tensor]:
     """Unfolded pwd with per-depth lr (and λ, ``layerwise``), Adam in float64."""
     theta = {n: t.double().clone() for n, t in init.items()}
     m = {n: torch.zeros_like(t) for n, t in theta.items()}
@@ -102,7 +109,9 @@ def unfolded_pwd_reference(init: dict[str, torch.Tensor], targets: dict[str, tor
         for name in theta:
             depth = _depth(name)
             eta = LR * GAMMA ** (N_BLOCKS + 1 - depth) * schedule(kind, warmup, step)
-            lam = 0.0 if name.endswith(".bias") else LAM * ((depth + 1) / (N_BLOCKS + 2) if layerwise else 1.0)
+            lam = (
+                0.0 if name.endswith(".bias") else LAM * ((depth + 1) / (N_BLOCKS + 2) if layerwise else 1.0)
+            )
             theta[name] = (1.0 - eta * lam) * theta[name]  # the decay before the forward
             grad = theta[name] - scale * targets[name].double()  # the gradient at the decayed weights
             m[name] = BETAS[0] * m[name] + (1 - BETAS[0]) * grad
@@ -113,7 +122,8 @@ def unfolded_pwd_reference(init: dict[str, torch.Tensor], targets: dict[str, tor
 
 
 def assert_matches_reference(model: QuadraticBowl, reference: dict[str, torch.Tensor]) -> None:
-    # float32 against float64: observed ≤ 1.3e-7 relative; gradients at weights mis-decayed by another group's lr: 1.3e-3.
+    # float32 against float64: observed ≤ 1.3e-7 relative; gradients at weights mis-decayed by another group's
+    # lr: 1.3e-3.
     for name, param in model.named_parameters():
         relative = ((param.detach().double() - reference[name]).norm() / reference[name].norm()).item()
         assert relative <= 2e-6, (name, relative)
@@ -132,7 +142,9 @@ class _CountCorrections(TrainerCallback):
 
 @pytest.mark.parametrize("mode", ["pwd", "lpwd"])
 @pytest.mark.parametrize("kind,warmup", [("linear", 2), ("cosine", 0)])
-def test_llrd_groups_fold_their_own_next_lr_in_the_trainer(tmp_path: Path, mode: str, kind: str, warmup: int) -> None:
+def test_llrd_groups_fold_their_own_next_lr_in_the_trainer(
+    tmp_path: Path, mode: str, kind: str, warmup: int
+) -> None:
     """LPWDTrainer, LLRD γ = 0.5 over 5 depths (lrs 1/16 … 1 × lr): no correction after the first step.
 
     The first step: with a warm-up from lr 0 its decay is 1 (nothing to correct); without one, each group with
@@ -144,10 +156,24 @@ def test_llrd_groups_fold_their_own_next_lr_in_the_trainer(tmp_path: Path, mode:
     counter = _CountCorrections()
     layerwise = mode == "lpwd"
     args = LPWDTrainingArguments(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, learning_rate=LR, max_steps=STEPS,
-        weight_decay=LAM, weight_decay_mode=mode, lpwd_layerwise=layerwise, lpwd_layer_lr_decay=GAMMA,
-        lr_scheduler_type=kind, warmup_steps=warmup, max_grad_norm=0.0, report_to="none", use_cpu=True,
-        disable_tqdm=True, seed=0, save_strategy="no", logging_strategy="no", dataloader_num_workers=0,
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        learning_rate=LR,
+        max_steps=STEPS,
+        weight_decay=LAM,
+        weight_decay_mode=mode,
+        lpwd_layerwise=layerwise,
+        lpwd_layer_lr_decay=GAMMA,
+        lr_scheduler_type=kind,
+        warmup_steps=warmup,
+        max_grad_norm=0.0,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        save_strategy="no",
+        logging_strategy="no",
+        dataloader_num_workers=0,
         optim="adamw_torch_fused",
     )
     trainer = LPWDTrainer(model=model, args=args, train_dataset=_Scalars(12), callbacks=[counter])
@@ -155,11 +181,13 @@ def test_llrd_groups_fold_their_own_next_lr_in_the_trainer(tmp_path: Path, mode:
 
     lpwd = trainer.lpwd_optimizer
     lrs = sorted({g["lr_multiplier"] for g in lpwd.param_groups})
-    assert lrs == [GAMMA ** k for k in range(N_BLOCKS + 1, -1, -1)]  # five different lrs: the look-up matters
+    assert lrs == [GAMMA**k for k in range(N_BLOCKS + 1, -1, -1)]  # five different lrs: the look-up matters
     decayed_groups = sum(1 for g in lpwd.param_groups if g["weight_decay"] > 0)
     first = 0 if warmup else decayed_groups
     assert counter.after_step == [first] * STEPS, counter.after_step
-    assert_matches_reference(model, unfolded_pwd_reference(init, targets, model.seen, kind, warmup, layerwise))
+    assert_matches_reference(
+        model, unfolded_pwd_reference(init, targets, model.seen, kind, warmup, layerwise)
+    )
 
 
 def test_llrd_fold_without_pre_step_equals_unfolded_pwd(monkeypatch) -> None:

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from hf_lpwd import LPWD
+from tests.reference import BETAS, EPS, AdamDirection, SGDMomentumDirection, after_update, before_forward
 
 STEPS = 60
-BETAS = (0.9, 0.99)
-EPS = 1e-8
 LAMBDAS = (0.0, 0.5, 3.0)  # per group: no decay, moderate, large (η·λ up to 0.15)
 
 
@@ -35,48 +34,16 @@ def make_problem(seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]
 
 
 # --------------------------------------------------------------------------- float64 reference
-class AdamDirection:
-    def __init__(self) -> None:
-        self.m = self.v = None
-        self.t = 0
-
-    def __call__(self, g: torch.Tensor) -> torch.Tensor:
-        self.t += 1
-        b1, b2 = BETAS
-        self.m = (1 - b1) * g if self.m is None else b1 * self.m + (1 - b1) * g
-        self.v = (1 - b2) * g * g if self.v is None else b2 * self.v + (1 - b2) * g * g
-        m_hat = self.m / (1 - b1**self.t)
-        v_hat = self.v / (1 - b2**self.t)
-        return m_hat / (v_hat.sqrt() + EPS)
-
-
-class SGDMomentumDirection:
-    def __init__(self, momentum: float, nesterov: bool) -> None:
-        self.momentum, self.nesterov, self.buf = momentum, nesterov, None
-
-    def __call__(self, g: torch.Tensor) -> torch.Tensor:
-        self.buf = g.clone() if self.buf is None else self.momentum * self.buf + g
-        return g + self.momentum * self.buf if self.nesterov else self.buf
-
-
 def reference(mode: str, direction_factory, thetas, targets) -> list[torch.Tensor]:
-    """The brief's equations, literally, in float64."""
+    """The brief's equations, literally, in float64 (``tests/reference.py``)."""
     thetas = [t.clone() for t in thetas]
     directions = [direction_factory() for _ in thetas]
     for step in range(STEPS):
         eta = lr_at(step)
         for i, lam in enumerate(LAMBDAS):
-            theta = thetas[i]
-            if mode == "pwd":
-                theta = (1 - eta * lam) * theta  # before the forward pass
+            theta = before_forward(mode, thetas[i], eta * lam)
             u = directions[i](grad_of(theta, targets[i]))
-            if mode == "wd":
-                theta = theta - eta * u - eta * lam * theta
-            elif mode == "rwd":
-                theta = (1 - eta * lam) * (theta - eta * u)
-            else:
-                theta = theta - eta * u
-            thetas[i] = theta
+            thetas[i] = after_update(mode, theta, u, eta, eta * lam)
     return thetas
 
 
@@ -157,7 +124,8 @@ def test_folded_pwd_matches_unfolded_reference_however_lr_is_driven(base_name: s
 
 @pytest.mark.parametrize("kind", ["warmup_cosine", "constant", "warmup_from_zero_linear"])
 def test_folded_pwd_over_trainer_schedules(kind: str) -> None:
-    """transformers' own schedules (LambdaLR): the fold predicts every step, final params are unfolded pwd's."""
+    """transformers' own schedules (LambdaLR): the fold predicts every step, final params are unfolded
+    pwd's."""
     from transformers import (
         get_constant_schedule,
         get_cosine_schedule_with_warmup,
@@ -208,7 +176,9 @@ def test_model_holds_the_next_forwards_weights_between_steps() -> None:
     p.grad = torch.ones(3)
     opt.step()  # θ_1 = 1.9 − 0.1 = 1.8, then the decay of step 1 at η_1 = 0.04: (1 − 0.02)
     sched.step()
-    torch.testing.assert_close(p.detach(), torch.full((3,), (1.9 - 0.1) * (1 - 0.02)), rtol=3e-7, atol=0)  # float32 ulps
+    torch.testing.assert_close(
+        p.detach(), torch.full((3,), (1.9 - 0.1) * (1 - 0.02)), rtol=3e-7, atol=0
+    )  # float32 ulps
     opt.pre_step()  # prediction right: no pass
     assert opt.fold_corrections == 1
     p.grad = torch.ones(3)
@@ -274,7 +244,8 @@ def test_wd_is_bitwise_torch_adamw(variant: dict) -> None:
 
 @pytest.mark.parametrize("base", ["sgd", "adamw"])
 def test_rwd_from_decayed_start_equals_pwd_decayed_weights(base: str) -> None:
-    """The reviewers' observation: at constant η, rwd started from (1−ηλ)θ₀ *is* pwd, seen after its pre_step."""
+    """The reviewers' observation: at constant η, rwd started from (1−ηλ)θ₀ *is* pwd, seen after its
+    pre_step."""
     eta, lam = 0.03, 2.0
     thetas, targets = make_problem(2)
     theta0, target = thetas[0].float(), targets[0].float()
@@ -356,7 +327,9 @@ def test_state_dict_round_trip_resumes_exactly(mode: str, base: str, kwargs: dic
     for a, b in zip(params, resumed_params, strict=True):
         assert torch.equal(a, b)
     # No state beyond the base optimizer's: same keys as the base class would keep.
-    plain = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[base]([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+    plain = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[base](
+        [torch.nn.Parameter(torch.ones(1))], lr=0.1
+    )
     assert set(opt.state_dict()) == set(plain.state_dict())
     assert opt.state is opt.base_optimizer.state and opt.param_groups is opt.base_optimizer.param_groups
 
@@ -399,7 +372,10 @@ def test_unknown_base_lists_valid_ones() -> None:
     ],
 )
 def test_bad_groups_are_named(group: dict, match: str) -> None:
-    groups = [{"params": [torch.nn.Parameter(torch.ones(1))]}, {"params": [torch.nn.Parameter(torch.ones(1))], **group}]
+    groups = [
+        {"params": [torch.nn.Parameter(torch.ones(1))]},
+        {"params": [torch.nn.Parameter(torch.ones(1))], **group},
+    ]
     with pytest.raises(ValueError, match=match):
         LPWD(groups, lr=1e-3)
 
@@ -408,8 +384,11 @@ def test_bad_groups_are_named(group: dict, match: str) -> None:
 def test_decay_factor_at_or_below_zero_is_refused_before_anything_changes(mode: str) -> None:
     """A scheduler can raise η mid-run; η·λ ≥ 1 must stop the step with params and state untouched."""
     a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
-    opt = LPWD([{"params": [a], "weight_decay": 0.1}, {"params": [b], "weight_decay": 4.0, "depth": 2}],
-               mode=mode, lr=0.1)
+    opt = LPWD(
+        [{"params": [a], "weight_decay": 0.1}, {"params": [b], "weight_decay": 4.0, "depth": 2}],
+        mode=mode,
+        lr=0.1,
+    )
     opt.pre_step()
     a.grad, b.grad = torch.ones(3), torch.ones(3)
     opt.step()
@@ -440,7 +419,9 @@ def test_add_param_group_gets_lpwds_lambda_not_the_bases() -> None:
     assert torch.equal(q.detach(), torch.full((2,), 1 - 0.1 * 0.3, dtype=torch.float32))
 
 
-@pytest.mark.parametrize("mode,expected", [("wd", 2 - 0.1 * 2 - 0.1 * 0.5 * 2), ("rwd", (2 - 0.1 * 2) * 0.95)])
+@pytest.mark.parametrize(
+    "mode,expected", [("wd", 2 - 0.1 * 2 - 0.1 * 0.5 * 2), ("rwd", (2 - 0.1 * 2) * 0.95)]
+)
 def test_closure_gradient_is_taken_before_any_decay(mode: str, expected: float) -> None:
     """SGD base, λ = 0.5, η = 0.1, loss ½‖θ‖²: the gradient is θ at the weights *before* the step (2),
     also for a parameter whose .grad is None until the closure runs."""
@@ -515,7 +496,9 @@ def test_mixed_fp32_and_bf16_groups_on_adamw() -> None:
 
 
 def test_lpwd_is_not_a_timing_and_says_how_to_get_it() -> None:
-    with pytest.raises(ValueError, match=r"'lpwd' is the pwd timing with layer-wise groups.*lpwd_param_groups"):
+    with pytest.raises(
+        ValueError, match=r"'lpwd' is the pwd timing with layer-wise groups.*lpwd_param_groups"
+    ):
         LPWD([torch.nn.Parameter(torch.ones(1))], mode="lpwd")
 
 
@@ -530,7 +513,9 @@ def test_schedule_free_bases_are_refused_naming_the_reason() -> None:
         def eval(self):
             pass
 
-    with pytest.raises(ValueError, match=r"AdamWScheduleFree is a schedule-free optimizer.*train\(\)/eval\(\)"):
+    with pytest.raises(
+        ValueError, match=r"AdamWScheduleFree is a schedule-free optimizer.*train\(\)/eval\(\)"
+    ):
         LPWD([torch.nn.Parameter(torch.ones(1))], base=AdamWScheduleFree)
 
 
@@ -540,7 +525,8 @@ def test_trainer_optim_names_are_bases() -> None:
 
 
 def test_a_scheduler_that_cannot_look_ahead_gets_a_one_line_note_and_stays_exact(caplog) -> None:
-    """ReduceLROnPlateau cannot say the next lr: the fold predicts it unchanged, pre_step() corrects a change."""
+    """ReduceLROnPlateau cannot say the next lr: the fold predicts it unchanged, pre_step() corrects a
+    change."""
     p = torch.nn.Parameter(torch.full((2,), 1.0))
     opt = LPWD([p], base="sgd", mode="pwd", lr=0.1, weight_decay=0.5)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
@@ -581,8 +567,10 @@ def test_pwd_under_zero3_calling_conventions_equals_one_call_per_step() -> None:
 
     whole = [torch.nn.Parameter(thetas[i][:36].float()) for i in (1, 2)]
     ref_opt, ref_sched = build([[whole[0]], [whole[1]]])
-    parts = [[torch.nn.Parameter(thetas[1][:18].float()), torch.nn.Parameter(thetas[1][18:36].float())],
-             [torch.nn.Parameter(thetas[2][:36].float())]]
+    parts = [
+        [torch.nn.Parameter(thetas[1][:18].float()), torch.nn.Parameter(thetas[1][18:36].float())],
+        [torch.nn.Parameter(thetas[2][:36].float())],
+    ]
     opt, sched = build([list(parts[0]), list(parts[1])])
     for _ in range(STEPS):
         for p, i in zip(whole, (1, 2), strict=True):
@@ -599,7 +587,9 @@ def test_pwd_under_zero3_calling_conventions_equals_one_call_per_step() -> None:
             opt.step()
         opt.param_groups[0]["params"], opt.param_groups[1]["params"] = list(parts[0]), list(parts[1])
         sched.step()
-    torch.testing.assert_close(torch.cat([p.detach() for p in parts[0]]), whole[0].detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        torch.cat([p.detach() for p in parts[0]]), whole[0].detach(), rtol=1e-6, atol=1e-7
+    )
     torch.testing.assert_close(parts[1][0].detach(), whole[1].detach(), rtol=1e-6, atol=1e-7)
 
 
@@ -611,6 +601,8 @@ def test_a_next_lr_that_would_flip_signs_is_refused_before_anything_changes() ->
     opt.pre_step()
     before = p.detach().clone()
     p.grad = torch.ones(3)
-    with pytest.raises(ValueError, match=r"param group 0 \(depth 1\) has the next step's lr=0.25 and weight_decay=4.0"):
+    with pytest.raises(
+        ValueError, match=r"param group 0 \(depth 1\) has the next step's lr=0.25 and weight_decay=4.0"
+    ):
         opt.step()
     assert torch.equal(p.detach(), before) and opt.state_dict()["state"] == {}

@@ -1,10 +1,10 @@
 """torch's Optimizer contract, table-driven over timing × base, in the style of torch's OptimizerInfo tests.
 
-Written from torch's documented contract of ``torch.optim.Optimizer``: deepcopy/pickle give an optimizer
-that steps like the original, the four state_dict hooks and the step hooks (global and local) fire once
-per call, ``add_param_group``, ``zero_grad``, a ``weights_only`` state_dict round trip, lr schedulers,
-complex parameters and foreach/fused parity.  What pwd changes is asserted as such: parameters without a
-gradient are decayed too (pwd decays every weight before the forward, used or not).
+Written from torch's documented contract of ``torch.optim.Optimizer``: deepcopy/pickle give an optimizer that
+steps like the original, the four state_dict hooks and the step hooks (global and local) fire once per call,
+``add_param_group``, ``zero_grad``, a ``weights_only`` state_dict round trip, lr schedulers, complex
+parameters and foreach/fused parity.  What pwd changes is asserted as such: parameters without a gradient are
+decayed too (pwd decays every weight before the forward, used or not).
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ LR, LAM = 0.05, 0.4
 
 def make(mode: str, base: str, kwargs: dict, seed: int = 0, dtype=torch.float32, **lpwd_kwargs):
     gen = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(5, 3, generator=gen, dtype=dtype)),
-              torch.nn.Parameter(torch.randn(4, generator=gen, dtype=dtype))]
+    params = [
+        torch.nn.Parameter(torch.randn(5, 3, generator=gen, dtype=dtype)),
+        torch.nn.Parameter(torch.randn(4, generator=gen, dtype=dtype)),
+    ]
     groups = [{"params": [params[0]], "weight_decay": LAM}, {"params": [params[1]], "weight_decay": 0.1}]
     return params, LPWD(groups, base=base, mode=mode, lr=LR, **kwargs, **lpwd_kwargs)
 
@@ -125,7 +127,9 @@ def test_add_param_group_gets_lambda_and_steps(mode, base, kwargs) -> None:
     # Zero gradient: Adam's and SGD's update is 0, so only the decay moved it, by 1 − ηλ per step (pwd: this
     # step's and the next forward's, folded in).
     steps = 2 if mode == "pwd" else 1
-    torch.testing.assert_close(extra.detach(), torch.full((3,), 2.0 * (1 - LR * 0.5) ** steps), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        extra.detach(), torch.full((3,), 2.0 * (1 - LR * 0.5) ** steps), rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("mode, base, kwargs", CASES)

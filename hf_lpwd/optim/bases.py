@@ -17,7 +17,11 @@ BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 """Names accepted for ``base``: short names and the Trainer's ``--optim`` names that map to one torch
 class; any ``torch.optim.Optimizer`` subclass is accepted as well."""
 
-CAUTIOUS_BASES: tuple[type[torch.optim.Optimizer], ...] = (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD)
+CAUTIOUS_BASES: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.AdamW,
+    torch.optim.Adam,
+    torch.optim.SGD,
+)
 """Bases whose update direction's sign LPWD can read after the step (Adam's m, SGD's momentum buffer)."""
 
 
@@ -34,7 +38,8 @@ def resolve_base(base: str | type[torch.optim.Optimizer]) -> type[torch.optim.Op
     if isinstance(base, type) and issubclass(base, torch.optim.Optimizer):
         return base
     raise ValueError(
-        f"LPWD: base must be one of {sorted(BASE_OPTIMIZERS)} or a torch.optim.Optimizer subclass, got {base!r}"
+        f"LPWD: base must be one of {sorted(BASE_OPTIMIZERS)} or a torch.optim.Optimizer subclass, got "
+        f"{base!r}"
     )
 
 
@@ -51,8 +56,12 @@ def refuse_schedule_free(base_cls: type) -> None:
 def refuse_cautious_base(base_cls: type) -> None:
     if not issubclass(base_cls, CAUTIOUS_BASES):
         raise ValueError(
-            f"LPWD: cautious=True needs the sign of the base's update u per coordinate, which LPWD reads from "
-            f"AdamW/Adam's first moment or SGD's momentum buffer; {base_cls.__name__} is not one of them. Use "
+            "LPWD: cautious=True needs the sign of the base's update u per coordinate, which LPWD reads from "
+            ""
+            f"AdamW/Adam's first moment or SGD's momentum buffer; {base_cls.__name__} is not one of them. "
+            "Use "
+            ""
+            ""
             "--optim adamw_torch_fused / adamw_torch / sgd, or cautious=False"
         )
 
@@ -60,22 +69,23 @@ def refuse_cautious_base(base_cls: type) -> None:
 def step_without_global_hooks(optimizer: torch.optim.Optimizer) -> Any:
     """Run ``optimizer.step()`` without torch's step hooks.
 
-    torch wraps every ``Optimizer.step`` so that the global (and the instance's) step hooks fire.  The
-    base is LPWD's internal engine: its step is part of LPWD's, whose own wrapper fires the hooks,
-    once per step.
+    torch wraps every ``Optimizer.step`` so that the global (and the instance's) step hooks fire.  The base is
+    LPWD's internal engine: its step is part of LPWD's, whose own wrapper fires the hooks, once per step.
     """
     step = type(optimizer).step
     inner = getattr(step, "__wrapped__", None) if getattr(step, "hooked", False) else None
     return (inner or step)(optimizer)
 
 
-def coming_update_direction(base: torch.optim.Optimizer, group: dict[str, Any], param: torch.Tensor) -> torch.Tensor:
+def coming_update_direction(
+    base: torch.optim.Optimizer, group: dict[str, Any], param: torch.Tensor
+) -> torch.Tensor:
     """A new tensor with the sign of the update u the base's coming step will take for ``param``.
 
-    Read before the step, from the gradient and the state the step will update: Adam(W)'s
-    m_t = β1·m_{t−1} + (1 − β1)·g (u = m̂/(√v̂+ε) has its sign); SGD's momentum buffer
-    μ·buf + (1 − dampening)·g (the gradient itself on the first step or without momentum; Nesterov
-    g + μ·buf_t).  ``maximize`` negates the gradient first, as torch does.
+    Read before the step, from the gradient and the state the step will update: Adam(W)'s m_t = β1·m_{t−1} +
+    (1 − β1)·g (u = m̂/(√v̂+ε) has its sign); SGD's momentum buffer μ·buf + (1 − dampening)·g (the gradient
+    itself on the first step or without momentum; Nesterov g + μ·buf_t).  ``maximize`` negates the gradient
+    first, as torch does.
     """
     grad = -param.grad if group.get("maximize", False) else param.grad
     state = base.state.get(param, {})
@@ -84,7 +94,11 @@ def coming_update_direction(base: torch.optim.Optimizer, group: dict[str, Any], 
         buf = state.get("momentum_buffer")
         if momentum == 0:
             return grad.clone()
-        buf = grad.clone() if buf is None else buf.mul(momentum).add_(grad, alpha=1.0 - group.get("dampening", 0.0))
+        buf = (
+            grad.clone()
+            if buf is None
+            else buf.mul(momentum).add_(grad, alpha=1.0 - group.get("dampening", 0.0))
+        )
         return grad.add(buf, alpha=momentum) if group.get("nesterov", False) else buf
     exp_avg = state.get("exp_avg")
     if exp_avg is None:

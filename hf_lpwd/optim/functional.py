@@ -1,14 +1,14 @@
 """The decay math as plain functions of (θ, u, η_t, η̄, λ): one small function per rule.
 
-With η_t the group's lr at step t, η̄ its base lr and λ its ``weight_decay``, the per-step decay is
-d_t = η_t·r_t, where r_t, the *effective* weight decay, is what the lr coupling makes of λ:
+With η_t the group's lr at step t, η̄ its base lr and λ its ``weight_decay``, the per-step decay is d_t =
+η_t·r_t, where r_t, the *effective* weight decay, is what the lr coupling makes of λ:
 
 * ``coupled``     r_t = λ            d_t = η_t·λ          (AdamW; hf_lpwd <= 0.2.0)
 * ``independent`` r_t = λ/η̄          d_t = (η_t/η̄)·λ      (follows the schedule, not the peak lr)
 * ``corrected``   r_t = λ·η_t/η̄      d_t = (η_t²/η̄)·λ     (AdamC's lr²-corrected decay)
 
-Keeping r_t rather than d_t lets the coupled rule hand λ to the kernels untouched, bit for bit.
-The timings then use d_t wherever AdamW uses η·λ:
+Keeping r_t rather than d_t lets the coupled rule hand λ to the kernels untouched, bit for bit. The timings
+then use d_t wherever AdamW uses η·λ:
 
 * ``wd``   θ ← θ − η_t·u − d_t·θ
 * ``rwd``  θ ← (1 − d_t)·(θ − η_t·u)
@@ -42,8 +42,8 @@ def independent(weight_decay: float, lr: float, base_lr: float) -> float:
 def corrected(weight_decay: float, lr: float, base_lr: float) -> float:
     """r = λ·η_t/η̄: d_t = (η_t²/η̄)·λ, AdamC's correction (Defazio et al. 2025, arXiv 2506.02285).
 
-    The steady-state norm of AdamW's weights goes as √(η/λ); scaling λ with η_t/η̄ keeps it constant
-    while the schedule lowers η_t.
+    The steady-state norm of AdamW's weights goes as √(η/λ); scaling λ with η_t/η̄ keeps it constant while the
+    schedule lowers η_t.
     """
     return weight_decay * lr / base_lr
 
@@ -68,9 +68,9 @@ def decay_per_step(coupling: str, weight_decay: float, lr: float, base_lr: float
 def weight_decay_for_timescale(coupling: str, timescale_steps: float, base_lr: float) -> float:
     """λ whose decay at the base lr has the EMA timescale τ (in steps): d(η̄) = 1/τ.
 
-    AdamW's weights are an exponential moving average of updates with timescale 1/(η·λ) steps
-    (Wang & Aitchison 2024, arXiv 2405.13698).  coupled and corrected: λ = 1/(η̄·τ) (at η_t = η̄ both
-    give d = η̄·λ); independent: λ = 1/τ.
+    AdamW's weights are an exponential moving average of updates with timescale 1/(η·λ) steps (Wang &
+    Aitchison 2024, arXiv 2405.13698).  coupled and corrected: λ = 1/(η̄·τ) (at η_t = η̄ both give d = η̄·λ);
+    independent: λ = 1/τ.
     """
     if coupling == "independent":
         return 1.0 / timescale_steps
@@ -106,30 +106,20 @@ def rwd_update(theta: torch.Tensor, u: torch.Tensor, lr: float, decay: float) ->
     return (1.0 - decay) * (theta - lr * u)
 
 
-def pwd_pre_forward(theta: torch.Tensor, decay: float) -> torch.Tensor:
-    """(1 − d)·θ, the weights the forward pass sees; the update is then θ − η·u."""
-    return (1.0 - decay) * theta
-
-
 def cautious_mask(u: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """1[u ⊙ θ ≥ 0]: the coordinates where the update pushes the weight towards zero (Chen et al. 2025,
-    arXiv 2510.12402); decay elsewhere would fight the gradient."""
+    """1[u ⊙ θ ≥ 0]: the coordinates where the update pushes the weight towards zero (Chen et al. 2025, arXiv
+    2510.12402); decay elsewhere would fight the gradient."""
     return (u * theta) >= 0
-
-
-def cautious_wd_update(theta: torch.Tensor, u: torch.Tensor, lr: float, decay: float) -> torch.Tensor:
-    """θ − η·u − d·1[u ⊙ θ ≥ 0] ⊙ θ."""
-    return theta - lr * u - decay * cautious_mask(u, theta) * theta
 
 
 @torch.no_grad()
 def apply_cautious_decay_(param: torch.Tensor, direction: torch.Tensor, decay: float) -> None:
     """θ ← θ − d·1[u ⊙ θ ≥ 0] ⊙ θ in place, *before* the base step moves θ by −η·u.
 
-    With the wd timing the decay term does not change u, so decaying first and stepping the base with
-    λ = 0 gives θ − η·u − d·1[u⊙θ ≥ 0]⊙θ.  ``direction`` need only have u's sign per coordinate (Adam's
-    first moment m_t: m̂/(√v̂+ε) has its sign).  Complex tensors are masked per real component, as torch's
-    optimizers treat them.  ``direction`` is overwritten (it is a temporary).
+    With the wd timing the decay term does not change u, so decaying first and stepping the base with λ = 0
+    gives θ − η·u − d·1[u⊙θ ≥ 0]⊙θ.  ``direction`` need only have u's sign per coordinate (Adam's first moment
+    m_t: m̂/(√v̂+ε) has its sign).  Complex tensors are masked per real component, as torch's optimizers treat
+    them.  ``direction`` is overwritten (it is a temporary).
     """
     if torch.is_complex(param):
         param, direction = torch.view_as_real(param), torch.view_as_real(direction)

@@ -1,14 +1,14 @@
 """pwd's ledger: which decay factor the weights of each param group carry, kept in the group itself.
 
-With the fold, the weights between steps already carry the next step's pre-forward decay.  What
-resume needs rides in the param groups, so ``state_dict()`` carries it and a resumed run is bitwise
-the uninterrupted one.  These four keys are the whole ledger (names kept from hf_lpwd 0.1.0/0.2.0):
+With the fold, the weights between steps already carry the next step's pre-forward decay.  What resume needs
+rides in the param groups, so ``state_dict()`` carries it and a resumed run is bitwise the uninterrupted one.
+These four keys are the whole ledger (names kept from hf_lpwd 0.1.0/0.2.0):
 
 * ``lpwd_applied_decay``: the factor 1 − d already applied for the coming step, ``None`` when none is;
 * ``lpwd_group_index``: the group's position (DeepSpeed steps one group, or a sub-group, at a time);
-* ``lpwd_applied_for_step`` / ``lpwd_carried_decay``: DeepSpeed ZeRO-3 steps a large group as several
-  flat sub-groups, one ``step()`` call each: once the first is stepped, the group's applied factor
-  already says step t+1's, while the sub-groups not stepped yet still carry step t's.
+* ``lpwd_applied_for_step`` / ``lpwd_carried_decay``: DeepSpeed ZeRO-3 steps a large group as several flat
+  sub-groups, one ``step()`` call each: once the first is stepped, the group's applied factor already says
+  step t+1's, while the sub-groups not stepped yet still carry step t's.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The next step's lr, which pwd's fold needs one step ahead.
 
-A ``LambdaLR`` (every Trainer schedule but ``reduce_lr_on_plateau``) computes any step's lr as
-base_lr × λ(step), so the fold predicts it exactly; for other schedulers it predicts the current lr
-and ``pre_step()`` corrects the steps where that was wrong.
+A ``LambdaLR`` (every Trainer schedule but ``reduce_lr_on_plateau``) computes any step's lr as base_lr ×
+λ(step), so the fold predicts it exactly; for other schedulers it predicts the current lr and ``pre_step()``
+corrects the steps where that was wrong.
 """
 
 from __future__ import annotations

@@ -1,17 +1,15 @@
 """``LPWD``: a thin ``torch.optim.Optimizer`` that applies the decay timings around a base optimizer.
 
-The math is in :mod:`hf_lpwd.optim.functional`, pwd's bookkeeping in :mod:`hf_lpwd.optim.ledger`,
-the next-lr look-ahead in :mod:`hf_lpwd.optim.lookahead`.  This class builds the base, shares its
-``param_groups`` and ``state``, and turns each step into per-group plans: scale passes before and
-after the base step, and the base's own (η, λ) for the step, so that on torch's AdamW every timing
-and coupling is one kernel call.
+The math is in :mod:`hf_lpwd.optim.functional`, pwd's bookkeeping in :mod:`hf_lpwd.optim.ledger`, the next-lr
+look-ahead in :mod:`hf_lpwd.optim.lookahead`.  This class builds the base, shares its ``param_groups`` and
+``state``, and turns each step into per-group plans: scale passes before and after the base step, and the
+base's own (η, λ) for the step, so that on torch's AdamW every timing and coupling is one kernel call.
 
-pwd's fold.  With θ'_t = (1 − d_t)·θ_t the weights the forward of step t sees,
-θ'_{t+1} = (1 − d_{t+1})·(θ'_t − η_t·u_t): one AdamW update with the *next* step's decay.  After
-``step()`` the model holds the weights the next forward will see; ``pre_step()`` only checks the
-prediction (and rescales a group in one pass where the lr was not the predicted one).  A step with
-no next step applies no next decay, so the final weights are unfolded pwd's; :meth:`LPWD.settle`
-removes a decay applied for a step that will not come.
+pwd's fold.  With θ'_t = (1 − d_t)·θ_t the weights the forward of step t sees, θ'_{t+1} = (1 − d_{t+1})·(θ'_t
+− η_t·u_t): one AdamW update with the *next* step's decay.  After ``step()`` the model holds the weights the
+next forward will see; ``pre_step()`` only checks the prediction (and rescales a group in one pass where the
+lr was not the predicted one).  A step with no next step applies no next decay, so the final weights are
+unfolded pwd's; :meth:`LPWD.settle` removes a decay applied for a step that will not come.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from typing import Any
 
 import torch
 
-from ..rounding import LOW_PRECISION_DTYPES, scale_
 from ..settings import (
     CAUTIOUS_KERNELS,
     DEFAULT_WEIGHT_DECAY,
@@ -44,12 +41,36 @@ from .bases import (
 )
 from .cautious_adamw import cautious_adamw_step
 from .functional import apply_cautious_decay_, effective_weight_decay, pwd_fold_on_adamw, rwd_on_adamw
+from .precision import fraction_below_half_ulp, unrounded_share
+from .rounded_step import rounded_step
+from .rounding import LOW_PRECISION_DTYPES, NoiseKeys, scale_
 
 logger = logging.getLogger("hf_lpwd")
 
-_SETTINGS = ("base_optimizer", "mode", "lr_coupling", "cautious", "cautious_kernel", "stochastic_rounding", "require_pre_step",
-             "fold_corrections", "folds_decay_into_base", "_pre_step_done", "_num_training_steps")
-"""LPWD's own attributes, which pickling and deepcopy must carry beside torch's defaults/state/param_groups."""
+ROUNDING_STATE_KEY = "lpwd_rounding_noise"
+"""``state_dict()`` key of the rounding's noise state ({"seed", "count"}), once a bf16/fp16 step rounded."""
+_SEED_SALT = (
+    0x4C505744  # "LPWD": the noise's seed is torch's initial seed mixed, not the dropout stream itself
+)
+
+_SETTINGS = (
+    "base_optimizer",
+    "mode",
+    "lr_coupling",
+    "cautious",
+    "cautious_kernel",
+    "stochastic_rounding",
+    "rounding_kernel",
+    "require_pre_step",
+    "fold_corrections",
+    "folds_decay_into_base",
+    "_pre_step_done",
+    "_num_training_steps",
+    "_noise",
+    "_precision_checked",
+)
+"""LPWD's own attributes, which pickling and deepcopy must carry beside torch's
+defaults/state/param_groups."""
 
 
 @dataclass
@@ -70,9 +91,12 @@ def _group_label(index: int, group: dict[str, Any]) -> str:
 
 
 def _as_param_groups(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Normalise ``params`` to a list of group dicts (shallow copies: the caller's dicts stay as they were)."""
+    """Normalise ``params`` to a list of group dicts (shallow copies: the caller's dicts stay as they
+    were)."""
     if isinstance(params, torch.Tensor):
-        raise TypeError("LPWD: params must be an iterable of tensors or of param group dicts, not a single tensor")
+        raise TypeError(
+            "LPWD: params must be an iterable of tensors or of param group dicts, not a single tensor"
+        )
     params = list(params)
     if not params:
         raise ValueError("LPWD: got an empty parameter list")
@@ -82,7 +106,8 @@ def _as_param_groups(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]]) 
 
 
 def _apply_lr_multiplier(group: dict[str, Any], has_own_lr: bool) -> None:
-    """Layer-wise lr decay: a group without an lr of its own trains at the optimizer's lr × ``lr_multiplier``."""
+    """Layer-wise lr decay: a group without an lr of its own trains at the optimizer's lr ×
+    ``lr_multiplier``."""
     multiplier = group.get("lr_multiplier", 1.0)
     if not has_own_lr and multiplier != 1.0 and group.get("lr") is not None:
         group["lr"] = group["lr"] * multiplier
@@ -92,8 +117,8 @@ class LPWD(torch.optim.Optimizer):
     """Weight decay timings ``wd`` / ``rwd`` / ``pwd`` around a base optimizer.
 
     ``LPWD`` *is* a ``torch.optim.Optimizer``: it shares ``param_groups`` and ``state`` with the base
-    optimizer it builds, so LR schedulers, gradient clipping, Accelerate's ``AcceleratedOptimizer``
-    and checkpointing see one optimizer, and its step and state_dict hooks fire once per call.
+    optimizer it builds, so LR schedulers, gradient clipping, Accelerate's ``AcceleratedOptimizer`` and
+    checkpointing see one optimizer, and its step and state_dict hooks fire once per call.
 
     Args:
         params: parameters or param groups (e.g. from :func:`hf_lpwd.lpwd_param_groups`).  A group
@@ -110,9 +135,13 @@ class LPWD(torch.optim.Optimizer):
         cautious_kernel: ``"compiled"`` runs cautious AdamW/Adam as one ``torch.compile``'d pass per
             tensor (compiled on the first step; the eager path where it does not apply), ``"eager"``
             as a mask pass before the base's own step.  Same equation; the former is faster.
-        stochastic_rounding: decay bf16/fp16 parameters with stochastic rounding so that decays
-            below their resolution still take effect on average (no effect on fp32 parameters).
-            ``False`` warns at construction if some group's η·λ is below its dtype's resolution.
+        stochastic_rounding: on bf16/fp16 parameters, compute the whole step (update and decay) in fp32
+            and write it with one stochastic rounding, so that E[θ_{t+1}] is the fp32 step
+            (:mod:`hf_lpwd.optim.rounded_step`: AdamW, Adam, SGD; on other bases or tensor types the decay
+            alone, and a log line at the first step says so).  No effect on fp32 parameters.  The bits come
+            from a seed (``torch.initial_seed()`` at construction, the same on every rank) and a counter
+            that ``state_dict()`` carries.  ``False``: round to nearest, the stock result; warns when the
+            decay or most first updates are below the weights' resolution.
         **base_kwargs: passed to the base optimizer (``lr``, ``betas``, ``eps``, ``momentum``, ...).
 
     Training loop (``pre_step`` is a no-op for ``wd`` and ``rwd``)::
@@ -141,14 +170,18 @@ class LPWD(torch.optim.Optimizer):
         if mode not in TIMINGS:
             hint = (
                 " ('lpwd' is the pwd timing with layer-wise groups: "
-                "LPWD(lpwd_param_groups(model, weight_decay), mode='pwd'))" if mode == "lpwd" else ""
+                "LPWD(lpwd_param_groups(model, weight_decay), mode='pwd'))"
+                if mode == "lpwd"
+                else ""
             )
             raise ValueError(f"LPWD: unknown mode {mode!r}; valid modes (timings) are {list(TIMINGS)}{hint}")
         if lr_coupling not in LR_COUPLINGS:
             raise ValueError(f"LPWD: lr_coupling={lr_coupling!r} is not one of {list(LR_COUPLINGS)}")
         validate_cautious(cautious, mode, "LPWD: cautious")
         if cautious_kernel not in CAUTIOUS_KERNELS:
-            raise ValueError(f"LPWD: cautious_kernel={cautious_kernel!r} is not one of {list(CAUTIOUS_KERNELS)}")
+            raise ValueError(
+                f"LPWD: cautious_kernel={cautious_kernel!r} is not one of {list(CAUTIOUS_KERNELS)}"
+            )
         base_cls = resolve_base(base)
         refuse_schedule_free(base_cls)
         if cautious:
@@ -162,9 +195,14 @@ class LPWD(torch.optim.Optimizer):
         self.cautious = cautious
         self.cautious_kernel = cautious_kernel
         self.stochastic_rounding = stochastic_rounding
+        self.rounding_kernel = "compiled"
+        """``"compiled"``: the rounded bf16 step is one ``torch.compile``'d pass per tensor; ``"eager"``: the
+        same function run eagerly (also taken, with a warning, where compilation fails)."""
+        self._noise = NoiseKeys(torch.initial_seed() ^ _SEED_SALT)
+        self._precision_checked = False
         self.require_pre_step = True
-        """pwd: ``step()`` without ``pre_step()`` on a step whose decay the fold did not apply is an
-        error (``True``), or is corrected inside ``step()`` (``False``: DeepSpeed)."""
+        """pwd: ``step()`` without ``pre_step()`` on a step whose decay the fold did not apply is an error
+        (``True``), or is corrected inside ``step()`` (``False``: DeepSpeed)."""
         self.fold_corrections = 0
         """pwd: how many group-steps needed a correction pass (a missed lr prediction, the first decay)."""
         # Only torch's own AdamW has decoupled decay we can fold rwd / pwd / the couplings into; every other
@@ -211,6 +249,9 @@ class LPWD(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("cautious_kernel", "compiled")  # pickled by 0.3.0
+        self.__dict__.setdefault("rounding_kernel", "compiled")
+        self.__dict__.setdefault("_noise", NoiseKeys(torch.initial_seed() ^ _SEED_SALT))
+        self.__dict__.setdefault("_precision_checked", False)
         base = self.__dict__.get("base_optimizer")
         if base is not None:  # keep sharing: torch's load_state_dict replaces our groups and state
             base.__setstate__({"state": self.state, "param_groups": self.param_groups})
@@ -221,6 +262,8 @@ class LPWD(torch.optim.Optimizer):
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         state_dict = self.base_optimizer.state_dict()
+        if self._noise.count:  # only runs that rounded a step carry it: fp32 checkpoints keep torch's layout
+            state_dict[ROUNDING_STATE_KEY] = self._noise.state_dict()
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state_dict)
             if result is not None:
@@ -232,11 +275,32 @@ class LPWD(torch.optim.Optimizer):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
+        state_dict = dict(state_dict)
+        noise = state_dict.pop(ROUNDING_STATE_KEY, None)
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
+        if noise is not None:
+            self._noise.load_state_dict(noise)
+        self._restore_fp32_moments(state_dict)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+
+    def _restore_fp32_moments(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict`` casts a state tensor to its parameter's dtype: the rounded step's fp32
+        moments of a bf16/fp16 weight would come back in bf16.  Put the saved fp32 values back (resume is
+        bitwise)."""
+        saved = state_dict.get("state", {})
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                entry = saved.get(index, {})
+                index += 1
+                if p.dtype not in LOW_PRECISION_DTYPES or p not in self.state:
+                    continue
+                for key, value in entry.items():
+                    if torch.is_tensor(value) and value.dtype == torch.float32 and key != "step":
+                        self.state[p][key] = value.to(device=p.device, copy=True)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         base = getattr(self, "base_optimizer", None)
@@ -262,14 +326,15 @@ class LPWD(torch.optim.Optimizer):
     def set_lr_scheduler(self, lr_scheduler: Any, num_training_steps: int | None = None) -> None:
         """Tell pwd's fold where the next step's lr comes from, and when there is no next step.
 
-        ``lr_scheduler`` must step this optimizer's groups once per ``step()``.  ``num_training_steps``:
-        after the step with index ``num_training_steps - 1`` no decay is applied for a step that never comes.
+        ``lr_scheduler`` must step this optimizer's groups once per ``step()``.  ``num_training_steps``: after
+        the step with index ``num_training_steps - 1`` no decay is applied for a step that never comes.
         """
         self._lr_scheduler = lr_scheduler
         self._num_training_steps = num_training_steps
         if self.mode == "pwd" and lr_scheduler is not None and not lookahead.can_look_ahead(lr_scheduler):
             logger.warning(
-                "LPWD: %s cannot say the next step's lr, so pwd folds in the current lr and pre_step() corrects, "
+                "LPWD: %s cannot say the next step's lr, so pwd folds in the current lr and pre_step() "
+                "corrects, "
                 "with one pass over the weights, each step where the lr changed",
                 type(lr_scheduler).__name__,
             )
@@ -293,10 +358,13 @@ class LPWD(torch.optim.Optimizer):
         """
         lam = lookahead.as_float(group["weight_decay"])
         if not math.isfinite(lam) or lam < 0:
-            raise ValueError(f"LPWD: {_group_label(index, group)} has weight_decay={lam}; λ must be a finite number >= 0")
+            raise ValueError(
+                f"LPWD: {_group_label(index, group)} has weight_decay={lam}; λ must be a finite number >= 0"
+            )
         if group.get("lr") is None:
             raise ValueError(
-                f"LPWD: {_group_label(index, group)} has no learning rate (lr=None); LPWD needs η to scale the decay. "
+                f"LPWD: {_group_label(index, group)} has no learning rate (lr=None); LPWD needs η to scale "
+                "the decay. "
                 "Pass lr=... (for Adafactor: relative_step=False)"
             )
         eta = lookahead.as_float(group["lr"])
@@ -313,7 +381,10 @@ class LPWD(torch.optim.Optimizer):
 
     def _decay_factors(self) -> list[float]:
         """1 − d_t per group, all groups validated before anything is modified."""
-        return [1.0 - eta * rate for eta, rate in (self._validate_group(i, g) for i, g in enumerate(self.param_groups))]
+        return [
+            1.0 - eta * rate
+            for eta, rate in (self._validate_group(i, g) for i, g in enumerate(self.param_groups))
+        ]
 
     def _next_factor(self, index: int, group: dict[str, Any]) -> float:
         """pwd: 1 − d_{t+1}, the decay to fold into this step (1.0 after the last step, or without decay)."""
@@ -339,12 +410,16 @@ class LPWD(torch.optim.Optimizer):
                 resolution = torch.finfo(dtype).eps / 2
                 if 0.0 < eta * rate < resolution:
                     problems.append(
-                        f"{_group_label(index, group)}: lr={eta:g} × weight_decay={rate:g} = {eta * rate:.3g} per step, "
+                        f"{_group_label(index, group)}: lr={eta:g} × weight_decay={rate:g} = "
+                        f"{eta * rate:.3g} "
+                        ""
+                        "per step, "
                         f"below the {str(dtype).removeprefix('torch.')} resolution {resolution:.3g}"
                     )
         if problems:
             warnings.warn(
-                "LPWD: stochastic_rounding=False with low precision parameters, and 1 - lr*weight_decay rounds "
+                "LPWD: stochastic_rounding=False with low precision parameters, and 1 - lr*weight_decay "
+                "rounds "
                 "to 1 in their dtype, so the weight decay does nothing (or is distorted) on them:\n  "
                 + "\n  ".join(problems)
                 + "\nTurn the compensation on with LPWD(..., stochastic_rounding=True) "
@@ -373,9 +448,9 @@ class LPWD(torch.optim.Optimizer):
     def pre_step(self) -> None:
         """pwd: make the weights (1 − d_t)·θ_t before the forward pass; a no-op for wd / rwd.
 
-        The previous ``step()`` already applied the decay it predicted, so this only checks the
-        prediction and rescales, in one pass, the groups where it was wrong (or where no decay was
-        applied yet).  Acts once per optimizer step: safe to call before every micro-batch.
+        The previous ``step()`` already applied the decay it predicted, so this only checks the prediction and
+        rescales, in one pass, the groups where it was wrong (or where no decay was applied yet).  Acts once
+        per optimizer step: safe to call before every micro-batch.
         """
         if self.mode != "pwd" or self._pre_step_done:
             return
@@ -384,7 +459,7 @@ class LPWD(torch.optim.Optimizer):
                 continue
             carried = ledger.carried_factor(group, None)
             if wanted != carried:
-                scale_(list(group["params"]), wanted / carried, stochastic=self.stochastic_rounding)
+                self._scale(list(group["params"]), wanted / carried)
                 self.fold_corrections += 1
             ledger.record(group, wanted)
         self._pre_step_done = True
@@ -395,9 +470,9 @@ class LPWD(torch.optim.Optimizer):
     ) -> None:
         """pwd: apply step 0's decay (1 − d_0) now, before the weights are copied anywhere.
 
-        For engines that copy the model's weights into master weights of their own before the first
-        forward (DeepSpeed).  ``initial_lr_scale`` is the schedule's λ(0) (η_0 = lr × λ(0)); ``storage``
-        maps a parameter to the tensor that holds its values (DeepSpeed ZeRO-3: ``p.ds_tensor``).
+        For engines that copy the model's weights into master weights of their own before the first forward
+        (DeepSpeed).  ``initial_lr_scale`` is the schedule's λ(0) (η_0 = lr × λ(0)); ``storage`` maps a
+        parameter to the tensor that holds its values (DeepSpeed ZeRO-3: ``p.ds_tensor``).
         """
         if self.mode != "pwd":
             return
@@ -412,7 +487,7 @@ class LPWD(torch.optim.Optimizer):
         for group, factor in zip(self.param_groups, factors, strict=True):
             if factor != 1.0 and group["params"]:
                 tensors = [storage(p) if storage is not None else p for p in group["params"]]
-                scale_([t for t in tensors if t.numel() > 0], factor, stochastic=self.stochastic_rounding)
+                self._scale([t for t in tensors if t.numel() > 0], factor)
             ledger.record(group, factor)
 
     @property
@@ -424,22 +499,22 @@ class LPWD(torch.optim.Optimizer):
     def settle(self) -> None:
         """pwd: undo the decay already applied for a step that will not come.
 
-        After the last ``step()`` of a loop that gave no ``num_training_steps`` (or stopped before it),
-        the weights hold (1 − d̂)·θ_T; this divides that factor out, leaving θ_T, unfolded pwd's final
-        weights.  A later ``pre_step()`` decays again as needed.
+        After the last ``step()`` of a loop that gave no ``num_training_steps`` (or stopped before it), the
+        weights hold (1 − d̂)·θ_T; this divides that factor out, leaving θ_T, unfolded pwd's final weights.  A
+        later ``pre_step()`` decays again as needed.
         """
         for group in self.param_groups:
             applied = ledger.applied(group)
             if applied is not None and applied != 1.0 and group["params"]:
-                scale_(list(group["params"]), 1.0 / applied, stochastic=self.stochastic_rounding)
+                self._scale(list(group["params"]), 1.0 / applied)
             ledger.clear(group)
         self._pre_step_done = False
 
     def forget_applied_decay(self) -> None:
         """pwd: record that the weights carry no decay for a coming step, without touching them.
 
-        For weights just replaced from outside (a checkpoint loaded as the final model): they are what
-        was saved, and nothing is pending for them.
+        For weights just replaced from outside (a checkpoint loaded as the final model): they are what was
+        saved, and nothing is pending for them.
         """
         for group in self.param_groups:
             ledger.clear(group)
@@ -447,7 +522,8 @@ class LPWD(torch.optim.Optimizer):
 
     @property
     def pending_decay(self) -> dict[Any, float]:
-        """pwd: the factor each group's weights carry for a coming step, where it is not 1 (keyed by depth)."""
+        """pwd: the factor each group's weights carry for a coming step, where it is not 1 (keyed by
+        depth)."""
         pending = {}
         for index, group in enumerate(self.param_groups):
             applied = ledger.applied(group)
@@ -459,8 +535,8 @@ class LPWD(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """Take one optimizer step with the configured timing.
 
-        A ``closure`` is evaluated first (with gradients enabled, as torch's optimizers do), so the
-        gradient is always taken at the weights as they are before any decay of this step.
+        A ``closure`` is evaluated first (with gradients enabled, as torch's optimizers do), so the gradient
+        is always taken at the weights as they are before any decay of this step.
         """
         loss = None
         if closure is not None:
@@ -490,9 +566,15 @@ class LPWD(torch.optim.Optimizer):
                 plans.append(_GroupPlan({"weight_decay": 0.0}, cautious=eta * rate))
             elif self.folds_decay_into_base and not low[index]:
                 if self.mode == "rwd":
-                    override = {} if factor == 1.0 else dict(zip(("lr", "weight_decay"), rwd_on_adamw(eta, rate), strict=True))
+                    override = (
+                        {}
+                        if factor == 1.0
+                        else dict(zip(("lr", "weight_decay"), rwd_on_adamw(eta, rate), strict=True))
+                    )
                 else:
-                    override = {} if rate == lookahead.as_float(group["weight_decay"]) else {"weight_decay": rate}
+                    override = (
+                        {} if rate == lookahead.as_float(group["weight_decay"]) else {"weight_decay": rate}
+                    )
                 plans.append(_GroupPlan(override))
             elif self.mode == "wd":  # u does not depend on θ: (1 − d)θ − ηu = θ − ηu − dθ
                 plans.append(_GroupPlan({"weight_decay": 0.0}, before=factor))
@@ -504,7 +586,10 @@ class LPWD(torch.optim.Optimizer):
         """pwd: this step's decay where it is missing, then one base step with the next decay folded in."""
         if not self._pre_step_done and self.require_pre_step and not self._decay_is_up_to_date():
             raise RuntimeError(
-                "LPWD(mode='pwd'): step() was called without pre_step() on a step whose decay was not applied "
+                "LPWD(mode='pwd'): step() was called without pre_step() on a step whose decay was not "
+                "applied "
+                ""
+                ""
                 "yet (the first step, or an lr other than the one the previous step folded in), so the "
                 "gradient was taken at undecayed weights. Call optimizer.pre_step() once per optimizer step, "
                 "before the forward pass (LPWDTrainer does this for you), or use mode='rwd' if the loop "
@@ -516,7 +601,9 @@ class LPWD(torch.optim.Optimizer):
         checked = []
         for index, group in enumerate(self.param_groups):
             eta, rate = self._validate_group(index, group)
-            checked.append(None if not group["params"] else (eta, 1.0 - eta * rate, self._next_factor(index, group)))
+            checked.append(
+                None if not group["params"] else (eta, 1.0 - eta * rate, self._next_factor(index, group))
+            )
         plans: list[_GroupPlan | None] = []
         for index, (group, values) in enumerate(zip(self.param_groups, checked, strict=True)):
             if values is None:  # ZeRO-3: a group not stepped in this call keeps its bookkeeping
@@ -528,33 +615,151 @@ class LPWD(torch.optim.Optimizer):
             carried = ledger.begin_step(group, step_index)
             if carried != wanted:
                 with torch.no_grad():
-                    scale_(list(group["params"]), wanted / carried, stochastic=self.stochastic_rounding)
+                    self._scale(list(group["params"]), wanted / carried)
                 self.fold_corrections += 1
             if factor == 1.0:
                 plans.append(_GroupPlan({"weight_decay": 0.0}, record=factor))
             elif self.folds_decay_into_base and not low[index] and eta > 0.0:
                 # One AdamW update: (1 − η'λ')θ − η'u = f·(θ − η_t·u); parameters it skips are scaled alone.
                 lr, lam = pwd_fold_on_adamw(eta, factor)
-                plans.append(_GroupPlan({"lr": lr, "weight_decay": lam}, after=factor, after_scope="idle", record=factor))
+                plans.append(
+                    _GroupPlan(
+                        {"lr": lr, "weight_decay": lam}, after=factor, after_scope="idle", record=factor
+                    )
+                )
             else:  # η_t = 0 (the fold would divide by it), another base, or stochastic rounding
-                plans.append(_GroupPlan({"weight_decay": 0.0}, after=factor, after_scope="all", record=factor))
+                plans.append(
+                    _GroupPlan({"weight_decay": 0.0}, after=factor, after_scope="all", record=factor)
+                )
         return plans
+
+    def _scale(self, params: list[torch.Tensor], factor: float) -> None:
+        """θ ← factor·θ; bf16/fp16 weights stochastically rounded with the optimizer's own noise."""
+        scale_(
+            params,
+            factor,
+            stochastic=self.stochastic_rounding,
+            keys=self._noise,
+            eager=self.rounding_kernel == "eager",
+        )
+
+    def _check_precision(self) -> None:
+        """Once, at the first step: say what round-to-nearest will cost, or what the rounded step cannot
+        take."""
+        self._precision_checked = True
+        low = [p for g in self.param_groups for p in g["params"] if p.dtype in LOW_PRECISION_DTYPES]
+        if not low:
+            return
+        if not self.stochastic_rounding:
+            adaptive = type(self.base_optimizer) is not torch.optim.SGD
+            lost = [
+                fraction_below_half_ulp(
+                    g["params"], lookahead.as_float(g.get("initial_lr", g["lr"])), adaptive
+                )
+                for g in self.param_groups
+            ]
+            weights = [
+                sum(p.numel() for p in g["params"] if p.dtype in LOW_PRECISION_DTYPES)
+                for g in self.param_groups
+            ]
+            share = sum(f * n for f, n in zip(lost, weights, strict=True)) / max(1, sum(weights))
+            if share > 0.0:
+                warnings.warn(
+                    "LPWD: stochastic_rounding=False on bf16/fp16 weights: at the peak lr, the first update "
+                    "of "
+                    f"{share:.1%} of their coordinates is below half their spacing and rounds away to "
+                    "nearest "
+                    ""
+                    ""
+                    "(the stock optimizer loses it too). LPWD(..., stochastic_rounding=True) "
+                    "(--lpwd_stochastic_rounding true) writes the whole step with stochastic rounding.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            return
+        count, numel, total, why = unrounded_share(self.base_optimizer, self.param_groups)
+        if count:
+            logger.warning(
+                "LPWD: %d bf16/fp16 parameters (%d of %d such weights, %.1f%%: %s) take the base's own step: "
+                "their update is rounded to nearest and only the decay stochastically (the whole step is "
+                "rounded on %s with plain tensors)",
+                count,
+                numel,
+                total,
+                100.0 * numel / max(1, total),
+                why,
+                "AdamW / Adam / SGD",
+            )
+
+    def _rounded_factors(self, plans: list[_GroupPlan | None]) -> list[tuple[float, float, float] | None]:
+        """(pre, post, cautious) of θ' = post·(pre·θ − c·mask⊙θ − η·u) per group, ``None`` where not
+        rounded."""
+        factors: list[tuple[float, float, float] | None] = []
+        for plan in plans:
+            if plan is None or "lr" in plan.override:  # a fold into the base's own kernel: fp32 groups only
+                factors.append(None)
+                continue
+            post = plan.after if plan.after_scope in ("stepped", "all") else 1.0
+            factors.append((plan.before, post, plan.cautious))
+        return factors
 
     @torch.no_grad()
     def _execute(self, plans: list[_GroupPlan | None]) -> None:
+        """bf16/fp16 weights: the whole step rounded once; the rest: the base step between scale passes."""
+        if not self._precision_checked:
+            self._check_precision()
+        groups = self.param_groups
+        done: list[set[int]] = [set() for _ in groups]
+        if self.stochastic_rounding and any(
+            p.dtype in LOW_PRECISION_DTYPES for g in groups for p in g["params"]
+        ):
+            stepped = rounded_step(
+                self.base_optimizer,
+                groups,
+                self._rounded_factors(plans),
+                self._noise,
+                eager=self.rounding_kernel == "eager",
+            )
+            done = [{id(p) for p in params} for params in stepped]
+        if not any(done):
+            self._execute_base(plans)
+            return
+        kept = [g["params"] for g in groups]
+        try:  # the base steps only what the rounded step did not
+            for group, ids in zip(groups, done, strict=True):
+                if ids:
+                    group["params"] = [p for p in group["params"] if id(p) not in ids]
+            self._execute_base(plans, record=False)
+        finally:
+            for group, params in zip(groups, kept, strict=True):
+                group["params"] = params
+        for group, plan in zip(groups, plans, strict=True):
+            if plan is not None and plan.record is not None:
+                ledger.record(group, plan.record)
+
+    def _execute_base(self, plans: list[_GroupPlan | None], record: bool = True) -> None:
         """Scale passes before, one base step with the plans' hyperparameters, scale passes after."""
         groups = self.param_groups
         if self.cautious and self.cautious_kernel == "compiled" and all(plan is not None for plan in plans):
             if cautious_adamw_step(self.base_optimizer, [plan.cautious for plan in plans]):  # type: ignore[union-attr]
+                if record:
+                    for group, plan in zip(groups, plans, strict=True):
+                        if plan is not None and plan.record is not None:
+                            ledger.record(group, plan.record)
                 return
         stepped = [[p for p in g["params"] if p.grad is not None] for g in groups]
         for group, plan, params in zip(groups, plans, stepped, strict=True):
             if plan is not None and plan.before != 1.0 and params:
-                scale_(params, plan.before, stochastic=self.stochastic_rounding)
+                self._scale(params, plan.before)
             if plan is not None and plan.cautious > 0.0:
                 for p in params:  # one temporary at a time: no copy of the model
-                    apply_cautious_decay_(p, coming_update_direction(self.base_optimizer, group, p), plan.cautious)
-        saved = [{key: g[key] for key in plan.override} if plan is not None else {} for g, plan in zip(groups, plans, strict=True)]
+                    apply_cautious_decay_(
+                        p, coming_update_direction(self.base_optimizer, group, p), plan.cautious
+                    )
+        saved = [
+            {key: g[key] for key in plan.override} if plan is not None else {}
+            for g, plan in zip(groups, plans, strict=True)
+        ]
         try:
             for group, plan in zip(groups, plans, strict=True):
                 if plan is not None:
@@ -574,14 +779,21 @@ class LPWD(torch.optim.Optimizer):
                 else:  # "idle": the fused AdamW call skipped them
                     targets = [p for p in group["params"] if p.grad is None]
                 if targets:
-                    scale_(targets, plan.after, stochastic=self.stochastic_rounding)
-            if plan.record is not None:
+                    self._scale(targets, plan.after)
+            if record and plan.record is not None:
                 ledger.record(group, plan.record)
 
 
-def _check_factor(index: int, group: dict[str, Any], eta: float, lam: float, decay: float, what: str = "lr") -> None:
+def _check_factor(
+    index: int, group: dict[str, Any], eta: float, lam: float, decay: float, what: str = "lr"
+) -> None:
     """η must be finite and >= 0, and the per-step decay d < 1 (else 1 − d <= 0 flips the weights' signs)."""
     if not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"LPWD: {_group_label(index, group)} has {what}={eta}; η must be a finite number >= 0")
-    check_decay_factor(decay, f"LPWD: {_group_label(index, group)} has {what}={eta} and weight_decay={lam}",
-                       "lower weight_decay or lr")
+        raise ValueError(
+            f"LPWD: {_group_label(index, group)} has {what}={eta}; η must be a finite number >= 0"
+        )
+    check_decay_factor(
+        decay,
+        f"LPWD: {_group_label(index, group)} has {what}={eta} and weight_decay={lam}",
+        "lower weight_decay or lr",
+    )
