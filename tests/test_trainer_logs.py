@@ -58,3 +58,27 @@ def test_no_norms_when_switched_off(tmp_path: Path) -> None:
     trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
     trainer.train()
     assert not [e for e in trainer.state.log_history if any(k.startswith(NORM_LOG_PREFIX) for k in e)]
+
+
+@pytest.mark.parametrize("rounding,path", [
+    (True, "bf16 weights: update + decay stochastically rounded"),
+    (False, "bf16 weights: rounded to nearest (stochastic_rounding=False)"),
+])
+def test_the_layer_table_names_the_weights_dtype_and_path(tmp_path: Path, caplog, rounding: bool,
+                                                          path: str) -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_info()
+    transformers.logging.enable_propagation()
+    try:
+        args = LPWDTrainingArguments(**common_args(tmp_path, max_steps=1, weight_decay=0.1),
+                                     lpwd_stochastic_rounding=rounding, optim="adamw_torch")
+        with caplog.at_level("INFO"):
+            LPWDTrainer(model=tiny_bert().to(torch.bfloat16), args=args, train_dataset=TokenDataset(8)).train()
+    finally:
+        transformers.logging.set_verbosity_warning()
+        transformers.logging.disable_propagation()
+    (table,) = {r.getMessage() for r in caplog.records if r.getMessage().startswith("LPWD mode=")}
+    lines = table.splitlines()
+    assert "weights dtype: bfloat16" in lines
+    assert f"weights: {path} (depths 0, 1, 2, 3)" in lines

@@ -9,13 +9,29 @@ from transformers.utils import logging as hf_logging
 
 from ..config import LPWDConfig
 from ..model.groups import format_layer_table, layer_table, shrink_warning
-from ..optim import LPWD
+from ..optim import LPWD, rounding_path
 from ..schedule import group_shrink, scheduler_scales
 from ..settings import describe, resolve_settings
 
 logger = hf_logging.get_logger("transformers.hf_lpwd")
 
 __all__ = ["log_layer_table"]
+
+
+def weights_paths(lpwd: LPWD) -> str:
+    """How each depth's step is written to its weights (:func:`hf_lpwd.optim.rounding_path`), one line per path:
+    ``weights: bf16 weights: update + decay stochastically rounded (depths 0-3)`` or ``fp32 weights``."""
+    depths_of: dict[str, list[str]] = {}
+    for group in lpwd.param_groups:
+        if group["params"]:
+            label = "all" if group.get("depth") is None else str(group["depth"])
+            depths_of.setdefault(rounding_path(group, lpwd), [])
+            if label not in depths_of[rounding_path(group, lpwd)]:
+                depths_of[rounding_path(group, lpwd)].append(label)
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for g in lpwd.param_groups for p in g["params"]})
+    lines = [f"weights dtype: {', '.join(dtypes)}"]
+    lines += [f"weights: {path} (depths {', '.join(depths)})" for path, depths in depths_of.items()]
+    return "\n".join(lines)
 
 
 def log_layer_table(lpwd: LPWD, scheduler: Any, num_training_steps: int, config: LPWDConfig,
@@ -36,8 +52,8 @@ def log_layer_table(lpwd: LPWD, scheduler: Any, num_training_steps: int, config:
             config.record.depth_shrink = {str(r["depth"]): round(float(r["shrink"]), 6) for r in decayed}
     if not should_log:
         return
-    logger.info("LPWD %s base=%s, %d steps\n%s", describe(resolve_settings(config.settings())),
-                config.base_optimizer, num_training_steps, format_layer_table(rows))
+    logger.info("LPWD %s base=%s, %d steps\n%s\n%s", describe(resolve_settings(config.settings())),
+                config.base_optimizer, num_training_steps, format_layer_table(rows), weights_paths(lpwd))
     warning = shrink_warning(rows)
     if warning:
         logger.warning(warning)
