@@ -364,7 +364,8 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
         setting = SETTING[name]
         spellings = dict.fromkeys([_option_label(setting), f"--{name}", f"--{setting.flag}"])
         kind = parse_bool if setting.kind is bool else setting.kind
-        parser.add_argument(*spellings, dest=name, type=kind, default=setting.default, choices=setting.choices,
+        parser.add_argument(*spellings, dest=name, type=kind, default=setting.default,
+                            choices=setting.choices,
                             metavar=None if setting.choices else name.split("_")[-1].upper(),
                             help=f"{setting.help} (default {setting.default})")
     parser.add_argument("--uniform", action="store_true", help="uniform λ profile instead of layer-wise")

@@ -668,7 +668,8 @@ def test_a_declared_block_class_still_beats_an_equal_side_list():
 
 
 def test_a_models_depths_are_parsed_once_while_its_names_stay(monkeypatch) -> None:
-    """The recipe's check and the Trainer's build share one parse; a changed model (an adapter) is parsed again."""
+    """The recipe's check and the Trainer's build share one parse; a changed model (an adapter) is parsed
+    again."""
     import hf_lpwd.model.layers as layers_module
 
     calls: list[int] = []

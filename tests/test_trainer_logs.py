@@ -74,7 +74,8 @@ def test_the_layer_table_names_the_weights_dtype_and_path(tmp_path: Path, caplog
         args = LPWDTrainingArguments(**common_args(tmp_path, max_steps=1, weight_decay=0.1),
                                      lpwd_stochastic_rounding=rounding, optim="adamw_torch")
         with caplog.at_level("INFO"):
-            LPWDTrainer(model=tiny_bert().to(torch.bfloat16), args=args, train_dataset=TokenDataset(8)).train()
+            model = tiny_bert().to(torch.bfloat16)
+            LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(8)).train()
     finally:
         transformers.logging.set_verbosity_warning()
         transformers.logging.disable_propagation()

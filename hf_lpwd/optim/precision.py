@@ -65,7 +65,7 @@ def half_spacing(theta: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def fraction_below_half_ulp(params: Iterable[torch.Tensor], lr: float, adaptive: bool = True) -> float:
-    """Share of bf16/fp16 coordinates whose first update at ``lr`` is below half an ulp (rounds away to nearest).
+    """Share of bf16/fp16 coordinates whose first update at ``lr`` is below half an ulp (rounds away).
 
     Adam's first update is m̂/(√v̂ + ε) = ±1 per coordinate (g/|g|), so it moves θ by η: ``adaptive``.  SGD's
     moves it by η·|g| (``adaptive=False``, from the gradients present; parameters without one are skipped).

@@ -19,8 +19,8 @@ __all__ = ["log_layer_table"]
 
 
 def weights_paths(lpwd: LPWD) -> str:
-    """How each depth's step is written to its weights (:func:`hf_lpwd.optim.rounding_path`), one line per path:
-    ``weights: bf16 weights: update + decay stochastically rounded (depths 0-3)`` or ``fp32 weights``."""
+    """How each depth's step is written to its weights (:func:`hf_lpwd.optim.rounding_path`), one line a path:
+    ``weights: bf16 weights: update + decay stochastically rounded (depths 0, 1)`` or ``fp32 weights``."""
     depths_of: dict[str, list[str]] = {}
     for group in lpwd.param_groups:
         if group["params"]:
