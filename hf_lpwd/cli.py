@@ -27,11 +27,11 @@ from torch import nn
 
 from ._compat.transformers import auto_class_accepts, model_from_config
 from .integrations.bnb_notice import quiet_cpu_kernel_notice
-from .model.groups import layer_table, lpwd_param_groups, shrink_warning
+from .model.groups import layer_table, param_groups_for_settings, shrink_warning
 from .model.layers import layer_depths_with_count
 from .model_source import resolve_model_path
 from .schedule import group_shrink, trainer_schedule_scales
-from .settings import SETTING, Setting, check_peak_decay, check_settings, parse_bool
+from .settings import SETTING, Setting, check_peak_decay, check_settings, parse_bool, resolve_settings
 
 __all__ = ["TASKS", "build_meta_model", "main"]
 
@@ -181,8 +181,7 @@ def _check_settings(args: argparse.Namespace) -> None:
         raise CliError(f"--warmup-steps={args.warmup_steps:g} must be >= 0: steps (>= 1) or a ratio of "
                        "--max-steps (below 1), as the Trainer's --warmup_steps")
     try:  # the per-step decay at the peak lr, by the rule the Trainer refuses it with
-        check_peak_decay(args.weight_decay, args.learning_rate, args.lr_coupling, "--weight-decay",
-                         "--learning-rate", "--lr-coupling")
+        check_peak_decay(_settings_of(args), args.learning_rate, _option_label, "--learning-rate")
     except ValueError as exc:
         raise CliError(f"{exc} (the Trainer refuses this run)") from None
 
@@ -196,11 +195,7 @@ def _inspect(args: argparse.Namespace) -> int:
     model = _build(cls, config)
     try:
         depths = layer_depths_with_count(model, args.layer_pattern)
-        groups = lpwd_param_groups(
-            model, args.weight_decay, layerwise=not args.uniform, layer_pattern=args.layer_pattern,
-            decay_embeddings=args.decay_embeddings, layer_lr_decay=args.layer_lr_decay,
-            tied_depth=args.tied_depth, depths=depths,
-        )
+        groups = param_groups_for_settings(model, _settings_of(args), depths=depths)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     shrink = _run_shrink(args, groups)
@@ -221,8 +216,7 @@ def _inspect(args: argparse.Namespace) -> int:
               f"from lr {args.learning_rate:g}, {warmup} warm-up steps ({args.lr_coupling} coupling)")
         warning = shrink_warning(rows)
         if warning:
-            print(warning.replace("--weight_decay", "--weight-decay").replace(
-                "--lpwd_decay_timescale", "the Trainer's --lpwd_decay_timescale"))
+            print(warning)
     if args.plot:
         plot_profiles(rows, args.plot, title=f"{type(model).__name__}: λ={args.weight_decay:g}, "
                       f"γ={args.layer_lr_decay:g}")
@@ -351,6 +345,12 @@ def _option(parser: Any, name: str, **kwargs: Any) -> None:
 INSPECT_SETTINGS = ("weight_decay", "layer_lr_decay", "tied_depth", "layer_pattern", "decay_embeddings",
                     "lr_coupling")
 """The settings that shape the table; their options come from :data:`hf_lpwd.settings.SETTINGS`."""
+
+
+def _settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the table shows, resolved (a uniform or layer-wise λ; the timing does not change it)."""
+    given = {name: getattr(args, name) for name in INSPECT_SETTINGS}
+    return resolve_settings({**given, "mode": "pwd", "layerwise": not args.uniform})
 
 
 def _option_label(setting: Setting) -> str:

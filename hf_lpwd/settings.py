@@ -133,18 +133,22 @@ def check_decay_factor(decay: float, where: str, fix: str = "lower weight_decay 
         )
 
 
-def check_peak_decay(weight_decay: float, lr: float, lr_coupling: str, lambda_label: str = "--weight_decay",
-                     lr_label: str = "--learning_rate", coupling_label: str = "--lpwd_lr_coupling") -> None:
+def check_peak_decay(values: Mapping[str, Any], lr: float, label: Callable[[Setting], str] | None = None,
+                     lr_label: str = "--learning_rate") -> None:
     """The per-step decay at the peak lr must stay below 1: η·λ (coupled, corrected), λ (independent).
 
-    The one rule behind the Trainer's refusal and ``hf-lpwd inspect``'s, in the words of the caller's flags.
+    The one rule behind the Trainer's refusal and ``hf-lpwd inspect``'s, in the words of the caller's flags
+    (``label``: :func:`argument_label` by default).
     """
-    if lr_coupling == "independent":  # d = (η_t/η̄)·λ
-        check_decay_factor(weight_decay, f"{lambda_label}={weight_decay:g} with {coupling_label} independent "
-                           "(d = λ at the peak lr)", f"lower {lambda_label}")
+    label = label or argument_label
+    lam, lam_label = float(values["weight_decay"]), label(SETTING["weight_decay"])
+    coupling = SETTING["lr_coupling"]
+    if values.get(coupling.name, coupling.default) == "independent":  # d = (η_t/η̄)·λ
+        check_decay_factor(lam, f"{lam_label}={lam:g} with {label(coupling)} independent "
+                           "(d = λ at the peak lr)", f"lower {lam_label}")
     else:
-        check_decay_factor(lr * weight_decay, f"{lr_label}={lr:g} × {lambda_label}={weight_decay:g}",
-                           f"lower {lambda_label} or {lr_label}")
+        check_decay_factor(lr * lam, f"{lr_label}={lr:g} × {lam_label}={lam:g}",
+                           f"lower {lam_label} or {lr_label}")
 
 
 SCHEDULE_FREE_REASON = (

@@ -12,7 +12,7 @@ from transformers import Trainer, TrainingArguments
 
 from .._compat.transformers import deepspeed_config_dict
 from ..optim.bases import refuse_cautious_base
-from ..settings import DEFAULTS, SCHEDULE_FREE_REASON, SETTING, check_peak_decay
+from ..settings import SCHEDULE_FREE_REASON, SETTING, SETTINGS, check_peak_decay
 
 _UNSUPPORTED_OPTIM_KWARGS = ("params", "model", "optimizer_dict")
 _OWN_STEP_FAMILIES = {
@@ -63,8 +63,8 @@ def check_training_arguments(args: TrainingArguments) -> None:
 
 def _check_peak_decay(args: TrainingArguments) -> None:
     """The per-step decay at the peak lr must stay below 1 (:func:`hf_lpwd.settings.check_peak_decay`)."""
-    check_peak_decay(float(args.weight_decay), float(args.learning_rate),
-                     getattr(args, SETTING["lr_coupling"].flag, DEFAULTS["lr_coupling"]))
+    values = {s.name: getattr(args, s.flag, s.default) for s in SETTINGS}
+    check_peak_decay(values, float(args.learning_rate))
 
 
 def _refuse_cautious_base(args: TrainingArguments) -> None:
