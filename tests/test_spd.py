@@ -282,9 +282,26 @@ def test_lora_conditions_of_a_and_b_equal_delta_w_condition_on_a_peft_model() ->
     for alpha in (1 + step, 1 - step):  # B·(α) scales ΔW by α, all other adapters untouched
         with torch.no_grad():
             lora_b.copy_(alpha * original)
-        losses.append(float(loss_of()))
+        with torch.no_grad():
+            losses.append(float(loss_of()))
     with torch.no_grad():
         lora_b.copy_(original)
     assert -(losses[0] - losses[1]) / (2 * step) == pytest.approx(c_a, rel=1e-5)
-    formed = torch.linalg.matrix_norm(scaling * lora_b @ lora_a)
+    formed = torch.linalg.matrix_norm(scaling * lora_b.detach() @ lora_a.detach())
     assert float(lora_delta_norm(lora_a, lora_b, scaling)) == pytest.approx(float(formed), rel=1e-12)
+
+
+def test_complex_tensor_is_its_real_components() -> None:
+    """Complex θ: the condition, the norms and the decay of its real view (as torch's optimizers treat it)."""
+    gen = torch.Generator().manual_seed(4)
+    shape = (5, 3)
+    theta0 = torch.randn(shape, generator=gen, dtype=torch.complex128)
+    theta = theta0 + torch.randn(shape, generator=gen, dtype=torch.complex128)
+    grad = theta - theta0  # c < 0
+    update = -(theta - theta0)  # grows the deviation: decayed
+    as_complex, as_real = theta.clone(), torch.view_as_real(theta).clone()
+    d_complex = spd_step_([as_complex], [theta0], [grad], [update], 0.5, 0.8)
+    views = [torch.view_as_real(t) for t in (theta0, grad, update)]
+    d_real = spd_step_([as_real], [views[0]], [views[1]], [views[2]], 0.5, 0.8)
+    assert float(d_complex[0]) > 0 and float(d_complex[0]) == float(d_real[0])
+    assert torch.equal(torch.view_as_real(as_complex), as_real)

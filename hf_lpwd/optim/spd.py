@@ -184,7 +184,9 @@ def spd_decay_(
 
     ``conditions`` and ``previous_norms`` are :func:`spd_measure`'s, taken before the step.  Returns each
     tensor's applied decay d_t = λ·r_t·1[c_t < 0] (0-d tensors; no host sync).  A tensor with d_t = 0 is left
-    bitwise as it is (``lerp`` with weight 0).  θ₀ must have θ's dtype (``lerp``'s requirement).
+    bitwise as it is (``lerp`` with weight 0).  θ₀ must have θ's dtype (``lerp``'s requirement).  On bf16/fp16
+    weights a decay written with round-to-nearest is mostly lost (λ·r_t·(θ̃ − θ₀) is far below half an ulp of
+    θ); there d_t belongs in the whole step's one stochastic rounding (:mod:`.rounded_step`), not here.
     """
     check_spd_strength(strength)
     _same_lengths(params=params, anchors=anchors, conditions=conditions, previous_norms=previous_norms)
