@@ -19,7 +19,8 @@ Selection: c_t < 0 means the descent direction −g_t points against the layer's
 "inconsistent loss reduction"); a layer whose progress agrees with its gradient (c_t ≥ 0) moves freely.  The
 ratio is the fraction of θ̃'s deviation that is *new* this step: with λ = 1 the decay projects θ̃ back onto
 the sphere ‖θ − θ₀‖ = ‖θ_{t−1} − θ₀‖ (the deviation of a selected layer never grows), λ < 1 goes part of the
-way; a step that shrinks the deviation has r_t clipped to 0 and is not decayed.  Note that a selected layer
+way; a step that shrinks the deviation has r_t clipped to 0 and is not decayed (r_t ≤ 1 always, so
+the upper clip never acts).  Note that a selected layer
 is decayed only when the base's update u_t nonetheless grows its deviation (for plain SGD, u = g, this needs
 a step long enough to overshoot); with Adam, momentum and the per-coordinate scaling make u_t and g_t
 disagree often.
@@ -43,8 +44,8 @@ within [0, 1].
   AdamW values (0.01–0.1) mean a weak SPD here, λ = 1 the full projection.
 * θ̃ = θ₀ with a selected layer gives 0/0 = NaN in their ratio (adamSPD.py:154); here r_t = 0 (no deviation, so
   nothing to decay).
-* Their condition and norms are computed in the parameter's dtype; here in at least fp32 (bf16 weights' inner
-  products over millions of entries lose the sign otherwise).
+* Their condition and norms are computed in the parameter's dtype; here in at least fp32 (θ − θ₀, the
+  products and the sums of bf16 weights are not rounded to bf16's 8 bits).
 * They branch on ``condition < 0.0`` in Python (a host sync per tensor on a GPU); here the selection is a 0-d
   tensor and the decay a ``lerp`` by λ·r_t·1[c_t < 0] (a weight of 0 leaves θ̃ bitwise as it is).
 * Their anchors are a deep copy of the parameters in the parameters' dtype (README), ``None`` meaning zeros
