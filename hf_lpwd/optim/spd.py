@@ -1,0 +1,242 @@
+"""Selective Projection Decay (SPD) as plain functions: decay toward θ₀, per tensor, only where selected.
+
+Tian, Huang & Kira, "Rethinking Weight Decay for Robust Fine-Tuning of Foundation Models" (NeurIPS 2024, arXiv
+2411.01713), read in the authors' public code, github.com/GT-RIPL/Selective-Projection-Decay ``adamSPD.py``
+(commit b377695, the repository's only commit; line numbers below are that file's).  The paper's full text was
+not reachable from this machine; its abstract and published summaries state the same condition
+c_t = −g_tᵀ(θ_{t−1} − θ₀), "regularize when c_t < 0", and the deviation ratio r_t with a hyper-parameter λ.
+
+In the project's notation (θ the weights before the step, θ₀ the anchor, u_t the base optimizer's update
+direction, η_t the lr, g_t the raw gradient), for every tensor (a "layer" in the paper is one parameter
+tensor: the loop at adamSPD.py:111 handles each ``param`` on its own)::
+
+    θ̃   = θ − η_t·u_t                                   the base's step            (adamSPD.py:140-141)
+    c_t = −⟨g_t, θ − θ₀⟩                                 selection condition        (adamSPD.py:145)
+    r_t = clip((‖θ̃ − θ₀‖ − ‖θ − θ₀‖) / ‖θ̃ − θ₀‖, 0, 1)    deviation ratio            (adamSPD.py:152-155)
+    θ ← θ̃ − λ·r_t·(θ̃ − θ₀)   if c_t < 0, else θ ← θ̃       the decay                  (adamSPD.py:146-148)
+
+Selection: c_t < 0 means the descent direction −g_t points against the layer's progress θ − θ₀ (their
+"inconsistent loss reduction"); a layer whose progress agrees with its gradient (c_t ≥ 0) moves freely.  The
+ratio is the fraction of θ̃'s deviation that is *new* this step: with λ = 1 the decay projects θ̃ back onto
+the sphere ‖θ − θ₀‖ = ‖θ_{t−1} − θ₀‖ (the deviation of a selected layer never grows), λ < 1 goes part of the
+way; a step that shrinks the deviation has r_t clipped to 0 and is not decayed (r_t ≤ 1 always, so
+the upper clip never acts).  Note that a selected layer
+is decayed only when the base's update u_t nonetheless grows its deviation (for plain SGD, u = g, this needs
+a step long enough to overshoot); with Adam, momentum and the per-coordinate scaling make u_t and g_t
+disagree often.
+
+**Timing and target.**  The decay multiplies the deviation *after* the base step, θ̃ − θ₀ (adamSPD.py:148),
+and r_t needs θ̃: in this project's terms that is the ``rwd`` timing with target θ₀,
+θ ← θ₀ + (1 − d_t)·(θ − η_t·u_t − θ₀) with d_t = λ·r_t — not ``wd`` (which would decay θ − θ₀, before the
+step).  ``pwd`` decays before the forward, when θ̃ does not exist.  That rwd × θ₀ is the only combination SPD
+defines (:func:`check_spd`).  (The per-step difference to a wd form, d_t·η_t·u_t, is second order, but it is
+not the published rule.)
+
+**Strength.**  λ is dimensionless, in [0, 1], and is *not* multiplied by the lr (adamSPD.py:148 uses
+``weight_decay`` alone): r_t already scales with the step, since ‖θ̃ − θ₀‖ − ‖θ − θ₀‖ ≤ η_t·‖u_t‖.  So
+none of the project's lr couplings applies to it: d_t = λ·r_t, and a layer-wise profile can only scale λ
+within [0, 1].
+
+**Differences from AdamSPD** (what these functions do that their optimizer does not, or the other way):
+
+* Their base is Adam (no decoupled decay of its own, amsgrad optional); here u_t is any base's direction.
+* Their hyper-parameter is the group's ``weight_decay`` (default 0, adamSPD.py:8), used as λ above; the usual
+  AdamW values (0.01–0.1) mean a weak SPD here, λ = 1 the full projection.
+* θ̃ = θ₀ with a selected layer gives 0/0 = NaN in their ratio (adamSPD.py:154); here r_t = 0 (no deviation, so
+  nothing to decay).
+* Their condition and norms are computed in the parameter's dtype; here in at least fp32 (θ − θ₀, the
+  products and the sums of bf16 weights are not rounded to bf16's 8 bits).
+* They branch on ``condition < 0.0`` in Python (a host sync per tensor on a GPU); here the selection is a 0-d
+  tensor and the decay a ``lerp`` by λ·r_t·1[c_t < 0] (a weight of 0 leaves θ̃ bitwise as it is).
+* Their anchors are a deep copy of the parameters in the parameters' dtype (README), ``None`` meaning zeros
+  of the parameter's shape, allocated every step (adamSPD.py:144).
+
+**LoRA** (``pre = None`` in their README: the anchors are 0).  With ΔW = s·B·A (B: out×r, A: r×in, s the
+adapter's scaling) and G = ∂L/∂ΔW, the adapters' gradients are g_A = s·Bᵀ·G and g_B = s·G·Aᵀ, so
+⟨g_A, A⟩ = ⟨g_B, B⟩ = ⟨G, s·B·A⟩ = ⟨G, ΔW⟩: the condition of A toward 0 and of B toward 0 are *exactly* ΔW's
+condition toward 0, and A and B are selected together.  The decay is not ΔW's: AdamSPD decays A and B each
+toward 0 with its own ratio (of ‖A‖ and of ‖B‖), so ΔW is scaled by (1 − λ·r_A)(1 − λ·r_B), not by ΔW's
+(1 − λ·r_ΔW).  So "SPD decays ΔW toward 0" is, in the project's terms, per-tensor SPD on A and on B with
+anchors **0** (not θ₀: A starts at a random A₀, and target θ₀ would pull A toward A₀, B toward B₀ = 0) — the
+condition exact, the strength per factor.  An exact ΔW-level SPD is also representable at no memory cost:
+ΔW is linear in B, so scaling B̃ alone by (1 − λ·r_ΔW) scales ΔW̃ = s·B̃·Ã by it; r_ΔW needs ‖s·B·A‖, which
+:func:`lora_delta_norm` gets from two r×r Gram matrices without forming B·A.  At the start B = 0, so ΔW = 0,
+g_A = 0 and both conditions are 0: nothing is selected until B has moved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+SPD_TIMING = "rwd"
+"""The timing SPD is defined on: the decay scales the deviation after the base step (adamSPD.py:148)."""
+
+SPD_TARGET = "init"
+"""The target SPD decays toward: the anchor θ₀ (the pretrained weights; 0 for LoRA adapters)."""
+
+
+def check_spd(timing: str, target: str) -> None:
+    """Refuse any (timing, target) but rwd × init, the only combination SPD's paper and code define."""
+    if timing != SPD_TIMING:
+        why = (
+            "pwd decays before the forward, when the stepped weights θ̃ that the ratio needs do not exist"
+            if timing == "pwd"
+            else "SPD decays the deviation after the base step, θ̃ − θ₀ (adamSPD.py:148), which is rwd"
+        )
+        raise ValueError(
+            f"SPD is defined on the timing {SPD_TIMING!r} only, not {timing!r} ({why}): "
+            f"set the timing (--weight_decay_mode) to {SPD_TIMING!r}"
+        )
+    if target != SPD_TARGET:
+        raise ValueError(
+            f"SPD decays toward the starting weights θ₀, not target {target!r}: "
+            f"set the decay target (--lpwd_decay_target) to {SPD_TARGET!r}"
+        )
+
+
+def check_spd_strength(strength: float) -> None:
+    """λ in [0, 1]: 1 is the full projection onto the previous deviation; above 1 the decay overshoots θ₀'s
+    sphere, below 0 it pushes away from θ₀."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(
+            f"SPD's strength (weight_decay) must be in [0, 1], got {strength}: 1 projects a selected layer "
+            "back to its previous deviation from θ₀, smaller values part of the way"
+        )
+
+
+def _real(tensor: torch.Tensor) -> torch.Tensor:
+    """Complex tensors as their real components (torch's optimizers treat them so), in at least fp32."""
+    if torch.is_complex(tensor):
+        tensor = torch.view_as_real(tensor)
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
+def deviation(param: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """θ − θ₀ in at least fp32 (real components for complex tensors)."""
+    return _real(param) - _real(anchor)
+
+
+@torch.no_grad()
+def selection_condition(grad: torch.Tensor, param: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """c_t = −⟨g_t, θ − θ₀⟩ as a 0-d tensor (adamSPD.py:145); the tensor is decayed where c_t < 0."""
+    return -torch.sum(_real(grad) * deviation(param, anchor))
+
+
+def ratio_from_norms(stepped_norm: torch.Tensor, previous_norm: torch.Tensor) -> torch.Tensor:
+    """r_t = clip((‖θ̃ − θ₀‖ − ‖θ − θ₀‖)/‖θ̃ − θ₀‖, 0, 1) (adamSPD.py:152-155); 0 where ‖θ̃ − θ₀‖ = 0."""
+    safe = torch.where(stepped_norm > 0, stepped_norm, torch.ones_like(stepped_norm))
+    ratio = ((stepped_norm - previous_norm) / safe).clamp(0.0, 1.0)
+    return torch.where(stepped_norm > 0, ratio, torch.zeros_like(ratio))
+
+
+@torch.no_grad()
+def deviation_ratio(stepped: torch.Tensor, param: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """r_t of the step θ → θ̃ (``param`` → ``stepped``) toward ``anchor``: see :func:`ratio_from_norms`."""
+    return ratio_from_norms(
+        torch.linalg.vector_norm(deviation(stepped, anchor)),
+        torch.linalg.vector_norm(deviation(param, anchor)),
+    )
+
+
+def spd_update(
+    theta: torch.Tensor,
+    anchor: torch.Tensor,
+    grad: torch.Tensor,
+    u: torch.Tensor,
+    lr: float,
+    strength: float,
+) -> torch.Tensor:
+    """The equation, literally (out of place): θ̃ = θ − η·u; θ̃ − λ·r·(θ̃ − θ₀) if c < 0, else θ̃."""
+    stepped = theta - lr * u
+    if selection_condition(grad, theta, anchor) < 0:
+        return stepped - strength * deviation_ratio(stepped, theta, anchor) * (stepped - anchor)
+    return stepped
+
+
+# ----------------------------------------------------------------------------- in place, around a base step
+@torch.no_grad()
+def spd_measure(
+    params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Before the base step: (c_t, ‖θ − θ₀‖) per tensor, 0-d tensors (one pass over g, θ, θ₀ each).
+
+    The base step overwrites θ (and may change the gradient), so both are taken first.
+    """
+    _same_lengths(params=params, anchors=anchors, grads=grads)
+    conditions, norms = [], []
+    for param, anchor, grad in zip(params, anchors, grads, strict=True):
+        dev = deviation(param, anchor)
+        conditions.append(-torch.sum(_real(grad) * dev))
+        norms.append(torch.linalg.vector_norm(dev))
+    return conditions, norms
+
+
+@torch.no_grad()
+def spd_decay_(
+    params: Sequence[torch.Tensor],
+    anchors: Sequence[torch.Tensor],
+    conditions: Sequence[torch.Tensor],
+    previous_norms: Sequence[torch.Tensor],
+    strength: float,
+) -> list[torch.Tensor]:
+    """After the base step (``params`` hold θ̃): θ ← θ̃ − λ·r_t·1[c_t < 0]·(θ̃ − θ₀) in place, per tensor.
+
+    ``conditions`` and ``previous_norms`` are :func:`spd_measure`'s, taken before the step.  Returns each
+    tensor's applied decay d_t = λ·r_t·1[c_t < 0] (0-d tensors; no host sync).  A tensor with d_t = 0 is left
+    bitwise as it is (``lerp`` with weight 0).  θ₀ must have θ's dtype (``lerp``'s requirement).  On bf16/fp16
+    weights a decay written with round-to-nearest is mostly lost (λ·r_t·(θ̃ − θ₀) is far below half an ulp of
+    θ); there d_t belongs in the whole step's one stochastic rounding (:mod:`.rounded_step`), not here.
+    """
+    check_spd_strength(strength)
+    _same_lengths(params=params, anchors=anchors, conditions=conditions, previous_norms=previous_norms)
+    decays = []
+    for param, anchor, condition, previous in zip(params, anchors, conditions, previous_norms, strict=True):
+        ratio = ratio_from_norms(torch.linalg.vector_norm(deviation(param, anchor)), previous)
+        decay = torch.where(condition < 0, strength * ratio, torch.zeros_like(ratio))
+        target = torch.view_as_real(param) if torch.is_complex(param) else param
+        origin = torch.view_as_real(anchor) if torch.is_complex(anchor) else anchor
+        target.lerp_(origin, decay.to(target.dtype))
+        decays.append(decay)
+    return decays
+
+
+@torch.no_grad()
+def spd_step_(
+    params: Sequence[torch.Tensor],
+    anchors: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    updates: Sequence[torch.Tensor],
+    lr: float,
+    strength: float,
+) -> list[torch.Tensor]:
+    """One whole SPD step in place given the base's directions u_t: measure, θ ← θ − η·u, decay.
+
+    What :class:`LPWD` would do around its base step, with the base step written out; returns the d_t.
+    """
+    check_spd_strength(strength)
+    _same_lengths(params=params, updates=updates)
+    conditions, norms = spd_measure(params, anchors, grads)
+    for param, update in zip(params, updates, strict=True):
+        param.add_(update, alpha=-lr)
+    return spd_decay_(params, anchors, conditions, norms, strength)
+
+
+# ----------------------------------------------------------------------------- LoRA
+@torch.no_grad()
+def lora_delta_norm(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float = 1.0) -> torch.Tensor:
+    """‖s·B·A‖_F without forming B·A: ‖BA‖² = tr(Aᵀ·Bᵀ·B·A) = Σ (BᵀB) ⊙ (AAᵀ), two r×r Gram matrices.
+
+    A: r×in, B: out×r (PEFT's ``lora_A.weight`` and ``lora_B.weight``).  What an exact ΔW-level ratio r_ΔW
+    would read (see the module docstring); O((in + out)·r²) work, r² memory.
+    """
+    gram_a = _real(lora_a) @ _real(lora_a).transpose(0, 1)
+    gram_b = _real(lora_b).transpose(0, 1) @ _real(lora_b)
+    return abs(scaling) * torch.sum(gram_a * gram_b).clamp_min(0.0).sqrt()
+
+
+def _same_lengths(**lists: Sequence[object]) -> None:
+    lengths = {name: len(values) for name, values in lists.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"SPD: one entry per parameter tensor in each list, got lengths {lengths}")
