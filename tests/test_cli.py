@@ -490,6 +490,36 @@ def test_bitsandbytes_cpu_kernel_notice_is_filtered_and_nothing_else():
     assert records == ["another bitsandbytes warning"]
 
 
+def test_the_kernels_packages_offline_notice_for_bitsandbytes_is_filtered_and_nothing_else():
+    """With the ``kernels`` package installed, bitsandbytes' kernel fetch logs an offline notice: dropped for
+    the kernels-community repositories only (as ``kernels`` logs it)."""
+    import logging
+
+    from hf_lpwd.integrations.bnb_notice import KERNELS_LOGGER, quiet_cpu_kernel_notice
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger(KERNELS_LOGGER)
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        quiet_cpu_kernel_notice()
+        quiet_cpu_kernel_notice()
+        assert len(logger.filters) == 1
+        logger.warning("Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' "
+                       "because Hugging Face Hub is in offline mode.")
+        logger.warning("Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in "
+                       "offline mode.")
+    finally:
+        logger.removeHandler(handler)
+    assert records == ["Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in "
+                       "offline mode."]
+
+
 def test_inspect_prints_no_bitsandbytes_notice(model_dir):
     """A real ``hf-lpwd inspect`` process (the shrink imports the Trainer's schedules: peft, bitsandbytes):
     stderr is empty."""

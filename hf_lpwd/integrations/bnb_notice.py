@@ -19,16 +19,34 @@ NOTICE_LOGGER = "bitsandbytes.backends.cpu.ops"
 NOTICE_START = "Failed to load CPU gemm_4bit_forward"
 """How the notice starts (its format string, before the exception text is filled in)."""
 
+KERNELS_LOGGER = "kernels._internals.hf_hub"
+"""Where the ``kernels`` package (when installed, bitsandbytes fetches that kernel through it) says, offline,
+that it skips the publisher check of bitsandbytes' kernel repository."""
 
-def _not_the_cpu_kernel_notice(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(NOTICE_START)
+KERNELS_NOTICE_START = "Skipping publisher trust check for 'kernels-community/"
+"""How that notice starts, for the kernels-community repositories only."""
+
+_NOTICES = {NOTICE_LOGGER: NOTICE_START, KERNELS_LOGGER: KERNELS_NOTICE_START}
+
+
+class _DropNotice(logging.Filter):
+    """Drops the records of one logger whose message starts with one prefix; every other record passes."""
+
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
 
 
 def quiet_cpu_kernel_notice() -> None:
-    """Drop the notice (call before transformers' Trainer modules are imported; calling twice is harmless)."""
-    logger = logging.getLogger(NOTICE_LOGGER)
-    if _not_the_cpu_kernel_notice not in logger.filters:
-        logger.addFilter(_not_the_cpu_kernel_notice)
+    """Drop the notices (call before transformers' Trainer modules are imported; twice is harmless)."""
+    for name, start in _NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotice) and f.start == start for f in logger.filters):
+            logger.addFilter(_DropNotice(start))
 
 
-__all__ = ["NOTICE_LOGGER", "NOTICE_START", "quiet_cpu_kernel_notice"]
+__all__ = ["KERNELS_LOGGER", "KERNELS_NOTICE_START", "NOTICE_LOGGER", "NOTICE_START",
+           "quiet_cpu_kernel_notice"]
