@@ -255,7 +255,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "stochastic_rounding", bool, True, card="stochastic rounding", optimizer_keyword=True,
-        help="Keep the decay effective on bf16/fp16 weights (stochastic rounding).",
+        help="On bf16/fp16 weights, write the whole step (update + decay) with one stochastic rounding "
+        "(adamw_torch, adamw_torch_fused, sgd; other --optim: the decay only).",
     ),
     Setting(
         "lr_coupling", str, "coupled", choices=LR_COUPLINGS, card="lr coupling", optimizer_keyword=True,
