@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Study Q6 (issue 29): does decay toward the pretrained weights θ₀ help fine-tuning where decay toward 0 does not?
+# Study Q6 (issue 29): does decay toward the pretrained weights θ₀ help fine-tuning where decay toward 0
+# does not?
 # The plan, its grid and its λ are fixed in benchmarks/study_q6/README.md; run from the repository root:
 #   bash benchmarks/study_q6/run.sh                  # every part: gap, anchor, small (resumes what is done)
 #   bash benchmarks/study_q6/run.sh small            # one part: gap | anchor | small
 #   REPORT_ONLY=1 bash benchmarks/study_q6/run.sh    # rebuild the reports and the summary, run nothing
-# Environment (besides study v3's common.sh: PY, JOBS, THREADS, DATA_ROOT): SEEDS (0,1,2,3,4), STEPS (overrides
-# both settings' steps: a pipeline check, λ still placed at the same S), OUT_ROOT (benchmarks/results/study_q6),
+# Environment (besides study v3's common.sh: PY, JOBS, THREADS, DATA_ROOT): SEEDS (0,1,2,3,4), STEPS
+# (overrides both settings' steps: a pipeline check, λ still placed at the same S), OUT_ROOT
+# (benchmarks/results/study_q6),
 # ARMS: all (default) | target (no SPD arms) | zero (no decay and WD toward 0 only: today's flags).
 source "$(dirname "$0")/../study_v3/common.sh"
 OUT_ROOT="${OUT_ROOT:-benchmarks/results/study_q6}"
@@ -28,7 +30,8 @@ case "$ARMS" in
     target | zero) SUFFIX="_$ARMS" ;;
     *) echo "run.sh: ARMS=$ARMS: use all, target or zero" >&2; exit 2 ;;
 esac
-if [ "$ARMS" = all ] && { [ -z "$SPD_KEY" ] || [ -z "$SPD_OFF" ] || [ -z "$SPD_ON" ] || [ -z "$SPD_LAMBDAS" ]; }; then
+if [ "$ARMS" = all ] \
+    && { [ -z "$SPD_KEY" ] || [ -z "$SPD_OFF" ] || [ -z "$SPD_ON" ] || [ -z "$SPD_LAMBDAS" ]; }; then
     echo "run.sh: ARMS=all needs SPD_KEY, SPD_OFF, SPD_ON and SPD_LAMBDAS (SPD's flag, issue 29); until SPD" \
         "lands run ARMS=target (no SPD arms) or ARMS=zero (today's flags)" >&2
     exit 2
@@ -61,18 +64,24 @@ arms() {  # arms STEPS: sets KEYS and VALUES (the --grid KEYS=VALUES of the arms
     VALUES=$(IFS=,; echo "${cells[*]}")
 }
 
+nothing_to_report() {  # nothing_to_report OUT: REPORT_ONLY and no run of this part has finished
+    [ -n "$REPORT_ONLY" ] && [ ! -s "$1/results.jsonl" ] && echo "== Q6: no results in $1 yet, skipped" >&2
+}
+
 run_setting() {  # run_setting NAME TRAIN_TSV STEPS
     local name="$1" train="$2" steps="$3"
+    nothing_to_report "$OUT_ROOT/$name$SUFFIX" && return 0
     arms "$steps"
     echo "== Q6 $name: $train, $steps steps, seeds $SEEDS; arms $KEYS=$VALUES" >&2
     sst2 "$train" "$steps"
     "${COMPARE[@]}" --grid "$KEYS=$VALUES" --seeds "$SEEDS" --out "$OUT_ROOT/$name$SUFFIX" -- "${CMD[@]}"
 }
 
-# The small-data setting's train/dev gap without decay: the same runs evaluated on the dev set and on their own
-# training sentences (the recipe evaluates one file; seed s trains the same model in both cells).
+# The small-data setting's train/dev gap without decay: the same runs evaluated on the dev set and on their
+# own training sentences (the recipe evaluates one file; seed s trains the same model in both cells).
 run_gap() {
     local steps="$1"
+    nothing_to_report "$OUT_ROOT/small_gap" && return 0
     echo "== Q6 gap: $DATA/train1000.tsv, $steps steps, no decay, seeds $GAP_SEEDS; dev vs train accuracy" >&2
     sst2 "$DATA/train1000.tsv" "$steps" --weight_decay_mode wd --weight_decay 0
     "${COMPARE[@]}" --grid "validation_file=$DATA_ROOT/glue/SST-2/dev.tsv,$DATA/train1000.tsv" \

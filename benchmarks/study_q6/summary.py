@@ -64,8 +64,8 @@ def arm_name(settings: dict[str, str], spd: tuple[str, str] | None = None) -> st
 
 
 def design_shrink(row: dict[str, Any]) -> float:
-    """S = λ·Σ_t η_t of the run's command line (the linear schedule with ceil(0.1 · steps) warm-up steps); for
-    SPD, whose λ is in its own units, only a bound."""
+    """S = λ·Σ_t η_t of the run's command line (the linear schedule with ceil(0.1 · steps) warm-up steps); not
+    used for SPD, whose λ is in its own units."""
     command = row.get("command") or []
     lam = float(row["settings"].get("weight_decay", _flag(command, "weight_decay") or 0))
     steps = int(_flag(command, "max_steps") or 0)
@@ -106,13 +106,14 @@ def summarize_setting(out: Path, spd: tuple[str, str] | None = None) -> list[dic
         cells[json.dumps(row["settings"], sort_keys=True)].append(row)
     summaries = []
     for key, cell_rows in cells.items():
+        arm = arm_name(cell_rows[0]["settings"], spd)
         histories = {int(r["seed"]): _log_history(out, r) for r in cell_rows}
         distances = [d for d in (distance_to_init(h) for h in histories.values()) if d]
         depths = sorted({depth for d in distances for depth in d})
         summaries.append({
             "settings": json.loads(key),
-            "arm": arm_name(cell_rows[0]["settings"], spd),
-            "S": design_shrink(cell_rows[0]),
+            "arm": arm,
+            "S": None if arm.startswith("SPD") else design_shrink(cell_rows[0]),
             "recorded_S": mean_std([r["shrink"] for r in cell_rows if r.get("shrink") is not None])[0],
             "metric": {int(r["seed"]): float(r["metrics"][METRIC]) for r in cell_rows
                        if METRIC in r["metrics"]},
@@ -127,7 +128,8 @@ def summarize_setting(out: Path, spd: tuple[str, str] | None = None) -> list[dic
         diffs = paired_differences(s["metric"], reference["metric"]) if reference else []
         s["diff_to_no_decay"] = t_interval(diffs) if reference is not None and s is not reference else None
         s["loss_gap"] = t_interval(paired_differences(s["eval_loss"], s["last_train_loss"]))
-    return sorted(summaries, key=lambda s: (s["arm"] != "no decay", s["arm"], s["S"]))
+    return sorted(summaries, key=lambda s: (s["arm"] != "no decay", s["arm"], s["S"] or 0.0,
+                                            float(s["settings"].get("weight_decay", 0))))
 
 
 def setting_table(summaries: Sequence[dict[str, Any]]) -> str:
@@ -138,7 +140,8 @@ def setting_table(summaries: Sequence[dict[str, Any]]) -> str:
         diff = "" if s["diff_to_no_decay"] is None else fmt_diff(*s["diff_to_no_decay"], scale=100)
         gap = fmt_diff(*s["loss_gap"], digits=3) if s["loss_gap"][2] else "–"
         recorded = "–" if math.isnan(s["recorded_S"]) else f"{s['recorded_S']:.3g}"
-        lines.append(f"| {s['arm']} | {s['settings'].get('weight_decay', '')} | {s['S']:.3g} | {recorded} | "
+        design = "–" if s["S"] is None else f"{s['S']:.3g}"
+        lines.append(f"| {s['arm']} | {s['settings'].get('weight_decay', '')} | {design} | {recorded} | "
                      f"{100 * mean:.1f} ± {100 * std:.1f} ({n}) | {diff} | {gap} |")
     return "\n".join(lines)
 
@@ -153,7 +156,8 @@ def distance_table(summaries: Sequence[dict[str, Any]]) -> str:
              "|---|---|" + "---|" * len(depths)]
     for s in with_distance:
         values = " | ".join(f"{s['distance_to_init'].get(d, math.nan):.3g}" for d in depths)
-        lines.append(f"| {s['arm']} | {s['S']:.3g} | {values} |")
+        design = "–" if s["S"] is None else f"{s['S']:.3g}"
+        lines.append(f"| {s['arm']} | {design} | {values} |")
     return "\n".join(lines)
 
 
@@ -200,7 +204,7 @@ def plot_setting(out_root: Path, name: str, summaries: Sequence[dict[str, Any]])
         if s["arm"] == "no decay":
             ax.axhline(100 * mean, color="grey", lw=1, label="no decay (± std)")
             ax.axhspan(100 * (mean - std), 100 * (mean + std), color="grey", alpha=0.15)
-        elif s["S"] > 0:
+        elif s["S"]:  # SPD (no design S) is in the tables only
             arms[s["arm"]].append((s["S"], 100 * mean, 100 * std))
     for i, (arm, points) in enumerate(sorted(arms.items())):
         xs, ys, es = zip(*sorted(points), strict=True)
@@ -221,7 +225,7 @@ def plot_setting(out_root: Path, name: str, summaries: Sequence[dict[str, Any]])
         for i, s in enumerate(with_distance):
             depths = sorted(s["distance_to_init"])
             ax.plot([int(d) for d in depths], [s["distance_to_init"][d] for d in depths],
-                    marker="osD^vPX"[i % 7], label=f"{s['arm']}, S={s['S']:.2g}")
+                    marker="osD^vPX"[i % 7], label=f"{s['arm']}, λ={s['settings'].get('weight_decay')}")
         ax.set_xlabel("depth")
         ax.set_ylabel("‖θ_d − θ₀_d‖₂ at the end")
         ax.set_title(f"Q6 {name}: distance to the pretrained weights")
