@@ -17,6 +17,16 @@ RECORD_SHRINK_KEY = "shrink"
 """``lpwd_config.json``: the run's largest S over its decayed parameters."""
 
 
+DISTANCE_LOG_PREFIX = "lpwd/distance_to_init/depth_"
+"""``--lpwd_log_distance_to_init``: ``f"{DISTANCE_LOG_PREFIX}{depth:02d}"`` → ‖θ_d − θ₀_d‖₂, θ₀ the weights
+when the optimizer was built."""
+
+
+def distance_log_key(depth: int) -> str:
+    """The log key of depth ``depth``'s distance to the weights training started from."""
+    return f"{DISTANCE_LOG_PREFIX}{depth:02d}"
+
+
 def norm_log_key(depth: int) -> str:
     """The log key of depth ``depth``'s weight norm."""
     return f"{NORM_LOG_PREFIX}{depth:02d}"

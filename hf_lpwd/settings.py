@@ -277,6 +277,11 @@ SETTINGS: tuple[Setting, ...] = (
         "profile; give one or the other.",
     ),
     Setting(
+        "log_distance_to_init", bool, False, in_config=False,
+        help="Also log ‖θ − θ₀‖₂ per depth (θ₀: the weights when the optimizer is built) with the weight "
+        "norms; keeps one copy of the trainable weights (not under DeepSpeed ZeRO-3).",
+    ),
+    Setting(
         "log_layer_norms", bool, True, in_config=False,
         help="Log the weight norm of each depth with the training logs (and at the first and last step).",
     ),

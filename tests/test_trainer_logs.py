@@ -83,3 +83,26 @@ def test_the_layer_table_names_the_weights_dtype_and_path(tmp_path: Path, caplog
     lines = table.splitlines()
     assert "weights dtype: bfloat16" in lines
     assert f"weights: {path} (depths 0, 1, 2, 3)" in lines
+
+
+def test_distance_to_init_per_depth_is_logged_when_asked(tmp_path: Path) -> None:
+    """``--lpwd_log_distance_to_init``: ‖θ_d − θ₀_d‖₂ next to the norms, 0 at the start, by hand at the end."""
+    from hf_lpwd.names import DISTANCE_LOG_PREFIX
+
+    torch.manual_seed(0)
+    model = tiny_bert()
+    start = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+    args = LPWDTrainingArguments(**common_args(tmp_path, max_steps=3, logging_steps=500, weight_decay=0.5,
+                                               learning_rate=5e-2), lpwd_log_distance_to_init=True)
+    trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(16))
+    trainer.train()
+    squares: dict[int, float] = {}
+    for name, param in model.named_parameters():
+        squares[_depth(name)] = squares.get(_depth(name), 0.0) + float(
+            (param.detach().double() - start[name]).square().sum())
+    expected = {f"{DISTANCE_LOG_PREFIX}{d:02d}": v ** 0.5 for d, v in sorted(squares.items())}
+    history = [e for e in trainer.state.log_history if any(k.startswith(DISTANCE_LOG_PREFIX) for k in e)]
+    assert [e["step"] for e in history] == [0, 3]
+    assert all(v == 0.0 for k, v in history[0].items() if k.startswith(DISTANCE_LOG_PREFIX))
+    last = {k: v for k, v in history[-1].items() if k.startswith(DISTANCE_LOG_PREFIX)}
+    assert last == pytest.approx(expected, abs=1e-5) and min(last.values()) > 0

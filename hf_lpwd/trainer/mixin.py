@@ -34,13 +34,15 @@ from ..config import LPWDConfig
 from ..integrations import deepspeed as deepspeed_glue
 from ..integrations.bitsandbytes import keep_embeddings_in_32_bit
 from ..model.layers import layer_depths_with_count
+from ..names import distance_log_key
 from ..optim import LPWD
 from ..schedule import first_step_scale
+from ..settings import SETTING
 from .arguments import checked_settings_of, lpwd_config_from_args, settings_of
 from .build import base_optimizer_of, build_lpwd, record_groups, resolve_lambda
 from .card import add_card_section
 from .layer_log import log_layer_table
-from .norms import layer_norms, params_by_depth
+from .norms import anchors_of, layer_norms, params_by_depth
 from .refusals import check_training_arguments
 
 logger = hf_logging.get_logger("transformers.hf_lpwd")
@@ -147,6 +149,8 @@ class LPWDMixin:
             self.optimizer.decay_initial_weights(first_step_scale(self.args), deepspeed_glue.storage)
         record_groups(config, self.optimizer.param_groups, base[1], None if depths is None else depths[1])
         self._lpwd_depth_params = {} if depths is None else params_by_depth(opt_model, depths[0])
+        distance = getattr(self.args, SETTING["log_distance_to_init"].flag, False)
+        self._lpwd_anchors = anchors_of(self._lpwd_depth_params) if distance else None
         self._lpwd_built_config = config
         return self.optimizer
 
@@ -237,7 +241,10 @@ class LPWDMixin:
     def lpwd_layer_norms(self) -> dict[str, float]:
         """‖θ‖₂ of all trainable parameters of each depth, keyed ``lpwd/weight_norm/depth_DD``."""
         self._lpwd_norms_step = self.state.global_step
-        return layer_norms(self._lpwd_depth_params)
+        logs = layer_norms(self._lpwd_depth_params)
+        if getattr(self, "_lpwd_anchors", None):
+            logs.update(layer_norms(self._lpwd_depth_params, self._lpwd_anchors, distance_log_key))
+        return logs
 
     # ------------------------------------------------------------------ saving
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

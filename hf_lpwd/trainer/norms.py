@@ -4,6 +4,7 @@ gathered)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -11,7 +12,7 @@ from torch import nn
 from .._compat.torch import foreach_norm
 from ..names import norm_log_key
 
-__all__ = ["params_by_depth", "layer_norms"]
+__all__ = ["params_by_depth", "layer_norms", "anchors_of"]
 
 
 def params_by_depth(model: nn.Module, depth_of: dict[str, int]) -> dict[int, list[torch.Tensor]]:
@@ -23,6 +24,12 @@ def params_by_depth(model: nn.Module, depth_of: dict[str, int]) -> dict[int, lis
     return dict(sorted(by_depth.items()))
 
 
+@torch.no_grad()
+def anchors_of(by_depth: dict[int, list[torch.Tensor]]) -> dict[int, list[torch.Tensor]]:
+    """θ₀: an fp32 copy of each parameter's (local) values, in :func:`params_by_depth`'s layout."""
+    return {depth: [_local(p).float().clone() for p in params] for depth, params in by_depth.items()}
+
+
 def _squared_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """Σ‖t‖² over ``tensors`` as a float32 0-d tensor on ``device`` (one fused norm, no host sync)."""
     tensors = [t for t in tensors if t.numel() > 0]
@@ -32,9 +39,18 @@ def _squared_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Te
     return torch.stack(norms).square().sum()
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return (tensor.to_local() if hasattr(tensor, "to_local") else tensor).detach()
+
+
 @torch.no_grad()
-def layer_norms(by_depth: dict[int, list[torch.Tensor]]) -> dict[str, float]:
-    """‖θ‖₂ of all parameters of each depth, keyed ``lpwd/weight_norm/depth_DD`` (:mod:`hf_lpwd.names`).
+def layer_norms(
+    by_depth: dict[int, list[torch.Tensor]],
+    anchors: dict[int, list[torch.Tensor]] | None = None,
+    key: Callable[[int], str] = norm_log_key,
+) -> dict[str, float]:
+    """‖θ‖₂ of all parameters of each depth, keyed ``lpwd/weight_norm/depth_DD`` (:mod:`hf_lpwd.names`); with
+    ``anchors`` (θ₀, in the same layout) ‖θ − θ₀‖₂, under ``key``.
 
     Sharded parameters (FSDP2's DTensors) contribute the squared norm of their local shard, summed over ranks
     in one all-reduce per call, and one device-to-host copy.
@@ -46,15 +62,15 @@ def layer_norms(by_depth: dict[int, list[torch.Tensor]]) -> dict[str, float]:
     mesh_group = None
     for depth in depths:
         sharded, replicated = [], []
-        for param in by_depth[depth]:
-            if hasattr(param, "to_local"):  # DTensor
-                if any(p.is_shard() for p in param.placements):
-                    mesh_group = param.device_mesh.get_group() if param.device_mesh.ndim == 1 else None
-                    sharded.append(param.to_local().detach())
-                else:
-                    replicated.append(param.to_local().detach())
+        for index, param in enumerate(by_depth[depth]):
+            value = _local(param)
+            if anchors is not None:
+                value = value.float() - anchors[depth][index]
+            if hasattr(param, "to_local") and any(p.is_shard() for p in param.placements):  # DTensor shard
+                mesh_group = param.device_mesh.get_group() if param.device_mesh.ndim == 1 else None
+                sharded.append(value)
             else:
-                replicated.append(param.detach())
+                replicated.append(value)
         sharded_rows.append(_squared_norm(sharded, device))
         replicated_rows.append(_squared_norm(replicated, device))
     sharded_sq, replicated_sq = torch.stack(sharded_rows), torch.stack(replicated_rows)
@@ -63,4 +79,4 @@ def layer_norms(by_depth: dict[int, list[torch.Tensor]]) -> dict[str, float]:
     ):
         torch.distributed.all_reduce(sharded_sq, group=mesh_group)
     totals = (sharded_sq + replicated_sq).sqrt().cpu()
-    return {norm_log_key(depth): round(float(v), 6) for depth, v in zip(depths, totals, strict=True)}
+    return {key(depth): round(float(v), 6) for depth, v in zip(depths, totals, strict=True)}
