@@ -86,7 +86,7 @@ def test_the_layer_table_names_the_weights_dtype_and_path(tmp_path: Path, caplog
 
 
 def test_distance_to_init_per_depth_is_logged_when_asked(tmp_path: Path) -> None:
-    """``--lpwd_log_distance_to_init``: ‖θ_d − θ₀_d‖₂ next to the norms, 0 at the start, by hand at the end."""
+    """``--lpwd_log_distance_to_init``: ‖θ_d − θ₀_d‖₂ beside the norms, 0 at the start, by hand at the end."""
     from hf_lpwd.names import DISTANCE_LOG_PREFIX
 
     torch.manual_seed(0)
