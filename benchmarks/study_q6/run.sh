@@ -73,7 +73,7 @@ run_setting() {  # run_setting NAME TRAIN_TSV STEPS
     nothing_to_report "$OUT_ROOT/$name$SUFFIX" && return 0
     arms "$steps"
     echo "== Q6 $name: $train, $steps steps, seeds $SEEDS; arms $KEYS=$VALUES" >&2
-    sst2 "$train" "$steps"
+    sst2 "$train" "$steps" --lpwd_log_distance_to_init true   # ‖θ − θ₀‖ per depth, for every arm
     "${COMPARE[@]}" --grid "$KEYS=$VALUES" --seeds "$SEEDS" --out "$OUT_ROOT/$name$SUFFIX" -- "${CMD[@]}"
 }
 
