@@ -1,27 +1,30 @@
 """The decay's target ``init``: every timing × coupling, cautious decay and bf16 toward θ₀, against float64.
 
-The reference (``tests/reference.py``) writes the issue's equations literally: wd θ − η·u − d·(θ − θ₀), rwd
-θ₀ + (1 − d)(θ − η·u − θ₀), pwd θ₀ + (1 − d)(θ − θ₀) before the gradient, cautious mask 1[u ⊙ (θ − θ₀) ≥ 0], with
-θ₀ the weights the optimizer was built with, over the warm-up + cosine schedule and LLRD groups of
-``test_decay_rules``.  Errors are measured on θ − θ₀ (what the target changes), after the first step that moves
-(step 0's lr is 0) and after the last.
+The reference (``tests/reference.py``) writes the issue's equations literally: wd θ − η·u − d·(θ − θ₀),
+rwd θ₀ + (1 − d)(θ − η·u − θ₀), pwd θ₀ + (1 − d)(θ − θ₀) before the gradient, cautious mask
+1[u ⊙ (θ − θ₀) ≥ 0], with θ₀ the weights the optimizer was built with, over the warm-up + cosine schedule
+and LLRD groups of ``test_decay_rules``, after the first step that moves (step 0's lr is 0) and the last.
+Then the setting (flag, config, card), the new head of a fine-tuned classifier, and PEFT LoRA.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from hf_lpwd import LPWD
+from hf_lpwd import LPWD, LPWDConfig, LPWDTrainer, LPWDTrainingArguments
 from hf_lpwd.optim import functional as F
 from hf_lpwd.optim.target import STATE_KEY
 from tests.reference import AdamDirection, after_update, before_forward
 from tests.test_decay_rules import BASES, LLRD, PEAK, RULE, STEPS, WARMUP, grad_of, lambdas, problem, schedule
+from tests.tiny import TokenDataset, common_args, tiny_bert, tiny_llama
 
 
 def decays(coupling: str, step: int) -> list[float]:
@@ -103,7 +106,7 @@ def test_each_timing_and_coupling_toward_init_matches_float64(coupling: str, mod
     thetas, targets = fp32_problem(0)
     first, last, opt = run(mode, coupling, False, base_kwargs, thetas, targets, decay_target="init")
     want_first, want_last = reference(mode, coupling, False, direction, thetas, targets, True)
-    for got, want in [*zip(first, want_first), *zip(last, want_last)]:
+    for got, want in [*zip(first, want_first, strict=True), *zip(last, want_last, strict=True)]:
         rel = relative_error(got, want)
         assert rel < 1e-5, f"{coupling}/{mode}/{base} toward init: relative error {rel:.2e}"
     _, toward_zero = reference(mode, coupling, False, direction, thetas, targets, False)
@@ -131,7 +134,7 @@ def test_cautious_toward_init_matches_float64(coupling: str, base: str, kernel: 
     kwargs = {**base_kwargs, "cautious_kernel": kernel}
     first, last, _ = run("wd", coupling, True, kwargs, thetas, targets, decay_target="init")
     want_first, want_last = reference("wd", coupling, True, direction, thetas, targets, True)
-    for got, want in [*zip(first, want_first), *zip(last, want_last)]:
+    for got, want in [*zip(first, want_first, strict=True), *zip(last, want_last, strict=True)]:
         rel = relative_error(got, want)
         assert rel < 1e-5, f"cautious {coupling}/{base} toward init: relative error {rel:.2e}"
     _, plain = reference("wd", coupling, False, direction, thetas, targets, True)
@@ -352,3 +355,104 @@ def test_bf16_rounded_step_toward_init_is_unbiased(mode: str, cautious: bool) ->
     # One run is within a spacing (sd ≤ spacing/2): the mean's sd ≤ spacing/(2·√400) = 0.025 spacing.
     assert (mean - want).abs().max().item() < 0.12 * spacing
     assert (nearest - want).abs().max().item() > 0.3 * spacing  # round-to-nearest drops the step
+
+
+# --------------------------------------------------------------------------- the setting, the Trainer, PEFT
+def _pretrained_bert_for_classification(tmp_path: Path) -> torch.nn.Module:
+    """A checkpoint of the encoder alone, loaded as a classifier: ``classifier.*`` is new (random)."""
+    from transformers import BertForSequenceClassification
+
+    tiny_bert().bert.save_pretrained(tmp_path / "encoder")
+    return BertForSequenceClassification.from_pretrained(tmp_path / "encoder")
+
+
+def test_new_head_decays_toward_zero_and_the_encoder_toward_the_checkpoint(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from hf_lpwd.model.groups import format_layer_table, layer_table, new_parameter_names
+
+    model = _pretrained_bert_for_classification(tmp_path)
+    assert new_parameter_names(model) == ["classifier.weight", "classifier.bias"]
+    saved = load_file(tmp_path / "encoder" / "model.safetensors")
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.5, max_steps=2),
+                                 weight_decay_mode="wd", lpwd_decay_target="init")
+    trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(8))
+    trainer.create_optimizer()
+    opt = trainer.lpwd_optimizer
+    assert opt.decay_target == "init"
+    head = [g for g in opt.param_groups if "classifier.weight" in g["param_names"]]
+    assert len(head) == 1 and head[0]["decay_target"] == "zero"
+    assert head[0]["param_names"] == ["classifier.weight"]
+    names = {id(p): n for n, p in model.named_parameters()}
+    anchored = {names[id(p)]: a for p, a in opt.initial_weights.items()}
+    assert "classifier.weight" not in anchored and "bert.pooler.dense.weight" in anchored
+    for name, anchor in anchored.items():  # θ₀ is the checkpoint's tensor, bit for bit
+        assert torch.equal(anchor, saved[name.removeprefix("bert.")])
+    table = format_layer_table(layer_table(opt.param_groups, decay_target=opt.decay_target))
+    assert "target" in table.splitlines()[0]
+    assert "θ₀; 0 (1 new)" in table  # the head's depth: pooler toward θ₀, the new classifier toward 0
+    trainer.train()
+    trainer.save_model()
+    trainer.create_model_card(model_name="tiny")
+    out = Path(args.output_dir)
+    assert LPWDConfig.from_pretrained(out).decay_target == "init"
+    assert "| decay target | init |" in (out / "README.md").read_text()
+
+
+def test_the_setting_from_flag_config_and_an_old_config(tmp_path: Path) -> None:
+    from transformers import HfArgumentParser
+
+    (parsed,) = HfArgumentParser(LPWDTrainingArguments).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--lpwd_decay_target", "init"]
+    )
+    assert parsed.lpwd_decay_target == "init"
+    with pytest.raises(ValueError, match=r"--lpwd_decay_target='pretrained'.*\['zero', 'init'\]"):
+        LPWDTrainingArguments(output_dir=str(tmp_path / "bad"), use_cpu=True, lpwd_decay_target="pretrained")
+    assert not (tmp_path / "bad").exists()
+    old = {"mode": "lpwd", "weight_decay": 0.1}  # a config written before the target existed
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "lpwd_config.json").write_text(json.dumps(old))
+    assert LPWDConfig.from_pretrained(tmp_path / "old").decay_target == "zero"
+    with pytest.raises(ValueError, match=r"LPWD: decay_target='pretrained' is not one of \['zero', 'init'\]"):
+        LPWD([torch.nn.Parameter(torch.ones(2))], lr=0.1, decay_target="pretrained")
+
+
+def test_peft_lora_b_decays_toward_zero_and_a_toward_its_init(tmp_path: Path) -> None:
+    """Target init on a LoRA model: the adapters are the trainable weights; B₀ = 0, so B decays toward 0
+    (ΔW = B·A toward 0), and A toward its random A₀; the frozen base is untouched."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from hf_lpwd.model.groups import new_parameter_names, param_groups_for_settings
+    from hf_lpwd.settings import resolve_settings
+
+    tiny_llama().save_pretrained(tmp_path / "base")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert new_parameter_names(model) == []  # adapters are unmarked by from_pretrained, yet not "new"
+    settings = resolve_settings({"mode": "wd", "weight_decay": 2.0, "decay_target": "init"})
+    groups = param_groups_for_settings(model, settings)
+    opt = LPWD(groups, mode="wd", lr=0.05, decay_target="init")
+    named = dict(model.named_parameters())
+    lora_a = [n for n in named if ".lora_A." in n]
+    lora_b = [n for n in named if ".lora_B." in n]
+    assert lora_a and lora_b and set(lora_a + lora_b) == {n for g in groups for n in g["param_names"]}
+    for n in lora_b:
+        assert torch.equal(opt.initial_weights[named[n]], torch.zeros_like(named[n]))
+    start = {n: named[n].detach().clone() for n in lora_a}
+    frozen = {n: p.detach().clone() for n, p in named.items() if not p.requires_grad}
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # as if trained: B away from 0, A away from A₀
+        for n in lora_a + lora_b:
+            named[n].add_(torch.randn(named[n].shape, generator=gen))
+    moved = {n: named[n].detach().clone() for n in lora_a + lora_b}
+    for n in lora_a + lora_b:
+        named[n].grad = torch.zeros_like(named[n])  # u = 0: the step is the decay alone
+    opt.step()
+    d = 0.05 * 2.0
+    for n in lora_b:
+        torch.testing.assert_close(named[n].detach(), (1 - d) * moved[n], rtol=1e-6, atol=1e-7)
+    for n in lora_a:
+        want = moved[n] - d * (moved[n] - start[n])
+        torch.testing.assert_close(named[n].detach(), want, rtol=1e-6, atol=1e-7)
+    assert all(torch.equal(named[n], frozen[n]) for n in frozen)
