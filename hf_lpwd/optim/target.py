@@ -7,10 +7,11 @@ Toward θ₀ every timing is today's timing in the coordinates δ = θ − θ₀
 * ``pwd``  θ ← θ₀ + (1 − d_t)·(θ − θ₀) before the forward, then θ ← θ − η_t·u
 * cautious ``wd``  θ ← θ − η_t·u − d_t·1[u ⊙ (θ − θ₀) ≥ 0] ⊙ (θ − θ₀)
 
-This is L2-SP's penalty (α/2)·‖θ − θ₀‖² (Li, Grandvalet & Davoine, ICML 2018, "Explicit inductive bias for
-transfer learning with convolutional networks", eq. 3 ``Ω(w) = α/2 ‖w_S − w_S⁰‖²``) applied as a decoupled
-decay, as AdamW applies λ/2·‖θ‖² (Loshchilov & Hutter 2019); SPD (Tian, Huang & Kira 2024, arXiv 2411.01713)
-decays toward θ₀ in the same coordinates, selectively.
+This is the L2-SP penalty, (α/2)·‖w_S − w_S⁰‖² on the weights the source model had, toward their pretrained
+values w_S⁰, and (β/2)·‖w_S̄‖² toward 0 on those it lacked (the new head) (Li, Grandvalet & Davoine, ICML
+2018, arXiv 1802.01483, read on arXiv), applied as a decoupled decay the way AdamW applies λ/2·‖θ‖²
+(Loshchilov & Hutter 2019); SPD (Tian, Huang & Kira 2024, arXiv 2411.01713) decays toward θ₀ in the same
+coordinates, selectively.
 
 A scale pass θ ← f·θ of target zero becomes θ ← θ₀ + f·(θ − θ₀) = lerp(θ, θ₀, 1 − f): one fused pass
 that reads θ and θ₀ and writes θ (``torch._foreach_lerp_``), not a multiply plus an add.  AdamW's own
