@@ -172,15 +172,16 @@ def _loaded_by_from_pretrained(param: torch.Tensor) -> bool | None:
 
 
 def _adapter_parameter_names(model: nn.Module) -> set[str]:
-    """Names of PEFT adapter weights (LoRA's A and B, ...): trained from their own initial values."""
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:
-        return set()
+    """Names of PEFT adapter weights (LoRA's A and B, ...): trained from their own initial values.
+
+    A PEFT tuner layer (``BaseTunerLayer``) names its adapter sub-modules in ``adapter_layer_names`` (read by
+    that public attribute, so that peft stays an optional dependency).
+    """
     names: set[str] = set()
     for prefix, module in model.named_modules():
-        if isinstance(module, BaseTunerLayer):
-            for layer_name in getattr(module, "adapter_layer_names", ()):
+        layer_names = getattr(module, "adapter_layer_names", None)
+        if isinstance(layer_names, tuple) and all(isinstance(n, str) for n in layer_names):
+            for layer_name in layer_names:
                 sub = getattr(module, layer_name, None)
                 if isinstance(sub, nn.Module):
                     names.update(f"{prefix}.{layer_name}.{n}" for n, _ in sub.named_parameters())

@@ -343,6 +343,10 @@ class LPWD(torch.optim.Optimizer):
         parameter that has stepped without θ₀ (a group whose λ or target changed later) gets the weights it
         has now, and a warning says so.
         """
+        if not (
+            self._anchors or self.decay_target == "init" or any(GROUP_KEY in g for g in self.param_groups)
+        ):
+            return  # toward zero everywhere: nothing to do (and nothing done on today's path)
         late = created = 0
         for group in self.param_groups:
             if not self._anchored(group):
@@ -662,8 +666,7 @@ class LPWD(torch.optim.Optimizer):
         base_groups = base.param_groups
         base.param_groups = self.param_groups
         try:
-            if self._anchors or self.decay_target == "init" or any(GROUP_KEY in g for g in self.param_groups):
-                self._ensure_anchors()
+            self._ensure_anchors()
             plans = self._plan_pwd() if self.mode == "pwd" else self._plan_wd_rwd()
             self._execute(plans)
         finally:
