@@ -8,7 +8,8 @@ The one home of these equations for the optimizer tests (``test_optim``, ``test_
 * the timings with d = η·r the step's decay: wd θ − η·u − d·θ, rwd (1 − d)·(θ − η·u), pwd (1 − d)·θ before the
   forward then θ − η·u; cautious wd θ − η·u − d·1[u ⊙ θ ≥ 0] ⊙ θ
 * toward θ₀ (``target``, the decay target ``init``): the same in δ = θ − θ₀, i.e. wd θ − η·u − d·(θ − θ₀),
-  rwd θ₀ + (1 − d)(θ − η·u − θ₀), pwd θ₀ + (1 − d)(θ − θ₀) before the forward, cautious mask 1[u ⊙ (θ − θ₀) ≥ 0]
+  rwd θ₀ + (1 − d)(θ − η·u − θ₀), pwd θ₀ + (1 − d)(θ − θ₀) before the forward, cautious mask
+  1[u ⊙ (θ − θ₀) ≥ 0]
 """
 
 from __future__ import annotations
