@@ -270,6 +270,12 @@ SETTINGS: tuple[Setting, ...] = (
         "compiled at the first step.",
     ),
     Setting(
+        "decay_target", str, "zero", choices=("zero", "init"), card="decay target", optimizer_keyword=True,
+        help="What the decay pulls the weights toward: zero (weight decay) or init, the weights when the "
+        "optimizer is built (the pretrained ones; L2-SP's target): wd θ − lr*u − d(θ − θ₀). Parameters the "
+        "checkpoint lacked (a new head) decay toward zero. θ₀ costs one copy of the decayed weights.",
+    ),
+    Setting(
         "decay_timescale", float, None, optional=True, check=validate_decay_timescale,
         card="decay timescale τ", card_unit=" epochs (λ above is what it gave)",
         help="Set λ from the weights' EMA timescale τ in epochs: λ = 1/(lr*τ*steps per epoch) (independent: "

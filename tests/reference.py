@@ -7,6 +7,9 @@ The one home of these equations for the optimizer tests (``test_optim``, ``test_
 * SGD with momentum μ: b ← μ·b + g (b = g on the first step), u = b, or g + μ·b with Nesterov
 * the timings with d = η·r the step's decay: wd θ − η·u − d·θ, rwd (1 − d)·(θ − η·u), pwd (1 − d)·θ before the
   forward then θ − η·u; cautious wd θ − η·u − d·1[u ⊙ θ ≥ 0] ⊙ θ
+* toward θ₀ (``target``, the decay target ``init``): the same in δ = θ − θ₀, i.e. wd θ − η·u − d·(θ − θ₀),
+  rwd θ₀ + (1 − d)(θ − η·u − θ₀), pwd θ₀ + (1 − d)(θ − θ₀) before the forward, cautious mask
+  1[u ⊙ (θ − θ₀) ≥ 0]
 """
 
 from __future__ import annotations
@@ -48,15 +51,29 @@ class SGDMomentumDirection:
         return g + self.momentum * self.buf if self.nesterov else self.buf
 
 
-def before_forward(mode: str, theta: torch.Tensor, decay: float) -> torch.Tensor:
-    """The weights the forward of the step sees: pwd's (1 − d)·θ, else θ."""
+def before_forward(
+    mode: str, theta: torch.Tensor, decay: float, target: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The weights the forward of the step sees: pwd's (1 − d)·θ (θ₀ + (1 − d)(θ − θ₀) toward ``target``),
+    else θ."""
+    if target is not None:
+        return target + before_forward(mode, theta - target, decay)
     return (1 - decay) * theta if mode == "pwd" else theta
 
 
 def after_update(
-    mode: str, theta: torch.Tensor, u: torch.Tensor, lr: float, decay: float, cautious: bool = False
+    mode: str,
+    theta: torch.Tensor,
+    u: torch.Tensor,
+    lr: float,
+    decay: float,
+    cautious: bool = False,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """θ_{t+1} from the weights the forward saw (``before_forward``'s), the direction u, η and d."""
+    """θ_{t+1} from the weights the forward saw (``before_forward``'s), the direction u, η and d; toward
+    ``target`` θ₀ the same step of δ = θ − θ₀ (u does not depend on θ)."""
+    if target is not None:
+        return target + after_update(mode, theta - target, u, lr, decay, cautious)
     if mode == "wd" and cautious:
         return theta - lr * u - decay * ((u * theta) >= 0).to(theta.dtype) * theta  # the mask as 0.0 / 1.0
     if mode == "wd":

@@ -14,8 +14,15 @@ it in ``state_dict()``, so a checkpoint says which tensor is which); ``weight_de
 (an ``int``, or ``None`` for the two classic groups of ``layerwise=False``); ``lpwd_multiplier``
 (``(d + 1) / n`` for decayed groups of the layer-wise profile, ``1.0`` for those of the uniform one,
 ``0.0`` for non-decayed ones); ``lr_multiplier`` (γ^(N+1−d) of layer-wise lr decay, 1.0 when off);
-``tied`` (only where a tensor has several names). Torch keeps unknown keys in param groups, so these
-ride along harmlessly (and into ``state_dict()``).
+``tied`` (only where a tensor has several names); ``decay_target`` (``"zero"``, only on the groups
+:func:`split_new_parameters` makes when the decay's target is ``init``). Torch keeps unknown keys in param
+groups, so these ride along harmlessly (and into ``state_dict()``).
+
+New parameters.  With the decay toward θ₀ (``decay_target="init"``), a parameter the checkpoint did not hold
+(a classifier head ``from_pretrained`` initialised at random) has no pretrained value to return to: it
+decays toward zero, in a group of its own (:func:`new_parameter_names`).  PEFT adapters are not "new" in this
+sense: they decay toward their own initial values (LoRA's B₀ = 0, so B decays toward 0; A toward its random
+A₀).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from .._compat.transformers import decay_parameter_names
@@ -30,7 +38,8 @@ from ..settings import TIED_DEPTHS, validate_choice, validate_layer_lr_decay
 from .layers import LayerPattern, layer_depths_with_count
 
 __all__ = ["lpwd_param_groups", "param_groups_for_settings", "default_decay_parameter_names", "layer_table",
-           "format_layer_table", "tied_aliases", "shrink_warning", "SHRINK_LIMIT"]
+           "format_layer_table", "tied_aliases", "shrink_warning", "SHRINK_LIMIT", "new_parameter_names",
+           "split_new_parameters"]
 
 SHRINK_LIMIT = 1.0
 """S above which the layer table warns: in our paired fine-tuning study accuracy collapsed beyond S ≈ 1."""
@@ -140,13 +149,86 @@ def param_groups_for_settings(
     decay_names: Collection[str] | None = None,
     depths: tuple[dict[str, int], int] | None = None,
 ) -> list[dict[str, Any]]:
-    """:func:`lpwd_param_groups` for resolved settings (:func:`hf_lpwd.settings.resolve_settings`)."""
-    return lpwd_param_groups(
+    """:func:`lpwd_param_groups` for resolved settings (:func:`hf_lpwd.settings.resolve_settings`); with the
+    target ``init``, the parameters new at fine-tuning time in groups of their own toward zero."""
+    groups = lpwd_param_groups(
         model, settings["weight_decay"], layerwise=bool(settings["layerwise"]),
         layer_pattern=settings["layer_pattern"], decay_embeddings=settings["decay_embeddings"],
         decay_names=decay_names, layer_lr_decay=settings["layer_lr_decay"], tied_depth=settings["tied_depth"],
         depths=depths,
     )
+    if settings.get("decay_target", "zero") == "init":
+        groups = split_new_parameters(groups, new_parameter_names(model))
+    return groups
+
+
+def _loaded_by_from_pretrained(param: torch.Tensor) -> bool | None:
+    """transformers (>= 5) marks every tensor ``from_pretrained`` loaded from the checkpoint with
+    ``_is_hf_initialized = True``; those it had to initialise (missing keys: a new head) are left unmarked.
+
+    The only record of the loading the model keeps (``output_loading_info`` is returned, not stored).
+    """
+    return getattr(param, "_is_hf_initialized", None)
+
+
+def _adapter_parameter_names(model: nn.Module) -> set[str]:
+    """Names of PEFT adapter weights (LoRA's A and B, ...): trained from their own initial values.
+
+    A PEFT tuner layer (``BaseTunerLayer``) names its adapter sub-modules in ``adapter_layer_names`` (read by
+    that public attribute, so that peft stays an optional dependency).
+    """
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        layer_names = getattr(module, "adapter_layer_names", None)
+        if isinstance(layer_names, tuple) and all(isinstance(n, str) for n in layer_names):
+            for layer_name in layer_names:
+                sub = getattr(module, layer_name, None)
+                if isinstance(sub, nn.Module):
+                    names.update(f"{prefix}.{layer_name}.{n}" for n, _ in sub.named_parameters())
+    return names
+
+
+def new_parameter_names(model: nn.Module) -> list[str]:
+    """Trainable parameters that are new at fine-tuning time: they decay toward zero under target ``init``.
+
+    A model loaded by ``from_pretrained`` (transformers >= 5) marks the tensors it loaded; a trainable tensor
+    left unmarked while others are marked was initialised at random (a task head the checkpoint lacked).  PEFT
+    adapters are not new (they decay toward their own init).  A model built from a config has no marks:
+    nothing is new, and ``init`` is its random initialisation.
+    """
+    named = list(model.named_parameters())
+    if not any(_loaded_by_from_pretrained(p) for _, p in named):
+        return []
+    adapters = _adapter_parameter_names(model)
+    return [n for n, p in named
+            if p.requires_grad and not _loaded_by_from_pretrained(p) and n not in adapters]
+
+
+def split_new_parameters(groups: list[dict[str, Any]], new_names: Collection[str]) -> list[dict[str, Any]]:
+    """Move the decayed parameters named in ``new_names`` to a group of their own, right after theirs, with
+    ``decay_target="zero"`` (same λ, depth and lr): they have no pretrained value to decay toward."""
+    new = set(new_names)
+    if not new:
+        return groups
+    out: list[dict[str, Any]] = []
+    for group in groups:
+        names = group.get("param_names") or []
+        moved = [i for i, n in enumerate(names) if n in new]
+        if not moved or float(group.get("weight_decay", 0.0)) == 0.0:
+            out.append(group)
+            continue
+        kept = [i for i in range(len(names)) if i not in moved]
+        for members, extra in ((kept, {}), (moved, {"decay_target": "zero"})):
+            if not members:
+                continue
+            part = {**group, **extra, "params": [group["params"][i] for i in members],
+                    "param_names": [names[i] for i in members]}
+            if "tied" in group:
+                part["tied"] = [t for t in group["tied"] if t.split(" = ")[-1] in part["param_names"]]
+                if not part["tied"]:
+                    del part["tied"]
+            out.append(part)
+    return out
 
 
 def tied_aliases(model: nn.Module) -> dict[str, list[str]]:
@@ -204,9 +286,14 @@ def _group(
 
 
 def shrink_warning(rows: list[dict[str, Any]], limit: float = SHRINK_LIMIT) -> str | None:
-    """The warning for decayed depths whose run shrink S exceeds ``limit``, or ``None``."""
+    """The warning for decayed depths whose run shrink S exceeds ``limit``, or ``None``.
+
+    Depths that decay only toward θ₀ (target ``init``) are left out: there S shrinks θ − θ₀, the distance
+    from the pretrained weights, not what pretraining learned (study Q6 will say where that begins to hurt).
+    """
     over = [(row["depth"], row["shrink"]) for row in rows
-            if row.get("shrink") is not None and row["shrink"] > limit]
+            if row.get("shrink") is not None and row["shrink"] > limit
+            and set(row.get("targets") or {"zero": 1}) != {"init"}]
     if not over:
         return None
     listed = ", ".join(f"{'decayed parameters' if d is None else f'depth {d}'}: S = {s:.3g}" for d, s in over)
@@ -220,7 +307,8 @@ def shrink_warning(rows: list[dict[str, Any]], limit: float = SHRINK_LIMIT) -> s
 
 
 def layer_table(groups: list[dict[str, Any]],
-                shrink: Sequence[float | None] | None = None) -> list[dict[str, Any]]:
+                shrink: Sequence[float | None] | None = None,
+                decay_target: str = "zero") -> list[dict[str, Any]]:
     """Summarise param groups per depth, for the CLI and the Trainer's log.
 
     Each row: ``depth``, ``tensors``, ``params`` (element count), ``multiplier`` and
@@ -228,7 +316,8 @@ def layer_table(groups: list[dict[str, Any]],
     ``lr_multiplier`` (LLRD's γ^(N+1−d)), ``decayed_tensors``, ``examples`` (a few parameter
     names, decayed ones first) and ``tied`` (``"alias = name"`` of tied tensors at that depth).
     With ``shrink`` (S per group, :func:`hf_lpwd.schedule.group_shrink`), each row also has ``shrink``: the
-    largest S of its decayed groups.
+    largest S of its decayed groups.  ``targets``: what the decayed tensors of the depth decay toward
+    (``{"init": n, "zero": m}`` tensor counts; a group's ``decay_target`` key, else ``decay_target``).
     """
     rows: dict[Any, dict[str, Any]] = {}
     for index, group in enumerate(groups):
@@ -237,7 +326,7 @@ def layer_table(groups: list[dict[str, Any]],
             depth,
             {"depth": depth, "tensors": 0, "params": 0, "multiplier": 0.0, "weight_decay": 0.0,
              "lr_multiplier": float(group.get("lr_multiplier", 1.0)), "decayed_tensors": 0, "examples": [],
-             "tied": []},
+             "tied": [], "targets": {}},
         )
         row["tied"].extend(group.get("tied", ()))
         params = group["params"]
@@ -254,6 +343,8 @@ def layer_table(groups: list[dict[str, Any]],
             row["multiplier"] = max(row["multiplier"], float(group.get("lpwd_multiplier", 0.0)))
             row["weight_decay"] = max(row["weight_decay"], float(group["weight_decay"]))
             row["decayed_tensors"] += len(params)
+            target = group.get("decay_target", decay_target)
+            row["targets"][target] = row["targets"].get(target, 0) + len(params)
         row["examples"].extend(names[: _EXAMPLES - len(row["examples"])])
     return list(rows.values())
 
@@ -262,8 +353,9 @@ def format_layer_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> s
     """Plain-text table of :func:`layer_table` rows (the CLI's output and the Trainer's start-of-training
     log)."""
     with_shrink = any("shrink" in row for row in rows)
+    with_target = any("init" in row.get("targets", {}) for row in rows)
     header = ("depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay",
-              *(("shrink",) if with_shrink else ()), "examples")
+              *(("shrink",) if with_shrink else ()), *(("target",) if with_target else ()), "examples")
     lines = [header]
     tied: list[str] = []
     for row in rows:
@@ -278,6 +370,7 @@ def format_layer_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> s
                 f"{row['multiplier']:.4f}",
                 f"{row['weight_decay']:.6g}",
                 *((("?" if shrink is None else f"{shrink:.4g}"),) if with_shrink else ()),
+                *((_target_cell(row.get("targets", {})),) if with_target else ()),
                 examples,
             )
         )
@@ -289,6 +382,18 @@ def format_layer_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> s
         out.append("  ".join([*cells, line[-1]]))
     out.extend(f"tied: {t}" for t in tied)
     return "\n".join(out)
+
+
+def _target_cell(targets: dict[str, int]) -> str:
+    """``θ₀``, ``0``, or ``θ₀; 0 (n new)`` where new tensors of the depth decay toward zero; ``-``: none
+    decayed."""
+    if not targets:
+        return "-"
+    if set(targets) == {"init"}:
+        return "θ₀"
+    if set(targets) == {"zero"}:
+        return "0"
+    return f"θ₀; 0 ({targets['zero']} new)"
 
 
 def __getattr__(name: str) -> object:

@@ -14,6 +14,8 @@ then use d_t wherever AdamW uses η·λ:
 * ``rwd``  θ ← (1 − d_t)·(θ − η_t·u)
 * ``pwd``  θ ← (1 − d_t)·θ before the forward, then θ ← θ − η_t·u
 * cautious ``wd``  θ ← θ − η_t·u − d_t·1[u ⊙ θ ≥ 0] ⊙ θ
+
+Toward θ₀ (``decay_target="init"``, :mod:`.target`) each rule is the same in δ = θ − θ₀: pass ``target=θ₀``.
 """
 
 from __future__ import annotations
@@ -96,14 +98,22 @@ def pwd_fold_on_adamw(lr: float, next_factor: float) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- the equations, literally
-def wd_update(theta: torch.Tensor, u: torch.Tensor, lr: float, decay: float) -> torch.Tensor:
-    """θ − η·u − d·θ."""
-    return theta - lr * u - decay * theta
+def wd_update(
+    theta: torch.Tensor, u: torch.Tensor, lr: float, decay: float, target: torch.Tensor | None = None
+) -> torch.Tensor:
+    """θ − η·u − d·θ; toward θ₀ = ``target``: θ − η·u − d·(θ − θ₀)."""
+    if target is None:
+        return theta - lr * u - decay * theta
+    return theta - lr * u - decay * (theta - target)
 
 
-def rwd_update(theta: torch.Tensor, u: torch.Tensor, lr: float, decay: float) -> torch.Tensor:
-    """(1 − d)·(θ − η·u)."""
-    return (1.0 - decay) * (theta - lr * u)
+def rwd_update(
+    theta: torch.Tensor, u: torch.Tensor, lr: float, decay: float, target: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(1 − d)·(θ − η·u); toward θ₀ = ``target``: θ₀ + (1 − d)·(θ − η·u − θ₀)."""
+    if target is None:
+        return (1.0 - decay) * (theta - lr * u)
+    return target + (1.0 - decay) * (theta - lr * u - target)
 
 
 def cautious_mask(u: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -113,15 +123,20 @@ def cautious_mask(u: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def apply_cautious_decay_(param: torch.Tensor, direction: torch.Tensor, decay: float) -> None:
+def apply_cautious_decay_(
+    param: torch.Tensor, direction: torch.Tensor, decay: float, target: torch.Tensor | None = None
+) -> None:
     """θ ← θ − d·1[u ⊙ θ ≥ 0] ⊙ θ in place, *before* the base step moves θ by −η·u.
 
     With the wd timing the decay term does not change u, so decaying first and stepping the base with λ = 0
     gives θ − η·u − d·1[u⊙θ ≥ 0]⊙θ.  ``direction`` need only have u's sign per coordinate (Adam's first moment
     m_t: m̂/(√v̂+ε) has its sign).  Complex tensors are masked per real component, as torch's optimizers treat
-    them.  ``direction`` is overwritten (it is a temporary).
+    them.  ``direction`` is overwritten (it is a temporary).  Toward θ₀ = ``target``:
+    θ ← θ − d·1[u ⊙ (θ − θ₀) ≥ 0] ⊙ (θ − θ₀), with one more temporary δ = θ − θ₀.
     """
     if torch.is_complex(param):
         param, direction = torch.view_as_real(param), torch.view_as_real(direction)
-    keep = direction.mul_(param).ge_(0)  # 1.0 where u·θ >= 0, else 0.0
-    param.addcmul_(keep, param, value=-decay)
+        target = None if target is None else torch.view_as_real(target)
+    offset = param if target is None else param - target
+    keep = direction.mul_(offset).ge_(0)  # 1.0 where u·δ >= 0, else 0.0
+    param.addcmul_(keep, offset, value=-decay)

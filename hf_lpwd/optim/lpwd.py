@@ -44,6 +44,7 @@ from .functional import apply_cautious_decay_, effective_weight_decay, pwd_fold_
 from .precision import fraction_below_half_ulp, unrounded_share
 from .rounded_step import rounded_step
 from .rounding import LOW_PRECISION_DTYPES, NoiseKeys, scale_
+from .target import GROUP_KEY, check_target, initial_copy, pack, toward_, unpack
 
 logger = logging.getLogger("hf_lpwd")
 
@@ -68,6 +69,8 @@ _SETTINGS = (
     "_num_training_steps",
     "_noise",
     "_precision_checked",
+    "decay_target",
+    "_anchors",
 )
 """LPWD's own attributes, which pickling and deepcopy must carry beside torch's
 defaults/state/param_groups."""
@@ -83,6 +86,7 @@ class _GroupPlan:
     after_scope: str = "stepped"  # ... of the parameters with a gradient, "all" of them, or the "idle" ones
     cautious: float = 0.0  # d_t of the masked decay, before the base step
     record: float | None = None  # pwd: the factor the weights carry for the next step, once stepped
+    anchored: bool = False  # decay toward θ₀ (target "init"): every pass above is a lerp toward θ₀
 
 
 def _group_label(index: int, group: dict[str, Any]) -> str:
@@ -142,6 +146,13 @@ class LPWD(torch.optim.Optimizer):
             from a seed (``torch.initial_seed()`` at construction, the same on every rank) and a counter
             that ``state_dict()`` carries.  ``False``: round to nearest, the stock result; warns when the
             decay or most first updates are below the weights' resolution.
+        decay_target: ``"zero"`` (weight decay) or ``"init"``: decay toward θ₀, the weights when the
+            optimizer is built (after the pretrained checkpoint is loaded): wd θ − η·u − d·(θ − θ₀), rwd
+            θ₀ + (1 − d)(θ − η·u − θ₀), pwd θ₀ + (1 − d)(θ − θ₀) before the forward, cautious mask
+            1[u ⊙ (θ − θ₀) ≥ 0] (:mod:`hf_lpwd.optim.target`).  A group's own ``decay_target`` key wins
+            (``"zero"`` for parameters new at fine-tuning time).  θ₀ is one copy, in the weight's dtype, of
+            each parameter of a group with λ > 0 and target ``init`` (:attr:`initial_weights`), saved in
+            ``state_dict()["state"][i]["decay_target"]``.
         **base_kwargs: passed to the base optimizer (``lr``, ``betas``, ``eps``, ``momentum``, ...).
 
     Training loop (``pre_step`` is a no-op for ``wd`` and ``rwd``)::
@@ -165,6 +176,7 @@ class LPWD(torch.optim.Optimizer):
         cautious: bool = False,
         cautious_kernel: str = "compiled",
         stochastic_rounding: bool = True,
+        decay_target: str = "zero",
         **base_kwargs: Any,
     ) -> None:
         if mode not in TIMINGS:
@@ -182,6 +194,7 @@ class LPWD(torch.optim.Optimizer):
             raise ValueError(
                 f"LPWD: cautious_kernel={cautious_kernel!r} is not one of {list(CAUTIOUS_KERNELS)}"
             )
+        check_target(decay_target, "LPWD: decay_target")
         base_cls = resolve_base(base)
         refuse_schedule_free(base_cls)
         if cautious:
@@ -195,6 +208,7 @@ class LPWD(torch.optim.Optimizer):
         self.cautious = cautious
         self.cautious_kernel = cautious_kernel
         self.stochastic_rounding = stochastic_rounding
+        self.decay_target = decay_target
         self.rounding_kernel = "compiled"
         """``"compiled"``: the rounded bf16 step is one ``torch.compile``'d pass per tensor; ``"eager"``: the
         same function run eagerly (also taken, with a warning, where compilation fails)."""
@@ -221,6 +235,8 @@ class LPWD(torch.optim.Optimizer):
             self._record_base_lr(group)
         for index, group in enumerate(base_optimizer.param_groups):
             self._validate_group(index, group)
+            label = _group_label(index, group)
+            check_target(group.get(GROUP_KEY, decay_target), f"LPWD: {label}'s {GROUP_KEY}")
         defaults = dict(base_optimizer.defaults)
         defaults["weight_decay"] = weight_decay  # λ is LPWD's, not the base's default (0 on SGD)
         super().__init__(base_optimizer.param_groups, defaults)
@@ -231,6 +247,8 @@ class LPWD(torch.optim.Optimizer):
         self._pre_step_done = False  # pre_step() ran since the previous step()
         self._lr_scheduler: Any = None
         self._num_training_steps: int | None = None
+        self._anchors: dict[torch.Tensor, torch.Tensor] = {}
+        self._create_anchors(self.param_groups)
         if not stochastic_rounding:
             self._warn_if_decay_is_lost()
 
@@ -252,6 +270,8 @@ class LPWD(torch.optim.Optimizer):
         self.__dict__.setdefault("rounding_kernel", "compiled")
         self.__dict__.setdefault("_noise", NoiseKeys(torch.initial_seed() ^ _SEED_SALT))
         self.__dict__.setdefault("_precision_checked", False)
+        self.__dict__.setdefault("decay_target", "zero")  # pickled before 0.4: toward zero
+        self.__dict__.setdefault("_anchors", {})
         base = self.__dict__.get("base_optimizer")
         if base is not None:  # keep sharing: torch's load_state_dict replaces our groups and state
             base.__setstate__({"state": self.state, "param_groups": self.param_groups})
@@ -261,7 +281,7 @@ class LPWD(torch.optim.Optimizer):
         """The base optimizer's state dict (pwd's ledger rides in its param groups), with LPWD's hooks."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
-        state_dict = self.base_optimizer.state_dict()
+        state_dict = pack(self.base_optimizer.state_dict(), self._params_in_order(), self._anchors)
         if self._noise.count:  # only runs that rounded a step carry it: fp32 checkpoints keep torch's layout
             state_dict[ROUNDING_STATE_KEY] = self._noise.state_dict()
         for post_hook in self._optimizer_state_dict_post_hooks.values():
@@ -277,14 +297,105 @@ class LPWD(torch.optim.Optimizer):
                 state_dict = result
         state_dict = dict(state_dict)
         noise = state_dict.pop(ROUNDING_STATE_KEY, None)
+        state_dict, saved_anchors = unpack(state_dict, self._params_in_order())
+        self._check_saved_anchors(state_dict, saved_anchors)
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
+        self._settle_loaded_anchors(saved_anchors)
         if noise is not None:
             self._noise.load_state_dict(noise)
         self._restore_fp32_moments(state_dict)
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
+
+    # ------------------------------------------------------------------ θ₀, the target "init"
+    def _target(self, group: dict[str, Any]) -> str:
+        return group.get(GROUP_KEY, self.decay_target)
+
+    def _anchored(self, group: dict[str, Any]) -> bool:
+        """Does this group decay toward θ₀ (target ``init`` and λ > 0)?"""
+        return self._target(group) == "init" and lookahead.as_float(group["weight_decay"]) > 0.0
+
+    @property
+    def initial_weights(self) -> dict[torch.Tensor, torch.Tensor]:
+        """θ₀ per parameter decayed toward it (target ``init``, λ > 0); empty toward zero."""
+        return self._anchors
+
+    def _params_in_order(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    @torch.no_grad()
+    def _create_anchors(self, groups: list[dict[str, Any]]) -> None:
+        """θ₀ = the parameters as they are now, for every group decayed toward it."""
+        for group in groups:
+            if self._anchored(group):
+                for p in group["params"]:
+                    self._anchors[p] = initial_copy(p)
+
+    @torch.no_grad()
+    def _ensure_anchors(self) -> None:
+        """θ₀ of parameters the groups hold now but did not at construction.
+
+        DeepSpeed ZeRO replaces the groups' parameters with its fp32 master partitions after the optimizer is
+        built: their θ₀ is taken here, at the first step, from those partitions (which hold the pretrained
+        weights then: nothing has stepped), and the θ₀ of parameters no group holds any more is dropped.  A
+        parameter that has stepped without θ₀ (a group whose λ or target changed later) gets the weights it
+        has now, and a warning says so.
+        """
+        if not (
+            self._anchors or self.decay_target == "init" or any(GROUP_KEY in g for g in self.param_groups)
+        ):
+            return  # toward zero everywhere: nothing to do (and nothing done on today's path)
+        late = created = 0
+        for group in self.param_groups:
+            if not self._anchored(group):
+                continue
+            for p in group["params"]:
+                if p not in self._anchors:
+                    created += 1
+                    late += bool(self.state.get(p))
+                    self._anchors[p] = initial_copy(p)
+        if created:
+            held = set(self._params_in_order())
+            self._anchors = {p: a for p, a in self._anchors.items() if p in held}
+        if late:
+            logger.warning(
+                "LPWD: %d parameters that had already stepped decay toward init without a θ₀: their θ₀ is "
+                "their weights now (decay_target='init' from the start keeps the pretrained ones)",
+                late,
+            )
+
+    def _anchors_of(self, group: dict[str, Any]) -> dict[torch.Tensor, torch.Tensor] | None:
+        """θ₀ per parameter for an anchored group, ``None`` for a group decayed toward zero."""
+        return self._anchors if self._anchored(group) else None
+
+    def _check_saved_anchors(
+        self, state_dict: dict[str, Any], saved_anchors: dict[torch.Tensor, torch.Tensor]
+    ) -> None:
+        """Refuse, before anything is loaded, a checkpoint whose stepped parameters have no θ₀ while this
+        optimizer decays them toward init."""
+        saved = state_dict.get("state", {})
+        missing = 0
+        for index, p in enumerate(self._params_in_order()):
+            group_anchored = p in self._anchors
+            if group_anchored and p not in saved_anchors and saved.get(index):
+                missing += 1
+        if missing:
+            raise ValueError(
+                "LPWD: decay_target='init' (--lpwd_decay_target init), but the checkpoint's optimizer state "
+                f"has no θ₀ for {missing} parameters that have stepped (saved with decay_target 'zero' or "
+                "before hf_lpwd 0.4): resuming would decay toward the resumed weights, not the pretrained "
+                "ones. Resume with --lpwd_decay_target zero, or start from the pretrained model."
+            )
+
+    def _settle_loaded_anchors(self, saved_anchors: dict[torch.Tensor, torch.Tensor]) -> None:
+        """After ``load_state_dict``: the saved θ₀ of every parameter this optimizer decays toward init (the
+        θ₀ built here where the checkpoint has none: a parameter that never stepped); a saved θ₀ is dropped
+        where this optimizer decays toward zero."""
+        for p in list(self._anchors):
+            if p in saved_anchors:
+                self._anchors[p] = saved_anchors[p]
 
     def _restore_fp32_moments(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict`` casts a state tensor to its parameter's dtype: the rounded step's fp32
@@ -316,10 +427,14 @@ class LPWD(torch.optim.Optimizer):
         _apply_lr_multiplier(group, has_lr)
         self._record_base_lr(group)
         self._validate_group(len(base.param_groups) - 1, group)
+        label = _group_label(len(base.param_groups) - 1, group)
+        check_target(group.get(GROUP_KEY, self.decay_target), f"LPWD: {label}'s {GROUP_KEY}")
+        self._create_anchors([group])
 
     def __repr__(self) -> str:
         extra = "" if self.lr_coupling == "coupled" else f", lr_coupling={self.lr_coupling!r}"
         extra += ", cautious=True" if self.cautious else ""
+        extra += f", decay_target={self.decay_target!r}" if self.decay_target != "zero" else ""
         return f"LPWD(mode={self.mode!r}{extra}, base={self.base_optimizer!r})"
 
     # ------------------------------------------------------------------ the lr schedule (pwd's fold)
@@ -454,12 +569,14 @@ class LPWD(torch.optim.Optimizer):
         """
         if self.mode != "pwd" or self._pre_step_done:
             return
-        for group, wanted in zip(self.param_groups, self._decay_factors(), strict=True):  # validate all first
+        factors = self._decay_factors()  # validate all first
+        self._ensure_anchors()
+        for group, wanted in zip(self.param_groups, factors, strict=True):
             if not group["params"]:
                 continue
             carried = ledger.carried_factor(group, None)
             if wanted != carried:
-                self._scale(list(group["params"]), wanted / carried)
+                self._scale(list(group["params"]), wanted / carried, self._anchors_of(group))
                 self.fold_corrections += 1
             ledger.record(group, wanted)
         self._pre_step_done = True
@@ -485,7 +602,8 @@ class LPWD(torch.optim.Optimizer):
             _check_factor(index, group, first_lr, lam, decay, "the first step's lr")
             factors.append(1.0 - decay)
         for group, factor in zip(self.param_groups, factors, strict=True):
-            if factor != 1.0 and group["params"]:
+            # Toward θ₀ the weights are θ₀ now: θ₀ + (1 − d)(θ₀ − θ₀) = θ₀, nothing to write.
+            if factor != 1.0 and group["params"] and not self._anchored(group):
                 tensors = [storage(p) if storage is not None else p for p in group["params"]]
                 self._scale([t for t in tensors if t.numel() > 0], factor)
             ledger.record(group, factor)
@@ -506,7 +624,7 @@ class LPWD(torch.optim.Optimizer):
         for group in self.param_groups:
             applied = ledger.applied(group)
             if applied is not None and applied != 1.0 and group["params"]:
-                self._scale(list(group["params"]), 1.0 / applied)
+                self._scale(list(group["params"]), 1.0 / applied, self._anchors_of(group))
             ledger.clear(group)
         self._pre_step_done = False
 
@@ -548,6 +666,7 @@ class LPWD(torch.optim.Optimizer):
         base_groups = base.param_groups
         base.param_groups = self.param_groups
         try:
+            self._ensure_anchors()
             plans = self._plan_pwd() if self.mode == "pwd" else self._plan_wd_rwd()
             self._execute(plans)
         finally:
@@ -562,8 +681,12 @@ class LPWD(torch.optim.Optimizer):
         for index, group in enumerate(self.param_groups):
             eta, rate = self._validate_group(index, group)
             factor = 1.0 - eta * rate
+            anchored = self._anchored(group)
             if self.cautious:
-                plans.append(_GroupPlan({"weight_decay": 0.0}, cautious=eta * rate))
+                plans.append(_GroupPlan({"weight_decay": 0.0}, cautious=eta * rate, anchored=anchored))
+            elif anchored:  # AdamW's decay cannot take θ₀: λ = 0 and one lerp pass toward θ₀
+                where = {"before": factor} if self.mode == "wd" else {"after": factor}
+                plans.append(_GroupPlan({"weight_decay": 0.0}, anchored=True, **where))
             elif self.folds_decay_into_base and not low[index]:
                 if self.mode == "rwd":
                     override = (
@@ -613,12 +736,19 @@ class LPWD(torch.optim.Optimizer):
             # The decay must be on the weights the update starts from: pre_step() put it there, or (no
             # pre_step(): DeepSpeed, or a missed prediction) it is applied now, in one pass.
             carried = ledger.begin_step(group, step_index)
+            anchored = self._anchored(group)
             if carried != wanted:
                 with torch.no_grad():
-                    self._scale(list(group["params"]), wanted / carried)
+                    self._scale(list(group["params"]), wanted / carried, self._anchors_of(group))
                 self.fold_corrections += 1
             if factor == 1.0:
-                plans.append(_GroupPlan({"weight_decay": 0.0}, record=factor))
+                plans.append(_GroupPlan({"weight_decay": 0.0}, record=factor, anchored=anchored))
+            elif anchored:  # θ'_{t+1} = θ₀ + f·(θ'_t − η_t·u − θ₀): λ = 0, then one lerp pass of them all
+                plans.append(
+                    _GroupPlan(
+                        {"weight_decay": 0.0}, after=factor, after_scope="all", record=factor, anchored=True
+                    )
+                )
             elif self.folds_decay_into_base and not low[index] and eta > 0.0:
                 # One AdamW update: (1 − η'λ')θ − η'u = f·(θ − η_t·u); parameters it skips are scaled alone.
                 lr, lam = pwd_fold_on_adamw(eta, factor)
@@ -633,8 +763,23 @@ class LPWD(torch.optim.Optimizer):
                 )
         return plans
 
-    def _scale(self, params: list[torch.Tensor], factor: float) -> None:
-        """θ ← factor·θ; bf16/fp16 weights stochastically rounded with the optimizer's own noise."""
+    def _scale(
+        self,
+        params: list[torch.Tensor],
+        factor: float,
+        anchors: dict[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """θ ← factor·θ, or toward θ₀ (``anchors``) θ₀ + factor·(θ − θ₀); bf16/fp16 weights stochastically
+        rounded with the optimizer's own noise."""
+        if anchors is not None:
+            toward_(
+                params,
+                [anchors[p] for p in params],
+                factor,
+                stochastic=self.stochastic_rounding,
+                keys=self._noise,
+            )
+            return
         scale_(
             params,
             factor,
@@ -708,6 +853,7 @@ class LPWD(torch.optim.Optimizer):
         """bf16/fp16 weights: the whole step rounded once; the rest: the base step between scale passes."""
         if not self._precision_checked:
             self._check_precision()
+        held = self._anchors
         groups = self.param_groups
         done: list[set[int]] = [set() for _ in groups]
         if self.stochastic_rounding and any(
@@ -719,17 +865,18 @@ class LPWD(torch.optim.Optimizer):
                 self._rounded_factors(plans),
                 self._noise,
                 eager=self.rounding_kernel == "eager",
+                anchors=[held if plan is not None and plan.anchored else None for plan in plans],
             )
             done = [{id(p) for p in params} for params in stepped]
         if not any(done):
-            self._execute_base(plans)
+            self._execute_base(plans, held=held)
             return
         kept = [g["params"] for g in groups]
         try:  # the base steps only what the rounded step did not
             for group, ids in zip(groups, done, strict=True):
                 if ids:
                     group["params"] = [p for p in group["params"] if id(p) not in ids]
-            self._execute_base(plans, record=False)
+            self._execute_base(plans, record=False, held=held)
         finally:
             for group, params in zip(groups, kept, strict=True):
                 group["params"] = params
@@ -737,10 +884,16 @@ class LPWD(torch.optim.Optimizer):
             if plan is not None and plan.record is not None:
                 ledger.record(group, plan.record)
 
-    def _execute_base(self, plans: list[_GroupPlan | None], record: bool = True) -> None:
+    def _execute_base(
+        self,
+        plans: list[_GroupPlan | None],
+        record: bool = True,
+        held: dict[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         """Scale passes before, one base step with the plans' hyperparameters, scale passes after."""
         groups = self.param_groups
-        if self.cautious and self.cautious_kernel == "compiled" and all(plan is not None for plan in plans):
+        compiled = self.cautious and self.cautious_kernel == "compiled"
+        if compiled and all(plan is not None and not plan.anchored for plan in plans):
             if cautious_adamw_step(self.base_optimizer, [plan.cautious for plan in plans]):  # type: ignore[union-attr]
                 if record:
                     for group, plan in zip(groups, plans, strict=True):
@@ -749,12 +902,16 @@ class LPWD(torch.optim.Optimizer):
                 return
         stepped = [[p for p in g["params"] if p.grad is not None] for g in groups]
         for group, plan, params in zip(groups, plans, stepped, strict=True):
+            anchors = held if plan is not None and plan.anchored else None
             if plan is not None and plan.before != 1.0 and params:
-                self._scale(params, plan.before)
+                self._scale(params, plan.before, anchors)
             if plan is not None and plan.cautious > 0.0:
                 for p in params:  # one temporary at a time: no copy of the model
                     apply_cautious_decay_(
-                        p, coming_update_direction(self.base_optimizer, group, p), plan.cautious
+                        p,
+                        coming_update_direction(self.base_optimizer, group, p),
+                        plan.cautious,
+                        None if anchors is None else anchors[p],
                     )
         saved = [
             {key: g[key] for key in plan.override} if plan is not None else {}
@@ -779,7 +936,7 @@ class LPWD(torch.optim.Optimizer):
                 else:  # "idle": the fused AdamW call skipped them
                     targets = [p for p in group["params"] if p.grad is None]
                 if targets:
-                    self._scale(targets, plan.after)
+                    self._scale(targets, plan.after, held if plan.anchored else None)
             if record and plan.record is not None:
                 ledger.record(group, plan.record)
 

@@ -8,6 +8,7 @@ weights θ_t::
     AdamW / Adam   m ← β1·m + (1 − β1)·g     v ← β2·v + (1 − β2)·g²     u = m̂ / (√v̂ + ε)
     SGD            b ← μ·b + (1 − τ)·g (b = g on the first step)      u = b, or g + μ·b (Nesterov), or g
     every timing   θ' = post·(pre·θ − c·1[u ⊙ θ ≥ 0] ⊙ θ − η·u)
+    toward θ₀      θ' = θ₀ + post·(pre·δ − c·1[u ⊙ δ ≥ 0] ⊙ δ − η·u),  δ = θ − θ₀  (:mod:`.target`)
 
 (wd: pre = 1 − d_t; rwd: post = 1 − d_t; pwd: post = 1 − d_{t+1}, the fold; cautious wd: c = d_t), and writes
 SR(θ') with one stochastic rounding (:func:`.rounding.round_to`), so E[θ_{t+1} | θ_t] = θ' exactly: the fp32
@@ -30,7 +31,7 @@ DTensor, a tensor subclass, amsgrad, an lr tensor) takes the base's own step, wi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -48,14 +49,25 @@ _MAX_NUMEL = 2**31 - 1  # int32 element indices of the noise
 
 
 def _timing(
-    theta: torch.Tensor, step: torch.Tensor, pre: torch.Tensor, post: torch.Tensor, cautious: torch.Tensor
+    theta: torch.Tensor,
+    step: torch.Tensor,
+    pre: torch.Tensor,
+    post: torch.Tensor,
+    cautious: torch.Tensor,
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """θ' = post·(pre·θ − c·1[u ⊙ θ ≥ 0] ⊙ θ − η·u), with ``step`` = η·u (η > 0: it has u's sign).
 
-    Every timing, coupling and mask in one expression.
+    Every timing, coupling and mask in one expression.  Toward θ₀ = ``anchor`` (:mod:`.target`) the same in
+    δ = θ − θ₀: θ' = θ₀ + post·(pre·δ − c·1[u ⊙ δ ≥ 0] ⊙ δ − η·u), inside the same single rounding.
     """
-    masked = torch.where(cautious_mask(step, theta), cautious * theta, torch.zeros_like(theta))
-    return post * (pre * theta - masked - step)
+    if anchor is None:
+        masked = torch.where(cautious_mask(step, theta), cautious * theta, torch.zeros_like(theta))
+        return post * (pre * theta - masked - step)
+    origin = anchor.float()
+    delta = theta - origin
+    masked = torch.where(cautious_mask(step, delta), cautious * delta, torch.zeros_like(delta))
+    return origin + post * (pre * delta - masked - step)
 
 
 def _write(target: torch.Tensor, value: torch.Tensor, bits: torch.Tensor) -> None:
@@ -77,6 +89,7 @@ def adam_rounded_(
     pre: torch.Tensor,
     post: torch.Tensor,
     cautious: torch.Tensor,
+    anchor: torch.Tensor | None = None,
 ) -> None:
     """One Adam(W) step of one flat tensor, in place: θ' (see the module docstring) stochastically rounded.
 
@@ -88,7 +101,7 @@ def adam_rounded_(
     m = exp_avg.float().lerp(g, one_minus_beta1.float())
     v = exp_avg_sq.float() * beta2 + g * g * (1.0 - beta2)
     step = step_size * m / (v.sqrt() / bias_correction2_sqrt + eps)
-    _write(param, _timing(param.float(), step, pre, post, cautious), bits)
+    _write(param, _timing(param.float(), step, pre, post, cautious, anchor), bits)
     more = hash_bits(bits)  # moments kept in bf16/fp16 are rounded with bits of their own
     _write(exp_avg, m, (bits >> 16) & 0xFFFF)
     _write(exp_avg_sq, v, more)
@@ -108,6 +121,7 @@ def sgd_rounded_(
     cautious: torch.Tensor,
     first: bool,
     nesterov: bool,
+    anchor: torch.Tensor | None = None,
 ) -> None:
     """One SGD step with momentum of one flat tensor, in place (``buf`` is written; b = g on the first
     step)."""
@@ -115,7 +129,7 @@ def sgd_rounded_(
     g = grad.float() * sign
     b = g if first else buf.float() * momentum + g * one_minus_dampening
     u = g + momentum * b if nesterov else b
-    _write(param, _timing(param.float(), lr * u, pre, post, cautious), bits)
+    _write(param, _timing(param.float(), lr * u, pre, post, cautious, anchor), bits)
     _write(buf, b, (bits >> 16) & 0xFFFF)
 
 
@@ -128,11 +142,12 @@ def sgd_plain_rounded_(
     pre: torch.Tensor,
     post: torch.Tensor,
     cautious: torch.Tensor,
+    anchor: torch.Tensor | None = None,
 ) -> None:
     """One SGD step without momentum (u = g) of one flat tensor, in place."""
     bits = element_bits(param.numel(), key, param.device)
     g = grad.float() * sign
-    _write(param, _timing(param.float(), lr * g, pre, post, cautious), bits)
+    _write(param, _timing(param.float(), lr * g, pre, post, cautious, anchor), bits)
 
 
 _ADAM = CompiledKernel(adam_rounded_, "the stochastically rounded bf16 step")
@@ -202,16 +217,20 @@ def rounded_step(
     factors: Sequence[tuple[float, float, float] | None],
     keys: NoiseKeys,
     eager: bool = False,
+    anchors: Sequence[Mapping[torch.Tensor, torch.Tensor] | None] | None = None,
 ) -> list[set[torch.Tensor]]:
     """Step the bf16/fp16 parameters this path supports, per group with (pre, post, cautious) =
     ``factors[i]``.
 
     Returns, per group, the parameters stepped (the caller steps the others through the base).  A group whose
-    factors are ``None`` (not stepped in this call) is skipped.
+    factors are ``None`` (not stepped in this call) is skipped.  ``anchors[i]``: θ₀ per parameter of a group
+    decayed toward it (``None``: toward zero).
     """
     done: list[set[torch.Tensor]] = []
     adam = type(base) in ADAM_BASES
-    for group, values in zip(groups, factors, strict=True):
+    if anchors is None:
+        anchors = [None] * len(groups)
+    for group, values, targets in zip(groups, factors, anchors, strict=True):
         stepped: set[torch.Tensor] = set()
         done.append(stepped)
         if values is None or not group_supported(base, group):
@@ -222,6 +241,7 @@ def rounded_step(
         for p in group["params"]:
             if not (param_supported(p) and _grad_supported(p)):
                 continue
+            anchor = None if targets is None else _flat(targets[p])
             if adam:
                 state = _adam_state(base, group, p)
                 if not _moments_ok(state, ("exp_avg", "exp_avg_sq")):
@@ -245,9 +265,11 @@ def rounded_step(
                     )
                 key = torch.tensor(keys.next_key(), dtype=torch.int32, device=p.device)
                 args = (*map(_flat, (p, p.grad, state["exp_avg"], state["exp_avg_sq"])), key, *cache[where])
-                _ADAM(*args, eager=eager)
+                _ADAM(*args, *((anchor,) if anchor is not None else ()), eager=eager)
             else:
-                stepped_sgd = _sgd_one(base, group, p, keys, (sign, pre, post, cautious), cache, eager)
+                stepped_sgd = _sgd_one(
+                    base, group, p, keys, (sign, pre, post, cautious), cache, eager, anchor
+                )
                 if not stepped_sgd:
                     continue
             stepped.add(p)
@@ -262,6 +284,7 @@ def _sgd_one(
     values: tuple[float, float, float, float],
     cache: dict[tuple[Any, ...], tuple[torch.Tensor, ...]],
     eager: bool,
+    anchor: torch.Tensor | None = None,
 ) -> bool:
     sign, pre, post, cautious = values
     momentum = group.get("momentum", 0.0)
@@ -273,7 +296,8 @@ def _sgd_one(
     sign_t, lr_t, momentum_t, damp_t, pre_t, post_t, cautious_t = cache[where]
     key = torch.tensor(keys.next_key(), dtype=torch.int32, device=p.device)
     if momentum == 0:
-        _SGD_PLAIN(_flat(p), _flat(p.grad), key, sign_t, lr_t, pre_t, post_t, cautious_t, eager=eager)
+        extra = () if anchor is None else (anchor,)
+        _SGD_PLAIN(_flat(p), _flat(p.grad), key, sign_t, lr_t, pre_t, post_t, cautious_t, *extra, eager=eager)
         return True
     state = base.state[p]
     buf = state.get("momentum_buffer")
@@ -296,6 +320,7 @@ def _sgd_one(
         cautious_t,
         first,
         bool(group.get("nesterov", False)),
+        *(() if anchor is None else (anchor,)),
         eager=eager,
     )
     state["momentum_buffer"] = buf

@@ -44,7 +44,7 @@ def log_layer_table(lpwd: LPWD, scheduler: Any, num_training_steps: int, config:
     if scales is not None:
         shrink = [group_shrink(float(g["weight_decay"]), float(base_lr), s, config.lr_coupling)
                   for g, base_lr, s in zip(groups, scheduler.base_lrs, scales, strict=True)]
-    rows = layer_table(groups, shrink)
+    rows = layer_table(groups, shrink, lpwd.decay_target)
     if scales is not None:
         decayed = [r for r in rows if r["weight_decay"] > 0]
         config.record.shrink = round(max((float(r["shrink"]) for r in decayed), default=0.0), 6)
