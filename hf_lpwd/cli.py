@@ -199,7 +199,7 @@ def _inspect(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     shrink = _run_shrink(args, groups)
-    rows = layer_table(groups, shrink)
+    rows = layer_table(groups, shrink, _settings_of(args)["decay_target"])
     _add_decayed_params(rows, groups)
     n_blocks = depths[1]
     total = sum(row["params"] for row in rows)
@@ -343,7 +343,7 @@ def _option(parser: Any, name: str, **kwargs: Any) -> None:
 
 
 INSPECT_SETTINGS = ("weight_decay", "layer_lr_decay", "tied_depth", "layer_pattern", "decay_embeddings",
-                    "lr_coupling")
+                    "lr_coupling", "decay_target")
 """The settings that shape the table; their options come from :data:`hf_lpwd.settings.SETTINGS`."""
 
 

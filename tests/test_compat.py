@@ -238,6 +238,24 @@ def test_step_without_hooks_skips_the_global_step_hooks() -> None:
         handle.remove()
 
 
+def test_from_pretrained_marks_the_tensors_it_loaded(tmp_path: Path) -> None:
+    """Target ``init`` tells a new head (decays toward 0) from loaded weights (toward θ₀) by this mark."""
+    from transformers import BertForSequenceClassification, BertModel
+
+    base = tiny_bert().bert
+    assert isinstance(base, BertModel)
+    base.save_pretrained(tmp_path)
+    model = BertForSequenceClassification.from_pretrained(tmp_path)
+    marks = {name: compat_tf.loaded_from_checkpoint(p) for name, p in model.named_parameters()}
+    new = sorted(name for name, mark in marks.items() if not mark)
+    assert new == ["classifier.bias", "classifier.weight"] and all(
+        mark is True for name, mark in marks.items() if name not in new), (
+        "transformers no longer marks the tensors from_pretrained loaded with `_is_hf_initialized = True` "
+        f"(new: {new}): --lpwd_decay_target init cannot tell a new head from pretrained weights; fix "
+        "hf_lpwd/_compat/transformers.py::loaded_from_checkpoint"
+    )
+
+
 # ---------------------------------------------------------------------------------------------- argparse
 def test_parser_actions_are_the_added_actions_in_order() -> None:
     parser = argparse.ArgumentParser()

@@ -33,6 +33,7 @@ def test_round_trip_is_equal_and_byte_stable(tmp_path: Path) -> None:
         "base_optimizer_kwargs": {"betas": [0.9, 0.999], "fused": True, "lr": 0.001},
         "cautious": False,
         "decay_embeddings": False,
+        "decay_target": "zero",
         "decay_timescale": None,
         "depth_shrink": None,
         "depth_weight_decay": {"1": 0.15, "2": 0.225, "3": 0.3},
@@ -268,6 +269,7 @@ def test_the_0_3_0_fixture_config_loads_and_means_the_same() -> None:
     assert cfg.record.num_blocks == cfg.num_blocks == 3
     assert cfg.record.depth_weight_decay == {"0": 0.1, "1": 0.2, "2": 0.3, "3": 0.4, "4": 0.5}  # λ(d+1)/(N+2)
     assert cfg.record.shrink == 0.006 and cfg.lpwd_version == "0.3.0"
-    assert json.loads(cfg.to_json_string()).keys() == json.loads(
+    assert cfg.decay_target == "zero"  # before the target axis: decay toward zero
+    assert json.loads(cfg.to_json_string()).keys() - {"decay_target"} == json.loads(
         (Path(__file__).parent / "data" / "checkpoint_v0_3_0" / "checkpoint-3" / LPWD_CONFIG_NAME).read_text()
     ).keys()

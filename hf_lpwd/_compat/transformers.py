@@ -19,6 +19,7 @@ PRIVATE_NAMES = (
     "Trainer.set_initial_training_values (its tuple, index 1)",
     "Trainer.get_decay_parameter_names (called unbound)",
     "TrainingArguments.hf_deepspeed_config",
+    "tensor._is_hf_initialized (set by from_pretrained on the tensors it loaded)",
 )
 
 # The Trainer method LPWDMixin overrides to settle before the best checkpoint is loaded. No callback or public
@@ -70,6 +71,16 @@ def auto_class_accepts(auto_cls: Any, config: Any) -> bool:
     """
     mapping = getattr(auto_cls, "_model_mapping", None)
     return mapping is None or type(config) in mapping
+
+
+def loaded_from_checkpoint(param: Any) -> bool | None:
+    """Whether ``from_pretrained`` loaded this tensor from the checkpoint (``None``: the model says nothing).
+
+    transformers (>= 5) marks every tensor it loaded with ``_is_hf_initialized = True`` and leaves the ones it
+    had to initialise (missing keys: a new task head) unmarked; ``output_loading_info`` is returned, never
+    stored on the model, so this mark is the only record the Trainer can read.
+    """
+    return getattr(param, "_is_hf_initialized", None)
 
 
 def decay_parameter_names(model: nn.Module) -> list[str]:

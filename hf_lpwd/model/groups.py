@@ -30,10 +30,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
-from .._compat.transformers import decay_parameter_names
+from .._compat.transformers import decay_parameter_names, loaded_from_checkpoint
 from ..settings import TIED_DEPTHS, validate_choice, validate_layer_lr_decay
 from .layers import LayerPattern, layer_depths_with_count
 
@@ -162,15 +161,6 @@ def param_groups_for_settings(
     return groups
 
 
-def _loaded_by_from_pretrained(param: torch.Tensor) -> bool | None:
-    """transformers (>= 5) marks every tensor ``from_pretrained`` loaded from the checkpoint with
-    ``_is_hf_initialized = True``; those it had to initialise (missing keys: a new head) are left unmarked.
-
-    The only record of the loading the model keeps (``output_loading_info`` is returned, not stored).
-    """
-    return getattr(param, "_is_hf_initialized", None)
-
-
 def _adapter_parameter_names(model: nn.Module) -> set[str]:
     """Names of PEFT adapter weights (LoRA's A and B, ...): trained from their own initial values.
 
@@ -197,11 +187,11 @@ def new_parameter_names(model: nn.Module) -> list[str]:
     nothing is new, and ``init`` is its random initialisation.
     """
     named = list(model.named_parameters())
-    if not any(_loaded_by_from_pretrained(p) for _, p in named):
+    if not any(loaded_from_checkpoint(p) for _, p in named):
         return []
     adapters = _adapter_parameter_names(model)
     return [n for n, p in named
-            if p.requires_grad and not _loaded_by_from_pretrained(p) and n not in adapters]
+            if p.requires_grad and not loaded_from_checkpoint(p) and n not in adapters]
 
 
 def split_new_parameters(groups: list[dict[str, Any]], new_names: Collection[str]) -> list[dict[str, Any]]:
