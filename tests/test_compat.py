@@ -176,6 +176,18 @@ def test_foreach_norm_is_each_l2_norm() -> None:
     )
 
 
+def test_foreach_lerp_moves_in_place_bit_for_bit() -> None:
+    gen = torch.Generator().manual_seed(1)
+    tensors = [torch.randn(5, generator=gen), torch.randn(2, 3, generator=gen)]
+    ends = [torch.randn_like(t) for t in tensors]
+    expected = [t.clone().lerp_(e, 0.125) for t, e in zip(tensors, ends, strict=True)]
+    compat_torch.foreach_lerp_(tensors, ends, 0.125)
+    assert all(torch.equal(t, e) for t, e in zip(tensors, expected, strict=True)), (
+        "torch._foreach_lerp_ no longer equals t.lerp_(end, weight) bit for bit: the decay toward θ₀ "
+        "(hf_lpwd/optim/target.py) changed; fix hf_lpwd/_compat/torch.py::foreach_lerp_"
+    )
+
+
 def test_foreach_mul_scales_in_place_bit_for_bit() -> None:
     gen = torch.Generator().manual_seed(1)
     tensors = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen, dtype=torch.float64)]

@@ -13,6 +13,7 @@ PRIVATE_NAMES = (
     "Optimizer._optimizer_state_dict_pre_hooks / _post_hooks",
     "Optimizer._optimizer_load_state_dict_pre_hooks / _post_hooks",
     "Optimizer.step.hooked / __wrapped__ (profile_hook_step)",
+    "torch._foreach_lerp_",
 )
 
 
@@ -23,6 +24,14 @@ def foreach_norm(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     inputs' dtype; the per-depth norms need each norm, and the squares summed in float32.
     """
     return list(torch._foreach_norm(tensors))
+
+
+def foreach_lerp_(tensors: list[torch.Tensor], ends: list[torch.Tensor], weight: float) -> None:
+    """t ← t + weight·(end − t) for every tensor, one fused kernel: the decay toward θ₀ in one pass.
+
+    No public in-place multi-tensor lerp exists; ``t.lerp_`` per tensor launches one kernel each.
+    """
+    torch._foreach_lerp_(tensors, ends, weight)
 
 
 def foreach_mul_(tensors: list[torch.Tensor], factor: float) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from .._compat.torch import step_without_hooks
 from ..settings import SCHEDULE_FREE_REASON
 
 BASE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -57,12 +58,8 @@ def refuse_cautious_base(base_cls: type) -> None:
     if not issubclass(base_cls, CAUTIOUS_BASES):
         raise ValueError(
             "LPWD: cautious=True needs the sign of the base's update u per coordinate, which LPWD reads from "
-            ""
             f"AdamW/Adam's first moment or SGD's momentum buffer; {base_cls.__name__} is not one of them. "
-            "Use "
-            ""
-            ""
-            "--optim adamw_torch_fused / adamw_torch / sgd, or cautious=False"
+            "Use --optim adamw_torch_fused / adamw_torch / sgd, or cautious=False"
         )
 
 
@@ -72,9 +69,7 @@ def step_without_global_hooks(optimizer: torch.optim.Optimizer) -> Any:
     torch wraps every ``Optimizer.step`` so that the global (and the instance's) step hooks fire.  The base is
     LPWD's internal engine: its step is part of LPWD's, whose own wrapper fires the hooks, once per step.
     """
-    step = type(optimizer).step
-    inner = getattr(step, "__wrapped__", None) if getattr(step, "hooked", False) else None
-    return (inner or step)(optimizer)
+    return step_without_hooks(type(optimizer))(optimizer)
 
 
 def coming_update_direction(

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .._compat.torch import optimizer_hook_dicts
 from ..settings import (
     CAUTIOUS_KERNELS,
     DEFAULT_WEIGHT_DECAY,
@@ -279,19 +280,21 @@ class LPWD(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state dict (pwd's ledger rides in its param groups), with LPWD's hooks."""
-        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+        hooks = optimizer_hook_dicts(self)
+        for pre_hook in hooks.state_dict_pre.values():
             pre_hook(self)
         state_dict = pack(self.base_optimizer.state_dict(), self._params_in_order(), self._anchors)
         if self._noise.count:  # only runs that rounded a step carry it: fp32 checkpoints keep torch's layout
             state_dict[ROUNDING_STATE_KEY] = self._noise.state_dict()
-        for post_hook in self._optimizer_state_dict_post_hooks.values():
+        for post_hook in hooks.state_dict_post.values():
             result = post_hook(self, state_dict)
             if result is not None:
                 state_dict = result
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+        hooks = optimizer_hook_dicts(self)
+        for pre_hook in hooks.load_state_dict_pre.values():
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
@@ -306,7 +309,7 @@ class LPWD(torch.optim.Optimizer):
         if noise is not None:
             self._noise.load_state_dict(noise)
         self._restore_fp32_moments(state_dict)
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+        for post_hook in hooks.load_state_dict_post.values():
             post_hook(self)
 
     # ------------------------------------------------------------------ θ₀, the target "init"

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import torch
 
+from .._compat.torch import foreach_mul_
 from .compiled import CompiledKernel
 
 LOW_PRECISION_DTYPES: frozenset[torch.dtype] = frozenset({torch.bfloat16, torch.float16})
@@ -270,11 +271,11 @@ def scale_(
     global generator.
     """
     if not stochastic:
-        torch._foreach_mul_(params, factor)
+        foreach_mul_(params, factor)
         return
     exact = [p for p in params if p.dtype not in LOW_PRECISION_DTYPES]
     if exact:
-        torch._foreach_mul_(exact, factor)
+        foreach_mul_(exact, factor)
     if len(exact) == len(params):
         return
     low = [p for p in params if p.dtype in LOW_PRECISION_DTYPES]

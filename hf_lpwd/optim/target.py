@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from .._compat.torch import foreach_lerp_
 from .rounding import LOW_PRECISION_DTYPES, NoiseKeys, element_bits, round_to
 
 DECAY_TARGETS = ("zero", "init")
@@ -133,7 +134,7 @@ def toward_(
     pairs = list(zip(params, anchors, strict=True))
     exact = [(p, a) for p, a in pairs if not stochastic or p.dtype not in LOW_PRECISION_DTYPES]
     if exact:
-        torch._foreach_lerp_([p for p, _ in exact], [a for _, a in exact], 1.0 - factor)
+        foreach_lerp_([p for p, _ in exact], [a for _, a in exact], 1.0 - factor)
     if len(exact) == len(params):
         return
     for p, a in pairs:
