@@ -30,7 +30,7 @@ from .integrations.bnb_notice import quiet_cpu_kernel_notice
 from .model.groups import layer_table, param_groups_for_settings, shrink_warning
 from .model.layers import layer_depths_with_count
 from .model_source import resolve_model_path
-from .schedule import group_shrink, trainer_schedule_scales
+from .schedule import groups_shrink, trainer_schedule_scales
 from .settings import SETTING, Setting, check_peak_decay, check_settings, parse_bool, resolve_settings
 
 __all__ = ["TASKS", "build_meta_model", "main"]
@@ -273,8 +273,8 @@ def _run_shrink(args: argparse.Namespace, groups: list[dict[str, Any]]) -> list[
                                          _warmup_steps(args.warmup_steps, args.max_steps))
     except ValueError as exc:
         raise CliError(f"--lr-scheduler-type {args.lr_scheduler_type}: {_first_line(exc)}") from exc
-    return [group_shrink(float(g["weight_decay"]), args.learning_rate * float(g.get("lr_multiplier", 1.0)),
-                         scales, args.lr_coupling) for g in groups]
+    base_lrs = [args.learning_rate * float(g.get("lr_multiplier", 1.0)) for g in groups]
+    return groups_shrink(groups, base_lrs, [scales] * len(groups), _settings_of(args))
 
 
 def _steps(depths: list[int], values: list[float]) -> tuple[list[float], list[float]]:

@@ -65,6 +65,14 @@ def first_step_scale(args: Any) -> float:
     return float(probe.param_groups[0]["lr"])
 
 
+def groups_shrink(groups: Sequence[dict[str, Any]], base_lrs: Sequence[float],
+                  scales: Sequence[Sequence[float]], settings: dict[str, Any]) -> list[float]:
+    """:func:`group_shrink` of every param group (λ from the group, η̄ and s_t per group, the settings'
+    coupling)."""
+    return [group_shrink(float(g["weight_decay"]), float(lr), s, settings["lr_coupling"])
+            for g, lr, s in zip(groups, base_lrs, scales, strict=True)]
+
+
 def group_shrink(weight_decay: float, base_lr: float, scales: Sequence[float],
                  lr_coupling: str = "coupled") -> float:
     """S = Σ_t d_t over a run whose lr is η̄·s_t: the log-shrink of a weight no gradient moves.

@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
+from transformers.utils import logging as hf_logging
 
 from ..config import LPWDConfig
 from ..settings import CONFIG_SETTINGS, SETTING, SETTINGS, argument_label, check_settings
 
-__all__ = ["LPWDTrainingArguments", "lpwd_config_from_args", "settings_of", "checked_settings_of"]
+__all__ = ["LPWDTrainingArguments", "lpwd_config_from_args", "settings_of", "checked_settings_of",
+           "run_config", "refusal_key"]
+
+logger = hf_logging.get_logger("transformers.hf_lpwd")
 
 
 def _with_setting_arguments(cls: type) -> type:
@@ -75,6 +79,30 @@ def lpwd_config_from_args(args: Any, values: dict[str, Any] | None = None) -> LP
     values = settings_of(args) if values is None else values
     shared = {s.name: values[s.name] for s in CONFIG_SETTINGS}
     return LPWDConfig.from_settings(shared, base_optimizer=str(getattr(args.optim, "value", args.optim)))
+
+
+def run_config(args: Any, given: LPWDConfig | None, warn: bool = False) -> LPWDConfig:
+    """The settings of a run, read now: from ``given`` (``LPWDMixin(lpwd_config=...)``: its λ wins, the base
+    is the one ``args.optim`` builds; ``warn`` says so) or from the arguments, checked in the command line's
+    words."""
+    optim = str(getattr(args.optim, "value", args.optim))
+    if given is None:
+        return lpwd_config_from_args(args, checked_settings_of(args))
+    if warn and float(args.weight_decay) != given.weight_decay:
+        logger.warning("LPWDMixin: lpwd_config.weight_decay=%g is the λ used; args.weight_decay=%g is "
+                       "ignored (pass the λ you want in LPWDConfig, or build the config from the "
+                       "arguments)",
+                       given.weight_decay, float(args.weight_decay))
+    if warn and given.base_optimizer not in (None, optim):
+        logger.warning("LPWDMixin: lpwd_config.base_optimizer=%s, but args.optim=%s builds the base "
+                       "optimizer; recording %s", given.base_optimizer, optim, optim)
+    return dataclasses.replace(given, base_optimizer=optim)
+
+
+def refusal_key(args: Any) -> tuple:
+    """What :func:`hf_lpwd.trainer.refusals.check_training_arguments` reads: checked again only when it
+    changed."""
+    return tuple(settings_of(args).items()), args.learning_rate, str(args.optim), args.optim_args
 
 
 _TRAINER_WEIGHT_DECAY_DEFAULT = next(f.default for f in dataclasses.fields(TrainingArguments)

@@ -10,7 +10,7 @@ from transformers.utils import logging as hf_logging
 from ..config import LPWDConfig
 from ..model.groups import format_layer_table, layer_table, shrink_warning
 from ..optim import LPWD, rounding_path
-from ..schedule import group_shrink, scheduler_scales
+from ..schedule import groups_shrink, scheduler_scales
 from ..settings import describe, resolve_settings
 
 logger = hf_logging.get_logger("transformers.hf_lpwd")
@@ -42,8 +42,7 @@ def log_layer_table(lpwd: LPWD, scheduler: Any, num_training_steps: int, config:
     scales = scheduler_scales(scheduler, num_training_steps)
     shrink: list[float | None] = [None] * len(groups)
     if scales is not None:
-        shrink = [group_shrink(float(g["weight_decay"]), float(base_lr), s, config.lr_coupling)
-                  for g, base_lr, s in zip(groups, scheduler.base_lrs, scales, strict=True)]
+        shrink = list(groups_shrink(groups, scheduler.base_lrs, scales, config.settings()))
     rows = layer_table(groups, shrink, lpwd.decay_target)
     if scales is not None:
         decayed = [r for r in rows if r["weight_decay"] > 0]

@@ -38,7 +38,7 @@ from ..names import distance_log_key
 from ..optim import LPWD
 from ..schedule import first_step_scale
 from ..settings import SETTING
-from .arguments import checked_settings_of, lpwd_config_from_args, settings_of
+from .arguments import refusal_key, run_config
 from .build import base_optimizer_of, build_lpwd, record_groups, resolve_lambda
 from .card import add_card_section
 from .layer_log import log_layer_table
@@ -88,24 +88,10 @@ class LPWDMixin:
         return self._lpwd_built_config if self._lpwd_built_config is not None else self._lpwd_settings_now()
 
     def _lpwd_settings_now(self, warn: bool = False) -> LPWDConfig:
-        optim = str(getattr(self.args.optim, "value", self.args.optim))
-        given = self._lpwd_given_config
-        if given is None:
-            return lpwd_config_from_args(self.args, checked_settings_of(self.args))
-        if warn and float(self.args.weight_decay) != given.weight_decay:
-            logger.warning("LPWDMixin: lpwd_config.weight_decay=%g is the λ used; args.weight_decay=%g is "
-                           "ignored (pass the λ you want in LPWDConfig, or build the config from the "
-                           "arguments)",
-                           given.weight_decay, float(self.args.weight_decay))
-        if warn and given.base_optimizer not in (None, optim):
-            logger.warning("LPWDMixin: lpwd_config.base_optimizer=%s, but args.optim=%s builds the base "
-                           "optimizer; recording %s", given.base_optimizer, optim, optim)
-        return dataclasses.replace(given, base_optimizer=optim)
+        return run_config(self.args, self._lpwd_given_config, warn)
 
     def _lpwd_argument_key(self) -> tuple:
-        """What :func:`check_training_arguments` reads, to check it again only when a trial changed it."""
-        return (tuple(settings_of(self.args).items()), self.args.learning_rate, str(self.args.optim),
-                self.args.optim_args)
+        return refusal_key(self.args)
 
     @property
     def lpwd_optimizer(self) -> LPWD | None:
