@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 # One home for the run logs and the statistics: hf_lpwd.compare's (the study scripts import them from here).
+from hf_lpwd.compare.runner import cpu_name
 from hf_lpwd.compare.stats import fmt_diff, mean_std, paired_differences, t_interval  # noqa: F401
 from hf_lpwd.compare.store import append_result as append_jsonl  # noqa: F401
 from hf_lpwd.compare.store import read_jsonl
@@ -91,14 +92,7 @@ def load_glue(task: str, split: str, root: Path) -> tuple[list[str], list[int]]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     import torch
     import transformers
 

@@ -62,17 +62,21 @@ def run_argv(command: Sequence[str], settings: dict[str, str], seed: int, run_di
     return argv + ["--seed", str(seed), "--data_seed", str(seed), "--output_dir", run_dir]
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    """Where a run ran: host, CPU, cores, threads, load, Python and the library versions (no imports
-    needed)."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """Where a run ran: host, CPU, cores, threads, load, Python and the library versions (no imports
+    needed)."""
+    cpu = cpu_name()
     # the code that runs; an editable install's metadata keeps the version it was made at
     versions: dict[str, str | None] = {"hf_lpwd": __version__}
     for dist in ("torch", "transformers"):
