@@ -8,7 +8,10 @@ Run from the repository root with ``python -m benchmarks.bf16_step PART``:
   and eager); and the moments' dtype: the same equation with a noisy gradient (g + N(0, 1) per step) and the
   moments kept in fp32, in bf16 rounded to nearest, in bf16 rounded stochastically.
 * ``cost``: one rounded LPWD step (wd, compiled; then eager) against torch's fused AdamW step on the same bf16
-  weights, alternated (A B, B A, ...), medians and the median of paired ratios; optimizer state bytes.
+  weights, alternated (A B, B A, ...), medians and the median of paired ratios; optimizer state bytes; on
+  ``--tensors`` × ``--numel`` weights and on ``optimizer_step.py``'s MiniLM-shaped encoder (101 tensors).
+* ``kernels``: the compiled kernel alone on one tensor, with fp32 moments (LPWD's), bf16 moments rounded
+  stochastically and bf16 moments rounded to nearest, each against torch's fused AdamW step.
 * ``study``: MiniLM-L6 fine-tuned on SST-2 in study v3 Q1's setting (train8000, 400 steps, η = 1e-4 linear,
   batch 16, ``recipes/text_classification.py``) with its weights cast to bf16: round to nearest (LPWD ``wd``
   with ``--lpwd_stochastic_rounding false``, bitwise the stock Trainer), LPWD ``wd`` with the rounded step,
@@ -21,6 +24,7 @@ Run from the repository root with ``python -m benchmarks.bf16_step PART``:
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python -m benchmarks.bf16_step displacement
     OMP_NUM_THREADS=1 PYTHONPATH=. python -m benchmarks.bf16_step cost [--numel 1048576 --tensors 8]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python -m benchmarks.bf16_step kernels [--numel 1048576]
     OMP_NUM_THREADS=1 PYTHONPATH=. python -m benchmarks.bf16_step study [--seeds 0,1,2] [--task llama]
 """
 
@@ -222,6 +226,55 @@ def cost(numel: int, tensors: int, steps: int) -> list[str]:
         "B/weight in all).",
     ]
     print(rows[-1])
+    return rows
+
+
+def kernels(numel: int, steps: int) -> list[str]:
+    """The kernel alone on one tensor: the moments' dtype (fp32, LPWD's; bf16 written stochastically, as a
+    checkpoint of torch's AdamW keeps them; bf16 to nearest) against torch's fused AdamW on the same bf16
+    weights.  Each timed against the stock step alternately (A B / B A), medians."""
+    from hf_lpwd.optim import rounded_step as rs
+    from hf_lpwd.optim.rounding import element_bits, round_to
+
+    def adam_nearest_moments(p, g, m, v, key, sign, step_size, omb1, beta2, omb2, bc2, eps, pre, post):
+        bits = element_bits(p.numel(), key, p.device)
+        grad = g.float() * sign
+        m1 = m.float().lerp(grad, omb1)
+        v1 = v.float() * beta2 + grad * grad * omb2
+        theta = post * (pre * p.float() - step_size * m1 / (v1.sqrt() / bc2 + eps))
+        p.copy_(round_to(theta, p.dtype, bits))
+        m.copy_(m1.to(m.dtype))
+        v.copy_(v1.to(v.dtype))
+
+    gen = torch.Generator().manual_seed(0)
+    weights = (torch.randn(numel, generator=gen) * 0.02).bfloat16()
+    grad = torch.randn(numel, generator=gen).bfloat16()
+    key = torch.tensor(12345, dtype=torch.int32)
+    scalars = rs._scalars(torch.device("cpu"), 1.0, LR, 0.1, 0.999, 0.001, 0.03, 1e-8, 1.0, 1.0)
+
+    def moments(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(numel, dtype=dtype), torch.full((numel,), 1e-6, dtype=dtype)
+
+    nearest = torch.compile(adam_nearest_moments, dynamic=True)
+    m32, m16, m16n = moments(torch.float32), moments(torch.bfloat16), moments(torch.bfloat16)
+    variants = {
+        "fp32 moments (LPWD)": lambda: rs._ADAM(weights, grad, *m32, key, *scalars, None),
+        "bf16 moments, stochastically rounded": lambda: rs._ADAM(weights, grad, *m16, key, *scalars, None),
+        "bf16 moments, to nearest": lambda: nearest(weights, grad, *m16n, key, *scalars),
+    }
+    stock = torch.optim.AdamW([torch.nn.Parameter(weights.clone())], lr=LR, weight_decay=LAM, fused=True)
+    stock.param_groups[0]["params"][0].grad = grad.clone()
+    rows = [
+        f"One tensor of {numel:,} bf16 weights; {machine()}",
+        "",
+        "| kernel | ms | torch fused AdamW bf16 ms | median paired ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, run in variants.items():
+        run()  # compiles
+        a, b, r = timed_pair(run, stock.step, steps)
+        rows.append(f"| {name} | {a * 1e3:.3f} | {b * 1e3:.3f} | {r:.2f} |")
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -447,7 +500,7 @@ def report(task: str = "sst2") -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["displacement", "cost", "study", "report", "one-run"])
+    parser.add_argument("part", choices=["displacement", "cost", "kernels", "study", "report", "one-run"])
     parser.add_argument("--numel", type=int, default=1 << 20)
     parser.add_argument("--tensors", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per optimizer (cost)")
@@ -465,6 +518,8 @@ def main() -> None:
         displacement()
     elif args.part == "cost":
         cost(args.numel, args.tensors, args.steps)
+    elif args.part == "kernels":
+        kernels(args.numel, args.steps)
     elif args.part == "study":
         study([int(s) for s in args.seeds.split(",")], args.runs_dir, args.task)
     elif args.part == "report":

@@ -17,13 +17,11 @@ kernel for every tensor; the random bits are hashed in registers, :func:`.roundi
 function run eagerly where compilation is not available.
 
 Moments (and SGD's momentum buffer).  Created in fp32: 8 bytes per weight, as with fp32 weights, against the 4
-of torch's AdamW on bf16 weights (no master copy either way).  ``benchmarks/bf16_step.py`` measured the
-alternatives: on its displacement check (300 steps, noisy gradient) bf16 moments rounded to nearest or
-stochastically did as well as fp32 ones (r = 0.998 / 0.999 / 0.999), but a kernel writing bf16 moments
-stochastically took 3.8–4.0 ms per 1M weights against 1.74–1.78 ms with fp32 moments (torch's fused bf16
-AdamW: 0.9–1.3 ms) on this CPU, and in bf16 a change (1 − β2)·(g² − v) below half an ulp of v is lost to
-nearest.  A state that already holds bf16/fp16 moments (a checkpoint of torch's AdamW) keeps its dtype,
-written stochastically.
+of torch's AdamW on bf16 weights (no master copy either way).  bf16 moments did as well on the displacement
+check, but a compiled kernel writing them (to nearest or stochastically) is slower on a CPU than the fp32 one
+(inductor's bf16 code), and in bf16 a change (1 − β2)·(g² − v) below half an ulp of v is lost to nearest
+(figures: ``benchmarks/results/bf16_step.md``).  A state that already holds bf16/fp16 moments (a checkpoint
+of torch's AdamW) keeps its dtype, written stochastically.
 
 :func:`rounded_step` returns the parameters it stepped; the rest (fp32 weights, a base it does not know, a
 DTensor, a tensor subclass, amsgrad, an lr tensor) takes the base's own step, with the decay rounded alone.
