@@ -8,7 +8,10 @@ Run from the repository root with ``python -m benchmarks.bf16_step PART``:
   and eager); and the moments' dtype: the same equation with a noisy gradient (g + N(0, 1) per step) and the
   moments kept in fp32, in bf16 rounded to nearest, in bf16 rounded stochastically.
 * ``cost``: one rounded LPWD step (wd, compiled; then eager) against torch's fused AdamW step on the same bf16
-  weights, alternated (A B, B A, ...), medians and the median of paired ratios; optimizer state bytes.
+  weights, alternated (A B, B A, ...), medians and the median of paired ratios; optimizer state bytes; on
+  ``--tensors`` × ``--numel`` weights and on ``optimizer_step.py``'s MiniLM-shaped encoder (101 tensors).
+* ``kernels``: the compiled kernel alone on one tensor, with fp32 moments (LPWD's), bf16 moments rounded
+  stochastically and bf16 moments rounded to nearest, each against torch's fused AdamW step.
 * ``study``: MiniLM-L6 fine-tuned on SST-2 in study v3 Q1's setting (train8000, 400 steps, η = 1e-4 linear,
   batch 16, ``recipes/text_classification.py``) with its weights cast to bf16: round to nearest (LPWD ``wd``
   with ``--lpwd_stochastic_rounding false``, bitwise the stock Trainer), LPWD ``wd`` with the rounded step,
@@ -21,6 +24,7 @@ Run from the repository root with ``python -m benchmarks.bf16_step PART``:
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python -m benchmarks.bf16_step displacement
     OMP_NUM_THREADS=1 PYTHONPATH=. python -m benchmarks.bf16_step cost [--numel 1048576 --tensors 8]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python -m benchmarks.bf16_step kernels [--numel 1048576]
     OMP_NUM_THREADS=1 PYTHONPATH=. python -m benchmarks.bf16_step study [--seeds 0,1,2] [--task llama]
 """
 
@@ -172,46 +176,105 @@ def timed_pair(a: Callable[[], None], b: Callable[[], None], steps: int) -> tupl
 
 
 def cost(numel: int, tensors: int, steps: int) -> list[str]:
-    def params(seed: int) -> list[torch.nn.Parameter]:
+    """The rounded step against torch's fused AdamW on the same bf16 weights, on two workloads: ``tensors``
+    tensors of ``numel`` weights (the kernel's bandwidth), and ``optimizer_step.py``'s MiniLM-shaped encoder
+    (101 tensors, 26M weights, 63 of them biases and norms: the per-call overhead)."""
+    from benchmarks.optimizer_step import encoder_shapes
+
+    workloads = {
+        f"{tensors} × {numel:,}": [(numel,)] * tensors,
+        "MiniLM-shaped encoder": encoder_shapes(26),
+    }
+
+    def params(shapes: list[tuple[int, ...]], seed: int) -> list[torch.nn.Parameter]:
         gen = torch.Generator().manual_seed(seed)
-        out = [
-            torch.nn.Parameter((torch.randn(numel, generator=gen) * 0.02).bfloat16()) for _ in range(tensors)
-        ]
+        out = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).bfloat16()) for s in shapes]
         for p in out:
-            p.grad = torch.randn(numel, generator=gen).bfloat16()
+            p.grad = torch.randn(p.shape, generator=gen).bfloat16()
         return out
 
-    stock = torch.optim.AdamW(params(1), lr=LR, weight_decay=LAM, fused=True)
-    rows = [
-        f"{tensors} bf16 tensors of {numel} weights; {machine()}",
-        "",
-        "| step | ms | torch fused AdamW bf16 ms | median paired ratio |",
-        "|---|---:|---:|---:|",
-    ]
-    for kernel in ("compiled", "eager"):
-        ours = LPWD(params(1), mode="wd", lr=LR, weight_decay=LAM, fused=True)
-        ours.rounding_kernel = kernel
-        ours.step()  # compiles
-        a, b, r = timed_pair(ours.step, stock.step, steps)
-        rows.append(f"| LPWD wd, rounded step ({kernel}) | {a * 1e3:.2f} | {b * 1e3:.2f} | {r:.2f} |")
-        print(rows[-1], flush=True)
-        state = sum(
-            t.numel() * t.element_size()
-            for s in ours.state.values()
-            for t in s.values()
-            if torch.is_tensor(t)
+    def state_bytes(opt: torch.optim.Optimizer) -> int:
+        return sum(
+            t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t)
         )
-    stock_state = sum(
-        t.numel() * t.element_size() for s in stock.state.values() for t in s.values() if torch.is_tensor(t)
-    )
-    total = numel * tensors
+
+    rows = [
+        f"bf16 weights, alternated A B / B A, medians, median of paired ratios; {machine()}",
+        "",
+        "| workload | step | ms | torch fused AdamW bf16 ms | median paired ratio |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, shapes in workloads.items():
+        stock = torch.optim.AdamW(params(shapes, 1), lr=LR, weight_decay=LAM, fused=True)
+        kernels = ("compiled", "eager") if name.startswith(str(tensors)) else ("compiled",)
+        for kernel in kernels:
+            ours = LPWD(params(shapes, 1), mode="wd", lr=LR, weight_decay=LAM, fused=True)
+            ours.rounding_kernel = kernel
+            ours.step()  # compiles
+            a, b, r = timed_pair(ours.step, stock.step, steps)
+            rows.append(
+                f"| {name} | LPWD wd, rounded step ({kernel}) | {a * 1e3:.2f} | {b * 1e3:.2f} | {r:.2f} |"
+            )
+            print(rows[-1], flush=True)
+    total = sum(math.prod(s) for s in workloads["MiniLM-shaped encoder"])
+    state, stock_state = state_bytes(ours), state_bytes(stock)
     rows += [
         "",
-        f"Optimizer state: LPWD rounded bf16 {state:,} B ({state / total:.0f} B/weight, fp32 moments), "
-        f"torch AdamW bf16 {stock_state:,} B ({stock_state / total:.0f} B/weight); weights + gradients "
-        f"{4 * total:,} B in bf16 against {8 * total:,} B in fp32 (with fp32 moments: 12 vs 16 B/weight).",
+        f"Optimizer state (encoder): LPWD rounded bf16 {state:,} B ({state / total:.0f} B/weight, fp32 "
+        f"moments), torch AdamW bf16 {stock_state:,} B ({stock_state / total:.0f} B/weight); weights + "
+        f"gradients {4 * total:,} B in bf16 against {8 * total:,} B in fp32 (with fp32 moments: 12 vs 16 "
+        "B/weight in all).",
     ]
     print(rows[-1])
+    return rows
+
+
+def kernels(numel: int, steps: int) -> list[str]:
+    """The kernel alone on one tensor: the moments' dtype (fp32, LPWD's; bf16 written stochastically, as a
+    checkpoint of torch's AdamW keeps them; bf16 to nearest) against torch's fused AdamW on the same bf16
+    weights.  Each timed against the stock step alternately (A B / B A), medians."""
+    from hf_lpwd.optim import rounded_step as rs
+    from hf_lpwd.optim.rounding import element_bits, round_to
+
+    def adam_nearest_moments(p, g, m, v, key, sign, step_size, omb1, beta2, omb2, bc2, eps, pre, post):
+        bits = element_bits(p.numel(), key, p.device)
+        grad = g.float() * sign
+        m1 = m.float().lerp(grad, omb1)
+        v1 = v.float() * beta2 + grad * grad * omb2
+        theta = post * (pre * p.float() - step_size * m1 / (v1.sqrt() / bc2 + eps))
+        p.copy_(round_to(theta, p.dtype, bits))
+        m.copy_(m1.to(m.dtype))
+        v.copy_(v1.to(v.dtype))
+
+    gen = torch.Generator().manual_seed(0)
+    weights = (torch.randn(numel, generator=gen) * 0.02).bfloat16()
+    grad = torch.randn(numel, generator=gen).bfloat16()
+    key = torch.tensor(12345, dtype=torch.int32)
+    scalars = rs._scalars(torch.device("cpu"), 1.0, LR, 0.1, 0.999, 0.001, 0.03, 1e-8, 1.0, 1.0)
+
+    def moments(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(numel, dtype=dtype), torch.full((numel,), 1e-6, dtype=dtype)
+
+    nearest = torch.compile(adam_nearest_moments, dynamic=True)
+    m32, m16, m16n = moments(torch.float32), moments(torch.bfloat16), moments(torch.bfloat16)
+    variants = {
+        "fp32 moments (LPWD)": lambda: rs._ADAM(weights, grad, *m32, key, *scalars, None),
+        "bf16 moments, stochastically rounded": lambda: rs._ADAM(weights, grad, *m16, key, *scalars, None),
+        "bf16 moments, to nearest": lambda: nearest(weights, grad, *m16n, key, *scalars),
+    }
+    stock = torch.optim.AdamW([torch.nn.Parameter(weights.clone())], lr=LR, weight_decay=LAM, fused=True)
+    stock.param_groups[0]["params"][0].grad = grad.clone()
+    rows = [
+        f"One tensor of {numel:,} bf16 weights; {machine()}",
+        "",
+        "| kernel | ms | torch fused AdamW bf16 ms | median paired ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, run in variants.items():
+        run()  # compiles
+        a, b, r = timed_pair(run, stock.step, steps)
+        rows.append(f"| {name} | {a * 1e3:.3f} | {b * 1e3:.3f} | {r:.2f} |")
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -437,7 +500,7 @@ def report(task: str = "sst2") -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["displacement", "cost", "study", "report", "one-run"])
+    parser.add_argument("part", choices=["displacement", "cost", "kernels", "study", "report", "one-run"])
     parser.add_argument("--numel", type=int, default=1 << 20)
     parser.add_argument("--tensors", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per optimizer (cost)")
@@ -455,6 +518,8 @@ def main() -> None:
         displacement()
     elif args.part == "cost":
         cost(args.numel, args.tensors, args.steps)
+    elif args.part == "kernels":
+        kernels(args.numel, args.steps)
     elif args.part == "study":
         study([int(s) for s in args.seeds.split(",")], args.runs_dir, args.task)
     elif args.part == "report":

@@ -188,6 +188,20 @@ def test_foreach_lerp_moves_in_place_bit_for_bit() -> None:
     )
 
 
+def test_foreach_copy_writes_each_source_in_place() -> None:
+    gen = torch.Generator().manual_seed(2)
+    tensors = [torch.zeros(5), torch.zeros(3, dtype=torch.bfloat16)]
+    packed = torch.randn(8, generator=gen)
+    sources = list(packed.split([5, 3]))
+    ids = [t.data_ptr() for t in tensors]
+    compat_torch.foreach_copy_(tensors, sources)
+    assert [t.data_ptr() for t in tensors] == ids
+    assert torch.equal(tensors[0], sources[0]) and torch.equal(tensors[1], sources[1].bfloat16()), (
+        "torch._foreach_copy_ no longer equals t.copy_(s) per pair: the packed rounded step "
+        "(hf_lpwd/optim/rounded_step.py) writes back through it; fix hf_lpwd/_compat/torch.py::foreach_copy_"
+    )
+
+
 def test_foreach_mul_scales_in_place_bit_for_bit() -> None:
     gen = torch.Generator().manual_seed(1)
     tensors = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen, dtype=torch.float64)]

@@ -601,3 +601,57 @@ def test_fraction_below_half_ulp_counts_what_round_to_nearest_drops() -> None:
     with pytest.warns(UserWarning, match=r"first update of 75\.0% of their coordinates is below half"):
         opt = LPWD([p], lr=1e-3, weight_decay=0.0, stochastic_rounding=False)
         opt.step()
+
+
+def bf16_bracket(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two bf16 numbers around each float64 value (equal where it is one): a stochastic rounding of the
+    fp32 step must land on one of them, give or take the fp32 arithmetic's last bit."""
+    nearest = value.bfloat16()
+    up = torch.nextafter(nearest, torch.full_like(nearest, math.inf))
+    down = torch.nextafter(nearest, torch.full_like(nearest, -math.inf))
+    above = nearest.double() >= value
+    low = torch.where(above, down, nearest).double()
+    high = torch.where(above, nearest, up).double()
+    slack = value.abs() * 2.0**-22
+    return low - slack, high + slack
+
+
+@pytest.mark.parametrize("base", ["adamw", "sgd"])
+def test_small_tensors_stepped_together_land_where_each_alone_would(base: str) -> None:
+    """Tensors up to PACK_NUMEL weights share one kernel call (concatenated, copied back): every weight must
+    still be a bf16 neighbour of its own float64 step and every fp32 state its own value — a misplaced copy
+    would put another tensor's numbers there.  Shapes straddle the limit; two steps with new gradients."""
+    from hf_lpwd.optim.rounded_step import PACK_NUMEL
+
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(384,), (7, 3), (PACK_NUMEL,), (PACK_NUMEL + 1,), (2, 96), (1,)]
+    starts = [(torch.randn(s, generator=gen) * 0.02).bfloat16() for s in shapes]
+    params = [torch.nn.Parameter(s.clone()) for s in starts]
+    lr, lam, mu = 1e-3, 0.1, 0.9
+    kwargs = {"betas": BETAS, "eps": EPS, "fused": True} if base == "adamw" else {"momentum": mu}
+    opt = LPWD(params, base=base, mode="wd", lr=lr, weight_decay=lam, **kwargs)
+    moments = [(torch.zeros(s, dtype=torch.float64), torch.zeros(s, dtype=torch.float64)) for s in shapes]
+    for t in (1, 2):
+        grads = [torch.randn(s, generator=gen).bfloat16() for s in shapes]
+        before = [p.detach().double() for p in params]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
+        for i, (p, g, theta) in enumerate(zip(params, grads, before, strict=True)):
+            g = g.double()
+            m, v = moments[i]
+            if base == "adamw":
+                m, v = BETAS[0] * m + (1 - BETAS[0]) * g, BETAS[1] * v + (1 - BETAS[1]) * g * g
+                u = (m / (1 - BETAS[0] ** t)) / ((v / (1 - BETAS[1] ** t)).sqrt() + EPS)
+                state = (opt.base_optimizer.state[p]["exp_avg"], opt.base_optimizer.state[p]["exp_avg_sq"])
+                for got, want in zip(state, (m, v), strict=True):  # fp32 sums: a few ulps of the terms
+                    atol = 2.0**-21 * float(want.abs().max())
+                    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=atol)
+            else:
+                m = g if t == 1 else mu * m + g
+                u = m
+                assert torch.equal(opt.base_optimizer.state[p]["momentum_buffer"].double(), m) or t == 2
+            moments[i] = (m, v)
+            low, high = bf16_bracket(theta * (1 - lr * lam) - lr * u)
+            got = p.detach().double()
+            assert bool(((got >= low) & (got <= high)).all()), f"{shapes[i]} step {t}"

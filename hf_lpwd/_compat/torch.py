@@ -14,6 +14,7 @@ PRIVATE_NAMES = (
     "Optimizer._optimizer_load_state_dict_pre_hooks / _post_hooks",
     "Optimizer.step.hooked / __wrapped__ (profile_hook_step)",
     "torch._foreach_lerp_",
+    "torch._foreach_copy_",
 )
 
 
@@ -32,6 +33,14 @@ def foreach_lerp_(tensors: list[torch.Tensor], ends: list[torch.Tensor], weight:
     No public in-place multi-tensor lerp exists; ``t.lerp_`` per tensor launches one kernel each.
     """
     torch._foreach_lerp_(tensors, ends, weight)
+
+
+def foreach_copy_(tensors: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """t ← s for every pair, one fused call (the small tensors of a packed rounded step written back).
+
+    No public multi-tensor copy exists; a Python loop of ``copy_`` dispatches once per tensor.
+    """
+    torch._foreach_copy_(tensors, sources)
 
 
 def foreach_mul_(tensors: list[torch.Tensor], factor: float) -> None:

@@ -17,13 +17,11 @@ kernel for every tensor; the random bits are hashed in registers, :func:`.roundi
 function run eagerly where compilation is not available.
 
 Moments (and SGD's momentum buffer).  Created in fp32: 8 bytes per weight, as with fp32 weights, against the 4
-of torch's AdamW on bf16 weights (no master copy either way).  ``benchmarks/bf16_step.py`` measured the
-alternatives: on its displacement check (300 steps, noisy gradient) bf16 moments rounded to nearest or
-stochastically did as well as fp32 ones (r = 0.998 / 0.999 / 0.999), but a kernel writing bf16 moments
-stochastically took 3.8–4.0 ms per 1M weights against 1.74–1.78 ms with fp32 moments (torch's fused bf16
-AdamW: 0.9–1.3 ms) on this CPU, and in bf16 a change (1 − β2)·(g² − v) below half an ulp of v is lost to
-nearest.  A state that already holds bf16/fp16 moments (a checkpoint of torch's AdamW) keeps its dtype,
-written stochastically.
+of torch's AdamW on bf16 weights (no master copy either way).  bf16 moments did as well on the displacement
+check, but a compiled kernel writing them (to nearest or stochastically) is slower on a CPU than the fp32 one
+(inductor's bf16 code), and in bf16 a change (1 − β2)·(g² − v) below half an ulp of v is lost to nearest
+(figures: ``benchmarks/results/bf16_step.md``).  A state that already holds bf16/fp16 moments (a checkpoint
+of torch's AdamW) keeps its dtype, written stochastically.
 
 :func:`rounded_step` returns the parameters it stepped; the rest (fp32 weights, a base it does not know, a
 DTensor, a tensor subclass, amsgrad, an lr tensor) takes the base's own step, with the decay rounded alone.
@@ -36,6 +34,7 @@ from typing import Any
 
 import torch
 
+from .._compat.torch import foreach_copy_
 from .compiled import CompiledKernel
 from .functional import cautious_mask
 from .rounding import LOW_PRECISION_DTYPES, NoiseKeys, element_bits, hash_bits, round_to
@@ -53,21 +52,23 @@ def _timing(
     step: torch.Tensor,
     pre: torch.Tensor,
     post: torch.Tensor,
-    cautious: torch.Tensor,
+    cautious: torch.Tensor | None,
     anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """θ' = post·(pre·θ − c·1[u ⊙ θ ≥ 0] ⊙ θ − η·u), with ``step`` = η·u (η > 0: it has u's sign).
 
-    Every timing, coupling and mask in one expression.  Toward θ₀ = ``anchor`` (:mod:`.target`) the same in
-    δ = θ − θ₀: θ' = θ₀ + post·(pre·δ − c·1[u ⊙ δ ≥ 0] ⊙ δ − η·u), inside the same single rounding.
+    Every timing, coupling and mask in one expression; ``cautious`` is ``None`` without the mask (c = 0), a
+    kernel of its own: the compare and select per element cost a quarter of the step on a CPU.  Toward θ₀ =
+    ``anchor`` (:mod:`.target`) the same in δ = θ − θ₀: θ' = θ₀ + post·(pre·δ − c·1[u ⊙ δ ≥ 0] ⊙ δ − η·u),
+    inside the same single rounding.
     """
-    if anchor is None:
-        masked = torch.where(cautious_mask(step, theta), cautious * theta, torch.zeros_like(theta))
-        return post * (pre * theta - masked - step)
-    origin = anchor.float()
-    delta = theta - origin
-    masked = torch.where(cautious_mask(step, delta), cautious * delta, torch.zeros_like(delta))
-    return origin + post * (pre * delta - masked - step)
+    origin = None if anchor is None else anchor.float()
+    delta = theta if origin is None else theta - origin
+    kept = pre * delta
+    if cautious is not None:
+        kept = kept - torch.where(cautious_mask(step, delta), cautious * delta, torch.zeros_like(delta))
+    kept = kept - step
+    return post * kept if origin is None else origin + post * kept
 
 
 def _write(target: torch.Tensor, value: torch.Tensor, bits: torch.Tensor) -> None:
@@ -84,11 +85,12 @@ def adam_rounded_(
     step_size: torch.Tensor,
     one_minus_beta1: torch.Tensor,
     beta2: torch.Tensor,
+    one_minus_beta2: torch.Tensor,
     bias_correction2_sqrt: torch.Tensor,
     eps: torch.Tensor,
     pre: torch.Tensor,
     post: torch.Tensor,
-    cautious: torch.Tensor,
+    cautious: torch.Tensor | None,
     anchor: torch.Tensor | None = None,
 ) -> None:
     """One Adam(W) step of one flat tensor, in place: θ' (see the module docstring) stochastically rounded.
@@ -98,8 +100,8 @@ def adam_rounded_(
     """
     bits = element_bits(param.numel(), key, param.device)
     g = grad.float() * sign
-    m = exp_avg.float().lerp(g, one_minus_beta1.float())
-    v = exp_avg_sq.float() * beta2 + g * g * (1.0 - beta2)
+    m = exp_avg.float().lerp(g, one_minus_beta1)
+    v = exp_avg_sq.float() * beta2 + g * g * one_minus_beta2
     step = step_size * m / (v.sqrt() / bias_correction2_sqrt + eps)
     _write(param, _timing(param.float(), step, pre, post, cautious, anchor), bits)
     more = hash_bits(bits)  # moments kept in bf16/fp16 are rounded with bits of their own
@@ -118,7 +120,7 @@ def sgd_rounded_(
     one_minus_dampening: torch.Tensor,
     pre: torch.Tensor,
     post: torch.Tensor,
-    cautious: torch.Tensor,
+    cautious: torch.Tensor | None,
     first: bool,
     nesterov: bool,
     anchor: torch.Tensor | None = None,
@@ -141,7 +143,7 @@ def sgd_plain_rounded_(
     lr: torch.Tensor,
     pre: torch.Tensor,
     post: torch.Tensor,
-    cautious: torch.Tensor,
+    cautious: torch.Tensor | None,
     anchor: torch.Tensor | None = None,
 ) -> None:
     """One SGD step without momentum (u = g) of one flat tensor, in place."""
@@ -162,15 +164,21 @@ def group_supported(base: torch.optim.Optimizer, group: dict[str, Any]) -> bool:
     return not any(group.get(flag, False) for flag in _UNSUPPORTED_FLAGS)
 
 
-def param_supported(param: torch.Tensor) -> bool:
-    """A plain, dense, contiguous bf16/fp16 tensor (not a DTensor or another subclass)."""
+def _plain(param: torch.Tensor) -> bool:
+    """A plain, dense, contiguous real tensor (not a DTensor or another subclass)."""
     return (
-        param.dtype in LOW_PRECISION_DTYPES
-        and type(param.data) is torch.Tensor
+        type(param.data) is torch.Tensor
         and param.is_contiguous()
         and 0 < param.numel() <= _MAX_NUMEL
         and not param.is_complex()
     )
+
+
+def param_supported(param: torch.Tensor) -> bool:
+    """A plain, dense, contiguous bf16/fp16 tensor (not a DTensor or another subclass)."""
+    return param.dtype in LOW_PRECISION_DTYPES and _plain(param)
+
+
 
 
 def _grad_supported(param: torch.Tensor) -> bool:
@@ -190,7 +198,17 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _scalars(device: torch.device, *values: float) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.tensor(float(v), dtype=torch.float64, device=device) for v in values)
+    """0-d fp32 tensors, each the one rounding of a value the caller computed in float64.
+
+    The kernel computes in fp32 (the weights' step, as torch's AdamW on fp32 weights); fp32 operands also let
+    the compiled loop keep them in registers (float64 ones cost 20 % of the step on a CPU).
+    """
+    return tuple(torch.tensor(float(v), dtype=torch.float32, device=device) for v in values)
+
+
+def _mask_scalar(device: torch.device, cautious: float) -> torch.Tensor | None:
+    """c of the cautious mask as a 0-d tensor; ``None`` (the kernel without the mask) when it is 0."""
+    return None if cautious == 0.0 else _scalars(device, cautious)[0]
 
 
 def _adam_state(base: torch.optim.Optimizer, group: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
@@ -211,6 +229,80 @@ def _moments_ok(state: dict[str, Any], names: Sequence[str]) -> bool:
     return all(state[name].is_contiguous() and state[name].is_floating_point() for name in names)
 
 
+PACK_NUMEL = 1 << 14
+"""Tensors of at most this many weights are stepped together: concatenated, one kernel call, copied back.
+
+A kernel call costs ~60 µs of Python and dispatch on a CPU and the kernel ~1.2 ns per weight, so a layer's
+biases and norms (hundreds of weights each) would cost 50× their arithmetic one by one; the copies cost
+about two kernel passes over the packed weights, less than the call they save up to ~30K weights."""
+_PACK_LIMIT = 1 << 24  # weights per packed call: bounds the scratch (and the noise's int32 indices)
+
+
+class _Calls:
+    """The kernel calls of one group: each parameter's flat operands, grouped into calls that share scalars.
+
+    ``lead``: the tensors before the noise key, in the kernel's order (the weights first, the gradient
+    second, then the state the kernel writes); ``tail``: the scalars after the key (the same for every tensor
+    of a call); ``anchor``: θ₀ (or ``None``), the kernel's last argument.
+    """
+
+    def __init__(self, kernel: CompiledKernel, eager: bool) -> None:
+        self.kernel, self.eager = kernel, eager
+        self.calls: dict[tuple[Any, ...], list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]] = {}
+        self.tails: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+    def add(
+        self, where: tuple[Any, ...], lead: tuple[torch.Tensor, ...], tail: tuple[Any, ...],
+        anchor: torch.Tensor | None,
+    ) -> None:
+        """Queue one parameter; ``where`` names its scalars (same ``where``, same ``tail``)."""
+        small = lead[0].numel() <= PACK_NUMEL
+        dtypes = (*(t.dtype for t in lead), None if anchor is None else anchor.dtype, lead[0].device)
+        key = (where, dtypes, len(self.calls)) if not small else (where, dtypes)
+        self.calls.setdefault(key, []).append((lead, anchor))
+        self.tails[key] = tail
+
+    def run(self, keys: NoiseKeys) -> None:
+        for where, members in self.calls.items():
+            tail = self.tails[where]
+            for part in _parts(members):
+                self._one(part, tail, keys)
+
+    def _one(
+        self,
+        members: list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]],
+        tail: tuple[Any, ...],
+        keys: NoiseKeys,
+    ) -> None:
+        lead, anchor = members[0]
+        if len(members) > 1:  # packed: one call over the concatenation, the written tensors copied back
+            lead = tuple(torch.cat(column) for column in zip(*(m[0] for m in members), strict=True))
+            anchor = None if anchor is None else torch.cat([m[1] for m in members])  # type: ignore[misc]
+        key = torch.tensor(keys.next_key(), dtype=torch.int32, device=lead[0].device)
+        self.kernel(*lead, key, *tail, *(() if anchor is None else (anchor,)), eager=self.eager)
+        if len(members) > 1:
+            sizes = [m[0][0].numel() for m in members]
+            for slot, packed in enumerate(lead):
+                if slot != 1:  # the gradient is read only
+                    foreach_copy_([m[0][slot] for m in members], list(packed.split(sizes)))
+
+
+def _parts(
+    members: list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]],
+) -> list[list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]]:
+    """Consecutive runs of at most ``_PACK_LIMIT`` weights (a single large tensor is a run of its own)."""
+    parts: list[list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]] = [[]]
+    total = 0
+    for member in members:
+        numel = member[0][0].numel()
+        if parts[-1] and total + numel > _PACK_LIMIT:
+            parts.append([])
+            total = 0
+        parts[-1].append(member)
+        total += numel
+    return parts
+
+
 def rounded_step(
     base: torch.optim.Optimizer,
     groups: Sequence[dict[str, Any]],
@@ -224,7 +316,8 @@ def rounded_step(
 
     Returns, per group, the parameters stepped (the caller steps the others through the base).  A group whose
     factors are ``None`` (not stepped in this call) is skipped.  ``anchors[i]``: θ₀ per parameter of a group
-    decayed toward it (``None``: toward zero).
+    decayed toward it (``None``: toward zero).  Large tensors take one kernel call each, small ones one call
+    together (:data:`PACK_NUMEL`).
     """
     done: list[set[torch.Tensor]] = []
     adam = type(base) in ADAM_BASES
@@ -235,93 +328,90 @@ def rounded_step(
         done.append(stepped)
         if values is None or not group_supported(base, group):
             continue
-        pre, post, cautious = values
-        sign = -1.0 if group.get("maximize", False) else 1.0
-        cache: dict[tuple[Any, ...], tuple[torch.Tensor, ...]] = {}
-        for p in group["params"]:
-            if not (param_supported(p) and _grad_supported(p)):
-                continue
-            anchor = None if targets is None else _flat(targets[p])
-            if adam:
-                state = _adam_state(base, group, p)
-                if not _moments_ok(state, ("exp_avg", "exp_avg_sq")):
-                    continue
-                state["step"] += 1
-                step = float(state["step"])
-                beta1, beta2 = group["betas"]
-                where = ("adam", step, p.device)
-                if where not in cache:
-                    cache[where] = _scalars(
-                        p.device,
-                        sign,
-                        group["lr"] / (1.0 - beta1**step),
-                        1.0 - beta1,
-                        beta2,
-                        (1.0 - beta2**step) ** 0.5,
-                        group["eps"],
-                        pre,
-                        post,
-                        cautious,
-                    )
-                key = torch.tensor(keys.next_key(), dtype=torch.int32, device=p.device)
-                args = (*map(_flat, (p, p.grad, state["exp_avg"], state["exp_avg_sq"])), key, *cache[where])
-                _ADAM(*args, *((anchor,) if anchor is not None else ()), eager=eager)
-            else:
-                stepped_sgd = _sgd_one(
-                    base, group, p, keys, (sign, pre, post, cautious), cache, eager, anchor
-                )
-                if not stepped_sgd:
-                    continue
-            stepped.add(p)
+        queue = _adam_calls if adam else _sgd_calls
+        queue(base, group, values, targets, stepped, eager).run(keys)
     return done
 
 
-def _sgd_one(
+def _adam_calls(
     base: torch.optim.Optimizer,
     group: dict[str, Any],
-    p: torch.Tensor,
-    keys: NoiseKeys,
-    values: tuple[float, float, float, float],
-    cache: dict[tuple[Any, ...], tuple[torch.Tensor, ...]],
+    values: tuple[float, float, float],
+    targets: Mapping[torch.Tensor, torch.Tensor] | None,
+    stepped: set[torch.Tensor],
     eager: bool,
-    anchor: torch.Tensor | None = None,
-) -> bool:
-    sign, pre, post, cautious = values
+) -> _Calls:
+    pre, post, cautious = values
+    sign = -1.0 if group.get("maximize", False) else 1.0
+    beta1, beta2 = group["betas"]
+    calls = _Calls(_ADAM, eager)
+    tails: dict[tuple[Any, ...], tuple[torch.Tensor | None, ...]] = {}
+    for p in group["params"]:
+        if not (param_supported(p) and _grad_supported(p)):
+            continue
+        state = _adam_state(base, group, p)
+        if not _moments_ok(state, ("exp_avg", "exp_avg_sq")):
+            continue
+        state["step"] += 1
+        step = float(state["step"])
+        where = (step, p.device)
+        if where not in tails:
+            tails[where] = (
+                *_scalars(
+                    p.device,
+                    sign,
+                    group["lr"] / (1.0 - beta1**step),
+                    1.0 - beta1,
+                    beta2,
+                    1.0 - beta2,
+                    (1.0 - beta2**step) ** 0.5,
+                    group["eps"],
+                    pre,
+                    post,
+                ),
+                _mask_scalar(p.device, cautious),
+            )
+        lead = tuple(map(_flat, (p, p.grad, state["exp_avg"], state["exp_avg_sq"])))
+        calls.add(where, lead, tails[where], None if targets is None else _flat(targets[p]))
+        stepped.add(p)
+    return calls
+
+
+def _sgd_calls(
+    base: torch.optim.Optimizer,
+    group: dict[str, Any],
+    values: tuple[float, float, float],
+    targets: Mapping[torch.Tensor, torch.Tensor] | None,
+    stepped: set[torch.Tensor],
+    eager: bool,
+) -> _Calls:
+    pre, post, cautious = values
+    sign = -1.0 if group.get("maximize", False) else 1.0
     momentum = group.get("momentum", 0.0)
-    where = ("sgd", p.device)
-    if where not in cache:
-        cache[where] = _scalars(
-            p.device, sign, group["lr"], momentum, 1.0 - group.get("dampening", 0.0), pre, post, cautious
-        )
-    sign_t, lr_t, momentum_t, damp_t, pre_t, post_t, cautious_t = cache[where]
-    key = torch.tensor(keys.next_key(), dtype=torch.int32, device=p.device)
-    if momentum == 0:
-        extra = () if anchor is None else (anchor,)
-        _SGD_PLAIN(_flat(p), _flat(p.grad), key, sign_t, lr_t, pre_t, post_t, cautious_t, *extra, eager=eager)
-        return True
-    state = base.state[p]
-    buf = state.get("momentum_buffer")
-    first = buf is None
-    if first:  # in fp32, like Adam's moments (torch would keep it in the gradient's dtype)
-        buf = torch.empty(p.shape, dtype=torch.float32, device=p.device)
-    elif not (buf.is_contiguous() and buf.is_floating_point()):
-        return False
-    _SGD(
-        _flat(p),
-        _flat(p.grad),
-        _flat(buf),
-        key,
-        sign_t,
-        lr_t,
-        momentum_t,
-        damp_t,
-        pre_t,
-        post_t,
-        cautious_t,
-        first,
-        bool(group.get("nesterov", False)),
-        *(() if anchor is None else (anchor,)),
-        eager=eager,
-    )
-    state["momentum_buffer"] = buf
-    return True
+    calls = _Calls(_SGD_PLAIN if momentum == 0 else _SGD, eager)
+    tails: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for p in group["params"]:
+        if not (param_supported(p) and _grad_supported(p)):
+            continue
+        lead: tuple[torch.Tensor, ...] = (_flat(p), _flat(p.grad))
+        first = False
+        if momentum != 0:
+            state = base.state[p]
+            buf = state.get("momentum_buffer")
+            first = buf is None
+            if first:  # in fp32, like Adam's moments (torch would keep it in the gradient's dtype)
+                buf = state["momentum_buffer"] = torch.empty(p.shape, dtype=torch.float32, device=p.device)
+            elif not (buf.is_contiguous() and buf.is_floating_point()):
+                continue
+            lead = (*lead, _flat(buf))
+        where = (first, p.device)
+        if where not in tails:
+            scalars = _scalars(p.device, sign, group["lr"])
+            if momentum != 0:
+                scalars += _scalars(p.device, momentum, 1.0 - group.get("dampening", 0.0))
+            scalars += (*_scalars(p.device, pre, post), _mask_scalar(p.device, cautious))
+            flags = (first, bool(group.get("nesterov", False))) if momentum != 0 else ()
+            tails[where] = (*scalars, *flags)
+        calls.add(where, lead, tails[where], None if targets is None else _flat(targets[p]))
+        stepped.add(p)
+    return calls
