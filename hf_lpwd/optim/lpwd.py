@@ -204,17 +204,17 @@ class LPWD(torch.optim.Optimizer):
             raise ValueError(f"LPWD: unknown mode {mode!r}; valid modes (timings) are {list(TIMINGS)}{hint}")
         if lr_coupling not in LR_COUPLINGS:
             raise ValueError(f"LPWD: lr_coupling={lr_coupling!r} is not one of {list(LR_COUPLINGS)}")
+        validate_bool(spd, "LPWD: spd")  # SPD first: with cautious on, the mask is the conflict
+        if spd:
+            words = {"spd": "LPWD: spd", "weight_decay": "weight_decay (--weight_decay)"}
+            values = {"mode": mode, "lr_coupling": lr_coupling, "cautious": cautious}
+            check_spd({**values, "weight_decay": weight_decay}, lambda name: words.get(name, name))
         validate_cautious(cautious, mode, "LPWD: cautious")
         if cautious_kernel not in CAUTIOUS_KERNELS:
             raise ValueError(
                 f"LPWD: cautious_kernel={cautious_kernel!r} is not one of {list(CAUTIOUS_KERNELS)}"
             )
         check_target(decay_target, "LPWD: decay_target")
-        validate_bool(spd, "LPWD: spd")
-        if spd:
-            words = {"spd": "LPWD: spd", "weight_decay": "weight_decay (--weight_decay)"}
-            values = {"mode": mode, "lr_coupling": lr_coupling, "cautious": cautious}
-            check_spd({**values, "weight_decay": weight_decay}, lambda name: words.get(name, name))
         base_cls = resolve_base(base)
         refuse_schedule_free(base_cls)
         if cautious:
