@@ -230,7 +230,8 @@ def test_unselected_fp32_tensor_is_bitwise_untouched_and_bf16_anchor_math_runs_i
         ({"mode": "rwd", "cautious": True}, r"spd=true and cautious=true are two values of the decay's mask"),
         ({"mode": "rwd", "lr_coupling": "independent"}, r"lr_coupling='independent' with spd=true"),
         ({"mode": "rwd", "decay_timescale": 2.0}, r"decay_timescale with spd=true.*give weight_decay"),
-        ({"mode": "rwd", "weight_decay": 1.5}, r"strength \(weight_decay with spd=true\) must be in \[0, 1\], got 1.5"),
+        ({"mode": "rwd", "weight_decay": 1.5},
+         r"strength \(weight_decay with spd=true\) must be in \[0, 1\], got 1.5"),
     ],
 )
 def test_check_spd_refuses_settings_it_does_not_define(values: dict, named: str) -> None:
@@ -317,3 +318,24 @@ def test_complex_tensor_is_its_real_components() -> None:
     d_real = spd_step_([as_real], [views[0]], [views[1]], [views[2]], 0.5, 0.8)
     assert float(d_complex[0]) > 0 and float(d_complex[0]) == float(d_real[0])
     assert torch.equal(torch.view_as_real(as_complex), as_real)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("toward_zero", [False, True])
+def test_chunked_deviation_stats_equal_the_float64_sums(dtype: torch.dtype, toward_zero: bool) -> None:
+    """A tensor of more than two chunks (θ − θ₀ formed a chunk at a time, summed in fp32): c and ‖θ − θ₀‖ as
+    the float64 sums of the same values."""
+    from hf_lpwd.optim.spd import CHUNK, deviation_stats
+
+    gen = torch.Generator().manual_seed(6)
+    n = 2 * CHUNK + 17
+    theta0 = torch.randn(n, generator=gen).to(dtype)
+    theta = (theta0.float() + 0.01 * torch.randn(n, generator=gen)).to(dtype)
+    grad = torch.randn(n, generator=gen).to(dtype)
+    anchor = None if toward_zero else theta0
+    dev = theta.double() - (0.0 if toward_zero else theta0.double())
+    condition, norm = deviation_stats(theta, anchor, grad)
+    assert condition.dtype == norm.dtype == torch.float32
+    assert float(condition) == pytest.approx(-float((grad.double() * dev).sum()), rel=1e-4)
+    assert float(norm) == pytest.approx(float(dev.norm()), rel=1e-5)
+    assert deviation_stats(theta, anchor)[0] is None

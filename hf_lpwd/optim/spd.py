@@ -192,6 +192,42 @@ def spd_update(
 Anchors = Sequence[torch.Tensor | None]
 """θ₀ per tensor; ``None`` for a tensor decayed toward 0 (SPD's LoRA form: no zeros allocated)."""
 
+CHUNK = 1 << 18
+"""Elements of θ − θ₀ formed at a time (1 MiB in fp32): a whole-tensor temporary of a large embedding costs
+more in fresh pages than the reductions themselves (benchmarks/optimizer_step.py, SPD rows)."""
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    return (torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor).reshape(-1)
+
+
+def deviation_stats(
+    param: torch.Tensor, anchor: torch.Tensor | None, grad: torch.Tensor | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(−⟨g, θ − θ₀⟩ or None without ``grad``, ‖θ − θ₀‖) as fp32 0-d tensors, θ − θ₀ formed :data:`CHUNK`
+    elements at a time in one reused buffer (reads θ, θ₀ and g once; no tensor-sized temporary)."""
+    theta = _flat(param)
+    origin = None if anchor is None else _flat(anchor)
+    g = None if grad is None else _flat(grad)
+    wide = theta.dtype in (torch.float32, torch.float64)
+    if origin is None and wide and (g is None or g.dtype == theta.dtype):  # toward 0: θ itself, no copy
+        return (None if g is None else -torch.dot(g, theta)), torch.sqrt(torch.dot(theta, theta))
+    dtype = theta.dtype if wide else torch.float32
+    buffer = torch.empty(min(CHUNK, theta.numel()), dtype=dtype, device=theta.device)
+    products, squares = [], []
+    for start in range(0, theta.numel(), CHUNK):
+        stop = min(start + CHUNK, theta.numel())
+        dev = buffer[: stop - start]
+        if origin is None:
+            dev.copy_(theta[start:stop])
+        else:
+            torch.sub(theta[start:stop].to(dtype), origin[start:stop].to(dtype), out=dev)
+        if g is not None:
+            products.append(torch.dot(g[start:stop].to(dtype), dev))
+        squares.append(torch.dot(dev, dev))
+    condition = None if g is None else -torch.stack(products).sum() if products else buffer.new_zeros(())
+    return condition, torch.sqrt(torch.stack(squares).sum() if squares else buffer.new_zeros(()))
+
 
 @torch.no_grad()
 def spd_measure(
@@ -204,9 +240,9 @@ def spd_measure(
     _same_lengths(params=params, anchors=anchors, grads=grads)
     conditions, norms = [], []
     for param, anchor, grad in zip(params, anchors, grads, strict=True):
-        dev = deviation(param, anchor).reshape(-1)
-        conditions.append(-torch.dot(_real(grad).reshape(-1), dev))
-        norms.append(torch.linalg.vector_norm(dev))
+        condition, norm = deviation_stats(param, anchor, grad)
+        conditions.append(condition)
+        norms.append(norm)
     return conditions, norms
 
 
@@ -222,7 +258,7 @@ def spd_decays(
     _same_lengths(params=params, anchors=anchors, conditions=conditions, previous_norms=previous_norms)
     decays = []
     for param, anchor, condition, previous in zip(params, anchors, conditions, previous_norms, strict=True):
-        ratio = ratio_from_norms(torch.linalg.vector_norm(deviation(param, anchor)), previous)
+        ratio = ratio_from_norms(deviation_stats(param, anchor)[1], previous)
         decays.append(torch.where(condition < 0, strength * ratio, torch.zeros_like(ratio)))
     return decays
 
