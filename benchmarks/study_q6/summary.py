@@ -172,6 +172,9 @@ def merge_folders(
         else:
             notes.append(f"The no-decay runs of `{folder}` equal those of `{first[0]}` on the {len(common)} "
                          f"seeds both have ({common}): one row shown.")
+    order = {folder: i for i, (folder, _) in enumerate(parts)}
+    merged.sort(key=lambda s: (s["arm"] != "no decay", order[s["folder"]], s["arm"],
+                               float(s["settings"].get("weight_decay", 0))))
     return merged, notes
 
 
@@ -202,7 +205,7 @@ def distance_table(summaries: Sequence[dict[str, Any]]) -> str:
              "|---|---|" + "---|" * len(depths)]
     for s in with_distance:
         values = " | ".join(f"{s['distance_to_init'].get(d, math.nan):.3g}" for d in depths)
-        design = "–" if s["S"] is None else f"{s['S']:.3g}"
+        design = f"– (λ = {s['settings'].get('weight_decay')})" if s["S"] is None else f"{s['S']:.3g}"
         lines.append(f"| {s['arm']} | {design} | {values} |")
     return "\n".join(lines)
 
