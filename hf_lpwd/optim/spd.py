@@ -254,10 +254,17 @@ def spd_decays(
     previous_norms: Sequence[torch.Tensor],
     strength: float,
 ) -> list[torch.Tensor]:
-    """After the base step (``params`` hold θ̃): d_t = λ·r_t·1[c_t < 0] per tensor, 0-d, no host sync."""
+    """After the base step (``params`` hold θ̃): d_t = λ·r_t·1[c_t < 0] per tensor, 0-d tensors.
+
+    On the CPU reading c_t is free, so an unselected tensor (c_t ≥ 0) skips the pass over θ̃ − θ₀ (d_t = 0
+    without it); on an accelerator every tensor takes it and nothing syncs with the host.
+    """
     _same_lengths(params=params, anchors=anchors, conditions=conditions, previous_norms=previous_norms)
     decays = []
     for param, anchor, condition, previous in zip(params, anchors, conditions, previous_norms, strict=True):
+        if condition.device.type == "cpu" and not float(condition) < 0:
+            decays.append(torch.zeros_like(previous))
+            continue
         ratio = ratio_from_norms(deviation_stats(param, anchor)[1], previous)
         decays.append(torch.where(condition < 0, strength * ratio, torch.zeros_like(ratio)))
     return decays
