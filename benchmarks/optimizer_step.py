@@ -57,11 +57,11 @@ the
 rules; cautious runs as one compiled pass per tensor, the eager row is what it costs without the compiler;
 toward init (issue 29) is AdamW with λ = 0 plus one ``_foreach_lerp_`` toward θ₀ (reads θ and θ₀, writes θ:
 3 of AdamW's 7 passes, so ≈ 1.43× where memory bound), against torch's AdamW, i.e. the zero target's wd.
-SPD (issue 29) is AdamW with λ = 0 between two eager per-tensor parts: before the step θ − θ₀ (3 passes),
-⟨g, θ − θ₀⟩ and its norm (2 reads); after it θ̃ − θ₀ and its norm (4), and a lerp (3) of the tensors
-selected with r > 0 only.  With these fixed gradients the progress θ − θ₀ ∝ −u agrees with g, so toward
-θ₀ no tensor is selected (the row is the measuring cost); toward zero c = −⟨g, θ⟩ selects about half of
-them (the lerp included)."""
+SPD (issue 29) is AdamW with λ = 0 between two eager per-tensor parts: before the step ⟨g, θ − θ₀⟩ and
+‖θ − θ₀‖ (θ, θ₀ and g read once, θ − θ₀ formed a cache-sized chunk at a time); after it, for the selected
+tensors only (c < 0), ‖θ̃ − θ₀‖ (θ̃ and θ₀ read) and a lerp (3 streams) of those with r > 0.  With these
+fixed gradients the progress θ − θ₀ ∝ −u agrees with g, so toward θ₀ no tensor is selected (the row is the
+measuring cost); toward zero c = −⟨g, θ⟩ selects about half of them (their passes included)."""
 
 
 def encoder_shapes(params_millions: float, hidden: int = 384, vocab: int = 30522) -> list[tuple[int, ...]]:
