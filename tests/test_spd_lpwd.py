@@ -423,3 +423,18 @@ def test_a_spd_run_through_the_trainer_logs_the_rule_and_writes_the_card(tmp_pat
     card = (out / "README.md").read_text()
     assert "| selective projection decay (SPD) | True |" in card
     assert "λ a fraction in [0, 1] not multiplied by the lr" in card
+
+
+def test_deepspeed_is_refused_with_spd(tmp_path: Path) -> None:
+    """ZeRO hands the optimizer flat partitions of many tensors: SPD's per-layer condition would be taken over
+    a partition.  Arguments with a DeepSpeed config dict (set after construction: the refusal reads it)."""
+    from hf_lpwd.trainer import check_training_arguments
+
+    args = LPWDTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, lpwd_spd=True,
+                                 weight_decay_mode="rwd", weight_decay=0.5)
+    args.deepspeed = {"zero_optimization": {"stage": 2}}
+    with pytest.raises(ValueError, match=r"--lpwd_spd=true with DeepSpeed: ZeRO steps flat partitions"):
+        check_training_arguments(args)
+    args.lpwd_spd = False
+    check_training_arguments(args)  # the same arguments without SPD pass
+    assert not (tmp_path / "out").exists()

@@ -49,8 +49,9 @@ within [0, 1].
   nothing to decay).
 * Their condition and norms are computed in the parameter's dtype; here in at least fp32 (θ − θ₀, the
   products and the sums of bf16 weights are not rounded to bf16's 8 bits).
-* They branch on ``condition < 0.0`` in Python (a host sync per tensor on a GPU); here the selection is a 0-d
-  tensor and the decay a ``lerp`` by λ·r_t·1[c_t < 0] (a weight of 0 leaves θ̃ bitwise as it is).
+* They branch on ``condition < 0.0`` in Python (a host sync per tensor on a GPU); here, on an accelerator,
+  the selection is a 0-d tensor and the decay a ``lerp`` by λ·r_t·1[c_t < 0] (a weight of 0 leaves θ̃
+  bitwise as it is); on the CPU, where reading it is free, an unselected tensor skips ‖θ̃ − θ₀‖ and the lerp.
 * Their anchors are a deep copy of the parameters in the parameters' dtype (README), ``None`` meaning zeros
   of the parameter's shape, allocated every step (adamSPD.py:144).
 
