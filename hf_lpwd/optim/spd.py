@@ -81,6 +81,7 @@ SPD_TIMING = "rwd"
 SPD_TARGETS = ("init", "zero")
 """The targets SPD decays toward: θ₀ (the paper's, the pretrained weights) or 0 (their LoRA form)."""
 
+
 def _keyword(name: str) -> str:
     """How a keyword caller names a setting: by its name (the Trainer passes its flags instead)."""
     return name
