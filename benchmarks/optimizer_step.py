@@ -49,12 +49,19 @@ RULES: list[tuple[str, dict, float]] = [
     ("wd toward init", {"mode": "wd", "decay_target": "init"}, 1.3),
     ("rwd toward init", {"mode": "rwd", "decay_target": "init"}, 1.3),
     ("pwd toward init", {"mode": "pwd", "decay_target": "init"}, 1.3),
+    ("rwd SPD toward init", {"mode": "rwd", "spd": True, "decay_target": "init"}, 1.5),
+    ("rwd SPD toward zero", {"mode": "rwd", "spd": True}, 1.5),
 ]
 """(row label, LPWD settings, target ratio to the same torch AdamW variant or None): issue 19's targets for
 the
 rules; cautious runs as one compiled pass per tensor, the eager row is what it costs without the compiler;
 toward init (issue 29) is AdamW with λ = 0 plus one ``_foreach_lerp_`` toward θ₀ (reads θ and θ₀, writes θ:
-3 of AdamW's 7 passes, so ≈ 1.43× where memory bound), against torch's AdamW, i.e. the zero target's wd."""
+3 of AdamW's 7 passes, so ≈ 1.43× where memory bound), against torch's AdamW, i.e. the zero target's wd.
+SPD (issue 29) is AdamW with λ = 0 between two eager per-tensor parts: before the step ⟨g, θ − θ₀⟩ and
+‖θ − θ₀‖ (θ, θ₀ and g read once, θ − θ₀ formed a cache-sized chunk at a time); after it, for the selected
+tensors only (c < 0), ‖θ̃ − θ₀‖ (θ̃ and θ₀ read) and a lerp (3 streams) of those with r > 0.  With these
+fixed gradients the progress θ − θ₀ ∝ −u agrees with g, so toward θ₀ no tensor is selected (the row is the
+measuring cost); toward zero c = −⟨g, θ⟩ selects about half of them (their passes included)."""
 
 
 def encoder_shapes(params_millions: float, hidden: int = 384, vocab: int = 30522) -> list[tuple[int, ...]]:

@@ -22,8 +22,10 @@ from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from .names import LPWD_CONFIG_NAME, RECORD_DEPTH_SHRINK_KEY, RECORD_SHRINK_KEY
+from .optim.spd import check_spd
 from .settings import (
     CONFIG_SETTINGS,
+    SETTING,
     TIED_DEPTHS,
     WEIGHT_DECAY_MODES,
     check_settings,
@@ -184,6 +186,8 @@ class LPWDConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad key."""
         check_settings(self.settings(), config_label)
+        if self.spd:
+            check_spd(self.settings(), lambda name: config_label(SETTING[name]))
         if self.base_optimizer is not None and not isinstance(self.base_optimizer, str):
             raise ValueError(f"LPWDConfig.base_optimizer must be a string, got {self.base_optimizer!r}")
         if not isinstance(self.base_optimizer_kwargs, dict):

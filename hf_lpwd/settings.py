@@ -270,6 +270,13 @@ SETTINGS: tuple[Setting, ...] = (
         "compiled at the first step.",
     ),
     Setting(
+        "spd", bool, False, card="selective projection decay (SPD)", optimizer_keyword=True,
+        help="Selective Projection Decay (Tian et al. 2024): after the base step, a tensor whose gradient "
+        "opposes its progress from the target loses λ·r of its deviation, r the step's new share of it; "
+        "λ = --weight_decay is a fraction in [0, 1], not multiplied by the lr. rwd timing only; "
+        "--lpwd_decay_target init is the paper's, zero its LoRA form. Not with --lpwd_cautious.",
+    ),
+    Setting(
         "decay_target", str, "zero", choices=("zero", "init"), card="decay target", optimizer_keyword=True,
         help="What the decay pulls the weights toward: zero (weight decay) or init, the weights when the "
         "optimizer is built (the pretrained ones; L2-SP's target): wd θ − lr*u − d(θ − θ₀). Parameters the "
@@ -351,7 +358,18 @@ def check_settings(values: Mapping[str, Any], label: Callable[[Setting], str] = 
             f"{mode_label}='lpwd' is pwd with the layer-wise profile, so {layerwise_label}=False contradicts "
             f"it; use {mode_label}='pwd' for pre-weight decay with a uniform λ"
         )
+    validate_mask(values, label)
     validate_cautious(values.get("cautious", False), timing_of(mode), label(SETTING["cautious"]))
+
+
+def validate_mask(values: Mapping[str, Any], label: Callable[[Setting], str] = keyword_label) -> None:
+    """The decay's mask is one of none, cautious (per coordinate), SPD (per tensor): not two at once."""
+    if values.get("cautious", False) and values.get("spd", False):
+        raise ValueError(
+            f"{label(SETTING['spd'])}=true and {label(SETTING['cautious'])}=true: SPD and cautious decay are "
+            "two values of the decay's mask (SPD selects whole tensors, cautious decay coordinates); turn "
+            "one of them off"
+        )
 
 
 def resolve_settings(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -389,9 +407,15 @@ _COUPLING_WORDS = {
 def rule_in_words(values: Mapping[str, Any]) -> str:
     """The decay rule of resolved settings, for people: timing (and mask), λ profile, lr coupling."""
     masked = ", decayed only where u⊙θ ≥ 0 (cautious)" if values["cautious"] else ""
+    if values.get("spd"):
+        toward = "θ₀" if values.get("decay_target") == "init" else "0"
+        masked = (f", selective projection decay (SPD) toward {toward}: a tensor whose gradient opposes its "
+                  f"progress θ − {toward} loses λ·r of its deviation after the step, r the step's new share "
+                  "of it, λ a fraction in [0, 1] not multiplied by the lr")
     profile = "layer-wise, λ·(d+1)/(N+2) at depth d" if values["layerwise"] else "uniform"
-    return (f"timing {_TIMING_WORDS[timing_of(values['mode'])]}{masked}; λ profile {profile}; "
-            f"{_COUPLING_WORDS[values['lr_coupling']]}")
+    coupling = ("d = λ·r, not lr-coupled (SPD)" if values.get("spd")
+                else _COUPLING_WORDS[values["lr_coupling"]])
+    return f"timing {_TIMING_WORDS[timing_of(values['mode'])]}{masked}; λ profile {profile}; {coupling}"
 
 
 def describe(values: Mapping[str, Any]) -> str:

@@ -45,6 +45,7 @@ def test_round_trip_is_equal_and_byte_stable(tmp_path: Path) -> None:
         "mode": "lpwd",
         "num_blocks": 2,
         "shrink": None,
+        "spd": False,
         "stochastic_rounding": True,
         "tied_depth": "input",
         "weight_decay": 0.3,
@@ -270,6 +271,7 @@ def test_the_0_3_0_fixture_config_loads_and_means_the_same() -> None:
     assert cfg.record.depth_weight_decay == {"0": 0.1, "1": 0.2, "2": 0.3, "3": 0.4, "4": 0.5}  # λ(d+1)/(N+2)
     assert cfg.record.shrink == 0.006 and cfg.lpwd_version == "0.3.0"
     assert cfg.decay_target == "zero"  # before the target axis: decay toward zero
-    assert json.loads(cfg.to_json_string()).keys() - {"decay_target"} == json.loads(
+    assert cfg.spd is False  # before SPD: no selective decay
+    assert json.loads(cfg.to_json_string()).keys() - {"decay_target", "spd"} == json.loads(
         (Path(__file__).parent / "data" / "checkpoint_v0_3_0" / "checkpoint-3" / LPWD_CONFIG_NAME).read_text()
     ).keys()

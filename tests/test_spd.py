@@ -222,13 +222,26 @@ def test_unselected_fp32_tensor_is_bitwise_untouched_and_bf16_anchor_math_runs_i
 
 
 @pytest.mark.parametrize(
-    ("timing", "target", "named"),
-    [("wd", "init", "'rwd'"), ("pwd", "init", "pwd decays before the forward"), ("rwd", "zero", "target")],
+    ("values", "named"),
+    [
+        ({"mode": "wd"}, r"spd=true is defined on the timing 'rwd' only, not 'wd'.*copy of every θ − θ₀"),
+        ({"mode": "pwd"}, r"not 'pwd' \(pwd decays before the forward.*set mode='rwd'$"),
+        ({"mode": "lpwd"}, r"not 'lpwd'.*set mode='rwd' with layerwise=true"),
+        ({"mode": "rwd", "cautious": True}, r"spd=true and cautious=true are two values of the decay's mask"),
+        ({"mode": "rwd", "lr_coupling": "independent"}, r"lr_coupling='independent' with spd=true"),
+        ({"mode": "rwd", "decay_timescale": 2.0}, r"decay_timescale with spd=true.*give weight_decay"),
+        ({"mode": "rwd", "weight_decay": 1.5},
+         r"strength \(weight_decay with spd=true\) must be in \[0, 1\], got 1.5"),
+    ],
 )
-def test_check_spd_refuses_combinations_it_does_not_define(timing: str, target: str, named: str) -> None:
+def test_check_spd_refuses_settings_it_does_not_define(values: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
-        check_spd(timing, target)
-    check_spd("rwd", "init")
+        check_spd(values)
+    flags = {"mode": "--weight_decay_mode", "spd": "--lpwd_spd"}
+    with pytest.raises(ValueError, match=r"--lpwd_spd=true" if "cautious" not in values else "--lpwd_spd"):
+        check_spd(values, lambda name: flags.get(name, f"--lpwd_{name}"))
+    for target_free in ({"mode": "rwd"}, {"mode": "rwd", "weight_decay": 1.0, "lr_coupling": "coupled"}):
+        check_spd(target_free)  # the targets (init, zero) are both SPD's: no target in the check
 
 
 def test_bad_strength_and_lengths_are_refused_before_anything_is_written() -> None:
@@ -305,3 +318,24 @@ def test_complex_tensor_is_its_real_components() -> None:
     d_real = spd_step_([as_real], [views[0]], [views[1]], [views[2]], 0.5, 0.8)
     assert float(d_complex[0]) > 0 and float(d_complex[0]) == float(d_real[0])
     assert torch.equal(torch.view_as_real(as_complex), as_real)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("toward_zero", [False, True])
+def test_chunked_deviation_stats_equal_the_float64_sums(dtype: torch.dtype, toward_zero: bool) -> None:
+    """A tensor of more than two chunks (θ − θ₀ formed a chunk at a time, summed in fp32): c and ‖θ − θ₀‖ as
+    the float64 sums of the same values."""
+    from hf_lpwd.optim.spd import CHUNK, deviation_stats
+
+    gen = torch.Generator().manual_seed(6)
+    n = 2 * CHUNK + 17
+    theta0 = torch.randn(n, generator=gen).to(dtype)
+    theta = (theta0.float() + 0.01 * torch.randn(n, generator=gen)).to(dtype)
+    grad = torch.randn(n, generator=gen).to(dtype)
+    anchor = None if toward_zero else theta0
+    dev = theta.double() - (0.0 if toward_zero else theta0.double())
+    condition, norm = deviation_stats(theta, anchor, grad)
+    assert condition.dtype == norm.dtype == torch.float32
+    assert float(condition) == pytest.approx(-float((grad.double() * dev).sum()), rel=1e-4)
+    assert float(norm) == pytest.approx(float(dev.norm()), rel=1e-5)
+    assert deviation_stats(theta, anchor)[0] is None

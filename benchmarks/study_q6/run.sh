@@ -8,7 +8,8 @@
 # Environment (besides study v3's common.sh: PY, JOBS, THREADS, DATA_ROOT): SEEDS (0,1,2,3,4), STEPS
 # (overrides both settings' steps: a pipeline check, λ still placed at the same S), OUT_ROOT
 # (benchmarks/results/study_q6),
-# ARMS: all (default) | target (no SPD arms) | zero (no decay and WD toward 0 only: today's flags).
+# ARMS: all (default) | target (no SPD arms) | spd (no decay and the SPD arms only: with ARMS=target's
+# folders, every arm) | zero (no decay and WD toward 0 only: the pipeline check of the oldest flags).
 source "$(dirname "$0")/../study_v3/common.sh"
 OUT_ROOT="${OUT_ROOT:-benchmarks/results/study_q6}"
 SEEDS="${SEEDS:-0,1,2,3,4}"
@@ -16,24 +17,24 @@ GAP_SEEDS="${GAP_SEEDS:-0,1,2}"
 ARMS="${ARMS:-all}"
 LR=1e-4
 
-# The recipe's flags for the new axes (issue 29). TODO(SPD): the flag, its off/on values and the paper's λ are
-# not fixed yet; set them here (or in the environment) once SPD lands, e.g. SPD_KEY=lpwd_mask SPD_OFF=none
-# SPD_ON=spd. SPD_LAMBDAS: "the paper's strength, 4× it" in SPD's own units (see the README).
+# The recipe's flags for the new axes (issue 29): the decay target, SPD's switch (off for every other arm) and
+# SPD's λ (its --weight_decay: a fraction in [0, 1], not multiplied by the lr). The paper gives no
+# recommended λ (cross-validated per task; the authors' code defaults to 0): 1 (the full projection) and 0.25
+# (the README says why). SPD arms run on the rwd timing, the published rule (SPD refuses wd and pwd).
 TARGET_KEY="${TARGET_KEY:-lpwd_decay_target}"
-SPD_KEY="${SPD_KEY:-}"
-SPD_OFF="${SPD_OFF:-}"
-SPD_ON="${SPD_ON:-}"
-SPD_LAMBDAS="${SPD_LAMBDAS:-}"
+SPD_KEY="${SPD_KEY:-lpwd_spd}"
+SPD_OFF="${SPD_OFF:-false}"
+SPD_ON="${SPD_ON:-true}"
+SPD_LAMBDAS="${SPD_LAMBDAS:-1,0.25}"
 
 case "$ARMS" in
     all) SUFFIX="" ;;
-    target | zero) SUFFIX="_$ARMS" ;;
-    *) echo "run.sh: ARMS=$ARMS: use all, target or zero" >&2; exit 2 ;;
+    target | spd | zero) SUFFIX="_$ARMS" ;;
+    *) echo "run.sh: ARMS=$ARMS: use all, target, spd or zero" >&2; exit 2 ;;
 esac
-if [ "$ARMS" = all ] \
+if { [ "$ARMS" = all ] || [ "$ARMS" = spd ]; } \
     && { [ -z "$SPD_KEY" ] || [ -z "$SPD_OFF" ] || [ -z "$SPD_ON" ] || [ -z "$SPD_LAMBDAS" ]; }; then
-    echo "run.sh: ARMS=all needs SPD_KEY, SPD_OFF, SPD_ON and SPD_LAMBDAS (SPD's flag, issue 29); until SPD" \
-        "lands run ARMS=target (no SPD arms) or ARMS=zero (today's flags)" >&2
+    echo "run.sh: ARMS=$ARMS needs SPD_KEY, SPD_OFF, SPD_ON and SPD_LAMBDAS (SPD's flag and λ)" >&2
     exit 2
 fi
 
@@ -50,16 +51,21 @@ arms() {  # arms STEPS: sets KEYS and VALUES (the --grid KEYS=VALUES of the arms
         KEYS=weight_decay_mode+lpwd_layerwise+weight_decay
         cells+=(wd+false+0)
         for s in 0.05 0.25; do cells+=("wd+false+$(lam "$s" "$steps")"); done
-    else
-        local spd_off="${SPD_KEY:++$SPD_OFF}"
-        KEYS="weight_decay_mode+lpwd_layerwise+$TARGET_KEY${SPD_KEY:++$SPD_KEY}+weight_decay"
-        cells+=("wd+false+zero$spd_off+0")
-        for s in 0.05 0.25; do cells+=("wd+false+zero$spd_off+$(lam "$s" "$steps")"); done
-        for s in 0.25 1 4; do cells+=("wd+false+init$spd_off+$(lam "$s" "$steps")"); done
-        cells+=("lpwd+true+init$spd_off+$(lam 1 "$steps")")
+    elif [ "$ARMS" = target ]; then  # the grid ARMS=target's runs were made with: no SPD key
+        KEYS="weight_decay_mode+lpwd_layerwise+$TARGET_KEY+weight_decay"
+        cells+=("wd+false+zero+0")
+        for s in 0.05 0.25; do cells+=("wd+false+zero+$(lam "$s" "$steps")"); done
+        for s in 0.25 1 4; do cells+=("wd+false+init+$(lam "$s" "$steps")"); done
+        cells+=("lpwd+true+init+$(lam 1 "$steps")")
+    else  # all, spd: SPD's switch on the linked axis, off for every arm but SPD's
+        KEYS="weight_decay_mode+lpwd_layerwise+$TARGET_KEY+$SPD_KEY+weight_decay"
+        cells+=("wd+false+zero+$SPD_OFF+0")
         if [ "$ARMS" = all ]; then
-            for s in ${SPD_LAMBDAS//,/ }; do cells+=("wd+false+init+$SPD_ON+$s"); done
+            for s in 0.05 0.25; do cells+=("wd+false+zero+$SPD_OFF+$(lam "$s" "$steps")"); done
+            for s in 0.25 1 4; do cells+=("wd+false+init+$SPD_OFF+$(lam "$s" "$steps")"); done
+            cells+=("lpwd+true+init+$SPD_OFF+$(lam 1 "$steps")")
         fi
+        for s in ${SPD_LAMBDAS//,/ }; do cells+=("rwd+false+init+$SPD_ON+$s"); done
     fi
     VALUES=$(IFS=,; echo "${cells[*]}")
 }
@@ -100,5 +106,6 @@ for part in ${1:-gap anchor small}; do
         *) echo "run.sh: unknown part $part: use gap, anchor or small" >&2; exit 2 ;;
     esac
 done
+# ARMS=target and ARMS=spd fill two folders per setting: the summary merges them into one table.
 "$PY" -m benchmarks.study_q6.summary --out-root "$OUT_ROOT" --arms-suffix "$SUFFIX" \
     ${SPD_KEY:+--spd "$SPD_KEY=$SPD_ON"}

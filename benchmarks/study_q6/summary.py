@@ -11,7 +11,11 @@ decay) and the plots against λ and against the recorded S. What it does not hav
   with dropout) against the dev loss, and the small setting's accuracy gap (``small_gap``: the same no-decay
   runs evaluated on their own training sentences and on dev, paired by seed);
 * ‖θ − θ₀‖ per depth at the end of each run, from the Trainer's log key ``lpwd/distance_to_init/depth_DD``
-  when the runs log it (the README says what to add where they do not).
+  when the runs log it (the README says what to add where they do not);
+* the two folders of a setting that ``run.sh``'s ``ARMS=target`` and ``ARMS=spd`` fill (``anchor_target/``,
+  ``anchor_spd/``) merged into one table: every arm's paired difference is to the no-decay runs of its own
+  folder, and the two no-decay sets (the same seeds, the same flags but ``--lpwd_spd false``) are checked
+  to be equal seed by seed (they should be: CPU training is deterministic).
 
     .venv/bin/python -m benchmarks.study_q6.summary --out-root benchmarks/results/study_q6
 
@@ -132,9 +136,53 @@ def summarize_setting(out: Path, spd: tuple[str, str] | None = None) -> list[dic
                                             float(s["settings"].get("weight_decay", 0))))
 
 
+MERGED_SUFFIXES = ("_target", "_spd")
+"""``run.sh``'s folder suffixes whose folders of one setting make one table."""
+
+
+def merge_folders(
+    parts: Sequence[tuple[str, list[dict[str, Any]]]],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The summaries of one setting's folders as one list, and notes on their no-decay runs.
+
+    Each summary keeps its own folder's paired difference (``folder`` says which).  The first folder's
+    no-decay row stands for all; another folder's is compared with it on the seeds both have (the same runs:
+    equal metrics expected) and kept, labelled, only where they differ.
+    """
+    merged: list[dict[str, Any]] = []
+    notes: list[str] = []
+    first: tuple[str, dict[str, Any]] | None = None
+    for folder, summaries in parts:
+        reference = next((s for s in summaries if s["arm"] == "no decay"), None)
+        for s in summaries:
+            s["folder"] = folder
+            if s is not reference or first is None:
+                merged.append(s)
+        if reference is None:
+            continue
+        if first is None:
+            first = (folder, reference)
+            continue
+        common = sorted(set(reference["metric"]) & set(first[1]["metric"]))
+        differ = [seed for seed in common if reference["metric"][seed] != first[1]["metric"][seed]]
+        if differ:
+            merged.append(reference)
+            notes.append(f"The no-decay runs of `{folder}` and `{first[0]}` differ on seeds {differ} (of "
+                         f"{common}): both rows are shown; each arm is paired with its own folder's.")
+        else:
+            notes.append(f"The no-decay runs of `{folder}` equal those of `{first[0]}` on the {len(common)} "
+                         f"seeds both have ({common}): one row shown.")
+    order = {folder: i for i, (folder, _) in enumerate(parts)}
+    merged.sort(key=lambda s: (s["arm"] != "no decay", order[s["folder"]], s["arm"],
+                               float(s["settings"].get("weight_decay", 0))))
+    return merged, notes
+
+
 def setting_table(summaries: Sequence[dict[str, Any]]) -> str:
+    folders = any("folder" in s for s in summaries)
     lines = ["| arm | λ | design S | recorded S | dev accuracy (%) | − no decay, paired [95 %] | "
-             "dev loss − last train loss [95 %] |", "|---|---|---|---|---|---|---|"]
+             "dev loss − last train loss [95 %] |" + (" runs |" if folders else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if folders else "")]
     for s in summaries:
         mean, std, n = mean_std(list(s["metric"].values()))
         diff = "" if s["diff_to_no_decay"] is None else fmt_diff(*s["diff_to_no_decay"], scale=100)
@@ -142,7 +190,8 @@ def setting_table(summaries: Sequence[dict[str, Any]]) -> str:
         recorded = "–" if math.isnan(s["recorded_S"]) else f"{s['recorded_S']:.3g}"
         design = "–" if s["S"] is None else f"{s['S']:.3g}"
         lines.append(f"| {s['arm']} | {s['settings'].get('weight_decay', '')} | {design} | {recorded} | "
-                     f"{100 * mean:.1f} ± {100 * std:.1f} ({n}) | {diff} | {gap} |")
+                     f"{100 * mean:.1f} ± {100 * std:.1f} ({n}) | {diff} | {gap} |"
+                     + (f" `{s.get('folder', '')}` |" if folders else ""))
     return "\n".join(lines)
 
 
@@ -156,7 +205,7 @@ def distance_table(summaries: Sequence[dict[str, Any]]) -> str:
              "|---|---|" + "---|" * len(depths)]
     for s in with_distance:
         values = " | ".join(f"{s['distance_to_init'].get(d, math.nan):.3g}" for d in depths)
-        design = "–" if s["S"] is None else f"{s['S']:.3g}"
+        design = f"– (λ = {s['settings'].get('weight_decay')})" if s["S"] is None else f"{s['S']:.3g}"
         lines.append(f"| {s['arm']} | {design} | {values} |")
     return "\n".join(lines)
 
@@ -241,22 +290,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out-root", default="benchmarks/results/study_q6", help="folder of the compare outputs")
     p.add_argument("--arms-suffix", default="",
-                   help="the settings' folder suffix (run.sh's ARMS: _target, _zero)")
+                   help="the settings' folder suffix (run.sh's ARMS: _target, _spd, _zero); _target and _spd "
+                   "read both folders of a setting and merge them")
     p.add_argument("--spd", default="", help="KEY=VALUE: the grid key and value of the SPD arms (run.sh's "
                    "SPD_KEY=SPD_ON)")
     args = p.parse_args(argv)
     spd = tuple(args.spd.split("=", 1)) if "=" in args.spd else None
     out_root = Path(args.out_root)
     parts, record = ["# Study Q6: summary (written by benchmarks/study_q6/summary.py)", ""], {}
+    merged_suffixes = MERGED_SUFFIXES if args.arms_suffix in MERGED_SUFFIXES else (args.arms_suffix,)
     for name in SETTINGS:
-        folder = out_root / f"{name}{args.arms_suffix}"
-        summaries = summarize_setting(folder, spd)
-        if not summaries:
+        folders = [out_root / f"{name}{suffix}" for suffix in merged_suffixes]
+        found = [(f.name, summarize_setting(f, spd)) for f in folders]
+        found = [(folder, summaries) for folder, summaries in found if summaries]
+        if not found:
             continue
+        summaries, notes = merge_folders(found) if len(found) > 1 else (found[0][1], [])
         record[name] = summaries
         plots = plot_setting(out_root, name, summaries)
-        parts += [f"## {name} (`{folder.name}/report.md` has compare's own table and plots)", "",
-                  setting_table(summaries), "", "‖θ − θ₀‖ per depth at the end (mean over seeds):", "",
+        reports = ", ".join(f"`{folder}/report.md`" for folder, _ in found)
+        parts += [f"## {name} ({reports}: compare's own tables and plots)", "", setting_table(summaries), "",
+                  *notes, *([""] if notes else []), "‖θ − θ₀‖ per depth at the end (mean over seeds):", "",
                   distance_table(summaries), ""] + [f"![{p}]({p})" for p in plots] + [""]
     gap = gap_table(out_root / "small_gap")
     if gap:

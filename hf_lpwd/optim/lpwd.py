@@ -30,6 +30,7 @@ from ..settings import (
     LR_COUPLINGS,
     TIMINGS,
     check_decay_factor,
+    validate_bool,
     validate_cautious,
 )
 from . import ledger, lookahead
@@ -45,6 +46,7 @@ from .functional import apply_cautious_decay_, effective_weight_decay, pwd_fold_
 from .precision import fraction_below_half_ulp, unrounded_share
 from .rounded_step import rounded_step
 from .rounding import LOW_PRECISION_DTYPES, NoiseKeys, scale_
+from .spd import check_spd, check_spd_strength, decay_toward_, spd_decays, spd_measure
 from .target import GROUP_KEY, check_target, initial_copy, pack, toward_, unpack
 
 logger = logging.getLogger("hf_lpwd")
@@ -72,6 +74,7 @@ _SETTINGS = (
     "_precision_checked",
     "decay_target",
     "_anchors",
+    "spd",
 )
 """LPWD's own attributes, which pickling and deepcopy must carry beside torch's
 defaults/state/param_groups."""
@@ -88,6 +91,7 @@ class _GroupPlan:
     cautious: float = 0.0  # d_t of the masked decay, before the base step
     record: float | None = None  # pwd: the factor the weights carry for the next step, once stepped
     anchored: bool = False  # decay toward θ₀ (target "init"): every pass above is a lerp toward θ₀
+    spd: float = 0.0  # SPD's λ (rwd): measured before the base step, the selective decay after it
 
 
 def _group_label(index: int, group: dict[str, Any]) -> str:
@@ -154,6 +158,15 @@ class LPWD(torch.optim.Optimizer):
             (``"zero"`` for parameters new at fine-tuning time).  θ₀ is one copy, in the weight's dtype, of
             each parameter of a group with λ > 0 and target ``init`` (:attr:`initial_weights`), saved in
             ``state_dict()["state"][i]["decay_target"]``.
+        spd: Selective Projection Decay (Tian, Huang & Kira 2024, :mod:`hf_lpwd.optim.spd`), a mask that
+            selects whole tensors: after the base step θ̃ = θ − η·u, a tensor whose gradient opposes its
+            progress (c = −⟨g, θ − θ₀⟩ < 0) loses the fraction λ·r of its deviation,
+            θ ← θ̃ − λ·r·(θ̃ − θ₀), r = clip((‖θ̃ − θ₀‖ − ‖θ − θ₀‖)/‖θ̃ − θ₀‖, 0, 1).  The ``rwd`` timing only
+            (the published rule; ``wd``'s pre-step form would need a copy of θ − θ₀, ``pwd`` has no θ̃); the
+            group's ``weight_decay`` is λ, a fraction in [0, 1] not multiplied by the lr (so
+            ``lr_coupling`` must stay ``coupled``); target ``init`` is the paper's, ``zero`` their LoRA
+            form (adapters decayed toward 0).  Any base; no state of its own.  bf16/fp16 weights take the
+            base's own step and the SPD decay stochastically rounded alone.
         **base_kwargs: passed to the base optimizer (``lr``, ``betas``, ``eps``, ``momentum``, ...).
 
     Training loop (``pre_step`` is a no-op for ``wd`` and ``rwd``)::
@@ -178,6 +191,7 @@ class LPWD(torch.optim.Optimizer):
         cautious_kernel: str = "compiled",
         stochastic_rounding: bool = True,
         decay_target: str = "zero",
+        spd: bool = False,
         **base_kwargs: Any,
     ) -> None:
         if mode not in TIMINGS:
@@ -190,6 +204,11 @@ class LPWD(torch.optim.Optimizer):
             raise ValueError(f"LPWD: unknown mode {mode!r}; valid modes (timings) are {list(TIMINGS)}{hint}")
         if lr_coupling not in LR_COUPLINGS:
             raise ValueError(f"LPWD: lr_coupling={lr_coupling!r} is not one of {list(LR_COUPLINGS)}")
+        validate_bool(spd, "LPWD: spd")  # SPD first: with cautious on, the mask is the conflict
+        if spd:
+            words = {"spd": "LPWD: spd", "weight_decay": "weight_decay (--weight_decay)"}
+            values = {"mode": mode, "lr_coupling": lr_coupling, "cautious": cautious}
+            check_spd({**values, "weight_decay": weight_decay}, lambda name: words.get(name, name))
         validate_cautious(cautious, mode, "LPWD: cautious")
         if cautious_kernel not in CAUTIOUS_KERNELS:
             raise ValueError(
@@ -210,6 +229,7 @@ class LPWD(torch.optim.Optimizer):
         self.cautious_kernel = cautious_kernel
         self.stochastic_rounding = stochastic_rounding
         self.decay_target = decay_target
+        self.spd = spd
         self.rounding_kernel = "compiled"
         """``"compiled"``: the rounded bf16 step is one ``torch.compile``'d pass per tensor; ``"eager"``: the
         same function run eagerly (also taken, with a warning, where compilation fails)."""
@@ -273,6 +293,7 @@ class LPWD(torch.optim.Optimizer):
         self.__dict__.setdefault("_precision_checked", False)
         self.__dict__.setdefault("decay_target", "zero")  # pickled before 0.4: toward zero
         self.__dict__.setdefault("_anchors", {})
+        self.__dict__.setdefault("spd", False)  # pickled before SPD
         base = self.__dict__.get("base_optimizer")
         if base is not None:  # keep sharing: torch's load_state_dict replaces our groups and state
             base.__setstate__({"state": self.state, "param_groups": self.param_groups})
@@ -438,6 +459,7 @@ class LPWD(torch.optim.Optimizer):
         extra = "" if self.lr_coupling == "coupled" else f", lr_coupling={self.lr_coupling!r}"
         extra += ", cautious=True" if self.cautious else ""
         extra += f", decay_target={self.decay_target!r}" if self.decay_target != "zero" else ""
+        extra += ", spd=True" if self.spd else ""
         return f"LPWD(mode={self.mode!r}{extra}, base={self.base_optimizer!r})"
 
     # ------------------------------------------------------------------ the lr schedule (pwd's fold)
@@ -486,6 +508,8 @@ class LPWD(torch.optim.Optimizer):
                 "Pass lr=... (for Adafactor: relative_step=False)"
             )
         eta = lookahead.as_float(group["lr"])
+        if self.spd and lam > 1.0:
+            check_spd_strength(lam, f"LPWD: {_group_label(index, group)}'s weight_decay (--weight_decay)")
         if self.lr_coupling != "coupled" and lam > 0:
             base_lr = lookahead.as_float(group.get("initial_lr", 0.0))
             if not base_lr > 0:
@@ -685,7 +709,9 @@ class LPWD(torch.optim.Optimizer):
             eta, rate = self._validate_group(index, group)
             factor = 1.0 - eta * rate
             anchored = self._anchored(group)
-            if self.cautious:
+            if self.spd:  # the base without decay; SPD measures before its step and decays after it
+                plans.append(_GroupPlan({"weight_decay": 0.0}, spd=rate, anchored=anchored))
+            elif self.cautious:
                 plans.append(_GroupPlan({"weight_decay": 0.0}, cautious=eta * rate, anchored=anchored))
             elif anchored:  # AdamW's decay cannot take θ₀: λ = 0 and one lerp pass toward θ₀
                 where = {"before": factor} if self.mode == "wd" else {"after": factor}
@@ -825,6 +851,14 @@ class LPWD(torch.optim.Optimizer):
                     stacklevel=4,
                 )
             return
+        if self.spd:
+            logger.warning(
+                "LPWD: spd=True: the %d bf16/fp16 weights take the base's own step (update rounded to "
+                "nearest) and the SPD decay stochastically rounded alone: the whole-step rounding cannot "
+                "see ‖θ̃ − θ₀‖ before it writes θ̃",
+                sum(p.numel() for p in low),
+            )
+            return
         count, numel, total, why = unrounded_share(self.base_optimizer, self.param_groups)
         if count:
             logger.warning(
@@ -844,12 +878,40 @@ class LPWD(torch.optim.Optimizer):
         rounded."""
         factors: list[tuple[float, float, float] | None] = []
         for plan in plans:
-            if plan is None or "lr" in plan.override:  # a fold into the base's own kernel: fp32 groups only
+            if plan is None or "lr" in plan.override or plan.spd:  # fp32 folds only; SPD needs ‖θ̃ − θ₀‖
                 factors.append(None)
                 continue
             post = plan.after if plan.after_scope in ("stepped", "all") else 1.0
             factors.append((plan.before, post, plan.cautious))
         return factors
+
+    # ------------------------------------------------------------------ SPD around the base step
+    def _spd_measure(self, plans: list[_GroupPlan | None], stepped: list[list[torch.Tensor]]) -> list[Any]:
+        """Before the base step, per SPD group: (λ, params, θ₀ or None each, c_t, ‖θ − θ₀‖)."""
+        measured = []
+        for plan, params in zip(plans, stepped, strict=True):
+            if plan is None or plan.spd <= 0.0 or not params:
+                continue
+            anchors = [self._anchors[p] if plan.anchored else None for p in params]
+            grads = [p.grad for p in params]
+            measured.append((plan.spd, params, anchors, *spd_measure(params, anchors, grads)))
+        return measured
+
+    def _spd_decay(self, measured: list[Any]) -> None:
+        """After the base step: θ ← θ̃ − d·(θ̃ − θ₀), d = λ·r_t·1[c_t < 0] per tensor (:mod:`.spd`).
+
+        fp32 weights (and bf16/fp16 rounded to nearest): one lerp per tensor with d > 0.  bf16/fp16 weights
+        with stochastic rounding: the same lerp in fp32, written with one stochastic rounding (reads d).
+        """
+        for strength, params, anchors, conditions, norms in measured:
+            decays = spd_decays(params, anchors, conditions, norms, strength)
+            for p, anchor, decay in zip(params, anchors, decays, strict=True):
+                if self.stochastic_rounding and p.dtype in LOW_PRECISION_DTYPES:
+                    weight = float(decay)
+                    if weight > 0.0:
+                        self._scale([p], 1.0 - weight, None if anchor is None else {p: anchor})
+                else:
+                    decay_toward_(p, anchor, decay)
 
     @torch.no_grad()
     def _execute(self, plans: list[_GroupPlan | None]) -> None:
@@ -916,6 +978,7 @@ class LPWD(torch.optim.Optimizer):
                         plan.cautious,
                         None if anchors is None else anchors[p],
                     )
+        measured = self._spd_measure(plans, stepped)
         saved = [
             {key: g[key] for key in plan.override} if plan is not None else {}
             for g, plan in zip(groups, plans, strict=True)
@@ -928,6 +991,7 @@ class LPWD(torch.optim.Optimizer):
         finally:
             for group, values in zip(groups, saved, strict=True):
                 group.update(values)
+        self._spd_decay(measured)
         for group, plan, params in zip(groups, plans, stepped, strict=True):
             if plan is None:
                 continue

@@ -26,11 +26,14 @@ a step long enough to overshoot); with Adam, momentum and the per-coordinate sca
 disagree often.
 
 **Timing and target.**  The decay multiplies the deviation *after* the base step, θ̃ − θ₀ (adamSPD.py:148),
-and r_t needs θ̃: in this project's terms that is the ``rwd`` timing with target θ₀,
-θ ← θ₀ + (1 − d_t)·(θ − η_t·u_t − θ₀) with d_t = λ·r_t — not ``wd`` (which would decay θ − θ₀, before the
-step).  ``pwd`` decays before the forward, when θ̃ does not exist.  That rwd × θ₀ is the only combination SPD
-defines (:func:`check_spd`).  (The per-step difference to a wd form, d_t·η_t·u_t, is second order, but it is
-not the published rule.)
+and r_t needs θ̃: in this project's terms that is the ``rwd`` timing, θ ← θ₀ + (1 − d_t)·(θ − η_t·u_t − θ₀)
+with d_t = λ·r_t.  ``wd`` is refused, not offered as a variant: its form θ̃ − λ·r_t·(θ − θ₀) (the pre-step
+deviation decayed) differs from the published rule only by the second-order term λ·r_t·η_t·u_t, yet it
+would need θ − θ₀ of every tensor kept across the base step (a copy of the decayed weights, or a pass that
+computes u_t first): a cost for a rule nobody published.  ``pwd`` decays before the forward, when θ̃ does
+not exist (:func:`check_spd`).  Target: ``init`` (θ₀, the weights the optimizer was built with) is the
+paper's; target ``zero`` (anchors 0) is their LoRA form (README: ``pre=None``, see **LoRA** below) and,
+for a full model, selective decay toward 0.
 
 **Strength.**  λ is dimensionless, in [0, 1], and is *not* multiplied by the lr (adamSPD.py:148 uses
 ``weight_decay`` alone): r_t already scales with the step, since ‖θ̃ − θ₀‖ − ‖θ − θ₀‖ ≤ η_t·‖u_t‖.  So
@@ -46,8 +49,9 @@ within [0, 1].
   nothing to decay).
 * Their condition and norms are computed in the parameter's dtype; here in at least fp32 (θ − θ₀, the
   products and the sums of bf16 weights are not rounded to bf16's 8 bits).
-* They branch on ``condition < 0.0`` in Python (a host sync per tensor on a GPU); here the selection is a 0-d
-  tensor and the decay a ``lerp`` by λ·r_t·1[c_t < 0] (a weight of 0 leaves θ̃ bitwise as it is).
+* They branch on ``condition < 0.0`` in Python (a host sync per tensor on a GPU); here, on an accelerator,
+  the selection is a 0-d tensor and the decay a ``lerp`` by λ·r_t·1[c_t < 0] (a weight of 0 leaves θ̃
+  bitwise as it is); on the CPU, where reading it is free, an unselected tensor skips ‖θ̃ − θ₀‖ and the lerp.
 * Their anchors are a deep copy of the parameters in the parameters' dtype (README), ``None`` meaning zeros
   of the parameter's shape, allocated every step (adamSPD.py:144).
 
@@ -66,43 +70,74 @@ g_A = 0 and both conditions are 0: nothing is selected until B has moved.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 SPD_TIMING = "rwd"
 """The timing SPD is defined on: the decay scales the deviation after the base step (adamSPD.py:148)."""
 
-SPD_TARGET = "init"
-"""The target SPD decays toward: the anchor θ₀ (the pretrained weights; 0 for LoRA adapters)."""
+SPD_TARGETS = ("init", "zero")
+"""The targets SPD decays toward: θ₀ (the paper's, the pretrained weights) or 0 (their LoRA form)."""
 
 
-def check_spd(timing: str, target: str) -> None:
-    """Refuse any (timing, target) but rwd × init, the only combination SPD's paper and code define."""
+def _keyword(name: str) -> str:
+    """How a keyword caller names a setting: by its name (the Trainer passes its flags instead)."""
+    return name
+
+
+def check_spd(values: Mapping[str, Any], label: Callable[[str], str] = _keyword) -> None:
+    """Refuse every setting SPD does not define, naming it as ``label(name)`` names it (the single place).
+
+    ``values``: ``mode`` (a timing, or ``lpwd``), and where known ``lr_coupling``, ``decay_timescale``,
+    ``weight_decay`` (λ) and ``cautious``.  SPD's λ is a fraction of the step's new deviation, not
+    multiplied by the lr, so the lr couplings and the timescale (which sets an lr-coupled λ) do not apply.
+    """
+    spd, mode = label("spd"), label("mode")
+    timing = "pwd" if values["mode"] == "lpwd" else values["mode"]
     if timing != SPD_TIMING:
         why = (
             "pwd decays before the forward, when the stepped weights θ̃ that the ratio needs do not exist"
             if timing == "pwd"
-            else "SPD decays the deviation after the base step, θ̃ − θ₀ (adamSPD.py:148), which is rwd"
+            else "the published rule decays the deviation after the base step, θ̃ − θ₀ (adamSPD.py:148); "
+            "wd's pre-step form would need a copy of every θ − θ₀ across the step"
         )
+        layerwise = values["mode"] == "lpwd"
+        profile = f" with {label('layerwise')}=true for the layer-wise profile" if layerwise else ""
         raise ValueError(
-            f"SPD is defined on the timing {SPD_TIMING!r} only, not {timing!r} ({why}): "
-            f"set the timing (--weight_decay_mode) to {SPD_TIMING!r}"
+            f"{spd}=true is defined on the timing {SPD_TIMING!r} only, not {values['mode']!r} ({why}): "
+            f"set {mode}={SPD_TIMING!r}{profile}"
         )
-    if target != SPD_TARGET:
+    if values.get("cautious"):
         raise ValueError(
-            f"SPD decays toward the starting weights θ₀, not target {target!r}: "
-            f"set the decay target (--lpwd_decay_target) to {SPD_TARGET!r}"
+            f"{spd}=true and {label('cautious')}=true are two values of the decay's mask (SPD selects whole "
+            "tensors, cautious decay coordinates): turn one of them off"
         )
+    coupling = values.get("lr_coupling", "coupled")
+    if coupling != "coupled":
+        raise ValueError(
+            f"{label('lr_coupling')}={coupling!r} with {spd}=true: SPD's λ ({label('weight_decay')}) is a "
+            "fraction of the step's new deviation, not multiplied by the lr, so no lr coupling applies; "
+            f"leave {label('lr_coupling')} at 'coupled'"
+        )
+    if values.get("decay_timescale") is not None:
+        raise ValueError(
+            f"{label('decay_timescale')} with {spd}=true: the timescale sets an lr-coupled λ, but SPD's λ is "
+            f"a fraction in [0, 1], not multiplied by the lr; give {label('weight_decay')} instead"
+        )
+    if values.get("weight_decay") is not None:
+        check_spd_strength(values["weight_decay"], f"{label('weight_decay')} with {spd}=true")
 
 
-def check_spd_strength(strength: float) -> None:
+def check_spd_strength(strength: float, label: str = "weight_decay") -> None:
     """λ in [0, 1]: 1 is the full projection onto the previous deviation; above 1 the decay overshoots θ₀'s
     sphere, below 0 it pushes away from θ₀."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(
-            f"SPD's strength (weight_decay) must be in [0, 1], got {strength}: 1 projects a selected layer "
-            "back to its previous deviation from θ₀, smaller values part of the way"
+            f"SPD's strength ({label}) must be in [0, 1], got {strength}: SPD's λ is a fraction, not "
+            "multiplied by the lr; 1 projects a selected layer back to its previous deviation from θ₀, "
+            "smaller values part of the way"
         )
 
 
@@ -113,9 +148,9 @@ def _real(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
 
 
-def deviation(param: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-    """θ − θ₀ in at least fp32 (real components for complex tensors)."""
-    return _real(param) - _real(anchor)
+def deviation(param: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+    """θ − θ₀ in at least fp32 (real components for complex tensors); θ itself toward 0 (``anchor`` None)."""
+    return _real(param) if anchor is None else _real(param) - _real(anchor)
 
 
 @torch.no_grad()
@@ -156,27 +191,109 @@ def spd_update(
 
 
 # ----------------------------------------------------------------------------- in place, around a base step
+Anchors = Sequence[torch.Tensor | None]
+"""θ₀ per tensor; ``None`` for a tensor decayed toward 0 (SPD's LoRA form: no zeros allocated)."""
+
+CHUNK = 1 << 18
+"""Elements of θ − θ₀ formed at a time (1 MiB in fp32): a whole-tensor temporary of a large embedding costs
+more in fresh pages than the reductions themselves (benchmarks/optimizer_step.py, SPD rows)."""
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    return (torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor).reshape(-1)
+
+
+def deviation_stats(
+    param: torch.Tensor, anchor: torch.Tensor | None, grad: torch.Tensor | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(−⟨g, θ − θ₀⟩ or None without ``grad``, ‖θ − θ₀‖) as fp32 0-d tensors, θ − θ₀ formed :data:`CHUNK`
+    elements at a time in one reused buffer (reads θ, θ₀ and g once; no tensor-sized temporary)."""
+    theta = _flat(param)
+    origin = None if anchor is None else _flat(anchor)
+    g = None if grad is None else _flat(grad)
+    wide = theta.dtype in (torch.float32, torch.float64)
+    if origin is None and wide and (g is None or g.dtype == theta.dtype):  # toward 0: θ itself, no copy
+        return (None if g is None else -torch.dot(g, theta)), torch.sqrt(torch.dot(theta, theta))
+    dtype = theta.dtype if wide else torch.float32
+    buffer = torch.empty(min(CHUNK, theta.numel()), dtype=dtype, device=theta.device)
+    products, squares = [], []
+    for start in range(0, theta.numel(), CHUNK):
+        stop = min(start + CHUNK, theta.numel())
+        dev = buffer[: stop - start]
+        if origin is None:
+            dev.copy_(theta[start:stop])
+        else:
+            # add(alpha=-1) rather than sub: twice as fast into an out= buffer on this CPU (torch 2.13)
+            torch.add(theta[start:stop].to(dtype), origin[start:stop].to(dtype), alpha=-1, out=dev)
+        if g is not None:
+            products.append(torch.dot(g[start:stop].to(dtype), dev))
+        squares.append(torch.dot(dev, dev))
+    condition = None if g is None else -torch.stack(products).sum() if products else buffer.new_zeros(())
+    return condition, torch.sqrt(torch.stack(squares).sum() if squares else buffer.new_zeros(()))
+
+
 @torch.no_grad()
 def spd_measure(
-    params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]
+    params: Sequence[torch.Tensor], anchors: Anchors, grads: Sequence[torch.Tensor]
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Before the base step: (c_t, ‖θ − θ₀‖) per tensor, 0-d tensors (one pass over g, θ, θ₀ each).
+    """Before the base step: (c_t, ‖θ − θ₀‖) per tensor, fp32 0-d tensors (θ − θ₀ formed once per tensor).
 
     The base step overwrites θ (and may change the gradient), so both are taken first.
     """
     _same_lengths(params=params, anchors=anchors, grads=grads)
     conditions, norms = [], []
     for param, anchor, grad in zip(params, anchors, grads, strict=True):
-        dev = deviation(param, anchor)
-        conditions.append(-torch.sum(_real(grad) * dev))
-        norms.append(torch.linalg.vector_norm(dev))
+        condition, norm = deviation_stats(param, anchor, grad)
+        conditions.append(condition)
+        norms.append(norm)
     return conditions, norms
+
+
+@torch.no_grad()
+def spd_decays(
+    params: Sequence[torch.Tensor],
+    anchors: Anchors,
+    conditions: Sequence[torch.Tensor],
+    previous_norms: Sequence[torch.Tensor],
+    strength: float,
+) -> list[torch.Tensor]:
+    """After the base step (``params`` hold θ̃): d_t = λ·r_t·1[c_t < 0] per tensor, 0-d tensors.
+
+    On the CPU reading c_t is free, so an unselected tensor (c_t ≥ 0) skips the pass over θ̃ − θ₀ (d_t = 0
+    without it); on an accelerator every tensor takes it and nothing syncs with the host.
+    """
+    _same_lengths(params=params, anchors=anchors, conditions=conditions, previous_norms=previous_norms)
+    decays = []
+    for param, anchor, condition, previous in zip(params, anchors, conditions, previous_norms, strict=True):
+        if condition.device.type == "cpu" and not float(condition) < 0:
+            decays.append(torch.zeros_like(previous))
+            continue
+        ratio = ratio_from_norms(deviation_stats(param, anchor)[1], previous)
+        decays.append(torch.where(condition < 0, strength * ratio, torch.zeros_like(ratio)))
+    return decays
+
+
+@torch.no_grad()
+def decay_toward_(param: torch.Tensor, anchor: torch.Tensor | None, decay: torch.Tensor) -> None:
+    """θ ← θ − d·(θ − θ₀) = lerp(θ, θ₀, d) in place (θ ← (1 − d)·θ toward 0), ``d`` a 0-d tensor.
+
+    On the CPU reading d is free: a tensor with d = 0 is skipped (left bitwise θ̃); on an accelerator the
+    lerp runs with d as a tensor (no host sync; weight 0 leaves θ̃ bitwise as it is too).
+    """
+    if param.device.type == "cpu" and float(decay) == 0.0:
+        return
+    target = torch.view_as_real(param) if torch.is_complex(param) else param
+    weight = decay.to(device=target.device, dtype=target.dtype)
+    if anchor is None:
+        target.mul_(1 - weight)
+        return
+    target.lerp_(torch.view_as_real(anchor) if torch.is_complex(anchor) else anchor, weight)
 
 
 @torch.no_grad()
 def spd_decay_(
     params: Sequence[torch.Tensor],
-    anchors: Sequence[torch.Tensor],
+    anchors: Anchors,
     conditions: Sequence[torch.Tensor],
     previous_norms: Sequence[torch.Tensor],
     strength: float,
@@ -184,28 +301,22 @@ def spd_decay_(
     """After the base step (``params`` hold θ̃): θ ← θ̃ − λ·r_t·1[c_t < 0]·(θ̃ − θ₀) in place, per tensor.
 
     ``conditions`` and ``previous_norms`` are :func:`spd_measure`'s, taken before the step.  Returns each
-    tensor's applied decay d_t = λ·r_t·1[c_t < 0] (0-d tensors; no host sync).  A tensor with d_t = 0 is left
-    bitwise as it is (``lerp`` with weight 0).  θ₀ must have θ's dtype (``lerp``'s requirement).  On bf16/fp16
-    weights a decay written with round-to-nearest is mostly lost (λ·r_t·(θ̃ − θ₀) is far below half an ulp of
-    θ); there d_t belongs in the whole step's one stochastic rounding (:mod:`.rounded_step`), not here.
+    tensor's applied decay d_t = λ·r_t·1[c_t < 0] (0-d tensors).  A tensor with d_t = 0 is left bitwise as it
+    is (:func:`decay_toward_`).  θ₀ must have θ's dtype (``lerp``'s requirement).  On bf16/fp16 weights a
+    decay written with round-to-nearest is mostly lost (λ·r_t·(θ̃ − θ₀) is far below half an ulp of θ):
+    :class:`~hf_lpwd.LPWD` writes it with stochastic rounding instead (:func:`spd_decays` then its own pass).
     """
     check_spd_strength(strength)
-    _same_lengths(params=params, anchors=anchors, conditions=conditions, previous_norms=previous_norms)
-    decays = []
-    for param, anchor, condition, previous in zip(params, anchors, conditions, previous_norms, strict=True):
-        ratio = ratio_from_norms(torch.linalg.vector_norm(deviation(param, anchor)), previous)
-        decay = torch.where(condition < 0, strength * ratio, torch.zeros_like(ratio))
-        target = torch.view_as_real(param) if torch.is_complex(param) else param
-        origin = torch.view_as_real(anchor) if torch.is_complex(anchor) else anchor
-        target.lerp_(origin, decay.to(target.dtype))
-        decays.append(decay)
+    decays = spd_decays(params, anchors, conditions, previous_norms, strength)
+    for param, anchor, decay in zip(params, anchors, decays, strict=True):
+        decay_toward_(param, anchor, decay)
     return decays
 
 
 @torch.no_grad()
 def spd_step_(
     params: Sequence[torch.Tensor],
-    anchors: Sequence[torch.Tensor],
+    anchors: Anchors,
     grads: Sequence[torch.Tensor],
     updates: Sequence[torch.Tensor],
     lr: float,

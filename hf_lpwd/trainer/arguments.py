@@ -17,10 +17,11 @@ from transformers import TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from ..config import LPWDConfig
+from ..optim.spd import check_spd
 from ..settings import CONFIG_SETTINGS, SETTING, SETTINGS, argument_label, check_settings
 
 __all__ = ["LPWDTrainingArguments", "lpwd_config_from_args", "settings_of", "checked_settings_of",
-           "run_config", "refusal_key"]
+           "check_spd_arguments", "run_config", "refusal_key"]
 
 logger = hf_logging.get_logger("transformers.hf_lpwd")
 
@@ -71,7 +72,15 @@ def checked_settings_of(args: Any) -> dict[str, Any]:
     values = settings_of(args)
     check_settings(values, argument_label)
     _check_lambda_given_once(values, _TRAINER_WEIGHT_DECAY_DEFAULT)
+    check_spd_arguments(values)
     return values
+
+
+def check_spd_arguments(values: dict[str, Any]) -> None:
+    """SPD's refusals (:func:`hf_lpwd.optim.spd.check_spd`, the one home of them) in the command line's
+    words."""
+    if values.get("spd"):
+        check_spd(values, lambda name: argument_label(SETTING[name]))
 
 
 def lpwd_config_from_args(args: Any, values: dict[str, Any] | None = None) -> LPWDConfig:

@@ -10,8 +10,9 @@ from transformers.utils import logging as hf_logging
 from ..config import LPWDConfig
 from ..model.groups import format_layer_table, layer_table, shrink_warning
 from ..optim import LPWD, rounding_path
+from ..optim.precision import ROUNDED_DECAY_ONLY, ROUNDED_WHOLE_STEP
 from ..schedule import groups_shrink, scheduler_scales
-from ..settings import describe, resolve_settings
+from ..settings import describe, resolve_settings, rule_in_words
 
 logger = hf_logging.get_logger("transformers.hf_lpwd")
 
@@ -25,9 +26,12 @@ def weights_paths(lpwd: LPWD) -> str:
     for group in lpwd.param_groups:
         if group["params"]:
             label = "all" if group.get("depth") is None else str(group["depth"])
-            depths_of.setdefault(rounding_path(group, lpwd), [])
-            if label not in depths_of[rounding_path(group, lpwd)]:
-                depths_of[rounding_path(group, lpwd)].append(label)
+            path = rounding_path(group, lpwd)
+            if getattr(lpwd, "spd", False):  # SPD's decay needs ‖θ̃ − θ₀‖: the base's step, then the decay
+                path = path.replace(ROUNDED_WHOLE_STEP, ROUNDED_DECAY_ONLY)
+            depths_of.setdefault(path, [])
+            if label not in depths_of[path]:
+                depths_of[path].append(label)
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for g in lpwd.param_groups for p in g["params"]})
     lines = [f"weights dtype: {', '.join(dtypes)}"]
     lines += [f"weights: {path} (depths {', '.join(depths)})" for path, depths in depths_of.items()]
@@ -39,7 +43,8 @@ def log_layer_table(lpwd: LPWD, scheduler: Any, num_training_steps: int, config:
     """Record the shrink in ``config.record`` and, on the logging rank, log the table and the shrink
     warning."""
     groups = lpwd.param_groups
-    scales = scheduler_scales(scheduler, num_training_steps)
+    # SPD's per-step decay λ·r_t depends on the data, not on the schedule: no shrink S to compute.
+    scales = None if config.spd else scheduler_scales(scheduler, num_training_steps)
     shrink: list[float | None] = [None] * len(groups)
     if scales is not None:
         shrink = list(groups_shrink(groups, scheduler.base_lrs, scales, config.settings()))
@@ -51,8 +56,10 @@ def log_layer_table(lpwd: LPWD, scheduler: Any, num_training_steps: int, config:
             config.record.depth_shrink = {str(r["depth"]): round(float(r["shrink"]), 6) for r in decayed}
     if not should_log:
         return
-    logger.info("LPWD %s base=%s, %d steps\n%s\n%s", describe(resolve_settings(config.settings())),
-                config.base_optimizer, num_training_steps, format_layer_table(rows), weights_paths(lpwd))
+    settings = resolve_settings(config.settings())
+    rule = f"\nrule: {rule_in_words(settings)}" if config.spd else ""
+    logger.info("LPWD %s base=%s, %d steps\n%s\n%s%s", describe(settings), config.base_optimizer,
+                num_training_steps, format_layer_table(rows), weights_paths(lpwd), rule)
     warning = shrink_warning(rows)
     if warning:
         logger.warning(warning)

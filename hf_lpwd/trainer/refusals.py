@@ -12,7 +12,8 @@ from transformers import Trainer, TrainingArguments
 
 from .._compat.transformers import deepspeed_config_dict
 from ..optim.bases import refuse_cautious_base
-from ..settings import SCHEDULE_FREE_REASON, SETTING, SETTINGS, check_peak_decay
+from ..settings import SCHEDULE_FREE_REASON, SETTING, SETTINGS, argument_label, check_peak_decay
+from .arguments import check_spd_arguments, settings_of
 
 _UNSUPPORTED_OPTIM_KWARGS = ("params", "model", "optimizer_dict")
 _OWN_STEP_FAMILIES = {
@@ -59,6 +60,23 @@ def check_training_arguments(args: TrainingArguments) -> None:
     refuse_unwrappable_optim(args)
     _check_peak_decay(args)
     _refuse_cautious_base(args)
+    _refuse_spd(args)
+
+
+def _refuse_spd(args: TrainingArguments) -> None:
+    """SPD's settings (:func:`hf_lpwd.optim.spd.check_spd` in the flags' words), and DeepSpeed: ZeRO hands
+    the optimizer flat partitions of many tensors, so SPD's per-tensor condition and norms would be taken
+    over a partition, not a layer."""
+    values = settings_of(args)
+    if not values["spd"]:
+        return
+    check_spd_arguments(values)
+    if deepspeed_config_dict(args) is not None:
+        raise ValueError(
+            f"{argument_label(SETTING['spd'])}=true with DeepSpeed: ZeRO steps flat partitions of many "
+            "parameters, so SPD's per-layer condition and norms would be taken over a partition, not a "
+            "layer. Train SPD without --deepspeed (one device or DDP)"
+        )
 
 
 def _check_peak_decay(args: TrainingArguments) -> None:
