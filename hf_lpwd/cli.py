@@ -30,6 +30,7 @@ from .integrations.bnb_notice import quiet_cpu_kernel_notice
 from .model.groups import layer_table, param_groups_for_settings, shrink_warning
 from .model.layers import layer_depths_with_count
 from .model_source import resolve_model_path
+from .optim.spd import check_spd
 from .schedule import groups_shrink, trainer_schedule_scales
 from .settings import SETTING, Setting, check_peak_decay, check_settings, parse_bool, resolve_settings
 
@@ -167,6 +168,8 @@ def _check_settings(args: argparse.Namespace) -> None:
     """The LPWD settings and the run, checked by the validators the Trainer uses, before anything is built."""
     try:
         check_settings({name: getattr(args, name) for name in INSPECT_SETTINGS}, _option_label)
+        if args.spd:
+            check_spd(_settings_of(args), lambda name: _option_label(SETTING[name]))
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if args.learning_rate is None and args.max_steps is None:
@@ -210,7 +213,9 @@ def _inspect(args: argparse.Namespace) -> int:
           f"({decayed:,} decayed), weight decay: {args.weight_decay:g} "
           f"({'uniform' if args.uniform else 'layer-wise'}), layer lr decay: {args.layer_lr_decay:g}")
     print(format_table(rows, _EXAMPLES_SHOWN))
-    if shrink is not None:
+    if shrink is not None and args.spd:
+        print("shrink: ? under SPD (its decay λ·r_t per tensor depends on the gradients, not the schedule)")
+    elif shrink is not None:
         warmup = _warmup_steps(args.warmup_steps, args.max_steps)
         print(f"shrink: S = Σ_t d_t over {args.max_steps} steps of a {args.lr_scheduler_type} schedule "
               f"from lr {args.learning_rate:g}, {warmup} warm-up steps ({args.lr_coupling} coupling)")
@@ -264,7 +269,7 @@ def format_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> str:
     return "\n".join(out)
 
 
-def _run_shrink(args: argparse.Namespace, groups: list[dict[str, Any]]) -> list[float] | None:
+def _run_shrink(args: argparse.Namespace, groups: list[dict[str, Any]]) -> list[float | None] | None:
     """S per group over the run ``--learning-rate/--max-steps`` describe, ``None`` when they are not given."""
     if args.learning_rate is None:
         return None
@@ -273,6 +278,8 @@ def _run_shrink(args: argparse.Namespace, groups: list[dict[str, Any]]) -> list[
                                          _warmup_steps(args.warmup_steps, args.max_steps))
     except ValueError as exc:
         raise CliError(f"--lr-scheduler-type {args.lr_scheduler_type}: {_first_line(exc)}") from exc
+    if args.spd:  # SPD's decay λ·r_t depends on the training itself: no S from the schedule ("?")
+        return [None] * len(groups)  # type: ignore[list-item]
     base_lrs = [args.learning_rate * float(g.get("lr_multiplier", 1.0)) for g in groups]
     return groups_shrink(groups, base_lrs, [scales] * len(groups), _settings_of(args))
 
@@ -343,14 +350,15 @@ def _option(parser: Any, name: str, **kwargs: Any) -> None:
 
 
 INSPECT_SETTINGS = ("weight_decay", "layer_lr_decay", "tied_depth", "layer_pattern", "decay_embeddings",
-                    "lr_coupling", "decay_target")
+                    "lr_coupling", "decay_target", "spd")
 """The settings that shape the table; their options come from :data:`hf_lpwd.settings.SETTINGS`."""
 
 
 def _settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the table shows, resolved (a uniform or layer-wise λ; the timing does not change it)."""
     given = {name: getattr(args, name) for name in INSPECT_SETTINGS}
-    return resolve_settings({**given, "mode": "pwd", "layerwise": not args.uniform})
+    timing = "rwd" if given["spd"] else "pwd"  # SPD is defined on rwd; otherwise the timing changes nothing
+    return resolve_settings({**given, "mode": timing, "layerwise": not args.uniform})
 
 
 def _option_label(setting: Setting) -> str:

@@ -561,3 +561,20 @@ def test_inspect_options_are_the_settings_own(spelling: str, capsys) -> None:
     rows = {line.split()[0]: line.split() for line in table.splitlines() if line.strip()[:1].isdigit()}
     assert rows["0"][3] == "0.125" and rows["3"][3] == "1"  # lr·γ^(N+1−d): γ^3 at depth 0, γ^0 at the head
     assert float(rows["0"][5]) == 0.0 and float(rows["3"][5]) == pytest.approx(0.01)  # depth 0 not decayed
+
+
+def test_inspect_with_spd_checks_its_strength_and_shows_no_shrink(model_dir, capsys):
+    """SPD's λ is a fraction: the table is built with it in [0, 1] (its S unknown before training: "?"), and
+    a λ above 1 is refused in inspect's words, as the Trainer refuses it."""
+    run = ["inspect", str(model_dir), "--spd", "true", "--learning-rate", "1e-3", "--max-steps", "10"]
+    assert main([*run, "--weight-decay", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "shrink: ? under SPD" in out
+    lines = out.splitlines()
+    header = next(line.split() for line in lines if "shrink" in line.split())
+    column = header.index("shrink")  # the cells before the examples are single tokens
+    shrink_cells = [line.split()[column] for line in lines if line.strip()[:1].isdigit()]
+    assert shrink_cells and set(shrink_cells) == {"?"}, out
+    assert main([*run, "--weight-decay", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--weight-decay" in err and "[0, 1]" in err and "--spd" in err

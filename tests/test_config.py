@@ -275,3 +275,15 @@ def test_the_0_3_0_fixture_config_loads_and_means_the_same() -> None:
     assert json.loads(cfg.to_json_string()).keys() - {"decay_target", "spd"} == json.loads(
         (Path(__file__).parent / "data" / "checkpoint_v0_3_0" / "checkpoint-3" / LPWD_CONFIG_NAME).read_text()
     ).keys()
+
+
+def test_the_0_4_0_fixture_config_loads_with_its_target() -> None:
+    """tests/data/checkpoint_v0_4_0: 0.4.0's key ``decay_target`` (``init`` there) read as written; SPD, which
+    came after, off; every other key the same."""
+    folder = Path(__file__).parent / "data" / "checkpoint_v0_4_0" / "checkpoint-3"
+    cfg = LPWDConfig.from_pretrained(folder)
+    assert (cfg.mode, cfg.layerwise, cfg.weight_decay, cfg.decay_target, cfg.spd) == (
+        "lpwd", True, 0.5, "init", False)
+    assert cfg.lpwd_version == "0.4.0" and cfg.record.num_blocks == 3
+    written = json.loads((folder / LPWD_CONFIG_NAME).read_text())
+    assert json.loads(cfg.to_json_string()).keys() - {"spd"} == written.keys()

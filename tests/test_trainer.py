@@ -199,11 +199,15 @@ def test_kill_and_resume_is_bitwise_an_uninterrupted_run(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("version", ["0.2.0", "0.3.0"])
-def test_an_old_checkpoint_resumes_bitwise_with_todays_code(tmp_path: Path, version: str) -> None:
-    """tests/data/checkpoint_v0_X_0 (SOURCE.md): written by hf_lpwd 0.2.0 / 0.3.0 mid warm-up, one torch
-    thread; resumed now, the run ends on that version's uninterrupted run's final parameters (group keys and
-    state_dict layout unchanged).
+@pytest.mark.parametrize(
+    ("version", "extra"), [("0.2.0", []), ("0.3.0", []), ("0.4.0", ["--decay-target", "init"])]
+)
+def test_an_old_checkpoint_resumes_bitwise_with_todays_code(
+    tmp_path: Path, version: str, extra: list
+) -> None:
+    """tests/data/checkpoint_v0_X_0 (SOURCE.md): written by hf_lpwd 0.2.0 / 0.3.0 / 0.4.0 (target init: θ₀ in
+    the optimizer state) mid warm-up, one torch thread; resumed now, the run ends on that version's
+    uninterrupted run's final parameters (group keys and state_dict layout unchanged).
 
     Bitwise on the machine that wrote the fixture; asserted to 1e-6 relative so that another CPU's kernels may
     round differently, while one decay factor too many or too few (~1e-3 here) or a lost Adam state fails by
@@ -213,7 +217,7 @@ def test_an_old_checkpoint_resumes_bitwise_with_todays_code(tmp_path: Path, vers
     checkpoint = tmp_path / "killed" / "checkpoint-3"
     shutil.copytree(data / "checkpoint-3", checkpoint)
     subprocess.run([sys.executable, str(SCRIPTS / "train_tiny_bert.py"), str(tmp_path / "killed"), "--resume",
-                    str(checkpoint)], check=True, env=offline_env(), timeout=300)
+                    str(checkpoint), *extra], check=True, env=offline_env(), timeout=300)
     assert json.loads((checkpoint / "lpwd_config.json").read_text())["lpwd_version"] == version
     old, new = torch.load(data / "final_uninterrupted.pt"), torch.load(tmp_path / "killed" / "final.pt")
     assert old.keys() == new.keys()

@@ -5,8 +5,9 @@ bookkeeping, :mod:`.lookahead` the next step's lr, :mod:`.bases` what LPWD knows
 :mod:`.cautious_adamw` cautious AdamW as one compiled pass, :mod:`.rounded_step` the whole step of bf16/fp16
 weights in fp32 with one stochastic rounding, :mod:`.rounding` the rounding and its noise, :mod:`.precision`
 which path a group takes (:func:`rounding_path`) and what round-to-nearest loses
-(:func:`fraction_below_half_ulp`), :mod:`.compiled` the compile-or-eager wrapper.  Nothing here knows about
-layers or transformers.
+(:func:`fraction_below_half_ulp`), :mod:`.compiled` the compile-or-eager wrapper, :mod:`.target` the decay
+toward θ₀, :mod:`.spd` Selective Projection Decay (its measure, ratio, decay and refusals).  Nothing here
+knows about layers or transformers.
 """
 
 from ..settings import DEFAULT_WEIGHT_DECAY, LR_COUPLINGS, TIMINGS

@@ -39,9 +39,9 @@ def rounding_path(group_or_params: dict[str, Any] | Iterable[torch.Tensor], opti
 
     ``"fp32 weights"`` when no weight is bf16/fp16; else ``"bf16 weights: update + decay stochastically
     rounded"`` (the whole step, :mod:`.rounded_step`), ``"...: decay stochastically rounded, update rounded to
-    nearest"`` (a base, tensor type or flag the whole step does not cover) or ``"...: rounded to nearest
-    (stochastic_rounding=False)"``.  ``optimizer`` (an :class:`~hf_lpwd.LPWD`) gives the base and the setting;
-    without it the group is assumed to run on AdamW with stochastic rounding on.
+    nearest"`` (a base, tensor type or flag the whole step does not cover, or SPD) or ``"...: rounded to
+    nearest (stochastic_rounding=False)"``.  ``optimizer`` (an :class:`~hf_lpwd.LPWD`) gives the base and the
+    setting; without it the group is assumed to run on AdamW with stochastic rounding on.
     """
     params, group = _params_of(group_or_params)
     low = [p for p in params if p.dtype in LOW_PRECISION_DTYPES]
@@ -52,7 +52,8 @@ def rounding_path(group_or_params: dict[str, Any] | Iterable[torch.Tensor], opti
         return f"{names} weights: {ROUNDED_TO_NEAREST}"
     base = getattr(optimizer, "base_optimizer", None)
     known = type(base) in ROUNDED_BASES and group_supported(base, group) if base is not None else True
-    whole = known and all(param_supported(p) for p in low)
+    spd = getattr(optimizer, "spd", False)  # SPD's decay needs ‖θ̃ − θ₀‖: the base's step, then the decay
+    whole = known and not spd and all(param_supported(p) for p in low)
     return f"{names} weights: {ROUNDED_WHOLE_STEP if whole else ROUNDED_DECAY_ONLY}"
 
 

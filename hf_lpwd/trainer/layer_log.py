@@ -10,7 +10,6 @@ from transformers.utils import logging as hf_logging
 from ..config import LPWDConfig
 from ..model.groups import format_layer_table, layer_table, shrink_warning
 from ..optim import LPWD, rounding_path
-from ..optim.precision import ROUNDED_DECAY_ONLY, ROUNDED_WHOLE_STEP
 from ..schedule import groups_shrink, scheduler_scales
 from ..settings import describe, resolve_settings, rule_in_words
 
@@ -27,8 +26,6 @@ def weights_paths(lpwd: LPWD) -> str:
         if group["params"]:
             label = "all" if group.get("depth") is None else str(group["depth"])
             path = rounding_path(group, lpwd)
-            if getattr(lpwd, "spd", False):  # SPD's decay needs ‖θ̃ − θ₀‖: the base's step, then the decay
-                path = path.replace(ROUNDED_WHOLE_STEP, ROUNDED_DECAY_ONLY)
             depths_of.setdefault(path, [])
             if label not in depths_of[path]:
                 depths_of[path].append(label)

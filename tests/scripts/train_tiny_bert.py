@@ -1,6 +1,7 @@
 """Train a tiny BERT classifier with LPWDTrainer; used by tests as a real subprocess.
 
     python train_tiny_bert.py OUTPUT_DIR [--kill-after-save] [--resume CHECKPOINT] [--max-steps N]
+                              [--decay-target zero|init]
 
 ``--kill-after-save`` SIGKILLs this very process right after the first checkpoint is written: the
 hardest way a run can stop (no cleanup, no atexit).  The checkpoint (step 3) falls in the middle of
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--kill-after-save", action="store_true")
     parser.add_argument("--resume", default=None)
     parser.add_argument("--max-steps", type=int, default=8)
+    parser.add_argument("--decay-target", default=None, help="--lpwd_decay_target (from 0.4.0)")
     cli = parser.parse_args()
 
     set_seed(0)
@@ -45,6 +47,7 @@ def main() -> None:
         lr_scheduler_type="cosine", warmup_steps=5, save_strategy="steps", save_steps=3,
         logging_steps=2, eval_strategy="steps", eval_steps=3, report_to="none", use_cpu=True,
         disable_tqdm=True, seed=0, data_seed=0, dataloader_num_workers=0,
+        **({} if cli.decay_target is None else {"lpwd_decay_target": cli.decay_target}),
     )
     trainer = LPWDTrainer(
         model=model, args=args, train_dataset=TokenDataset(30, vocab=64, length=12, seed=1),
