@@ -320,12 +320,19 @@ def test_complex_tensor_is_its_real_components() -> None:
     assert torch.equal(torch.view_as_real(as_complex), as_real)
 
 
+@pytest.mark.parametrize("path", ["compiled", "chunked"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("toward_zero", [False, True])
-def test_chunked_deviation_stats_equal_the_float64_sums(dtype: torch.dtype, toward_zero: bool) -> None:
-    """A tensor of more than two chunks (θ − θ₀ formed a chunk at a time, summed in fp32): c and ‖θ − θ₀‖ as
-    the float64 sums of the same values."""
-    from hf_lpwd.optim.spd import CHUNK, deviation_stats
+def test_deviation_stats_equal_the_float64_sums(dtype: torch.dtype, toward_zero: bool, path: str) -> None:
+    """A tensor of more than two chunks, through the compiled reduction (plain tensors) and the chunked one
+    (DTensors, complex, fp64; θ − θ₀ formed a chunk at a time): c and ‖θ − θ₀‖ as the float64 sums of the
+    same values, after the step (no g) too."""
+    from hf_lpwd.optim.spd import CHUNK, _chunked_stats, deviation_stats
+
+    def stats(theta, anchor, grad=None):
+        if path == "compiled":
+            return deviation_stats(theta, anchor, grad)
+        return _chunked_stats(theta, anchor, grad)
 
     gen = torch.Generator().manual_seed(6)
     n = 2 * CHUNK + 17
@@ -334,8 +341,9 @@ def test_chunked_deviation_stats_equal_the_float64_sums(dtype: torch.dtype, towa
     grad = torch.randn(n, generator=gen).to(dtype)
     anchor = None if toward_zero else theta0
     dev = theta.double() - (0.0 if toward_zero else theta0.double())
-    condition, norm = deviation_stats(theta, anchor, grad)
+    condition, norm = stats(theta, anchor, grad)
     assert condition.dtype == norm.dtype == torch.float32
     assert float(condition) == pytest.approx(-float((grad.double() * dev).sum()), rel=1e-4)
     assert float(norm) == pytest.approx(float(dev.norm()), rel=1e-5)
-    assert deviation_stats(theta, anchor)[0] is None
+    after = stats(theta, anchor)
+    assert after[0] is None and float(after[1]) == pytest.approx(float(dev.norm()), rel=1e-5)

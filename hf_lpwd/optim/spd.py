@@ -75,6 +75,8 @@ from typing import Any
 
 import torch
 
+from .compiled import CompiledKernel
+
 SPD_TIMING = "rwd"
 """The timing SPD is defined on: the decay scales the deviation after the base step (adamSPD.py:148)."""
 
@@ -203,14 +205,81 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
     return (torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor).reshape(-1)
 
 
+def _condition_and_square(
+    theta: torch.Tensor, origin: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(−⟨g, θ − θ₀⟩, ‖θ − θ₀‖²) in fp32, one fused reduction pass (compiled: no temporary)."""
+    dev = theta.float() - origin.float()
+    return -(grad.float() * dev).sum(), (dev * dev).sum()
+
+
+def _condition_and_square_to_zero(
+    theta: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(−⟨g, θ⟩, ‖θ‖²) in fp32, one fused pass."""
+    dev = theta.float()
+    return -(grad.float() * dev).sum(), (dev * dev).sum()
+
+
+def _square(theta: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    """‖θ − θ₀‖² in fp32, one fused pass."""
+    dev = theta.float() - origin.float()
+    return (dev * dev).sum()
+
+
+def _square_to_zero(theta: torch.Tensor) -> torch.Tensor:
+    """‖θ‖² in fp32, one fused pass."""
+    dev = theta.float()
+    return (dev * dev).sum()
+
+
+# One kernel per argument pattern (with θ₀ or toward 0; with g before the step or not after it): each is one
+# graph per dtype, far from dynamo's recompile limit.
+_KERNELS = {
+    (True, True): CompiledKernel(_condition_and_square, "SPD's per-tensor reduction"),
+    (False, True): CompiledKernel(_condition_and_square_to_zero, "SPD's per-tensor reduction"),
+    (True, False): CompiledKernel(_square, "SPD's per-tensor reduction"),
+    (False, False): CompiledKernel(_square_to_zero, "SPD's per-tensor reduction"),
+}
+_COMPILED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _compiled_stats(
+    theta: torch.Tensor, origin: torch.Tensor | None, g: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+    """The compiled reduction for plain real fp32/bf16/fp16 tensors; ``None`` for the rest (DTensor, complex,
+    fp64, a failed compilation), which take :func:`_chunked_stats`."""
+    given = [t for t in (theta, origin, g) if t is not None]
+    kernel = _KERNELS[(origin is not None, g is not None)]
+    if kernel.failed or not all(
+        type(t.data) is torch.Tensor and t.dtype in _COMPILED_DTYPES and t.numel() > 0 for t in given
+    ):
+        return None
+    flat = [t.detach().reshape(-1) for t in given]
+    if g is None:
+        return None, torch.sqrt(kernel(*flat))
+    condition, square = kernel(*flat)
+    return condition, torch.sqrt(square)
+
+
 def deviation_stats(
     param: torch.Tensor, anchor: torch.Tensor | None, grad: torch.Tensor | None = None
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(−⟨g, θ − θ₀⟩ or None without ``grad``, ‖θ − θ₀‖) as fp32 0-d tensors, θ − θ₀ formed :data:`CHUNK`
-    elements at a time in one reused buffer (reads θ, θ₀ and g once; no tensor-sized temporary)."""
-    theta = _flat(param)
+    """(−⟨g, θ − θ₀⟩ or None without ``grad``, ‖θ − θ₀‖) as fp32 0-d tensors, reading θ, θ₀ and g once.
+
+    Plain tensors: one compiled reduction (no temporary); otherwise θ − θ₀ is formed :data:`CHUNK` elements
+    at a time in one reused buffer.
+    """
+    compiled = _compiled_stats(param, anchor, grad)
+    if compiled is not None:
+        return compiled
     origin = None if anchor is None else _flat(anchor)
-    g = None if grad is None else _flat(grad)
+    return _chunked_stats(_flat(param), origin, None if grad is None else _flat(grad))
+
+
+def _chunked_stats(
+    theta: torch.Tensor, origin: torch.Tensor | None, g: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     wide = theta.dtype in (torch.float32, torch.float64)
     if origin is None and wide and (g is None or g.dtype == theta.dtype):  # toward 0: θ itself, no copy
         return (None if g is None else -torch.dot(g, theta)), torch.sqrt(torch.dot(theta, theta))
