@@ -341,12 +341,12 @@ def test_deepspeed_drives_the_client_optimizer_as_lpwd_assumes(runs: Runs) -> No
     assert {p["dtype"] for call in info["steps"] for g in call["groups"] for p in g["params"]} == {"float32"}
 
 
-@pytest.mark.parametrize("mode", ["stock", "pwd", "lpwd"])
+@pytest.mark.parametrize("mode", ["stock", "pwd", "lpwd", "lpwd-init"])
 def test_zero3_sub_groups_match_ddp(runs: Runs, mode: str) -> None:
     """sub_group_size=1000: ZeRO-3 steps a param group larger than that per rank in several step() calls, each
     with another flat tensor in the group's params (observed: pwd's two groups of 4480 elements per rank are
-    split)."""
-    folder = runs.get("zero3_sub", "--engine", "zero3", "--modes", "stock,pwd,lpwd",
+    split).  ``lpwd-init``: each sub-group partition keeps its own θ₀ across the calls."""
+    folder = runs.get("zero3_sub", "--engine", "zero3", "--modes", "stock,pwd,lpwd,lpwd-init",
                       "--sub-group-size", "1000")
     assert_close(result(folder, mode), result(runs.ddp(), mode))
 
