@@ -13,6 +13,12 @@ test_distributed.py): 8× the worst ZeRO-3 difference, far below the effect of o
 In bf16 DeepSpeed runs the whole model in bf16 (fp32 master in the optimizer) while DDP autocasts with fp32
 weights, so the two are not comparable element-wise; there ZeRO-3 must equal ZeRO-2 bit for bit (asserted).
 
+Decay toward θ₀ (``--lpwd_decay_target init``, modes ``wd-init`` and ``lpwd-init`` in the same launches):
+the groups hold DeepSpeed's flat fp32 partitions when they step (ZeRO-1/2 one group per ``step()`` call,
+ZeRO-3 one flat sub-group), so θ₀ is taken from each partition the first time it is stepped, and each rank
+keeps the θ₀ of its own partitions only: half the decayed weights here, 4 bytes each.  Equal to DDP as the
+other modes are (ZeRO-1/2 bitwise), with a ZeRO-2 checkpoint holding θ₀ per partition and resuming bitwise.
+
 Also checked: an early stop under ZeRO-2 (bitwise DDP's settled weights), warmup_steps=0 (the decay before the
 first forward is 1 − η₀λ, not 1), ZeRO-3 with a small
 ``sub_group_size`` (one param group stepped in several calls), bf16, resume from a ZeRO-2 checkpoint
@@ -46,7 +52,8 @@ SCRIPT = str(ROOT / "tests" / "scripts" / "train_deepspeed.py")
 MODES = ("wd", "rwd", "pwd", "lpwd")
 RULES = ("pwd-independent", "wd-cautious")  # the lr coupling and cautious decay of the decay-rules issue
 NO_WARMUP = ("pwd-nowarmup", "lpwd-nowarmup")
-ALL = ("stock", *MODES, *NO_WARMUP, *RULES)
+INIT = ("wd-init", "lpwd-init")  # decay toward θ₀ (--lpwd_decay_target init), the wd and pwd timings
+ALL = ("stock", *MODES, *NO_WARMUP, *RULES, *INIT)
 # constant lr, stopped after step 2 of 4: a decay folded in for a step that never comes
 EARLY_STOP = "lpwd-earlystop"
 RTOL, ATOL = 1e-5, 1e-6
@@ -150,6 +157,110 @@ def test_lpwd_under_zero_matches_ddp(runs: Runs, stage: int, mode: str) -> None:
         assert any(not torch.allclose(ddp[n], wd[n], rtol=RTOL, atol=ATOL) for n in ddp)
 
 
+def anchors(folder: Path, mode: str, rank: int) -> list[dict]:
+    return json.loads((folder / mode / f"info{rank}.json").read_text())["anchors"]
+
+
+def decayed_weights(runs: Runs) -> int:
+    """How many weights the tiny Llama decays: its 2-D weights (the 1-D norms are HF's exclusions)."""
+    from transformers import LlamaForCausalLM
+
+    return sum(p.numel() for p in LlamaForCausalLM.from_pretrained(runs.init).parameters() if p.ndim == 2)
+
+
+@pytest.mark.parametrize("stage, mode", [(s, m) for s in (1, 2, 3) for m in INIT])
+def test_decay_toward_init_under_zero_matches_ddp_with_theta0_per_partition(
+    runs: Runs, stage: int, mode: str
+) -> None:
+    """Target init: ZeRO equals DDP (a θ₀ taken from the wrong tensor, or lost between the per-group
+    ``step()`` calls, would not); the result is not the run toward 0; each rank keeps the θ₀ of its own fp32
+    partitions (flat, 1-D: half of every decayed group here), DDP a full copy."""
+    zero, ddp = result(runs.zero(stage), mode), result(runs.ddp(), mode)
+    assert_matches_ddp(stage, zero, ddp)
+    for name, tensor in result(runs.zero(stage), mode, rank=1).items():
+        assert torch.equal(tensor, zero[name]), name
+    toward_zero = result(runs.ddp(), mode.removesuffix("-init"))
+    assert any(not torch.allclose(ddp[n], toward_zero[n], rtol=RTOL, atol=ATOL) for n in ddp)
+    decayed = decayed_weights(runs)
+    for rank in (0, 1):
+        full_copy = anchors(runs.ddp(), mode, rank)
+        assert sum(a["bytes"] for a in full_copy) == 4 * decayed
+        assert all(len(a["shape"]) == 2 for a in full_copy)
+        partitions = anchors(runs.zero(stage), mode, rank)
+        assert {a["dtype"] for a in partitions} == {"float32"}
+        assert all(len(a["shape"]) == 1 for a in partitions)
+        # every decayed group's size is even here: ZeRO splits it in two halves with no padding
+        assert sum(a["bytes"] for a in partitions) == 4 * decayed // 2
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_theta0_of_partitions_stepped_one_group_per_call(stage: int) -> None:
+    """In-process, no DeepSpeed: the groups' parameters are replaced by other tensors after LPWD is built
+    (as ZeRO puts its partitions in), then each ``step()`` shows one group, as ZeRO-1/2 (a one-group list) or
+    ZeRO-3 (the other groups with ``params = []``) do.  θ₀ of every partition must survive the calls that do
+    not show it: equal bit for bit to LPWD stepping all groups at once."""
+    from hf_lpwd import LPWD
+
+    torch.manual_seed(0)
+    start = [torch.randn(6, dtype=torch.float64) for _ in range(3)]
+    grads = [[torch.randn(6, dtype=torch.float64) for _ in range(3)] for _ in range(3)]
+
+    def build(tensors: list[torch.Tensor]) -> LPWD:
+        groups = [{"params": [t], "lr": 0.1 * (i + 1), "weight_decay": 0.5} for i, t in enumerate(tensors)]
+        return LPWD(groups, mode="wd", weight_decay=0.5, decay_target="init")
+
+    reference = [t.clone().requires_grad_() for t in start]
+    opt_ref = build(reference)
+    model = [t.clone().requires_grad_() for t in start]
+    opt = build(model)
+    partitions = [t.detach().clone().requires_grad_() for t in start]
+    for group, partition in zip(opt.param_groups, partitions, strict=True):
+        group["params"] = [partition]
+    full = opt.param_groups
+    for step_grads in grads:
+        for p, q, g in zip(reference, partitions, step_grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt_ref.step()
+        for index in range(3):
+            if stage == 2:
+                opt.param_groups = [full[index]]
+            else:
+                for other, group in enumerate(full):
+                    group["params"] = [partitions[other]] if other == index else []
+            opt.step()
+        opt.param_groups = full
+        for group, partition in zip(full, partitions, strict=True):
+            group["params"] = [partition]
+    for p, q in zip(reference, partitions, strict=True):
+        assert torch.equal(p, q)
+    assert set(opt.initial_weights) == set(partitions)  # the model's own tensors' θ₀ dropped
+
+
+def test_zero2_checkpoint_holds_theta0_of_each_rank_partition(runs: Runs) -> None:
+    """The ZeRO-2 checkpoint's optimizer state (DeepSpeed's own file, read back with torch.load) holds θ₀ of
+    each decayed group's flat partition on that rank: the pretrained weights of the group, flattened in order,
+    the rank's half, bit for bit."""
+    from transformers import LlamaForCausalLM
+
+    initial = dict(LlamaForCausalLM.from_pretrained(runs.init).named_parameters())
+    for rank in (0, 1):
+        path = (runs.zero(2) / "lpwd-init" / "checkpoint-2" / "global_step2"
+                / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+        saved = torch.load(path, weights_only=False)["optimizer_state_dict"]["base_optimizer_state"]
+        checked = 0
+        for index, group in enumerate(saved["param_groups"]):
+            (position,) = group["params"]
+            entry = saved["state"][position]
+            if group["weight_decay"] == 0:
+                assert "decay_target" not in entry, index
+                continue
+            flat = torch.cat([initial[name].detach().flatten() for name in group["param_names"]])
+            half = flat.numel() // 2
+            assert torch.equal(entry["decay_target"], flat[rank * half:(rank + 1) * half]), index
+            checked += 1
+        assert checked == 5  # one decayed group per depth 0..4
+
+
 @pytest.mark.parametrize("mode", NO_WARMUP)
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_first_decay_without_warmup_under_zero_matches_ddp(runs: Runs, stage: int, mode: str) -> None:
@@ -230,21 +341,23 @@ def test_deepspeed_drives_the_client_optimizer_as_lpwd_assumes(runs: Runs) -> No
     assert {p["dtype"] for call in info["steps"] for g in call["groups"] for p in g["params"]} == {"float32"}
 
 
-@pytest.mark.parametrize("mode", ["stock", "pwd", "lpwd"])
+@pytest.mark.parametrize("mode", ["stock", "pwd", "lpwd", "lpwd-init"])
 def test_zero3_sub_groups_match_ddp(runs: Runs, mode: str) -> None:
     """sub_group_size=1000: ZeRO-3 steps a param group larger than that per rank in several step() calls, each
     with another flat tensor in the group's params (observed: pwd's two groups of 4480 elements per rank are
-    split)."""
-    folder = runs.get("zero3_sub", "--engine", "zero3", "--modes", "stock,pwd,lpwd",
+    split).  ``lpwd-init``: each sub-group partition keeps its own θ₀ across the calls."""
+    folder = runs.get("zero3_sub", "--engine", "zero3", "--modes", "stock,pwd,lpwd,lpwd-init",
                       "--sub-group-size", "1000")
     assert_close(result(folder, mode), result(runs.ddp(), mode))
 
 
-@pytest.mark.parametrize("mode", ["rwd", "lpwd"])
+@pytest.mark.parametrize("mode", ["rwd", "lpwd", "lpwd-init"])
 def test_zero2_resume_from_checkpoint_is_bitwise(runs: Runs, mode: str) -> None:
-    """Checkpoint at step 2 of 4 (the optimizer's state_dict() goes through the client optimizer), resume."""
+    """Checkpoint at step 2 of 4 (the optimizer's state_dict() goes through the client optimizer), resume.
+    ``lpwd-init``: θ₀ comes back from the checkpoint onto the partitions (θ₀ taken from the resumed weights
+    instead would differ by ~1e-6)."""
     full = runs.zero(2)
-    resumed = runs.get("zero2_resume", "--engine", "zero2", "--modes", "rwd,lpwd", "--probe",
+    resumed = runs.get("zero2_resume", "--engine", "zero2", "--modes", "rwd,lpwd,lpwd-init", "--probe",
                        "--resume-from", str(full))
     loaded = probe(resumed, mode)
     assert loaded["load_state_dict_calls"] == 1 and "probe_key" in loaded["loaded_group_keys"][0]

@@ -6,6 +6,10 @@ element, and Adam's m/(√v+ε) passes that on to the update almost unchanged (�
 errors do not grow over 4 steps). Observed here: 7e-8 relative (DDP), 5e-7 (FSDP1). We assert
 rtol=1e-5, atol=1e-6: about 10× the observed worst case, far below the effect of one decay step
 (η·λ = 1.5e-3 relative), so a skipped or doubled decay on any rank would fail.
+
+Decay toward θ₀ (``--lpwd_decay_target init``) runs in the DDP and FSDP2 launches (``--targets zero,init``: a
+second Trainer run in the same process, ~5 s each instead of a launch of its own).  FSDP2 equals DDP there
+too (observed: identical), and toward θ₀ differs from toward 0 by up to 2e-4, 200× the tolerance.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ def run(*args: str, world: int = 1) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+TARGETS = ("--targets", "zero,init")  # the Trainer launches train toward 0 (OUT) and toward θ₀ (OUT/init)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dist")
@@ -55,7 +62,7 @@ def assert_same_training(got: dict[str, torch.Tensor], ref: dict[str, torch.Tens
 
 def test_ddp_ranks_are_identical_and_match_one_process(runs: Path) -> None:
     run("single", str(runs / "single"), "--model-dir", str(runs / "init"))
-    run("ddp", str(runs / "ddp"), "--model-dir", str(runs / "init"), world=2)
+    run("ddp", str(runs / "ddp"), "--model-dir", str(runs / "init"), *TARGETS, world=2)
     rank0, rank1 = load(runs / "ddp" / "rank0.pt"), load(runs / "ddp" / "rank1.pt")
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
@@ -82,8 +89,8 @@ def load_initial(runs: Path) -> dict[str, torch.Tensor]:
 
 def test_fsdp2_sharded_dtensor_parameters_match_ddp(runs: Path) -> None:
     if not (runs / "ddp" / "rank0.pt").exists():
-        run("ddp", str(runs / "ddp"), "--model-dir", str(runs / "init"), world=2)
-    run("fsdp2", str(runs / "fsdp2"), "--model-dir", str(runs / "init"), world=2)  # asserts DTensor params
+        run("ddp", str(runs / "ddp"), "--model-dir", str(runs / "init"), *TARGETS, world=2)
+    run("fsdp2", str(runs / "fsdp2"), "--model-dir", str(runs / "init"), *TARGETS, world=2)  # DTensor params
     fsdp = load(runs / "fsdp2" / "rank0.pt")
     assert_same_training(fsdp, load(runs / "ddp" / "rank0.pt"))
     for name, tensor in load(runs / "fsdp2" / "rank1.pt").items():
@@ -97,6 +104,32 @@ def test_fsdp2_sharded_dtensor_parameters_match_ddp(runs: Path) -> None:
     assert fsdp_norms and len(fsdp_norms) == len(ddp_norms) and set(fsdp_norms[0]) == set(ddp_norms[0])
     for got, ref in zip(fsdp_norms, ddp_norms, strict=True):
         assert got == pytest.approx(ref, rel=1e-5)
+
+
+def anchors(out: Path, rank: int) -> list[dict]:
+    return json.loads((out / f"trainer{rank}.json").read_text())["anchors"]
+
+
+def test_fsdp2_decay_toward_init_matches_ddp_with_theta0_sharded(runs: Path) -> None:
+    """Target init: FSDP2 equals DDP; θ₀ is a DTensor sharded like its parameter (each rank holds half)."""
+    if not (runs / "fsdp2" / "init" / "rank0.pt").exists():
+        test_fsdp2_sharded_dtensor_parameters_match_ddp(runs)
+    ddp, fsdp = load(runs / "ddp" / "init" / "rank0.pt"), load(runs / "fsdp2" / "init" / "rank0.pt")
+    assert_same_training(fsdp, ddp)
+    for name, tensor in load(runs / "fsdp2" / "init" / "rank1.pt").items():
+        assert torch.equal(tensor, fsdp[name]), name
+    toward_zero = load(runs / "ddp" / "rank0.pt")  # the same run toward 0: a target ignored would equal it
+    assert any(not torch.allclose(ddp[n], toward_zero[n], rtol=1e-5, atol=1e-6) for n in ddp)
+    # Decayed here: every 2-D weight of the tiny Llama (the 1-D norms are HF's exclusions, λ = 0).
+    decayed = sum(t.numel() for t in load_initial(runs).values() if t.ndim == 2)
+    for rank in (0, 1):
+        full_copies, shards = anchors(runs / "ddp" / "init", rank), anchors(runs / "fsdp2" / "init", rank)
+        assert sum(a["bytes"] for a in full_copies) == 4 * decayed  # fp32: 4 bytes per decayed weight
+        assert not any(a["dtensor"] for a in full_copies)
+        assert all(a["dtensor"] for a in shards) and len(shards) == len(full_copies)
+        assert sum(a["bytes"] for a in shards) == 4 * decayed // 2
+        for shard, whole in zip(shards, full_copies, strict=True):  # dim 0 split in two (all sizes even)
+            assert [2 * shard["shape"][0], *shard["shape"][1:]] == whole["shape"]
 
 
 def test_fsdp1_prefixed_names_and_empty_shards(runs: Path) -> None:

@@ -362,9 +362,11 @@ class LPWD(torch.optim.Optimizer):
         """θ₀ of parameters the groups hold now but did not at construction.
 
         DeepSpeed ZeRO replaces the groups' parameters with its fp32 master partitions after the optimizer is
-        built: their θ₀ is taken here, at the first step, from those partitions (which hold the pretrained
-        weights then: nothing has stepped), and the θ₀ of parameters no group holds any more is dropped.  A
-        parameter that has stepped without θ₀ (a group whose λ or target changed later) gets the weights it
+        built, and shows them one group (ZeRO-1/2) or one flat sub-group (ZeRO-3) per ``step()`` call: a
+        partition's θ₀ is taken here when it is first shown, from the partition itself (it holds the
+        pretrained weights then: it has not stepped).  A partition not shown in this call keeps its θ₀; the
+        θ₀ of the model's own parameters that DeepSpeed replaced is dropped (:meth:`_drop_replaced_anchors`).
+        A parameter that has stepped without θ₀ (a group whose λ or target changed later) gets the weights it
         has now, and a warning says so.
         """
         if not (
@@ -381,14 +383,20 @@ class LPWD(torch.optim.Optimizer):
                     late += bool(self.state.get(p))
                     self._anchors[p] = initial_copy(p)
         if created:
-            held = set(self._params_in_order())
-            self._anchors = {p: a for p, a in self._anchors.items() if p in held}
+            self._drop_replaced_anchors()
         if late:
             logger.warning(
                 "LPWD: %d parameters that had already stepped decay toward init without a θ₀: their θ₀ is "
                 "their weights now (decay_target='init' from the start keeps the pretrained ones)",
                 late,
             )
+
+    def _drop_replaced_anchors(self) -> None:
+        """Forget the θ₀ of parameters no group holds now and that have no optimizer state: the model's
+        parameters DeepSpeed replaced by its partitions.  Partitions not shown in this ``step()`` call have
+        stepped (they have state) and keep theirs."""
+        held = set(self._params_in_order())
+        self._anchors = {p: a for p, a in self._anchors.items() if p in held or self.state.get(p)}
 
     def _anchors_of(self, group: dict[str, Any]) -> dict[torch.Tensor, torch.Tensor] | None:
         """θ₀ per parameter for an anchored group, ``None`` for a group decayed toward zero."""
@@ -398,13 +406,17 @@ class LPWD(torch.optim.Optimizer):
         self, state_dict: dict[str, Any], saved_anchors: dict[torch.Tensor, torch.Tensor]
     ) -> None:
         """Refuse, before anything is loaded, a checkpoint whose stepped parameters have no θ₀ while this
-        optimizer decays them toward init."""
+        optimizer decays them toward init (asked per group: under DeepSpeed the groups hold partitions whose
+        θ₀ is not taken yet)."""
         saved = state_dict.get("state", {})
         missing = 0
-        for index, p in enumerate(self._params_in_order()):
-            group_anchored = p in self._anchors
-            if group_anchored and p not in saved_anchors and saved.get(index):
-                missing += 1
+        index = 0
+        for group in self.param_groups:
+            anchored = self._anchored(group)
+            for p in group["params"]:
+                if anchored and p not in saved_anchors and saved.get(index):
+                    missing += 1
+                index += 1
         if missing:
             raise ValueError(
                 "LPWD: decay_target='init' (--lpwd_decay_target init), but the checkpoint's optimizer state "
@@ -416,10 +428,15 @@ class LPWD(torch.optim.Optimizer):
     def _settle_loaded_anchors(self, saved_anchors: dict[torch.Tensor, torch.Tensor]) -> None:
         """After ``load_state_dict``: the saved θ₀ of every parameter this optimizer decays toward init (the
         θ₀ built here where the checkpoint has none: a parameter that never stepped); a saved θ₀ is dropped
-        where this optimizer decays toward zero."""
-        for p in list(self._anchors):
-            if p in saved_anchors:
-                self._anchors[p] = saved_anchors[p]
+        where this optimizer decays toward zero.  Under DeepSpeed the groups hold its partitions by now: they
+        get their saved θ₀, and the θ₀ of the model's parameters they replaced is dropped."""
+        for group in self.param_groups:
+            if self._anchored(group):
+                for p in group["params"]:
+                    if p in saved_anchors:
+                        self._anchors[p] = saved_anchors[p]
+        if saved_anchors:
+            self._drop_replaced_anchors()
 
     def _restore_fp32_moments(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict`` casts a state tensor to its parameter's dtype: the rounded step's fp32

@@ -20,7 +20,8 @@ one launch equal separate launches bit for bit), each into ``OUT_DIR/MODE/``.
   before the first forward is then 1 − η₀λ, not 1 (with the default warm-up from lr 0 it is exactly 1).  A
   suffix ``-earlystop`` trains with a ``constant`` lr and stops after step 2 of 4
   (``control.should_training_stop``, as early stopping does), so pwd has a decay folded in for a step that
-  never comes, which the end of ``train()`` must divide out.
+  never comes, which the end of ``train()`` must divide out.  A suffix ``-init`` (``lpwd-init``) decays toward
+  θ₀, the weights the optimizer was built with (``--lpwd_decay_target init``).
 * ``--ds-optimizer``: the DeepSpeed config gets an ``optimizer`` section (which LPWD cannot wrap); with
   ``--refusal-only`` reaching ``deepspeed_init`` is an error, so nothing trains and DeepSpeed's own Adam op is
   not compiled (minutes of g++).
@@ -29,7 +30,8 @@ one launch equal separate launches bit for bit), each into ``OUT_DIR/MODE/``.
   ``load_state_dict`` calls) in ``MODE/probe{R}.json``.  A custom key ``probe_key`` is put in every group to
   see whether it survives.
 
-Every rank writes the full final parameters (gathered under ZeRO-3) as float32 to ``MODE/rank{R}.pt``; a mode
+Every rank writes the full final parameters (gathered under ZeRO-3) as float32 to ``MODE/rank{R}.pt`` and, in
+``MODE/info{R}.json``, the θ₀ tensors its LPWD holds at the end (shape, dtype, bytes); a mode
 that raises writes ``MODE/error{R}.txt`` instead and the launch goes on with the next mode.
 """
 
@@ -72,8 +74,8 @@ def deepspeed_config(stage: int, bf16: bool, ds_optimizer: bool, sub_group_size:
 
 
 def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> TrainingArguments:
-    # "lpwd-nowarmup": lpwd with warmup_steps=0 (the first decay is not 1); "pwd-independent", "wd-cautious":
-    # the rules
+    # "lpwd-nowarmup": lpwd with warmup_steps=0 (the first decay is not 1); "pwd-independent", "wd-cautious",
+    # "lpwd-init" (decay toward θ₀): the rules
     mode, _, variant = mode.partition("-")
     schedule = "constant" if variant == "earlystop" else "linear"
     kwargs = dict(
@@ -102,6 +104,8 @@ def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> T
         kwargs["weight_decay"] = 2 * WEIGHT_DECAY * LR  # twice coupled pwd's per-step decay: a run of its own
     elif variant == "cautious":
         rules = {"lpwd_cautious": True}
+    elif variant == "init":  # decay toward θ₀, the weights the optimizer was built with
+        rules = {"lpwd_decay_target": "init"}
     return LPWDTrainingArguments(weight_decay_mode=mode, **rules, **kwargs)
 
 
@@ -207,6 +211,14 @@ def final_parameters(trainer: Trainer, stage3: bool) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().clone() for n, p in model.named_parameters()}
 
 
+def anchor_layout(trainer: Trainer) -> list[dict]:
+    """θ₀ as this rank's LPWD holds it (target ``init``): one entry per tensor, shape, dtype and bytes."""
+    lpwd = getattr(trainer, "lpwd_optimizer", None)
+    anchors = lpwd.initial_weights.values() if lpwd is not None else ()
+    return [{"shape": list(a.shape), "dtype": str(a.dtype).removeprefix("torch."),
+             "bytes": a.numel() * a.element_size()} for a in anchors]
+
+
 def train_one(cli: argparse.Namespace, mode: str, out: str, world: int) -> None:
     """One training run of ``mode`` (``stock`` or a weight_decay_mode) writing ``out/rank{R}.pt``."""
     os.makedirs(out, exist_ok=True)
@@ -232,7 +244,8 @@ def train_one(cli: argparse.Namespace, mode: str, out: str, world: int) -> None:
     named = final_parameters(trainer, cli.engine == "zero3")
     torch.save(named, os.path.join(out, f"rank{rank}.pt"))
     with open(os.path.join(out, f"info{rank}.json"), "w") as f:
-        json.dump({"train_seconds": train_seconds, "global_step": trainer.state.global_step}, f)
+        json.dump({"train_seconds": train_seconds, "global_step": trainer.state.global_step,
+                   "anchors": anchor_layout(trainer)}, f)
     if getattr(trainer, "deepspeed", None) is not None:
         trainer.deepspeed.destroy()
     del trainer, model
@@ -271,7 +284,7 @@ def main() -> None:
         return
     modes = cli.modes.split(",")
     unknown = {m for m in modes if m.split("-")[0] not in ("stock", "wd", "rwd", "pwd", "lpwd")
-               or m.partition("-")[2] not in ("", "nowarmup", "earlystop", "independent", "cautious")}
+               or m.partition("-")[2] not in ("", "nowarmup", "earlystop", "independent", "cautious", "init")}
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}")
     if cli.refusal_only:

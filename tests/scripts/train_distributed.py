@@ -12,7 +12,9 @@
 
 Every rank writes the full final parameters to OUT_DIR/rank{R}.pt, and the LPWD groups it built to
 OUT_DIR/groups{R}.json ((depth, λ, names) per group); Trainer runs also write OUT_DIR/trainer{R}.json
-(pwd's correction passes and the logged per-depth weight norms) and checkpoints every 2 steps.
+(pwd's correction passes, the logged per-depth weight norms, and the θ₀ tensors its LPWD holds: local shape,
+whether a DTensor, bytes) and checkpoints every 2 steps.  ``--targets zero,init`` trains the Trainer modes
+once per decay target in the same launch (target ``init`` into OUT_DIR/init).
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ def tiny_config() -> LlamaConfig:
                        tie_word_embeddings=False)
 
 
-def training_args(out: str, world: int) -> LPWDTrainingArguments:
+def training_args(out: str, world: int, target: str = "zero") -> LPWDTrainingArguments:
     return LPWDTrainingArguments(
-        output_dir=out, weight_decay_mode="lpwd", weight_decay=WEIGHT_DECAY, learning_rate=LR,
+        output_dir=out, weight_decay_mode="lpwd", lpwd_decay_target=target, weight_decay=WEIGHT_DECAY,
+        learning_rate=LR,
         max_steps=STEPS, per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type="linear",
         warmup_steps=1, max_grad_norm=0.0, save_strategy="steps", save_steps=2, save_only_model=True,
         report_to="none", use_cpu=True, disable_tqdm=True, seed=0, data_seed=0, logging_steps=2,
@@ -59,7 +62,17 @@ def full(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone()
 
 
-def run_trainer(mode: str, out: str, model_dir: str | None) -> None:
+def anchor_layout(anchors: dict[torch.Tensor, torch.Tensor]) -> list[dict]:
+    """θ₀ as this rank holds it: per tensor the local shape (a DTensor's shard), whether sharded, bytes."""
+    layout = []
+    for anchor in anchors.values():
+        local = anchor.to_local() if hasattr(anchor, "to_local") else anchor
+        layout.append({"shape": list(local.shape), "dtensor": hasattr(anchor, "to_local"),
+                       "bytes": local.numel() * local.element_size()})
+    return layout
+
+
+def run_trainer(mode: str, out: str, model_dir: str | None, target: str = "zero") -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     set_seed(0)
     if mode == "fsdp2":
@@ -72,7 +85,7 @@ def run_trainer(mode: str, out: str, model_dir: str | None) -> None:
         model = LlamaForCausalLM.from_pretrained(model_dir)
     else:
         model = LlamaForCausalLM(tiny_config())
-    trainer = LPWDTrainer(model=model, args=training_args(out, world),
+    trainer = LPWDTrainer(model=model, args=training_args(out, world, target),
                           train_dataset=TokenDataset(64, seed=1, causal_lm=True))
     trainer.train()
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -84,7 +97,8 @@ def run_trainer(mode: str, out: str, model_dir: str | None) -> None:
     norms = [{k: v for k, v in log.items() if k.startswith("lpwd/")}
              for log in trainer.state.log_history if "loss" in log]
     with open(os.path.join(out, f"trainer{rank}.json"), "w") as f:
-        json.dump({"fold_corrections": trainer.lpwd_optimizer.fold_corrections, "norms": norms}, f)
+        json.dump({"fold_corrections": trainer.lpwd_optimizer.fold_corrections, "norms": norms,
+                   "anchors": anchor_layout(trainer.lpwd_optimizer.initial_weights)}, f)
     del trainer
     gc.collect()
 
@@ -134,6 +148,9 @@ def main() -> None:
     parser.add_argument("mode", choices=["single", "ddp", "fsdp2", "plain", "fsdp1"])
     parser.add_argument("out")
     parser.add_argument("--model-dir", default=None)
+    parser.add_argument("--targets", default="zero",
+                        help="Trainer modes: comma-separated decay targets, one run each in this launch "
+                        "(zero into OUT_DIR, init into OUT_DIR/init)")
     parser.add_argument("--save-init", action="store_true",
                         help="only write the initial model to --model-dir")
     cli = parser.parse_args()
@@ -145,7 +162,10 @@ def main() -> None:
     if cli.mode in ("plain", "fsdp1"):
         run_plain_loop(cli.out, cli.model_dir, fsdp1=cli.mode == "fsdp1")
     else:
-        run_trainer(cli.mode, cli.out, cli.model_dir)
+        for target in cli.targets.split(","):
+            out = cli.out if target == "zero" else os.path.join(cli.out, target)
+            os.makedirs(out, exist_ok=True)
+            run_trainer(cli.mode, out, cli.model_dir, target)
     if dist.is_initialized():  # a rank may abort at exit otherwise (seen with gloo)
         dist.barrier()
         dist.destroy_process_group()
