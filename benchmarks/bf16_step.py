@@ -255,11 +255,16 @@ def kernels(numel: int, steps: int) -> list[str]:
     def moments(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(numel, dtype=dtype), torch.full((numel,), 1e-6, dtype=dtype)
 
+    def one(pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return [pair[0]], [pair[1]]  # the kernel steps lists of tensors (one here)
+
     nearest = torch.compile(adam_nearest_moments, dynamic=True)
     m32, m16, m16n = moments(torch.float32), moments(torch.bfloat16), moments(torch.bfloat16)
     variants = {
-        "fp32 moments (LPWD)": lambda: rs._ADAM(weights, grad, *m32, key, *scalars, None),
-        "bf16 moments, stochastically rounded": lambda: rs._ADAM(weights, grad, *m16, key, *scalars, None),
+        "fp32 moments (LPWD)": lambda: rs._ADAM([weights], [grad], *one(m32), [key], *scalars, None, None),
+        "bf16 moments, stochastically rounded": lambda: rs._ADAM(
+            [weights], [grad], *one(m16), [key], *scalars, None, None
+        ),
         "bf16 moments, to nearest": lambda: nearest(weights, grad, *m16n, key, *scalars),
     }
     stock = torch.optim.AdamW([torch.nn.Parameter(weights.clone())], lr=LR, weight_decay=LAM, fused=True)

@@ -33,7 +33,9 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -42,6 +44,10 @@ from hf_lpwd import LPWD  # noqa: E402
 
 LR, WEIGHT_DECAY, WARMUP = 1e-3, 0.1, 3
 RESULTS = RESULTS_DIR / "gpu.md"
+# ``--smoke`` runs (a), (b) and (e) on the CPU at toy widths, so the script is checked before device time is
+# spent on it; every figure of a smoke run is meaningless.
+DEVICE = "cuda"
+WIDTHS = {"hidden": 4096, "inter": 11008}
 D_RTOL, D_ATOL = 1e-4, 1e-5
 
 
@@ -54,31 +60,43 @@ def cuda_alternate(
     for i in range(WARMUP + steps):
         order = ((a, times[0]), (b, times[1])) if i % 2 == 0 else ((b, times[1]), (a, times[0]))
         for fn, out in order:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
+            if DEVICE == "cpu":
+                t0 = time.perf_counter()
+                fn()
+                elapsed = (time.perf_counter() - t0) * 1e3
+            else:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                elapsed = start.elapsed_time(end)
             if i >= WARMUP:
-                out.append(start.elapsed_time(end))
+                out.append(elapsed)
     paired = statistics.median(x / y for x, y in zip(times[0], times[1], strict=True))
     return statistics.median(times[0]), statistics.median(times[1]), paired
 
 
-def llama_shapes(params_billions: float, hidden: int = 4096, inter: int = 11008) -> list[tuple[int, ...]]:
+def llama_shapes(params_billions: float) -> list[tuple[int, ...]]:
     """2-D/1-D tensors of Llama decoder layers (7B-like widths), as many layers as reach
     ``params_billions``."""
+    hidden, inter = WIDTHS["hidden"], WIDTHS["inter"]
     layer = [(hidden, hidden)] * 4 + [(inter, hidden), (inter, hidden), (hidden, inter), (hidden,), (hidden,)]
     per_layer = sum(torch.Size(s).numel() for s in layer)
     layers = max(1, round(params_billions * 1e9 / per_layer))
     return layer * layers
 
 
+def empty_cache() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
 def make_params(shapes, grads, dtype, seed: int) -> list[torch.nn.Parameter]:
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
     params = []
     for shape, grad in zip(shapes, grads, strict=True):
-        p = torch.nn.Parameter(torch.randn(shape, device="cuda", generator=gen, dtype=dtype) * 0.02)
+        p = torch.nn.Parameter(torch.randn(shape, device=DEVICE, generator=gen, dtype=dtype) * 0.02)
         p.grad = grad
         params.append(p)
     return params
@@ -102,16 +120,21 @@ def part_a(params_billions: float, steps: int) -> list[str]:
         "|---|---|---:|---:|---:|---:|",
     ]
     for dtype in (torch.float32, torch.bfloat16):
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        grads = [torch.randn(s, device="cuda", generator=gen, dtype=dtype) * 1e-3 for s in shapes]
+        gen = torch.Generator(device=DEVICE).manual_seed(0)
+        grads = [torch.randn(s, device=DEVICE, generator=gen, dtype=dtype) * 1e-3 for s in shapes]
         for mode, rule in (
             ("wd", {}),
             ("rwd", {}),
             ("pwd", {}),
             ("pwd", {"lr_coupling": "independent"}),
             ("wd", {"cautious": True}),
+            ("wd", {"decay_target": "init"}),
+            ("rwd", {"decay_target": "init", "spd": True}),
         ):
+            if rule.get("spd") and dtype != torch.float32:
+                continue
             lam = WEIGHT_DECAY * LR if rule.get("lr_coupling") == "independent" else WEIGHT_DECAY
+            lam = 1.0 if rule.get("spd") else lam  # SPD's λ is a fraction of the projection, not lr-coupled
             ours = LPWD(
                 make_params(shapes, grads, dtype, 1),
                 base="adamw",
@@ -121,7 +144,7 @@ def part_a(params_billions: float, steps: int) -> list[str]:
                 fused=True,
                 **rule,
             )
-            label = " ".join([mode, *(str(v) if v is not True else k for k, v in rule.items())])
+            label = " ".join([mode, *(f"{k}={v}" if v is not True else k for k, v in rule.items())])
             ref = torch.optim.AdamW(
                 make_params(shapes, grads, dtype, 1), lr=LR, weight_decay=WEIGHT_DECAY, fused=True
             )
@@ -133,20 +156,21 @@ def part_a(params_billions: float, steps: int) -> list[str]:
             print(lines[-1], flush=True)
             del ours, ref
             gc.collect()
-            torch.cuda.empty_cache()
+            empty_cache()
         del grads
         gc.collect()
-        torch.cuda.empty_cache()
+        empty_cache()
     return lines
 
 
 def part_b(steps: int, millions: int = 256) -> list[str]:
     from hf_lpwd.rounding import scale_
 
-    shapes = [(4096, 4096)] * max(1, round(millions * 1e6 / 4096**2))
+    width = WIDTHS["hidden"]
+    shapes = [(width, width)] * max(1, round(millions * 1e6 / width**2))
     numel = sum(torch.Size(s).numel() for s in shapes)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    grads = [torch.randn(s, device="cuda", generator=gen, dtype=torch.bfloat16) * 1e-3 for s in shapes]
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    grads = [torch.randn(s, device=DEVICE, generator=gen, dtype=torch.bfloat16) * 1e-3 for s in shapes]
     params = make_params(shapes, grads, torch.bfloat16, 2)
     ref = torch.optim.AdamW(
         make_params(shapes, grads, torch.bfloat16, 3), lr=LR, weight_decay=WEIGHT_DECAY, fused=True
@@ -172,8 +196,8 @@ def part_b(steps: int, millions: int = 256) -> list[str]:
 def part_e(params_billions: float, steps: int) -> list[str]:
     shapes = llama_shapes(params_billions)
     numel = sum(torch.Size(s).numel() for s in shapes)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    grads = [torch.randn(s, device="cuda", generator=gen, dtype=torch.bfloat16) * 1e-3 for s in shapes]
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    grads = [torch.randn(s, device=DEVICE, generator=gen, dtype=torch.bfloat16) * 1e-3 for s in shapes]
     ref = torch.optim.AdamW(
         make_params(shapes, grads, torch.bfloat16, 1), lr=LR, weight_decay=WEIGHT_DECAY, fused=True
     )
@@ -207,7 +231,7 @@ def part_e(params_billions: float, steps: int) -> list[str]:
         print(lines[-1], flush=True)
         del ours
         gc.collect()
-        torch.cuda.empty_cache()
+        empty_cache()
     return lines
 
 
@@ -300,7 +324,7 @@ def trainer_run(kind: str, steps: int, out: str) -> tuple[list[float], int, int]
     peak = torch.cuda.max_memory_allocated()
     del trainer, model
     gc.collect()
-    torch.cuda.empty_cache()
+    empty_cache()
     return timer.times, peak, numel
 
 
@@ -386,6 +410,7 @@ def part_d(steps: int = 10) -> list[str]:
 
 
 def main() -> None:
+    global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default="abcde", help="which of a, b, c, d, e to run (default all)")
     parser.add_argument("--params-billions", type=float, default=1.0, help="(a): model size, default 1.0")
@@ -393,7 +418,13 @@ def main() -> None:
     parser.add_argument(
         "--cpu-half", action="store_true", help="run only the CPU half of (d) (no CUDA needed)"
     )
-    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="run (a), (b), (e) on the CPU at toy widths: checks the script, measures nothing",
+    )
+    parser.add_argument("--out", default=str(RESULTS), help=f"the report (default {RESULTS})")
+    parser.add_argument("--no-write", action="store_true", help="write no report")
     args = parser.parse_args()
     if args.cpu_half:
         params = tiny_run("cpu")
@@ -402,36 +433,52 @@ def main() -> None:
             f"all finite: {all(torch.isfinite(p).all() for p in params.values())}"
         )
         return
-    if not torch.cuda.is_available():
+    if args.smoke:
+        DEVICE = "cpu"
+        WIDTHS.update(hidden=128, inter=344)
+        if set(args.parts) - set("abe"):
+            parser.error("--smoke runs only parts a, b and e (c and d need CUDA)")
+    elif not torch.cuda.is_available():
         print(
             "gpu_check.py needs a CUDA device and torch.cuda.is_available() is False; nothing was measured. "
-            "(--cpu-half runs the CPU half of (d).)",
+            "(--cpu-half runs the CPU half of (d), --smoke checks (a), (b), (e) on the CPU.)",
             file=sys.stderr,
         )
         sys.exit(2)
-    card = torch.cuda.get_device_name()
+    card = "CPU smoke run (no figure means anything)" if args.smoke else torch.cuda.get_device_name()
     print(f"{card}; {machine()}", flush=True)
-    sections = []
+    millions = 0.1 if args.smoke else 256
     runners = {
         "a": lambda: part_a(args.params_billions, args.steps),
-        "b": lambda: part_b(args.steps),
+        "b": lambda: part_b(args.steps, millions),
         "c": part_c,
         "d": part_d,
         "e": lambda: part_e(args.params_billions, args.steps),
     }
+    command = "PYTHONPATH=. HF_HUB_OFFLINE=1 python -m benchmarks.gpu_check " + " ".join(sys.argv[1:])
+    cuda = "" if args.smoke else f", CUDA {torch.version.cuda}"
+    header = (
+        f"# LPWD on a GPU ({card})\n\nMachine: {card}{cuda}; {machine()}; torch {torch.__version__}.  \n"
+        f"Command: `{command.strip()}`\n\n"
+    )
+    sections: list[str] = []
+    failed = False
     for part in args.parts:
-        sections.append("\n".join(runners[part]()))
+        # One part's failure (an API the device's library versions lack, say) is reported in its section
+        # and the other parts still run: device time is scarce.
+        try:
+            sections.append("\n".join(runners[part]()))
+        except Exception:  # noqa: BLE001 - reported, then the exit status says so
+            failed = True
+            sections.append(f"### ({part}) failed\n\n```\n{traceback.format_exc()}```")
+            print(sections[-1], file=sys.stderr, flush=True)
+        if not args.no_write:  # after every part, so a run stopped at its time limit keeps what it measured
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(header + "\n\n".join(sections) + "\n", encoding="utf-8")
     if not args.no_write:
-        command = "PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_check.py " + " ".join(
-            sys.argv[1:]
-        )
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(
-            f"# LPWD on a GPU ({card})\n\nMachine: {card}, CUDA {torch.version.cuda}; {machine()}.  \n"
-            f"Command: `{command.strip()}`\n\n" + "\n\n".join(sections) + "\n",
-            encoding="utf-8",
-        )
-        print(f"wrote {RESULTS}")
+        print(f"wrote {args.out}")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -202,6 +202,17 @@ def test_foreach_copy_writes_each_source_in_place() -> None:
     )
 
 
+def test_foreach_add_counts_each_step_counter_in_place() -> None:
+    counters = [torch.tensor(0.0), torch.tensor(41.0), torch.tensor(7.0, dtype=torch.float64)]
+    ids = [t.data_ptr() for t in counters]
+    compat_torch.foreach_add_(counters, 1.0)
+    assert [t.data_ptr() for t in counters] == ids
+    assert [t.item() for t in counters] == [1.0, 42.0, 8.0] and counters[2].dtype == torch.float64, (
+        "torch._foreach_add_ no longer adds in place per tensor: the rounded step's counters "
+        "(hf_lpwd/optim/rounded_step.py) go through it; fix hf_lpwd/_compat/torch.py::foreach_add_"
+    )
+
+
 def test_foreach_mul_scales_in_place_bit_for_bit() -> None:
     gen = torch.Generator().manual_seed(1)
     tensors = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen, dtype=torch.float64)]

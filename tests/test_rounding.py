@@ -603,28 +603,38 @@ def test_fraction_below_half_ulp_counts_what_round_to_nearest_drops() -> None:
         opt.step()
 
 
-def bf16_bracket(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two bf16 numbers around each float64 value (equal where it is one): a stochastic rounding of the
-    fp32 step must land on one of them, give or take the fp32 arithmetic's last bit."""
-    nearest = value.bfloat16()
-    up = torch.nextafter(nearest, torch.full_like(nearest, math.inf))
-    down = torch.nextafter(nearest, torch.full_like(nearest, -math.inf))
-    above = nearest.double() >= value
-    low = torch.where(above, down, nearest).double()
-    high = torch.where(above, nearest, up).double()
-    slack = value.abs() * 2.0**-22
-    return low - slack, high + slack
+def bf16_bracket(
+    value: torch.Tensor, error: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bf16 numbers just below and above the float64 ``value`` ± ``error``: a stochastic rounding of the
+    fp32 step must land on one of them.  ``error`` bounds the fp32 arithmetic's difference from float64: a
+    few ulps of the terms summed (2^-22·|value| by default; pass the terms' size where they cancel)."""
+    error = value.abs() * 2.0**-22 if error is None else error
+
+    def down(x: torch.Tensor) -> torch.Tensor:
+        near = x.bfloat16()
+        return torch.where(near.double() > x, torch.nextafter(near, torch.full_like(near, -math.inf)), near)
+
+    def up(x: torch.Tensor) -> torch.Tensor:
+        near = x.bfloat16()
+        return torch.where(near.double() < x, torch.nextafter(near, torch.full_like(near, math.inf)), near)
+
+    return down(value - error).double(), up(value + error).double()
 
 
 @pytest.mark.parametrize("base", ["adamw", "sgd"])
 def test_small_tensors_stepped_together_land_where_each_alone_would(base: str) -> None:
-    """Tensors up to PACK_NUMEL weights share one kernel call (concatenated, copied back): every weight must
-    still be a bf16 neighbour of its own float64 step and every fp32 state its own value — a misplaced copy
-    would put another tensor's numbers there.  Shapes straddle the limit; two steps with new gradients."""
-    from hf_lpwd.optim.rounded_step import PACK_NUMEL
+    """Tensors up to PACK_NUMEL weights share one kernel call (concatenated, copied back), larger ones of one
+    size share calls of up to CHUNK (7 of them: calls of 4, 2 and 1): every weight must still be a bf16
+    neighbour of its own float64 step and every fp32 state its own value — a misplaced copy or a list entry
+    taken from the wrong tensor would put another tensor's numbers there.  Shapes straddle the limit; two
+    steps with new gradients."""
+    from hf_lpwd.optim.rounded_step import CHUNK, PACK_NUMEL
 
+    torch.manual_seed(0)  # the rounding's noise keys derive from the global seed
     gen = torch.Generator().manual_seed(5)
-    shapes = [(384,), (7, 3), (PACK_NUMEL,), (PACK_NUMEL + 1,), (2, 96), (1,)]
+    alike = [(130, 130)] * (2 * CHUNK - 1)  # 16,900 > PACK_NUMEL weights each
+    shapes = [(384,), (7, 3), (PACK_NUMEL,), *alike[:3], (PACK_NUMEL + 1,), (2, 96), (1,), *alike[3:]]
     starts = [(torch.randn(s, generator=gen) * 0.02).bfloat16() for s in shapes]
     params = [torch.nn.Parameter(s.clone()) for s in starts]
     lr, lam, mu = 1e-3, 0.1, 0.9
@@ -652,6 +662,7 @@ def test_small_tensors_stepped_together_land_where_each_alone_would(base: str) -
                 u = m
                 assert torch.equal(opt.base_optimizer.state[p]["momentum_buffer"].double(), m) or t == 2
             moments[i] = (m, v)
-            low, high = bf16_bracket(theta * (1 - lr * lam) - lr * u)
+            kept, moved = theta * (1 - lr * lam), lr * u  # they can cancel: the fp32 error is the terms'
+            low, high = bf16_bracket(kept - moved, (kept.abs() + moved.abs()) * 2.0**-22)
             got = p.detach().double()
             assert bool(((got >= low) & (got <= high)).all()), f"{shapes[i]} step {t}"

@@ -43,6 +43,14 @@ def foreach_copy_(tensors: list[torch.Tensor], sources: list[torch.Tensor]) -> N
     torch._foreach_copy_(tensors, sources)
 
 
+def foreach_add_(tensors: list[torch.Tensor], value: float) -> None:
+    """t ← t + value for every tensor, one call (the step counters, as torch's foreach AdamW adds them).
+
+    No public in-place multi-tensor add exists; a Python loop of ``add_`` dispatches once per tensor.
+    """
+    torch._foreach_add_(tensors, value)
+
+
 def foreach_mul_(tensors: list[torch.Tensor], factor: float) -> None:
     """t ← factor·t for every tensor, one fused kernel (what torch's own foreach optimizers use).
 

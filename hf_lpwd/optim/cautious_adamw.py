@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from .scalars import device_scalars, read_counts
+
 logger = logging.getLogger("hf_lpwd")
 
 _UNSUPPORTED_FLAGS = ("amsgrad", "maximize", "capturable", "differentiable")
@@ -127,7 +129,7 @@ def _scalars(
         (1.0 - beta2**step) ** 0.5,
         decay,
     )
-    return tuple(torch.tensor(float(v), dtype=torch.float64, device=device) for v in values)
+    return device_scalars(device, [float(v) for v in values], torch.float64)
 
 
 def cautious_adamw_step(base: torch.optim.Optimizer, decays: Sequence[float]) -> bool:
@@ -144,11 +146,10 @@ def cautious_adamw_step(base: torch.optim.Optimizer, decays: Sequence[float]) ->
     kernel = _kernel()
     for group, decay in zip(groups, decays, strict=True):
         scalars: dict[float, tuple[torch.Tensor, ...]] = {}  # by step number: a group's params share one
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = _init_state(base, group, p)
-            step = float(state["step"]) + 1.0
+        taken = [(p, _init_state(base, group, p)) for p in group["params"] if p.grad is not None]
+        counts = read_counts([state["step"] for _, state in taken])  # one host read, not one per tensor
+        for (p, state), count in zip(taken, counts, strict=True):
+            step = count + 1.0
             if step not in scalars:
                 scalars[step] = _scalars(group, step, decay, p.device)
             args = (

@@ -34,10 +34,11 @@ from typing import Any
 
 import torch
 
-from .._compat.torch import foreach_copy_
+from .._compat.torch import foreach_add_, foreach_copy_
 from .compiled import CompiledKernel
 from .functional import cautious_mask
 from .rounding import LOW_PRECISION_DTYPES, NoiseKeys, element_bits, hash_bits, round_to
+from .scalars import device_scalars, read_counts
 
 ADAM_BASES: tuple[type[torch.optim.Optimizer], ...] = (torch.optim.AdamW, torch.optim.Adam)
 ROUNDED_BASES: tuple[type[torch.optim.Optimizer], ...] = (*ADAM_BASES, torch.optim.SGD)
@@ -152,9 +153,42 @@ def sgd_plain_rounded_(
     _write(param, _timing(param.float(), lr * g, pre, post, cautious, anchor), bits)
 
 
-_ADAM = CompiledKernel(adam_rounded_, "the stochastically rounded bf16 step")
-_SGD = CompiledKernel(sgd_rounded_, "the stochastically rounded bf16 step")
-_SGD_PLAIN = CompiledKernel(sgd_plain_rounded_, "the stochastically rounded bf16 step")
+# The compiled entry points step a short list of tensors per call (:data:`CHUNK`): one call's Python,
+# guards and dispatch cost as much as a few million weights' arithmetic, and on a CPU tensors of one size
+# share one loop.  One function per base, so that each has its own compiled variants (dynamo counts them per
+# function).
+Tensors = list[torch.Tensor]
+
+
+def adam_rounded_many_(
+    params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors, keys: Tensors, *scalars: Any
+) -> None:
+    """:func:`adam_rounded_` on each tensor of the lists; ``scalars``: its scalars, then θ₀'s list or None."""
+    *shared, anchors = scalars
+    for i in range(len(params)):
+        anchor = None if anchors is None else anchors[i]
+        adam_rounded_(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], keys[i], *shared, anchor)
+
+
+def sgd_rounded_many_(params: Tensors, grads: Tensors, bufs: Tensors, keys: Tensors, *scalars: Any) -> None:
+    """:func:`sgd_rounded_` on each tensor of the lists; ``scalars``: its scalars, then θ₀'s list or None."""
+    *shared, anchors = scalars
+    for i in range(len(params)):
+        anchor = None if anchors is None else anchors[i]
+        sgd_rounded_(params[i], grads[i], bufs[i], keys[i], *shared, anchor)
+
+
+def sgd_plain_rounded_many_(params: Tensors, grads: Tensors, keys: Tensors, *scalars: Any) -> None:
+    """:func:`sgd_plain_rounded_` on each tensor of the lists; ``scalars`` as above."""
+    *shared, anchors = scalars
+    for i in range(len(params)):
+        anchor = None if anchors is None else anchors[i]
+        sgd_plain_rounded_(params[i], grads[i], keys[i], *shared, anchor)
+
+
+_ADAM = CompiledKernel(adam_rounded_many_, "the stochastically rounded bf16 step")
+_SGD = CompiledKernel(sgd_rounded_many_, "the stochastically rounded bf16 step")
+_SGD_PLAIN = CompiledKernel(sgd_plain_rounded_many_, "the stochastically rounded bf16 step")
 
 
 def group_supported(base: torch.optim.Optimizer, group: dict[str, Any]) -> bool:
@@ -179,8 +213,6 @@ def param_supported(param: torch.Tensor) -> bool:
     return param.dtype in LOW_PRECISION_DTYPES and _plain(param)
 
 
-
-
 def _grad_supported(param: torch.Tensor) -> bool:
     grad = param.grad
     return (
@@ -197,18 +229,20 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.view(-1).detach()
 
 
-def _scalars(device: torch.device, *values: float) -> tuple[torch.Tensor, ...]:
-    """0-d fp32 tensors, each the one rounding of a value the caller computed in float64.
+def _scalars(device: torch.device, *values: float | None) -> tuple[torch.Tensor | None, ...]:
+    """0-d fp32 tensors, each the one rounding of a value the caller computed in float64 (``None`` stays).
 
     The kernel computes in fp32 (the weights' step, as torch's AdamW on fp32 weights); fp32 operands also let
-    the compiled loop keep them in registers (float64 ones cost 20 % of the step on a CPU).
+    the compiled loop keep them in registers (float64 ones cost 20 % of the step on a CPU).  ``None`` is the
+    cautious factor when it is 0: the kernel without the mask (:func:`_mask`).
     """
-    return tuple(torch.tensor(float(v), dtype=torch.float32, device=device) for v in values)
+    sent = iter(device_scalars(device, [float(v) for v in values if v is not None]))
+    return tuple(None if v is None else next(sent) for v in values)
 
 
-def _mask_scalar(device: torch.device, cautious: float) -> torch.Tensor | None:
-    """c of the cautious mask as a 0-d tensor; ``None`` (the kernel without the mask) when it is 0."""
-    return None if cautious == 0.0 else _scalars(device, cautious)[0]
+def _mask(cautious: float) -> float | None:
+    """c of the cautious mask; ``None`` (the kernel without the mask) when it is 0."""
+    return None if cautious == 0.0 else cautious
 
 
 def _adam_state(base: torch.optim.Optimizer, group: dict[str, Any], p: torch.Tensor) -> dict[str, Any]:
@@ -238,6 +272,10 @@ about two kernel passes over the packed weights, less than the call they save up
 _PACK_LIMIT = 1 << 24  # weights per packed call: bounds the scratch (and the noise's int32 indices)
 
 
+_Member = tuple[tuple[torch.Tensor, ...], torch.Tensor | None, torch.Tensor]
+"""One tensor of a call: its operands (weights, gradient, state), θ₀ or ``None``, its noise key."""
+
+
 class _Calls:
     """The kernel calls of one group: each parameter's flat operands, grouped into calls that share scalars.
 
@@ -252,7 +290,10 @@ class _Calls:
         self.tails: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
     def add(
-        self, where: tuple[Any, ...], lead: tuple[torch.Tensor, ...], tail: tuple[Any, ...],
+        self,
+        where: tuple[Any, ...],
+        lead: tuple[torch.Tensor, ...],
+        tail: tuple[Any, ...],
         anchor: torch.Tensor | None,
     ) -> None:
         """Queue one parameter; ``where`` names its scalars (same ``where``, same ``tail``)."""
@@ -263,28 +304,65 @@ class _Calls:
         self.tails[key] = tail
 
     def run(self, keys: NoiseKeys) -> None:
-        for where, members in self.calls.items():
-            tail = self.tails[where]
-            for part in _parts(members):
-                self._one(part, tail, keys)
+        calls = [
+            (part, self.tails[where]) for where, members in self.calls.items() for part in _parts(members)
+        ]
+        # One key per call, drawn in this order (the bits of one kernel call per tensor), sent to each device
+        # in one copy.
+        drawn = [(part[0][0][0].device, keys.next_key()) for part, _ in calls]
+        sent: dict[torch.device, list[torch.Tensor]] = {}
+        for device in dict.fromkeys(device for device, _ in drawn):
+            sent[device] = list(device_scalars(device, [k for d, k in drawn if d == device], torch.int32))
+        alike: dict[tuple[Any, ...], tuple[tuple[Any, ...], list[_Member]]] = {}
+        for part, tail in calls:
+            key = sent[part[0][0][0].device].pop(0)
+            if len(part) > 1:
+                self._packed(part, tail, key)
+                continue
+            lead, anchor = part[0]
+            origin = None if anchor is None else anchor.dtype
+            kind = (id(tail), *(t.dtype for t in lead), origin, lead[0].numel(), lead[0].device)
+            alike.setdefault(kind, (tail, []))[1].append((lead, anchor, key))
+        for tail, members in alike.values():  # tensors of one size and step: CHUNK per call
+            start = 0
+            for size in _chunk_sizes(len(members)):
+                self._call(members[start : start + size], tail)
+                start += size
 
-    def _one(
+    def _call(self, members: list[_Member], tail: tuple[Any, ...]) -> None:
+        """One kernel call over ``members`` (each its operands, θ₀ or ``None``, and its key)."""
+        columns = [list(column) for column in zip(*(lead for lead, _, _ in members), strict=True)]
+        anchors = None if members[0][1] is None else [anchor for _, anchor, _ in members]
+        self.kernel(*columns, [key for _, _, key in members], *tail, anchors, eager=self.eager)
+
+    def _packed(
         self,
         members: list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]],
         tail: tuple[Any, ...],
-        keys: NoiseKeys,
+        key: torch.Tensor,
     ) -> None:
-        lead, anchor = members[0]
-        if len(members) > 1:  # packed: one call over the concatenation, the written tensors copied back
-            lead = tuple(torch.cat(column) for column in zip(*(m[0] for m in members), strict=True))
-            anchor = None if anchor is None else torch.cat([m[1] for m in members])  # type: ignore[misc]
-        key = torch.tensor(keys.next_key(), dtype=torch.int32, device=lead[0].device)
-        self.kernel(*lead, key, *tail, *(() if anchor is None else (anchor,)), eager=self.eager)
-        if len(members) > 1:
-            sizes = [m[0][0].numel() for m in members]
-            for slot, packed in enumerate(lead):
-                if slot != 1:  # the gradient is read only
-                    foreach_copy_([m[0][slot] for m in members], list(packed.split(sizes)))
+        """Small tensors: one call over their concatenation, the written tensors copied back."""
+        lead = tuple(torch.cat(column) for column in zip(*(m[0] for m in members), strict=True))
+        anchor = None if members[0][1] is None else torch.cat([m[1] for m in members])  # type: ignore[misc]
+        self._call([(lead, anchor, key)], tail)
+        sizes = [m[0][0].numel() for m in members]
+        for slot, packed in enumerate(lead):
+            if slot != 1:  # the gradient is read only
+                foreach_copy_([m[0][slot] for m in members], list(packed.split(sizes)))
+
+
+CHUNK = 4
+"""Tensors of one size, dtype and step per compiled call, at most.  Calls take 4, 2 or 1 of them, so a base
+compiles three variants; 4 gave most of the gain on a CPU (1.17–1.25× fused AdamW for 8 × 1M bf16 weights,
+against 1.50 one tensor per call) while its compilation stays a few seconds."""
+
+
+def _chunk_sizes(count: int) -> list[int]:
+    """``count`` split into calls of CHUNK, then 2 and 1 (at most three call shapes, whatever the count)."""
+    sizes = [CHUNK] * (count // CHUNK)
+    rest = count % CHUNK
+    sizes += [2] * (rest // 2) + [1] * (rest % 2)
+    return sizes
 
 
 def _parts(
@@ -346,30 +424,31 @@ def _adam_calls(
     beta1, beta2 = group["betas"]
     calls = _Calls(_ADAM, eager)
     tails: dict[tuple[Any, ...], tuple[torch.Tensor | None, ...]] = {}
+    taken: list[tuple[torch.Tensor, dict[str, Any]]] = []
     for p in group["params"]:
         if not (param_supported(p) and _grad_supported(p)):
             continue
         state = _adam_state(base, group, p)
-        if not _moments_ok(state, ("exp_avg", "exp_avg_sq")):
-            continue
-        state["step"] += 1
-        step = float(state["step"])
+        if _moments_ok(state, ("exp_avg", "exp_avg_sq")):
+            taken.append((p, state))
+    counters = [state["step"] for _, state in taken]
+    if counters:
+        foreach_add_(counters, 1.0)
+    for (p, state), step in zip(taken, read_counts(counters), strict=True):
         where = (step, p.device)
         if where not in tails:
-            tails[where] = (
-                *_scalars(
-                    p.device,
-                    sign,
-                    group["lr"] / (1.0 - beta1**step),
-                    1.0 - beta1,
-                    beta2,
-                    1.0 - beta2,
-                    (1.0 - beta2**step) ** 0.5,
-                    group["eps"],
-                    pre,
-                    post,
-                ),
-                _mask_scalar(p.device, cautious),
+            tails[where] = _scalars(
+                p.device,
+                sign,
+                group["lr"] / (1.0 - beta1**step),
+                1.0 - beta1,
+                beta2,
+                1.0 - beta2,
+                (1.0 - beta2**step) ** 0.5,
+                group["eps"],
+                pre,
+                post,
+                _mask(cautious),
             )
         lead = tuple(map(_flat, (p, p.grad, state["exp_avg"], state["exp_avg_sq"])))
         calls.add(where, lead, tails[where], None if targets is None else _flat(targets[p]))
@@ -406,10 +485,10 @@ def _sgd_calls(
             lead = (*lead, _flat(buf))
         where = (first, p.device)
         if where not in tails:
-            scalars = _scalars(p.device, sign, group["lr"])
+            values = (sign, group["lr"])
             if momentum != 0:
-                scalars += _scalars(p.device, momentum, 1.0 - group.get("dampening", 0.0))
-            scalars += (*_scalars(p.device, pre, post), _mask_scalar(p.device, cautious))
+                values += (momentum, 1.0 - group.get("dampening", 0.0))
+            scalars = _scalars(p.device, *values, pre, post, _mask(cautious))
             flags = (first, bool(group.get("nesterov", False))) if momentum != 0 else ()
             tails[where] = (*scalars, *flags)
         calls.add(where, lead, tails[where], None if targets is None else _flat(targets[p]))
