@@ -102,6 +102,12 @@ def make_params(shapes, grads, dtype, seed: int) -> list[torch.nn.Parameter]:
     return params
 
 
+def bf16_lpwd(shapes: list[tuple[int, ...]], grads: list[torch.Tensor]) -> LPWD:
+    """LPWD wd on fresh bf16 weights of ``shapes`` (fused AdamW base): the rounded whole step."""
+    params = make_params(shapes, grads, torch.bfloat16, 1)
+    return LPWD(params, base="adamw", mode="wd", lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
+
+
 def lpwd_step(opt: LPWD) -> Callable[[], None]:
     def run() -> None:
         opt.pre_step()
@@ -209,14 +215,7 @@ def part_e(params_billions: float, steps: int) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for kernel in ("compiled", "eager"):
-        ours = LPWD(
-            make_params(shapes, grads, torch.bfloat16, 1),
-            base="adamw",
-            mode="wd",
-            lr=LR,
-            weight_decay=WEIGHT_DECAY,
-            fused=True,
-        )
+        ours = bf16_lpwd(shapes, grads)
         ours.rounding_kernel = kernel
         t_ours, t_ref, paired = cuda_alternate(
             lpwd_step(ours), ref.step, steps if kernel == "compiled" else 3

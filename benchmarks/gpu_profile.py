@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import gpu_check
-from benchmarks.gpu_check import LR, WEIGHT_DECAY, cuda_alternate, llama_shapes, make_params
-from hf_lpwd import LPWD
+from benchmarks.gpu_check import LR, WEIGHT_DECAY, cuda_alternate, llama_shapes
 from hf_lpwd.optim.rounded_step import _ADAM
 
 SHAPE = [11008, 4096]
@@ -95,14 +94,7 @@ def profiled_step() -> list[str]:
     grads = [
         torch.randn(s, device=gpu_check.DEVICE, generator=gen, dtype=torch.bfloat16) * 1e-3 for s in shapes
     ]
-    opt = LPWD(
-        make_params(shapes, grads, torch.bfloat16, 1),
-        base="adamw",
-        mode="wd",
-        lr=LR,
-        weight_decay=WEIGHT_DECAY,
-        fused=True,
-    )
+    opt = gpu_check.bf16_lpwd(shapes, grads)
     for _ in range(3):
         opt.pre_step()
         opt.step()

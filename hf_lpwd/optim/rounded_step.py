@@ -12,9 +12,10 @@ weights θ_t::
 
 (wd: pre = 1 − d_t; rwd: post = 1 − d_t; pwd: post = 1 − d_{t+1}, the fold; cautious wd: c = d_t), and writes
 SR(θ') with one stochastic rounding (:func:`.rounding.round_to`), so E[θ_{t+1} | θ_t] = θ' exactly: the fp32
-step from θ_t, with no fp32 master copy.  One pass per tensor: ``torch.compile``'d with dynamic shapes (one
-kernel for every tensor; the random bits are hashed in registers, :func:`.rounding.element_bits`), or the same
-function run eagerly where compilation is not available.
+step from θ_t, with no fp32 master copy.  One pass per tensor: ``torch.compile``'d with dynamic shapes (the
+random bits are hashed in registers, :func:`.rounding.element_bits`), up to :data:`CHUNK` tensors of one size
+per call and small tensors packed into one, or the same function run eagerly where compilation is not
+available.
 
 Moments (and SGD's momentum buffer).  Created in fp32: 8 bytes per weight, as with fp32 weights, against the 4
 of torch's AdamW on bf16 weights (no master copy either way).  bf16 moments did as well on the displacement
