@@ -287,3 +287,15 @@ def test_the_0_4_0_fixture_config_loads_with_its_target() -> None:
     assert cfg.lpwd_version == "0.4.0" and cfg.record.num_blocks == 3
     written = json.loads((folder / LPWD_CONFIG_NAME).read_text())
     assert json.loads(cfg.to_json_string()).keys() - {"spd"} == written.keys()
+
+
+def test_the_0_5_0_fixture_config_loads_with_spd() -> None:
+    """tests/data/checkpoint_v0_5_0: 0.5.0's key ``spd`` (on there, rwd toward θ₀) read as written; every key
+    the same."""
+    folder = Path(__file__).parent / "data" / "checkpoint_v0_5_0" / "checkpoint-3"
+    cfg = LPWDConfig.from_pretrained(folder)
+    assert (cfg.mode, cfg.layerwise, cfg.weight_decay, cfg.decay_target, cfg.spd) == (
+        "rwd", False, 0.5, "init", True)
+    assert cfg.lpwd_version == "0.5.0" and cfg.record.num_blocks == 3
+    written = json.loads((folder / LPWD_CONFIG_NAME).read_text())
+    assert json.loads(cfg.to_json_string()).keys() == written.keys()

@@ -277,6 +277,27 @@ def test_deepcopy_and_pickle_carry_theta0() -> None:
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("mode", ["wd", "pwd"])
+def test_deferred_theta0_is_taken_at_the_first_step_and_trains_the_same(mode: str) -> None:
+    """What the Trainer does under DeepSpeed (no full θ₀ copy while ZeRO builds its masters): θ₀ dropped
+    after construction, taken from the weights at the first step; they are the pretrained ones then, so the
+    run equals the one that kept θ₀ from the start, bit for bit.  After a step it is refused."""
+    kept_model, deferred_model = _bert_like(), _bert_like()
+    start = [p.detach().clone() for p in kept_model.parameters()]
+    kept, kept_sched = _build(kept_model, mode, 10)
+    deferred, deferred_sched = _build(deferred_model, mode, 10)
+    deferred.defer_initial_weights()
+    assert deferred.initial_weights == {}
+    _train(kept_model, kept, kept_sched, 4, seed=1)
+    _train(deferred_model, deferred, deferred_sched, 4, seed=1)
+    for a, b in zip(kept_model.parameters(), deferred_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(deferred.initial_weights[deferred_model[0].weight], start[0])
+    assert set(deferred.initial_weights) == {deferred_model[0].weight, deferred_model[2].weight}
+    with pytest.raises(RuntimeError, match=r"after a step"):
+        deferred.defer_initial_weights()
+
+
 def test_a_checkpoint_without_theta0_is_refused_for_target_init() -> None:
     """Resumed with target init, a state saved toward zero (or before 0.4) has no θ₀: refused, naming the
     flag, before anything is loaded; one saved before any step keeps the θ₀ built here."""

@@ -174,7 +174,8 @@ def test_decay_toward_init_under_zero_matches_ddp_with_theta0_per_partition(
 ) -> None:
     """Target init: ZeRO equals DDP (a θ₀ taken from the wrong tensor, or lost between the per-group
     ``step()`` calls, would not); the result is not the run toward 0; each rank keeps the θ₀ of its own fp32
-    partitions (flat, 1-D: half of every decayed group here), DDP a full copy."""
+    partitions (flat, 1-D: half of every decayed group here), DDP a full copy; and holds none while ZeRO
+    builds its masters (a full copy per rank until the first step, before 0.5.1)."""
     zero, ddp = result(runs.zero(stage), mode), result(runs.ddp(), mode)
     assert_matches_ddp(stage, zero, ddp)
     for name, tensor in result(runs.zero(stage), mode, rank=1).items():
@@ -191,6 +192,9 @@ def test_decay_toward_init_under_zero_matches_ddp_with_theta0_per_partition(
         assert all(len(a["shape"]) == 1 for a in partitions)
         # every decayed group's size is even here: ZeRO splits it in two halves with no padding
         assert sum(a["bytes"] for a in partitions) == 4 * decayed // 2
+        # no full copy of the model's weights while ZeRO builds its masters: θ₀ is taken at the first step
+        info = json.loads((runs.zero(stage) / mode / f"info{rank}.json").read_text())
+        assert info["anchor_bytes_at_build"] == 0
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -200,14 +200,16 @@ def test_kill_and_resume_is_bitwise_an_uninterrupted_run(tmp_path: Path) -> None
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("version", "extra"), [("0.2.0", []), ("0.3.0", []), ("0.4.0", ["--decay-target", "init"])]
+    ("version", "extra"),
+    [("0.2.0", []), ("0.3.0", []), ("0.4.0", ["--decay-target", "init"]),
+     ("0.5.0", ["--decay-target", "init", "--spd"])],
 )
 def test_an_old_checkpoint_resumes_bitwise_with_todays_code(
     tmp_path: Path, version: str, extra: list
 ) -> None:
     """tests/data/checkpoint_v0_X_0 (SOURCE.md): written by hf_lpwd 0.2.0 / 0.3.0 / 0.4.0 (target init: θ₀ in
-    the optimizer state) mid warm-up, one torch thread; resumed now, the run ends on that version's
-    uninterrupted run's final parameters (group keys and state_dict layout unchanged).
+    the optimizer state) / 0.5.0 (rwd + SPD toward θ₀) mid warm-up, one torch thread; resumed now, the run
+    ends on that version's uninterrupted run's final parameters (group keys and state_dict layout unchanged).
 
     Bitwise on the machine that wrote the fixture; asserted to 1e-6 relative so that another CPU's kernels may
     round differently, while one decay factor too many or too few (~1e-3 here) or a lost Adam state fails by

@@ -346,6 +346,21 @@ class LPWD(torch.optim.Optimizer):
         """θ₀ per parameter decayed toward it (target ``init``, λ > 0); empty toward zero."""
         return self._anchors
 
+    def defer_initial_weights(self) -> None:
+        """Drop θ₀ taken at construction; each is taken at the first step from what the groups hold then.
+
+        For engines that put partitions of their own in the groups before the first step (DeepSpeed ZeRO):
+        θ₀ of the model's full parameters would be a full copy of the decayed weights on every rank until
+        then.  The partitions still hold the pretrained weights at the first step (nothing has stepped), so
+        their θ₀ is the same numbers.  Only before anything has stepped.
+        """
+        if any(self.state.values()):
+            raise RuntimeError(
+                "LPWD.defer_initial_weights() after a step: θ₀ would be taken from trained weights. Call it "
+                "right after building the optimizer."
+            )
+        self._anchors = {}
+
     def _params_in_order(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 

@@ -133,6 +133,7 @@ class LPWDMixin:
             # on the weights now, before DeepSpeed copies them into its masters.
             self.optimizer.require_pre_step = False
             self.optimizer.decay_initial_weights(first_step_scale(self.args), deepspeed_glue.storage)
+            self.optimizer.defer_initial_weights()  # θ₀ from ZeRO's partitions: no full copy per rank
         record_groups(config, self.optimizer.param_groups, base[1], None if depths is None else depths[1])
         self._lpwd_depth_params = {} if depths is None else params_by_depth(opt_model, depths[0])
         distance = getattr(self.args, SETTING["log_distance_to_init"].flag, False)

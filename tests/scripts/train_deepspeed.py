@@ -183,13 +183,19 @@ class Probe:
 
 
 def make_trainer_class(base: type[Trainer], probe: Probe | None) -> type[Trainer]:
-    if probe is None:
-        return base
-
     class ProbedTrainer(base):  # type: ignore[misc,valid-type]
+        anchor_bytes_at_build = 0  # θ₀ bytes LPWD holds when create_optimizer returns (before ZeRO's masters)
+
         def create_optimizer(self, *args, **kwargs):
             before = self.optimizer
             opt = super().create_optimizer(*args, **kwargs)
+            lpwd = getattr(self, "lpwd_optimizer", None)
+            if before is None and lpwd is not None:
+                self.anchor_bytes_at_build = sum(
+                    a.numel() * a.element_size() for a in lpwd.initial_weights.values()
+                )
+            if probe is None:
+                return opt
             probe.create_optimizer_calls.append({"optimizer_was_set": before is not None,
                                                   "type": type(opt).__name__,
                                                   "groups": len(getattr(opt, "param_groups", []))})
@@ -245,7 +251,8 @@ def train_one(cli: argparse.Namespace, mode: str, out: str, world: int) -> None:
     torch.save(named, os.path.join(out, f"rank{rank}.pt"))
     with open(os.path.join(out, f"info{rank}.json"), "w") as f:
         json.dump({"train_seconds": train_seconds, "global_step": trainer.state.global_step,
-                   "anchors": anchor_layout(trainer)}, f)
+                   "anchors": anchor_layout(trainer),
+                   "anchor_bytes_at_build": getattr(trainer, "anchor_bytes_at_build", 0)}, f)
     if getattr(trainer, "deepspeed", None) is not None:
         trainer.deepspeed.destroy()
     del trainer, model
