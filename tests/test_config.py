@@ -277,25 +277,19 @@ def test_the_0_3_0_fixture_config_loads_and_means_the_same() -> None:
     ).keys()
 
 
-def test_the_0_4_0_fixture_config_loads_with_its_target() -> None:
-    """tests/data/checkpoint_v0_4_0: 0.4.0's key ``decay_target`` (``init`` there) read as written; SPD, which
-    came after, off; every other key the same."""
-    folder = Path(__file__).parent / "data" / "checkpoint_v0_4_0" / "checkpoint-3"
+@pytest.mark.parametrize(
+    ("version", "expected", "added_since"),
+    [
+        ("0.4.0", ("lpwd", True, 0.5, "init", False), {"spd"}),  # its new key: decay_target; SPD came after
+        ("0.5.0", ("rwd", False, 0.5, "init", True), set()),  # its new key: spd (rwd toward θ₀ there)
+    ],
+)
+def test_a_fixture_config_loads_with_its_new_keys(version: str, expected: tuple, added_since: set) -> None:
+    """tests/data/checkpoint_v0_X_0: each release's new keys read as written, later keys at their defaults
+    (off), every other key the same."""
+    folder = Path(__file__).parent / "data" / f"checkpoint_v{version.replace('.', '_')}" / "checkpoint-3"
     cfg = LPWDConfig.from_pretrained(folder)
-    assert (cfg.mode, cfg.layerwise, cfg.weight_decay, cfg.decay_target, cfg.spd) == (
-        "lpwd", True, 0.5, "init", False)
-    assert cfg.lpwd_version == "0.4.0" and cfg.record.num_blocks == 3
+    assert (cfg.mode, cfg.layerwise, cfg.weight_decay, cfg.decay_target, cfg.spd) == expected
+    assert cfg.lpwd_version == version and cfg.record.num_blocks == 3
     written = json.loads((folder / LPWD_CONFIG_NAME).read_text())
-    assert json.loads(cfg.to_json_string()).keys() - {"spd"} == written.keys()
-
-
-def test_the_0_5_0_fixture_config_loads_with_spd() -> None:
-    """tests/data/checkpoint_v0_5_0: 0.5.0's key ``spd`` (on there, rwd toward θ₀) read as written; every key
-    the same."""
-    folder = Path(__file__).parent / "data" / "checkpoint_v0_5_0" / "checkpoint-3"
-    cfg = LPWDConfig.from_pretrained(folder)
-    assert (cfg.mode, cfg.layerwise, cfg.weight_decay, cfg.decay_target, cfg.spd) == (
-        "rwd", False, 0.5, "init", True)
-    assert cfg.lpwd_version == "0.5.0" and cfg.record.num_blocks == 3
-    written = json.loads((folder / LPWD_CONFIG_NAME).read_text())
-    assert json.loads(cfg.to_json_string()).keys() == written.keys()
+    assert json.loads(cfg.to_json_string()).keys() - added_since == written.keys()
