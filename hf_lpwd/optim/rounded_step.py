@@ -412,6 +412,16 @@ def rounded_step(
     return done
 
 
+def _candidates(group: dict[str, Any]) -> list[torch.Tensor]:
+    """The group's parameters this path can step: bf16/fp16 plain tensors with a dense gradient."""
+    return [p for p in group["params"] if param_supported(p) and _grad_supported(p)]
+
+
+def _sign(group: dict[str, Any]) -> float:
+    """−1 for ``maximize`` (the gradient's sign flipped inside the kernel), else 1."""
+    return -1.0 if group.get("maximize", False) else 1.0
+
+
 def _adam_calls(
     base: torch.optim.Optimizer,
     group: dict[str, Any],
@@ -421,14 +431,12 @@ def _adam_calls(
     eager: bool,
 ) -> _Calls:
     pre, post, cautious = values
-    sign = -1.0 if group.get("maximize", False) else 1.0
+    sign = _sign(group)
     beta1, beta2 = group["betas"]
     calls = _Calls(_ADAM, eager)
     tails: dict[tuple[Any, ...], tuple[torch.Tensor | None, ...]] = {}
     taken: list[tuple[torch.Tensor, dict[str, Any]]] = []
-    for p in group["params"]:
-        if not (param_supported(p) and _grad_supported(p)):
-            continue
+    for p in _candidates(group):
         state = _adam_state(base, group, p)
         if _moments_ok(state, ("exp_avg", "exp_avg_sq")):
             taken.append((p, state))
@@ -466,13 +474,11 @@ def _sgd_calls(
     eager: bool,
 ) -> _Calls:
     pre, post, cautious = values
-    sign = -1.0 if group.get("maximize", False) else 1.0
+    sign = _sign(group)
     momentum = group.get("momentum", 0.0)
     calls = _Calls(_SGD_PLAIN if momentum == 0 else _SGD, eager)
     tails: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    for p in group["params"]:
-        if not (param_supported(p) and _grad_supported(p)):
-            continue
+    for p in _candidates(group):
         lead: tuple[torch.Tensor, ...] = (_flat(p), _flat(p.grad))
         first = False
         if momentum != 0:
