@@ -17,6 +17,10 @@
 (e) The rounded bf16 step (issue 27: update + decay in fp32, one stochastic rounding,
     ``hf_lpwd.optim.rounded_step``) on ≥ 1B bf16 parameters, compiled and eager, against torch's fused AdamW
     on the same bf16 weights, and the optimizer state bytes per weight.
+(f) fp32 decay toward θ₀ on CUDA (wd, rwd, pwd, cautious wd, and cautious wd toward 0: one compiled pass
+    per call, ``rounded_step.ONE_PASS_DEVICES``; SPD: its compiled reductions, the selection read once)
+    against the same run on the CPU (the base's step, then a lerp; cautious: the CPU's compiled step): 30
+    steps of a quadratic whose gradient depends on θ, warm-up + cosine, worst relative error of a tensor.
 
 Writes ``benchmarks/results/gpu.md``.  Without a CUDA device it says so and exits 2; ``--cpu-half`` runs the
 CPU half of (d) alone (what can be checked on a machine without one)::
@@ -391,6 +395,74 @@ def tiny_run(device: str, steps: int = 10) -> dict[str, torch.Tensor]:
         return {n: p.detach().float().cpu().clone() for n, p in trainer.model.named_parameters()}
 
 
+F_CASES: list[tuple[str, dict, bool]] = [
+    ("wd", {"mode": "wd"}, True),
+    ("rwd", {"mode": "rwd"}, True),
+    ("pwd", {"mode": "pwd"}, True),
+    ("wd cautious", {"mode": "wd", "cautious": True}, False),
+    ("wd cautious, toward 0", {"mode": "wd", "cautious": True, "decay_target": "zero"}, False),
+    ("rwd SPD λ=1", {"mode": "rwd", "spd": True, "weight_decay": 1.0}, True),
+]
+"""(label, LPWD settings, held to F_RTOL).  Cautious decay is not: its mask 1[u ⊙ (θ − θ₀) ≥ 0] flips where
+u is within rounding of 0 (m ≈ 0), and each flip moves that weight by d·(θ − θ₀), so two correct
+implementations part there (on the CPU, the one pass against the two: ~1e-4 in one tensor of seven)."""
+F_RTOL = 1e-5
+
+
+def toward_init_run(device: str, rule: dict, steps: int = 30) -> tuple[list[torch.Tensor], LPWD]:
+    """LPWD toward θ₀ on ``device`` from fixed weights: g = 0.5·(θ − target) + a fixed noise per step."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    shapes = [(256, 512), (256, 512), (512,), (1024, 256), (96,), (96,), (96,)]
+    gen = torch.Generator().manual_seed(0)
+    starts = [torch.randn(s, generator=gen) * 0.02 for s in shapes]
+    targets = [torch.randn(s, generator=gen) * 0.02 for s in shapes]
+    noise = [[torch.randn(s, generator=gen) * 1e-3 for s in shapes] for _ in range(steps)]
+    params = [torch.nn.Parameter(t.to(device)) for t in starts]
+    kwargs = {"weight_decay": 30.0, "decay_target": "init", **rule}
+    opt = LPWD(params, base="adamw", lr=3e-3, fused=True, **kwargs)
+    sched = get_cosine_schedule_with_warmup(opt, 3, steps)
+    opt.set_lr_scheduler(sched, num_training_steps=steps)
+    for step in range(steps):
+        opt.pre_step()
+        for p, target, n in zip(params, targets, noise[step], strict=True):
+            p.grad = 0.5 * (p.detach() - target.to(device)) + n.to(device)
+        opt.step()
+        sched.step()
+    return [p.detach().cpu().double() for p in params], opt
+
+
+def part_f(steps: int = 30) -> list[str]:
+    from hf_lpwd.optim import rounded_step
+
+    lines = [
+        f"### (f) fp32 toward θ₀ on {DEVICE} vs the CPU, {steps} steps",
+        "",
+        f"Tolerance: worst ‖Δ‖/‖θ_CPU‖ of a tensor < {F_RTOL:g}.",
+        "",
+        "| rule | worst relative error | weights off by > 1e-6 | one pass taken | within |",
+        "|---|---:|---:|---|---|",
+    ]
+    devices = rounded_step.ONE_PASS_DEVICES
+    for label, rule, held in F_CASES:
+        cpu, _ = toward_init_run("cpu", rule, steps)
+        if DEVICE == "cpu":  # a smoke run: the one pass forced onto the CPU, against the CPU's two passes
+            rounded_step.ONE_PASS_DEVICES = (*devices, "cpu")
+        try:
+            got, opt = toward_init_run(DEVICE, rule, steps)
+            first = opt.param_groups[0]["params"][0]
+            taken = rounded_step.one_pass_supported(first) and not rule.get("spd")
+        finally:
+            rounded_step.ONE_PASS_DEVICES = devices
+        worst = max(((a - b).norm() / b.norm()).item() for a, b in zip(got, cpu, strict=True))
+        off = sum(int(((a - b).abs() > 1e-6).sum()) for a, b in zip(got, cpu, strict=True))
+        total = sum(a.numel() for a in cpu)
+        within = ("yes" if worst < F_RTOL else "NO") if held else "not held (mask flips)"
+        lines.append(f"| {label} | {worst:.2e} | {off} of {total} | {'yes' if taken else 'no'} | {within} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def part_d(steps: int = 10) -> list[str]:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -411,7 +483,7 @@ def part_d(steps: int = 10) -> list[str]:
 def main() -> None:
     global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="abcde", help="which of a, b, c, d, e to run (default all)")
+    parser.add_argument("--parts", default="abcdef", help="which of a-f to run (default all)")
     parser.add_argument("--params-billions", type=float, default=1.0, help="(a): model size, default 1.0")
     parser.add_argument("--steps", type=int, default=20, help="(a), (b): timed calls per optimizer")
     parser.add_argument(
@@ -435,8 +507,8 @@ def main() -> None:
     if args.smoke:
         DEVICE = "cpu"
         WIDTHS.update(hidden=128, inter=344)
-        if set(args.parts) - set("abe"):
-            parser.error("--smoke runs only parts a, b and e (c and d need CUDA)")
+        if set(args.parts) - set("abef"):
+            parser.error("--smoke runs only parts a, b, e and f (c and d need CUDA)")
     elif not torch.cuda.is_available():
         print(
             "gpu_check.py needs a CUDA device and torch.cuda.is_available() is False; nothing was measured. "
@@ -453,6 +525,7 @@ def main() -> None:
         "c": part_c,
         "d": part_d,
         "e": lambda: part_e(args.params_billions, args.steps),
+        "f": part_f,
     }
     command = "PYTHONPATH=. HF_HUB_OFFLINE=1 python -m benchmarks.gpu_check " + " ".join(sys.argv[1:])
     cuda = "" if args.smoke else f", CUDA {torch.version.cuda}"

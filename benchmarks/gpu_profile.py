@@ -4,7 +4,8 @@
     ``hf_lpwd.optim.rounded_step`` (bf16 weights rounded stochastically; fp32 weights toward θ₀, one pass)
     against torch's fused AdamW on the same tensor (plus one ``lerp_`` toward θ₀ for the fp32 case, what LPWD
     runs today), CUDA events, alternated, medians, and the bandwidth each reaches (bytes each must move).
-(2) ``LPWD.step`` on ~1B bf16 parameters under ``torch.profiler``: the CUDA kernels by total time, and the
+(2) ``LPWD.step`` on ~1B parameters under ``torch.profiler``: bf16 toward 0 and toward θ₀ (the rounded
+    step), fp32 toward θ₀ (the one pass) and fp32 SPD toward θ₀: the CUDA kernels by total time, and the
     host-side waits (``aten::item``, ``cudaStreamSynchronize``, copies) per step.
 
 Diagnostic, not a claim: the claims are ``gpu_check.py``'s ratios.  Needs a CUDA device::
@@ -22,6 +23,7 @@ import torch
 
 from benchmarks import gpu_check
 from benchmarks.gpu_check import LR, WEIGHT_DECAY, cuda_alternate, llama_shapes
+from hf_lpwd import LPWD
 from hf_lpwd.optim.rounded_step import _ADAM
 
 SHAPE = [11008, 4096]
@@ -37,7 +39,9 @@ def _kernel_args(theta, grad, m, v, key, anchor=None):
 
 
 def _call(args):
-    return lambda: _ADAM(*args)
+    rounded, exact = _ADAM  # bf16 weights: the rounded kernel; fp32: the exact one (noise unused)
+    kernel = rounded if args[0][0].dtype == torch.bfloat16 else exact
+    return lambda: kernel(*args)
 
 
 def _torch_step(adamw, ref, anchor):
@@ -88,30 +92,45 @@ def kernel_alone() -> list[str]:
     return lines
 
 
-def profiled_step() -> list[str]:
-    shapes = llama_shapes(1.0)
+PROFILED = {
+    "bf16 wd": (torch.bfloat16, {}),
+    "bf16 wd toward θ₀": (torch.bfloat16, {"decay_target": "init"}),
+    "fp32 wd toward θ₀": (torch.float32, {"decay_target": "init"}),
+    "fp32 rwd SPD toward θ₀": (torch.float32, {"mode": "rwd", "spd": True, "decay_target": "init"}),
+}
+
+
+def profiled_step(label: str, billions: float) -> list[str]:
+    dtype, rule = PROFILED[label]
+    shapes = llama_shapes(billions)
     gen = torch.Generator(device=gpu_check.DEVICE).manual_seed(0)
-    grads = [
-        torch.randn(s, device=gpu_check.DEVICE, generator=gen, dtype=torch.bfloat16) * 1e-3 for s in shapes
-    ]
-    opt = gpu_check.bf16_lpwd(shapes, grads)
+    grads = [torch.randn(s, device=gpu_check.DEVICE, generator=gen, dtype=dtype) * 1e-3 for s in shapes]
+    params = gpu_check.make_params(shapes, grads, dtype, 1)
+    settings = {"mode": "wd", "weight_decay": 1.0 if rule.get("spd") else WEIGHT_DECAY, **rule}
+    opt = LPWD(params, base="adamw", lr=LR, fused=True, **settings)
     for _ in range(3):
         opt.pre_step()
         opt.step()
-    torch.cuda.synchronize()
-    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    cuda = gpu_check.DEVICE == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CPU, *([torch.profiler.ProfilerActivity.CUDA] if cuda else [])]
     with torch.profiler.profile(activities=acts) as prof:
         for _ in range(3):
             opt.pre_step()
             opt.step()
-        torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+        if cuda:
+            torch.cuda.synchronize()
+    order = "cuda_time_total" if cuda else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=order, row_limit=15, max_name_column_width=70)
     waits = [
         f"{e.key}: {e.count / 3:.0f} per step, {e.cpu_time_total / 3 / 1e3:.2f} ms host per step"
         for e in prof.key_averages()
         if any(w in e.key for w in ("item", "Synchronize", "Memcpy", "local_scalar", "copy_", "cat"))
     ]
-    return ["## (2) LPWD.step on 1B bf16 parameters, 3 steps profiled", "", "```", table, *waits, "```"]
+    del opt, params, grads
+    gpu_check.empty_cache()
+    return [f"## (2) LPWD.step, {label}, 1B parameters, 3 steps profiled", "", "```", table, *waits, "```"]
 
 
 def main() -> None:
@@ -123,6 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         gpu_check.DEVICE = "cpu"
+        gpu_check.WIDTHS.update(hidden=128, inter=344)
         SHAPE[:] = [64, 64]
     elif not torch.cuda.is_available():
         sys.exit("gpu_profile.py needs a CUDA device")
@@ -130,11 +150,11 @@ def main() -> None:
     lines = [f"# {card}, torch {torch.__version__}", "", *kernel_alone(), ""]
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    if not args.smoke:
-        lines += profiled_step()
-        print("\n".join(lines[-5:]))
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for label in PROFILED:  # a smoke run profiles the CPU at toy widths: checks the script only
+        lines += profiled_step(label, 0.001 if args.smoke else 1.0)
+        print("\n".join(lines[-5:]), flush=True)
+        if args.out:
+            Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -323,3 +323,29 @@ def test_zero3_partition_attribute_is_ds_tensor() -> None:
     )
     plain = torch.zeros(3)
     assert compat_deepspeed.zero3_partition(plain) is plain
+
+
+def test_call_with_recompile_limit_compiles_past_dynamos_default_and_restores_it() -> None:
+    """12 list lengths are 12 variants of one function: dynamo's default budget (8) would run the last ones
+    eagerly; inside the helper each is compiled, and the process-wide limit is left as it was."""
+    from hf_lpwd._compat.torch import call_with_recompile_limit
+
+    compiled_graphs = []
+
+    def counting_backend(gm, example_inputs):
+        compiled_graphs.append(gm)
+        return gm.forward
+
+    def total(tensors):
+        out = tensors[0] * 0
+        for t in tensors:
+            out = out + t
+        return out
+
+    fn = torch.compile(total, backend=counting_backend, dynamic=True)
+    before = torch._dynamo.config.recompile_limit
+    for count in range(1, 13):
+        got = call_with_recompile_limit(fn, ([torch.ones(3)] * count,), 64)
+        assert torch.equal(got, torch.full((3,), float(count)))
+    assert len(compiled_graphs) == 12 > before
+    assert torch._dynamo.config.recompile_limit == before

@@ -122,6 +122,83 @@ def test_each_timing_and_coupling_toward_init_matches_float64(coupling: str, mod
         assert torch.equal(opt.initial_weights[p], start.float())
 
 
+class OnePass:
+    """Forces the one-pass fp32 step toward θ₀ (a GPU's path) onto the CPU and counts the tensors it steps
+    (so a test fails if the base's step and lerp ran instead)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from hf_lpwd.optim import rounded_step as rs
+
+        monkeypatch.setattr(rs, "ONE_PASS_DEVICES", ("cuda", "cpu"))
+        self.stepped = 0
+        wrapped = {}
+        for name in ("_ADAM", "_SGD", "_SGD_PLAIN"):
+            rounded, exact = getattr(rs, name)
+
+            def counting(*args, _exact=exact, **kwargs):
+                self.stepped += len(args[0])
+                return _exact(*args, **kwargs)
+
+            wrapped[name] = (rounded, counting)
+        for name, kernels in wrapped.items():
+            monkeypatch.setattr(rs, name, kernels)
+
+
+@pytest.mark.parametrize("base", ["adamw", "sgd"])
+@pytest.mark.parametrize("mode", ["wd", "rwd", "pwd"])
+@pytest.mark.parametrize("coupling", ["coupled", "corrected"])
+def test_one_pass_fp32_step_toward_init_matches_float64(
+    coupling: str, mode: str, base: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU fp32 weights toward θ₀ take one compiled pass (the update and the decay together), not the
+    base's step and a lerp: the same float64 reference, the first and last steps, pwd still folded."""
+    one_pass = OnePass(monkeypatch)
+    base_kwargs, direction = BASES[base]
+    thetas, targets = fp32_problem(2)
+    first, last, opt = run(mode, coupling, False, base_kwargs, thetas, targets, decay_target="init")
+    want_first, want_last = reference(mode, coupling, False, direction, thetas, targets, True)
+    for got, want in [*zip(first, want_first, strict=True), *zip(last, want_last, strict=True)]:
+        rel = relative_error(got, want)
+        assert rel < 1e-5, f"one pass {coupling}/{mode}/{base} toward init: relative error {rel:.2e}"
+    assert one_pass.stepped == 2 * STEPS  # the two decayed groups, every step (λ = 0's takes the base)
+    if mode == "pwd":
+        assert opt.fold_corrections == 0
+    state = opt.base_optimizer.state[opt.param_groups[2]["params"][0]]
+    if base == "adamw":  # the base's own state, as its step would leave it: a checkpoint is the base's
+        assert float(state["step"]) == STEPS and state["exp_avg"].dtype == torch.float32
+    else:
+        assert state["momentum_buffer"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("target", ["init", "zero"])
+def test_one_pass_cautious_matches_float64(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cautious decay in the one pass (a GPU's path for fused AdamW, where the CPU has its own compiled
+    step): mask 1[u ⊙ (θ − θ₀) ≥ 0] (θ₀ = 0 toward zero) inside the kernel, every group stepped there."""
+    one_pass = OnePass(monkeypatch)
+    base_kwargs, direction = BASES["adamw"]
+    thetas, targets = fp32_problem(1)
+    first, last, _ = run("wd", "coupled", True, base_kwargs, thetas, targets, decay_target=target)
+    want_first, want_last = reference("wd", "coupled", True, direction, thetas, targets, target == "init")
+    for got, want in [*zip(first, want_first, strict=True), *zip(last, want_last, strict=True)]:
+        assert relative_error(got, want) < 1e-5
+    assert one_pass.stepped == 3 * STEPS  # every group of a cautious optimizer (λ = 0's: c = 0, no mask)
+
+
+def test_one_pass_is_not_taken_toward_zero_or_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Toward 0 the fp32 step stays torch's own (the stock Trainer bit for bit); on the CPU toward θ₀ too."""
+    base_kwargs, direction = BASES["adamw"]
+    thetas, targets = fp32_problem(2)
+    from hf_lpwd.optim import rounded_step as rs
+
+    assert rs.ONE_PASS_DEVICES == ("cuda",)
+    counted = OnePass(monkeypatch)
+    run("wd", "coupled", False, base_kwargs, thetas, targets)
+    assert counted.stepped == 0
+    monkeypatch.setattr(rs, "ONE_PASS_DEVICES", ("cuda",))
+    run("wd", "coupled", False, base_kwargs, thetas, targets, decay_target="init")
+    assert counted.stepped == 0
+
+
 CAUTIOUS_CASES = [("adamw", "compiled"), ("adamw", "eager"), ("adamw-foreach", "eager"), ("sgd", "eager")]
 
 
@@ -500,6 +577,6 @@ def test_bf16_toward_init_compiled_step_is_the_eager_one_bitwise(mode: str) -> N
             opt.zero_grad()
         results[kernel] = [p.detach().clone() for p in model.parameters()]
         assert opt.fold_corrections == 0
-    assert not _ADAM.failed  # the compiled kernel ran, not its eager fallback
+    assert not _ADAM[0].failed  # the compiled kernel ran, not its eager fallback
     for a, b in zip(results["compiled"], results["eager"], strict=True):
         assert torch.equal(a, b)

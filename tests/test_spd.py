@@ -347,3 +347,43 @@ def test_deviation_stats_equal_the_float64_sums(dtype: torch.dtype, toward_zero:
     assert float(norm) == pytest.approx(float(dev.norm()), rel=1e-5)
     after = stats(theta, anchor)
     assert after[0] is None and float(after[1]) == pytest.approx(float(dev.norm()), rel=1e-5)
+
+
+@pytest.mark.parametrize("toward_zero", [False, True])
+def test_batched_measure_and_decay_equal_the_float64_rule_per_tensor(toward_zero: bool) -> None:
+    """Tensors of one size are measured and decayed SPD_CHUNK at a time (7 = 4 + 2 + 1 calls), the others
+    alone, fp64 and non-contiguous ones by the eager path: every c, ‖θ − θ₀‖ and decayed θ is the float64
+    rule's for its own tensor (no value leaks between the tensors of a call), unselected tensors untouched."""
+    from hf_lpwd.optim import spd
+
+    gen = torch.Generator().manual_seed(11)
+    shapes = [(6, 5)] * 7 + [(9,), (4, 4)]
+    params = [torch.randn(s, generator=gen) for s in shapes]
+    params.append(torch.randn(5, generator=gen, dtype=torch.float64))
+    params.append(torch.randn(6, 4, generator=gen).t())  # non-contiguous
+    anchors = [None if toward_zero else p + 0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype)
+               for p in params]
+    grads = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+    dev = [p.double() - (0.0 if a is None else a.double()) for p, a in zip(params, anchors, strict=True)]
+    conditions, norms = spd_measure(params, anchors, grads)
+    for c, n, g, d in zip(conditions, norms, grads, dev, strict=True):
+        assert float(c) == pytest.approx(-float((g.double() * d).sum()), rel=1e-5)
+        assert float(n) == pytest.approx(float(d.norm()), rel=1e-6)
+    # θ̃ against the gradient (as Adam's u can be): a selected tensor's deviation grows, so r > 0
+    stepped = [p + 0.05 * g for p, g in zip(params, grads, strict=True)]
+    before = [t.clone() for t in stepped]
+    decays = spd_decay_(stepped, anchors, conditions, norms, 0.7)
+    chosen = [float(c) < 0 for c in conditions]
+    assert 2 < sum(chosen) < len(chosen)  # both kinds in the calls
+    for i, (theta, was, anchor) in enumerate(zip(stepped, before, anchors, strict=True)):
+        if not chosen[i]:
+            assert torch.equal(theta, was) and float(decays[i]) == 0.0
+            continue
+        origin = 0.0 if anchor is None else anchor.double()
+        new_norm = float((was.double() - origin).norm())
+        r = min(1.0, max(0.0, (new_norm - float(dev[i].norm())) / new_norm))
+        want = was.double() - 0.7 * r * (was.double() - origin)
+        assert float(decays[i]) == pytest.approx(0.7 * r, rel=1e-5, abs=1e-7)
+        assert relative_error(theta, want) < 1e-6
+    assert sum(float(d) > 0 for d in decays) == sum(chosen)
+    assert not spd._MEASURE[toward_zero is False].failed and not spd._DECAY[toward_zero is False].failed

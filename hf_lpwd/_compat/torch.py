@@ -15,6 +15,7 @@ PRIVATE_NAMES = (
     "Optimizer.step.hooked / __wrapped__ (profile_hook_step)",
     "torch._foreach_lerp_",
     "torch._foreach_copy_",
+    "torch._dynamo.config.recompile_limit",
 )
 
 
@@ -93,3 +94,22 @@ def step_without_hooks(optimizer_cls: type[torch.optim.Optimizer]) -> Callable[.
     step = optimizer_cls.step
     inner = getattr(step, "__wrapped__", None) if getattr(step, "hooked", False) else None
     return inner or step
+
+
+def call_with_recompile_limit(fn: Callable[..., Any], args: tuple[Any, ...], limit: int) -> Any:
+    """``fn(*args)`` with dynamo allowed ``limit`` compiled variants per function while it runs.
+
+    dynamo's default (8 per code object) is process-wide; a kernel over lists of tensors has one variant per
+    list length, θ₀ or not, mask or not and dtype, so a process trying several settings (a sweep, a test
+    suite) passes 8 and silently runs the rest eagerly.  Raised only around our own calls, the user's
+    functions keep their own budget.
+    """
+    config = torch._dynamo.config
+    old = config.recompile_limit
+    if old >= limit:
+        return fn(*args)
+    config.recompile_limit = limit
+    try:
+        return fn(*args)
+    finally:
+        config.recompile_limit = old

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .scalars import device_scalars, read_counts
+from .scalars import device_scalars, read_values
 
 logger = logging.getLogger("hf_lpwd")
 
@@ -147,7 +147,7 @@ def cautious_adamw_step(base: torch.optim.Optimizer, decays: Sequence[float]) ->
     for group, decay in zip(groups, decays, strict=True):
         scalars: dict[float, tuple[torch.Tensor, ...]] = {}  # by step number: a group's params share one
         taken = [(p, _init_state(base, group, p)) for p in group["params"] if p.grad is not None]
-        counts = read_counts([state["step"] for _, state in taken])  # one host read, not one per tensor
+        counts = read_values([state["step"] for _, state in taken])  # one host read, not one per tensor
         for (p, state), count in zip(taken, counts, strict=True):
             step = count + 1.0
             if step not in scalars:

@@ -44,9 +44,9 @@ from .bases import (
 from .cautious_adamw import cautious_adamw_step
 from .functional import apply_cautious_decay_, effective_weight_decay, pwd_fold_on_adamw, rwd_on_adamw
 from .precision import fraction_below_half_ulp, unrounded_share
-from .rounded_step import rounded_step
+from .rounded_step import one_pass_supported, rounded_step
 from .rounding import LOW_PRECISION_DTYPES, NoiseKeys, scale_
-from .spd import check_spd, check_spd_strength, decay_toward_, spd_decays, spd_measure
+from .spd import check_spd, check_spd_strength, spd_decay_, spd_decays, spd_measure
 from .target import GROUP_KEY, check_target, initial_copy, pack, toward_, unpack
 
 logger = logging.getLogger("hf_lpwd")
@@ -932,18 +932,24 @@ class LPWD(torch.optim.Optimizer):
     def _spd_decay(self, measured: list[Any]) -> None:
         """After the base step: θ ← θ̃ − d·(θ̃ − θ₀), d = λ·r_t·1[c_t < 0] per tensor (:mod:`.spd`).
 
-        fp32 weights (and bf16/fp16 rounded to nearest): one lerp per tensor with d > 0.  bf16/fp16 weights
-        with stochastic rounding: the same lerp in fp32, written with one stochastic rounding (reads d).
+        fp32 weights (and bf16/fp16 rounded to nearest): the selected tensors' norm and lerp, compiled
+        (:func:`.spd.spd_decay_`).  bf16/fp16 weights with stochastic rounding: the same lerp in fp32,
+        written with one stochastic rounding (reads d).
         """
         for strength, params, anchors, conditions, norms in measured:
-            decays = spd_decays(params, anchors, conditions, norms, strength)
-            for p, anchor, decay in zip(params, anchors, decays, strict=True):
-                if self.stochastic_rounding and p.dtype in LOW_PRECISION_DTYPES:
-                    weight = float(decay)
-                    if weight > 0.0:
-                        self._scale([p], 1.0 - weight, None if anchor is None else {p: anchor})
-                else:
-                    decay_toward_(p, anchor, decay)
+            rounded = [self.stochastic_rounding and p.dtype in LOW_PRECISION_DTYPES for p in params]
+            parts = [[i for i, r in enumerate(rounded) if r == want] for want in (False, True)]
+            columns = (params, anchors, conditions, norms)
+            exact, stochastic = ([[column[i] for i in part] for column in columns] for part in parts)
+            if exact[0]:
+                spd_decay_(*exact, strength)
+            if not stochastic[0]:
+                continue
+            decays = spd_decays(*stochastic, strength)
+            for p, anchor, decay in zip(stochastic[0], stochastic[1], decays, strict=True):
+                weight = float(decay)
+                if weight > 0.0:
+                    self._scale([p], 1.0 - weight, None if anchor is None else {p: anchor})
 
     @torch.no_grad()
     def _execute(self, plans: list[_GroupPlan | None]) -> None:
@@ -953,8 +959,18 @@ class LPWD(torch.optim.Optimizer):
         held = self._anchors
         groups = self.param_groups
         done: list[set[int]] = [set() for _ in groups]
-        if self.stochastic_rounding and any(
+        anchored = [plan is not None and plan.anchored for plan in plans]
+        # fp32 toward θ₀ or cautious on a GPU: one pass, not the base's step and a lerp or a mask pass
+        exact = [
+            plan is not None
+            and (plan.anchored or (self.cautious and self.cautious_kernel == "compiled"))
+            for plan in plans
+        ]
+        rounded = self.stochastic_rounding and any(
             p.dtype in LOW_PRECISION_DTYPES for g in groups for p in g["params"]
+        )
+        if rounded or any(
+            one_pass_supported(p) for g, e in zip(groups, exact, strict=True) if e for p in g["params"]
         ):
             stepped = rounded_step(
                 self.base_optimizer,
@@ -962,7 +978,9 @@ class LPWD(torch.optim.Optimizer):
                 self._rounded_factors(plans),
                 self._noise,
                 eager=self.rounding_kernel == "eager",
-                anchors=[held if plan is not None and plan.anchored else None for plan in plans],
+                anchors=[held if a else None for a in anchored],
+                rounded=self.stochastic_rounding,
+                one_pass=exact,
             )
             done = [{id(p) for p in params} for params in stepped]
         if not any(done):

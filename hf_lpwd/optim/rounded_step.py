@@ -36,10 +36,10 @@ from typing import Any
 import torch
 
 from .._compat.torch import foreach_add_, foreach_copy_
-from .compiled import CompiledKernel
+from .compiled import CompiledKernel, chunk_sizes
 from .functional import cautious_mask
 from .rounding import LOW_PRECISION_DTYPES, NoiseKeys, element_bits, hash_bits, round_to
-from .scalars import device_scalars, read_counts
+from .scalars import device_scalars, read_values
 
 ADAM_BASES: tuple[type[torch.optim.Optimizer], ...] = (torch.optim.AdamW, torch.optim.Adam)
 ROUNDED_BASES: tuple[type[torch.optim.Optimizer], ...] = (*ADAM_BASES, torch.optim.SGD)
@@ -187,9 +187,39 @@ def sgd_plain_rounded_many_(params: Tensors, grads: Tensors, keys: Tensors, *sca
         sgd_plain_rounded_(params[i], grads[i], keys[i], *shared, anchor)
 
 
-_ADAM = CompiledKernel(adam_rounded_many_, "the stochastically rounded bf16 step")
-_SGD = CompiledKernel(sgd_rounded_many_, "the stochastically rounded bf16 step")
-_SGD_PLAIN = CompiledKernel(sgd_plain_rounded_many_, "the stochastically rounded bf16 step")
+def adam_exact_many_(*args: Any) -> None:
+    """:func:`adam_rounded_many_` on fp32 weights and moments: ``round_to`` writes fp32 values as they are,
+    so the noise is never read (the compiled kernel drops it).  A function of its own: dynamo counts the
+    compiled variants per function, and fp32 and bf16 calls then do not share one budget."""
+    adam_rounded_many_(*args)
+
+
+def sgd_exact_many_(*args: Any) -> None:
+    """:func:`sgd_rounded_many_` on fp32 weights (see :func:`adam_exact_many_`)."""
+    sgd_rounded_many_(*args)
+
+
+def sgd_plain_exact_many_(*args: Any) -> None:
+    """:func:`sgd_plain_rounded_many_` on fp32 weights (see :func:`adam_exact_many_`)."""
+    sgd_plain_rounded_many_(*args)
+
+
+_ROUNDED = "the stochastically rounded bf16 step"
+_EXACT = "the one-pass fp32 step toward θ₀"
+_ADAM = (CompiledKernel(adam_rounded_many_, _ROUNDED), CompiledKernel(adam_exact_many_, _EXACT))
+_SGD = (CompiledKernel(sgd_rounded_many_, _ROUNDED), CompiledKernel(sgd_exact_many_, _EXACT))
+_SGD_PLAIN = (
+    CompiledKernel(sgd_plain_rounded_many_, _ROUNDED),
+    CompiledKernel(sgd_plain_exact_many_, _EXACT),
+)
+"""(kernel for bf16/fp16 weights, kernel for fp32 weights) per base."""
+
+ONE_PASS_DEVICES: tuple[str, ...] = ("cuda",)
+"""Devices where fp32 weights decayed toward θ₀ take this module's one pass (θ, g, m, v and θ₀ read, θ, m, v
+written: 8/7 of AdamW's traffic) instead of the base's step and a lerp toward θ₀ (10/7), and cautious decay
+its mask inside the same pass (not a pass computing u beside the fused kernel).  Not the CPU: there torch's
+fused AdamW plus the lerp was faster than the compiled pass, and cautious decay has its own compiled step
+(:mod:`.cautious_adamw`) (README, Performance)."""
 
 
 def group_supported(base: torch.optim.Optimizer, group: dict[str, Any]) -> bool:
@@ -260,8 +290,15 @@ def _adam_state(base: torch.optim.Optimizer, group: dict[str, Any], p: torch.Ten
     return state
 
 
-def _moments_ok(state: dict[str, Any], names: Sequence[str]) -> bool:
-    return all(state[name].is_contiguous() and state[name].is_floating_point() for name in names)
+def _moments_ok(param: torch.Tensor, state: dict[str, Any], names: Sequence[str]) -> bool:
+    """Contiguous floating-point state; in fp32 for fp32 weights (their kernel writes it unrounded)."""
+    exact = param.dtype not in LOW_PRECISION_DTYPES
+    return all(
+        state[name].is_contiguous()
+        and state[name].is_floating_point()
+        and (not exact or state[name].dtype == torch.float32)
+        for name in names
+    )
 
 
 PACK_NUMEL = 1 << 14
@@ -285,8 +322,8 @@ class _Calls:
     of a call); ``anchor``: θ₀ (or ``None``), the kernel's last argument.
     """
 
-    def __init__(self, kernel: CompiledKernel, eager: bool) -> None:
-        self.kernel, self.eager = kernel, eager
+    def __init__(self, kernels: tuple[CompiledKernel, CompiledKernel], eager: bool) -> None:
+        self.kernels, self.eager = kernels, eager
         self.calls: dict[tuple[Any, ...], list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]] = {}
         self.tails: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
@@ -308,9 +345,11 @@ class _Calls:
         calls = [
             (part, self.tails[where]) for where, members in self.calls.items() for part in _parts(members)
         ]
-        # One key per call, drawn in this order (the bits of one kernel call per tensor), sent to each device
-        # in one copy.
-        drawn = [(part[0][0][0].device, keys.next_key()) for part, _ in calls]
+        # One key per call of bf16/fp16 weights, drawn in this order (the bits of one kernel call per
+        # tensor), sent to each device in one copy; fp32 calls read none (0 is sent).
+        drawn = [
+            (part[0][0][0].device, keys.next_key() if _rounded(part) else 0) for part, _ in calls
+        ]
         sent: dict[torch.device, list[torch.Tensor]] = {}
         for device in dict.fromkeys(device for device, _ in drawn):
             sent[device] = list(device_scalars(device, [k for d, k in drawn if d == device], torch.int32))
@@ -326,7 +365,7 @@ class _Calls:
             alike.setdefault(kind, (tail, []))[1].append((lead, anchor, key))
         for tail, members in alike.values():  # tensors of one size and step: CHUNK per call
             start = 0
-            for size in _chunk_sizes(len(members)):
+            for size in chunk_sizes(len(members), CHUNK):
                 self._call(members[start : start + size], tail)
                 start += size
 
@@ -334,7 +373,9 @@ class _Calls:
         """One kernel call over ``members`` (each its operands, θ₀ or ``None``, and its key)."""
         columns = [list(column) for column in zip(*(lead for lead, _, _ in members), strict=True)]
         anchors = None if members[0][1] is None else [anchor for _, anchor, _ in members]
-        self.kernel(*columns, [key for _, _, key in members], *tail, anchors, eager=self.eager)
+        rounded, exact = self.kernels
+        kernel = rounded if columns[0][0].dtype in LOW_PRECISION_DTYPES else exact
+        kernel(*columns, [key for _, _, key in members], *tail, anchors, eager=self.eager)
 
     def _packed(
         self,
@@ -352,18 +393,15 @@ class _Calls:
                 foreach_copy_([m[0][slot] for m in members], list(packed.split(sizes)))
 
 
+def _rounded(part: list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]) -> bool:
+    """Does this call write bf16/fp16 weights (and so read a noise key)?"""
+    return part[0][0][0].dtype in LOW_PRECISION_DTYPES
+
+
 CHUNK = 4
 """Tensors of one size, dtype and step per compiled call, at most.  Calls take 4, 2 or 1 of them, so a base
 compiles three variants; 4 gave most of the gain on a CPU (1.17–1.25× fused AdamW for 8 × 1M bf16 weights,
 against 1.50 one tensor per call) while its compilation stays a few seconds."""
-
-
-def _chunk_sizes(count: int) -> list[int]:
-    """``count`` split into calls of CHUNK, then 2 and 1 (at most three call shapes, whatever the count)."""
-    sizes = [CHUNK] * (count // CHUNK)
-    rest = count % CHUNK
-    sizes += [2] * (rest // 2) + [1] * (rest % 2)
-    return sizes
 
 
 def _parts(
@@ -389,9 +427,13 @@ def rounded_step(
     keys: NoiseKeys,
     eager: bool = False,
     anchors: Sequence[Mapping[torch.Tensor, torch.Tensor] | None] | None = None,
+    rounded: bool = True,
+    one_pass: Sequence[bool] | None = None,
 ) -> list[set[torch.Tensor]]:
-    """Step the bf16/fp16 parameters this path supports, per group with (pre, post, cautious) =
-    ``factors[i]``.
+    """Step the parameters this path supports, per group with (pre, post, cautious) = ``factors[i]``: the
+    bf16/fp16 ones when ``rounded`` (stochastic rounding), and the fp32 ones on :data:`ONE_PASS_DEVICES` of
+    the groups where ``one_pass[i]`` (toward θ₀, or with the cautious mask: written as computed, the same
+    equation without the base's step and a second pass).
 
     Returns, per group, the parameters stepped (the caller steps the others through the base).  A group whose
     factors are ``None`` (not stepped in this call) is skipped.  ``anchors[i]``: θ₀ per parameter of a group
@@ -402,19 +444,33 @@ def rounded_step(
     adam = type(base) in ADAM_BASES
     if anchors is None:
         anchors = [None] * len(groups)
-    for group, values, targets in zip(groups, factors, anchors, strict=True):
+    if one_pass is None:
+        one_pass = [False] * len(groups)
+    for group, values, targets, exact in zip(groups, factors, anchors, one_pass, strict=True):
         stepped: set[torch.Tensor] = set()
         done.append(stepped)
         if values is None or not group_supported(base, group):
             continue
         queue = _adam_calls if adam else _sgd_calls
-        queue(base, group, values, targets, stepped, eager).run(keys)
+        taken = _candidates(group, rounded, exact)
+        queue(base, group, values, targets, taken, stepped, eager).run(keys)
     return done
 
 
-def _candidates(group: dict[str, Any]) -> list[torch.Tensor]:
-    """The group's parameters this path can step: bf16/fp16 plain tensors with a dense gradient."""
-    return [p for p in group["params"] if param_supported(p) and _grad_supported(p)]
+def one_pass_supported(param: torch.Tensor) -> bool:
+    """A plain fp32 tensor on a device of :data:`ONE_PASS_DEVICES` (its step toward θ₀ taken here)."""
+    return param.dtype == torch.float32 and param.device.type in ONE_PASS_DEVICES and _plain(param)
+
+
+def _candidates(group: dict[str, Any], rounded: bool, exact: bool) -> list[torch.Tensor]:
+    """The group's parameters this path steps (each with a dense gradient): bf16/fp16 plain tensors when
+    ``rounded``, fp32 ones of :func:`one_pass_supported` when ``exact``."""
+    return [
+        p
+        for p in group["params"]
+        if _grad_supported(p)
+        and ((rounded and param_supported(p)) or (exact and one_pass_supported(p)))
+    ]
 
 
 def _sign(group: dict[str, Any]) -> float:
@@ -427,6 +483,7 @@ def _adam_calls(
     group: dict[str, Any],
     values: tuple[float, float, float],
     targets: Mapping[torch.Tensor, torch.Tensor] | None,
+    candidates: list[torch.Tensor],
     stepped: set[torch.Tensor],
     eager: bool,
 ) -> _Calls:
@@ -436,14 +493,14 @@ def _adam_calls(
     calls = _Calls(_ADAM, eager)
     tails: dict[tuple[Any, ...], tuple[torch.Tensor | None, ...]] = {}
     taken: list[tuple[torch.Tensor, dict[str, Any]]] = []
-    for p in _candidates(group):
+    for p in candidates:
         state = _adam_state(base, group, p)
-        if _moments_ok(state, ("exp_avg", "exp_avg_sq")):
+        if _moments_ok(p, state, ("exp_avg", "exp_avg_sq")):
             taken.append((p, state))
     counters = [state["step"] for _, state in taken]
     if counters:
         foreach_add_(counters, 1.0)
-    for (p, state), step in zip(taken, read_counts(counters), strict=True):
+    for (p, state), step in zip(taken, read_values(counters), strict=True):
         where = (step, p.device)
         if where not in tails:
             tails[where] = _scalars(
@@ -470,6 +527,7 @@ def _sgd_calls(
     group: dict[str, Any],
     values: tuple[float, float, float],
     targets: Mapping[torch.Tensor, torch.Tensor] | None,
+    candidates: list[torch.Tensor],
     stepped: set[torch.Tensor],
     eager: bool,
 ) -> _Calls:
@@ -478,7 +536,7 @@ def _sgd_calls(
     momentum = group.get("momentum", 0.0)
     calls = _Calls(_SGD_PLAIN if momentum == 0 else _SGD, eager)
     tails: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    for p in _candidates(group):
+    for p in candidates:
         lead: tuple[torch.Tensor, ...] = (_flat(p), _flat(p.grad))
         first = False
         if momentum != 0:
@@ -487,7 +545,7 @@ def _sgd_calls(
             first = buf is None
             if first:  # in fp32, like Adam's moments (torch would keep it in the gradient's dtype)
                 buf = state["momentum_buffer"] = torch.empty(p.shape, dtype=torch.float32, device=p.device)
-            elif not (buf.is_contiguous() and buf.is_floating_point()):
+            elif not _moments_ok(p, state, ("momentum_buffer",)):
                 continue
             lead = (*lead, _flat(buf))
         where = (first, p.device)

@@ -2,9 +2,9 @@
 
 Why.  On a GPU, ``float(state["step"])`` waits for every kernel queued before it, and ``torch.tensor(x,
 device="cuda")`` is a copy of its own: done per parameter, the host stops feeding the device once per tensor.
-These read all step counters with one transfer and send all of a call's 0-d operands with one, so a step
-queues its kernels back to back.  The values are the same as one at a time, bit for bit (each is rounded once
-to the tensor's dtype).
+These read all step counters (or SPD's conditions) with one transfer and send all of a call's 0-d operands
+with one, so a step queues its kernels back to back.  The values are the same as one at a time, bit for bit
+(each is rounded once to the tensor's dtype).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import torch
 
 
-def read_counts(counters: Sequence[torch.Tensor]) -> list[float]:
-    """``[float(c) for c in counters]``, with one device-to-host copy per device, not one per counter."""
+def read_values(counters: Sequence[torch.Tensor]) -> list[float]:
+    """``[float(c) for c in counters]`` (0-d tensors: step counters, SPD's conditions), with one
+    device-to-host copy per device, not one per tensor."""
     values: list[float] = [0.0] * len(counters)
     by_device: dict[torch.device, list[int]] = {}
     for i, counter in enumerate(counters):

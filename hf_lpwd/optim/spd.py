@@ -49,9 +49,9 @@ within [0, 1].
   nothing to decay).
 * Their condition and norms are computed in the parameter's dtype; here in at least fp32 (θ − θ₀, the
   products and the sums of bf16 weights are not rounded to bf16's 8 bits).
-* They branch on ``condition < 0.0`` in Python (a host sync per tensor on a GPU); here, on an accelerator,
-  the selection is a 0-d tensor and the decay a ``lerp`` by λ·r_t·1[c_t < 0] (a weight of 0 leaves θ̃
-  bitwise as it is); on the CPU, where reading it is free, an unselected tensor skips ‖θ̃ − θ₀‖ and the lerp.
+* They branch on ``condition < 0.0`` in Python (a host sync per tensor on a GPU); here every tensor's
+  condition is read in one transfer per step (one sync on a GPU), and an unselected tensor skips ‖θ̃ − θ₀‖
+  and the lerp (5 of its streams) on every device.
 * Their anchors are a deep copy of the parameters in the parameters' dtype (README), ``None`` meaning zeros
   of the parameter's shape, allocated every step (adamSPD.py:144).
 
@@ -75,7 +75,8 @@ from typing import Any
 
 import torch
 
-from .compiled import CompiledKernel
+from .compiled import CompiledKernel, chunk_sizes
+from .scalars import device_scalars, read_values
 
 SPD_TIMING = "rwd"
 """The timing SPD is defined on: the decay scales the deviation after the base step (adamSPD.py:148)."""
@@ -262,6 +263,106 @@ def _compiled_stats(
     return condition, torch.sqrt(square)
 
 
+def _measure_toward_many(
+    thetas: list[torch.Tensor], origins: list[torch.Tensor], grads: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(c_t, ‖θ − θ₀‖) of each tensor of the lists (tensors of one size): one reduction pass each."""
+    conditions, norms = [], []
+    for i in range(len(thetas)):
+        condition, square = _condition_and_square(thetas[i], origins[i], grads[i])
+        conditions.append(condition)
+        norms.append(torch.sqrt(square))
+    return conditions, norms
+
+
+def _measure_zero_many(
+    thetas: list[torch.Tensor], grads: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(−⟨g, θ⟩, ‖θ‖) of each tensor of the lists."""
+    conditions, norms = [], []
+    for i in range(len(thetas)):
+        condition, square = _condition_and_square_to_zero(thetas[i], grads[i])
+        conditions.append(condition)
+        norms.append(torch.sqrt(square))
+    return conditions, norms
+
+
+def _decay_toward_many_(
+    thetas: list[torch.Tensor],
+    origins: list[torch.Tensor],
+    previous: list[torch.Tensor],
+    strength: torch.Tensor,
+) -> list[torch.Tensor]:
+    """Selected tensors: d = λ·r_t from ‖θ̃ − θ₀‖ and θ ← θ̃ − d·(θ̃ − θ₀), in place; returns the d."""
+    decays = []
+    for i in range(len(thetas)):
+        dev = thetas[i].float() - origins[i].float()
+        decay = strength * ratio_from_norms(torch.sqrt((dev * dev).sum()), previous[i])
+        thetas[i].copy_(thetas[i].float() - decay * dev)
+        decays.append(decay)
+    return decays
+
+
+def _decay_zero_many_(
+    thetas: list[torch.Tensor], previous: list[torch.Tensor], strength: torch.Tensor
+) -> list[torch.Tensor]:
+    """Selected tensors toward 0: d = λ·r_t from ‖θ̃‖ and θ ← (1 − d)·θ̃, in place; returns the d."""
+    decays = []
+    for i in range(len(thetas)):
+        theta = thetas[i].float()
+        decay = strength * ratio_from_norms(torch.sqrt((theta * theta).sum()), previous[i])
+        thetas[i].copy_(theta * (1.0 - decay))
+        decays.append(decay)
+    return decays
+
+
+SPD_CHUNK = 4
+"""Tensors of one size per compiled call of the measure and of the decay: a call's Python and dispatch cost
+as much as ~100K weights' reduction on a CPU, and a model's layers repeat their shapes."""
+_MEASURE = {
+    True: CompiledKernel(_measure_toward_many, "SPD's per-tensor reduction"),
+    False: CompiledKernel(_measure_zero_many, "SPD's per-tensor reduction"),
+}
+_DECAY = {
+    True: CompiledKernel(_decay_toward_many_, "SPD's decay"),
+    False: CompiledKernel(_decay_zero_many_, "SPD's decay"),
+}
+
+
+def _batchable(*tensors: torch.Tensor | None) -> bool:
+    """Plain, contiguous, non-empty real fp32/bf16/fp16 tensors on one device: the compiled calls' inputs."""
+    given = [t for t in tensors if t is not None]
+    return all(
+        type(t.data) is torch.Tensor
+        and t.dtype in _COMPILED_DTYPES
+        and t.numel() > 0
+        and t.is_contiguous()
+        and t.device == given[0].device
+        for t in given
+    )
+
+
+def _calls(indices: list[int], *columns: Sequence[torch.Tensor | None]) -> list[list[int]]:
+    """``indices`` grouped by the size, dtypes and device of their tensors (one entry of each column), each
+    group split into calls of :data:`SPD_CHUNK`, then halves."""
+    alike: dict[tuple[Any, ...], list[int]] = {}
+    for i in indices:
+        given = [column[i] for column in columns]
+        kind = tuple(None if t is None else (t.numel(), t.dtype, t.device) for t in given)
+        alike.setdefault(kind, []).append(i)
+    calls = []
+    for members in alike.values():
+        start = 0
+        for size in chunk_sizes(len(members), SPD_CHUNK):
+            calls.append(members[start : start + size])
+            start += size
+    return calls
+
+
+def _flat_list(tensors: Sequence[torch.Tensor], call: list[int]) -> list[torch.Tensor]:
+    return [tensors[i].detach().view(-1) for i in call]
+
+
 def deviation_stats(
     param: torch.Tensor, anchor: torch.Tensor | None, grad: torch.Tensor | None = None
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -310,11 +411,22 @@ def spd_measure(
     The base step overwrites θ (and may change the gradient), so both are taken first.
     """
     _same_lengths(params=params, anchors=anchors, grads=grads)
-    conditions, norms = [], []
-    for param, anchor, grad in zip(params, anchors, grads, strict=True):
-        condition, norm = deviation_stats(param, anchor, grad)
-        conditions.append(condition)
-        norms.append(norm)
+    count = len(params)
+    conditions: list[Any] = [None] * count
+    norms: list[Any] = [None] * count
+    batched = [i for i in range(count) if _batchable(params[i], anchors[i], grads[i])]
+    for call in _calls(batched, params, anchors, grads):
+        anchored = anchors[call[0]] is not None
+        thetas, gs = _flat_list(params, call), _flat_list(grads, call)
+        if anchored:
+            got = _MEASURE[True](thetas, _flat_list(anchors, call), gs)  # type: ignore[arg-type]
+        else:
+            got = _MEASURE[False](thetas, gs)
+        for i, condition, norm in zip(call, *got, strict=True):
+            conditions[i], norms[i] = condition, norm
+    for i in range(count):
+        if conditions[i] is None:
+            conditions[i], norms[i] = deviation_stats(params[i], anchors[i], grads[i])
     return conditions, norms
 
 
@@ -326,20 +438,27 @@ def spd_decays(
     previous_norms: Sequence[torch.Tensor],
     strength: float,
 ) -> list[torch.Tensor]:
-    """After the base step (``params`` hold θ̃): d_t = λ·r_t·1[c_t < 0] per tensor, 0-d tensors.
+    """After the base step (``params`` hold θ̃): d_t = λ·r_t·1[c_t < 0] per tensor, 0-d tensors, nothing
+    written.
 
-    On the CPU reading c_t is free, so an unselected tensor (c_t ≥ 0) skips the pass over θ̃ − θ₀ (d_t = 0
-    without it); on an accelerator every tensor takes it and nothing syncs with the host.
+    The conditions are read in one transfer (:func:`selected`); an unselected tensor (c_t ≥ 0) skips the pass
+    over θ̃ − θ₀ (d_t = 0 without it).
     """
     _same_lengths(params=params, anchors=anchors, conditions=conditions, previous_norms=previous_norms)
+    chosen = selected(conditions)
     decays = []
-    for param, anchor, condition, previous in zip(params, anchors, conditions, previous_norms, strict=True):
-        if condition.device.type == "cpu" and not float(condition) < 0:
+    for param, anchor, previous, take in zip(params, anchors, previous_norms, chosen, strict=True):
+        if not take:
             decays.append(torch.zeros_like(previous))
             continue
-        ratio = ratio_from_norms(deviation_stats(param, anchor)[1], previous)
-        decays.append(torch.where(condition < 0, strength * ratio, torch.zeros_like(ratio)))
+        decays.append(strength * ratio_from_norms(deviation_stats(param, anchor)[1], previous))
     return decays
+
+
+def selected(conditions: Sequence[torch.Tensor]) -> list[bool]:
+    """c_t < 0 per tensor, read on the host in one transfer per device (one sync per step on a GPU, which
+    is cheaper than the pass over θ̃ − θ₀ and the lerp every unselected tensor would otherwise take)."""
+    return [value < 0 for value in read_values(conditions)]
 
 
 @torch.no_grad()
@@ -376,9 +495,27 @@ def spd_decay_(
     :class:`~hf_lpwd.LPWD` writes it with stochastic rounding instead (:func:`spd_decays` then its own pass).
     """
     check_spd_strength(strength)
-    decays = spd_decays(params, anchors, conditions, previous_norms, strength)
-    for param, anchor, decay in zip(params, anchors, decays, strict=True):
-        decay_toward_(param, anchor, decay)
+    _same_lengths(params=params, anchors=anchors, conditions=conditions, previous_norms=previous_norms)
+    decays = [torch.zeros_like(previous) for previous in previous_norms]
+    chosen = [i for i, take in enumerate(selected(conditions)) if take]
+    batched = [i for i in chosen if _batchable(params[i], anchors[i])]
+    weights: dict[torch.device, torch.Tensor] = {}  # λ as a 0-d tensor: one compiled kernel for every λ
+    for call in _calls(batched, params, anchors, previous_norms):
+        thetas, previous = _flat_list(params, call), [previous_norms[i] for i in call]
+        device = thetas[0].device
+        if device not in weights:
+            weights[device] = device_scalars(device, [strength])[0]
+        if anchors[call[0]] is not None:
+            origins = _flat_list(anchors, call)  # type: ignore[arg-type]
+            got = _DECAY[True](thetas, origins, previous, weights[device])
+        else:
+            got = _DECAY[False](thetas, previous, weights[device])
+        for i, decay in zip(call, got, strict=True):
+            decays[i] = decay
+    for i in sorted(set(chosen) - set(batched)):  # DTensor, complex, fp64: the eager lerp
+        previous = previous_norms[i]
+        decays[i] = strength * ratio_from_norms(deviation_stats(params[i], anchors[i])[1], previous)
+        decay_toward_(params[i], anchors[i], decays[i])
     return decays
 
 
