@@ -142,8 +142,9 @@ class LPWD(torch.optim.Optimizer):
         cautious: decay only where the update and the weight agree in sign,
             θ ← θ − η·u − d·1[u⊙θ ≥ 0]⊙θ (``wd`` timing; AdamW, Adam or SGD base).
         cautious_kernel: ``"compiled"`` runs cautious AdamW/Adam as one ``torch.compile``'d pass per
-            tensor (compiled on the first step; the eager path where it does not apply), ``"eager"``
-            as a mask pass before the base's own step.  Same equation; the former is faster.
+            tensor (compiled on the first step; on CUDA the rounded step's fp32 kernels, which take SGD and
+            fused AdamW too; the eager path where neither applies), ``"eager"`` as a mask pass before the
+            base's own step.  Same equation; the former is faster.
         stochastic_rounding: on bf16/fp16 parameters, compute the whole step (update and decay) in fp32
             and write it with one stochastic rounding, so that E[θ_{t+1}] is the fp32 step
             (:mod:`hf_lpwd.optim.rounded_step`: AdamW, Adam, SGD; on other bases or tensor types the decay

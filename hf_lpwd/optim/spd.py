@@ -75,6 +75,7 @@ from typing import Any
 
 import torch
 
+from .._compat.torch import foreach_copy_
 from .compiled import CompiledKernel, chunk_sizes
 from .scalars import device_scalars, read_values
 
@@ -316,9 +317,44 @@ def _decay_zero_many_(
     return decays
 
 
+def _measure_toward_rows(
+    thetas: torch.Tensor, origins: torch.Tensor, grads: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_t, ‖θ − θ₀‖) of each row of stacked (k, n) small tensors: one call for all of them."""
+    dev = thetas.float() - origins.float()
+    return -(grads.float() * dev).sum(dim=1), torch.sqrt((dev * dev).sum(dim=1))
+
+
+def _measure_zero_rows(thetas: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(−⟨g, θ⟩, ‖θ‖) of each row."""
+    dev = thetas.float()
+    return -(grads.float() * dev).sum(dim=1), torch.sqrt((dev * dev).sum(dim=1))
+
+
+def _decay_toward_rows(
+    thetas: torch.Tensor, origins: torch.Tensor, previous: torch.Tensor, strength: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d per row, the decayed rows θ̃ − d·(θ̃ − θ₀)) of stacked selected small tensors."""
+    dev = thetas.float() - origins.float()
+    decay = strength * ratio_from_norms(torch.sqrt((dev * dev).sum(dim=1)), previous)
+    return decay, (thetas.float() - decay[:, None] * dev).to(thetas.dtype)
+
+
+def _decay_zero_rows(
+    thetas: torch.Tensor, previous: torch.Tensor, strength: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d per row, the rows (1 − d)·θ̃) toward 0."""
+    theta = thetas.float()
+    decay = strength * ratio_from_norms(torch.sqrt((theta * theta).sum(dim=1)), previous)
+    return decay, (theta * (1.0 - decay[:, None])).to(thetas.dtype)
+
+
 SPD_CHUNK = 4
 """Tensors of one size per compiled call of the measure and of the decay: a call's Python and dispatch cost
 as much as ~100K weights' reduction on a CPU, and a model's layers repeat their shapes."""
+SMALL_NUMEL = 1 << 14
+"""Tensors of one size of at most this many weights (biases, norms, LoRA adapters) are stacked into one
+(k, n) call, whatever k: the copy costs less than the calls it saves."""
 _MEASURE = {
     True: CompiledKernel(_measure_toward_many, "SPD's per-tensor reduction"),
     False: CompiledKernel(_measure_zero_many, "SPD's per-tensor reduction"),
@@ -326,6 +362,14 @@ _MEASURE = {
 _DECAY = {
     True: CompiledKernel(_decay_toward_many_, "SPD's decay"),
     False: CompiledKernel(_decay_zero_many_, "SPD's decay"),
+}
+_MEASURE_ROWS = {
+    True: CompiledKernel(_measure_toward_rows, "SPD's per-tensor reduction"),
+    False: CompiledKernel(_measure_zero_rows, "SPD's per-tensor reduction"),
+}
+_DECAY_ROWS = {
+    True: CompiledKernel(_decay_toward_rows, "SPD's decay"),
+    False: CompiledKernel(_decay_zero_rows, "SPD's decay"),
 }
 
 
@@ -342,9 +386,10 @@ def _batchable(*tensors: torch.Tensor | None) -> bool:
     )
 
 
-def _calls(indices: list[int], *columns: Sequence[torch.Tensor | None]) -> list[list[int]]:
-    """``indices`` grouped by the size, dtypes and device of their tensors (one entry of each column), each
-    group split into calls of :data:`SPD_CHUNK`, then halves."""
+def _calls(indices: list[int], *columns: Sequence[torch.Tensor | None]) -> list[tuple[bool, list[int]]]:
+    """``indices`` grouped by the size, dtypes and device of their tensors (one entry of each column): (True,
+    the group) for small tensors stacked in one call, else (False, a call) for calls of :data:`SPD_CHUNK`,
+    then halves."""
     alike: dict[tuple[Any, ...], list[int]] = {}
     for i in indices:
         given = [column[i] for column in columns]
@@ -352,15 +397,23 @@ def _calls(indices: list[int], *columns: Sequence[torch.Tensor | None]) -> list[
         alike.setdefault(kind, []).append(i)
     calls = []
     for members in alike.values():
+        if len(members) > 1 and columns[0][members[0]].numel() <= SMALL_NUMEL:  # type: ignore[union-attr]
+            calls.append((True, members))
+            continue
         start = 0
         for size in chunk_sizes(len(members), SPD_CHUNK):
-            calls.append(members[start : start + size])
+            calls.append((False, members[start : start + size]))
             start += size
     return calls
 
 
 def _flat_list(tensors: Sequence[torch.Tensor], call: list[int]) -> list[torch.Tensor]:
     return [tensors[i].detach().view(-1) for i in call]
+
+
+def _rows(tensors: Sequence[torch.Tensor], call: list[int]) -> torch.Tensor:
+    """The (k, n) stack of the tensors of ``call`` (a copy)."""
+    return torch.stack(_flat_list(tensors, call))
 
 
 def deviation_stats(
@@ -415,13 +468,17 @@ def spd_measure(
     conditions: list[Any] = [None] * count
     norms: list[Any] = [None] * count
     batched = [i for i in range(count) if _batchable(params[i], anchors[i], grads[i])]
-    for call in _calls(batched, params, anchors, grads):
+    for stacked, call in _calls(batched, params, anchors, grads):
         anchored = anchors[call[0]] is not None
-        thetas, gs = _flat_list(params, call), _flat_list(grads, call)
+        gather = _rows if stacked else _flat_list
+        kernel = (_MEASURE_ROWS if stacked else _MEASURE)[anchored]
+        thetas, gs = gather(params, call), gather(grads, call)
         if anchored:
-            got = _MEASURE[True](thetas, _flat_list(anchors, call), gs)  # type: ignore[arg-type]
+            got = kernel(thetas, gather(anchors, call), gs)  # type: ignore[arg-type]
         else:
-            got = _MEASURE[False](thetas, gs)
+            got = kernel(thetas, gs)
+        if stacked:
+            got = tuple(values.unbind(0) for values in got)
         for i, condition, norm in zip(call, *got, strict=True):
             conditions[i], norms[i] = condition, norm
     for i in range(count):
@@ -500,16 +557,22 @@ def spd_decay_(
     chosen = [i for i, take in enumerate(selected(conditions)) if take]
     batched = [i for i in chosen if _batchable(params[i], anchors[i])]
     weights: dict[torch.device, torch.Tensor] = {}  # λ as a 0-d tensor: one compiled kernel for every λ
-    for call in _calls(batched, params, anchors, previous_norms):
-        thetas, previous = _flat_list(params, call), [previous_norms[i] for i in call]
-        device = thetas[0].device
+    for stacked, call in _calls(batched, params, anchors, previous_norms):
+        device = params[call[0]].device
         if device not in weights:
             weights[device] = device_scalars(device, [strength])[0]
-        if anchors[call[0]] is not None:
-            origins = _flat_list(anchors, call)  # type: ignore[arg-type]
-            got = _DECAY[True](thetas, origins, previous, weights[device])
+        anchored = anchors[call[0]] is not None
+        if stacked:
+            previous_rows = torch.stack([previous_norms[i] for i in call])
+            origins = (_rows(anchors, call),) if anchored else ()  # type: ignore[arg-type]
+            kernel = _DECAY_ROWS[anchored]
+            got, written = kernel(_rows(params, call), *origins, previous_rows, weights[device])
+            foreach_copy_(_flat_list(params, call), list(written.unbind(0)))
+            got = got.unbind(0)
         else:
-            got = _DECAY[False](thetas, previous, weights[device])
+            previous = [previous_norms[i] for i in call]
+            origins = (_flat_list(anchors, call),) if anchored else ()  # type: ignore[arg-type]
+            got = _DECAY[anchored](_flat_list(params, call), *origins, previous, weights[device])
         for i, decay in zip(call, got, strict=True):
             decays[i] = decay
     for i in sorted(set(chosen) - set(batched)):  # DTensor, complex, fp64: the eager lerp
