@@ -93,6 +93,14 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got - want).norm() / want.norm()).item()
 
 
+def assert_matches(first, last, want_first, want_last, label: str, tolerance: float = 1e-5) -> None:
+    """The weights after the first step that moves and after the last, each within ``tolerance`` (relative)
+    of the float64 reference."""
+    for got, want in [*zip(first, want_first, strict=True), *zip(last, want_last, strict=True)]:
+        rel = relative_error(got, want)
+        assert rel < tolerance, f"{label}: relative error {rel:.2e}"
+
+
 def fp32_problem(seed: int):
     thetas, targets = problem(seed)
     return [t.float().double() for t in thetas], targets  # θ₀ as the fp32 weights hold it
@@ -106,9 +114,7 @@ def test_each_timing_and_coupling_toward_init_matches_float64(coupling: str, mod
     thetas, targets = fp32_problem(0)
     first, last, opt = run(mode, coupling, False, base_kwargs, thetas, targets, decay_target="init")
     want_first, want_last = reference(mode, coupling, False, direction, thetas, targets, True)
-    for got, want in [*zip(first, want_first, strict=True), *zip(last, want_last, strict=True)]:
-        rel = relative_error(got, want)
-        assert rel < 1e-5, f"{coupling}/{mode}/{base} toward init: relative error {rel:.2e}"
+    assert_matches(first, last, want_first, want_last, f"{coupling}/{mode}/{base} toward init")
     _, toward_zero = reference(mode, coupling, False, direction, thetas, targets, False)
     # The target matters where λ > 0 (group 2: the largest λ) by far more than the tolerance; not at λ = 0.
     assert relative_error(toward_zero[2], want_last[2]) > 1e-3
@@ -157,9 +163,7 @@ def test_one_pass_fp32_step_toward_init_matches_float64(
     thetas, targets = fp32_problem(2)
     first, last, opt = run(mode, coupling, False, base_kwargs, thetas, targets, decay_target="init")
     want_first, want_last = reference(mode, coupling, False, direction, thetas, targets, True)
-    for got, want in [*zip(first, want_first, strict=True), *zip(last, want_last, strict=True)]:
-        rel = relative_error(got, want)
-        assert rel < 1e-5, f"one pass {coupling}/{mode}/{base} toward init: relative error {rel:.2e}"
+    assert_matches(first, last, want_first, want_last, f"one pass {coupling}/{mode}/{base} toward init")
     assert one_pass.stepped == 2 * STEPS  # the two decayed groups, every step (λ = 0's takes the base)
     if mode == "pwd":
         assert opt.fold_corrections == 0
@@ -179,8 +183,7 @@ def test_one_pass_cautious_matches_float64(target: str, monkeypatch: pytest.Monk
     thetas, targets = fp32_problem(1)
     first, last, _ = run("wd", "coupled", True, base_kwargs, thetas, targets, decay_target=target)
     want_first, want_last = reference("wd", "coupled", True, direction, thetas, targets, target == "init")
-    for got, want in [*zip(first, want_first, strict=True), *zip(last, want_last, strict=True)]:
-        assert relative_error(got, want) < 1e-5
+    assert_matches(first, last, want_first, want_last, f"one pass cautious toward {target}")
     assert one_pass.stepped == 3 * STEPS  # every group of a cautious optimizer (λ = 0's: c = 0, no mask)
 
 
@@ -211,9 +214,7 @@ def test_cautious_toward_init_matches_float64(coupling: str, base: str, kernel: 
     kwargs = {**base_kwargs, "cautious_kernel": kernel}
     first, last, _ = run("wd", coupling, True, kwargs, thetas, targets, decay_target="init")
     want_first, want_last = reference("wd", coupling, True, direction, thetas, targets, True)
-    for got, want in [*zip(first, want_first, strict=True), *zip(last, want_last, strict=True)]:
-        rel = relative_error(got, want)
-        assert rel < 1e-5, f"cautious {coupling}/{base} toward init: relative error {rel:.2e}"
+    assert_matches(first, last, want_first, want_last, f"cautious {coupling}/{base} toward init")
     _, plain = reference("wd", coupling, False, direction, thetas, targets, True)
     _, masked_at_zero = reference("wd", coupling, True, direction, thetas, targets, False)
     for other in (plain, masked_at_zero):  # the mask matters, and it is taken on θ − θ₀

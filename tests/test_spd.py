@@ -391,5 +391,5 @@ def test_batched_measure_and_decay_equal_the_float64_rule_per_tensor(toward_zero
         assert relative_error(theta, want) < 1e-6
     assert sum(float(d) > 0 for d in decays) == sum(chosen)
     assert sum(chosen[:7]) > 1 and sum(chosen[7:14]) > 1  # both call kinds decay several tensors
-    for kernels in (spd._MEASURE, spd._DECAY, spd._MEASURE_ROWS, spd._DECAY_ROWS):
-        assert not kernels[not toward_zero].failed
+    for kernel in (spd._MEASURE, spd._DECAY, spd._MEASURE_ROWS, spd._DECAY_ROWS):
+        assert not kernel.failed

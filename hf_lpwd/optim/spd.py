@@ -264,89 +264,51 @@ def _compiled_stats(
     return condition, torch.sqrt(square)
 
 
-def _measure_toward_many(
-    thetas: list[torch.Tensor], origins: list[torch.Tensor], grads: list[torch.Tensor]
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(c_t, ‖θ − θ₀‖) of each tensor of the lists (tensors of one size): one reduction pass each."""
-    conditions, norms = [], []
-    for i in range(len(thetas)):
-        condition, square = _condition_and_square(thetas[i], origins[i], grads[i])
-        conditions.append(condition)
-        norms.append(torch.sqrt(square))
-    return conditions, norms
-
-
-def _measure_zero_many(
-    thetas: list[torch.Tensor], grads: list[torch.Tensor]
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(−⟨g, θ⟩, ‖θ‖) of each tensor of the lists."""
-    conditions, norms = [], []
-    for i in range(len(thetas)):
-        condition, square = _condition_and_square_to_zero(thetas[i], grads[i])
-        conditions.append(condition)
-        norms.append(torch.sqrt(square))
-    return conditions, norms
-
-
-def _decay_toward_many_(
-    thetas: list[torch.Tensor],
-    origins: list[torch.Tensor],
-    previous: list[torch.Tensor],
-    strength: torch.Tensor,
-) -> list[torch.Tensor]:
-    """Selected tensors: d = λ·r_t from ‖θ̃ − θ₀‖ and θ ← θ̃ − d·(θ̃ − θ₀), in place; returns the d."""
-    decays = []
-    for i in range(len(thetas)):
-        dev = thetas[i].float() - origins[i].float()
-        decay = strength * ratio_from_norms(torch.sqrt((dev * dev).sum()), previous[i])
-        thetas[i].copy_(thetas[i].float() - decay * dev)
-        decays.append(decay)
-    return decays
-
-
-def _decay_zero_many_(
-    thetas: list[torch.Tensor], previous: list[torch.Tensor], strength: torch.Tensor
-) -> list[torch.Tensor]:
-    """Selected tensors toward 0: d = λ·r_t from ‖θ̃‖ and θ ← (1 − d)·θ̃, in place; returns the d."""
-    decays = []
-    for i in range(len(thetas)):
-        theta = thetas[i].float()
-        decay = strength * ratio_from_norms(torch.sqrt((theta * theta).sum()), previous[i])
-        thetas[i].copy_(theta * (1.0 - decay))
-        decays.append(decay)
-    return decays
-
-
-def _measure_toward_rows(
-    thetas: torch.Tensor, origins: torch.Tensor, grads: torch.Tensor
+def _measure_rows(
+    thetas: torch.Tensor, origins: torch.Tensor | None, grads: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(c_t, ‖θ − θ₀‖) of each row of stacked (k, n) small tensors: one call for all of them."""
-    dev = thetas.float() - origins.float()
+    """(c_t, ‖θ − θ₀‖) of each row of (k, n) tensors, one reduction pass; θ₀ = 0 where ``origins`` is None
+    (no zeros allocated)."""
+    dev = thetas.float() if origins is None else thetas.float() - origins.float()
     return -(grads.float() * dev).sum(dim=1), torch.sqrt((dev * dev).sum(dim=1))
 
 
-def _measure_zero_rows(thetas: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(−⟨g, θ⟩, ‖θ‖) of each row."""
-    dev = thetas.float()
-    return -(grads.float() * dev).sum(dim=1), torch.sqrt((dev * dev).sum(dim=1))
-
-
-def _decay_toward_rows(
-    thetas: torch.Tensor, origins: torch.Tensor, previous: torch.Tensor, strength: torch.Tensor
+def _decayed_rows(
+    thetas: torch.Tensor, origins: torch.Tensor | None, previous: torch.Tensor, strength: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d per row, the decayed rows θ̃ − d·(θ̃ − θ₀)) of stacked selected small tensors."""
-    dev = thetas.float() - origins.float()
+    """(d = λ·r_t per row, the rows θ̃ − d·(θ̃ − θ₀)) of (k, n) selected tensors θ̃, given ‖θ − θ₀‖ per row."""
+    dev = thetas.float() if origins is None else thetas.float() - origins.float()
     decay = strength * ratio_from_norms(torch.sqrt((dev * dev).sum(dim=1)), previous)
     return decay, (thetas.float() - decay[:, None] * dev).to(thetas.dtype)
 
 
-def _decay_zero_rows(
-    thetas: torch.Tensor, previous: torch.Tensor, strength: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d per row, the rows (1 − d)·θ̃) toward 0."""
-    theta = thetas.float()
-    decay = strength * ratio_from_norms(torch.sqrt((theta * theta).sum(dim=1)), previous)
-    return decay, (theta * (1.0 - decay[:, None])).to(thetas.dtype)
+def _measure_many(
+    thetas: list[torch.Tensor], origins: list[torch.Tensor] | None, grads: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """:func:`_measure_rows` of each tensor of the lists (1-D, of one size), each its own row."""
+    conditions, norms = [], []
+    for i in range(len(thetas)):
+        origin = None if origins is None else origins[i][None]
+        condition, norm = _measure_rows(thetas[i][None], origin, grads[i][None])
+        conditions.append(condition[0])
+        norms.append(norm[0])
+    return conditions, norms
+
+
+def _decay_many_(
+    thetas: list[torch.Tensor],
+    origins: list[torch.Tensor] | None,
+    previous: list[torch.Tensor],
+    strength: torch.Tensor,
+) -> list[torch.Tensor]:
+    """:func:`_decayed_rows` of each tensor of the lists, written in place; returns the d."""
+    decays = []
+    for i in range(len(thetas)):
+        origin = None if origins is None else origins[i][None]
+        decay, written = _decayed_rows(thetas[i][None], origin, previous[i][None], strength)
+        thetas[i].copy_(written[0])
+        decays.append(decay[0])
+    return decays
 
 
 SPD_CHUNK = 4
@@ -355,22 +317,10 @@ as much as ~100K weights' reduction on a CPU, and a model's layers repeat their 
 SMALL_NUMEL = 1 << 14
 """Tensors of one size of at most this many weights (biases, norms, LoRA adapters) are stacked into one
 (k, n) call, whatever k: the copy costs less than the calls it saves."""
-_MEASURE = {
-    True: CompiledKernel(_measure_toward_many, "SPD's per-tensor reduction"),
-    False: CompiledKernel(_measure_zero_many, "SPD's per-tensor reduction"),
-}
-_DECAY = {
-    True: CompiledKernel(_decay_toward_many_, "SPD's decay"),
-    False: CompiledKernel(_decay_zero_many_, "SPD's decay"),
-}
-_MEASURE_ROWS = {
-    True: CompiledKernel(_measure_toward_rows, "SPD's per-tensor reduction"),
-    False: CompiledKernel(_measure_zero_rows, "SPD's per-tensor reduction"),
-}
-_DECAY_ROWS = {
-    True: CompiledKernel(_decay_toward_rows, "SPD's decay"),
-    False: CompiledKernel(_decay_zero_rows, "SPD's decay"),
-}
+_MEASURE = CompiledKernel(_measure_many, "SPD's per-tensor reduction")
+_DECAY = CompiledKernel(_decay_many_, "SPD's decay")
+_MEASURE_ROWS = CompiledKernel(_measure_rows, "SPD's per-tensor reduction")
+_DECAY_ROWS = CompiledKernel(_decayed_rows, "SPD's decay")
 
 
 def _batchable(*tensors: torch.Tensor | None) -> bool:
@@ -469,14 +419,10 @@ def spd_measure(
     norms: list[Any] = [None] * count
     batched = [i for i in range(count) if _batchable(params[i], anchors[i], grads[i])]
     for stacked, call in _calls(batched, params, anchors, grads):
-        anchored = anchors[call[0]] is not None
         gather = _rows if stacked else _flat_list
-        kernel = (_MEASURE_ROWS if stacked else _MEASURE)[anchored]
-        thetas, gs = gather(params, call), gather(grads, call)
-        if anchored:
-            got = kernel(thetas, gather(anchors, call), gs)  # type: ignore[arg-type]
-        else:
-            got = kernel(thetas, gs)
+        origins = None if anchors[call[0]] is None else gather(anchors, call)  # type: ignore[arg-type]
+        kernel = _MEASURE_ROWS if stacked else _MEASURE
+        got = kernel(gather(params, call), origins, gather(grads, call))
         if stacked:
             got = tuple(values.unbind(0) for values in got)
         for i, condition, norm in zip(call, *got, strict=True):
@@ -562,17 +508,15 @@ def spd_decay_(
         if device not in weights:
             weights[device] = device_scalars(device, [strength])[0]
         anchored = anchors[call[0]] is not None
+        previous = [previous_norms[i] for i in call]
         if stacked:
-            previous_rows = torch.stack([previous_norms[i] for i in call])
-            origins = (_rows(anchors, call),) if anchored else ()  # type: ignore[arg-type]
-            kernel = _DECAY_ROWS[anchored]
-            got, written = kernel(_rows(params, call), *origins, previous_rows, weights[device])
+            origins = _rows(anchors, call) if anchored else None  # type: ignore[arg-type]
+            got, written = _DECAY_ROWS(_rows(params, call), origins, torch.stack(previous), weights[device])
             foreach_copy_(_flat_list(params, call), list(written.unbind(0)))
             got = got.unbind(0)
         else:
-            previous = [previous_norms[i] for i in call]
-            origins = (_flat_list(anchors, call),) if anchored else ()  # type: ignore[arg-type]
-            got = _DECAY[anchored](_flat_list(params, call), *origins, previous, weights[device])
+            origins = _flat_list(anchors, call) if anchored else None  # type: ignore[arg-type]
+            got = _DECAY(_flat_list(params, call), origins, previous, weights[device])
         for i, decay in zip(call, got, strict=True):
             decays[i] = decay
     for i in sorted(set(chosen) - set(batched)):  # DTensor, complex, fp64: the eager lerp
