@@ -2,7 +2,7 @@
 
     python train_deepspeed.py OUT_DIR --model-dir DIR [--engine ddp|zero1|zero2|zero3]
                               [--modes stock,wd,rwd,pwd,lpwd] [--bf16] [--warmup 1] [--probe]
-                              [--save-steps N] [--resume-from ROOT [--resume-step 2]]
+                              [--save-steps N [--save-modes MODES]] [--resume-from ROOT [--resume-step 2]]
                               [--ds-optimizer [--refusal-only]]
     python train_deepspeed.py --save-init --model-dir DIR
 
@@ -21,7 +21,11 @@ one launch equal separate launches bit for bit), each into ``OUT_DIR/MODE/``.
   suffix ``-earlystop`` trains with a ``constant`` lr and stops after step 2 of 4
   (``control.should_training_stop``, as early stopping does), so pwd has a decay folded in for a step that
   never comes, which the end of ``train()`` must divide out.  A suffix ``-init`` (``lpwd-init``) decays toward
-  θ₀, the weights the optimizer was built with (``--lpwd_decay_target init``).
+  θ₀, the weights the optimizer was built with (``--lpwd_decay_target init``).  Suffixes combine
+  (``lpwd-init-earlystop``).  A last suffix ``-resume`` (``lpwd-init-resume``) trains its base mode resumed
+  from ``OUT_DIR/BASE/checkpoint-STEP``, written by that mode earlier in the same launch (``--save-steps``);
+  ``--resume-from ROOT`` instead resumes every mode from ``ROOT/MODE/checkpoint-STEP`` of another launch.
+* ``--save-modes``: only these modes checkpoint every ``--save-steps`` steps (default: every mode).
 * ``--ds-optimizer``: the DeepSpeed config gets an ``optimizer`` section (which LPWD cannot wrap); with
   ``--refusal-only`` reaching ``deepspeed_init`` is an error, so nothing trains and DeepSpeed's own Adam op is
   not compiled (minutes of g++).
@@ -74,20 +78,21 @@ def deepspeed_config(stage: int, bf16: bool, ds_optimizer: bool, sub_group_size:
 
 
 def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> TrainingArguments:
+    saves = bool(cli.save_steps) and (not cli.save_modes or mode in cli.save_modes.split(","))
     # "lpwd-nowarmup": lpwd with warmup_steps=0 (the first decay is not 1); "pwd-independent", "wd-cautious",
-    # "lpwd-init" (decay toward θ₀): the rules
-    mode, _, variant = mode.partition("-")
-    schedule = "constant" if variant == "earlystop" else "linear"
+    # "lpwd-init" (decay toward θ₀): the rules; suffixes combine ("lpwd-init-earlystop")
+    mode, *variants = mode.split("-")
+    schedule = "constant" if "earlystop" in variants else "linear"
     kwargs = dict(
         output_dir=out, weight_decay=WEIGHT_DECAY, learning_rate=LR, max_steps=STEPS,
         per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type=schedule,
-        warmup_steps=0 if variant == "nowarmup" else cli.warmup,
+        warmup_steps=0 if "nowarmup" in variants else cli.warmup,
         max_grad_norm=0.0, report_to="none", use_cpu=True, ddp_backend="gloo", disable_tqdm=True, seed=0,
         data_seed=0, logging_steps=2, dataloader_num_workers=0, bf16=cli.bf16,
-        save_strategy="steps" if cli.save_steps else "no", save_steps=cli.save_steps or 500,
+        save_strategy="steps" if saves else "no", save_steps=cli.save_steps or 500,
         save_only_model=False,
     )
-    if variant == "nowarmup":
+    if "nowarmup" in variants:
         # Without a warm-up Adam's first update is lr·g/(|g|+eps) at the full lr: an element whose gradient is
         # below eps (1e-8) turns ZeRO-3's ulp-level gradient differences into update differences of ~lr (seen:
         # 4.5e-4 on one element, then 1.8e-3 everywhere). eps = 1e-3 keeps the comparison well conditioned
@@ -99,13 +104,13 @@ def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> T
     if mode == "stock":
         return TrainingArguments(**kwargs)
     rules = {}
-    if variant == "independent":  # d = (η_t/η̄)·λ: λ is the per-step decay at the peak lr
+    if "independent" in variants:  # d = (η_t/η̄)·λ: λ is the per-step decay at the peak lr
         rules = {"lpwd_lr_coupling": "independent"}
         kwargs["weight_decay"] = 2 * WEIGHT_DECAY * LR  # twice coupled pwd's per-step decay: a run of its own
-    elif variant == "cautious":
+    elif "cautious" in variants:
         rules = {"lpwd_cautious": True}
-    elif variant == "init":  # decay toward θ₀, the weights the optimizer was built with
-        rules = {"lpwd_decay_target": "init"}
+    if "init" in variants:  # decay toward θ₀, the weights the optimizer was built with
+        rules["lpwd_decay_target"] = "init"
     return LPWDTrainingArguments(weight_decay_mode=mode, **rules, **kwargs)
 
 
@@ -240,8 +245,12 @@ def train_one(cli: argparse.Namespace, mode: str, out: str, world: int) -> None:
         callbacks = [StopAfter(EARLY_STOP_STEP)] if mode.endswith("-earlystop") else None
         trainer = cls(model=model, args=args, train_dataset=TokenDataset(64, seed=1, causal_lm=True),
                       callbacks=callbacks)
-        resume = (os.path.join(cli.resume_from, mode, f"checkpoint-{cli.resume_step}")
-                  if cli.resume_from else None)
+        if mode.endswith("-resume"):  # the base mode's checkpoint, written earlier in this launch
+            resume = os.path.join(cli.out, mode.removesuffix("-resume"), f"checkpoint-{cli.resume_step}")
+        elif cli.resume_from:
+            resume = os.path.join(cli.resume_from, mode, f"checkpoint-{cli.resume_step}")
+        else:
+            resume = None
         trainer.train(resume_from_checkpoint=resume)
     finally:
         if probe is not None:
@@ -273,6 +282,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--probe", action="store_true")
     parser.add_argument("--save-steps", type=int, default=0)
+    parser.add_argument("--save-modes", default="",
+                        help="comma-separated: the modes that checkpoint every --save-steps (default all)")
     parser.add_argument("--resume-from", default=None, help="resume each mode from ROOT/MODE/checkpoint-STEP")
     parser.add_argument("--resume-step", type=int, default=2)
     parser.add_argument("--refusal-only", action="store_true",
@@ -290,8 +301,10 @@ def main() -> None:
         LlamaForCausalLM(tiny_config()).save_pretrained(cli.model_dir)
         return
     modes = cli.modes.split(",")
+    suffixes = {"nowarmup", "earlystop", "independent", "cautious", "init", "resume"}
     unknown = {m for m in modes if m.split("-")[0] not in ("stock", "wd", "rwd", "pwd", "lpwd")
-               or m.partition("-")[2] not in ("", "nowarmup", "earlystop", "independent", "cautious", "init")}
+               or not set(m.split("-")[1:]) <= suffixes
+               or (m.endswith("-resume") and m.removesuffix("-resume") not in modes[:modes.index(m)])}
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}")
     if cli.refusal_only:

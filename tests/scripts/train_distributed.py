@@ -13,7 +13,8 @@
 Every rank writes the full final parameters to OUT_DIR/rank{R}.pt, and the LPWD groups it built to
 OUT_DIR/groups{R}.json ((depth, λ, names) per group); Trainer runs also write OUT_DIR/trainer{R}.json
 (pwd's correction passes, the logged per-depth weight norms, and the θ₀ tensors its LPWD holds: local shape,
-whether a DTensor, bytes) and checkpoints every 2 steps.  ``--targets zero,init`` trains the Trainer modes
+whether a DTensor, bytes) and checkpoints every 2 steps; the plain loops write OUT_DIR/layout{R}.json (empty
+shards, blocks, and θ₀ as built and at the end, in the same form).  ``--targets zero,init`` trains every mode
 once per decay target in the same launch (target ``init`` into OUT_DIR/init).
 """
 
@@ -103,14 +104,12 @@ def run_trainer(mode: str, out: str, model_dir: str | None, target: str = "zero"
     gc.collect()
 
 
-def run_plain_loop(out: str, model_dir: str, fsdp1: bool) -> None:
+def run_plain_loop(out: str, model_dir: str, fsdp1: bool, target: str = "zero") -> None:
     """The same plain LPWD loop, in one process (``plain``) or under FSDP1 on every rank (``fsdp1``)."""
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    if fsdp1:
-        dist.init_process_group("gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if fsdp1 else (0, 1)
     set_seed(0)
     model = LlamaForCausalLM.from_pretrained(model_dir)
@@ -122,7 +121,8 @@ def run_plain_loop(out: str, model_dir: str, fsdp1: bool) -> None:
     empty = sum(p.numel() == 0 for p in model.parameters())
     depths = layer_depths(model)
     groups = lpwd_param_groups(model, WEIGHT_DECAY)
-    opt = LPWD(groups, mode="pwd", lr=LR, weight_decay=WEIGHT_DECAY)
+    opt = LPWD(groups, mode="pwd", lr=LR, weight_decay=WEIGHT_DECAY, decay_target=target)
+    built = anchor_layout(opt.initial_weights)  # θ₀ as built (FSDP1: copies of its flat local views)
     data = TokenDataset(64, seed=1, causal_lm=True)
     for step in range(STEPS):
         for group in opt.param_groups:
@@ -140,7 +140,8 @@ def run_plain_loop(out: str, model_dir: str, fsdp1: bool) -> None:
                  for n, p in model.named_parameters()}
     dump(out, rank, named, groups)
     with open(os.path.join(out, f"layout{rank}.json"), "w") as f:
-        json.dump({"empty_shards": empty, "num_blocks": max(depths.values()) - 1}, f)
+        json.dump({"empty_shards": empty, "num_blocks": max(depths.values()) - 1, "anchors_at_build": built,
+                   "anchors": anchor_layout(opt.initial_weights)}, f)
 
 
 def main() -> None:
@@ -149,7 +150,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--targets", default="zero",
-                        help="Trainer modes: comma-separated decay targets, one run each in this launch "
+                        help="comma-separated decay targets, one run each in this launch "
                         "(zero into OUT_DIR, init into OUT_DIR/init)")
     parser.add_argument("--save-init", action="store_true",
                         help="only write the initial model to --model-dir")
@@ -159,12 +160,14 @@ def main() -> None:
         LlamaForCausalLM(tiny_config()).save_pretrained(cli.model_dir)
         return
     os.makedirs(cli.out, exist_ok=True)
-    if cli.mode in ("plain", "fsdp1"):
-        run_plain_loop(cli.out, cli.model_dir, fsdp1=cli.mode == "fsdp1")
-    else:
-        for target in cli.targets.split(","):
-            out = cli.out if target == "zero" else os.path.join(cli.out, target)
-            os.makedirs(out, exist_ok=True)
+    if cli.mode == "fsdp1":
+        dist.init_process_group("gloo")
+    for target in cli.targets.split(","):
+        out = cli.out if target == "zero" else os.path.join(cli.out, target)
+        os.makedirs(out, exist_ok=True)
+        if cli.mode in ("plain", "fsdp1"):
+            run_plain_loop(out, cli.model_dir, cli.mode == "fsdp1", target)
+        else:
             run_trainer(cli.mode, out, cli.model_dir, target)
     if dist.is_initialized():  # a rank may abort at exit otherwise (seen with gloo)
         dist.barrier()
