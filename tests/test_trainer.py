@@ -211,9 +211,12 @@ def test_an_old_checkpoint_resumes_bitwise_with_todays_code(
     the optimizer state) / 0.5.0 (rwd + SPD toward θ₀) mid warm-up, one torch thread; resumed now, the run
     ends on that version's uninterrupted run's final parameters (group keys and state_dict layout unchanged).
 
-    Bitwise on the machine that wrote the fixture; asserted to 1e-6 relative so that another CPU's kernels may
-    round differently, while one decay factor too many or too few (~1e-3 here) or a lost Adam state fails by
-    far.
+    Bitwise on the machine that wrote the fixture (0.5.0's SPD: within 1.1e-8 absolute since 0.6.0 sums and
+    decays in other compiled kernels); asserted to 1e-6 relative, plus 1e-7 absolute (5e-6 of the weights'
+    scale 0.02: BERT's key biases get no gradient, softmax ignores them, and sit at ~1e-8 moved by Adam on
+    rounding noise alone, where a relative tolerance means nothing), so that another CPU's kernels may round
+    differently, while one decay factor too many or too few (~1e-3 of 0.02 here) or a lost Adam state fails
+    by far.
     """
     data = ROOT / "tests" / "data" / f"checkpoint_v{version.replace('.', '_')}"
     checkpoint = tmp_path / "killed" / "checkpoint-3"
@@ -224,7 +227,7 @@ def test_an_old_checkpoint_resumes_bitwise_with_todays_code(
     old, new = torch.load(data / "final_uninterrupted.pt"), torch.load(tmp_path / "killed" / "final.pt")
     assert old.keys() == new.keys()
     for name in old:
-        torch.testing.assert_close(new[name], old[name], rtol=1e-6, atol=1e-9, msg=name)
+        torch.testing.assert_close(new[name], old[name], rtol=1e-6, atol=1e-7, msg=name)
     assert json.loads((tmp_path / "killed" / "fold.json").read_text()) == {"fold_corrections": 0}
 
 
