@@ -937,17 +937,18 @@ class LPWD(torch.optim.Optimizer):
         (:func:`.spd.spd_decay_`).  bf16/fp16 weights with stochastic rounding: the same lerp in fp32,
         written with one stochastic rounding (reads d).
         """
-        for strength, params, anchors, conditions, norms in measured:
-            rounded = [self.stochastic_rounding and p.dtype in LOW_PRECISION_DTYPES for p in params]
-            parts = [[i for i, r in enumerate(rounded) if r == want] for want in (False, True)]
-            columns = (params, anchors, conditions, norms)
-            exact, stochastic = ([[column[i] for i in part] for column in columns] for part in parts)
-            if exact[0]:
-                spd_decay_(*exact, strength)
-            if not stochastic[0]:
+        for strength, *columns in measured:
+            members = list(zip(*columns, strict=True))  # (θ̃, θ₀ or None, c_t, ‖θ − θ₀‖) per tensor
+            rounded = [self.stochastic_rounding and m[0].dtype in LOW_PRECISION_DTYPES for m in members]
+            exact = [m for m, r in zip(members, rounded, strict=True) if not r]
+            if exact:
+                spd_decay_(*map(list, zip(*exact, strict=True)), strength)
+            stochastic = [m for m, r in zip(members, rounded, strict=True) if r]
+            if not stochastic:
                 continue
-            decays = spd_decays(*stochastic, strength)
-            for p, anchor, decay in zip(stochastic[0], stochastic[1], decays, strict=True):
+            params, anchors, conditions, norms = map(list, zip(*stochastic, strict=True))
+            decays = spd_decays(params, anchors, conditions, norms, strength)
+            for p, anchor, decay in zip(params, anchors, decays, strict=True):
                 weight = float(decay)
                 if weight > 0.0:
                     self._scale([p], 1.0 - weight, None if anchor is None else {p: anchor})

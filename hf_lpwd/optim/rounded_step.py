@@ -348,7 +348,7 @@ class _Calls:
         # One key per call of bf16/fp16 weights, drawn in this order (the bits of one kernel call per
         # tensor), sent to each device in one copy; fp32 calls read none (0 is sent).
         drawn = [
-            (part[0][0][0].device, keys.next_key() if _rounded(part) else 0) for part, _ in calls
+            (part[0][0][0].device, keys.next_key() if _rounded(part[0][0][0]) else 0) for part, _ in calls
         ]
         sent: dict[torch.device, list[torch.Tensor]] = {}
         for device in dict.fromkeys(device for device, _ in drawn):
@@ -374,7 +374,7 @@ class _Calls:
         columns = [list(column) for column in zip(*(lead for lead, _, _ in members), strict=True)]
         anchors = None if members[0][1] is None else [anchor for _, anchor, _ in members]
         rounded, exact = self.kernels
-        kernel = rounded if columns[0][0].dtype in LOW_PRECISION_DTYPES else exact
+        kernel = rounded if _rounded(columns[0][0]) else exact
         kernel(*columns, [key for _, _, key in members], *tail, anchors, eager=self.eager)
 
     def _packed(
@@ -393,9 +393,10 @@ class _Calls:
                 foreach_copy_([m[0][slot] for m in members], list(packed.split(sizes)))
 
 
-def _rounded(part: list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]) -> bool:
-    """Does this call write bf16/fp16 weights (and so read a noise key)?"""
-    return part[0][0][0].dtype in LOW_PRECISION_DTYPES
+def _rounded(weights: torch.Tensor) -> bool:
+    """Does a call on these weights round them stochastically (bf16/fp16: the rounded kernel, a noise key)
+    or write fp32 as computed (the exact kernel, no key)?"""
+    return weights.dtype in LOW_PRECISION_DTYPES
 
 
 CHUNK = 4

@@ -207,42 +207,6 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
     return (torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor).reshape(-1)
 
 
-def _condition_and_square(
-    theta: torch.Tensor, origin: torch.Tensor, grad: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(−⟨g, θ − θ₀⟩, ‖θ − θ₀‖²) in fp32, one fused reduction pass (compiled: no temporary)."""
-    dev = theta.float() - origin.float()
-    return -(grad.float() * dev).sum(), (dev * dev).sum()
-
-
-def _condition_and_square_to_zero(
-    theta: torch.Tensor, grad: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(−⟨g, θ⟩, ‖θ‖²) in fp32, one fused pass."""
-    dev = theta.float()
-    return -(grad.float() * dev).sum(), (dev * dev).sum()
-
-
-def _square(theta: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
-    """‖θ − θ₀‖² in fp32, one fused pass."""
-    dev = theta.float() - origin.float()
-    return (dev * dev).sum()
-
-
-def _square_to_zero(theta: torch.Tensor) -> torch.Tensor:
-    """‖θ‖² in fp32, one fused pass."""
-    dev = theta.float()
-    return (dev * dev).sum()
-
-
-# One kernel per argument pattern (with θ₀ or toward 0; with g before the step or not after it): each is one
-# graph per dtype, far from dynamo's recompile limit.
-_KERNELS = {
-    (True, True): CompiledKernel(_condition_and_square, "SPD's per-tensor reduction"),
-    (False, True): CompiledKernel(_condition_and_square_to_zero, "SPD's per-tensor reduction"),
-    (True, False): CompiledKernel(_square, "SPD's per-tensor reduction"),
-    (False, False): CompiledKernel(_square_to_zero, "SPD's per-tensor reduction"),
-}
 _COMPILED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -252,25 +216,23 @@ def _compiled_stats(
     """The compiled reduction for plain real fp32/bf16/fp16 tensors; ``None`` for the rest (DTensor, complex,
     fp64, a failed compilation), which take :func:`_chunked_stats`."""
     given = [t for t in (theta, origin, g) if t is not None]
-    kernel = _KERNELS[(origin is not None, g is not None)]
-    if kernel.failed or not all(
+    if _MEASURE_ROWS.failed or not all(
         type(t.data) is torch.Tensor and t.dtype in _COMPILED_DTYPES and t.numel() > 0 for t in given
     ):
         return None
-    flat = [t.detach().reshape(-1) for t in given]
-    if g is None:
-        return None, torch.sqrt(kernel(*flat))
-    condition, square = kernel(*flat)
-    return condition, torch.sqrt(square)
+    row = [None if t is None else t.detach().reshape(1, -1) for t in (theta, origin, g)]
+    condition, norm = _MEASURE_ROWS(*row)
+    return None if condition is None else condition[0], norm[0]
 
 
 def _measure_rows(
-    thetas: torch.Tensor, origins: torch.Tensor | None, grads: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(c_t, ‖θ − θ₀‖) of each row of (k, n) tensors, one reduction pass; θ₀ = 0 where ``origins`` is None
-    (no zeros allocated)."""
+    thetas: torch.Tensor, origins: torch.Tensor | None, grads: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(c_t, ‖θ − θ₀‖) of each row of (k, n) tensors in fp32, one reduction pass (compiled: no temporary);
+    θ₀ = 0 where ``origins`` is None (no zeros allocated), no c_t without ``grads`` (after the step)."""
     dev = thetas.float() if origins is None else thetas.float() - origins.float()
-    return -(grads.float() * dev).sum(dim=1), torch.sqrt((dev * dev).sum(dim=1))
+    norms = torch.sqrt((dev * dev).sum(dim=1))
+    return (None if grads is None else -(grads.float() * dev).sum(dim=1)), norms
 
 
 def _decayed_rows(
