@@ -325,6 +325,30 @@ def test_zero3_partition_attribute_is_ds_tensor() -> None:
     assert compat_deepspeed.zero3_partition(plain) is plain
 
 
+def test_zero3_masters_are_where_an_early_stop_divides_the_decay_out() -> None:
+    """An early stop under ZeRO-3 divides pwd's pending decay out of the fp32 masters and copies them into the
+    model as ``step()`` does (``hf_lpwd/_compat/deepspeed.py``); the names it reads must still mean that.
+    Behaviour: ``tests/test_deepspeed.py::test_early_stop_under_zero_matches_ddp``."""
+    pytest.importorskip("deepspeed")
+    import inspect
+
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3 as Stage3
+
+    step = inspect.getsource(Stage3)  # step() itself is wrapped (nvtx): read the class
+    for used in ("self._partition_all_parameters()", "self._reassign_or_swap_out_partitioned_parameters(",
+                 "self.fp32_partitioned_groups_flat[sub_group_id]",
+                 "self.sub_group_to_group_id[sub_group_id]", "['params'] = [fp32_param]"):
+        assert used in step, (
+            f"DeepSpeed's ZeRO-3 optimizer no longer does `{used}`: the early-stop settle of "
+            "hf_lpwd/_compat/deepspeed.py (zero3_masters, zero3_masters_to_model) must follow its new step"
+        )
+    assert "self.persistent_parameters[0].all_gather(self.persistent_parameters)" in step, (
+        "DeepSpeed's ZeRO-3 no longer gathers its persistent parameters after a step as "
+        "hf_lpwd/_compat/deepspeed.py::zero3_masters_to_model does"
+    )
+    assert compat_deepspeed.zero3_optimizer(torch.optim.SGD([torch.zeros(1, requires_grad=True)])) is None
+
+
 def test_call_with_recompile_limit_compiles_past_dynamos_default_and_restores_it() -> None:
     """12 list lengths are 12 variants of one function: dynamo's default budget (8) would run the last ones
     eagerly; inside the helper each is compiled, and the process-wide limit is left as it was."""

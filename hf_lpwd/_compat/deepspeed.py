@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-PRIVATE_NAMES = ("ZeRO-3 Parameter.ds_tensor",)
+PRIVATE_NAMES = (
+    "ZeRO-3 Parameter.ds_tensor",
+    "DeepSpeedZeroOptimizer_Stage3.fp32_partitioned_groups_flat",
+    "DeepSpeedZeroOptimizer_Stage3.sub_group_to_group_id",
+    "DeepSpeedZeroOptimizer_Stage3._partition_all_parameters",
+    "DeepSpeedZeroOptimizer_Stage3._reassign_or_swap_out_partitioned_parameters",
+    "DeepSpeedZeroOptimizer_Stage3.persistent_parameters",
+)
 
 
 def zero3_partition(param: torch.Tensor) -> torch.Tensor:
@@ -15,3 +24,38 @@ def zero3_partition(param: torch.Tensor) -> torch.Tensor:
     """
     partition = getattr(param, "ds_tensor", None)
     return partition if partition is not None else param
+
+
+def zero3_optimizer(optimizer: Any) -> Any:
+    """DeepSpeed's ZeRO-3 optimizer among the Trainer's wrappers of ``optimizer``, or ``None``."""
+    while optimizer is not None:
+        if hasattr(optimizer, "fp32_partitioned_groups_flat") and hasattr(optimizer, "sub_group_to_group_id"):
+            return optimizer
+        optimizer = getattr(optimizer, "optimizer", None)
+    return None
+
+
+def zero3_masters(zero3: Any) -> list[tuple[int, torch.Tensor]] | None:
+    """(param group index, fp32 master partition) of each ZeRO-3 sub-group, as its ``step()`` hands them to
+    the client optimizer one at a time; ``None`` where some are not in memory (swapped out to NVMe)."""
+    if getattr(zero3, "swap_optimizer", False):
+        return None
+    masters = list(zero3.fp32_partitioned_groups_flat)
+    if any(m is None for m in masters):
+        return None
+    return [(zero3.sub_group_to_group_id[index], master) for index, master in enumerate(masters)]
+
+
+def zero3_masters_to_model(zero3: Any) -> None:
+    """Copy the fp32 masters into the model's weights as ``step()`` does: release every gathered parameter
+    (the persistent ones, small and kept whole on every rank, included), copy each sub-group's masters into
+    the partitions, gather the persistent ones again.  A collective: on every rank."""
+    zero3._partition_all_parameters()
+    for index in range(len(zero3.fp32_partitioned_groups_flat)):
+        zero3._reassign_or_swap_out_partitioned_parameters(index)
+    persistent = getattr(zero3, "persistent_parameters", None)
+    if persistent:
+        persistent[0].all_gather(persistent)
+    invalidate = getattr(zero3, "invalidate_secondary_tensor", None)
+    if callable(invalidate):  # hpZ's secondary copies were taken from the weights before the division
+        invalidate()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .._compat.deepspeed import zero3_partition
+from .._compat.deepspeed import zero3_masters, zero3_masters_to_model, zero3_optimizer, zero3_partition
 from ..optim import LPWD
 
 logger = logging.getLogger("transformers.hf_lpwd")
@@ -37,9 +37,12 @@ def zero12_optimizer(optimizer: Any) -> Any:
 def settle(lpwd: LPWD, optimizer: Any, warn: bool) -> None:
     """pwd under DeepSpeed: divide out a decay applied for a step that will not come.
 
-    ZeRO-1/2: LPWD's groups hold the fp32 master partitions; settle them, then DeepSpeed copies them into
-    the model's weights as after a step (every rank: an all-gather).  ZeRO-3's masters sit outside LPWD's
-    groups between steps, so the decay stays (``warn``: say so, with the factor per depth).
+    LPWD's decay acts on DeepSpeed's fp32 master partitions, which the model's weights copy.  ZeRO-1/2's
+    groups hold the masters between steps: settle them, then DeepSpeed copies them into the model's weights
+    as after a step.  ZeRO-3 hands its groups one sub-group's master at a time, so the groups are given all
+    their masters for the division, then the masters are copied as after a step (both: every rank, a
+    collective).  Where the masters are not in memory (ZeRO-3 swapping to NVMe) the decay stays (``warn``:
+    say so, with the factor per depth).
     """
     pending = lpwd.pending_decay
     zero = zero12_optimizer(optimizer)
@@ -48,10 +51,31 @@ def settle(lpwd: LPWD, optimizer: Any, warn: bool) -> None:
         if pending:
             zero.update_lp_params()
         return
+    zero3 = zero3_optimizer(optimizer)
+    masters = zero3_masters(zero3) if zero3 is not None else None
+    if masters is not None:
+        settle_zero3(lpwd, masters)
+        if pending:
+            zero3_masters_to_model(zero3)
+        return
     if pending and warn:
         logger.warning(
-            "LPWD under DeepSpeed ZeRO-3: the run stopped before max_steps, and the final weights keep the "
-            "decay folded in for the step that never came, θ' = (1 - lr·λ)·θ with 1 - lr·λ per depth %s (the "
-            "weights an evaluation at that point sees), not unfolded pwd's θ", pending,
+            "LPWD under DeepSpeed ZeRO-3 with the optimizer state swapped to NVMe: the run stopped before "
+            "max_steps, and the final weights keep the decay folded in for the step that never came, "
+            "θ' = (1 - lr·λ)·θ with 1 - lr·λ per depth %s (the weights an evaluation at that point sees), "
+            "not unfolded pwd's θ", pending,
         )
     lpwd.forget_applied_decay()
+
+
+def settle_zero3(lpwd: LPWD, masters: list[tuple[int, torch.Tensor]]) -> None:
+    """``lpwd.settle()`` with each group holding all of its ZeRO-3 master partitions (θ₀ is kept per
+    partition), then the groups' ``params`` as DeepSpeed left them."""
+    held = [group["params"] for group in lpwd.param_groups]
+    for index, group in enumerate(lpwd.param_groups):
+        group["params"] = [master for owner, master in masters if owner == index]
+    try:
+        lpwd.settle()
+    finally:
+        for group, params in zip(lpwd.param_groups, held, strict=True):
+            group["params"] = params

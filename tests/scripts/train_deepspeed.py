@@ -20,8 +20,10 @@ one launch equal separate launches bit for bit), each into ``OUT_DIR/MODE/``.
   before the first forward is then 1 − η₀λ, not 1 (with the default warm-up from lr 0 it is exactly 1).  A
   suffix ``-earlystop`` trains with a ``constant`` lr and stops after step 2 of 4
   (``control.should_training_stop``, as early stopping does), so pwd has a decay folded in for a step that
-  never comes, which the end of ``train()`` must divide out.  A suffix ``-init`` (``lpwd-init``) decays toward
-  θ₀, the weights the optimizer was built with (``--lpwd_decay_target init``).  Suffixes combine
+  never comes, which the end of ``train()`` must divide out.  A suffix ``-bestmodel`` trains at a constant
+  lr, evaluates and checkpoints every step, with ``load_best_model_at_end`` and the *highest* eval_loss as
+  best and an early stop at step 3 (step 1's checkpoint is the best).  A suffix ``-init`` (``lpwd-init``)
+  decays toward θ₀, the weights the optimizer was built with (``--lpwd_decay_target init``).  Suffixes combine
   (``lpwd-init-earlystop``).  A last suffix ``-resume`` (``lpwd-init-resume``) trains its base mode resumed
   from ``OUT_DIR/BASE/checkpoint-STEP``, written by that mode earlier in the same launch (``--save-steps``);
   ``--resume-from ROOT`` instead resumes every mode from ``ROOT/MODE/checkpoint-STEP`` of another launch.
@@ -35,7 +37,8 @@ one launch equal separate launches bit for bit), each into ``OUT_DIR/MODE/``.
   see whether it survives.
 
 Every rank writes the full final parameters (gathered under ZeRO-3) as float32 to ``MODE/rank{R}.pt`` and, in
-``MODE/info{R}.json``, the θ₀ tensors its LPWD holds at the end (shape, dtype, bytes); a mode
+``MODE/info{R}.json``, the θ₀ tensors its LPWD holds at the end (shape, dtype, bytes; their values, with the
+decayed groups' parameter names, in ``MODE/theta0_{R}.pt``); a mode
 that raises writes ``MODE/error{R}.txt`` instead and the launch goes on with the next mode.
 """
 
@@ -51,7 +54,14 @@ import traceback
 
 import torch
 import torch.distributed as dist
-from transformers import LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import (
+    EarlyStoppingCallback,
+    LlamaForCausalLM,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 from hf_lpwd import LPWDTrainer, LPWDTrainingArguments
 from tests.scripts.train_distributed import GLOBAL_BATCH, LR, STEPS, WEIGHT_DECAY, tiny_config
@@ -82,7 +92,8 @@ def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> T
     # "lpwd-nowarmup": lpwd with warmup_steps=0 (the first decay is not 1); "pwd-independent", "wd-cautious",
     # "lpwd-init" (decay toward θ₀): the rules; suffixes combine ("lpwd-init-earlystop")
     mode, *variants = mode.split("-")
-    schedule = "constant" if "earlystop" in variants else "linear"
+    best_model = "bestmodel" in variants
+    schedule = "constant" if "earlystop" in variants or best_model else "linear"
     kwargs = dict(
         output_dir=out, weight_decay=WEIGHT_DECAY, learning_rate=LR, max_steps=STEPS,
         per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type=schedule,
@@ -92,11 +103,16 @@ def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> T
         save_strategy="steps" if saves else "no", save_steps=cli.save_steps or 500,
         save_only_model=False,
     )
-    if "nowarmup" in variants:
+    if best_model:  # evaluate and save every step; the highest eval_loss (step 1's: the losses fall) is best
+        kwargs.update(eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                      load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=True,
+                      per_device_eval_batch_size=GLOBAL_BATCH // world)
+    if "nowarmup" in variants or schedule == "constant":
         # Without a warm-up Adam's first update is lr·g/(|g|+eps) at the full lr: an element whose gradient is
         # below eps (1e-8) turns ZeRO-3's ulp-level gradient differences into update differences of ~lr (seen:
-        # 4.5e-4 on one element, then 1.8e-3 everywhere). eps = 1e-3 keeps the comparison well conditioned
-        # (ZeRO-3 vs DDP then ≤ 8e-9) while the timings still differ by 7e-3.
+        # 4.5e-4 on one element, then 1.8e-3 everywhere; 2.1e-4 on one element of a -bestmodel run).
+        # eps = 1e-3 keeps the comparison well conditioned (ZeRO-3 vs DDP then ≤ 8e-9) while the timings still
+        # differ by 7e-3.
         kwargs["adam_epsilon"] = 1e-3
     if cli.engine.startswith("zero"):
         kwargs["deepspeed"] = deepspeed_config(int(cli.engine[-1]), cli.bf16, cli.ds_optimizer,
@@ -242,9 +258,14 @@ def train_one(cli: argparse.Namespace, mode: str, out: str, world: int) -> None:
     rank = dist.get_rank() if dist.is_initialized() else 0
     start = time.perf_counter()
     try:
-        callbacks = [StopAfter(EARLY_STOP_STEP)] if mode.endswith("-earlystop") else None
+        callbacks, eval_data = None, None
+        if mode.endswith("-earlystop"):
+            callbacks = [StopAfter(EARLY_STOP_STEP)]
+        elif mode.endswith("-bestmodel"):  # stops after step 3: no eval_loss beats step 1's by 1e9
+            callbacks = [EarlyStoppingCallback(early_stopping_patience=2, early_stopping_threshold=1e9)]
+            eval_data = TokenDataset(8, seed=2, causal_lm=True)
         trainer = cls(model=model, args=args, train_dataset=TokenDataset(64, seed=1, causal_lm=True),
-                      callbacks=callbacks)
+                      eval_dataset=eval_data, callbacks=callbacks)
         if mode.endswith("-resume"):  # the base mode's checkpoint, written earlier in this launch
             resume = os.path.join(cli.out, mode.removesuffix("-resume"), f"checkpoint-{cli.resume_step}")
         elif cli.resume_from:
@@ -258,8 +279,16 @@ def train_one(cli: argparse.Namespace, mode: str, out: str, world: int) -> None:
     train_seconds = time.perf_counter() - start
     named = final_parameters(trainer, cli.engine == "zero3")
     torch.save(named, os.path.join(out, f"rank{rank}.pt"))
+    lpwd = getattr(trainer, "lpwd_optimizer", None)
+    if lpwd is not None and lpwd.initial_weights:  # θ₀ as held at the end, with the decayed groups' names
+        names = [g["param_names"] for g in lpwd.param_groups if g["weight_decay"]]
+        torch.save({"names": names, "theta0": [a.clone() for a in lpwd.initial_weights.values()],
+                    "pre_step_pending": lpwd.pre_step_pending, "pending_decay": lpwd.pending_decay,
+                    "applied": [g.get("lpwd_applied_decay") for g in lpwd.param_groups]},
+                   os.path.join(out, f"theta0_{rank}.pt"))
     with open(os.path.join(out, f"info{rank}.json"), "w") as f:
         json.dump({"train_seconds": train_seconds, "global_step": trainer.state.global_step,
+                   "best_model_checkpoint": trainer.state.best_model_checkpoint,
                    "anchors": anchor_layout(trainer),
                    "anchor_bytes_at_build": getattr(trainer, "anchor_bytes_at_build", 0)}, f)
     if getattr(trainer, "deepspeed", None) is not None:
@@ -301,7 +330,7 @@ def main() -> None:
         LlamaForCausalLM(tiny_config()).save_pretrained(cli.model_dir)
         return
     modes = cli.modes.split(",")
-    suffixes = {"nowarmup", "earlystop", "independent", "cautious", "init", "resume"}
+    suffixes = {"nowarmup", "earlystop", "bestmodel", "independent", "cautious", "init", "resume"}
     unknown = {m for m in modes if m.split("-")[0] not in ("stock", "wd", "rwd", "pwd", "lpwd")
                or not set(m.split("-")[1:]) <= suffixes
                or (m.endswith("-resume") and m.removesuffix("-resume") not in modes[:modes.index(m)])}
