@@ -28,9 +28,11 @@ Resume: ZeRO-2 from its step-2 checkpoint (another launch) and ZeRO-3 (modes ``l
 uninterrupted run *bit for bit*: both sides run the same engine, so ZeRO-3's reduction order is the same on
 both and no tolerance is needed.  θ₀ taken from the resumed partitions instead of the checkpoint's (tried by
 disabling its restore) makes ZeRO-3 differ by 1.5e-6.  Early stop toward θ₀ (``lpwd-init-earlystop``):
-ZeRO-2 bitwise DDP, as toward 0.
+ZeRO-2 bitwise DDP and ZeRO-3 within its tolerance, as toward 0.  ``load_best_model_at_end`` (``-bestmodel``)
+under DDP, ZeRO-2 and ZeRO-3: the best checkpoint's weights, bitwise, and θ₀ the initial weights, one copy.
 
-Also checked: an early stop under ZeRO-2 (bitwise DDP's settled weights), warmup_steps=0 (the decay before the
+Also checked: an early stop under ZeRO-2 (bitwise DDP's settled weights) and ZeRO-3 (since 0.6.1; bf16:
+ZeRO-3 bitwise ZeRO-2), warmup_steps=0 (the decay before the
 first forward is 1 − η₀λ, not 1), ZeRO-3 with a small
 ``sub_group_size`` (one param group stepped in several calls), bf16, resume from a ZeRO-2 checkpoint
 (bitwise), and the refusal of a DeepSpeed ``optimizer`` section.
@@ -71,9 +73,10 @@ RULES = ("pwd-independent", "wd-cautious")  # the lr coupling and cautious decay
 NO_WARMUP = ("pwd-nowarmup", "lpwd-nowarmup")
 INIT = ("wd-init", "lpwd-init")  # decay toward θ₀ (--lpwd_decay_target init), the wd and pwd timings
 ALL = ("stock", *MODES, *NO_WARMUP, *RULES, *INIT)
-# constant lr, stopped after step 2 of 4: a decay folded in for a step that never comes (toward 0 and θ₀)
+# constant lr after one warm-up step, stopped after step 2 of 4: a decay folded in for a step that never
+# comes (toward 0 and θ₀)
 EARLY_STOP = ("lpwd-earlystop", "lpwd-init-earlystop")
-# constant lr, evaluated and saved every step, load_best_model_at_end with step 1's checkpoint the best
+# the same lr, evaluated and saved every step, load_best_model_at_end with step 1's checkpoint the best
 BEST_MODEL = ("lpwd-bestmodel", "lpwd-init-bestmodel")
 # ZeRO-3 runs resumed in the same launch from the step-2 checkpoint of the mode without the suffix
 ZERO3_RESUMED = ("lpwd-resume", "lpwd-init-resume")
@@ -115,7 +118,8 @@ class Runs:
     def zero(self, stage: int, bf16: bool = False) -> Path:
         name = f"zero{stage}" + ("_bf16" if bf16 else "")
         if bf16:  # lpwd-init's step-2 checkpoint: θ₀ of the fp32 masters
-            modes, save = ("stock", *MODES, *INIT), ["--save-steps", "2", "--save-modes", "lpwd-init"]
+            modes = ("stock", *MODES, *INIT, *EARLY_STOP)
+            save = ["--save-steps", "2", "--save-modes", "lpwd-init"]
         elif stage == 2:  # for the resume test (another launch) and θ₀ in the checkpoint
             modes, save = (*ALL, *EARLY_STOP, *BEST_MODEL), ["--save-steps", "2"]
         elif stage == 3:  # resumed in this launch
@@ -327,11 +331,13 @@ def test_first_decay_without_warmup_under_zero_matches_ddp(runs: Runs, stage: in
     assert_matches_ddp(stage, result(runs.zero(stage), mode), result(runs.ddp(), mode))
 
 
-@pytest.mark.parametrize("mode", (*MODES, *INIT))
+@pytest.mark.parametrize("mode", (*MODES, *INIT, *EARLY_STOP))
 def test_bf16_zero3_equals_zero2(runs: Runs, mode: str) -> None:
     """bf16 model, fp32 master partitions in the optimizer; both stages agree bit for bit.  Toward θ₀ too,
     and there the result is not the run toward 0 (observed: 3.6k elements differ, by up to 4.9e-4);
-    θ₀ is a flat fp32 copy of this rank's master partitions, half of the decayed weights, none at build."""
+    θ₀ is a flat fp32 copy of this rank's master partitions, half of the decayed weights, none at build.
+    An early stop too: the pending decay divided out of the fp32 masters, then copied into the bf16
+    weights (ZeRO-2: ``update_lp_params``; ZeRO-3: into the partitions) rounded to nearest alike."""
     zero2 = result(runs.zero(2, bf16=True), mode)
     zero3 = result(runs.zero(3, bf16=True), mode)
     assert_equal(zero3, zero2)
@@ -353,15 +359,15 @@ def test_bf16_zero3_equals_zero2(runs: Runs, mode: str) -> None:
 @pytest.mark.parametrize("stage", [2, 3])
 @pytest.mark.parametrize("mode", EARLY_STOP)
 def test_early_stop_under_zero_matches_ddp(runs: Runs, mode: str, stage: int) -> None:
-    """Stopped after step 2 of 4 at a constant lr: the decay folded in for step 3 is divided out of
-    DeepSpeed's fp32 master partitions, which are then copied into the model's weights as after a step; DDP
-    divides it out of its weights.  ZeRO-2: the same multiplications on the same numbers, bitwise equal
-    (without the division ZeRO-2 keeps 1 − ηλ = 0.9985).  ZeRO-3 hands LPWD one sub-group's masters per
+    """Stopped after step 2 of 4 at a constant lr (after one warm-up step): the decay folded in for step 3 is
+    divided out of DeepSpeed's fp32 master partitions, which are then copied into the model's weights as after
+    a step; DDP divides it out of its weights.  ZeRO-2: the same multiplications on the same numbers, bitwise
+    equal (without the division ZeRO-2 keeps 1 − ηλ = 0.9985).  ZeRO-3 hands LPWD one sub-group's masters per
     ``step()`` call: the division gives each group all of its masters, then copies them into the partitions
     and gathers the persistent parameters (all of this tiny model's); within the ZeRO-3 tolerance of DDP
-    (observed ≤ 6e-8; without the division, as before 0.6.1, 9.2e-5, relative 3e-4 to 1.5e-3).  Toward θ₀
-    the division is θ₀ + (θ − θ₀)/(1 − ηλ), with the θ₀ of each master partition; the result is not the run
-    toward 0 (the Trainer's early stop toward θ₀ is checked against a reference, in one process, by
+    (observed ≤ 1.2e-7; without the division, as before 0.6.1, ~1e-4, relative 3e-4 to 1.5e-3).  Toward θ₀ the
+    division is θ₀ + (θ − θ₀)/(1 − ηλ), with the θ₀ of each master partition; the result is not the run toward
+    0 (the Trainer's early stop toward θ₀ is checked against a reference, in one process, by
     test_trainer_end.py)."""
     for folder in (runs.zero(stage), runs.ddp()):
         assert json.loads((folder / mode / "info0.json").read_text())["global_step"] == 2
@@ -378,13 +384,13 @@ def test_early_stop_under_zero_matches_ddp(runs: Runs, mode: str, stage: int) ->
 @pytest.mark.parametrize("mode", BEST_MODEL)
 def test_load_best_model_at_end_is_the_best_checkpoint_and_keeps_theta0(runs: Runs, mode: str,
                                                                        engine: str) -> None:
-    """``load_best_model_at_end`` with an early stop at step 3 (constant lr, so a decay is folded in for step
-    4), step 1's checkpoint the best.  On every rank the final weights are that checkpoint's weights as saved,
-    bit for bit, not the last checkpoint's, and no decay is pending; under ZeRO they equal DDP's as the other
-    runs do.  DeepSpeed's load goes through the client optimizer's ``load_state_dict`` (θ₀ and the decay
-    bookkeeping of step 1's checkpoint): toward θ₀ each rank then holds exactly the θ₀ it trained with, one
-    copy (DDP: the initial weights per parameter; ZeRO: the initial weights of its partitions), not the best
-    checkpoint's weights and not a second copy."""
+    """``load_best_model_at_end`` with an early stop at step 3 (a constant lr after warm-up, so a decay is
+    folded in for step 4), step 1's checkpoint the best.  On every rank the final weights are that
+    checkpoint's weights as saved, bit for bit, not the last checkpoint's, and no decay is pending; under ZeRO
+    they equal DDP's as the other runs do (observed: bitwise under ZeRO-3 too).  DeepSpeed's load goes through
+    the client optimizer's ``load_state_dict`` (θ₀ and the decay bookkeeping of step 1's checkpoint): toward
+    θ₀ each rank then holds exactly the θ₀ it trained with, one copy (DDP: the initial weights per parameter;
+    ZeRO: the initial weights of its partitions), not the best checkpoint's weights and not a second copy."""
     from transformers import LlamaForCausalLM
 
     folder = runs.ddp() if engine == "ddp" else runs.zero(int(engine[-1]))

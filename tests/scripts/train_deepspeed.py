@@ -18,12 +18,13 @@ one launch equal separate launches bit for bit), each into ``OUT_DIR/MODE/``.
   harness itself (ZeRO vs DDP with no LPWD involved); the others are ``LPWDTrainer`` with that
   ``weight_decay_mode``.  A suffix ``-nowarmup`` (``lpwd-nowarmup``) trains with ``warmup_steps=0``: the decay
   before the first forward is then 1 − η₀λ, not 1 (with the default warm-up from lr 0 it is exactly 1).  A
-  suffix ``-earlystop`` trains with a ``constant`` lr and stops after step 2 of 4
-  (``control.should_training_stop``, as early stopping does), so pwd has a decay folded in for a step that
-  never comes, which the end of ``train()`` must divide out.  A suffix ``-bestmodel`` trains at a constant
-  lr, evaluates and checkpoints every step, with ``load_best_model_at_end`` and the *highest* eval_loss as
-  best and an early stop at step 3 (step 1's checkpoint is the best).  A suffix ``-init`` (``lpwd-init``)
-  decays toward θ₀, the weights the optimizer was built with (``--lpwd_decay_target init``).  Suffixes combine
+  suffix ``-earlystop`` trains with a constant lr after one warm-up step (``constant_with_warmup``) and stops
+  after step 2 of 4 (``control.should_training_stop``, as early stopping does), so pwd has a decay folded in
+  for a step that never comes, which the end of ``train()`` must divide out.  A suffix ``-bestmodel`` trains
+  with the same lr, evaluates and checkpoints every step, with ``load_best_model_at_end``, the *highest*
+  eval_loss as best and an early stop at step 3 (step 1's checkpoint is the best).  A suffix ``-init``
+  (``lpwd-init``) decays toward θ₀, the weights the optimizer was built with (``--lpwd_decay_target
+  init``).  Suffixes combine
   (``lpwd-init-earlystop``).  A last suffix ``-resume`` (``lpwd-init-resume``) trains its base mode resumed
   from ``OUT_DIR/BASE/checkpoint-STEP``, written by that mode earlier in the same launch (``--save-steps``);
   ``--resume-from ROOT`` instead resumes every mode from ``ROOT/MODE/checkpoint-STEP`` of another launch.
@@ -93,7 +94,8 @@ def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> T
     # "lpwd-init" (decay toward θ₀): the rules; suffixes combine ("lpwd-init-earlystop")
     mode, *variants = mode.split("-")
     best_model = "bestmodel" in variants
-    schedule = "constant" if "earlystop" in variants or best_model else "linear"
+    # a constant lr after one warm-up step from 0: the decay folded in for a step that never comes is not 1
+    schedule = "constant_with_warmup" if "earlystop" in variants or best_model else "linear"
     kwargs = dict(
         output_dir=out, weight_decay=WEIGHT_DECAY, learning_rate=LR, max_steps=STEPS,
         per_device_train_batch_size=GLOBAL_BATCH // world, lr_scheduler_type=schedule,
@@ -107,12 +109,11 @@ def training_args(cli: argparse.Namespace, out: str, mode: str, world: int) -> T
         kwargs.update(eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
                       load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=True,
                       per_device_eval_batch_size=GLOBAL_BATCH // world)
-    if "nowarmup" in variants or schedule == "constant":
+    if "nowarmup" in variants:
         # Without a warm-up Adam's first update is lr·g/(|g|+eps) at the full lr: an element whose gradient is
         # below eps (1e-8) turns ZeRO-3's ulp-level gradient differences into update differences of ~lr (seen:
-        # 4.5e-4 on one element, then 1.8e-3 everywhere; 2.1e-4 on one element of a -bestmodel run).
-        # eps = 1e-3 keeps the comparison well conditioned (ZeRO-3 vs DDP then ≤ 8e-9) while the timings still
-        # differ by 7e-3.
+        # 4.5e-4 on one element, then 1.8e-3 everywhere). eps = 1e-3 keeps the comparison well conditioned
+        # (ZeRO-3 vs DDP then ≤ 8e-9) while the timings still differ by 7e-3.
         kwargs["adam_epsilon"] = 1e-3
     if cli.engine.startswith("zero"):
         kwargs["deepspeed"] = deepspeed_config(int(cli.engine[-1]), cli.bf16, cli.ds_optimizer,
