@@ -272,6 +272,74 @@ def test_theta0_of_partitions_stepped_one_group_per_call(stage: int) -> None:
     assert set(opt.initial_weights) == set(partitions)  # the model's own tensors' θ₀ dropped
 
 
+class _ZeRO3Masters:
+    """The attributes of DeepSpeed's ZeRO-3 optimizer the early-stop settle reads (``_compat/deepspeed.py``),
+    around masters LPWD stepped; the copy into the model is recorded, not done."""
+
+    def __init__(self, lpwd, masters: list[torch.Tensor], owners: list[int], swap: bool = False) -> None:
+        self.optimizer = lpwd
+        self.fp32_partitioned_groups_flat = masters
+        self.sub_group_to_group_id = dict(enumerate(owners))
+        self.swap_optimizer = swap
+        self.persistent_parameters: list = []
+        self.calls: list[str] = []
+
+    def _partition_all_parameters(self) -> None:
+        self.calls.append("partition")
+
+    def _reassign_or_swap_out_partitioned_parameters(self, index: int) -> None:
+        self.calls.append(f"copy {index}")
+
+
+@pytest.mark.parametrize("target", ["zero", "init"])
+def test_zero3_settle_divides_every_sub_group_master_and_leaves_the_groups_as_deepspeed_left_them(
+    target: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In-process, no DeepSpeed: two groups, the first stepped as two sub-group masters; after the last step
+    ZeRO-3 leaves every group's ``params`` empty, and an early stop must still divide the pending decay out
+    of each master (toward θ₀: θ₀ + (θ − θ₀)/(1 − ηλ), each master's own θ₀), copy each sub-group into the
+    model once, and give the groups back their empty lists.  With the masters swapped to NVMe it cannot:
+    the weights stay, a warning names the reason and the factor, and nothing is pending afterwards."""
+    from hf_lpwd import LPWD
+    from hf_lpwd.integrations import deepspeed as glue
+
+    torch.manual_seed(0)
+    for swap in (False, True):
+        masters = [torch.randn(5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+        owners = [0, 0, 1]
+        groups = [{"params": [m for m, o in zip(masters, owners, strict=True) if o == g], "weight_decay": lam}
+                  for g, lam in ((0, 0.5), (1, 2.0))]
+        opt = LPWD(groups, base="sgd", mode="pwd", lr=0.1, decay_target=target)
+        start = [m.detach().clone() for m in masters]
+        opt.set_lr_scheduler(torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0))  # no max_steps
+        opt.pre_step()
+        for m in masters:
+            m.grad = torch.ones_like(m)
+        opt.step()
+        pending = opt.pending_decay
+        assert pending == {0: 1 - 0.1 * 0.5, 1: 1 - 0.1 * 2.0}
+        folded = [m.detach().clone() for m in masters]
+        for group in opt.param_groups:
+            group["params"] = []  # as ZeRO-3 leaves them between steps
+        zero3 = _ZeRO3Masters(opt, masters, owners, swap)
+        with caplog.at_level("WARNING", logger="transformers.hf_lpwd"):
+            glue.settle(opt, zero3, warn=True)
+        assert [g["params"] for g in opt.param_groups] == [[], []]
+        assert opt.pending_decay == {}
+        if swap:
+            assert all(torch.equal(m.detach(), f) for m, f in zip(masters, folded, strict=True))
+            assert zero3.calls == []
+            (note,) = [r.getMessage() for r in caplog.records if "NVMe" in r.getMessage()]
+            assert "0.95" in note and "0.8" in note
+            continue
+        assert zero3.calls == ["partition", "copy 0", "copy 1", "copy 2"]
+        for m, f, s0, owner in zip(masters, folded, start, owners, strict=True):
+            factor = pending[owner]
+            origin = s0 if target == "init" else torch.zeros_like(s0)
+            torch.testing.assert_close(m.detach(), origin + (f - origin) / factor, rtol=1e-12, atol=1e-15)
+            assert not torch.allclose(m.detach(), f)
+
+
 def checkpoint_theta0(folder: Path, stage: int, rank: int) -> list[tuple[list[str], torch.Tensor | None]]:
     """(names of the group's parameters, θ₀ or None) per param group, from lpwd-init's step-2 checkpoint: the
     rank's optimizer file as DeepSpeed wrote it (``bf16_`` prefixed in bf16), read back with torch.load."""

@@ -59,11 +59,12 @@ def settle(lpwd: LPWD, optimizer: Any, warn: bool) -> None:
             zero3_masters_to_model(zero3)
         return
     if pending and warn:
+        where = ("ZeRO-3 with the optimizer state swapped to NVMe" if zero3 is not None
+                 else f"a DeepSpeed optimizer whose masters LPWD cannot reach ({type(optimizer).__name__})")
         logger.warning(
-            "LPWD under DeepSpeed ZeRO-3 with the optimizer state swapped to NVMe: the run stopped before "
-            "max_steps, and the final weights keep the decay folded in for the step that never came, "
-            "θ' = (1 - lr·λ)·θ with 1 - lr·λ per depth %s (the weights an evaluation at that point sees), "
-            "not unfolded pwd's θ", pending,
+            "LPWD under %s: the run stopped before max_steps, and the final weights keep the decay folded in "
+            "for the step that never came, θ' = (1 - lr·λ)·θ with 1 - lr·λ per depth %s (the weights an "
+            "evaluation at that point sees), not unfolded pwd's θ", where, pending,
         )
     lpwd.forget_applied_decay()
 
