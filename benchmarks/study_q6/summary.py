@@ -101,8 +101,10 @@ def distance_to_init(history: Sequence[dict[str, Any]]) -> dict[str, float] | No
     return None
 
 
-def summarize_setting(out: Path, spd: tuple[str, str] | None = None) -> list[dict[str, Any]]:
-    """One entry per cell (arm at its λ): the metric per seed, the paired difference to no decay, the losses
+def summarize_setting(
+    out: Path, spd: tuple[str, str] | None = None, metric: str = METRIC
+) -> list[dict[str, Any]]:
+    """One entry per cell (arm at its λ): ``metric`` per seed, the paired difference to no decay, the losses
     and the distances to θ₀."""
     rows = read_results(out / "results.jsonl")
     cells: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -119,8 +121,8 @@ def summarize_setting(out: Path, spd: tuple[str, str] | None = None) -> list[dic
             "arm": arm,
             "S": None if arm.startswith("SPD") else design_shrink(cell_rows[0]),
             "recorded_S": mean_std([r["shrink"] for r in cell_rows if r.get("shrink") is not None])[0],
-            "metric": {int(r["seed"]): float(r["metrics"][METRIC]) for r in cell_rows
-                       if METRIC in r["metrics"]},
+            "metric": {int(r["seed"]): float(r["metrics"][metric]) for r in cell_rows
+                       if metric in r["metrics"]},
             "eval_loss": {int(r["seed"]): float(r["metrics"]["eval_loss"]) for r in cell_rows
                           if "eval_loss" in r["metrics"]},
             "last_train_loss": {s: v for s, v in ((s, last_train_loss(h)) for s, h in histories.items())
@@ -178,9 +180,10 @@ def merge_folders(
     return merged, notes
 
 
-def setting_table(summaries: Sequence[dict[str, Any]]) -> str:
+def setting_table(summaries: Sequence[dict[str, Any]], label: str = "dev accuracy (%)") -> str:
+    """The arms' table; ``label`` names the metric (×100)."""
     folders = any("folder" in s for s in summaries)
-    lines = ["| arm | λ | design S | recorded S | dev accuracy (%) | − no decay, paired [95 %] | "
+    lines = [f"| arm | λ | design S | recorded S | {label} | − no decay, paired [95 %] | "
              "dev loss − last train loss [95 %] |" + (" runs |" if folders else ""),
              "|---|---|---|---|---|---|---|" + ("---|" if folders else "")]
     for s in summaries:
