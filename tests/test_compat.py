@@ -346,7 +346,7 @@ def test_zero3_masters_are_where_an_early_stop_divides_the_decay_out() -> None:
         "DeepSpeed's ZeRO-3 no longer gathers its persistent parameters after a step as "
         "hf_lpwd/_compat/deepspeed.py::zero3_masters_to_model does"
     )
-    assert compat_deepspeed.zero3_optimizer(torch.optim.SGD([torch.zeros(1, requires_grad=True)])) is None
+    assert not compat_deepspeed.is_zero3_optimizer(torch.optim.SGD([torch.zeros(1, requires_grad=True)]))
 
 
 def test_call_with_recompile_limit_compiles_past_dynamos_default_and_restores_it() -> None:

@@ -473,12 +473,12 @@ def test_load_best_model_at_end_is_the_best_checkpoint_and_keeps_theta0(runs: Ru
     assert any(not torch.equal(last[n], best[n]) for n in best)
     if engine != "ddp":
         assert_matches_ddp(int(engine[-1]), final, result(runs.ddp(), mode))
+    if "init" not in mode:
+        return
+    initial = dict(LlamaForCausalLM.from_pretrained(runs.init).named_parameters())
     for rank in (0, 1):
-        held = torch.load(folder / mode / f"theta0_{rank}.pt", weights_only=True) if "init" in mode else None
-        if held is None:
-            continue
+        held = torch.load(folder / mode / f"theta0_{rank}.pt", weights_only=True)
         assert not held["pre_step_pending"] and not held["pending_decay"] and set(held["applied"]) == {None}
-        initial = dict(LlamaForCausalLM.from_pretrained(runs.init).named_parameters())
         if engine == "ddp":
             names = [n for group in held["names"] for n in group]
             expected = [initial[n].detach() for n in names]

@@ -26,13 +26,9 @@ def zero3_partition(param: torch.Tensor) -> torch.Tensor:
     return partition if partition is not None else param
 
 
-def zero3_optimizer(optimizer: Any) -> Any:
-    """DeepSpeed's ZeRO-3 optimizer among the Trainer's wrappers of ``optimizer``, or ``None``."""
-    while optimizer is not None:
-        if hasattr(optimizer, "fp32_partitioned_groups_flat") and hasattr(optimizer, "sub_group_to_group_id"):
-            return optimizer
-        optimizer = getattr(optimizer, "optimizer", None)
-    return None
+def is_zero3_optimizer(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is DeepSpeed's ZeRO-3 optimizer (it holds the fp32 masters per sub-group)."""
+    return hasattr(optimizer, "fp32_partitioned_groups_flat") and hasattr(optimizer, "sub_group_to_group_id")
 
 
 def zero3_masters(zero3: Any) -> list[tuple[int, torch.Tensor]] | None:

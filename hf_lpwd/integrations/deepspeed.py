@@ -9,11 +9,12 @@ the model's weights before DeepSpeed copies them (:meth:`hf_lpwd.LPWD.decay_init
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .._compat.deepspeed import zero3_masters, zero3_masters_to_model, zero3_optimizer, zero3_partition
+from .._compat.deepspeed import is_zero3_optimizer, zero3_masters, zero3_masters_to_model, zero3_partition
 from ..optim import LPWD
 
 logger = logging.getLogger("transformers.hf_lpwd")
@@ -24,14 +25,20 @@ def storage(param: torch.Tensor) -> torch.Tensor:
     return zero3_partition(param)
 
 
-def zero12_optimizer(optimizer: Any) -> Any:
-    """DeepSpeed's ZeRO-1/2 optimizer between the Trainer's wrappers and LPWD (the one that copies its fp32
-    master partitions into the model's weights, ``update_lp_params``), or ``None`` (ZeRO-3, no DeepSpeed)."""
+def wrapper(optimizer: Any, holds: Callable[[Any], bool]) -> Any:
+    """The first of the wrappers between the Trainer's optimizer and LPWD (each one's ``.optimizer``) for
+    which ``holds`` is true, or ``None``."""
     while optimizer is not None and not isinstance(optimizer, LPWD):
-        if callable(getattr(optimizer, "update_lp_params", None)):
+        if holds(optimizer):
             return optimizer
         optimizer = getattr(optimizer, "optimizer", None)
     return None
+
+
+def zero12_optimizer(optimizer: Any) -> Any:
+    """DeepSpeed's ZeRO-1/2 optimizer between the Trainer's wrappers and LPWD (the one that copies its fp32
+    master partitions into the model's weights, ``update_lp_params``), or ``None`` (ZeRO-3, no DeepSpeed)."""
+    return wrapper(optimizer, lambda o: callable(getattr(o, "update_lp_params", None)))
 
 
 def settle(lpwd: LPWD, optimizer: Any, warn: bool) -> None:
@@ -51,7 +58,7 @@ def settle(lpwd: LPWD, optimizer: Any, warn: bool) -> None:
         if pending:
             zero.update_lp_params()
         return
-    zero3 = zero3_optimizer(optimizer)
+    zero3 = wrapper(optimizer, is_zero3_optimizer)
     masters = zero3_masters(zero3) if zero3 is not None else None
     if masters is not None:
         settle_zero3(lpwd, masters)
