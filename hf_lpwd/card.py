@@ -11,7 +11,7 @@ from .names import LPWD_CONFIG_NAME
 from .settings import card_rows, resolve_settings, rule_in_words
 
 CARD_HEADING = "## Weight decay: LPWD"
-"""The section's heading: a card that has it already is left as it is."""
+"""The section's heading: a card that has it already gets the section replaced."""
 
 def _per_depth(values: dict[str, float]) -> str:
     return ", ".join(f"{d}: {v:.3g}" for d, v in sorted(values.items(), key=lambda kv: int(kv[0])))

@@ -260,7 +260,7 @@ def format_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> str:
             *((("?" if shrink is None else f"{shrink:.4g}"),) if with_shrink else ()),
             ", ".join(row["examples"][:examples_shown]),
         ))
-        tied.extend(f"{t} (depth {row['depth']})" for t in row.get("tied", ()))
+        tied.extend(t if row["depth"] is None else f"{t} (depth {row['depth']})" for t in row.get("tied", ()))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     out = ["tensors, parameters: decayed/all (biases and norm weights get no decay)"]
     for line in lines:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from dataclasses import InitVar, dataclass, field
@@ -80,17 +81,20 @@ class RunRecord:
             if not isinstance(per_depth, dict):
                 raise ValueError(f"{prefix}.{name} must be a JSON object {{depth: {what}}}")
             for depth, value in per_depth.items():
-                if (not str(depth).isdigit() or isinstance(value, bool) or not isinstance(value, (int, float))
-                        or value < 0):
+                if not str(depth).isdigit() or not _finite_non_negative(value):
                     raise ValueError(f"{prefix}.{name}[{depth!r}]={value!r}: keys are depths, "
-                                     f"values {what} >= 0")
-        if self.shrink is not None and (isinstance(self.shrink, bool)
-                                        or not isinstance(self.shrink, (int, float))
-                                        or not self.shrink >= 0):
-            raise ValueError(f"{prefix}.shrink must be a number >= 0, got {self.shrink!r}")
+                                     f"values {what} >= 0 (finite)")
+        if self.shrink is not None and not _finite_non_negative(self.shrink):
+            raise ValueError(f"{prefix}.shrink must be a finite number >= 0, got {self.shrink!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _finite_non_negative(value: Any) -> bool:
+    """A recorded λ or S: a JSON number, finite (JSON has no NaN or infinity to write it back), >= 0."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            and value >= 0)
 
 
 def _with_setting_fields(cls: type) -> type:

@@ -101,6 +101,8 @@ def test_inspect_tied_embeddings(model_dir, capsys, tied_depth, depth):
     assert main(["inspect", str(model_dir), "--weight-decay", "0.1", "--tied-depth", tied_depth]) == 0
     out = capsys.readouterr().out
     assert f"tied: lm_head.weight = model.embed_tokens.weight (depth {depth})" in out
+    assert main(["inspect", str(model_dir), "--weight-decay", "0.1", "--uniform"]) == 0
+    assert "tied: lm_head.weight = model.embed_tokens.weight\n" in capsys.readouterr().out  # no depth row
     rows = {row[0]: row for row in _rows(out)}
     if tied_depth == "input":
         assert sorted(rows) == ["0", "1", "2", "3"]

@@ -373,3 +373,14 @@ def test_call_with_recompile_limit_compiles_past_dynamos_default_and_restores_it
         assert torch.equal(got, torch.full((3,), float(count)))
     assert len(compiled_graphs) == 12 > before
     assert torch._dynamo.config.recompile_limit == before
+
+
+def test_chained_scheduler_keeps_its_schedulers_where_lpwd_reads_the_step_count() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+    inner = [torch.optim.lr_scheduler.ExponentialLR(opt, 0.9), torch.optim.lr_scheduler.StepLR(opt, 2)]
+    chained = torch.optim.lr_scheduler.ChainedScheduler(inner, optimizer=opt)
+    assert compat_torch.chained_schedulers(chained) == inner, (
+        "ChainedScheduler._schedulers changed: pwd's fold reads the step count of a chained schedule from "
+        "its first scheduler; fix hf_lpwd/_compat/torch.py::chained_schedulers"
+    )
+    assert compat_torch.chained_schedulers(inner[0]) == []

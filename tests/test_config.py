@@ -124,6 +124,10 @@ def test_a_config_written_by_0_2_0_loads_and_means_coupled_not_cautious_no_times
         ({"decay_timescale": 0}, r"LPWDConfig.decay_timescale=0.0 must be a number of epochs > 0"),
         ({"decay_timescale": -3.0}, r"LPWDConfig.decay_timescale=-3.0 must be a number of epochs > 0"),
         ({"depth_shrink": {"1": -0.5}}, r"LPWDConfig.depth_shrink\['1'\]=-0.5"),
+        # a record that loads must save again: JSON has no NaN or infinity to write
+        ({"depth_weight_decay": {"1": float("nan")}}, r"LPWDConfig.depth_weight_decay\['1'\]=nan.*finite"),
+        ({"depth_shrink": {"2": float("inf")}}, r"LPWDConfig.depth_shrink\['2'\]=inf.*finite"),
+        ({"shrink": float("inf")}, r"LPWDConfig.shrink must be a finite number >= 0, got inf"),
         ({"tied_depth": "head"}, r"LPWDConfig.tied_depth='head' is not one of \['input', 'output'\]"),
     ],
 )

@@ -557,6 +557,50 @@ def test_peft_lora_b_decays_toward_zero_and_a_toward_its_init(tmp_path: Path) ->
     assert all(torch.equal(named[n], frozen[n]) for n in frozen)
 
 
+def test_a_resized_head_is_named_and_its_mark_keeps_it_toward_theta0(tmp_path: Path, caplog) -> None:
+    """``resize_token_embeddings`` (a chat template's new tokens) replaces the untied ``lm_head`` by a module
+    whose weight has no checkpoint mark: it counts as new (toward 0), a warning names it and the fix, and the
+    fix puts it back toward θ₀."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_lpwd.model.groups import new_parameter_names, param_groups_for_settings
+    from hf_lpwd.settings import resolve_settings
+
+    tiny_llama().save_pretrained(tmp_path / "base")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    settings = resolve_settings({"mode": "wd", "weight_decay": 0.5, "decay_target": "init"})
+    with caplog.at_level("WARNING", logger="hf_lpwd"):
+        param_groups_for_settings(model, settings)
+    assert not [r for r in caplog.records if r.name == "hf_lpwd"]  # loaded as saved: nothing to say
+    model.resize_token_embeddings(72)
+    assert new_parameter_names(model) == ["lm_head.weight"]
+    with caplog.at_level("WARNING", logger="hf_lpwd"):
+        param_groups_for_settings(model, settings)
+    notes = [r.getMessage() for r in caplog.records if r.name == "hf_lpwd"]
+    assert len(notes) == 1 and "lm_head.weight._is_hf_initialized = True" in notes[0]
+    model.lm_head.weight._is_hf_initialized = True
+    assert new_parameter_names(model) == []
+    groups = param_groups_for_settings(model, settings)
+    assert all(g.get("decay_target", "init") == "init" for g in groups)
+
+
+def test_peft_modules_to_save_copies_follow_their_original(tmp_path: Path) -> None:
+    """A LoRA classifier (PEFT copies the head into ``modules_to_save``, and here the pooler too): the copy of
+    the new head is new (toward 0, as the fully fine-tuned head), the copy of the pretrained pooler is not
+    (toward θ₀), and LoRA's A and B stay adapters."""
+    import peft
+
+    from hf_lpwd.model.groups import new_parameter_names
+
+    model = peft.get_peft_model(_pretrained_bert_for_classification(tmp_path), peft.LoraConfig(
+        task_type="SEQ_CLS", r=2, target_modules=["query", "value"], modules_to_save=["pooler.dense"]))
+    new = new_parameter_names(model)
+    assert new == ["base_model.model.classifier.modules_to_save.default.weight",
+                   "base_model.model.classifier.modules_to_save.default.bias"]
+    assert any(".pooler.dense.modules_to_save.default.weight" in n for n, p in model.named_parameters()
+               if p.requires_grad)
+
+
 @pytest.mark.parametrize("mode", ["wd", "pwd"])
 def test_bf16_toward_init_compiled_step_is_the_eager_one_bitwise(mode: str) -> None:
     """The default (torch.compile'd) rounded step with θ₀ computes the same bits as the function run eagerly,

@@ -122,6 +122,18 @@ def test_folded_pwd_matches_unfolded_reference_however_lr_is_driven(base_name: s
         assert opt.fold_corrections == decayed_groups * STEPS
 
 
+def pwd_reference_with_lrs(thetas, targets, lrs: list[list[float]]) -> list[torch.Tensor]:
+    """Unfolded pwd in float64 with AdamW's direction, at the lrs each step's groups actually had."""
+    ref = [t.clone() for t in thetas]
+    dirs = [AdamDirection() for _ in thetas]
+    for step in range(STEPS):
+        for i, lam in enumerate(LAMBDAS):
+            eta = lrs[step][i]
+            theta = (1 - eta * lam) * ref[i]
+            ref[i] = theta - eta * dirs[i](grad_of(theta, targets[i]))
+    return ref
+
+
 @pytest.mark.parametrize("kind", ["warmup_cosine", "constant", "warmup_from_zero_linear"])
 def test_folded_pwd_over_trainer_schedules(kind: str) -> None:
     """transformers' own schedules (LambdaLR): the fold predicts every step, final params are unfolded
@@ -150,19 +162,57 @@ def test_folded_pwd_over_trainer_schedules(kind: str) -> None:
         opt.step()
         sched.step()
         lrs.append([g["lr"] for g in opt.param_groups])
-    # float64 reference with the schedule's own lrs
-    ref = [t.clone() for t in thetas]
-    dirs = [AdamDirection() for _ in thetas]
-    for step in range(STEPS):
-        for i, lam in enumerate(LAMBDAS):
-            eta = lrs[step][i]
-            theta = (1 - eta * lam) * ref[i]
-            ref[i] = theta - eta * dirs[i](grad_of(theta, targets[i]))
+    ref = pwd_reference_with_lrs(thetas, targets, lrs)
     for p, e in zip(params, ref, strict=True):
         rel = ((p.detach().double() - e).norm() / e.norm()).item()
         assert rel < 1e-5, f"{kind}: relative error {rel:.2e}"
     first_decay_needs_a_pass = lrs[0][0] > 0
     assert opt.fold_corrections == (sum(lam > 0 for lam in LAMBDAS) if first_decay_needs_a_pass else 0)
+
+
+@pytest.mark.parametrize("kind", ["chained", "accelerate", "plateau"])
+def test_a_scheduler_without_a_step_count_of_its_own_still_ends_at_the_last_step(kind: str) -> None:
+    """``ChainedScheduler`` has no ``last_epoch``, Accelerate's ``AcceleratedScheduler`` wraps the scheduler,
+    ``ReduceLROnPlateau`` counts evaluations: the step index comes from the chained / wrapped scheduler, or
+    from ``steps_taken``, so the last step folds nothing (before: one decay left pending, the final weights
+    one factor 1 − η·λ off, with no settle() asked for), against the float64 reference."""
+    thetas, targets = make_problem(4)
+    params = [torch.nn.Parameter(t.float()) for t in thetas]
+    groups = [{"params": [p], "weight_decay": lam} for p, lam in zip(params, LAMBDAS, strict=True)]
+    opt = LPWD(groups, mode="pwd", lr=0.05, **ADAM_KW, fused=True)
+    stepper, told, steps_taken = opt, None, None
+    if kind == "chained":
+        sched = told = torch.optim.lr_scheduler.ChainedScheduler(
+            [torch.optim.lr_scheduler.ExponentialLR(opt, 0.9)], optimizer=opt)
+    elif kind == "accelerate":
+        from accelerate import Accelerator
+
+        stepper, sched = Accelerator(cpu=True).prepare(opt, torch.optim.lr_scheduler.ExponentialLR(opt, 0.9))
+        told = sched
+    else:
+        sched = told = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+        done = [0]
+        steps_taken = lambda: done[0]  # noqa: E731
+    opt.set_lr_scheduler(told, num_training_steps=STEPS, steps_taken=steps_taken)
+    lrs = []
+    for step in range(STEPS):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.pre_step()
+        for p, target in zip(params, targets, strict=True):
+            p.grad = grad_of(p.detach(), target.float())
+        stepper.step()
+        if kind == "plateau":
+            done[0] += 1
+            if step % 3 == 2:
+                sched.step(1.0)  # an evaluation that never improves: the lr halves
+        else:
+            sched.step()
+    assert opt.pending_decay == {}
+    ref = pwd_reference_with_lrs(thetas, targets, lrs)
+    assert len({tuple(lr) for lr in lrs}) > 2  # the lr did change
+    for p, e in zip(params, ref, strict=True):
+        rel = ((p.detach().double() - e).norm() / e.norm()).item()
+        assert rel < 1e-5, f"{kind}: relative error {rel:.2e}"
 
 
 def test_model_holds_the_next_forwards_weights_between_steps() -> None:
@@ -522,6 +572,26 @@ def test_schedule_free_bases_are_refused_naming_the_reason() -> None:
 def test_trainer_optim_names_are_bases() -> None:
     fused = LPWD([torch.nn.Parameter(torch.ones(1))], base="adamw_torch_fused", lr=0.1)
     assert type(fused.base_optimizer) is torch.optim.AdamW and fused.base_optimizer.defaults["fused"] is True
+
+
+@pytest.mark.parametrize("mode, frozen_in_group, warned", [("pwd", True, True), ("wd", True, False),
+                                                            ("pwd", False, False)])
+def test_pwd_says_it_would_decay_frozen_weights(caplog, mode: str, frozen_in_group: bool,
+                                               warned: bool) -> None:
+    """pwd decays every weight of a decayed group before the forward, gradient or not: a frozen weight there
+    (``model.parameters()`` with part of the model frozen) gets a one-line warning naming the fix, at
+    construction and in ``add_param_group``; wd / rwd skip weights without a gradient, as torch does."""
+    trained = torch.nn.Parameter(torch.ones(3))
+    frozen = torch.nn.Parameter(torch.ones(5), requires_grad=False)
+    with caplog.at_level("WARNING", logger="hf_lpwd"):
+        opt = LPWD([trained] + ([frozen] if frozen_in_group else []), mode=mode, lr=0.1, weight_decay=0.5)
+        if not frozen_in_group:
+            opt.add_param_group({"params": [frozen], "weight_decay": 0.0})  # undecayed: nothing to say
+    notes = [r.getMessage() for r in caplog.records if r.name == "hf_lpwd"]
+    assert bool(notes) == warned
+    if warned:
+        assert len(notes) == 1 and notes[0].startswith("LPWD(mode='pwd'): 5 weights with requires_grad=False")
+        assert "add_param_group() them when you unfreeze them" in notes[0]
 
 
 def test_a_scheduler_that_cannot_look_ahead_gets_a_one_line_note_and_stays_exact(caplog) -> None:

@@ -398,7 +398,7 @@ def test_folded_pwd_equals_unfolded_pwd_in_the_trainer(tmp_path: Path, monkeypat
     results = []
     for fold in (True, False):
         if not fold:
-            monkeypatch.setattr(lookahead, "next_lr", lambda group, scheduler, num_training_steps: None)
+            monkeypatch.setattr(lookahead, "next_lr", lambda group, scheduler, num_training_steps, step: None)
         set_seed(0)
         model = tiny_bert()
         args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=2.0, max_steps=6,

@@ -16,6 +16,7 @@ PRIVATE_NAMES = (
     "torch._foreach_lerp_",
     "torch._foreach_copy_",
     "torch._dynamo.config.recompile_limit",
+    "ChainedScheduler._schedulers",
 )
 
 
@@ -113,3 +114,11 @@ def call_with_recompile_limit(fn: Callable[..., Any], args: tuple[Any, ...], lim
         return fn(*args)
     finally:
         config.recompile_limit = old
+
+
+def chained_schedulers(lr_scheduler: Any) -> list[Any]:
+    """The schedulers a ``ChainedScheduler`` steps together (each once per its ``step()``); ``[]`` for any
+    other.  ``ChainedScheduler`` keeps no ``last_epoch`` of its own and no public list of them."""
+    if isinstance(lr_scheduler, torch.optim.lr_scheduler.ChainedScheduler):
+        return list(lr_scheduler._schedulers)
+    return []

@@ -27,6 +27,7 @@ A₀).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -35,6 +36,8 @@ from torch import nn
 from .._compat.transformers import decay_parameter_names, loaded_from_checkpoint
 from ..settings import TIED_DEPTHS, validate_choice, validate_layer_lr_decay
 from .layers import LayerPattern, layer_depths_with_count
+
+logger = logging.getLogger("hf_lpwd")
 
 __all__ = ["lpwd_param_groups", "param_groups_for_settings", "default_decay_parameter_names", "layer_table",
            "format_layer_table", "tied_aliases", "shrink_warning", "SHRINK_LIMIT", "new_parameter_names",
@@ -157,8 +160,31 @@ def param_groups_for_settings(
         depths=depths,
     )
     if settings.get("decay_target", "zero") == "init":
-        groups = split_new_parameters(groups, new_parameter_names(model))
+        new = new_parameter_names(model)
+        _warn_if_the_head_looks_resized(model, new)
+        groups = split_new_parameters(groups, new)
     return groups
+
+
+def _warn_if_the_head_looks_resized(model: nn.Module, new: Collection[str]) -> None:
+    """An untied output head counted as new while the input embeddings were loaded, with as many rows: what
+    ``resize_token_embeddings`` leaves (it marks the new head module, not its weight), or a head the
+    checkpoint lacked.  Say which way it decays and how to keep a resized head's pretrained rows."""
+    get_output = getattr(model, "get_output_embeddings", None)
+    get_input = getattr(model, "get_input_embeddings", None)
+    head = get_output() if callable(get_output) else None
+    embeddings = get_input() if callable(get_input) else None
+    weight, rows = getattr(head, "weight", None), getattr(embeddings, "weight", None)
+    if weight is None or rows is None or weight is rows or not loaded_from_checkpoint(rows):
+        return
+    name = next((n for n, p in model.named_parameters() if p is weight), None)
+    if name in new and weight.shape[0] == rows.shape[0]:
+        logger.warning(
+            "LPWD: %s has no checkpoint mark while the input embeddings have one, so it decays toward 0 as "
+            "a new head. If it is the pretrained head resized by resize_token_embeddings (which drops the "
+            "mark), set %s._is_hf_initialized = True before training to decay it toward its pretrained rows.",
+            name, name,
+        )
 
 
 def _adapter_parameter_names(model: nn.Module) -> set[str]:
@@ -173,9 +199,31 @@ def _adapter_parameter_names(model: nn.Module) -> set[str]:
         if isinstance(layer_names, tuple) and all(isinstance(n, str) for n in layer_names):
             for layer_name in layer_names:
                 sub = getattr(module, layer_name, None)
-                if isinstance(sub, nn.Module):
+                if isinstance(sub, nn.Module) and not _is_saved_copy(module, layer_name):
                     names.update(f"{prefix}.{layer_name}.{n}" for n, _ in sub.named_parameters())
     return names
+
+
+def _is_saved_copy(module: nn.Module, layer_name: str) -> bool:
+    """PEFT's ``modules_to_save``: a full copy of ``original_module`` trained in its place, not an adapter."""
+    return layer_name == "modules_to_save" and isinstance(getattr(module, "original_module", None), nn.Module)
+
+
+def _saved_copy_originals(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Each parameter of a ``modules_to_save`` copy, by name, with the original module's parameter: the copy
+    starts from it, so it is new at fine-tuning time exactly when the original is (a task head the checkpoint
+    lacked), and pretrained otherwise (a copied ``lm_head``)."""
+    originals: dict[str, nn.Parameter] = {}
+    for prefix, module in model.named_modules():
+        copies = getattr(module, "modules_to_save", None)
+        if not (_is_saved_copy(module, "modules_to_save") and isinstance(copies, nn.ModuleDict)):
+            continue
+        of_original = dict(module.original_module.named_parameters())
+        for adapter, copy in copies.items():
+            for name, _ in copy.named_parameters():
+                if name in of_original:
+                    originals[f"{prefix}.modules_to_save.{adapter}.{name}"] = of_original[name]
+    return originals
 
 
 def new_parameter_names(model: nn.Module) -> list[str]:
@@ -183,15 +231,17 @@ def new_parameter_names(model: nn.Module) -> list[str]:
 
     A model loaded by ``from_pretrained`` (transformers >= 5) marks the tensors it loaded; a trainable tensor
     left unmarked while others are marked was initialised at random (a task head the checkpoint lacked).  PEFT
-    adapters are not new (they decay toward their own init).  A model built from a config has no marks:
+    adapters are not new (they decay toward their own init); a ``modules_to_save`` copy is new when its
+    original is.  A model built from a config has no marks:
     nothing is new, and ``init`` is its random initialisation.
     """
     named = list(model.named_parameters())
     if not any(loaded_from_checkpoint(p) for _, p in named):
         return []
     adapters = _adapter_parameter_names(model)
+    originals = _saved_copy_originals(model)
     return [n for n, p in named
-            if p.requires_grad and not loaded_from_checkpoint(p) and n not in adapters]
+            if p.requires_grad and not loaded_from_checkpoint(originals.get(n, p)) and n not in adapters]
 
 
 def split_new_parameters(groups: list[dict[str, Any]], new_names: Collection[str]) -> list[dict[str, Any]]:
@@ -379,7 +429,7 @@ def format_layer_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> s
                 examples,
             )
         )
-        tied.extend(f"{t} (depth {row['depth']})" for t in row.get("tied", ()))
+        tied.extend(t if row["depth"] is None else f"{t} (depth {row['depth']})" for t in row.get("tied", ()))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     out = []
     for line in lines:

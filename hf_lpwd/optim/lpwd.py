@@ -269,8 +269,10 @@ class LPWD(torch.optim.Optimizer):
         self._pre_step_done = False  # pre_step() ran since the previous step()
         self._lr_scheduler: Any = None
         self._num_training_steps: int | None = None
+        self._steps_taken: Callable[[], int] | None = None
         self._anchors: dict[torch.Tensor, torch.Tensor] = {}
         self._create_anchors(self.param_groups)
+        self._warn_if_frozen_would_decay(self.param_groups)
         if not stochastic_rounding:
             self._warn_if_decay_is_lost()
 
@@ -283,7 +285,7 @@ class LPWD(torch.optim.Optimizer):
         """
         state = super().__getstate__()
         state.update({name: self.__dict__[name] for name in _SETTINGS})
-        state["_lr_scheduler"] = None
+        state["_lr_scheduler"] = state["_steps_taken"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -294,6 +296,7 @@ class LPWD(torch.optim.Optimizer):
         self.__dict__.setdefault("_precision_checked", False)
         self.__dict__.setdefault("decay_target", "zero")  # pickled before 0.4: toward zero
         self.__dict__.setdefault("_anchors", {})
+        self.__dict__.setdefault("_steps_taken", None)
         self.__dict__.setdefault("spd", False)  # pickled before SPD
         base = self.__dict__.get("base_optimizer")
         if base is not None:  # keep sharing: torch's load_state_dict replaces our groups and state
@@ -424,6 +427,9 @@ class LPWD(torch.optim.Optimizer):
         """Refuse, before anything is loaded, a checkpoint whose stepped parameters have no θ₀ while this
         optimizer decays them toward init (asked per group: under DeepSpeed the groups hold partitions whose
         θ₀ is not taken yet)."""
+        saved_sizes = [len(g["params"]) for g in state_dict.get("param_groups", [])]
+        if saved_sizes != [len(g["params"]) for g in self.param_groups]:
+            return  # other groups (another profile): torch's load_state_dict refuses that, not θ₀'s absence
         saved = state_dict.get("state", {})
         missing = 0
         index = 0
@@ -487,6 +493,23 @@ class LPWD(torch.optim.Optimizer):
         label = _group_label(len(base.param_groups) - 1, group)
         check_target(group.get(GROUP_KEY, self.decay_target), f"LPWD: {label}'s {GROUP_KEY}")
         self._create_anchors([group])
+        self._warn_if_frozen_would_decay([group])
+
+    def _warn_if_frozen_would_decay(self, groups: list[dict[str, Any]]) -> None:
+        """pwd decays every weight of its groups before the forward, gradient or not (the rule does not ask
+        for one); a frozen weight (``requires_grad=False``) in a decayed group would shrink by 1 − d_t per
+        step, where torch's AdamW, wd and rwd leave it alone."""
+        if self.mode != "pwd":
+            return
+        frozen = sum(p.numel() for g in groups if lookahead.as_float(g["weight_decay"]) > 0.0
+                     for p in g["params"] if not p.requires_grad)
+        if frozen:
+            logger.warning(
+                "LPWD(mode='pwd'): %d weights with requires_grad=False are in decayed groups: pwd decays "
+                "them before every forward, gradient or not. Leave frozen weights out of the optimizer "
+                "(lpwd_param_groups and the Trainer do) and add_param_group() them when you unfreeze them.",
+                frozen,
+            )
 
     def __repr__(self) -> str:
         extra = "" if self.lr_coupling == "coupled" else f", lr_coupling={self.lr_coupling!r}"
@@ -496,21 +519,37 @@ class LPWD(torch.optim.Optimizer):
         return f"LPWD(mode={self.mode!r}{extra}, base={self.base_optimizer!r})"
 
     # ------------------------------------------------------------------ the lr schedule (pwd's fold)
-    def set_lr_scheduler(self, lr_scheduler: Any, num_training_steps: int | None = None) -> None:
+    def set_lr_scheduler(self, lr_scheduler: Any, num_training_steps: int | None = None,
+                         steps_taken: Callable[[], int] | None = None) -> None:
         """Tell pwd's fold where the next step's lr comes from, and when there is no next step.
 
-        ``lr_scheduler`` must step this optimizer's groups once per ``step()``.  ``num_training_steps``: after
-        the step with index ``num_training_steps - 1`` no decay is applied for a step that never comes.
+        ``lr_scheduler`` sets this optimizer's lrs.  ``num_training_steps``: after the step with index
+        ``num_training_steps - 1`` no decay is applied for a step that never comes.  The index is the
+        scheduler's ``last_epoch``; ``ReduceLROnPlateau`` counts evaluations there, so with it the index is
+        ``steps_taken()`` (optimizer steps done; without it the last step is not known: call :meth:`settle`).
         """
+        lr_scheduler = lookahead.unwrapped(lr_scheduler)
         self._lr_scheduler = lr_scheduler
         self._num_training_steps = num_training_steps
-        if self.mode == "pwd" and lr_scheduler is not None and not lookahead.can_look_ahead(lr_scheduler):
+        self._steps_taken = steps_taken
+        if self.mode != "pwd" or lr_scheduler is None:
+            return
+        if not lookahead.can_look_ahead(lr_scheduler):
             logger.warning(
                 "LPWD: %s cannot say the next step's lr, so pwd folds in the current lr and pre_step() "
-                "corrects, "
-                "with one pass over the weights, each step where the lr changed",
+                "corrects, with one pass over the weights, each step where the lr changed",
                 type(lr_scheduler).__name__,
             )
+        if num_training_steps is not None and self._step_index() is None:
+            logger.warning(
+                "LPWD: %s does not count optimizer steps (no last_epoch, or it counts evaluations), so pwd "
+                "cannot tell the last of the %d steps and folds in a decay after it too: call settle() after "
+                "the last step, or pass steps_taken= (a function giving the steps done)",
+                type(lr_scheduler).__name__, num_training_steps,
+            )
+
+    def _step_index(self) -> int | None:
+        return lookahead.step_index(self._lr_scheduler, self._steps_taken)
 
     # ------------------------------------------------------------------ the per-step decay
     def _record_base_lr(self, group: dict[str, Any]) -> None:
@@ -564,7 +603,7 @@ class LPWD(torch.optim.Optimizer):
     def _next_factor(self, index: int, group: dict[str, Any]) -> float:
         """pwd: 1 − d_{t+1}, the decay to fold into this step (1.0 after the last step, or without decay)."""
         lam = lookahead.as_float(group["weight_decay"])
-        next_lr = lookahead.next_lr(group, self._lr_scheduler, self._num_training_steps)
+        next_lr = lookahead.next_lr(group, self._lr_scheduler, self._num_training_steps, self._step_index())
         if next_lr is None or lam == 0.0:
             return 1.0
         decay = next_lr * self._rate(group, next_lr, lam)
@@ -613,7 +652,7 @@ class LPWD(torch.optim.Optimizer):
     # ------------------------------------------------------------------ pwd: before the forward
     def _decay_is_up_to_date(self) -> bool:
         """pwd: do the weights of every group with parameters carry this step's 1 − d_t."""
-        step_index = lookahead.step_index(self._lr_scheduler)
+        step_index = self._step_index()
         for group, wanted in zip(self.param_groups, self._decay_factors(), strict=True):
             if group["params"] and wanted != ledger.carried_factor(group, step_index):
                 return False
@@ -781,7 +820,7 @@ class LPWD(torch.optim.Optimizer):
                 "cannot be changed."
             )
         low = self._low_precision_groups()
-        step_index = lookahead.step_index(self._lr_scheduler)
+        step_index = self._step_index()
         # Read only first: validate every group (d_t and the predicted d_{t+1}) before anything changes.
         checked = []
         for index, group in enumerate(self.param_groups):

@@ -16,7 +16,7 @@ from typing import Any
 from transformers import TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from ..config import LPWDConfig
+from ..config import LPWDConfig, RunRecord
 from ..optim.spd import check_spd
 from ..settings import CONFIG_SETTINGS, SETTING, SETTINGS, argument_label, check_settings
 
@@ -105,7 +105,9 @@ def run_config(args: Any, given: LPWDConfig | None, warn: bool = False) -> LPWDC
     if warn and given.base_optimizer not in (None, optim):
         logger.warning("LPWDMixin: lpwd_config.base_optimizer=%s, but args.optim=%s builds the base "
                        "optimizer; recording %s", given.base_optimizer, optim, optim)
-    return dataclasses.replace(given, base_optimizer=optim)
+    config = dataclasses.replace(given, base_optimizer=optim)
+    config.record = RunRecord()  # what this run's build measures, never a loaded config's (another run)
+    return config
 
 
 def refusal_key(args: Any) -> tuple:

@@ -16,15 +16,20 @@ __all__ = ["add_card_section"]
 
 
 def add_card_section(folder: str, config: LPWDConfig) -> None:
-    """Append ``config``'s section to ``folder/README.md`` once, or start a card with the ``lpwd`` tag."""
+    """Put ``config``'s section in ``folder/README.md``: appended, in place of the section an earlier save
+    wrote (a folder saved again by another run), or in a new card with the ``lpwd`` tag."""
     card = os.path.join(folder, "README.md")
     section = config.model_card_section()
     if os.path.isfile(card):
         with open(card, encoding="utf-8") as f:
             text = f.read()
-        if CARD_HEADING in text:
-            return
-        text = text.rstrip("\n") + "\n\n" + section
+        start = text.find(CARD_HEADING)
+        if start < 0:
+            text = text.rstrip("\n") + "\n\n" + section
+        else:  # up to the next section of the card's level, or the end
+            end = text.find("\n## ", start + len(CARD_HEADING))
+            after = "" if end < 0 else "\n" + text[end:]
+            text = text[:start] + section.rstrip("\n") + "\n" + after
     else:
         text = "---\nlibrary_name: transformers\ntags:\n- lpwd\n---\n\n" + section
     tmp = f"{card}.tmp-{os.getpid()}"

@@ -44,10 +44,34 @@ from .card import add_card_section
 from .layer_log import log_layer_table
 from .norms import anchors_of, layer_norms, params_by_depth
 from .refusals import check_training_arguments
+from .resume import check_resume, checkpoint_to_resume
 
 logger = hf_logging.get_logger("transformers.hf_lpwd")
 
 __all__ = ["LPWDMixin", "LPWDTrainer"]
+
+
+def _check_before_training(args: TrainingArguments, given: LPWDConfig | None, model: Any) -> None:
+    """Every refusal the arguments (and a model, when given one) allow before anything is written: those
+    of :func:`check_training_arguments`, and a layer-wise profile on a model without blocks."""
+    check_training_arguments(args)
+    config = run_config(args, given)
+    if config.needs_depths and isinstance(model, nn.Module):
+        layer_depths_with_count(model, config.layer_pattern)  # parsed once per model
+
+
+def _refuse_built_optimizer(optimizer: Any) -> None:
+    """``optimizers=(optimizer, scheduler)`` with an optimizer other than LPWD: its groups are made, so LPWD
+    cannot wrap it, and the run would train without LPWD while its files recorded LPWD's settings."""
+    if optimizer is None or _unwrap_lpwd(optimizer) is not None:
+        return
+    name = type(optimizer).__name__
+    raise ValueError(
+        f"LPWDTrainer(optimizers=({name}(...), ...)): an optimizer built outside the Trainer, which LPWD "
+        "cannot wrap (its param groups are already made), so the run would train without LPWD while "
+        f"lpwd_config.json recorded it. Pass optimizer_cls_and_kwargs=({name}, {{...}}) instead (LPWD wraps "
+        "the class with its own groups), or an hf_lpwd.LPWD you built, or train with transformers.Trainer."
+    )
 
 
 def _unwrap_lpwd(optimizer: Any) -> LPWD | None:
@@ -69,16 +93,21 @@ class LPWDMixin:
     """
 
     def __init__(self, *args: Any, lpwd_config: LPWDConfig | None = None, **kwargs: Any) -> None:
+        given_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        given_model = kwargs.get("model", args[0] if args else None)
+        _refuse_built_optimizer(kwargs.get("optimizers", (None, None))[0])
+        if isinstance(given_args, TrainingArguments):
+            # before Trainer.__init__, which creates the output folder
+            _check_before_training(given_args, lpwd_config, given_model)
         super().__init__(*args, **kwargs)
+        _refuse_built_optimizer(self.optimizer)
         self._lpwd_given_config = None if lpwd_config is None else dataclasses.replace(lpwd_config)
         self._lpwd_built_config: LPWDConfig | None = None
         self._lpwd_depth_params: dict[int, list[torch.Tensor]] = {}
         self._lpwd_norms_step: int | None = None
-        check_training_arguments(self.args)
+        if self.args is not given_args or self.model is not given_model:  # a subclass made its own
+            _check_before_training(self.args, lpwd_config, self.model)
         self._lpwd_checked_args = self._lpwd_argument_key()
-        if self.lpwd_config.needs_depths and self.model is not None:
-            # fail before training, not at the first step, when no blocks are found
-            self.lpwd_depths(self.model)
 
     # ------------------------------------------------------------------ the settings of the run
     @property
@@ -116,6 +145,7 @@ class LPWDMixin:
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         opt_model = self.model if model is None else model
         if self.optimizer is not None:
+            self._lpwd_restart_attempt(opt_model)
             return self.optimizer
         if self._lpwd_argument_key() != self._lpwd_checked_args:  # a search trial changed them
             check_training_arguments(self.args)
@@ -141,6 +171,32 @@ class LPWDMixin:
         self._lpwd_built_config = config
         return self.optimizer
 
+    def _lpwd_restart_attempt(self, model: nn.Module) -> None:
+        """The Trainer keeps its optimizer for a new attempt (``auto_find_batch_size`` after an out-of-memory
+        error, a second ``train()``): pwd's decay applied for a step the failed attempt never took is divided
+        out, and a λ set by ``--lpwd_decay_timescale`` follows the new attempt's steps per epoch."""
+        lpwd = self.lpwd_optimizer
+        if lpwd is None or getattr(self, "is_deepspeed_enabled", False):
+            return
+        if lpwd.mode == "pwd":
+            lpwd.settle()
+        config = self._lpwd_built_config
+        if config is None or config.decay_timescale is None:
+            return
+        config = dataclasses.replace(config)
+        resolve_lambda(config, self._lpwd_steps_per_epoch, float(self.args.learning_rate),
+                       self.args.should_log)
+        if config.weight_decay == self._lpwd_built_config.weight_decay:
+            return
+        depths = self._optional_depths(model, required=config.needs_depths)
+        groups = config.param_groups(model, decay_names=self.get_decay_parameter_names(model),
+                                     depths=depths if config.needs_depths else None)
+        for group, rebuilt in zip(lpwd.param_groups, groups, strict=True):
+            group["weight_decay"] = rebuilt["weight_decay"]
+        record_groups(config, lpwd.param_groups, config.base_optimizer_kwargs,
+                      None if depths is None else depths[1])
+        self._lpwd_built_config = config
+
     def set_initial_training_values(self, args: TrainingArguments, dataloader: Any) -> tuple:
         """The Trainer's own count of steps; LPWD keeps its optimizer steps per epoch for the timescale."""
         values = super().set_initial_training_values(args, dataloader)
@@ -159,9 +215,14 @@ class LPWDMixin:
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         lpwd = _unwrap_lpwd(optimizer if optimizer is not None else self.optimizer)
         if lpwd is not None:
-            lpwd.set_lr_scheduler(scheduler, num_training_steps)
+            lpwd.set_lr_scheduler(scheduler, num_training_steps, steps_taken=self._lpwd_steps_taken)
             log_layer_table(lpwd, scheduler, num_training_steps, self.lpwd_config, self.args.should_log)
         return scheduler
+
+    def _lpwd_steps_taken(self) -> int:
+        """Optimizer steps done, the index of the step being taken (the fold's clock where the scheduler's
+        own counts evaluations)."""
+        return self.state.global_step
 
     # ------------------------------------------------------------------ the step
     def training_step(self, model: nn.Module, inputs: dict[str, Any], *args: Any,
@@ -174,15 +235,20 @@ class LPWDMixin:
         return super().training_step(model, inputs, *args, **kwargs)
 
     # ------------------------------------------------------------------ the end of training
-    def train(self, *args: Any, **kwargs: Any) -> Any:
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's ``train()``, then pwd's decay for a step that never came is divided out.
 
         A run that ends at ``max_steps`` folded nothing into its last step; one stopped earlier (early
         stopping) holds θ'_{T+1} = (1 − η_{T+1}·λ)·θ_T and leaves with θ_T, the final parameters of unfolded
-        pwd.  The last weights' norms are logged unless the last logging step logged them.
+        pwd.  The last weights' norms are logged unless the last logging step logged them.  A resume whose
+        settings the checkpoint's optimizer would override is refused first (:mod:`.resume`).
         """
+        checkpoint = checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir)
+        if checkpoint is not None:
+            check_resume(checkpoint, self._lpwd_settings_now(),
+                         from_arguments=self._lpwd_given_config is None)
         self._lpwd_norms_step = None
-        output = super().train(*args, **kwargs)
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
         self._lpwd_settle()
         if self._lpwd_norms_step != self.state.global_step:
             self._log_lpwd_norms()

@@ -1,0 +1,245 @@
+"""A run the Trainer starts again, and the checks before anything is written.
+
+* ``auto_find_batch_size``: after an out-of-memory error the Trainer runs a new attempt with the optimizer it
+  already built.  pwd's decay applied for the step that failed is divided out first (the new attempt's first
+  forward sees θ_k·(1 − η_0·λ), θ_k the weights of the last step taken), and a λ set by
+  ``--lpwd_decay_timescale`` follows the new attempt's steps per epoch.
+* A resume with other LPWD settings than the checkpoint's is refused, naming each flag: the checkpoint's
+  optimizer state would override them (torch's ``load_state_dict`` restores the param groups) while
+  ``lpwd_config.json`` recorded the new values.  A checkpoint without optimizer state (``--save_only_model``)
+  is refused where θ₀ or pwd's pending decay would be lost.
+* A metric-driven schedule (``reduce_lr_on_plateau``, ``greedy``) counts evaluations, not steps: the fold
+  still knows the last step, so the checkpoint written at ``max_steps`` is the final model, bit for bit.
+* ``LPWDTrainer(...)`` refuses what the arguments (and the model) allow before Trainer's ``__init__``
+  creates the output folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import TrainingArguments
+
+from hf_lpwd import LPWDConfig, LPWDTrainer, LPWDTrainingArguments
+from tests.tiny import TokenDataset, common_args, tiny_bert
+
+OOM = "CUDA out of memory. Tried to allocate (simulated)"
+
+
+class OutOfMemoryAbove2(nn.Module):
+    """A tiny BERT whose forward raises the out-of-memory error accelerate looks for on a batch > 2, from
+    its ``fail_from``-th forward on; records the classifier's weight each forward sees."""
+
+    def __init__(self, fail_from: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.bert = tiny_bert()
+        self.fail_from, self.calls, self.seen = fail_from, 0, []
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+        self.seen.append((input_ids.shape[0], self.bert.classifier.weight.detach().clone()))
+        self.calls += 1
+        if input_ids.shape[0] > 2 and self.calls > self.fail_from:
+            raise RuntimeError(OOM)
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+
+def test_a_retry_after_out_of_memory_starts_from_the_last_step_taken(tmp_path: Path) -> None:
+    """pwd, linear schedule over 6 steps, λ·η = 0.01: the 3rd forward (step 2, batch 4) fails.  Its weights
+    carry step 2's factor 1 − η_2·λ of the first attempt; the attempt that runs (batch 2, the schedule from
+    step 0; one at batch 3 failed at its first forward) must see θ_2·(1 − η_0·λ), not θ_2·(1 − η_2·λ) (0.17 %
+    apart) nor a factor per failed attempt."""
+    lr, lam = 1e-2, 1.0
+    model = OutOfMemoryAbove2(fail_from=2)
+    args = LPWDTrainingArguments(**common_args(tmp_path, auto_find_batch_size=True, max_steps=6,
+                                               learning_rate=lr, weight_decay=lam, weight_decay_mode="pwd",
+                                               lr_scheduler_type="linear"))
+    LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(24)).train()
+    sizes = [size for size, _ in model.seen]
+    assert sizes[:5] == [4, 4, 4, 3, 2]  # accelerate retries at 0.9× the batch: 3 fails at once, then 2
+    failed, retry = model.seen[2][1].double(), model.seen[4][1].double()
+    theta_2 = failed / (1 - lr * (4 / 6) * lam)  # the first attempt's step 2: η_2 = η·(1 − 2/6)
+    expected = theta_2 * (1 - lr * lam)  # the retry's step 0: η_0 = η
+    torch.testing.assert_close(retry, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_a_retry_sets_the_timescale_lambda_from_its_own_steps_per_epoch(tmp_path: Path) -> None:
+    """τ = 2 epochs: batch 4 gives 6 steps per epoch (3: 8), the attempt that runs at batch 2 gives 12, so
+    λ = 1/(η·τ·12)."""
+    settings = dict(weight_decay_mode="lpwd", lpwd_decay_timescale=2.0, learning_rate=1e-2, max_steps=2)
+    retried = LPWDTrainer(model=OutOfMemoryAbove2(fail_from=0), train_dataset=TokenDataset(24),
+                          args=LPWDTrainingArguments(**common_args(tmp_path, auto_find_batch_size=True,
+                                                                   **settings)))
+    retried.train()
+    assert [size for size, _ in retried.model.seen][:3] == [4, 3, 2]
+    assert retried.lpwd_config.weight_decay == 1 / (1e-2 * 2.0 * 12)
+    direct = LPWDTrainer(model=OutOfMemoryAbove2(fail_from=0), train_dataset=TokenDataset(24),
+                         args=LPWDTrainingArguments(**common_args(tmp_path / "direct",
+                                                                  per_device_train_batch_size=2, **settings)))
+    direct.create_optimizer()
+    assert ([g["weight_decay"] for g in retried.lpwd_optimizer.param_groups]
+            == [g["weight_decay"] for g in direct.lpwd_optimizer.param_groups])
+    assert retried.lpwd_config.record.depth_weight_decay == direct.lpwd_config.record.depth_weight_decay
+
+
+# ----------------------------------------------------------------------------------------------- resume
+def _trained_checkpoint(tmp_path: Path, **settings) -> Path:
+    torch.manual_seed(0)
+    args = LPWDTrainingArguments(**common_args(tmp_path, save_strategy="steps", save_steps=2, **settings))
+    LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(32)).train()
+    return tmp_path / "out" / "checkpoint-2"
+
+
+TRAINED = dict(weight_decay_mode="lpwd", weight_decay=0.5)
+
+
+@pytest.mark.parametrize(
+    "trained, resumed, match",
+    [
+        (TRAINED, dict(weight_decay_mode="lpwd", weight_decay=0.1),
+         r"--weight_decay 0\.1 \(checkpoint: 0\.5\)"),
+        (TRAINED, dict(weight_decay_mode="pwd", weight_decay=0.5),
+         r"--weight_decay_mode 'pwd' \(checkpoint: 'lpwd'\), --lpwd_layerwise False \(checkpoint: True\)"),
+        (TRAINED, dict(TRAINED, lpwd_layer_lr_decay=0.8), r"--lpwd_layer_lr_decay 0\.8 \(checkpoint: 1\.0\)"),
+        (TRAINED, dict(TRAINED, lpwd_decay_target="init"),
+         r"--lpwd_decay_target 'init' \(checkpoint: 'zero'\)"),
+        (dict(weight_decay_mode="lpwd", lpwd_decay_timescale=4.0),
+         dict(weight_decay_mode="lpwd", lpwd_decay_timescale=2.0),
+         r"--lpwd_decay_timescale 2\.0 \(checkpoint: 4\.0\)"),
+    ],
+)
+def test_a_resume_with_other_settings_is_refused_naming_each_flag(tmp_path: Path, trained: dict,
+                                                                   resumed: dict, match: str) -> None:
+    checkpoint = _trained_checkpoint(tmp_path, **trained)
+    written = sorted(p.name for p in checkpoint.parent.iterdir())
+    args = LPWDTrainingArguments(**common_args(tmp_path, save_strategy="steps", save_steps=2, **resumed))
+    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(32))
+    with pytest.raises(ValueError, match=match):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    with pytest.raises(ValueError, match="these would be ignored"):
+        trainer.train(resume_from_checkpoint=True)  # the last checkpoint of the output folder
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == written
+
+
+def test_the_settings_a_checkpoint_keeps_resume_and_a_given_config_is_named_by_its_fields(
+        tmp_path: Path) -> None:
+    """Same decay with another rounding flag (not in the optimizer state), and τ with its derived λ: both
+    resume; with ``LPWDMixin(lpwd_config=...)`` the refusal names the config's fields."""
+    checkpoint = _trained_checkpoint(tmp_path, weight_decay_mode="lpwd", lpwd_decay_timescale=4.0)
+    args = LPWDTrainingArguments(**common_args(tmp_path, save_strategy="no", weight_decay_mode="lpwd",
+                                               lpwd_decay_timescale=4.0, lpwd_stochastic_rounding=False))
+    LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(32)).train(str(checkpoint))
+    other = LPWDTrainer(model=tiny_bert(), args=TrainingArguments(**common_args(tmp_path)),
+                        train_dataset=TokenDataset(32), lpwd_config=LPWDConfig(mode="wd", weight_decay=0.1))
+    with pytest.raises(ValueError, match=r"LPWDConfig\.mode 'wd' \(checkpoint: 'pwd'\)"):
+        other.train(resume_from_checkpoint=str(checkpoint))
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(weight_decay_mode="wd", lpwd_decay_target="init"), r"θ₀, the weights the decay returns to"),
+        (dict(weight_decay_mode="pwd"), r"already carry pwd's decay for the next step"),
+        (dict(weight_decay_mode="wd"), None),  # the stock Trainer's resume: a fresh AdamW, as stock
+    ],
+)
+def test_a_checkpoint_without_optimizer_state_is_refused_where_it_would_lose_decay(
+        tmp_path: Path, settings: dict, match: str | None) -> None:
+    checkpoint = _trained_checkpoint(tmp_path, save_only_model=True, weight_decay=0.5, **settings)
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.5, **settings))
+    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(32))
+    if match is None:
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+        assert trainer.state.global_step == 4
+        return
+    refusal = rf"has no optimizer state \(saved with --save_only_model\).*{match}"
+    with pytest.raises(ValueError, match=refusal):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+
+
+# ----------------------------------------------------------------------------------- metric-driven schedules
+@pytest.mark.parametrize("schedule", ["reduce_lr_on_plateau", "greedy"])
+def test_a_metric_driven_schedule_ends_at_max_steps_with_nothing_folded(tmp_path: Path,
+                                                                        schedule: str) -> None:
+    """The checkpoint at ``max_steps`` is the final model, bitwise (before: one factor 1 − η·λ_d apart, the
+    scheduler's evaluation count taken for the step index); no decay is pending."""
+    torch.manual_seed(0)
+    args = LPWDTrainingArguments(**common_args(
+        tmp_path, weight_decay_mode="lpwd", weight_decay=0.5, lr_scheduler_type=schedule, max_steps=6,
+        eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=6,
+        metric_for_best_model="loss"))
+    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(24),
+                          eval_dataset=TokenDataset(8, seed=1))
+    trainer.train()
+    assert trainer.lpwd_optimizer.pending_decay == {}
+    saved = load_file(str(tmp_path / "out" / "checkpoint-6" / "model.safetensors"))
+    final = trainer.model.state_dict()
+    assert all(torch.equal(saved[name], final[name]) for name in saved)
+
+
+# ----------------------------------------------------------------------------------- before the output folder
+@pytest.mark.parametrize(
+    "model, overrides, match",
+    [
+        (tiny_bert, dict(learning_rate=0.5, weight_decay=2.0), r"the per-step decay d = 1 must stay below 1"),
+        (tiny_bert, dict(optim="schedule_free_adamw"), r"schedule-free optimizers keep two weight sequences"),
+        (tiny_bert, dict(optim="lomo"), r"LOMO"),
+        (lambda: nn.Sequential(nn.Linear(4, 4)), dict(weight_decay_mode="lpwd", weight_decay=0.1),
+         r"block"),
+    ],
+)
+def test_the_trainer_refuses_before_it_creates_the_output_folder(tmp_path: Path, model, overrides: dict,
+                                                                  match: str) -> None:
+    args = TrainingArguments(**common_args(tmp_path, **{k: v for k, v in overrides.items()
+                                                        if not k.startswith("weight_decay_mode")}))
+    config = LPWDConfig(mode=overrides.get("weight_decay_mode", "lpwd"), weight_decay=args.weight_decay)
+    with pytest.raises(ValueError, match=match):
+        LPWDTrainer(model=model(), args=args,
+                    lpwd_config=config if "weight_decay_mode" in overrides else None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_optimizer_built_outside_the_trainer_is_refused_unless_it_is_lpwd(tmp_path: Path) -> None:
+    """``optimizers=(AdamW(...), None)``: LPWD cannot wrap built groups; before, the run trained with no decay
+    at all while ``lpwd_config.json`` and the card recorded lpwd."""
+    from hf_lpwd import LPWD
+
+    model = tiny_bert()
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.5))
+    with pytest.raises(ValueError, match=r"optimizers=\(AdamW\(\.\.\.\), \.\.\.\).*optimizer_cls_and_kwargs"):
+        LPWDTrainer(model=model, args=args, optimizers=(torch.optim.AdamW(model.parameters()), None))
+    assert not (tmp_path / "out").exists()
+    own = LPWD(model.parameters(), mode="pwd", lr=1e-3, weight_decay=0.5)
+    assert LPWDTrainer(model=model, args=args, optimizers=(own, None)).lpwd_optimizer is own
+
+
+# ----------------------------------------------------------------------------------- a folder saved again
+def test_a_folder_saved_again_gets_this_runs_card_and_record(tmp_path: Path) -> None:
+    """A second run saving into the same folder replaces the card's LPWD section (before: the first run's
+    stayed), and a config loaded from another run (2 blocks, layer-wise) reused uniformly on a 4-block model
+    records this run's build, not the loaded record."""
+    out = tmp_path / "final"
+    first = LPWDTrainer(model=tiny_bert(), args=LPWDTrainingArguments(**common_args(
+        tmp_path, weight_decay_mode="lpwd", weight_decay=0.3, max_steps=1)), train_dataset=TokenDataset(8))
+    first.train()
+    first.save_model(str(out))
+    first.create_model_card()
+    loaded = LPWDConfig.from_pretrained(out)
+    assert loaded.depth_weight_decay == pytest.approx({"0": 0.075, "1": 0.15, "2": 0.225, "3": 0.3})
+    reused = LPWDConfig(**{**loaded.settings(), "mode": "pwd", "layerwise": False})
+    reused.record = loaded.record
+    second = LPWDTrainer(model=tiny_bert(layers=4),
+                         args=TrainingArguments(**common_args(tmp_path, max_steps=1)),
+                         train_dataset=TokenDataset(8), lpwd_config=reused)
+    second.train()
+    second.save_model(str(out))
+    saved = LPWDConfig.from_pretrained(out)
+    assert (saved.mode, saved.depth_weight_decay, saved.num_blocks) == ("pwd", None, 4)
+    assert saved.depth_shrink != loaded.depth_shrink
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and card.count("## Weight decay: LPWD") == 1
+    assert "| weight decay mode | pwd |" in card and "| weight decay mode | lpwd |" not in card
