@@ -157,6 +157,10 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
         # sets do_eval itself whenever --eval_strategy is not "no", which would otherwise turn a run into
         # evaluation only.
         values["do_train"] = values["do_eval"] = True
+    elif (not values.get("do_train", True) and not values.get("do_eval")
+          and str(values.get("eval_strategy", "no")) in ("no", "IntervalStrategy.NO")):
+        raise RecipeError("--do_train false and no --do_eval: nothing to do; add --do_eval true to evaluate "
+                          "only")
     lpwd_config = values.get("lpwd_config")
     if lpwd_config:
         training_cls = next(
@@ -215,6 +219,32 @@ def default_train_eval(training_args: Any) -> None:
         training_args.do_eval = True
 
 
+def resume_request(training_args: Any) -> str | bool | None:
+    """``--resume_from_checkpoint``: a folder, or ``true`` for the output folder's last checkpoint."""
+    value = training_args.resume_from_checkpoint
+    return True if isinstance(value, str) and value.lower() == "true" else value
+
+
+def check_resume(training_args: Any) -> None:
+    """The checkpoint ``--resume_from_checkpoint`` names exists, and its LPWD settings are the run's (the
+    package's refusal, made here before the output folder is created)."""
+    from hf_lpwd.trainer.resume import check_resume as check_resumed_settings
+    from hf_lpwd.trainer.resume import checkpoint_to_resume
+
+    request = resume_request(training_args)
+    if request is None or request is False or not training_args.do_train:
+        return
+    checkpoint = checkpoint_to_resume(request, training_args.output_dir)
+    if checkpoint is None or not os.path.isdir(checkpoint):
+        found = "no checkpoint-* folder in --output_dir" if request is True else "no such folder"
+        raise RecipeError(f"--resume_from_checkpoint={training_args.resume_from_checkpoint}: {found}"
+                          f"{_relative_hint(str(checkpoint or training_args.output_dir))}")
+    try:
+        check_resumed_settings(checkpoint, training_args.to_lpwd_config())
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+
+
 def check_training_args(training_args: Any) -> None:
     """What the arguments alone can tell, checked before any data, model or output folder."""
     from hf_lpwd.trainer import check_training_arguments
@@ -229,6 +259,7 @@ def check_training_args(training_args: Any) -> None:
         check_training_arguments(training_args)
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
+    check_resume(training_args)
 
 
 def check_layers(model: Any, training_args: Any) -> None:
@@ -574,7 +605,7 @@ def train_evaluate_save(
     """
     metrics: dict[str, Any] = {}
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        result = trainer.train(resume_from_checkpoint=resume_request(training_args))
         train_metrics = dict(result.metrics, train_samples=len(train_dataset), **(extra_train_metrics or {}))
         trainer.log_metrics("train", train_metrics)
         trainer.save_metrics("train", train_metrics)

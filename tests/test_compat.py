@@ -105,6 +105,15 @@ def test_auto_model_mapping_tells_supported_configs_apart() -> None:
     )
 
 
+def test_trainer_still_resumes_through_the_private_method() -> None:
+    assert compat_tf.trainer_resumes_through_the_private_method(), (
+        "transformers' Trainer no longer calls self._load_from_checkpoint(resume_from_checkpoint) (renamed, "
+        "new signature, or inlined): LPWDMixin's override would not load the tensors a checkpoint saved "
+        "under legacy names (ViT), and a resumed run would go on from the initial weights; move "
+        "LOAD_CHECKPOINT_METHOD to the new seam"
+    )
+
+
 def test_trainer_still_loads_the_best_model_through_the_private_method() -> None:
     assert compat_tf.trainer_loads_best_model_privately(), (
         "transformers' Trainer no longer calls self._load_best_model() (renamed, new signature, or inlined): "

@@ -555,6 +555,10 @@ def test_unknown_config_key_exits_before_training(tmp_path):
         ("text_column", "--text_column='review' is not a column"),
         ("model_path", "--model_name_or_path="),
         ("missing_model_dir", "no such file or folder"),
+        ("resume_missing", "--resume_from_checkpoint="),
+        ("resume_true_without_checkpoints", "no checkpoint-* folder in --output_dir"),
+        ("resume_other_settings", "--weight_decay 0.1 (checkpoint: 0.5)"),
+        ("nothing_to_do", "--do_train false and no --do_eval: nothing to do"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, case, expected, monkeypatch, capsys):
@@ -580,7 +584,17 @@ def test_bad_input_fails_before_training(tmp_path, case, expected, monkeypatch, 
             "--model_name_or_path": str(tmp_path),
         },  # a folder without config.json
         "missing_model_dir": {"--config_name": None, "--model_name_or_path": str(tmp_path / "no_model")},
+        "resume_missing": {"--resume_from_checkpoint": str(tmp_path / "checkpoint-7")},
+        "resume_true_without_checkpoints": {"--resume_from_checkpoint": "true"},
+        "resume_other_settings": {"--resume_from_checkpoint": str(tmp_path / "checkpoint-2"),
+                                  "--weight_decay": "0.1"},
+        "nothing_to_do": {"--do_train": "false"},
     }[case]
+    if case == "resume_other_settings":  # a checkpoint trained with λ = 0.5, with optimizer state
+        from hf_lpwd import LPWDConfig
+
+        LPWDConfig(mode="lpwd", weight_decay=0.5).save_pretrained(tmp_path / "checkpoint-2")
+        (tmp_path / "checkpoint-2" / "optimizer.pt").write_bytes(b"")
     with pytest.raises(SystemExit) as exc:
         run_main(text_classification.main, _sst2_args(tmp_path, out, **changes))
     assert exc.value.code == 2

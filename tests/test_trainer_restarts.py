@@ -243,3 +243,101 @@ def test_a_folder_saved_again_gets_this_runs_card_and_record(tmp_path: Path) -> 
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and card.count("## Weight decay: LPWD") == 1
     assert "| weight decay mode | pwd |" in card and "| weight decay mode | lpwd |" not in card
+
+
+def test_a_search_trial_resumes_with_its_own_settings(tmp_path: Path) -> None:
+    """A hyperparameter search sets the trial's values after ``train()`` starts: the resume check reads them
+    (before: the base arguments', so a trial resuming its own checkpoint, as Ray's PBT does, was refused, and
+    one with another λ was let through to train with the checkpoint's λ)."""
+    from transformers.trainer_utils import HPSearchBackend
+
+    def trainer(steps: int) -> LPWDTrainer:
+        args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay_mode="lpwd", max_steps=steps,
+                                                   save_strategy="steps", save_steps=2))
+        searched = LPWDTrainer(model_init=lambda: tiny_bert(), args=args, train_dataset=TokenDataset(32))
+        searched.hp_search_backend = HPSearchBackend.RAY  # as hyperparameter_search sets; a trial is a dict
+        return searched
+
+    trainer(2).train(trial={"weight_decay": 0.05})
+    checkpoint = next((tmp_path / "out").rglob("checkpoint-2"))
+    resumed = trainer(4)
+    resumed.train(resume_from_checkpoint=str(checkpoint), trial={"weight_decay": 0.05})
+    assert resumed.state.global_step == 4 and resumed.lpwd_config.weight_decay == 0.05
+    with pytest.raises(ValueError, match=r"--weight_decay 0\.3 \(checkpoint: 0\.05\)"):
+        trainer(4).train(resume_from_checkpoint=str(checkpoint), trial={"weight_decay": 0.3})
+
+
+def test_the_last_norms_logged_are_those_of_the_weights_an_early_stop_returns(tmp_path: Path) -> None:
+    """An early stop on a logging step: that step's log holds the weights with the next step's decay folded
+    in; the settled weights are logged after it (before: the last log was one factor 1 − η·λ_0 off)."""
+    from transformers import TrainerCallback
+
+    class StopAtStep2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 2
+
+    torch.manual_seed(0)
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay_mode="pwd", weight_decay=2.0,
+                                               learning_rate=2e-2, lr_scheduler_type="constant", max_steps=8,
+                                               logging_steps=2))
+    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(64),
+                          callbacks=[StopAtStep2()])
+    trainer.train()
+    key = "lpwd/weight_norm/depth_00"
+    logged = [entry for entry in trainer.state.log_history if key in entry]
+    embeddings = [p for n, p in trainer.model.named_parameters() if n.startswith("bert.embeddings.")]
+    returned = torch.cat([p.detach().flatten() for p in embeddings]).norm().item()
+    assert logged[-1]["step"] == logged[-2]["step"] == 2
+    assert logged[-1][key] == pytest.approx(returned, rel=1e-6)
+    assert logged[-2][key] < logged[-1][key] * (1 - 1e-3)  # the step's log: the next decay folded in
+
+
+# ----------------------------------------------------------------------------- checkpoints under legacy names
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, size: int, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.pixels = torch.randn(size, 3, 8, 8, generator=gen)
+        self.labels = torch.randint(0, 3, (size,), generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.pixels[i], "labels": self.labels[i]}
+
+
+def _tiny_vit():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32, num_labels=3)
+    return ViTForImageClassification(config)
+
+
+def test_a_vit_checkpoint_saved_under_legacy_names_resumes_and_loads_as_best_bitwise(tmp_path: Path) -> None:
+    """transformers 5.25 saves ViT under its legacy names (``vit.encoder.layer.0...``) and its Trainer loads a
+    checkpoint by the file's names: the encoder was not loaded, silently (a resumed run went on from the
+    initial encoder; the "best" model mixed two checkpoints).  Resume is now bitwise the uninterrupted run,
+    and the best model is the best checkpoint as ``from_pretrained`` reads it, bitwise."""
+    from transformers import ViTForImageClassification
+
+    def run(name: str, steps: int, resume: str | None = None, **extra) -> LPWDTrainer:
+        args = LPWDTrainingArguments(**common_args(tmp_path, output_dir=str(tmp_path / name), max_steps=steps,
+                                                   weight_decay_mode="lpwd", weight_decay=0.5,
+                                                   lr_scheduler_type="constant", save_strategy="steps",
+                                                   save_steps=2, **extra))
+        trainer = LPWDTrainer(model=_tiny_vit(), args=args, train_dataset=_Images(32),
+                              eval_dataset=_Images(8, seed=1))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    whole = run("whole", 4).model.state_dict()
+    resumed = run("whole", 4, resume=str(tmp_path / "whole" / "checkpoint-2")).model.state_dict()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    best = run("best", 4, eval_strategy="steps", eval_steps=2, load_best_model_at_end=True,
+               metric_for_best_model="eval_loss", greater_is_better=True)  # the worse loss: not the last
+    assert best.state.best_model_checkpoint.endswith("checkpoint-2")
+    saved = ViTForImageClassification.from_pretrained(best.state.best_model_checkpoint).state_dict()
+    final = best.model.state_dict()
+    assert all(torch.equal(saved[k], final[k]) for k in saved)

@@ -16,6 +16,7 @@ PRIVATE_NAMES = (
     "PreTrainedModel._from_config",
     "_BaseAutoModelClass._model_mapping",
     "Trainer._load_best_model",
+    "Trainer._load_from_checkpoint",
     "Trainer.set_initial_training_values (its tuple, index 1)",
     "Trainer.get_decay_parameter_names (called unbound)",
     "TrainingArguments.hf_deepspeed_config",
@@ -25,6 +26,8 @@ PRIVATE_NAMES = (
 # The Trainer method LPWDMixin overrides to settle before the best checkpoint is loaded. No callback or public
 # method runs between the end of the last step and that load (``on_train_end`` comes after it).
 LOAD_BEST_MODEL_METHOD = "_load_best_model"
+# The Trainer method that loads a checkpoint's weights to resume (not under DeepSpeed / FSDP).
+LOAD_CHECKPOINT_METHOD = "_load_from_checkpoint"
 
 
 def no_split_module_names(model: nn.Module) -> frozenset[str]:
@@ -116,3 +119,58 @@ def trainer_loads_best_model_privately() -> bool:
     if list(inspect.signature(method).parameters) != ["self"]:
         return False
     return f"self.{LOAD_BEST_MODEL_METHOD}()" in inspect.getsource(Trainer)
+
+
+def trainer_resumes_through_the_private_method() -> bool:
+    """True while ``Trainer._load_from_checkpoint(resume_from_checkpoint, model=None)`` exists and ``train()``
+    calls it."""
+    from transformers import Trainer
+
+    method = getattr(Trainer, LOAD_CHECKPOINT_METHOD, None)
+    if method is None:
+        return False
+    if list(inspect.signature(method).parameters) != ["self", "resume_from_checkpoint", "model"]:
+        return False
+    return f"self.{LOAD_CHECKPOINT_METHOD}(resume_from_checkpoint)" in inspect.getsource(Trainer)
+
+
+def _saved_weight_names(folder: str) -> set[str] | None:
+    """The tensor names of a checkpoint's safetensors weights (one file or an index), ``None`` if it has
+    none."""
+    import json
+    import os
+
+    from safetensors import safe_open
+
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            return set(json.load(f).get("weight_map", {}))
+    single = os.path.join(folder, "model.safetensors")
+    if not os.path.isfile(single):
+        return None
+    with safe_open(single, framework="pt") as f:
+        return set(f.keys())
+
+
+def reload_renamed_checkpoint(model: nn.Module, folder: str) -> int:
+    """Load ``folder``'s weights into ``model`` through ``from_pretrained`` where the Trainer's raw load
+    missed them; the number of names the checkpoint holds under another name than the model (0: nothing done).
+
+    transformers 5.25's Trainer loads a checkpoint by the names in the file (``load_state_dict(..., False)``),
+    but a model with a key conversion saves under its legacy names (ViT: ``vit.encoder.layer.0.attention
+    .attention.query`` for ``vit.layers.0.attention.q_proj``), so those tensors keep the weights they had and
+    the Trainer only warns about missing keys.  ``from_pretrained`` applies the conversion; its values are
+    copied in place (the optimizer's parameters stay the same tensors).
+    """
+    from transformers import PreTrainedModel
+
+    saved = _saved_weight_names(folder)
+    if saved is None or not isinstance(model, PreTrainedModel):
+        return 0
+    renamed = len(saved - set(model.state_dict()))
+    if renamed:
+        dtype = next(model.parameters()).dtype
+        loaded = type(model).from_pretrained(folder, dtype=dtype)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+    return renamed

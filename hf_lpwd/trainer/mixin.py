@@ -11,7 +11,9 @@ Trainer, callbacks included):
 * ``training_step`` calls ``LPWD.pre_step()`` before the forward pass (free when the fold predicted the lr);
   under DeepSpeed the decay acts on its fp32 master weights inside the step instead;
 * ``train()`` ends pwd exactly (a run stopped early divides out the decay folded in for the step that never
-  came); ``load_best_model_at_end`` leaves the best checkpoint's weights as saved;
+  came); ``load_best_model_at_end`` leaves the best checkpoint's weights as saved; a resume whose settings
+  differ from the checkpoint's is refused when the optimizer is built; a checkpoint saved under a model's
+  legacy names (ViT) is loaded in full, to resume and as the best model (the two private loads overridden);
 * ``save_model`` writes ``lpwd_config.json`` (settings and the run's record) and the card section; the logs
   get a weight norm per depth, at every logging step and at the first and last step.
 
@@ -29,7 +31,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from .._compat.transformers import steps_per_epoch
+from .._compat.transformers import reload_renamed_checkpoint, steps_per_epoch
 from ..config import LPWDConfig
 from ..integrations import deepspeed as deepspeed_glue
 from ..integrations.bitsandbytes import keep_embeddings_in_32_bit
@@ -145,12 +147,14 @@ class LPWDMixin:
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         opt_model = self.model if model is None else model
         if self.optimizer is not None:
+            self._lpwd_check_resume(self.lpwd_config)
             self._lpwd_restart_attempt(opt_model)
             return self.optimizer
         if self._lpwd_argument_key() != self._lpwd_checked_args:  # a search trial changed them
             check_training_arguments(self.args)
             self._lpwd_checked_args = self._lpwd_argument_key()
         config = self._lpwd_settings_now(warn=True)
+        self._lpwd_check_resume(config)
         base = base_optimizer_of(self, opt_model)
         resolve_lambda(config, self._lpwd_steps_per_epoch, float(self.args.learning_rate),
                        self.args.should_log)
@@ -243,40 +247,69 @@ class LPWDMixin:
         pwd.  The last weights' norms are logged unless the last logging step logged them.  A resume whose
         settings the checkpoint's optimizer would override is refused first (:mod:`.resume`).
         """
-        checkpoint = checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir)
-        if checkpoint is not None:
-            check_resume(checkpoint, self._lpwd_settings_now(),
-                         from_arguments=self._lpwd_given_config is None)
+        self._lpwd_resume_request = resume_from_checkpoint  # checked when the optimizer is built
         self._lpwd_norms_step = None
-        output = super().train(resume_from_checkpoint, *args, **kwargs)
-        self._lpwd_settle()
-        if self._lpwd_norms_step != self.state.global_step:
-            self._log_lpwd_norms()
+        try:
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self._lpwd_resume_request = None
+        settled = self._lpwd_settle()
+        if settled or self._lpwd_norms_step != self.state.global_step:
+            self._log_lpwd_norms()  # the weights returned (an early stop's settled ones)
         return output
+
+    def _lpwd_check_resume(self, config: LPWDConfig) -> None:
+        """Refuse a resume whose settings differ from the checkpoint's (:mod:`.resume`), once per ``train()``.
+
+        Made when the optimizer is built, not at ``train()``'s start: a hyperparameter search sets the trial's
+        values (and its output folder) in between.
+        """
+        request, self._lpwd_resume_request = getattr(self, "_lpwd_resume_request", None), None
+        checkpoint = checkpoint_to_resume(request, self.args.output_dir)
+        if checkpoint is not None:
+            check_resume(checkpoint, config, from_arguments=self._lpwd_given_config is None)
 
     def _load_best_model(self) -> None:
         """``load_best_model_at_end``: the final model is the best checkpoint's weights, bit for bit.
 
         A checkpoint holds θ' (the weights its metric was computed on), so the loaded weights are left as they
-        are; the run's own last weights are settled first, and no decay is pending after the load.  The one
-        private method overridden: the Trainer's only place that loads the best model, before
-        ``on_train_end``.
+        are; the run's own last weights are settled first, and no decay is pending after the load.  A private
+        method overridden: the Trainer's only place that loads the best model, before ``on_train_end``.
         """
         self._lpwd_settle(warn=False)
         super()._load_best_model()
+        self._lpwd_reload_renamed(self.state.best_model_checkpoint)
         lpwd = self.lpwd_optimizer
         if lpwd is not None and lpwd.mode == "pwd":
             lpwd.forget_applied_decay()  # DeepSpeed's load also restored the checkpoint's bookkeeping
 
-    def _lpwd_settle(self, warn: bool = True) -> None:
-        """pwd: divide out the decay applied for a step that will not come (a no-op after the last step)."""
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """The Trainer's load of a checkpoint to resume, then the tensors it missed (saved under a model's
+        legacy names: :func:`reload_renamed_checkpoint`); resumed runs are bitwise the uninterrupted ones."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._lpwd_reload_renamed(resume_from_checkpoint, model)
+
+    def _lpwd_reload_renamed(self, folder: str | None, model: nn.Module | None = None) -> None:
+        sharded = getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False)
+        if folder is None or sharded:
+            return
+        renamed = reload_renamed_checkpoint(self.model if model is None else model, folder)
+        if renamed:
+            logger.info("LPWD: %d tensors of %s are saved under the model's legacy names, which the "
+                        "Trainer's load missed; loaded through from_pretrained", renamed, folder)
+
+    def _lpwd_settle(self, warn: bool = True) -> bool:
+        """pwd: divide out the decay applied for a step that will not come (a no-op after the last step);
+        whether there was one."""
         lpwd = self.lpwd_optimizer
         if lpwd is None or lpwd.mode != "pwd":
-            return
+            return False
+        pending = bool(lpwd.pending_decay)
         if getattr(self, "is_deepspeed_enabled", False):
             deepspeed_glue.settle(lpwd, self.optimizer, warn=warn and self.is_world_process_zero())
         else:
             lpwd.settle()
+        return pending
 
     # ------------------------------------------------------------------ logging
     def _lpwd_logs_norms(self) -> bool:
