@@ -12,7 +12,8 @@ order of first appearance and a parameter shared by several blocks belongs to th
 
 The contract (C1-C7 of issue 13) is checked separately for the module path (``layer_depths(model)``
 on the real module) and the name path (``layer_depths(names)``): the oracle's N blocks get depths
-1..N in order (one depth per block), parameters before the first block get 0, after the last N+1,
+1..N in order (one depth per block), parameters before the first block get 0 (but a task model's head,
+outside its ``base_model_prefix`` body, and a part named ``final*`` / ``*_out``: N+1), after the last N+1,
 a parameter between blocks (LLaVA's projector and text embeddings between the vision and the text
 stack, T5's encoder final norm between encoder and decoder) the depth of the block just before it or
 just after it in registration order, a stage's own parameters stay within one of its blocks' depths
@@ -90,6 +91,8 @@ class Outcome:
     agree: bool = False
     n_blocks: int = 0
     n_params: int = 0
+    # head parameters registered before the first block (N+1 from a module, 0 from names)
+    heads_first: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -314,6 +317,9 @@ class OracleResult:
     # no other stack's blocks (LLaVA's ``language_model`` for its ``embed_tokens``, T5's ``encoder`` for its
     # ``final_layer_norm``); a parameter outside every home (a projector between two towers) is not listed
     home: dict[str, int] = field(default_factory=dict)
+    # a task model's head: parameters outside its ``base_model_prefix`` body and its input embeddings, which
+    # run after every block wherever they are registered (XLM-RoBERTa registers its classifier first)
+    heads: frozenset[str] = frozenset()
 
 
 def oracle(model: nn.Module) -> OracleResult:
@@ -376,7 +382,25 @@ def oracle(model: nn.Module) -> OracleResult:
                 bounds.setdefault(name, (nxt if nxt > 0 else 0, nxt + 1 if nxt < n else n + 1))
     kept = [i for i, b in enumerate(unique) if b]
     return OracleResult([unique[i] for i in kept], bounds, [block_stack[i] for i in kept],
-                        {name: stack for name, stack in home.items() if name not in claimed})
+                        {name: stack for name, stack in home.items() if name not in claimed},
+                        frozenset(_head_names(model, owner)) - claimed)
+
+
+def _head_names(model: nn.Module, owner: dict[int, str]) -> list[str]:
+    """Parameters of the outermost task model outside its body and input embeddings (OracleResult.heads)."""
+    for module in model.modules():
+        prefix = getattr(module, "base_model_prefix", "")
+        body = getattr(module, prefix, None) if isinstance(prefix, str) and prefix else None
+        if isinstance(body, nn.Module) and body is not module:
+            try:
+                embeddings = module.get_input_embeddings()
+            except (AttributeError, NotImplementedError):
+                embeddings = None
+            skip = {id(p) for p in body.parameters()}
+            if isinstance(embeddings, nn.Module):
+                skip |= {id(p) for p in embeddings.parameters()}
+            return [owner[id(p)] for p in module.parameters() if id(p) not in skip and id(p) in owner]
+    return []
 
 
 def _homes(model: nn.Module, stacks: list[_OStack], blocks: list[list[str]], block_stack: list[int],
@@ -422,8 +446,19 @@ def oracle_blocks(model: nn.Module) -> list[list[str]]:
 # Contract check.
 
 
-def check_contract(names: list[str], depths: dict[str, int], result: OracleResult) -> str:
-    """Empty string if ``depths`` satisfies C1-C7 of issue 13 against the oracle, else the reason."""
+def _output_part(name: str) -> bool:
+    """The contract's output parts: a module named ``final*`` or ``*_out`` (OPT's ``final_layer_norm``)."""
+    return any(s.startswith("final") or s.endswith("_out") for s in name.split(".")[:-1])
+
+
+def check_contract(names: list[str], depths: dict[str, int], result: OracleResult,
+                   names_only: bool = False) -> str:
+    """Empty string if ``depths`` satisfies C1-C7 of issue 13 against the oracle, else the reason.
+
+    A head registered before the first block must be at N+1 from a module; from names alone (which cannot
+    tell a classifier from T5's shared embedding) it is placed by position, at 0. A part named as the output
+    and registered before the first block (OPT's decoder ``final_layer_norm``) is at N+1 on both paths.
+    """
     blocks = result.blocks
     if not blocks:
         return "oracle found no block list"
@@ -466,6 +501,11 @@ def check_contract(names: list[str], depths: dict[str, int], result: OracleResul
             lo, hi = result.bounds[name]
             if not lo <= d <= hi:
                 return f"C7: {name} (a stage's own part) has depth {d}, expected {lo}..{hi}"
+            continue
+        if p < first and ((name in result.heads and not names_only) or _output_part(name)):
+            if d != n + 1:
+                return (f"C6: {name} is a head or output part registered before the first block but has "
+                        f"depth {d}, expected {n + 1}")
             continue
         if p < first and d != 0:
             return f"C5: {name} is before the first block but has depth {d}"
@@ -547,12 +587,20 @@ def evaluate(task: str, model_type: str, cls_name: str, built: Built) -> Outcome
                 depths = layer_depths(built.names)
             except ValueError as exc:
                 depths = f"ValueError: {str(exc)[:160]}"
-        reason = depths if isinstance(depths, str) else check_contract(built.names, depths, built.oracle)
+        reason = depths if isinstance(depths, str) else check_contract(built.names, depths, built.oracle,
+                                                                       names_only=path == "names")
         results[path] = None if isinstance(depths, str) else depths
         setattr(out, f"{path}_ok", not reason)
         if reason:
             reasons.append(f"[{path}] {reason}")
-    out.agree = results["module"] is not None and results["module"] == results["names"]
+    # the paths agree everywhere but on a head registered before the body, which only a module can place
+    pos = {name: i for i, name in enumerate(built.names)}
+    first = min((pos[n] for b in built.oracle.blocks for n in b), default=0)
+    moved = {n for n in built.oracle.heads if pos[n] < first}
+    out.heads_first = len(moved)
+    out.agree = (results["module"] is not None and results["names"] is not None
+                 and {k: v for k, v in results["module"].items() if k not in moved}
+                 == {k: v for k, v in results["names"].items() if k not in moved})
     if reasons:
         out.status, out.reason = "fail", " ".join(reasons)
     return out
@@ -613,7 +661,8 @@ def write_report(outcomes: list[Outcome], out: Path, timing_ms: tuple[float, flo
         "mappings is built on the meta device from its default config, and `layer_depths` -- from the",
         "module (`layer_depths(model)`) and from the names alone (`layer_depths(names)`) -- is checked",
         "against an independent oracle read from module structure and tensor shapes (contract C1-C7 of",
-        "issue 13: parallel lists are one stack, side lists are not stacks, stages hold blocks).",
+        "issue 13: parallel lists are one stack, side lists are not stacks, stages hold blocks; a head or",
+        "a part named `final*` / `*_out` registered before the first block runs after the last: N+1).",
         "",
         f"- transformers {__import__('transformers').__version__}, torch {torch.__version__}",
         f"- (task, architecture) pairs tried: {len(outcomes)}",
@@ -624,6 +673,9 @@ def write_report(outcomes: list[Outcome], out: Path, timing_ms: tuple[float, flo
         f"architectures: {share(len(names_archs), len(archs))}",
         f"- both paths: {share(len(passed), len(built))}; the two give identical depths on "
         f"{share(sum(o.agree for o in built), len(built))}",
+        f"- heads registered before the body (N+1 from the module, 0 from the names alone; not counted as a "
+        f"disagreement): {sum(o.heads_first > 0 for o in built)} pairs, e.g. "
+        f"{', '.join(sorted({o.model_type for o in built if o.heads_first})[:6])}",
         f"- skipped (build failed or no block list): {len(skipped)}",
         f"- `layer_depths` on a 100-block Llama (meta device): {timing_ms[0]:.1f} ms from names, "
         f"{timing_ms[1]:.1f} ms from the module",

@@ -21,7 +21,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, str) and any(ch in value for ch in "\\()[]|*"):
-        return f"`{value}`"
+        # a table splits cells at every unescaped '|', inside a code span too (GFM); '\|' renders as '|'
+        return "`" + value.replace("|", "\\|") + "`"
     return str(value)
 
 

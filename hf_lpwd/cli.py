@@ -365,18 +365,37 @@ def _option_label(setting: Setting) -> str:
     return f"--{setting.name.replace('_', '-')}"
 
 
-def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+def _add_setting_options(parser: argparse.ArgumentParser, saved: dict[str, Any] | None = None) -> None:
     """One option per setting of :data:`INSPECT_SETTINGS`, derived from its declaration: ``--layer-lr-decay``,
-    ``--layer_lr_decay`` and the Trainer's own ``--lpwd_layer_lr_decay`` all name it."""
+    ``--layer_lr_decay`` and the Trainer's own ``--lpwd_layer_lr_decay`` all name it; ``saved``: defaults
+    from ``--lpwd-config`` (:func:`_saved_defaults`), which a given flag overrides."""
+    saved = saved or {}
     for name in INSPECT_SETTINGS:
         setting = SETTING[name]
         spellings = dict.fromkeys([_option_label(setting), f"--{name}", f"--{setting.flag}"])
         kind = parse_bool if setting.kind is bool else setting.kind
-        parser.add_argument(*spellings, dest=name, type=kind, default=setting.default,
+        parser.add_argument(*spellings, dest=name, type=kind, default=saved.get(name, setting.default),
                             choices=setting.choices,
                             metavar=None if setting.choices else name.split("_")[-1].upper(),
                             help=f"{setting.help} (default {setting.default})")
-    parser.add_argument("--uniform", action="store_true", help="uniform λ profile instead of layer-wise")
+    parser.add_argument("--uniform", action="store_true", default=saved.get("uniform", False),
+                        help="uniform λ profile instead of layer-wise")
+    _option(parser, "lpwd-config", metavar="PATH", default=None,
+            help="start from a saved lpwd_config.json (a folder, the file or a Hub id): its λ (the one its "
+                 "run trained with), profile and layer settings; a flag given here overrides it")
+
+
+def _saved_defaults(source: str) -> dict[str, Any]:
+    """The table's settings in a saved ``lpwd_config.json``: λ as its run resolved it (a timescale's too)."""
+    from .config import LPWDConfig
+
+    try:
+        saved = LPWDConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--lpwd-config {source}: {_first_line(exc)}") from None
+    values = {name: getattr(saved, name) for name in INSPECT_SETTINGS}
+    values["uniform"] = not resolve_settings(saved.settings())["layerwise"]
+    return values
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -389,7 +408,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
             help="warm-up: steps (>= 1) or a ratio of --max-steps (below 1), as the Trainer's (default 0)")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(saved: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-lpwd", description="Layer-wise Pre-weight Decay tools.",
                                      allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True,
@@ -408,7 +427,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="the head to build (default auto: what the recipes train from this config: "
                               "causal-lm for decoder-only models, image-classification for vision models, "
                               "sequence-classification for text encoders; else config.json's class)")
-    _add_setting_options(inspect)
+    _add_setting_options(inspect, saved)
     inspect.add_argument("--plot", metavar="FILE.png", default=None,
                          help="also draw λ, the lr multiplier and S against depth (needs matplotlib)")
     _add_run_options(inspect)
@@ -430,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is not None:
         args.run_command = command
     try:
+        if args.command == "inspect" and args.lpwd_config:  # again, the file's values as the defaults
+            args = _parser(_saved_defaults(args.lpwd_config)).parse_args(argv)
         return args.func(args)
     except CliError as exc:
         print(f"hf-lpwd: error: {exc}", file=sys.stderr)

@@ -286,8 +286,12 @@ class LPWDConfig:
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
     ) -> LPWDConfig:
-        """Read ``lpwd_config.json`` from a folder, a JSON file, or a Hub repo id."""
-        path = os.fspath(pretrained_name_or_path)
+        """Read ``lpwd_config.json`` from a folder, a JSON file, or a Hub repo id.
+
+        A name that is no local folder or file is tried as a Hub repo id; if that fails too the error says
+        both (a mistyped ``run1/final`` would otherwise read as a connection problem).
+        """
+        path = os.path.expanduser(os.fspath(pretrained_name_or_path))
         if os.path.isdir(path):
             file = os.path.join(path, LPWD_CONFIG_NAME)
             if not os.path.isfile(file):
@@ -300,14 +304,20 @@ class LPWDConfig:
             raise FileNotFoundError(f"no such file or folder: {path}")
         from huggingface_hub import hf_hub_download
 
-        file = hf_hub_download(
-            repo_id=path,
-            filename=LPWD_CONFIG_NAME,
-            revision=revision,
-            token=token,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-        )
+        try:
+            file = hf_hub_download(
+                repo_id=path,
+                filename=LPWD_CONFIG_NAME,
+                revision=revision,
+                token=token,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+            )
+        except (OSError, ValueError) as exc:  # huggingface_hub's errors: not found, offline, bad id
+            raise FileNotFoundError(
+                f"{path}: no such local folder or file (from {os.getcwd()}), and as a Hub repo id: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
         return cls.from_json_file(file)
 
     def push_to_hub(

@@ -35,6 +35,8 @@ census = _load_census()
 SAMPLE = {
     ("causal_lm", "gpt2"), ("causal_lm", "llama"), ("causal_lm", "mixtral"), ("causal_lm", "qwen3_moe"),
     ("causal_lm", "xlm"), ("sequence_classification", "bert"), ("sequence_classification", "canine"),
+    # heads registered before the body: they run last, at N+1 (only a module can tell)
+    ("sequence_classification", "xlm-roberta"), ("masked_lm", "camembert"),
     ("seq2seq_lm", "t5"), ("seq2seq_lm", "bart"), ("image_classification", "vit"),
     ("image_classification", "swin"), ("image_classification", "convnext"), ("image_classification", "pvt"),
     ("image_classification", "mobilevit"),

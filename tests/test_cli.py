@@ -84,6 +84,26 @@ def test_inspect_layer_lr_decay(model_dir, capsys):
     assert [row[:3] + row[4:] for row in rows] == [row[:3] + row[4:] for row in EXPECTED_ROWS]
 
 
+def test_inspect_starts_from_a_saved_config_and_a_flag_overrides_it(model_dir, tmp_path, capsys):
+    from hf_lpwd import LPWDConfig
+
+    LPWDConfig(mode="lpwd", weight_decay=0.1, layer_lr_decay=0.5).save_pretrained(tmp_path / "run1")
+    assert main(["inspect", str(model_dir), "--lpwd-config", str(tmp_path / "run1")]) == 0
+    assert _rows(capsys.readouterr().out) == _rows_of_layer_lr_decay_half()
+    LPWDConfig(mode="wd", weight_decay=0.1).save_pretrained(tmp_path / "run2")  # wd: uniform
+    argv = ["inspect", str(model_dir), "--lpwd_config", str(tmp_path / "run2"), "--weight-decay", "0.2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "weight decay: 0.2 (uniform)" in out
+    assert main(["inspect", str(model_dir), "--lpwd-config", str(tmp_path / "missing")]) == 2
+    assert "--lpwd-config " + str(tmp_path / "missing") in capsys.readouterr().err
+
+
+def _rows_of_layer_lr_decay_half() -> list[list[str]]:
+    lrs = ["0.125", "0.25", "0.5", "1"]
+    return [row[:3] + [lr] + row[4:] for row, lr in zip(EXPECTED_ROWS, lrs, strict=True)]
+
+
 def test_inspect_uniform(model_dir, capsys):
     """--uniform: one λ for every parameter, one row holding all 21 tensors and 6,288 parameters, of which the
     16 matrices (6,288 − 5 norms × 16 = 6,208 parameters) are decayed."""

@@ -343,6 +343,22 @@ def test_report_numbers_are_the_paired_statistics(tmp_path, fake, reference):
                                            for lam in ("0.1", "0.5", "2") for s in seeds}
 
 
+def test_small_differences_get_the_decimals_that_show_them():
+    from hf_lpwd.compare.report import markdown_table
+
+    axis = parse_axis("lam=0.1,0.2")
+    cells = [
+        {"settings": {"lam": "0.1"}, "n": 3, "mean": 0.5, "std": 2e-6, "is_reference": True, "diff": None,
+         "norm_ratio": None, "shrink": None, "flags": []},
+        {"settings": {"lam": "0.2"}, "n": 3, "mean": 0.500003, "std": 2.5e-6, "is_reference": False,
+         "diff": {"mean": 3e-6, "half_width": 1.2e-6, "n": 3}, "norm_ratio": None, "shrink": None,
+         "flags": []},
+    ]
+    row = table_row(markdown_table([axis], cells, "eval_loss"), "0.2")
+    # two significant digits of the smallest number (1.2e-6): 7 decimals
+    assert row[1:3] == ["0.5000030 ± 0.0000025 (3)", "+0.0000030 [+0.0000018, +0.0000042] * (3)"]
+
+
 def test_one_seed_and_partial_pairs(tmp_path, fake):
     """With n = 1 there is no interval; a pair needs both seeds."""
     out = tmp_path / "out"
@@ -505,6 +521,10 @@ BAD_INPUT = {
         "not one of the grid's values",
     ),
     "bad seeds": (["--grid", "mode=wd", "--seeds", "0,x"], "fake", "--seeds"),
+    "one value written three ways": (["--grid", "lam=0.1,0.10,1e-1"], "fake",
+                                     "a value appears twice (0.1 and 0.10"),
+    "one linked value twice": (["--grid", "mode+lam=wd+0.1,wd+1e-1"], "fake",
+                               "(wd+0.1 and wd+1e-1: the same run)"),
     "ray address without ray": (["--grid", "mode=wd", "--ray-address", "auto"], "fake", "--ray-address"),
     "command not found": (["--grid", "mode=wd"], ["/nonexistent/python"], "could not be started"),
     "command without --data_seed": (["--grid", "mode=wd"], "no_data_seed", "--data_seed is not accepted"),
@@ -530,6 +550,15 @@ def test_bad_input_one_error_line_exit_2_nothing_run_nothing_written(tmp_path, f
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("hf-lpwd: error: ") and message in err[0], err
     assert not out.exists()
+    assert invocations(fake["count"]) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where nothing can be made")
+def test_an_out_no_run_can_write_is_refused_before_any_run(fake, capsys):
+    argv = ["compare", "--grid", "mode=wd", "--out", "/proc/hf-lpwd-test/out", "--", *fake["command"]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out /proc/hf-lpwd-test/out: cannot write there" in err[0], err
     assert invocations(fake["count"]) == []
 
 
@@ -568,6 +597,25 @@ def test_another_command_in_the_same_out_is_refused(tmp_path, fake, capsys):
                    "--metric", "score") == 2
     assert "holds runs of another command" in capsys.readouterr().err
     assert len(invocations(fake["count"])) == 1
+
+
+def test_a_second_compare_on_one_out_is_refused_and_a_stale_lock_taken_over(tmp_path, fake, capsys):
+    import socket
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / ".compare.lock"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}")  # a live process: this one
+    options = ("--grid", "mode=wd", "--seeds", "0", "--metric", "score")
+    assert compare(out, fake["command"], *options) == 2
+    assert f"another hf-lpwd compare (pid {os.getpid()} on {socket.gethostname()}) is running there" in (
+        capsys.readouterr().err)
+    assert invocations(fake["count"]) == []
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock.write_text(f"{socket.gethostname()} {gone.pid}")  # its process has exited
+    assert compare(out, fake["command"], *options) == 0
+    assert len(invocations(fake["count"])) == 1 and not lock.exists()
 
 
 # ---------------------------------------------------------------------------------------------- issue 28

@@ -114,6 +114,15 @@ def test_trainer_still_resumes_through_the_private_method() -> None:
     )
 
 
+def test_trainer_still_sets_search_trials_through_the_private_method() -> None:
+    assert compat_tf.trainer_sets_trials_through_the_private_method(), (
+        "transformers' Trainer no longer sets a search trial's values through self._hp_search_setup(trial), "
+        "reading self.hp_space(trial) or the trial dict: LPWDMixin's override would not run, a trial's None "
+        "would be cast to the previous trial's type and LPWD flags would carry across trials; move "
+        "HP_SEARCH_SETUP_METHOD to the new seam"
+    )
+
+
 def test_trainer_still_loads_the_best_model_through_the_private_method() -> None:
     assert compat_tf.trainer_loads_best_model_privately(), (
         "transformers' Trainer no longer calls self._load_best_model() (renamed, new signature, or inlined): "

@@ -243,6 +243,28 @@ def test_model_card_section_states_the_settings() -> None:
     assert "| timing / profile | wd / layer-wise |" in llrd and "| layer-wise lr decay γ | 0.8 |" in llrd
 
 
+def test_from_pretrained_expands_home_and_names_a_missing_path(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    LPWDConfig(mode="wd", weight_decay=0.2).save_pretrained(tmp_path / "run1")
+    assert LPWDConfig.from_pretrained("~/run1").weight_decay == 0.2
+    monkeypatch.chdir(tmp_path)
+    # one '/' reads as a Hub id too; not found there either, the error names the local path first
+    message = r"^run2/final: no such local folder or file \(from .*\), and as a Hub repo id: "
+    with pytest.raises(FileNotFoundError, match=message):
+        LPWDConfig.from_pretrained("run2/final", local_files_only=True)
+
+
+def test_a_layer_pattern_with_a_pipe_stays_one_table_cell() -> None:
+    from markdown_it import MarkdownIt  # transformers' CLI brings it (typer -> rich)
+
+    pattern = r"(?:attentions|ffns)\.(\d+)\."
+    card = LPWDConfig(mode="lpwd", layer_pattern=pattern).model_card_section()
+    table = "\n".join(line for line in card.splitlines() if line.startswith("|"))
+    html = MarkdownIt("commonmark").enable("table").render(table)
+    row = html.split("<td>layer pattern</td>")[1].split("</tr>")[0]
+    assert row.strip() == f"<td><code>{pattern}</code></td>"
+
+
 def test_save_pretrained_with_push_to_hub_writes_then_uploads(tmp_path: Path, monkeypatch) -> None:
     import huggingface_hub
 

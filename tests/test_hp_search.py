@@ -107,3 +107,54 @@ def test_ray_trials_build_their_own_lpwd(tmp_path: Path) -> None:
                     str(record)], check=True, env=offline_env(), cwd=ROOT, timeout=600)
     built = sorted((row["mode"], row["lambda"]) for row in map(json.loads, record.read_text().splitlines()))
     assert built == [("lpwd", 0.05), ("lpwd", 0.3), ("wd", 0.05), ("wd", 0.3)]  # λ: the head's rate
+
+
+# Trials in this order, one after the other on one Trainer: a setting given in one trial and not in the next,
+# and a None (the mode's default / no timescale) after a value.
+SPACES = [
+    {"weight_decay_mode": "pwd", "lpwd_layerwise": True},
+    {"weight_decay_mode": "lpwd", "lpwd_layerwise": None},
+    {"weight_decay_mode": "wd", "weight_decay": 0.1, "lpwd_cautious": True},
+    {"weight_decay_mode": "wd", "weight_decay": 0.1},
+    {"weight_decay": 0.0, "lpwd_decay_timescale": 2.0},
+    {"weight_decay": 0.1, "lpwd_decay_timescale": None},
+]
+
+
+def test_each_trial_starts_from_the_runs_settings_and_keeps_a_none(tmp_path: Path) -> None:
+    built: list[tuple] = []
+
+    class Recording(LPWDTrainer):
+        def create_optimizer(self, model=None):
+            fresh = self.optimizer is None
+            optimizer = super().create_optimizer(model)
+            if fresh:
+                c = self.lpwd_config
+                built.append((c.mode, c.layerwise, c.cautious, c.decay_timescale, c.weight_decay))
+            return optimizer
+
+    args = LPWDTrainingArguments(**common_args(tmp_path, learning_rate=0.01, max_steps=2, eval_strategy="no"))
+    trainer = Recording(model_init=lambda: tiny_bert(layers=LAYERS), args=args,
+                        train_dataset=TokenDataset(16), eval_dataset=TokenDataset(8, seed=1))
+    trainer.hyperparameter_search(hp_space=lambda trial: SPACES[trial.number], backend="optuna",
+                                  n_trials=len(SPACES), direction="minimize")
+    assert [b[:4] for b in built] == [
+        ("pwd", True, False, None),
+        ("lpwd", True, False, None),  # None is the mode's default (layer-wise), not bool(None)
+        ("wd", False, True, None),
+        ("wd", False, False, None),  # not carried over from the trial before
+        ("lpwd", True, False, 2.0),  # the run's mode: trial 3's wd is not carried over
+        ("lpwd", True, False, None),
+    ]
+    assert built[-1][4] == 0.1 and args.lpwd_layerwise is None and args.lpwd_decay_timescale is None
+
+
+def test_a_dict_trials_none_is_kept(tmp_path: Path) -> None:
+    from transformers.trainer_utils import HPSearchBackend
+
+    args = LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True, lpwd_layerwise=True,
+                                 lpwd_decay_timescale=2.0, weight_decay=0.0, report_to="none")
+    trainer = LPWDTrainer(model=tiny_bert(layers=LAYERS), args=args, train_dataset=TokenDataset(4))
+    trainer.hp_search_backend = HPSearchBackend.RAY
+    trainer._hp_search_setup({"lpwd_layerwise": None, "lpwd_decay_timescale": None, "weight_decay": 0.1})
+    assert (args.lpwd_layerwise, args.lpwd_decay_timescale, args.weight_decay) == (None, None, 0.1)

@@ -74,6 +74,33 @@ def _tiny_mixtral() -> nn.Module:
     return MixtralForCausalLM(cfg)
 
 
+def _tiny_xlmr_lora() -> nn.Module:
+    """XLM-RoBERTa registers its classifier before ``roberta``; PEFT wraps it and keeps a trained copy."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    cfg = XLMRobertaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, max_position_embeddings=40, num_labels=3)
+    return get_peft_model(XLMRobertaForSequenceClassification(cfg),
+                          LoraConfig(r=2, target_modules=["query", "value"], modules_to_save=["classifier"]))
+
+
+def _tiny_camembert_mlm() -> nn.Module:
+    from transformers import CamembertConfig, CamembertForMaskedLM
+
+    cfg = CamembertConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                          num_attention_heads=2, max_position_embeddings=40)
+    return CamembertForMaskedLM(cfg)
+
+
+def _tiny_convnextv2() -> nn.Module:
+    """Two-block stages: the stage's downsampling_layer (a norm, then a conv) is as long as its blocks."""
+    from transformers import ConvNextV2Config, ConvNextV2ForImageClassification
+
+    cfg = ConvNextV2Config(depths=[2, 2], hidden_sizes=[8, 16], num_stages=2, num_labels=3, image_size=32)
+    return ConvNextV2ForImageClassification(cfg)
+
+
 # (builder, {name prefix: depth}); prefixes are matched on whole segments, longest first.
 REAL_MODELS = {
     "bert": (_tiny_bert, {
@@ -121,6 +148,29 @@ REAL_MODELS = {
         "model.language_model.norm.": 5,
         "lm_head.": 5,
     }),
+    "xlmr_lora": (_tiny_xlmr_lora, {
+        "base_model.model.classifier.": 3,  # registered first, runs last
+        "base_model.model.roberta.embeddings.": 0,
+        "base_model.model.roberta.encoder.layer.0.": 1,
+        "base_model.model.roberta.encoder.layer.1.": 2,
+    }),
+    "camembert_mlm": (_tiny_camembert_mlm, {
+        "lm_head.": 3,  # registered first, runs last
+        "lm_head.decoder.weight": 0,  # tied to the word embeddings: named_parameters() names it here
+        "roberta.embeddings.": 0,
+        "roberta.encoder.layer.0.": 1,
+        "roberta.encoder.layer.1.": 2,
+    }),
+    "convnextv2": (_tiny_convnextv2, {
+        "convnextv2.embeddings.": 0,
+        "convnextv2.encoder.stages.0.layers.0.": 1,
+        "convnextv2.encoder.stages.0.layers.1.": 2,
+        "convnextv2.encoder.stages.1.downsampling_layer.": 3,  # runs before the stage's first block
+        "convnextv2.encoder.stages.1.layers.0.": 3,
+        "convnextv2.encoder.stages.1.layers.1.": 4,
+        "convnextv2.layernorm.": 5,
+        "classifier.": 5,
+    }),
     "gpt2": (_tiny_gpt2, {
         "transformer.wte.": 0,
         "transformer.wpe.": 0,
@@ -136,6 +186,12 @@ REAL_MODELS = {
         "lm_head.": 3,
     }),
 }
+
+
+# Where the name-only path differs: heads registered before the body, and a pipeline as long as the blocks
+# list next to it, whose elements' classes only a module tells (names alone read it as a parallel list).
+NAMES_ONLY = {"xlmr_lora": {"base_model.model.classifier.": 0}, "camembert_mlm": {"lm_head.": 0},
+              "convnextv2": {"convnextv2.encoder.stages.1.downsampling_layer.1.": 4}}
 
 
 def _expected(names: list[str], prefixes: dict[str, int]) -> dict[str, int]:
@@ -155,12 +211,14 @@ def real_model(request):
 
 
 def test_real_model_depths(real_model):
-    _, model, prefixes = real_model
+    key, model, prefixes = real_model
     names = [n for n, _ in model.named_parameters()]
     expected = _expected(names, prefixes)
     assert layer_depths(model) == expected
-    # The name-only path must reach the same answer on its own.
-    assert layer_depths(names) == expected
+    # The name-only path must reach the same answer on its own, but for a head registered before the body:
+    # names cannot tell it from an embedding (T5's ``shared``), so it is placed by position, at 0.
+    by_name = {**prefixes, **NAMES_ONLY.get(key, {})}
+    assert layer_depths(names) == _expected(names, by_name)
     # Every prefix in the table is used, so the table cannot silently go stale.
     assert all(any(n.startswith(p) for n in names) for p in prefixes)
 
@@ -356,6 +414,28 @@ def test_regex_pattern_selects_one_stack():
              "dec.layers.1.a.weight", "head.weight"]
     depths = layer_depths(names, r"^dec\.layers\.(\d+)\.")
     assert [depths[n] for n in names] == [0, 0, 1, 2, 3]
+
+
+_XLM_PARTS = (("attentions", "q.weight"), ("layer_norm1", "weight"), ("ffns", "lin.weight"),
+              ("layer_norm2", "weight"))
+XLM_LIKE_NAMES = (["emb.weight"] + [f"t.{part}.{i}.{leaf}" for i in range(2) for part, leaf in _XLM_PARTS]
+                  + ["head.weight"])
+
+
+@pytest.mark.parametrize("pattern", [r"(?:attentions|ffns|layer_norm1|layer_norm2)\.(\d+)\.",
+                                     r"\.(\d+)\."])
+def test_a_pattern_over_parallel_lists_reads_them_as_one_stack(pattern):
+    depths = layer_depths(XLM_LIKE_NAMES, pattern)
+    assert [depths[n] for n in XLM_LIKE_NAMES] == [0] + [1] * 4 + [2] * 4 + [3]
+
+
+def test_a_pattern_over_two_towers_chains_them():
+    # same contents under one parent: two towers; under two parents (encoder, decoder): chained as well
+    names = ["emb.weight", "m.text.0.attn.weight", "m.text.0.mlp.weight", "m.text.1.attn.weight",
+             "m.text.1.mlp.weight", "m.image.0.attn.weight", "m.image.0.mlp.weight", "m.image.1.attn.weight",
+             "m.image.1.mlp.weight", "head.weight"]
+    depths = layer_depths(names, r"\.(\d+)\.")
+    assert [depths[n] for n in names] == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5]
 
 
 # --- errors --------------------------------------------------------------------------------------

@@ -569,6 +569,40 @@ def test_schedule_free_bases_are_refused_naming_the_reason() -> None:
         LPWD([torch.nn.Parameter(torch.ones(1))], base=AdamWScheduleFree)
 
 
+class _DecoupledLR(torch.optim.SGD):
+    """torch-optimi's signature: ``decouple_lr`` and ``max_lr`` (decay (1 − (η/max_lr)·λ))."""
+
+    def __init__(self, params, lr=1e-3, decouple_lr=False, max_lr=None):
+        super().__init__(params, lr=lr)
+
+
+OFF = {"lr": 1e-3, "relative_step": False, "scale_parameter": False}  # what --optim adafactor passes
+
+
+@pytest.mark.parametrize(
+    "base, kwargs, match, accepted",
+    [
+        (_DecoupledLR, {"decouple_lr": True, "max_lr": 1e-3}, r"_DecoupledLR with decouple_lr=True",
+         {"decouple_lr": False, "max_lr": 1e-3}),
+        # Adafactor's defaults: relative_step (no lr) is named first, then scale_parameter (decay ∝ RMS(θ))
+        ("adafactor", {}, r"Adafactor with relative_step=True", OFF),
+        ("adafactor", {"lr": 1e-3, "relative_step": False},
+         r"LPWD: transformers\.optimization\.Adafactor with scale_parameter=True.*scale_parameter=False",
+         OFF),
+    ],
+)
+def test_bases_with_a_decay_rule_of_their_own_are_refused(base, kwargs: dict, match: str,
+                                                          accepted: dict) -> None:
+    """LPWD drops the base's decay for its timing's (1 − η·λ): a base whose own rule is another one would be
+    changed without a word, so it is refused, naming the kwarg; with that kwarg off, it is accepted."""
+    if base == "adafactor":
+        base = pytest.importorskip("transformers").optimization.Adafactor
+    param = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match=match):
+        LPWD([param], base=base, weight_decay=0.1, **kwargs)
+    assert type(LPWD([param], base=base, weight_decay=0.1, **accepted).base_optimizer) is base
+
+
 def test_trainer_optim_names_are_bases() -> None:
     fused = LPWD([torch.nn.Parameter(torch.ones(1))], base="adamw_torch_fused", lr=0.1)
     assert type(fused.base_optimizer) is torch.optim.AdamW and fused.base_optimizer.defaults["fused"] is True

@@ -574,11 +574,11 @@ def test_optimizer_cls_and_kwargs_become_the_base_and_non_classes_are_refused(tm
     trainer.train()
     base = trainer.lpwd_optimizer.base_optimizer
     assert type(base) is torch.optim.SGD and base.defaults["momentum"] == 0.9
-    factory = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8),
-                          optimizer_cls_and_kwargs=(lambda params, **kw: torch.optim.SGD(params, lr=0.1), {}))
+    # refused when the Trainer is built, before anything is written
     with pytest.raises(ValueError,
                        match="builds its own parameter groups or optimizers, so LPWD cannot wrap it"):
-        factory.create_optimizer()
+        LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8),
+                    optimizer_cls_and_kwargs=(lambda params, **kw: torch.optim.SGD(params, lr=0.1), {}))
 
 
 def test_schedule_free_optim_is_refused_up_front() -> None:
@@ -611,6 +611,34 @@ def test_saved_layerwise_follows_the_mode_unless_it_was_a_choice(tmp_path: Path,
     cfg = args.to_lpwd_config()
     assert (cfg.timing, cfg.layerwise) == expected
     assert LPWDTrainingArguments.saved_config_values(LPWDConfig(mode="lpwd"))["lpwd_layerwise"] is None
+
+
+@pytest.mark.parametrize(
+    "saved,given,expected",
+    [
+        # λ and τ are one number given two ways: the one given replaces the file's, whichever the file holds
+        (dict(weight_decay=0.3), dict(lpwd_decay_timescale=3.0), (0.0, 3.0)),
+        (dict(weight_decay=0.0, decay_timescale=2.0), dict(weight_decay=0.05), (0.05, None)),
+        (dict(weight_decay=0.0, decay_timescale=2.0), dict(), (0.0, 2.0)),
+        (dict(weight_decay=0.3), dict(), (0.3, None)),
+    ],
+)
+def test_a_given_lambda_or_timescale_replaces_the_saved_one(tmp_path: Path, saved: dict, given: dict,
+                                                             expected: tuple) -> None:
+    LPWDConfig(mode="lpwd", **saved).save_pretrained(tmp_path / "cfg")
+    args = LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True, lpwd_config=str(tmp_path / "cfg"),
+                                 **given)
+    assert (args.weight_decay, args.lpwd_decay_timescale) == expected
+
+
+def test_a_refusal_of_values_taken_from_a_saved_config_says_so(tmp_path: Path) -> None:
+    LPWDConfig(mode="wd", weight_decay=0.1, cautious=True).save_pretrained(tmp_path / "cfg")
+    message = (r"--lpwd_cautious=true needs the wd timing.* \(from --lpwd_config .*cfg: "
+               r"--weight_decay 0.1, --lpwd_cautious True; a flag left at, or given with, its default value")
+    with pytest.raises(ValueError, match=message):
+        LPWDTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True,
+                              lpwd_config=str(tmp_path / "cfg"), weight_decay_mode="pwd", lpwd_cautious=False)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 from torch import nn
 from transformers import TrainingArguments
@@ -203,6 +204,61 @@ def test_the_trainer_refuses_before_it_creates_the_output_folder(tmp_path: Path,
     assert not (tmp_path / "out").exists()
 
 
+class _ScheduleFree(torch.optim.SGD):
+    """Stands for schedulefree's classes: an optimizer with ``train()`` / ``eval()`` of its own."""
+
+    def train(self) -> None: ...
+
+    def eval(self) -> None: ...
+
+
+def _optimi_stable_adamw() -> type:
+    return pytest.importorskip("optimi").StableAdamW
+
+
+@pytest.mark.parametrize(
+    "base, overrides, match",
+    [
+        # torch-optimi's decouple_lr: (1 − (η/max_lr)·λ); before, LPWD's wd decayed 1000× less, silently
+        (lambda: (_optimi_stable_adamw(), {"lr": 1e-3, "decouple_lr": True, "max_lr": 1e-3}), {},
+         r"optimizer_cls_and_kwargs: optimi\.\w+\.StableAdamW with decouple_lr=True.*lr_coupling"),
+        # Adafactor's own default: step and decay scaled by RMS(θ); before, 50× more decay than the stock one
+        (lambda: (transformers.optimization.Adafactor, {"lr": 1e-3, "relative_step": False}), {},
+         r"optimizer_cls_and_kwargs: transformers\.optimization\.Adafactor with scale_parameter=True"),
+        (lambda: (transformers.optimization.Adafactor, {"scale_parameter": False}), {},
+         r"relative_step=True sets its own lr \(lr=None\)"),
+        (lambda: (_ScheduleFree, {"lr": 1e-3}), {}, r"_ScheduleFree is a schedule-free optimizer"),
+        (lambda: (torch.optim.RMSprop, {"lr": 1e-3}), dict(weight_decay_mode="wd", lpwd_cautious=True),
+         r"torch\.optim\.rmsprop\.RMSprop is not one of them"),
+        (lambda: (torch.optim.AdamW, {"lr": 0.5}), dict(weight_decay=4.0),
+         r"optimizer_cls_and_kwargs' lr=0\.5 × --weight_decay=4: the per-step decay d = 2"),
+    ],
+)
+def test_a_base_given_as_optimizer_cls_and_kwargs_is_refused_before_the_output_folder(
+        tmp_path: Path, base, overrides: dict, match: str) -> None:
+    """``optimizer_cls_and_kwargs`` gets the checks ``--optim`` gets, in ``LPWDTrainer(...)``: before, they
+    came at ``train()`` (an empty output folder left behind) or, for the bases with a decay rule of their
+    own, never."""
+    args = LPWDTrainingArguments(**common_args(tmp_path, **{"weight_decay": 0.1, **overrides}))
+    with pytest.raises(ValueError, match=match):
+        LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8),
+                    optimizer_cls_and_kwargs=base())
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_timescale_lambda_follows_the_lr_the_base_is_built_with(tmp_path: Path) -> None:
+    """τ = 10 epochs, 3 steps per epoch, ``--learning_rate 1e-3`` but the base built at lr 1e-2: the
+    per-step decay is 1/(τ·S_e) = 1/30, so λ = 1/(1e-2·10·3); before, λ came from --learning_rate (10×)."""
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay_mode="pwd", lpwd_decay_timescale=10.0,
+                                               learning_rate=1e-3, max_steps=1,
+                                               per_device_train_batch_size=4))
+    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(12),
+                          optimizer_cls_and_kwargs=(torch.optim.AdamW, {"lr": 1e-2}))
+    trainer.train()
+    assert trainer.lpwd_config.weight_decay == pytest.approx(1 / (1e-2 * 10.0 * 3), rel=1e-12)
+    assert {g["initial_lr"] for g in trainer.lpwd_optimizer.param_groups} == {1e-2}
+
+
 def test_an_optimizer_built_outside_the_trainer_is_refused_unless_it_is_lpwd(tmp_path: Path) -> None:
     """``optimizers=(AdamW(...), None)``: LPWD cannot wrap built groups; before, the run trained with no decay
     at all while ``lpwd_config.json`` and the card recorded lpwd."""
@@ -341,3 +397,32 @@ def test_a_vit_checkpoint_saved_under_legacy_names_resumes_and_loads_as_best_bit
     saved = ViTForImageClassification.from_pretrained(best.state.best_model_checkpoint).state_dict()
     final = best.model.state_dict()
     assert all(torch.equal(saved[k], final[k]) for k in saved)
+
+
+def test_a_resume_at_another_lr_records_the_lr_and_lambda_the_checkpoint_goes_on_with(tmp_path: Path,
+                                                                                       caplog) -> None:
+    """The Trainer loads the checkpoint's optimizer and scheduler state: its lr and λ go on, whatever
+    ``--learning_rate`` says. A timescale's λ and the recorded shrink must be those, not the new lr's."""
+    import json
+
+    def run(name: str, lr: float, resume: str | None = None) -> LPWDTrainer:
+        args = LPWDTrainingArguments(**common_args(tmp_path / name, learning_rate=lr, max_steps=8,
+                                                   weight_decay_mode="pwd", lpwd_decay_timescale=4.0,
+                                                   save_strategy="steps", save_steps=4))
+        trainer = LPWDTrainer(model=tiny_bert(layers=2), args=args, train_dataset=TokenDataset(32))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    first = run("a", 0.01)
+    with caplog.at_level("WARNING", logger="transformers.hf_lpwd"):
+        resumed = run("b", 0.02, resume=str(tmp_path / "a" / "out" / "checkpoint-4"))
+    lam = 1 / (0.01 * 4.0 * 8)  # 1/(η̄·τ·S_e): 32 samples / batch 4 = 8 steps per epoch, at the first lr
+    for trainer in (first, resumed):
+        assert {g["weight_decay"] for g in trainer.lpwd_optimizer.param_groups if g["weight_decay"]} == {lam}
+        assert trainer.lr_scheduler.base_lrs[0] == 0.01
+    saved = {n: json.loads((tmp_path / n / "out" / "checkpoint-8" / "lpwd_config.json").read_text())
+             for n in ("a", "b")}
+    assert saved["b"]["weight_decay"] == lam
+    assert saved["b"]["shrink"] == saved["a"]["shrink"]
+    assert saved["b"]["base_optimizer_kwargs"]["lr"] == 0.01
+    assert "not --learning_rate 0.02" in caplog.text and "not the 1.5625" in caplog.text

@@ -17,6 +17,7 @@ PRIVATE_NAMES = (
     "_BaseAutoModelClass._model_mapping",
     "Trainer._load_best_model",
     "Trainer._load_from_checkpoint",
+    "Trainer._hp_search_setup (sets a search trial's values, casting each to the type of the value before)",
     "Trainer.set_initial_training_values (its tuple, index 1)",
     "Trainer.get_decay_parameter_names (called unbound)",
     "TrainingArguments.hf_deepspeed_config",
@@ -119,6 +120,24 @@ def trainer_loads_best_model_privately() -> bool:
     if list(inspect.signature(method).parameters) != ["self"]:
         return False
     return f"self.{LOAD_BEST_MODEL_METHOD}()" in inspect.getsource(Trainer)
+
+
+# The Trainer method that sets a search trial's values on the arguments (LPWDMixin keeps a None and restores
+# the run's LPWD flags per trial).
+HP_SEARCH_SETUP_METHOD = "_hp_search_setup"
+
+
+def trainer_sets_trials_through_the_private_method() -> bool:
+    """True while ``Trainer._hp_search_setup(trial)`` exists, ``train()`` calls it, and it reads the values
+    from ``self.hp_space(trial)`` (Optuna) or the trial itself (Ray, W&B)."""
+    from transformers import Trainer
+
+    method = getattr(Trainer, HP_SEARCH_SETUP_METHOD, None)
+    if method is None or list(inspect.signature(method).parameters) != ["self", "trial"]:
+        return False
+    source = inspect.getsource(method)
+    return (f"self.{HP_SEARCH_SETUP_METHOD}(trial)" in inspect.getsource(Trainer)
+            and "self.hp_space(trial)" in source and "params = trial" in source)
 
 
 def trainer_resumes_through_the_private_method() -> bool:

@@ -97,9 +97,21 @@ def parse_axis(spec: str) -> Axis:
             raise CompareError(f"--grid {spec!r}: {item!r} needs {len(keys)} values joined by '+' "
                                f"(one per key of {'+'.join(keys)})")
         values.append(parts)
-    if len(set(values)) != len(values):
-        raise CompareError(f"--grid {spec!r}: a value appears twice")
+    seen: dict[tuple[object, ...], tuple[str, ...]] = {}
+    for parts in values:
+        same = seen.setdefault(tuple(_canonical(p) for p in parts), parts)
+        if same is not parts:
+            twice = "+".join(same) if same == parts else f"{'+'.join(same)} and {'+'.join(parts)}"
+            raise CompareError(f"--grid {spec!r}: a value appears twice ({twice}: the same run)")
     return Axis(keys, tuple(values))
+
+
+def _canonical(value: str) -> object:
+    """What a run reads from a value: 0.1, 0.10 and 1e-1 are one λ, true and True one flag."""
+    try:
+        return float(value)
+    except ValueError:
+        return value.lower() if value.lower() in ("true", "false") else value
 
 
 def check_axes(axes: Sequence[Axis]) -> None:

@@ -176,11 +176,28 @@ def _report_only_inputs(options: CompareOptions, out: Path) -> CompareOptions:
                                reference=list(reference), metric=options.metric or record.get("metric"))
 
 
+def _check_writable(out: Path) -> None:
+    """Refuse an --out no run could write to before any probe or run starts (a read-only or virtual
+    filesystem, no permission): a folder is made and removed in ``out`` or its nearest existing parent."""
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    probe = parent / f".hf-lpwd-write-check-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise CompareError(f"--out {out}: cannot write there ({exc.strerror} in {parent}); "
+                           "choose a folder you can write to") from None
+
+
 def make_plan(options: CompareOptions) -> Plan:
     """Check every argument and read what is already done; raises :class:`CompareError`, writes nothing."""
     out = Path(options.out)
     if out.exists() and not out.is_dir():
         raise CompareError(f"--out {out}: exists and is not a folder")
+    if not options.report_only:
+        _check_writable(out)
     if options.report_only and not (options.command and options.grid):
         options = _report_only_inputs(options, out)
     command = list(options.command)

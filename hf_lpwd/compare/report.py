@@ -112,6 +112,18 @@ def _fmt(value: float | None, digits: int = DIGITS) -> str:
     return "–" if value is None or not math.isfinite(value) else fmt_value(value, digits)
 
 
+def table_digits(summaries: Sequence[dict[str, Any]]) -> int:
+    """Decimals that show two significant digits of the smallest spread or difference in the table (at
+    least :data:`DIGITS`, at most 10): a loss difference of 3e-6 must not print as +0.0000 [−0.0000,
+    +0.0000]."""
+    sizes = [abs(v) for s in summaries for v in (s.get("std"), *(
+        (s["diff"].get("mean"), s["diff"].get("half_width")) if s.get("diff") else ()))
+        if isinstance(v, (int, float)) and math.isfinite(v) and v != 0]
+    if not sizes:
+        return DIGITS
+    return min(max(DIGITS, 1 - math.floor(math.log10(min(sizes)))), 10)
+
+
 def _reference_sentence(axes: Sequence[Axis], reference: dict[str, tuple[str, ...]]) -> str:
     named = ", ".join(f"{name}={'+'.join(v)}" for name, v in reference.items())
     others = [a.name for a in axes if a.name not in reference]
@@ -132,14 +144,15 @@ def markdown_table(axes: Sequence[Axis], summaries: Sequence[dict[str, Any]], me
     ]
     head += ["norm ratio"] * with_norm + ["shrink S"] * with_shrink + ["flag"] * with_flags
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    digits = table_digits(summaries)
     for s in summaries:
         row = ["+".join(s["settings"][k] for k in a.keys) for a in axes]
-        row.append("–" if s["n"] == 0 else f"{_fmt(s['mean'])} ± {_fmt(s['std'])} ({s['n']})")
+        row.append("–" if s["n"] == 0 else f"{_fmt(s['mean'], digits)} ± {_fmt(s['std'], digits)} ({s['n']})")
         if s["is_reference"]:
             row.append("reference")
         else:
             d = s["diff"]
-            text = fmt_diff(d["mean"], d["half_width"], d["n"], 1.0, DIGITS)
+            text = fmt_diff(d["mean"], d["half_width"], d["n"], 1.0, digits)
             row.append(text if d["n"] < 2 else f"{text} ({d['n']})")
         if with_norm:
             row.append(_fmt(s["norm_ratio"], 3))

@@ -30,7 +30,7 @@ from .grid import cell_name
 from .outputs import KEPT_BY_DEFAULT, KEPT_WITH_WEIGHTS, collect_outputs, delete_weights
 from .plan import CompareOptions, Plan, available_cores, check_metric, child_env, make_plan, write_plan
 from .probe import check_command_flags, dry_parse
-from .store import RESULTS_NAME, append_result, read_results
+from .store import RESULTS_NAME, append_result, out_lock, read_results
 
 __all__ = ["ChildProcesses", "RunSpec", "child_env", "execute_run", "machine_info", "run_argv", "run_compare"]
 
@@ -231,10 +231,11 @@ def run_compare(options: CompareOptions) -> int:
     plan.out.mkdir(parents=True, exist_ok=True)
     status = 0
     if specs:
-        write_plan(plan)
-        kept = KEPT_BY_DEFAULT if not options.keep_weights else KEPT_WITH_WEIGHTS
-        print(f"hf-lpwd: {len(specs)} runs to do; {kept}", file=sys.stderr, flush=True)
-        status = _run_todo(options, plan, specs)
+        with out_lock(plan.out):
+            write_plan(plan)
+            kept = KEPT_BY_DEFAULT if not options.keep_weights else KEPT_WITH_WEIGHTS
+            print(f"hf-lpwd: {len(specs)} runs to do; {kept}", file=sys.stderr, flush=True)
+            status = _run_todo(options, plan, specs)
     rows = [r for r in read_results(plan.out / RESULTS_NAME) if r.get("command") == plan.command]
     if not rows:
         print("hf-lpwd: no run has finished yet, so there is no report", file=sys.stderr)

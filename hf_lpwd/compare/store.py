@@ -5,14 +5,60 @@ same two functions keep the benchmarks' run logs (``benchmarks/common.py``). """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS_NAME", "append_result", "read_jsonl", "read_results"]
+from .errors import CompareError
+
+__all__ = ["LOCK_NAME", "RESULTS_NAME", "append_result", "out_lock", "read_jsonl", "read_results"]
 
 RESULTS_NAME = "results.jsonl"
+LOCK_NAME = ".compare.lock"
+
+
+@contextlib.contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """One compare at a time runs in ``out``: a second would run the same missing pairs again and append them
+    twice. ``OUT/.compare.lock`` holds the host and pid; one left by a process that is gone is taken over."""
+    lock = Path(out) / LOCK_NAME
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock.read_text(encoding="utf-8").split() if lock.is_file() else []
+            if len(holder) == 2 and _alive(*holder):
+                raise CompareError(f"--out {out}: another hf-lpwd compare (pid {holder[1]} on {holder[0]}) "
+                                   "is running there; wait for it, or give another --out") from None
+            lock.unlink(missing_ok=True)  # left by a process that is gone
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(me)
+        break
+    else:
+        raise CompareError(f"--out {out}: could not take {LOCK_NAME}; is another compare starting there?")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(host: str, pid: str) -> bool:
+    """Whether the lock's process may still run: on another host it cannot be checked, so it is."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

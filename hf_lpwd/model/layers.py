@@ -23,10 +23,12 @@ How a name is analysed:
    contents are *parallel lists*, one stack whose block i is the union of their i-th elements
    (XLM's ``attentions.i``/``layer_norm1.i``/``ffns.i``/``layer_norm2.i``). A stack's elements are
    composite -- parameters in two or more sub-modules, so a ``ModuleList`` of bare layers is not a
-   stack. Of the stacks under one parent only the longest is one (a shorter sibling such as
-   Qwen3-VL's ``deepstack_merger_list`` is a *side list* feeding other layers); a one-element list
-   is a stack only if it holds what another stack holds (Canine's one-layer encoders) or if nothing
-   else is (a one-layer model). Lists inside a block (T5's ``block.3.layer.0``, MoE experts,
+   stack; a bare list whose elements are of different classes (from a module: ConvNeXt's
+   ``downsampling_layer``, a norm then a conv) is a pipeline and joins no other list. Of the stacks
+   under one parent only the longest is one (a shorter sibling such as Qwen3-VL's
+   ``deepstack_merger_list`` is a *side list* feeding other layers); a one-element list is a stack only
+   if it holds what another stack holds (Canine's one-layer encoders) or if nothing else is (a one-layer
+   model). Lists inside a block (T5's ``block.3.layer.0``, MoE experts,
    per-head lists) are claimed by the outer block.
 3. Stacks are chained in order of first appearance in ``named_parameters()``; the blocks of one
    stack are numbered in index order, which is forward order.
@@ -39,8 +41,12 @@ How a name is analysed:
    downsamples). One level only. A stage's own parameters (downsample, patch embedding) take the
    depth of its first block if registered before its blocks, of its last block if after.
 5. Parameters outside every block take their depth from their position in ``named_parameters()``
-   order: before the first block -> 0, after the last block -> N+1. One that sits between two
-   blocks of different stacks or stages (a downsample between stages, T5's encoder final norm, a
+   order: before the first block -> 0, after the last block -> N+1; given a module, a task model's head
+   (outside its ``base_model_prefix`` body, not tied to the input embeddings) is N+1 wherever it is
+   registered (XLM-RoBERTa registers its classifier first; from names alone it gets 0), and so is a part
+   named as the output (a segment ``final*`` or ``*_out``: OPT's decoder registers ``final_layer_norm`` and
+   ``project_out`` before its layers), from names too. One that sits
+   between two blocks of different stacks or stages (a downsample between stages, T5's encoder final norm, a
    VLM's projector and text embeddings) joins the neighbour whose block path shares the longer name
    prefix with it, and the *next* block on a tie: so T5's ``encoder.final_layer_norm`` gets the last
    encoder block, and LLaVA's projector and ``language_model.embed_tokens`` the first
@@ -74,6 +80,7 @@ __all__ = [
     "DECLARED_PATTERN_ATTR",
     "LayerPattern",
     "declared_layer_pattern",
+    "head_parameter_names",
     "layer_depths",
     "layer_depths_with_count",
     "normalize_name",
@@ -180,7 +187,9 @@ def layer_depths(
     repeated in one list marks blocks, which win over a longer side list) and the size of every
     parameter; and a module may declare its blocks itself, see :func:`declared_layer_pattern`.
     ``layer_pattern`` overrides everything: a regex with exactly one capture group for the
-    block index, e.g. ``r"\\.layers\\.(\\d+)\\."``, or a callable ``name -> block index or None``.
+    block index, e.g. ``r"\\.layers\\.(\\d+)\\."``, or a callable ``name -> block index or None``. The
+    regex's matches under one parent with the same indices are parallel lists, as in detection (XLM's
+    ``\\.(\\d+)\\.`` gives its N blocks, not 4N).
     The keys of the result are the names exactly as given.
     """
     return layer_depths_with_count(model_or_names, layer_pattern)[0]
@@ -215,8 +224,10 @@ def _parse_depths(
     model_or_names: nn.Module | Iterable[str], layer_pattern: LayerPattern
 ) -> tuple[dict[str, int], int]:
     hints = _Hints()
+    heads: frozenset[str] = frozenset()
     if isinstance(model_or_names, nn.Module):
         pairs = [(n, int(p.numel())) for n, p in model_or_names.named_parameters()]
+        heads = head_parameter_names(model_or_names)
         if layer_pattern is None:
             layer_pattern = declared_layer_pattern(model_or_names)
         if layer_pattern is None:
@@ -236,7 +247,44 @@ def _parse_depths(
         found = _find_stacks(items, hints)
     if not found.blocks:
         raise ValueError(_no_stack_message(names, layer_pattern))
-    return _assign_depths(names, items, found), len(found.blocks)
+    depths = _assign_depths(names, items, found)
+    first_block = min(it.pos for b in found.blocks for it in b.items)
+    for name, item in zip(names, items, strict=True):
+        # A head registered before the body (XLM-RoBERTa's classifier), or a part named as the output (OPT's
+        # decoder registers final_layer_norm and project_out before its layers), runs after every block.
+        if item.pos < first_block and (name in heads or _named_as_output(item.tokens)):
+            depths[name] = len(found.blocks) + 1
+    return depths, len(found.blocks)
+
+
+def _named_as_output(tokens: Sequence[str]) -> bool:
+    """A module segment that says it runs last: ``final_layer_norm``, ``project_out``."""
+    return any(t.startswith("final") or t.endswith("_out") for t in tokens[:-1])
+
+
+def head_parameter_names(model: nn.Module) -> frozenset[str]:
+    """Names of the parameters of a task model's head: outside its body, not tied to its input embeddings.
+
+    A transformers task model holds its body under ``base_model_prefix`` (``roberta``) and the head next
+    to it; the head runs after every block wherever it is registered (XLM-RoBERTa and CamemBERT register
+    ``classifier`` / ``lm_head`` before ``roberta``, which registration order alone would put at depth 0).
+    An output projection tied to the input embeddings is the embedding and keeps its depth. The outermost
+    module with such a body is the task model (a PEFT or DDP wrapper holds it).
+    """
+    for module in model.modules():
+        prefix = getattr(module, "base_model_prefix", None)
+        body = getattr(module, prefix, None) if isinstance(prefix, str) and prefix else None
+        if not isinstance(body, nn.Module) or body is module:
+            continue
+        in_body = {id(p) for p in body.parameters()}
+        try:
+            embeddings = module.get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            embeddings = None
+        tied = {id(p) for p in embeddings.parameters()} if isinstance(embeddings, nn.Module) else set()
+        head = {id(p) for p in module.parameters()} - in_body - tied
+        return frozenset(n for n, p in model.named_parameters() if id(p) in head)
+    return frozenset()
 
 
 # The attribute (a LayerPattern, or a method returning one) by which a model declares its blocks.
@@ -441,10 +489,35 @@ def _stacks_from_pattern(names: list[str], items: list[_Item], pattern: LayerPat
                     f"layer_pattern {regex.pattern!r} captured {match.group(1)!r} in {name!r}, which is not "
                     r"an integer; the capture group must match the block index only, e.g. (\d+)"
                 ) from exc
-            container = tuple(_normalize_tokens(name[: match.start(1)].split(".")))
+            container = tuple(_normalize_tokens(name[: match.start(1)].rstrip(".").split(".")))
             stack = keyed.setdefault(container, {})
             stack.setdefault(index, _Block((*container, str(index)))).items.append(item)
-    return [[stack[i] for i in sorted(stack)] for stack in keyed.values()]
+    return [[stack[i] for i in sorted(stack)] for stack in _merge_parallel(keyed)]
+
+
+def _merge_parallel(keyed: dict[tuple[str, ...], dict[int, _Block]]) -> list[dict[int, _Block]]:
+    """Sibling containers a pattern matched with the same indices and different contents are one stack
+    (XLM's ``attentions.i`` / ``ffns.i`` / ``layer_norm1.i``: block i is their union), as detection reads
+    them; composite siblings with the same contents are two towers, and containers under different parents
+    (T5's encoder, decoder) chain."""
+    merged: list[tuple[tuple[str, ...], set[frozenset[str]], dict[int, _Block]]] = []
+    for container, stack in keyed.items():
+        first = stack[min(stack)]
+        contents = frozenset(".".join(it.tokens[len(first.path):]) for it in first.items)
+        composite = any(len(it.tokens) - len(first.path) > 1 for it in first.items)  # not a bare layer
+        for parent, seen, into in merged:
+            if parent == container[:-1] and set(into) == set(stack) and not (composite and contents in seen):
+                seen.add(contents)
+                for index, block in stack.items():
+                    into[index].items.extend(block.items)
+                break
+        else:
+            copied = {i: _Block(b.path, list(b.items)) for i, b in stack.items()}
+            merged.append((container[:-1], {contents}, copied))
+    for _, _, stack in merged:
+        for block in stack.values():
+            block.items.sort(key=lambda it: it.pos)
+    return [stack for _, _, stack in merged]
 
 
 @dataclass
@@ -505,6 +578,8 @@ def _groups(items: list[_Item], base: int, hints: _Hints) -> list[_Group]:
     groups: list[_Group] = []
     for key, elems in _containers(items, base).items():
         composite = _is_composite(elems, len(key))
+        if not composite and _mixed_classes(key, elems, hints):
+            continue  # a pipeline (ConvNeXt's downsampling_layer: norm then conv), not one part of each block
         signature = _signature(elems, len(key), hints)
         kind = _list_kind(key, elems, hints)
         for group in groups:
@@ -526,6 +601,11 @@ def _groups(items: list[_Item], base: int, hints: _Hints) -> list[_Group]:
                        kind if composite else None)
             )
     return [g for g in groups if g.signatures and _union_composite(g)]
+
+
+def _mixed_classes(key: tuple[str, ...], elems: dict[int, list[_Item]], hints: _Hints) -> bool:
+    """The elements of the list ``key`` are modules of different classes (known from a module only)."""
+    return len({hints.classes.get((*key, str(i))) for i in elems} - {None}) > 1
 
 
 def _union_composite(group: _Group) -> bool:

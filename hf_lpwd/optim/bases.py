@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -48,18 +49,67 @@ def refuse_schedule_free(base_cls: type) -> None:
     """Schedule-free optimizers switch the model's weights with ``train()`` / ``eval()``."""
     if callable(getattr(base_cls, "train", None)) and callable(getattr(base_cls, "eval", None)):
         raise ValueError(
-            f"LPWD: {base_cls.__name__} is a schedule-free optimizer: {SCHEDULE_FREE_REASON}. Use its own "
+            f"LPWD: {class_name(base_cls)} is a schedule-free optimizer: {SCHEDULE_FREE_REASON}. Use its own "
             "weight_decay with the stock Trainer, or an optimizer with one weight sequence "
             "(--optim adamw_torch_fused, adamw_torch, sgd, adafactor) with LPWD."
         )
+
+
+def class_name(cls: type) -> str:
+    """``module.Name``: bitsandbytes', optimi's and torch's optimizers share names (``AdamW``)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def refuse_cautious_base(base_cls: type) -> None:
     if not issubclass(base_cls, CAUTIOUS_BASES):
         raise ValueError(
             "LPWD: cautious=True needs the sign of the base's update u per coordinate, which LPWD reads from "
-            f"AdamW/Adam's first moment or SGD's momentum buffer; {base_cls.__name__} is not one of them. "
-            "Use --optim adamw_torch_fused / adamw_torch / sgd, or cautious=False"
+            "torch.optim.AdamW/Adam's first moment or torch.optim.SGD's momentum buffer; "
+            f"{class_name(base_cls)} is not one of them. Use --optim adamw_torch_fused / adamw_torch / sgd, "
+            "or cautious=False"
+        )
+
+
+def base_setting(base_cls: type, base_kwargs: dict[str, Any], name: str) -> Any:
+    """The value ``name`` will have in the base: given in ``base_kwargs``, else the class's default (None
+    where the class has no such argument)."""
+    if name in base_kwargs:
+        return base_kwargs[name]
+    try:
+        parameter = inspect.signature(base_cls).parameters.get(name)
+    except (TypeError, ValueError):
+        return None
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def refuse_own_decay_rule(base_cls: type, base_kwargs: dict[str, Any], source: str = "LPWD") -> None:
+    """Bases whose own decay is not (1 − η·λ) with η the group's lr.  LPWD drops the base's decay and applies
+    its timing's, so these would train another decay without a word:
+
+    * ``decouple_lr`` (torch-optimi): θ ← (1 − (η_t/η_max)·λ)θ, a decay that does not scale with the lr;
+    * ``scale_parameter`` (Adafactor): step and decay scaled by RMS(θ) per tensor, θ ← (1 − η·RMS(θ)·λ)θ;
+    * ``relative_step`` (Adafactor): no lr (η = None), so no η to scale the decay by.
+    """
+    name = class_name(base_cls)
+    if base_setting(base_cls, base_kwargs, "decouple_lr"):
+        raise ValueError(
+            f"{source}: {name} with decouple_lr=True decays by (1 − (lr/max_lr)·λ), a decay that does not "
+            "scale with the lr; LPWD replaces the base's decay with its timing's (1 − lr·λ), so it would "
+            "train a different decay without a word. Drop decouple_lr (and max_lr) from the base's kwargs "
+            "and use lr_coupling='independent' (--lpwd_lr_coupling independent): d = (lr_t/lr)·λ, the peak "
+            "lr in the place of max_lr"
+        )
+    if base_setting(base_cls, base_kwargs, "relative_step"):
+        raise ValueError(
+            f"{source}: {name} with relative_step=True sets its own lr (lr=None), so there is no η to scale "
+            "LPWD's decay by. Pass relative_step=False and an lr (what --optim adafactor does)"
+        )
+    if base_setting(base_cls, base_kwargs, "scale_parameter"):
+        raise ValueError(
+            f"{source}: {name} with scale_parameter=True scales its step, and its own decay, by each "
+            "tensor's RMS (θ ← (1 − lr·RMS(θ)·λ)θ), which LPWD's decay (1 − lr·λ) does not follow, so it "
+            "would train a different decay without a word. Pass scale_parameter=False (what --optim "
+            "adafactor does)"
         )
 
 

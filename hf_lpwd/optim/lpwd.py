@@ -37,6 +37,7 @@ from . import ledger, lookahead
 from .bases import (
     coming_update_direction,
     refuse_cautious_base,
+    refuse_own_decay_rule,
     refuse_schedule_free,
     resolve_base,
     step_without_global_hooks,
@@ -218,6 +219,7 @@ class LPWD(torch.optim.Optimizer):
         check_target(decay_target, "LPWD: decay_target")
         base_cls = resolve_base(base)
         refuse_schedule_free(base_cls)
+        refuse_own_decay_rule(base_cls, base_kwargs)
         if cautious:
             refuse_cautious_base(base_cls)
         if "weight_decay" in base_kwargs:
@@ -942,7 +944,7 @@ class LPWD(torch.optim.Optimizer):
                 total,
                 100.0 * numel / max(1, total),
                 why,
-                "AdamW / Adam / SGD",
+                "torch.optim.AdamW / Adam / SGD",
             )
 
     def _rounded_factors(self, plans: list[_GroupPlan | None]) -> list[tuple[float, float, float] | None]:

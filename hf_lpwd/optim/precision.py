@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .bases import class_name
 from .rounded_step import ROUNDED_BASES, group_supported, param_supported
 from .rounding import LOW_PRECISION_DTYPES
 
@@ -105,7 +106,7 @@ def unrounded_share(
             count += 1
             numel += p.numel()
             if type(base) not in ROUNDED_BASES:
-                why.add(f"base {type(base).__name__}")
+                why.add(f"base {class_name(type(base))}")
             elif not known:
                 why.add("amsgrad / capturable / differentiable / a tensor lr")
             elif type(p.data) is not torch.Tensor:

@@ -138,9 +138,18 @@ class LPWDTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        taken: dict[str, Any] = {}
         if self.lpwd_config:
-            self._merge_saved_config(LPWDConfig.from_pretrained(self.lpwd_config))
-        checked_settings_of(self)
+            taken = self._merge_saved_config(LPWDConfig.from_pretrained(self.lpwd_config))
+        try:
+            checked_settings_of(self)
+        except ValueError as exc:
+            if not taken:
+                raise
+            values = ", ".join(f"--{name} {value}" for name, value in taken.items())
+            raise ValueError(f"{exc} (from --lpwd_config {self.lpwd_config}: {values}; a flag left at, "
+                             "or given with, its default value takes the file's value here: edit the file, "
+                             "or run a recipe, where a flag given explicitly wins)") from None
         super().__post_init__()
 
     @staticmethod
@@ -168,17 +177,25 @@ class LPWDTrainingArguments(TrainingArguments):
         """What ``--lpwd_config`` sets: every value of :meth:`saved_config_values` whose argument is not in
         ``explicit`` (the arguments the user set).  The one rule of merging a saved config, for this class
         (explicit = differs from its default) and for scripts that know which flags were given (the
-        recipes)."""
-        return {name: value for name, value in cls.saved_config_values(saved).items() if name not in explicit}
+        recipes). λ and the timescale count as one: giving either replaces the file's."""
+        values = cls.saved_config_values(saved)
+        # λ and the timescale are two ways to give one number: the one the user gives replaces the file's
+        rate_fields = (SETTING["weight_decay"].flag, SETTING["decay_timescale"].flag)
+        if any(name in explicit for name in rate_fields):
+            values = {name: value for name, value in values.items() if name not in rate_fields}
+        return {name: value for name, value in values.items() if name not in explicit}
 
-    def _merge_saved_config(self, saved: LPWDConfig) -> None:
-        """Fields still at their default take the saved value."""
+    def _merge_saved_config(self, saved: LPWDConfig) -> dict[str, Any]:
+        """Fields still at their default take the saved value; the values taken."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         explicit = {name for name in defaults
                     if getattr(self, name) != defaults[name]
                     and str(getattr(self, name)) != str(defaults[name])}
-        for name, value in self.saved_config_overrides(saved, explicit).items():
+        taken = {name: value for name, value in self.saved_config_overrides(saved, explicit).items()
+                 if value != getattr(self, name)}
+        for name, value in taken.items():
             setattr(self, name, value)
+        return taken
 
     def to_lpwd_config(self) -> LPWDConfig:
         return lpwd_config_from_args(self)

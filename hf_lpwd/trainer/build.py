@@ -17,7 +17,7 @@ from ..config import LPWDConfig
 from ..optim import LPWD
 from ..optim.functional import weight_decay_for_timescale
 from ..settings import optimizer_keywords, resolve_settings
-from .refusals import refuse_unwrappable_optim
+from .refusals import check_base
 
 logger = hf_logging.get_logger("transformers.hf_lpwd")
 
@@ -34,8 +34,8 @@ def base_optimizer_of(trainer: Any, model: nn.Module) -> tuple[Any, dict[str, An
     base_cls, base_kwargs = (given if given is not None
                              else trainer.get_optimizer_cls_and_kwargs(trainer.args, model))
     base_kwargs = dict(base_kwargs)
-    refuse_unwrappable_optim(trainer.args, (base_cls, base_kwargs),
-                             "optimizer_cls_and_kwargs" if given is not None else None)
+    check_base(trainer.args, (base_cls, base_kwargs),
+               "optimizer_cls_and_kwargs" if given is not None else None)
     base_kwargs.pop("weight_decay", None)
     return base_cls, base_kwargs
 
@@ -43,7 +43,8 @@ def base_optimizer_of(trainer: Any, model: nn.Module) -> tuple[Any, dict[str, An
 def resolve_lambda(config: LPWDConfig, steps_per_epoch: Callable[[], int], lr: float,
                    should_log: bool) -> None:
     """With a timescale τ, set ``config.weight_decay`` = 1/(η̄·τ·S_e) (independent: 1/(τ·S_e)), S_e the
-    optimizer steps per epoch (asked only then), η̄ = ``--learning_rate``; else λ is the one given."""
+    optimizer steps per epoch (asked only then), η̄ = the base's lr (:func:`.refusals.peak_lr`); else λ is
+    the one given."""
     tau = config.decay_timescale
     if tau is None:
         return

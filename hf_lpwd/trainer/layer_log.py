@@ -36,15 +36,17 @@ def weights_paths(lpwd: LPWD) -> str:
 
 
 def log_layer_table(lpwd: LPWD, scheduler: Any, num_training_steps: int, config: LPWDConfig,
-                    should_log: bool) -> None:
+                    should_log: bool, base_lrs: list[float] | None = None) -> None:
     """Record the shrink in ``config.record`` and, on the logging rank, log the table and the shrink
-    warning."""
+    warning; ``base_lrs``: the peak lr per group (default: the scheduler's; a resume's come from its
+    checkpoint)."""
     groups = lpwd.param_groups
     # SPD's per-step decay λ·r_t depends on the data, not on the schedule: no shrink S to compute.
     scales = None if config.spd else scheduler_scales(scheduler, num_training_steps)
     shrink: list[float | None] = [None] * len(groups)
     if scales is not None:
-        shrink = list(groups_shrink(groups, scheduler.base_lrs, scales, config.settings()))
+        peaks = scheduler.base_lrs if base_lrs is None else base_lrs
+        shrink = list(groups_shrink(groups, peaks, scales, config.settings()))
     rows = layer_table(groups, shrink, lpwd.decay_target)
     if scales is not None:
         decayed = [r for r in rows if r["weight_decay"] > 0]

@@ -39,24 +39,31 @@ from ..model.layers import layer_depths_with_count
 from ..names import distance_log_key
 from ..optim import LPWD
 from ..schedule import first_step_scale
-from ..settings import SETTING
+from ..settings import SETTING, SETTINGS
 from .arguments import refusal_key, run_config
 from .build import base_optimizer_of, build_lpwd, record_groups, resolve_lambda
 from .card import add_card_section
 from .layer_log import log_layer_table
 from .norms import anchors_of, layer_norms, params_by_depth
-from .refusals import check_training_arguments
-from .resume import check_resume, checkpoint_to_resume
+from .refusals import check_training_arguments, peak_lr
+from .resume import (
+    check_resume,
+    checkpoint_to_resume,
+    keep_resumed_lambda,
+    peak_lrs_going_on,
+    resumed_base_lrs,
+)
 
 logger = hf_logging.get_logger("transformers.hf_lpwd")
 
 __all__ = ["LPWDMixin", "LPWDTrainer"]
 
 
-def _check_before_training(args: TrainingArguments, given: LPWDConfig | None, model: Any) -> None:
-    """Every refusal the arguments (and a model, when given one) allow before anything is written: those
-    of :func:`check_training_arguments`, and a layer-wise profile on a model without blocks."""
-    check_training_arguments(args)
+def _check_before_training(args: TrainingArguments, given: LPWDConfig | None, model: Any,
+                           optimizer_cls_and_kwargs: tuple[Any, dict[str, Any]] | None) -> None:
+    """Every refusal the arguments (and a model and the base, when given) allow before anything is written:
+    those of :func:`check_training_arguments`, and a layer-wise profile on a model without blocks."""
+    check_training_arguments(args, optimizer_cls_and_kwargs)
     config = run_config(args, given)
     if config.needs_depths and isinstance(model, nn.Module):
         layer_depths_with_count(model, config.layer_pattern)  # parsed once per model
@@ -74,6 +81,14 @@ def _refuse_built_optimizer(optimizer: Any) -> None:
         f"lpwd_config.json recorded it. Pass optimizer_cls_and_kwargs=({name}, {{...}}) instead (LPWD wraps "
         "the class with its own groups), or an hf_lpwd.LPWD you built, or train with transformers.Trainer."
     )
+
+
+def _keep_none(args: TrainingArguments, values: dict[str, Any]) -> None:
+    """Set the fields a trial gives as None to None first: the Trainer casts a value to the type of the one
+    it replaces, and skips the cast only when that is None."""
+    for name, value in values.items():
+        if value is None and hasattr(args, name):
+            setattr(args, name, None)
 
 
 def _unwrap_lpwd(optimizer: Any) -> LPWD | None:
@@ -100,15 +115,18 @@ class LPWDMixin:
         _refuse_built_optimizer(kwargs.get("optimizers", (None, None))[0])
         if isinstance(given_args, TrainingArguments):
             # before Trainer.__init__, which creates the output folder
-            _check_before_training(given_args, lpwd_config, given_model)
+            _check_before_training(given_args, lpwd_config, given_model,
+                                   kwargs.get("optimizer_cls_and_kwargs"))
         super().__init__(*args, **kwargs)
         _refuse_built_optimizer(self.optimizer)
         self._lpwd_given_config = None if lpwd_config is None else dataclasses.replace(lpwd_config)
         self._lpwd_built_config: LPWDConfig | None = None
+        self._lpwd_peak_lr = float(self.args.learning_rate)  # the base's lr once built (refusals.peak_lr)
+        self._lpwd_resumed_lrs: list[float] | None = None  # the peak lrs a resumed checkpoint goes on with
         self._lpwd_depth_params: dict[int, list[torch.Tensor]] = {}
         self._lpwd_norms_step: int | None = None
         if self.args is not given_args or self.model is not given_model:  # a subclass made its own
-            _check_before_training(self.args, lpwd_config, self.model)
+            _check_before_training(self.args, lpwd_config, self.model, self.optimizer_cls_and_kwargs)
         self._lpwd_checked_args = self._lpwd_argument_key()
 
     # ------------------------------------------------------------------ the settings of the run
@@ -151,13 +169,15 @@ class LPWDMixin:
             self._lpwd_restart_attempt(opt_model)
             return self.optimizer
         if self._lpwd_argument_key() != self._lpwd_checked_args:  # a search trial changed them
-            check_training_arguments(self.args)
+            check_training_arguments(self.args, self.optimizer_cls_and_kwargs)
             self._lpwd_checked_args = self._lpwd_argument_key()
         config = self._lpwd_settings_now(warn=True)
-        self._lpwd_check_resume(config)
+        saved = self._lpwd_check_resume(config)
         base = base_optimizer_of(self, opt_model)
-        resolve_lambda(config, self._lpwd_steps_per_epoch, float(self.args.learning_rate),
-                       self.args.should_log)
+        self._lpwd_peak_lr = peak_lr(self.args, base)
+        resolve_lambda(config, self._lpwd_steps_per_epoch, self._lpwd_peak_lr, self.args.should_log)
+        if saved is not None and config.decay_timescale is not None:
+            keep_resumed_lambda(config, saved, self.args.should_log)
         depths = self._optional_depths(opt_model, required=config.needs_depths)
         self.optimizer = build_lpwd(opt_model, config, base, self.get_decay_parameter_names(opt_model),
                                     depths)
@@ -188,8 +208,7 @@ class LPWDMixin:
         if config is None or config.decay_timescale is None:
             return
         config = dataclasses.replace(config)
-        resolve_lambda(config, self._lpwd_steps_per_epoch, float(self.args.learning_rate),
-                       self.args.should_log)
+        resolve_lambda(config, self._lpwd_steps_per_epoch, self._lpwd_peak_lr, self.args.should_log)
         if config.weight_decay == self._lpwd_built_config.weight_decay:
             return
         depths = self._optional_depths(model, required=config.needs_depths)
@@ -220,7 +239,10 @@ class LPWDMixin:
         lpwd = _unwrap_lpwd(optimizer if optimizer is not None else self.optimizer)
         if lpwd is not None:
             lpwd.set_lr_scheduler(scheduler, num_training_steps, steps_taken=self._lpwd_steps_taken)
-            log_layer_table(lpwd, scheduler, num_training_steps, self.lpwd_config, self.args.should_log)
+            base_lrs = peak_lrs_going_on(scheduler, self._lpwd_resumed_lrs, self.lpwd_config,
+                                         self.args.should_log)
+            log_layer_table(lpwd, scheduler, num_training_steps, self.lpwd_config, self.args.should_log,
+                            base_lrs)
         return scheduler
 
     def _lpwd_steps_taken(self) -> int:
@@ -258,16 +280,50 @@ class LPWDMixin:
             self._log_lpwd_norms()  # the weights returned (an early stop's settled ones)
         return output
 
-    def _lpwd_check_resume(self, config: LPWDConfig) -> None:
-        """Refuse a resume whose settings differ from the checkpoint's (:mod:`.resume`), once per ``train()``.
+    def _hp_search_setup(self, trial: Any) -> None:
+        """A search trial's values on the arguments, with two things the Trainer's own setting gets wrong.
+
+        Each trial starts from the run's own LPWD settings (the flags transformers does not declare): a
+        conditional space that sets ``lpwd_cautious`` in one trial leaves it unset, not inherited, in the
+        next. A trial's ``None`` (``lpwd_layerwise``: the mode's default; ``lpwd_decay_timescale``: none)
+        stays None, where the Trainer casts it to the type of the value before it (``bool(None)`` is uniform
+        decay, ``float(None)`` raises).
+        """
+        if trial is not None and getattr(self, "hp_search_backend", None) is not None:
+            if getattr(self, "_lpwd_search_base", None) is None:
+                self._lpwd_search_base = {s.flag: getattr(self.args, s.flag) for s in SETTINGS
+                                          if not s.trainer_owned and hasattr(self.args, s.flag)}
+            for flag, value in self._lpwd_search_base.items():
+                setattr(self.args, flag, value)
+        space = original = getattr(self, "hp_space", None)
+        if isinstance(trial, dict):  # Ray, W&B: the trial is the values
+            _keep_none(self.args, trial)
+        elif callable(original):  # Optuna: the values come from hp_space(trial)
+            def space(t: Any) -> dict[str, Any]:
+                values = original(t)
+                _keep_none(self.args, values)
+                return values
+
+            self.hp_space = space
+        try:
+            super()._hp_search_setup(trial)
+        finally:
+            if space is not original:
+                self.hp_space = original
+
+    def _lpwd_check_resume(self, config: LPWDConfig) -> LPWDConfig | None:
+        """Refuse a resume whose settings differ from the checkpoint's (:mod:`.resume`), once per ``train()``;
+        the checkpoint's saved settings.
 
         Made when the optimizer is built, not at ``train()``'s start: a hyperparameter search sets the trial's
         values (and its output folder) in between.
         """
         request, self._lpwd_resume_request = getattr(self, "_lpwd_resume_request", None), None
         checkpoint = checkpoint_to_resume(request, self.args.output_dir)
-        if checkpoint is not None:
-            check_resume(checkpoint, config, from_arguments=self._lpwd_given_config is None)
+        self._lpwd_resumed_lrs = resumed_base_lrs(checkpoint)
+        if checkpoint is None:
+            return None
+        return check_resume(checkpoint, config, from_arguments=self._lpwd_given_config is None)
 
     def _load_best_model(self) -> None:
         """``load_best_model_at_end``: the final model is the best checkpoint's weights, bit for bit.

@@ -11,7 +11,7 @@ from typing import Any
 from transformers import Trainer, TrainingArguments
 
 from .._compat.transformers import deepspeed_config_dict
-from ..optim.bases import refuse_cautious_base
+from ..optim.bases import base_setting, refuse_cautious_base, refuse_own_decay_rule, refuse_schedule_free
 from ..settings import SCHEDULE_FREE_REASON, SETTING, SETTINGS, argument_label, check_peak_decay
 from .arguments import check_spd_arguments, settings_of
 
@@ -45,22 +45,64 @@ def check_deepspeed(args: TrainingArguments) -> None:
         )
 
 
-def check_training_arguments(args: TrainingArguments) -> None:
-    """Every refusal that needs only the arguments, so a script can make them before it writes anything.
+def check_training_arguments(
+    args: TrainingArguments, optimizer_cls_and_kwargs: tuple[Any, dict[str, Any]] | None = None
+) -> None:
+    """Every refusal that needs only the arguments (and the Trainer's ``optimizer_cls_and_kwargs``, when
+    given), so a script can make them before it writes anything.
 
     The DeepSpeed ``optimizer`` section; ``--optim`` values LPWD cannot wrap (schedule-free; GaLore, APOLLO
     and LOMO, which build their own groups or step outside ``step()``; any other that builds its own parameter
-    groups); StableAdamW's ``decouple_lr``; and η·λ ≥ 1 (``--learning_rate`` × ``--weight_decay``: a decay
-    factor <= 0).  ``LPWDMixin`` makes the same checks when it is constructed.
+    groups); bases whose own decay is another rule (StableAdamW's ``decouple_lr``, Adafactor's
+    ``scale_parameter``); cautious decay on a base without a readable direction; and η·λ ≥ 1 (the base's lr ×
+    ``--weight_decay``: a decay factor <= 0).  ``LPWDMixin`` makes the same checks when it is constructed.
     """
     check_deepspeed(args)
     _refuse_schedule_free(args)
     _refuse_own_step_optim(args)
     _refuse_stable_adamw_decouple_lr(args)
-    refuse_unwrappable_optim(args)
-    _check_peak_decay(args)
-    _refuse_cautious_base(args)
+    base = _base_of(args, optimizer_cls_and_kwargs)
+    if base is not None:
+        check_base(args, base, None if optimizer_cls_and_kwargs is None else "optimizer_cls_and_kwargs")
+    lr_label = "--learning_rate" if optimizer_cls_and_kwargs is None else "optimizer_cls_and_kwargs' lr"
+    _check_peak_decay(args, peak_lr(args, base), lr_label)
     _refuse_spd(args)
+
+
+def _base_of(
+    args: TrainingArguments, given: tuple[Any, dict[str, Any]] | None
+) -> tuple[Any, dict[str, Any]] | None:
+    """The (class, kwargs) the Trainer will build: ``optimizer_cls_and_kwargs`` when given, else ``--optim``'s
+    (``None`` where that needs the model or a package: ``create_optimizer`` checks it then)."""
+    if given is not None:
+        return given
+    try:
+        return Trainer.get_optimizer_cls_and_kwargs(args)
+    except Exception:  # noqa: BLE001 - needs the model or a package: create_optimizer will say
+        return None
+
+
+def peak_lr(args: TrainingArguments, base: tuple[Any, dict[str, Any]] | None) -> float:
+    """η̄, the lr the base is built with: its kwargs' (``optimizer_cls_and_kwargs`` may carry its own), else
+    its class's default, else ``--learning_rate``."""
+    if base is not None and isinstance(base[0], type):
+        lr = base_setting(base[0], dict(base[1]), "lr")
+        if isinstance(lr, (int, float)) or hasattr(lr, "item"):
+            return float(lr)
+    return float(args.learning_rate)
+
+
+def check_base(args: TrainingArguments, base: tuple[Any, dict[str, Any]], source: str | None) -> None:
+    """What LPWD cannot wrap in the base itself: a class that builds its own groups, a schedule-free one, one
+    whose own decay follows another rule, and (with cautious decay) one whose direction LPWD cannot read."""
+    refuse_unwrappable_optim(args, base, source)
+    label = source or f"--optim {_optim_name(args)}"
+    base_cls, base_kwargs = base
+    if source is not None:  # --optim's schedule-free values are refused by name, earlier
+        refuse_schedule_free(base_cls)
+    refuse_own_decay_rule(base_cls, dict(base_kwargs), label)
+    if getattr(args, SETTING["cautious"].flag, False):
+        refuse_cautious_base(base_cls)
 
 
 def _refuse_spd(args: TrainingArguments) -> None:
@@ -79,22 +121,10 @@ def _refuse_spd(args: TrainingArguments) -> None:
         )
 
 
-def _check_peak_decay(args: TrainingArguments) -> None:
+def _check_peak_decay(args: TrainingArguments, lr: float, lr_label: str) -> None:
     """The per-step decay at the peak lr must stay below 1 (:func:`hf_lpwd.settings.check_peak_decay`)."""
     values = {s.name: getattr(args, s.flag, s.default) for s in SETTINGS}
-    check_peak_decay(values, float(args.learning_rate))
-
-
-def _refuse_cautious_base(args: TrainingArguments) -> None:
-    """Cautious decay reads the sign of the base's update: AdamW/Adam's first moment or SGD's momentum."""
-    if not getattr(args, SETTING["cautious"].flag, False):
-        return
-    try:
-        base_cls, _ = Trainer.get_optimizer_cls_and_kwargs(args)
-    except Exception:  # noqa: BLE001 - needs the model or a package: LPWD's constructor will say
-        return
-    if isinstance(base_cls, type):
-        refuse_cautious_base(base_cls)
+    check_peak_decay(values, lr, lr_label=lr_label)
 
 
 def refuse_unwrappable_optim(
@@ -175,4 +205,6 @@ def _refuse_stable_adamw_decouple_lr(args: TrainingArguments) -> None:
         )
 
 
-__all__ = ["check_deepspeed", "check_training_arguments", "refuse_unwrappable_optim"]
+__all__ = [
+    "check_base", "check_deepspeed", "check_training_arguments", "peak_lr", "refuse_unwrappable_optim",
+]

@@ -13,13 +13,21 @@ import glob
 import os
 from typing import Any
 
+import torch
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging as hf_logging
 
 from ..config import LPWDConfig
 from ..names import LPWD_CONFIG_NAME
 from ..settings import CONFIG_SETTINGS, SETTING, argument_label, config_label, resolve_settings, timing_of
 
-__all__ = ["checkpoint_to_resume", "check_resume"]
+logger = hf_logging.get_logger("transformers.hf_lpwd")
+
+__all__ = ["checkpoint_to_resume", "check_resume", "keep_resumed_lambda", "peak_lrs_going_on",
+           "resumed_base_lrs"]
+
+# The file in which the Trainer saves its scheduler's state_dict in a checkpoint.
+_SCHEDULER_FILE = "scheduler.pt"
 
 _NOT_IN_THE_OPTIMIZER_STATE = ("stochastic_rounding",)
 """Settings a resumed run may change: how the step's result is written, not what is decayed or how much."""
@@ -60,18 +68,20 @@ def _has_optimizer_state(checkpoint: str) -> bool:
                 or glob.glob(os.path.join(checkpoint, "global_step*")))
 
 
-def check_resume(checkpoint: str, now: LPWDConfig, from_arguments: bool = True) -> None:
+def check_resume(checkpoint: str, now: LPWDConfig, from_arguments: bool = True) -> LPWDConfig | None:
     """Refuse, before anything is loaded, a resume whose LPWD settings differ from the checkpoint's, and a
-    checkpoint without optimizer state where θ₀ or pwd's pending decay would be lost.
+    checkpoint without optimizer state where θ₀ or pwd's pending decay would be lost; the checkpoint's saved
+    settings (None if it has none).
 
     ``from_arguments``: name the settings as command-line flags (else as ``LPWDConfig`` fields).
     """
     if not os.path.isdir(checkpoint):
-        return  # the Trainer's own error says so
+        return None  # the Trainer's own error says so
     label = argument_label if from_arguments else config_label
     config_file = os.path.join(checkpoint, LPWD_CONFIG_NAME)
-    if os.path.isfile(config_file):
-        changed = _differences(LPWDConfig.from_json_file(config_file), now)
+    saved = LPWDConfig.from_json_file(config_file) if os.path.isfile(config_file) else None
+    if saved is not None:
+        changed = _differences(saved, now)
         if changed:
             listed = ", ".join(f"{label(SETTING[name])} {after!r} (checkpoint: {before!r})"
                                for name, before, after in changed)
@@ -80,7 +90,8 @@ def check_resume(checkpoint: str, now: LPWDConfig, from_arguments: bool = True) 
                 "resumed run continues the checkpoint's optimizer, whose param groups keep the checkpoint's "
                 "settings, so these would be ignored. Resume with the checkpoint's values (they are in its "
                 f"{LPWD_CONFIG_NAME}), or start a new run from its weights (the checkpoint folder as the "
-                "model) to change them."
+                "model) to change them. (Ray Tune's population-based training resumes another trial's "
+                "checkpoint this way: mutate what a checkpoint does not fix, or search with fresh trials.)"
             )
     decays = now.weight_decay > 0 or now.decay_timescale is not None
     if decays and not _has_optimizer_state(checkpoint):
@@ -94,3 +105,50 @@ def check_resume(checkpoint: str, now: LPWDConfig, from_arguments: bool = True) 
                 f"would not know {lost}. Resume from a checkpoint saved without --save_only_model, or start "
                 "a new run from its weights (the checkpoint folder as the model)."
             )
+    return saved
+
+
+def keep_resumed_lambda(config: LPWDConfig, saved: LPWDConfig, should_log: bool) -> None:
+    """A timescale's λ on resume is the checkpoint's: its optimizer's param groups bring it back (as they
+    bring back the lr, and the scheduler its base lr), so the λ = 1/(η̄·τ·S_e) of a changed ``--learning_rate``
+    or steps per epoch would be recorded but never used."""
+    if saved.weight_decay == config.weight_decay:
+        return
+    if should_log:
+        logger.warning("LPWD: resuming keeps the checkpoint's λ = %.6g (its timescale at its lr and steps "
+                       "per epoch), not the %.6g this run's lr and steps per epoch give: the loaded "
+                       "optimizer keeps its param groups. Start a new run from the checkpoint's weights to "
+                       "change it.",
+                       saved.weight_decay, config.weight_decay)
+    config.weight_decay = saved.weight_decay
+
+
+def resumed_base_lrs(checkpoint: str | None) -> list[float] | None:
+    """The peak lr of each param group the resumed run goes on with: the checkpoint scheduler's ``base_lrs``
+    (the Trainer loads that state, so a changed ``--learning_rate`` is not used); None without one."""
+    path = None if checkpoint is None else os.path.join(checkpoint, _SCHEDULER_FILE)
+    if path is None or not os.path.isfile(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - unreadable here is the Trainer's to report when it loads it
+        return None
+    lrs = state.get("base_lrs") if isinstance(state, dict) else None
+    return [float(lr) for lr in lrs] if isinstance(lrs, list) else None
+
+
+def peak_lrs_going_on(scheduler: Any, resumed: list[float] | None, config: LPWDConfig,
+                      should_log: bool) -> list[float] | None:
+    """The peak lr per group the run trains with: the scheduler's, or a resumed checkpoint's where they
+    differ (said in a warning, and the recorded base lr follows); None for a schedule without (plateau)."""
+    base_lrs = getattr(scheduler, "base_lrs", None)
+    if resumed is None or base_lrs is None or len(resumed) != len(base_lrs) or resumed == list(base_lrs):
+        return base_lrs
+    if should_log:
+        logger.warning("LPWD: the resumed run goes on with the checkpoint's lr (peak %g), not "
+                       "--learning_rate %g: the Trainer loads its scheduler's state. The layer table and the "
+                       "recorded shrink use the checkpoint's.", max(resumed), max(base_lrs))
+    recorded = config.base_optimizer_kwargs
+    if isinstance(recorded, dict) and "lr" in recorded:
+        recorded["lr"] = max(resumed)
+    return resumed
