@@ -397,6 +397,12 @@ _TIMING_WORDS = {
     "rwd": "real-time decay: θ ← (1 − d)(θ − ηu)",
     "pwd": "pre-weight decay: θ ← (1 − d)θ before each forward pass",
 }
+# The same timings toward the pretrained weights θ₀ (decay target init).
+_TIMING_WORDS_INIT = {
+    "wd": "decoupled decay toward θ₀, as AdamW's: θ ← θ − ηu − d(θ − θ₀)",
+    "rwd": "real-time decay toward θ₀: θ ← θ₀ + (1 − d)(θ − ηu − θ₀)",
+    "pwd": "pre-weight decay toward θ₀: θ ← θ₀ + (1 − d)(θ − θ₀) before each forward pass",
+}
 _COUPLING_WORDS = {
     "coupled": "d = η_t·λ",
     "independent": "d = (η_t/η̄)·λ, independent of the peak lr",
@@ -405,9 +411,14 @@ _COUPLING_WORDS = {
 
 
 def rule_in_words(values: Mapping[str, Any]) -> str:
-    """The decay rule of resolved settings, for people: timing (and mask), λ profile, lr coupling."""
-    masked = ", decayed only where u⊙θ ≥ 0 (cautious)" if values["cautious"] else ""
+    """The decay rule of resolved settings, for people: timing (and mask) toward the target, λ profile, lr
+    coupling. Under SPD the base steps without decay and only the projection acts."""
+    toward_init = values.get("decay_target") == "init"
+    masked = (f", decayed only where u⊙{'(θ − θ₀)' if toward_init else 'θ'} ≥ 0 (cautious)"
+              if values["cautious"] else "")
+    timing = (_TIMING_WORDS_INIT if toward_init else _TIMING_WORDS)[timing_of(values["mode"])]
     if values.get("spd"):
+        timing = f"{timing_of(values['mode'])} (the base steps without decay)"
         toward = "θ₀" if values.get("decay_target") == "init" else "0"
         masked = (f", selective projection decay (SPD) toward {toward}: a tensor whose gradient opposes its "
                   f"progress θ − {toward} loses λ·r of its deviation after the step, r the step's new share "
@@ -415,7 +426,7 @@ def rule_in_words(values: Mapping[str, Any]) -> str:
     profile = "layer-wise, λ·(d+1)/(N+2) at depth d" if values["layerwise"] else "uniform"
     coupling = ("d = λ·r, not lr-coupled (SPD)" if values.get("spd")
                 else _COUPLING_WORDS[values["lr_coupling"]])
-    return f"timing {_TIMING_WORDS[timing_of(values['mode'])]}{masked}; λ profile {profile}; {coupling}"
+    return f"timing {timing}{masked}; λ profile {profile}; {coupling}"
 
 
 def describe(values: Mapping[str, Any]) -> str:

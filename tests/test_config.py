@@ -254,6 +254,23 @@ def test_from_pretrained_expands_home_and_names_a_missing_path(tmp_path: Path, m
         LPWDConfig.from_pretrained("run2/final", local_files_only=True)
 
 
+@pytest.mark.parametrize(
+    "settings,rule",
+    [
+        (dict(mode="wd"), "θ ← θ − ηu − dθ"),
+        (dict(mode="wd", decay_target="init", cautious=True),
+         "θ ← θ − ηu − d(θ − θ₀), decayed only where u⊙(θ − θ₀) ≥ 0 (cautious)"),
+        (dict(mode="rwd", decay_target="init"), "θ ← θ₀ + (1 − d)(θ − ηu − θ₀)"),
+        (dict(mode="lpwd", decay_target="init"), "θ ← θ₀ + (1 − d)(θ − θ₀) before each forward pass"),
+        (dict(mode="rwd", decay_target="init", spd=True, weight_decay=1.0),
+         "timing rwd (the base steps without decay), selective projection decay (SPD) toward θ₀"),
+    ],
+)
+def test_the_cards_sentence_states_the_rule_toward_the_target(settings: dict, rule: str) -> None:
+    card = LPWDConfig(**{"weight_decay": 0.1, **settings}).model_card_section()
+    assert rule in card
+
+
 def test_a_layer_pattern_with_a_pipe_stays_one_table_cell() -> None:
     from markdown_it import MarkdownIt  # transformers' CLI brings it (typer -> rich)
 

@@ -556,9 +556,9 @@ def test_an_unknown_base_logs_once_what_rounds_to_nearest(caplog) -> None:
             opt.step()
     lines = [r.getMessage() for r in caplog.records if "take the base's own step" in r.getMessage()]
     assert lines == [
-        "LPWD: 2 bf16/fp16 parameters (310 of 310 such weights, 100.0%: base RMSprop) take the base's "
-        "own step: their update is rounded to nearest and only the decay stochastically (the whole "
-        "step is rounded on AdamW / Adam / SGD with plain tensors)"
+        "LPWD: 2 bf16/fp16 parameters (310 of 310 such weights, 100.0%: base torch.optim.rmsprop.RMSprop) "
+        "take the base's own step: their update is rounded to nearest and only the decay stochastically "
+        "(the whole step is rounded on torch.optim.AdamW / Adam / SGD with plain tensors)"
     ]
 
 
