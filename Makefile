@@ -25,8 +25,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Two workers, one test module each at a time (a module's fixtures are built once); one thread each, as the
+# machine has two cores (the distributed tests start their own two processes).
 test: $(STAMP) lint
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -12,6 +12,8 @@ from .settings import card_rows, resolve_settings, rule_in_words
 
 CARD_HEADING = "## Weight decay: LPWD"
 """The section's heading: a card that has it already gets the section replaced."""
+CARD_LAST_LINE = "The full settings are in `"
+"""How the section's last line starts (every release): what an author wrote after it stays on a re-save."""
 
 def _per_depth(values: dict[str, float]) -> str:
     return ", ".join(f"{d}: {v:.3g}" for d, v in sorted(values.items(), key=lambda kv: int(kv[0])))
@@ -50,5 +52,5 @@ def model_card_section(config: Any, config_name: str = LPWD_CONFIG_NAME) -> str:
         lines.append(f"| λ per depth | {_per_depth(record.depth_weight_decay)} |")
     if record.depth_shrink:
         lines.append(f"| shrink S = Σ_t d_t per depth | {_per_depth(record.depth_shrink)} |")
-    lines += ["", f"The full settings are in `{config_name}`.", ""]
+    lines += ["", f"{CARD_LAST_LINE}{config_name}`.", ""]
     return "\n".join(lines)

@@ -213,6 +213,9 @@ def _inspect(args: argparse.Namespace) -> int:
           f"({decayed:,} decayed), weight decay: {args.weight_decay:g} "
           f"({'uniform' if args.uniform else 'layer-wise'}), layer lr decay: {args.layer_lr_decay:g}")
     print(format_table(rows, _EXAMPLES_SHOWN))
+    note = _timescale_note(args)
+    if note:
+        print(note)
     if shrink is not None and args.spd:
         print("shrink: ? under SPD (its decay λ·r_t per tensor depends on the gradients, not the schedule)")
     elif shrink is not None:
@@ -227,6 +230,18 @@ def _inspect(args: argparse.Namespace) -> int:
                       f"γ={args.layer_lr_decay:g}")
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _timescale_note(args: argparse.Namespace) -> str | None:
+    """A saved config whose λ came from a timescale τ: the table shows that run's λ, which τ gives only at
+    that run's lr (coupled: λ = 1/(lr·τ·steps per epoch)) and steps per epoch; the Trainer recomputes it."""
+    timescale, coupling, saved_lambda = args.saved_timescale or (None, None, None)
+    if timescale is None or args.weight_decay != saved_lambda:
+        return None
+    scales = "and lr " if coupling == "coupled" else ""
+    return (f"weight decay {saved_lambda:g}: what the timescale τ = {timescale:g} epochs gave at the saved "
+            f"run's steps per epoch {scales}(λ = 1/({'lr·' if scales else ''}τ·steps per epoch)); a run with "
+            f"--lpwd_config recomputes λ from τ at its own, so pass --weight-decay to see another")
 
 
 def _add_decayed_params(rows: list[dict[str, Any]], groups: list[dict[str, Any]]) -> None:
@@ -395,6 +410,7 @@ def _saved_defaults(source: str) -> dict[str, Any]:
         raise CliError(f"--lpwd-config {source}: {_first_line(exc)}") from None
     values = {name: getattr(saved, name) for name in INSPECT_SETTINGS}
     values["uniform"] = not resolve_settings(saved.settings())["layerwise"]
+    values["saved_timescale"] = (saved.decay_timescale, saved.lr_coupling, saved.weight_decay)
     return values
 
 
@@ -431,7 +447,7 @@ def _parser(saved: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     inspect.add_argument("--plot", metavar="FILE.png", default=None,
                          help="also draw λ, the lr multiplier and S against depth (needs matplotlib)")
     _add_run_options(inspect)
-    inspect.set_defaults(func=_inspect)
+    inspect.set_defaults(func=_inspect, saved_timescale=(saved or {}).get("saved_timescale"))
     from .compare.command import add_parser as add_compare_parser  # the compare tool's own arguments
     add_compare_parser(sub)
     return parser

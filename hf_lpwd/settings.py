@@ -291,8 +291,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "log_distance_to_init", bool, False, in_config=False,
-        help="Also log ‖θ − θ₀‖₂ per depth (θ₀: the weights when the optimizer is built) with the weight "
-        "norms; keeps one copy of the trainable weights (not under DeepSpeed ZeRO-3).",
+        help="Also log ‖θ − θ₀‖₂ per depth (θ₀: the weights when the optimizer is built; after a resume, "
+        "the model's before the checkpoint is loaded) with the weight norms; keeps one copy of the "
+        "trainable weights (not under DeepSpeed ZeRO-3).",
     ),
     Setting(
         "log_layer_norms", bool, True, in_config=False,

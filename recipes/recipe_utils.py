@@ -99,6 +99,49 @@ def _given_on_command_line(dataclass_types: Sequence[type], args: Sequence[str])
     return set(vars(namespace))
 
 
+def _integer_fields(dataclass_types: Sequence[type]) -> set[str]:
+    """The fields whose type admits an int and no float (``max_steps: int``, ``eval_steps: int | None``)."""
+    import typing
+
+    names = set()
+    for dataclass_type in dataclass_types:
+        try:
+            hints = typing.get_type_hints(dataclass_type)
+        except Exception:  # an annotation this Python cannot evaluate: leave that class to the dataclass
+            continue
+        for f in dataclasses.fields(dataclass_type):
+            kinds = set(typing.get_args(hints.get(f.name))) or {hints.get(f.name)}
+            if int in kinds and float not in kinds:
+                names.add(f.name)
+    return names
+
+
+def _check_integer_fields(values: dict[str, Any], dataclass_types: Sequence[type], path: str | None) -> None:
+    """A config file's ``max_steps: 2.5`` is refused here, naming the key (the Trainer would fail on it after
+    creating the output folder); ``2.0`` is 2. Flags are already ints (argparse converts them)."""
+    for name in sorted(_integer_fields(dataclass_types)):
+        value = values.get(name)
+        if isinstance(value, float) and not isinstance(value, bool):
+            if not value.is_integer():
+                where = f"{path}: " if path else ""
+                raise RecipeError(f"{where}{name}: {value} is not a whole number; give an integer "
+                                  f"(e.g. {name}: {max(int(value), 1)})")
+            values[name] = int(value)
+
+
+PATH_FIELD_SUFFIXES = (
+    "_file", "_dir", "_path", "name_or_path", "tokenizer_name", "config_name", "lpwd_config",
+)
+
+
+def _expand_user_paths(values: dict[str, Any]) -> None:
+    """``~/data/train.csv`` as a path field's value (a config file's, or a quoted flag's) is the home
+    folder's, as the shell would have made it; a Hub id never starts with ``~``."""
+    for name, value in values.items():
+        if name.endswith(PATH_FIELD_SUFFIXES) and isinstance(value, str) and value.startswith("~"):
+            values[name] = os.path.expanduser(value)
+
+
 def _load_saved_config(path: str) -> Any:
     """The ``LPWDConfig`` that ``--lpwd_config PATH`` names, or a ``RecipeError`` naming the flag."""
     from hf_lpwd import LPWDConfig
@@ -127,10 +170,11 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     # allow_abbrev=False: argparse would otherwise take --weight_decay_mod as --weight_decay_mode, silently.
     parser = HfArgumentParser(tuple(dataclass_types), allow_abbrev=False)
     file_values: dict[str, Any] = {}
+    config_path = None
     if argv and argv[0].endswith(CONFIG_FILE_EXTENSIONS) and not argv[0].startswith("-"):
         file_values = _config_file_values(os.path.abspath(argv[0]))
         _check_known_keys(argv[0], file_values, dataclass_types)
-        argv = argv[1:]
+        config_path, argv = argv[0], argv[1:]
         # The file's values become the parser's defaults; flags given after it override them.
         for action in parser._actions:
             if action.dest in file_values:
@@ -151,12 +195,16 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
         ]
         raise RecipeError(f"unrecognized arguments: {', '.join(hints) or ' '.join(unknown)}")
     values = vars(namespace)
+    _check_integer_fields(values, dataclass_types, config_path)
+    _expand_user_paths(values)
     explicit = set(file_values) | _given_on_command_line(dataclass_types, argv)
     if "do_train" in values and not explicit & {"do_train", "do_eval"}:
         # Neither asked for: train and evaluate. Decided here, from the flags given, because TrainingArguments
         # sets do_eval itself whenever --eval_strategy is not "no", which would otherwise turn a run into
         # evaluation only.
         values["do_train"] = values["do_eval"] = True
+    elif "do_train" in values and explicit & {"do_train", "do_eval"} == {"do_eval"} and not values["do_eval"]:
+        values["do_train"] = True  # --do_eval false alone: train, without evaluating
     elif (not values.get("do_train", True) and not values.get("do_eval")
           and str(values.get("eval_strategy", "no")) in ("no", "IntervalStrategy.NO")):
         raise RecipeError("--do_train false and no --do_eval: nothing to do; add --do_eval true to evaluate "
@@ -253,6 +301,9 @@ def check_training_args(training_args: Any) -> None:
     # __init__ creates the output folder first: the LPWD settings, a DeepSpeed config with its own optimizer,
     # schedule-free or otherwise unwrappable --optim, η·λ ≥ 1.
     to_config = getattr(training_args, "to_lpwd_config", None)
+    if training_args.push_to_hub and hub_offline():
+        raise RecipeError("--push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it, or "
+                          "drop --push_to_hub and upload OUTPUT_DIR/final later")
     try:
         if to_config is not None:
             to_config()
@@ -470,7 +521,7 @@ def save_final_model(trainer: Any, metrics: dict[str, Any] | None = None) -> str
     if trainer.is_world_process_zero() and os.path.exists(partial):
         shutil.rmtree(partial)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(partial)
+    trainer.save_model(partial, _internal_call=True)  # --push_to_hub sends `final`, once it is complete
     if trainer.is_world_process_zero():
         if metrics:
             with open(os.path.join(partial, "all_results.json"), "w", encoding="utf-8") as f:
@@ -484,7 +535,30 @@ def save_final_model(trainer: Any, metrics: dict[str, Any] | None = None) -> str
         shutil.rmtree(old, ignore_errors=True)
         logger.info("final model, processor, lpwd_config.json and metrics saved to %s", final)
     trainer.accelerator.wait_for_everyone()
+    if args.push_to_hub:
+        push_final_model(trainer, final)
     return final
+
+
+def push_final_model(trainer: Any, final: str) -> None:
+    """``--push_to_hub``: the complete ``final`` folder goes to the Hub repo's root, once, with the Trainer's
+    model card (its LPWD section included).
+
+    The Trainer's own ``push_to_hub`` uploads ``OUTPUT_DIR`` (checkpoint folders aside) after saving the
+    model at its root again: a second copy of the weights, and ``final/`` beside it on the Hub.
+    """
+    if not trainer.is_world_process_zero():
+        return
+    from huggingface_hub import HfApi
+
+    args = trainer.args
+    trainer.create_model_card()  # OUTPUT_DIR/README.md: training summary, then the LPWD section
+    shutil.copy(os.path.join(args.output_dir, "README.md"), os.path.join(final, "README.md"))
+    HfApi(library_name="hf_lpwd").upload_folder(
+        repo_id=trainer.hub_model_id, folder_path=final, commit_message="End of training",
+        token=args.hub_token, revision=args.hub_revision,
+    )
+    logger.info("%s pushed to the Hub repo %s", final, trainer.hub_model_id)
 
 
 def finish() -> None:

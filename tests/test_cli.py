@@ -99,6 +99,22 @@ def test_inspect_starts_from_a_saved_config_and_a_flag_overrides_it(model_dir, t
     assert "--lpwd-config " + str(tmp_path / "missing") in capsys.readouterr().err
 
 
+def test_inspect_of_a_timescale_config_says_where_its_lambda_came_from(model_dir, tmp_path, capsys):
+    """A saved run whose λ came from τ: the table shows that λ and says it holds at that run's lr and steps
+    per epoch only (a run with --lpwd_config recomputes it); a --weight-decay given instead: no note."""
+    from hf_lpwd import LPWDConfig
+
+    LPWDConfig(mode="lpwd", decay_timescale=2.0, weight_decay=0.3).save_pretrained(tmp_path / "run")
+    assert main(["inspect", str(model_dir), "--lpwd-config", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "weight decay: 0.3 (layer-wise)" in out
+    assert ("weight decay 0.3: what the timescale τ = 2 epochs gave at the saved run's steps per epoch and "
+            "lr (λ = 1/(lr·τ·steps per epoch))") in out
+    argv = ["inspect", str(model_dir), "--lpwd-config", str(tmp_path / "run"), "--weight-decay", "0.1"]
+    assert main(argv) == 0
+    assert "timescale" not in capsys.readouterr().out
+
+
 def _rows_of_layer_lr_decay_half() -> list[list[str]]:
     lrs = ["0.125", "0.25", "0.5", "1"]
     return [row[:3] + [lr] + row[4:] for row, lr in zip(EXPECTED_ROWS, lrs, strict=True)]

@@ -114,6 +114,15 @@ def test_trainer_still_resumes_through_the_private_method() -> None:
     )
 
 
+def test_trainer_still_pushes_checkpoints_through_the_private_method() -> None:
+    assert compat_tf.trainer_pushes_checkpoints_through_the_private_method(), (
+        "transformers' Trainer no longer pushes during training through self._push_from_checkpoint("
+        "checkpoint_folder) uploading output_dir, or skips a push on other conditions: LPWDMixin's override "
+        "would not put lpwd_config.json and the card section in the pushed revisions; move "
+        "PUSH_FROM_CHECKPOINT_METHOD and will_push_from_checkpoint to the new seam"
+    )
+
+
 def test_trainer_still_sets_search_trials_through_the_private_method() -> None:
     assert compat_tf.trainer_sets_trials_through_the_private_method(), (
         "transformers' Trainer no longer sets a search trial's values through self._hp_search_setup(trial), "

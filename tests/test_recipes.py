@@ -559,6 +559,7 @@ def test_unknown_config_key_exits_before_training(tmp_path):
         ("resume_true_without_checkpoints", "no checkpoint-* folder in --output_dir"),
         ("resume_other_settings", "--weight_decay 0.1 (checkpoint: 0.5)"),
         ("nothing_to_do", "--do_train false and no --do_eval: nothing to do"),
+        ("push_offline", "--push_to_hub: HF_HUB_OFFLINE is set"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, case, expected, monkeypatch, capsys):
@@ -589,7 +590,9 @@ def test_bad_input_fails_before_training(tmp_path, case, expected, monkeypatch, 
         "resume_other_settings": {"--resume_from_checkpoint": str(tmp_path / "checkpoint-2"),
                                   "--weight_decay": "0.1"},
         "nothing_to_do": {"--do_train": "false"},
+        "push_offline": {"--push_to_hub": "true", "--hub_model_id": "me/tiny"},
     }[case]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     if case == "resume_other_settings":  # a checkpoint trained with λ = 0.5, with optimizer state
         from hf_lpwd import LPWDConfig
 
@@ -812,6 +815,7 @@ def _parse(monkeypatch, argv: list) -> tuple:
             (True, True),
         ),  # TrainingArguments sets do_eval by itself
         (["--do_eval", "true"], (False, True)),
+        (["--do_eval", "false"], (True, False)),  # alone: train, without evaluating (was "nothing to do")
         (["--do_train", "true"], (True, False)),
         (["--do_train", "true", "--eval_strategy", "steps", "--eval_steps", "5"], (True, True)),
         (["--do_eval", "true", "--eval_strategy", "steps", "--eval_steps", "5"], (False, True)),
@@ -833,6 +837,36 @@ def test_recipes_train_unless_the_config_file_says_otherwise(tmp_path, monkeypat
     path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "o"), "eval_strategy": "steps"}))
     *_, args = _parse(monkeypatch, [path])
     assert (args.do_train, args.do_eval) == (True, True)
+
+
+def test_config_file_integers_are_whole_numbers(tmp_path, monkeypatch):
+    """``max_steps: 2.5`` in a config file is refused naming the file and key (the Trainer failed on it after
+    creating the output folder); ``2.0`` is the integer 2."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from recipe_utils import RecipeError
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "o"), "max_steps": 2.5}))
+    with pytest.raises(RecipeError, match=r"run.yaml: max_steps: 2.5 is not a whole number"):
+        _parse(monkeypatch, [path])
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "o"), "max_steps": 2.0,
+                                    "per_device_train_batch_size": 3.0, "num_train_epochs": 1.5}))
+    *_, args = _parse(monkeypatch, [path])
+    assert (args.max_steps, args.per_device_train_batch_size, args.num_train_epochs) == (2, 3, 1.5)
+    assert type(args.max_steps) is int and type(args.per_device_train_batch_size) is int
+    assert not (tmp_path / "o").exists()
+
+
+def test_home_folder_paths_are_expanded(tmp_path, monkeypatch):
+    """``~/corpus.txt`` in a config file (no shell to expand it) is the home folder's; a Hub id is kept."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": "~/o", "train_file": "~/corpus.txt",
+                                    "model_name_or_path": "~/models/tiny", "tokenizer_name": "gpt2"}))
+    model_args, data_args, args = _parse(monkeypatch, [path])
+    assert data_args.train_file == str(tmp_path / "corpus.txt")
+    assert model_args.model_name_or_path == str(tmp_path / "models" / "tiny")
+    assert model_args.tokenizer_name == "gpt2" and args.output_dir == str(tmp_path / "o")
 
 
 def _field_default(name: str):
@@ -980,14 +1014,15 @@ class _FakeTrainer:
     """What ``save_final_model`` uses of a Trainer; ``save_model`` writes real files, or fails half-way."""
 
     def __init__(self, output_dir: Path, weights: str, fail: bool = False) -> None:
-        self.args = type("Args", (), {"output_dir": str(output_dir)})()
+        self.args = type("Args", (), {"output_dir": str(output_dir), "push_to_hub": False})()
         self.accelerator = _FakeAccelerator()
         self.weights, self.fail = weights, fail
 
     def is_world_process_zero(self) -> bool:
         return True
 
-    def save_model(self, path: str) -> None:
+    def save_model(self, path: str, _internal_call: bool = False) -> None:
+        assert _internal_call  # the Trainer's save_model would push OUTPUT_DIR (with final.partial in it)
         os.makedirs(path, exist_ok=True)
         Path(path, "model.safetensors").write_text(self.weights)
         if self.fail:

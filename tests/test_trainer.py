@@ -350,7 +350,11 @@ def test_t5_with_seq2seq_trainer_through_the_mixin(tmp_path: Path) -> None:
     assert [g["param_names"] for g in groups if g["depth"] == 5] == [["decoder.final_layer_norm.weight"]]
 
 
-def test_trl_sft_trainer_through_the_mixin(tmp_path: Path) -> None:
+@pytest.mark.parametrize("settings_from", ["lpwd_config", "flags"])
+def test_trl_sft_trainer_through_the_mixin(tmp_path: Path, settings_from: str) -> None:
+    """Settings as an ``lpwd_config``, or as flags of a config class that is both (README's pattern)."""
+    import dataclasses
+
     import trl
     from datasets import Dataset
 
@@ -366,9 +370,21 @@ def test_trl_sft_trainer_through_the_mixin(tmp_path: Path) -> None:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
     data = Dataset.from_dict({"text": [" ".join(f"w{(i * 7 + j) % 60}" for j in range(10))
                                        for i in range(16)]})
-    config = trl.SFTConfig(**common_args(tmp_path, weight_decay=0.2, max_steps=2), max_length=16)
+    if settings_from == "lpwd_config":
+        config = trl.SFTConfig(**common_args(tmp_path, weight_decay=0.2, max_steps=2), max_length=16)
+        given = {"lpwd_config": LPWDConfig(mode="lpwd", weight_decay=0.2)}
+    else:
+        @dataclasses.dataclass
+        class LPWDSFTConfig(LPWDTrainingArguments, trl.SFTConfig):
+            pass
+
+        argv = [f"--{k}={v}" for k, v in common_args(tmp_path, weight_decay=0.2, max_steps=2).items()]
+        (config,) = transformers.HfArgumentParser(LPWDSFTConfig).parse_args_into_dataclasses(
+            [*argv, "--weight_decay_mode=lpwd", "--max_length=16"])
+        assert config.max_length == 16 and config.weight_decay_mode == "lpwd"
+        given = {}
     trainer = LPWDSFTTrainer(model=tiny_llama(), args=config, train_dataset=data, processing_class=tokenizer,
-                             lpwd_config=LPWDConfig(mode="lpwd", weight_decay=0.2))
+                             **given)
     before = params_of(trainer.model)
     trainer.train()
     lpwd = trainer.lpwd_optimizer

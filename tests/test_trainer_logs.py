@@ -106,3 +106,25 @@ def test_distance_to_init_per_depth_is_logged_when_asked(tmp_path: Path) -> None
     assert all(v == 0.0 for k, v in history[0].items() if k.startswith(DISTANCE_LOG_PREFIX))
     last = {k: v for k, v in history[-1].items() if k.startswith(DISTANCE_LOG_PREFIX)}
     assert last == pytest.approx(expected, abs=1e-5) and min(last.values()) > 0
+
+
+def test_distance_to_init_after_a_resume_measures_from_the_first_runs_start(tmp_path: Path) -> None:
+    """A resumed run logs ‖θ − θ₀‖ from the weights the run started from (the model before the checkpoint is
+    loaded), equal to the uninterrupted run's; before, θ₀ was the checkpoint's weights and the distance
+    restarted near 0 at every resume."""
+    from hf_lpwd.names import DISTANCE_LOG_PREFIX
+
+    def run(resume: str | None) -> dict[str, float]:
+        torch.manual_seed(0)
+        args = LPWDTrainingArguments(**common_args(tmp_path, max_steps=4, logging_steps=500, weight_decay=0.5,
+                                                   learning_rate=5e-2, save_strategy="steps", save_steps=2),
+                                     lpwd_log_distance_to_init=True)
+        trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(16))
+        trainer.train(resume_from_checkpoint=resume)
+        (last,) = [e for e in trainer.state.log_history if e.get("step") == 4 and
+                   any(k.startswith(DISTANCE_LOG_PREFIX) for k in e)]
+        return {k: v for k, v in last.items() if k.startswith(DISTANCE_LOG_PREFIX)}
+
+    uninterrupted = run(None)
+    resumed = run(str(tmp_path / "out" / "checkpoint-2"))
+    assert resumed == uninterrupted and min(resumed.values()) > 0

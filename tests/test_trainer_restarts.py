@@ -26,7 +26,7 @@ from torch import nn
 from transformers import TrainingArguments
 
 from hf_lpwd import LPWDConfig, LPWDTrainer, LPWDTrainingArguments
-from tests.tiny import TokenDataset, common_args, tiny_bert
+from tests.tiny import ROOT, TokenDataset, common_args, tiny_bert
 
 OOM = "CUDA out of memory. Tried to allocate (simulated)"
 
@@ -399,6 +399,30 @@ def test_a_vit_checkpoint_saved_under_legacy_names_resumes_and_loads_as_best_bit
     assert all(torch.equal(saved[k], final[k]) for k in saved)
 
 
+def test_a_mixture_of_experts_checkpoint_resumes_bitwise(tmp_path: Path) -> None:
+    """Mixtral's experts are fused in transformers 5 and saved under the per-expert legacy names: the stock
+    Trainer's resume leaves them at their initial values (its resumed run differs from the uninterrupted
+    one); through ``from_pretrained``'s conversion the resumed LPWD run is bitwise the uninterrupted one."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    def run(resume: str | None = None) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = MixtralForCausalLM(MixtralConfig(
+            vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64))
+        args = LPWDTrainingArguments(**common_args(
+            tmp_path, max_steps=4, weight_decay_mode="lpwd", weight_decay=0.5, learning_rate=1e-2,
+            save_strategy="steps", save_steps=2))
+        trainer = LPWDTrainer(model=model, args=args, train_dataset=TokenDataset(16, causal_lm=True))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer.model.state_dict()
+
+    whole = run()
+    resumed = run(str(tmp_path / "out" / "checkpoint-2"))
+    assert any("experts" in k for k in whole)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_a_resume_at_another_lr_records_the_lr_and_lambda_the_checkpoint_goes_on_with(tmp_path: Path,
                                                                                        caplog) -> None:
     """The Trainer loads the checkpoint's optimizer and scheduler state: its lr and λ go on, whatever
@@ -426,3 +450,22 @@ def test_a_resume_at_another_lr_records_the_lr_and_lambda_the_checkpoint_goes_on
     assert saved["b"]["shrink"] == saved["a"]["shrink"]
     assert saved["b"]["base_optimizer_kwargs"]["lr"] == 0.01
     assert "not --learning_rate 0.02" in caplog.text and "not the 1.5625" in caplog.text
+
+
+@pytest.mark.parametrize("release", ["0_2_0", "0_5_0"])
+def test_a_card_saved_again_keeps_what_its_author_wrote_under_the_section(tmp_path: Path,
+                                                                          release: str) -> None:
+    """An earlier release's card (the fixture's), with an author's ``###`` notes after the LPWD section and
+    a section of their own after that: a re-save replaces the LPWD section only (before: up to the next
+    ``##``, the notes went with it)."""
+    from hf_lpwd.trainer.card import add_card_section
+
+    card = tmp_path / "README.md"
+    saved = (ROOT / "tests" / "data" / f"checkpoint_v{release}" / "checkpoint-3" / "README.md").read_text()
+    notes = "\n### Notes\n\nTrained on my laptop; see the eval below.\n\n## Evaluation\n\n| acc | 0.9 |\n"
+    card.write_text(saved.rstrip("\n") + "\n" + notes, encoding="utf-8")
+    add_card_section(str(tmp_path), LPWDConfig(mode="pwd", weight_decay=0.7))
+    text = card.read_text(encoding="utf-8")
+    assert text.count("## Weight decay: LPWD") == 1 and "| λ (weight_decay) | 0.7 |" in text
+    assert text.endswith("The full settings are in `lpwd_config.json`.\n" + notes)
+    assert text.startswith(saved[:saved.index("## Weight decay: LPWD")])

@@ -17,6 +17,8 @@ PRIVATE_NAMES = (
     "_BaseAutoModelClass._model_mapping",
     "Trainer._load_best_model",
     "Trainer._load_from_checkpoint",
+    "Trainer._push_from_checkpoint (copies a fixed list of files into output_dir, uploads output_dir)",
+    "Trainer.push_in_progress (read to know whether _push_from_checkpoint will push)",
     "Trainer._hp_search_setup (sets a search trial's values, casting each to the type of the value before)",
     "Trainer.set_initial_training_values (its tuple, index 1)",
     "Trainer.get_decay_parameter_names (called unbound)",
@@ -151,6 +153,35 @@ def trainer_resumes_through_the_private_method() -> bool:
     if list(inspect.signature(method).parameters) != ["self", "resume_from_checkpoint", "model"]:
         return False
     return f"self.{LOAD_CHECKPOINT_METHOD}(resume_from_checkpoint)" in inspect.getsource(Trainer)
+
+
+# The Trainer method that pushes ``output_dir`` during training (``hub_strategy`` every_save / checkpoint /
+# all_checkpoints) after copying the checkpoint's model files into it.
+PUSH_FROM_CHECKPOINT_METHOD = "_push_from_checkpoint"
+
+
+def will_push_from_checkpoint(trainer: Any) -> bool:
+    """Whether ``Trainer._push_from_checkpoint`` will upload now: on the main process, unless the strategy
+    pushes only at the end or the last push is still running (and ``hub_always_push`` is off)."""
+    args = trainer.args
+    if not trainer.is_world_process_zero() or args.hub_strategy == "end":
+        return False
+    running = getattr(trainer, "push_in_progress", None)
+    return args.hub_always_push or running is None or running.is_done()
+
+
+def trainer_pushes_checkpoints_through_the_private_method() -> bool:
+    """True while ``Trainer._push_from_checkpoint(checkpoint_folder)`` exists, the Trainer calls it, and it
+    skips as :func:`will_push_from_checkpoint` says and uploads ``output_dir``."""
+    from transformers import Trainer
+
+    method = getattr(Trainer, PUSH_FROM_CHECKPOINT_METHOD, None)
+    if method is None or list(inspect.signature(method).parameters) != ["self", "checkpoint_folder"]:
+        return False
+    source = inspect.getsource(method)
+    return (f"self.{PUSH_FROM_CHECKPOINT_METHOD}(" in inspect.getsource(Trainer)
+            and "self.push_in_progress.is_done()" in source and "hub_always_push" in source
+            and "folder_path=output_dir" in source)
 
 
 def _saved_weight_names(folder: str) -> set[str] | None:

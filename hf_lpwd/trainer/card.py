@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ..card import CARD_HEADING
+from ..card import CARD_HEADING, CARD_LAST_LINE
 from ..config import LPWDConfig
 
 __all__ = ["add_card_section"]
@@ -26,13 +26,22 @@ def add_card_section(folder: str, config: LPWDConfig) -> None:
         start = text.find(CARD_HEADING)
         if start < 0:
             text = text.rstrip("\n") + "\n\n" + section
-        else:  # up to the next section of the card's level, or the end
-            end = text.find("\n## ", start + len(CARD_HEADING))
-            after = "" if end < 0 else "\n" + text[end:]
-            text = text[:start] + section.rstrip("\n") + "\n" + after
+        else:
+            text = text[:start] + section.rstrip("\n") + "\n" + _after_section(text, start)
     else:
         text = "---\nlibrary_name: transformers\ntags:\n- lpwd\n---\n\n" + section
     tmp = f"{card}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, card)
+
+
+def _after_section(text: str, start: int) -> str:
+    """What follows the section that starts at ``start``: from the line after its last line (an author's
+    ``###`` notes under it stay), else from the next section of the card's level, else nothing."""
+    next_section = text.find("\n## ", start + len(CARD_HEADING))
+    last_line = text.find(CARD_LAST_LINE, start)
+    if last_line >= 0 and (next_section < 0 or last_line < next_section):
+        end = text.find("\n", last_line)
+        return "" if end < 0 else text[end + 1:]
+    return "" if next_section < 0 else "\n" + text[next_section:]

@@ -14,8 +14,9 @@ Trainer, callbacks included):
   came); ``load_best_model_at_end`` leaves the best checkpoint's weights as saved; a resume whose settings
   differ from the checkpoint's is refused when the optimizer is built; a checkpoint saved under a model's
   legacy names (ViT) is loaded in full, to resume and as the best model (the two private loads overridden);
-* ``save_model`` writes ``lpwd_config.json`` (settings and the run's record) and the card section; the logs
-  get a weight norm per depth, at every logging step and at the first and last step.
+* ``save_model`` writes ``lpwd_config.json`` (settings and the run's record) and the card section, and
+  ``hub_strategy`` pushes during training carry both (the private push seam overridden); the logs get a
+  weight norm per depth, at every logging step and at the first and last step.
 
 Resuming: a checkpoint holds the decayed weights and, in the optimizer's param groups, the factor they carry,
 so a resumed run is bitwise the uninterrupted one.
@@ -24,6 +25,8 @@ so a resumed run is bitwise the uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 from typing import Any
 
 import torch
@@ -31,12 +34,12 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from .._compat.transformers import reload_renamed_checkpoint, steps_per_epoch
+from .._compat.transformers import reload_renamed_checkpoint, steps_per_epoch, will_push_from_checkpoint
 from ..config import LPWDConfig
 from ..integrations import deepspeed as deepspeed_glue
 from ..integrations.bitsandbytes import keep_embeddings_in_32_bit
 from ..model.layers import layer_depths_with_count
-from ..names import distance_log_key
+from ..names import LPWD_CONFIG_NAME, distance_log_key
 from ..optim import LPWD
 from ..schedule import first_step_scale
 from ..settings import SETTING, SETTINGS
@@ -44,7 +47,7 @@ from .arguments import refusal_key, run_config
 from .build import base_optimizer_of, build_lpwd, record_groups, resolve_lambda
 from .card import add_card_section
 from .layer_log import log_layer_table
-from .norms import anchors_of, layer_norms, params_by_depth
+from .norms import anchors_of, layer_norms, params_by_depth, weights_before_resume
 from .refusals import check_training_arguments, peak_lr
 from .resume import (
     check_resume,
@@ -190,8 +193,10 @@ class LPWDMixin:
             self.optimizer.defer_initial_weights()  # θ₀ from ZeRO's partitions: no full copy per rank
         record_groups(config, self.optimizer.param_groups, base[1], None if depths is None else depths[1])
         self._lpwd_depth_params = {} if depths is None else params_by_depth(opt_model, depths[0])
-        distance = getattr(self.args, SETTING["log_distance_to_init"].flag, False)
-        self._lpwd_anchors = anchors_of(self._lpwd_depth_params) if distance else None
+        before_resume = getattr(self, "_lpwd_weights_before_resume", None)
+        self._lpwd_weights_before_resume = None
+        self._lpwd_anchors = (anchors_of(self._lpwd_depth_params, before_resume)
+                              if self._lpwd_logs_distance() else None)
         self._lpwd_built_config = config
         return self.optimizer
 
@@ -341,7 +346,13 @@ class LPWDMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """The Trainer's load of a checkpoint to resume, then the tensors it missed (saved under a model's
-        legacy names: :func:`reload_renamed_checkpoint`); resumed runs are bitwise the uninterrupted ones."""
+        legacy names: :func:`reload_renamed_checkpoint`); resumed runs are bitwise the uninterrupted ones.
+
+        With ``--lpwd_log_distance_to_init`` the weights before the load (the pretrained ones, built as in the
+        first run) are kept as θ₀ of the distance: the optimizer is built after this load, and would
+        otherwise measure from the checkpoint (ZeRO and FSDP load after the optimizer is built)."""
+        if self._lpwd_logs_distance():
+            self._lpwd_weights_before_resume = weights_before_resume(self.model if model is None else model)
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self._lpwd_reload_renamed(resume_from_checkpoint, model)
 
@@ -370,6 +381,9 @@ class LPWDMixin:
     # ------------------------------------------------------------------ logging
     def _lpwd_logs_norms(self) -> bool:
         return bool(getattr(self.args, "lpwd_log_layer_norms", True)) and bool(self._lpwd_depth_params)
+
+    def _lpwd_logs_distance(self) -> bool:
+        return bool(getattr(self.args, SETTING["log_distance_to_init"].flag, False))
 
     def _log_lpwd_norms(self) -> None:
         if self._lpwd_logs_norms():
@@ -401,6 +415,17 @@ class LPWDMixin:
         super().save_model(output_dir, _internal_call=_internal_call)
         if self.args.should_save:
             add_card_section(target, self.lpwd_config)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """``hub_strategy`` pushes during training upload ``output_dir`` after the Trainer copied a fixed list
+        of model files into it from the checkpoint: ``lpwd_config.json`` and the card section go in too, so
+        every pushed revision says how its weights were trained (a private seam: ``_compat.transformers``)."""
+        if will_push_from_checkpoint(self):
+            saved = os.path.join(checkpoint_folder, LPWD_CONFIG_NAME)
+            if os.path.isfile(saved):
+                shutil.copy(saved, os.path.join(self.args.output_dir, LPWD_CONFIG_NAME))
+            add_card_section(self.args.output_dir, self.lpwd_config)
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def create_model_card(self, *args: Any, tags: str | list[str] | None = None, **kwargs: Any) -> None:
         tags = [tags] if isinstance(tags, str) else list(tags or [])

@@ -12,7 +12,7 @@ from torch import nn
 from .._compat.torch import foreach_norm
 from ..names import norm_log_key
 
-__all__ = ["params_by_depth", "layer_norms", "anchors_of"]
+__all__ = ["params_by_depth", "layer_norms", "anchors_of", "weights_before_resume"]
 
 
 def params_by_depth(model: nn.Module, depth_of: dict[str, int]) -> dict[int, list[torch.Tensor]]:
@@ -25,9 +25,21 @@ def params_by_depth(model: nn.Module, depth_of: dict[str, int]) -> dict[int, lis
 
 
 @torch.no_grad()
-def anchors_of(by_depth: dict[int, list[torch.Tensor]]) -> dict[int, list[torch.Tensor]]:
-    """θ₀: an fp32 copy of each parameter's (local) values, in :func:`params_by_depth`'s layout."""
-    return {depth: [_local(p).float().clone() for p in params] for depth, params in by_depth.items()}
+def weights_before_resume(model: nn.Module) -> dict[torch.Tensor, torch.Tensor]:
+    """An fp32 copy of each trainable parameter's (local) values, keyed by the parameter, taken before a
+    checkpoint's load overwrites them in place (the parameters stay the same objects)."""
+    return {p: _local(p).float().clone() for p in model.parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def anchors_of(
+    by_depth: dict[int, list[torch.Tensor]], before_resume: dict[torch.Tensor, torch.Tensor] | None = None
+) -> dict[int, list[torch.Tensor]]:
+    """θ₀: an fp32 copy of each parameter's (local) values, in :func:`params_by_depth`'s layout; after a
+    resume, the values from before the checkpoint's load."""
+    before = before_resume or {}
+    return {depth: [before[p] if p in before else _local(p).float().clone() for p in params]
+            for depth, params in by_depth.items()}
 
 
 def _squared_norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
