@@ -13,7 +13,8 @@ order of first appearance and a parameter shared by several blocks belongs to th
 The contract (C1-C7 of issue 13) is checked separately for the module path (``layer_depths(model)``
 on the real module) and the name path (``layer_depths(names)``): the oracle's N blocks get depths
 1..N in order (one depth per block), parameters before the first block get 0 (but a task model's head,
-outside its ``base_model_prefix`` body, and a part named ``final*`` / ``*_out``: N+1), after the last N+1,
+outside its ``base_model_prefix`` body, and a part named ``final*`` / ``*_out``: N+1), after the last N+1
+(but an embedding norm, BART's ``layernorm_embedding``: its stack's first block, 0 for the first stack),
 a parameter between blocks (LLaVA's projector and text embeddings between the vision and the text
 stack, T5's encoder final norm between encoder and decoder) the depth of the block just before it or
 just after it in registration order, a stage's own parameters stay within one of its blocks' depths
@@ -451,6 +452,12 @@ def _output_part(name: str) -> bool:
     return any(s.startswith("final") or s.endswith("_out") for s in name.split(".")[:-1])
 
 
+def _embedding_norm(name: str) -> bool:
+    """The contract's embedding norms registered after their blocks: BART-family ``layernorm_embedding`` and
+    ProphetNet's ``embeddings_layer_norm`` (each applied to its stack's embeddings, before its blocks)."""
+    return any(s in ("layernorm_embedding", "embeddings_layer_norm") for s in name.split(".")[:-1])
+
+
 def check_contract(names: list[str], depths: dict[str, int], result: OracleResult,
                    names_only: bool = False) -> str:
     """Empty string if ``depths`` satisfies C1-C7 of issue 13 against the oracle, else the reason.
@@ -507,6 +514,14 @@ def check_contract(names: list[str], depths: dict[str, int], result: OracleResul
                 return (f"C6: {name} is a head or output part registered before the first block but has "
                         f"depth {d}, expected {n + 1}")
             continue
+        mine = result.home.get(name)
+        if p > first and _embedding_norm(name) and mine is not None:
+            start = min(k for k, stack in stack_of.items() if stack == mine)
+            expected = 0 if start == 1 else start
+            if d != expected:
+                return (f"C7: {name} (an embedding norm after its blocks) has depth {d}, expected "
+                        f"{expected}, its stack's embeddings'")
+            continue
         if p < first and d != 0:
             return f"C5: {name} is before the first block but has depth {d}"
         if p > last and d != n + 1:
@@ -518,7 +533,6 @@ def check_contract(names: list[str], depths: dict[str, int], result: OracleResul
             prev, nxt = before[p], after[p]
             assert prev is not None and nxt is not None
             allowed = {prev, nxt}
-            mine = result.home.get(name)
             sides = (stack_of[prev], stack_of[nxt])
             if mine is not None and sides[0] != sides[1] and mine in sides:
                 allowed = {prev if mine == sides[0] else nxt}
@@ -662,7 +676,9 @@ def write_report(outcomes: list[Outcome], out: Path, timing_ms: tuple[float, flo
         "module (`layer_depths(model)`) and from the names alone (`layer_depths(names)`) -- is checked",
         "against an independent oracle read from module structure and tensor shapes (contract C1-C7 of",
         "issue 13: parallel lists are one stack, side lists are not stacks, stages hold blocks; a head or",
-        "a part named `final*` / `*_out` registered before the first block runs after the last: N+1).",
+        "a part named `final*` / `*_out` registered before the first block runs after the last: N+1; an",
+        "embedding norm registered after its blocks, BART's `layernorm_embedding`, sits with its stack's",
+        "embeddings: the stack's first block, 0 for the first stack).",
         "",
         f"- transformers {__import__('transformers').__version__}, torch {torch.__version__}",
         f"- (task, architecture) pairs tried: {len(outcomes)}",

@@ -1,10 +1,12 @@
 """The model card's LPWD section: what transformers' own card cannot say about the decay.
 
-The rows are the carded settings of :data:`hf_lpwd.settings.SETTINGS` (set ones only) and the run's record.
+The rows are the carded settings of :data:`hf_lpwd.settings.SETTINGS` (set ones only) and the run's record;
+:func:`add_card_section` puts the section in a folder's card.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .names import LPWD_CONFIG_NAME
@@ -54,3 +56,40 @@ def model_card_section(config: Any, config_name: str = LPWD_CONFIG_NAME) -> str:
         lines.append(f"| shrink S = Σ_t d_t per depth | {_per_depth(record.depth_shrink)} |")
     lines += ["", f"{CARD_LAST_LINE}{config_name}`.", ""]
     return "\n".join(lines)
+
+
+def add_card_section(folder: str | os.PathLike, config: Any, replace_only: bool = False) -> None:
+    """Put ``config``'s section in ``folder/README.md``: in place of the section an earlier save wrote (a
+    folder saved again by another run), else (unless ``replace_only``) appended, or in a new card with the
+    ``lpwd`` tag; written atomically."""
+    card = os.path.join(folder, "README.md")
+    section = model_card_section(config)
+    if os.path.isfile(card):
+        with open(card, encoding="utf-8") as f:
+            text = f.read()
+        start = text.find(CARD_HEADING)
+        if start < 0 and replace_only:
+            return
+        if start < 0:
+            text = text.rstrip("\n") + "\n\n" + section
+        else:
+            text = text[:start] + section.rstrip("\n") + "\n" + _after_section(text, start)
+    elif replace_only:
+        return
+    else:
+        text = "---\nlibrary_name: transformers\ntags:\n- lpwd\n---\n\n" + section
+    tmp = f"{card}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, card)
+
+
+def _after_section(text: str, start: int) -> str:
+    """What follows the section that starts at ``start``: from the line after its last line (an author's
+    ``###`` notes under it stay), else from the next section of the card's level, else nothing."""
+    next_section = text.find("\n## ", start + len(CARD_HEADING))
+    last_line = text.find(CARD_LAST_LINE, start)
+    if last_line >= 0 and (next_section < 0 or last_line < next_section):
+        end = text.find("\n", last_line)
+        return "" if end < 0 else text[end + 1:]
+    return "" if next_section < 0 else "\n" + text[next_section:]

@@ -266,12 +266,16 @@ class LPWDConfig:
     # ------------------------------------------------------------------ folders and the Hub
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False,
                         **kwargs: Any) -> None:
-        """Write ``lpwd_config.json`` into ``save_directory`` (and push it when ``push_to_hub``)."""
+        """Write ``lpwd_config.json`` into ``save_directory`` (and push it when ``push_to_hub``); a model card
+        already there with an LPWD section gets it rewritten to match (no card or section is created)."""
+        from .card import add_card_section
+
         self.validate()
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory={save_directory} is a file; pass a directory")
         os.makedirs(save_directory, exist_ok=True)
         self.to_json_file(os.path.join(save_directory, LPWD_CONFIG_NAME))
+        add_card_section(save_directory, self, replace_only=True)
         if push_to_hub:
             repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
             self.push_to_hub(repo_id, **kwargs)

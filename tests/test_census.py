@@ -128,6 +128,23 @@ def test_oracle_refuses_a_wrong_depth_between_blocks(model_type: str, cls_name: 
     assert reason.startswith(f"C7: {name} sits between oracle blocks"), reason
 
 
+@pytest.mark.parametrize("name,wrong", [
+    ("model.encoder.layernorm_embedding.weight", 12),  # registration order: the last encoder block
+    ("model.decoder.layernorm_embedding.weight", 25),  # registration order: N+1
+    ("model.decoder.layernorm_embedding.weight", 0),   # the encoder's embeddings, not the decoder's
+])
+def test_oracle_puts_an_embedding_norm_with_its_stacks_embeddings(name: str, wrong: int) -> None:
+    """BART (12 + 12 blocks) registers each stack's ``layernorm_embedding`` after its layers and applies it
+    to the embeddings before them: the encoder's at 0, the decoder's at its first block (13)."""
+    b, depths = _between("bart", "BartForConditionalGeneration")
+    assert census.check_contract(b.names, depths, b.oracle) == ""
+    assert (depths["model.encoder.layernorm_embedding.weight"],
+            depths["model.decoder.layernorm_embedding.weight"]) == (0, 13)
+    depths[name] = wrong
+    reason = census.check_contract(b.names, depths, b.oracle)
+    assert reason.startswith(f"C7: {name} (an embedding norm after its blocks)"), reason
+
+
 @pytest.mark.parametrize(
     "model_type,cls_name,name,right",
     [

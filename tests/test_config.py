@@ -336,3 +336,27 @@ def test_a_fixture_config_loads_with_its_new_keys(version: str, expected: tuple,
     assert cfg.lpwd_version == version and cfg.record.num_blocks == 3
     written = json.loads((folder / LPWD_CONFIG_NAME).read_text())
     assert json.loads(cfg.to_json_string()).keys() - added_since == written.keys()
+
+
+def test_save_pretrained_keeps_a_cards_section_in_step_and_creates_none(tmp_path: Path) -> None:
+    """A config saved into a folder whose card has an LPWD section rewrites that section (the card said
+    λ = 0.3 while the folder's config said 0.7); a folder without a card, or whose card has no section,
+    gets none."""
+    from hf_lpwd.card import add_card_section
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "README.md").write_text("---\ntags:\n- x\n---\n\n# My model\n", encoding="utf-8")
+    add_card_section(model, LPWDConfig(mode="lpwd", weight_decay=0.3))
+    LPWDConfig(mode="lpwd", weight_decay=0.7).save_pretrained(model)
+    card = (model / "README.md").read_text(encoding="utf-8")
+    assert card.startswith("---\ntags:\n- x\n---\n\n# My model\n")
+    assert card.count("## Weight decay: LPWD") == 1
+    assert "| λ (weight_decay) | 0.7 |" in card and "0.3" not in card
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "README.md").write_text("# Someone else's card\n", encoding="utf-8")
+    LPWDConfig(mode="lpwd", weight_decay=0.7).save_pretrained(plain)
+    LPWDConfig(mode="lpwd", weight_decay=0.7).save_pretrained(tmp_path / "bare")
+    assert (plain / "README.md").read_text(encoding="utf-8") == "# Someone else's card\n"
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["lpwd_config.json"]

@@ -359,6 +359,23 @@ NAME_CASES = {
         *[f"layers.{i}.{p}.weight" for i in range(2) for p in ("attn", "mlp")],
         "head.weight",
     ], {"embed.": 0, "norm.": 0, "layers.0.": 1, "layers.1.": 2, "head.": 3}),
+    # BART: each stack's layernorm_embedding is registered after its layers and applied to the embeddings
+    # before them, so it sits with them: the encoder's at 0, the decoder's at its first block (as its
+    # embed_positions, registered before its layers); the head after everything.
+    "bart-layernorm-embedding": ([
+        "model.shared.weight", "model.encoder.embed_positions.weight",
+        *[f"model.encoder.layers.{i}.{p}.weight" for i in range(2) for p in ("self_attn.q_proj", "fc1")],
+        "model.encoder.layernorm_embedding.weight",
+        "model.decoder.embed_positions.weight",
+        *[f"model.decoder.layers.{i}.{p}.weight" for i in range(2) for p in ("self_attn.q_proj", "fc1")],
+        "model.decoder.layernorm_embedding.weight",
+        "classification_head.dense.weight",
+    ], {
+        "model.shared.": 0, "model.encoder.embed_positions.": 0, "model.encoder.layers.0.": 1,
+        "model.encoder.layers.1.": 2, "model.encoder.layernorm_embedding.": 0,
+        "model.decoder.embed_positions.": 3, "model.decoder.layers.0.": 3, "model.decoder.layers.1.": 4,
+        "model.decoder.layernorm_embedding.": 3, "classification_head.": 5,
+    }),
     # A one-layer model still has one block.
     "one-layer": (["wte.weight", "h.0.attn.weight", "h.0.mlp.weight", "ln_f.weight"], {
         "wte.": 0, "h.0.": 1, "ln_f.": 2,

@@ -45,7 +45,9 @@ How a name is analysed:
    (outside its ``base_model_prefix`` body, not tied to the input embeddings) is N+1 wherever it is
    registered (XLM-RoBERTa registers its classifier first; from names alone it gets 0), and so is a part
    named as the output (a segment ``final*`` or ``*_out``: OPT's decoder registers ``final_layer_norm`` and
-   ``project_out`` before its layers), from names too. One that sits
+   ``project_out`` before its layers), from names too; an embedding norm registered after its stack's
+   blocks (BART's ``layernorm_embedding``, :data:`EMBEDDING_NORM_NAMES`) sits with that stack's embeddings.
+   One that sits
    between two blocks of different stacks or stages (a downsample between stages, T5's encoder final norm, a
    VLM's projector and text embeddings) joins the neighbour whose block path shares the longer name
    prefix with it, and the *next* block on a tie: so T5's ``encoder.final_layer_norm`` gets the last
@@ -254,7 +256,40 @@ def _parse_depths(
         # decoder registers final_layer_norm and project_out before its layers), runs after every block.
         if item.pos < first_block and (name in heads or _named_as_output(item.tokens)):
             depths[name] = len(found.blocks) + 1
+    _place_embedding_parts_after_their_blocks(names, items, found, depths)
     return depths, len(found.blocks)
+
+
+EMBEDDING_NORM_NAMES = frozenset({"layernorm_embedding", "embeddings_layer_norm"})
+"""Norms of the embeddings that their models register after the blocks: BART and its family
+(``layernorm_embedding``), ProphetNet (``embeddings_layer_norm``). Named, not matched: a looser match on
+"embed" also takes LFM2's ``embedding_norm``, which is its final norm, and Gemma-3n's ``altup_unembed``."""
+
+
+def _named_as_embedding(tokens: Sequence[str]) -> bool:
+    return any(t in EMBEDDING_NORM_NAMES for t in tokens[:-1])
+
+
+def _place_embedding_parts_after_their_blocks(names: list[str], items: list[_Item], found: _Found,
+                                              depths: dict[str, int]) -> None:
+    """An embedding's part registered after its stack's blocks, in the module that holds the stack (BART's
+    ``encoder.layernorm_embedding``, registered after ``encoder.layers`` and applied to the embeddings before
+    them), sits with that stack's embeddings: 0 for the first stack, the stack's first block for a later one
+    (where the decoder's ``embed_positions`` is)."""
+    in_blocks = {it.pos for b in found.blocks for it in b.items}
+    ends = [max(it.pos for it in b.items) for b in found.blocks]
+    for name, item in zip(names, items, strict=True):
+        if item.pos in in_blocks or item.pos in found.stage_of or not _named_as_embedding(item.tokens):
+            continue
+        owning = [i for i, b in enumerate(found.blocks)
+                  if ends[i] < item.pos and 2 < len(b.path) < len(item.tokens) + 2
+                  and tuple(item.tokens[:len(b.path) - 2]) == b.path[:-2]
+                  and item.tokens[len(b.path) - 2] != b.path[-2]]
+        if not owning:
+            continue
+        container = found.blocks[owning[-1]].path[:-1]
+        first = 1 + min(i for i, b in enumerate(found.blocks) if b.path[:-1] == container)
+        depths[name] = 0 if first == 1 else first
 
 
 def _named_as_output(tokens: Sequence[str]) -> bool:
