@@ -452,6 +452,33 @@ def test_a_resume_at_another_lr_records_the_lr_and_lambda_the_checkpoint_goes_on
     assert "not --learning_rate 0.02" in caplog.text and "not the 1.5625" in caplog.text
 
 
+def test_an_evaluation_only_save_keeps_the_training_runs_record_and_card(tmp_path: Path) -> None:
+    """A Trainer that never built an optimizer (``evaluate()``, then ``save_model``) trained nothing: it
+    writes no ``lpwd_config.json`` or card section of its own, and a folder it saves into keeps the record of
+    the run that trained it (before: λ = 0 and an empty record replaced λ = 0.1 and its shrink, and the card
+    said so)."""
+    from transformers import BertForSequenceClassification
+
+    folder = tmp_path / "model"
+    run = LPWDTrainer(model=tiny_bert(), train_dataset=TokenDataset(8), args=LPWDTrainingArguments(
+        **common_args(tmp_path / "a", weight_decay_mode="lpwd", weight_decay=0.1, max_steps=2)))
+    run.train()
+    run.save_model(str(folder))
+    record, card = (folder / "lpwd_config.json").read_text(), (folder / "README.md").read_text()
+    assert LPWDConfig.from_pretrained(folder).shrink is not None
+    evaluator = LPWDTrainer(model=BertForSequenceClassification.from_pretrained(folder),
+                            args=LPWDTrainingArguments(**common_args(tmp_path / "b")),
+                            eval_dataset=TokenDataset(8))
+    evaluator.evaluate()
+    evaluator.save_model(str(folder))
+    assert (folder / "lpwd_config.json").read_text() == record and (folder / "README.md").read_text() == card
+    untrained = tmp_path / "untrained"
+    evaluator.save_model(str(untrained))
+    evaluator.create_model_card()
+    assert not (untrained / "lpwd_config.json").exists() and not (untrained / "README.md").exists()
+    assert "Weight decay: LPWD" not in (tmp_path / "b" / "out" / "README.md").read_text()
+
+
 @pytest.mark.parametrize("release", ["0_2_0", "0_5_0"])
 def test_a_card_saved_again_keeps_what_its_author_wrote_under_the_section(tmp_path: Path,
                                                                           release: str) -> None:

@@ -407,14 +407,20 @@ class LPWDMixin:
         """The Trainer's ``save_model`` (checkpoints, final model), plus ``lpwd_config.json`` and the card
         section.
 
-        The config goes in first, so that a ``push_to_hub`` inside ``save_model`` uploads it too.
+        The config goes in first, so that a ``push_to_hub`` inside ``save_model`` uploads it too. A Trainer
+        that never built an optimizer (evaluation only) trained nothing: it writes neither, and leaves the
+        record and card of the run that trained the weights as they are (as the stock Trainer does).
         """
         target = output_dir if output_dir is not None else self.args.output_dir
-        if self.args.should_save:
+        trained = self._lpwd_trained()
+        if self.args.should_save and trained:
             self.lpwd_config.save_pretrained(target)
         super().save_model(output_dir, _internal_call=_internal_call)
-        if self.args.should_save:
+        if self.args.should_save and trained:
             add_card_section(target, self.lpwd_config)
+
+    def _lpwd_trained(self) -> bool:
+        return getattr(self, "optimizer", None) is not None
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """``hub_strategy`` pushes during training upload ``output_dir`` after the Trainer copied a fixed list
@@ -429,10 +435,11 @@ class LPWDMixin:
 
     def create_model_card(self, *args: Any, tags: str | list[str] | None = None, **kwargs: Any) -> None:
         tags = [tags] if isinstance(tags, str) else list(tags or [])
-        if "lpwd" not in tags:
+        trained = self._lpwd_trained()  # the card of an evaluation-only Trainer claims no LPWD training
+        if trained and "lpwd" not in tags:
             tags.append("lpwd")
         super().create_model_card(*args, tags=tags, **kwargs)
-        if self.is_world_process_zero():
+        if self.is_world_process_zero() and trained:
             add_card_section(self.args.output_dir, self.lpwd_config)
 
 
