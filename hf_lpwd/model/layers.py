@@ -266,7 +266,7 @@ EMBEDDING_NORM_NAMES = frozenset({"layernorm_embedding", "embeddings_layer_norm"
 "embed" also takes LFM2's ``embedding_norm``, which is its final norm, and Gemma-3n's ``altup_unembed``."""
 
 
-def _named_as_embedding(tokens: Sequence[str]) -> bool:
+def _is_embedding_norm(tokens: Sequence[str]) -> bool:
     return any(t in EMBEDDING_NORM_NAMES for t in tokens[:-1])
 
 
@@ -279,15 +279,15 @@ def _place_embedding_parts_after_their_blocks(names: list[str], items: list[_Ite
     in_blocks = {it.pos for b in found.blocks for it in b.items}
     ends = [max(it.pos for it in b.items) for b in found.blocks]
     for name, item in zip(names, items, strict=True):
-        if item.pos in in_blocks or item.pos in found.stage_of or not _named_as_embedding(item.tokens):
+        if item.pos in in_blocks or item.pos in found.stage_of or not _is_embedding_norm(item.tokens):
             continue
-        owning = [i for i, b in enumerate(found.blocks)
-                  if ends[i] < item.pos and 2 < len(b.path) < len(item.tokens) + 2
-                  and tuple(item.tokens[:len(b.path) - 2]) == b.path[:-2]
-                  and item.tokens[len(b.path) - 2] != b.path[-2]]
-        if not owning:
+        owner = next((b for i, b in reversed(list(enumerate(found.blocks)))  # the last block before it
+                      if ends[i] < item.pos and 2 < len(b.path) < len(item.tokens) + 2
+                      and tuple(item.tokens[:len(b.path) - 2]) == b.path[:-2]
+                      and item.tokens[len(b.path) - 2] != b.path[-2]), None)
+        if owner is None:
             continue
-        container = found.blocks[owning[-1]].path[:-1]
+        container = owner.path[:-1]
         first = 1 + min(i for i, b in enumerate(found.blocks) if b.path[:-1] == container)
         depths[name] = 0 if first == 1 else first
 

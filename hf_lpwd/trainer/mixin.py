@@ -35,6 +35,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from .._compat.transformers import reload_renamed_checkpoint, steps_per_epoch, will_push_from_checkpoint
+from ..card import add_card_section
 from ..config import LPWDConfig
 from ..integrations import deepspeed as deepspeed_glue
 from ..integrations.bitsandbytes import keep_embeddings_in_32_bit
@@ -45,7 +46,6 @@ from ..schedule import first_step_scale
 from ..settings import SETTING, SETTINGS
 from .arguments import refusal_key, run_config
 from .build import base_optimizer_of, build_lpwd, record_groups, resolve_lambda
-from .card import add_card_section
 from .layer_log import log_layer_table
 from .norms import anchors_of, layer_norms, params_by_depth, weights_before_resume
 from .refusals import check_training_arguments, peak_lr
