@@ -34,24 +34,24 @@ clean:
 	rm -rf $(VENV) outputs .pytest_cache
 
 # `make compat` (outside CI): a fast subset (optimizer contract, Trainer parity, depths, private-name guards,
-# census sample) against the lowest supported and the newest transformers/accelerate, each in its own venv
-# under .venv-compat/ (created once per pin set; torch stays 2.13.0, the one on disk).
+# census sample, Hub pushes) against the lowest supported and the newest transformers/accelerate, each in its
+# own venv under .venv-compat/ (created once per pin set; torch stays 2.13.0, the one on disk).
 COMPAT_LOW   ?= transformers==5.12.1 accelerate==1.16.0
 COMPAT_HIGH  ?= transformers==5.25.0 accelerate==1.16.0
 COMPAT_TESTS ?= tests/test_optim_contract.py tests/test_layers.py tests/test_compat.py \
 	tests/test_trainer.py::test_wd_mode_is_bitwise_the_stock_trainer \
 	tests/test_trainer.py::test_kill_and_resume_is_bitwise_an_uninterrupted_run \
 	tests/test_trainer.py::test_folded_pwd_equals_unfolded_pwd_in_the_trainer \
-	tests/test_census.py::test_census_passes_on_the_sample
+	tests/test_census.py::test_census_passes_on_the_sample tests/test_hub_push.py
 
 compat:
 	@set -e; for spec in "low|$(COMPAT_LOW)" "high|$(COMPAT_HIGH)"; do \
 	  name=$${spec%%|*}; pins=$${spec#*|}; venv=.venv-compat/$$name; \
-	  if [ "$$(cat $$venv/.pins 2>/dev/null)" != "$$pins" ]; then \
+	  if [ "$$(cat $$venv/.pins 2>/dev/null)" != "$$pins recipes" ]; then \
 	    test -x $$venv/bin/python || $(PYTHON) -m venv $$venv; \
 	    $$venv/bin/python -m pip install -q torch==2.13.0; \
-	    $$venv/bin/python -m pip install -q -e . pytest peft $$pins; \
-	    echo "$$pins" > $$venv/.pins; \
+	    $$venv/bin/python -m pip install -q -e ".[recipes]" pytest $$pins; \
+	    echo "$$pins recipes" > $$venv/.pins; \
 	  fi; \
 	  echo "== $$name: $$pins"; \
 	  HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $$venv/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS); \

@@ -65,6 +65,49 @@ def first_step_scale(args: Any) -> float:
     return float(probe.param_groups[0]["lr"])
 
 
+NOMINAL_STEPS = 1000
+"""The length a schedule is probed at before the run's is known: every Trainer schedule's highest scale is
+reached at the peak or at the end (a ``min_lr`` above the peak), whatever the length."""
+
+
+def schedule_rise(args: Any, lr: float) -> float:
+    """max_t s_t of the schedule the Trainer will build from ``TrainingArguments``: above 1 only where its
+    kwargs lift the lr over ``--learning_rate`` (``cosine_with_min_lr``'s ``min_lr``,
+    ``warmup_stable_decay``'s ``min_lr_ratio`` > 1); probed at the run's peak ``lr``, which an absolute
+    ``min_lr`` is a fraction of.  1 where the schedule cannot be probed here (the Trainer
+    will say why)."""
+    from transformers import get_scheduler
+
+    if getattr(args, "lr_scheduler_type", None) is None:  # not TrainingArguments: no schedule to probe
+        return 1.0
+    total = args.max_steps if args.max_steps > 0 else NOMINAL_STEPS
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    try:
+        scheduler = get_scheduler(args.lr_scheduler_type, optimizer=probe,
+                                  num_warmup_steps=args.get_warmup_steps(total), num_training_steps=total,
+                                  scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    except (ValueError, TypeError):  # bad kwargs: the Trainer raises its own error on them
+        return 1.0
+    scales = scheduler_scales(scheduler, total)
+    return 1.0 if scales is None else max(1.0, max(scales[0], default=1.0))
+
+
+def highest_decay(groups: Sequence[dict[str, Any]], base_lrs: Sequence[float],
+                  scales: Sequence[Sequence[float]], lr_coupling: str) -> tuple[float, int, int]:
+    """(max d_t, its group, its step) over a run whose group g has lr η̄_g·s_t: d_t grows with η_t under
+    every coupling, so each group's highest scale gives its highest decay."""
+    best = (0.0, 0, 0)
+    for index, (group, base_lr, group_scales) in enumerate(zip(groups, base_lrs, scales, strict=True)):
+        if not group_scales or float(group["weight_decay"]) == 0.0:
+            continue
+        step = max(range(len(group_scales)), key=group_scales.__getitem__)
+        decay = decay_per_step(lr_coupling, float(group["weight_decay"]), base_lr * group_scales[step],
+                               base_lr)
+        if decay > best[0]:
+            best = (decay, index, step)
+    return best
+
+
 def groups_shrink(groups: Sequence[dict[str, Any]], base_lrs: Sequence[float],
                   scales: Sequence[Sequence[float]], settings: dict[str, Any]) -> list[float]:
     """:func:`group_shrink` of every param group (λ from the group, η̄ and s_t per group, the settings'

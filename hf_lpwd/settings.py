@@ -134,8 +134,10 @@ def check_decay_factor(decay: float, where: str, fix: str = "lower weight_decay 
 
 
 def check_peak_decay(values: Mapping[str, Any], lr: float, label: Callable[[Setting], str] | None = None,
-                     lr_label: str = "--learning_rate") -> None:
-    """The per-step decay at the peak lr must stay below 1: η·λ (coupled, corrected), λ (independent).
+                     lr_label: str = "--learning_rate", rise: float = 1.0, rise_label: str = "") -> None:
+    """The per-step decay at the run's highest lr must stay below 1: η̂·λ (coupled, corrected), (η̂/η̄)·λ
+    (independent), with η̂ = η̄·``rise`` where the schedule lifts the lr above the peak η̄ (``rise_label``
+    says how: a ``min_lr`` above ``--learning_rate``).
 
     The one rule behind the Trainer's refusal and ``hf-lpwd inspect``'s, in the words of the caller's flags
     (``label``: :func:`argument_label` by default).
@@ -143,12 +145,15 @@ def check_peak_decay(values: Mapping[str, Any], lr: float, label: Callable[[Sett
     label = label or argument_label
     lam, lam_label = float(values["weight_decay"]), label(SETTING["weight_decay"])
     coupling = SETTING["lr_coupling"]
+    risen = f" × {rise:g} ({rise_label})" if rise > 1.0 else ""
+    above = f", or keep the schedule's lr at or below {lr_label}" if rise > 1.0 else ""
     if values.get(coupling.name, coupling.default) == "independent":  # d = (η_t/η̄)·λ
-        check_decay_factor(lam, f"{lam_label}={lam:g} with {label(coupling)} independent "
-                           "(d = λ at the peak lr)", f"lower {lam_label}")
+        where = "d = λ at the peak lr" if rise <= 1.0 else "d = (η_t/η̄)·λ"
+        check_decay_factor(rise * lam, f"{lam_label}={lam:g}{risen} with {label(coupling)} independent "
+                           f"({where})", f"lower {lam_label}{above}")
     else:
-        check_decay_factor(lr * lam, f"{lr_label}={lr:g} × {lam_label}={lam:g}",
-                           f"lower {lam_label} or {lr_label}")
+        check_decay_factor(lr * rise * lam, f"{lr_label}={lr:g}{risen} × {lam_label}={lam:g}",
+                           f"lower {lam_label} or {lr_label}{above}")
 
 
 SCHEDULE_FREE_REASON = (

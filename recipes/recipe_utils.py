@@ -316,17 +316,16 @@ def check_training_args(training_args: Any) -> None:
 def check_layers(model: Any, training_args: Any) -> None:
     """The block stack the LPWD settings need is found in ``model`` (before the Trainer creates the output
     folder)."""
-    from hf_lpwd import layer_depths
+    from hf_lpwd.trainer import depths_in_flag_words
 
-    # One parse: ``layer_depths`` keeps the last parse of each model, which the Trainer's build reuses.
+    # One parse: the depths of each model are kept, and the Trainer's build reuses them.
     config = training_args.to_lpwd_config()
     if not getattr(config, "needs_depths", config.layerwise):
         return
     try:
-        layer_depths(model, config.layer_pattern)
+        depths_in_flag_words(model, config.layer_pattern)
     except ValueError as exc:
-        given = f"={config.layer_pattern!r}" if config.layer_pattern else " (automatic block detection)"
-        raise RecipeError(f"--lpwd_layer_pattern{given}: {exc}") from None
+        raise RecipeError(str(exc)) from None
 
 
 def recipe_main(

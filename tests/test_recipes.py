@@ -721,6 +721,9 @@ def _recipe_args(script: str, tmp_path: Path, out: Path) -> list:
     ]
 
 
+NO_MATCH = "--lpwd_layer_pattern 'nomatch\\.(\\d+)\\.' matched no parameter name"
+
+
 @pytest.mark.parametrize(
     ("script", "case", "flag"),
     [
@@ -728,9 +731,11 @@ def _recipe_args(script: str, tmp_path: Path, out: Path) -> list:
         ("image_classification", "eta_lambda", "--weight_decay=10"),
         ("text_classification", "missing_lpwd_config", "--lpwd_config="),
         ("causal_lm", "schedule_free", "--optim schedule_free_adamw"),
-        ("text_classification", "layer_pattern", "--lpwd_layer_pattern='nomatch"),
-        ("causal_lm", "layer_pattern", "--lpwd_layer_pattern='nomatch"),
-        ("image_classification", "layer_pattern", "--lpwd_layer_pattern='nomatch"),
+        ("text_classification", "layer_pattern", NO_MATCH),
+        ("causal_lm", "layer_pattern", NO_MATCH),
+        ("image_classification", "layer_pattern", NO_MATCH),
+        # 3 steps, the last 2 decaying to 3·lr: step 2's scale is 3 + (1 − 3)·½(1 + cos(π/2)) = 2
+        ("causal_lm", "lr_above_peak", "--learning_rate=0.1 × 2 (the highest lr of --lr_scheduler_type"),
         ("causal_lm", "lr_coupling", "--lpwd_lr_coupling"),
         ("causal_lm", "cautious_pwd", "--lpwd_cautious=true needs the wd timing"),
         ("causal_lm", "cautious_adafactor", "Adafactor is not one of them"),
@@ -760,6 +765,9 @@ def test_recipe_errors_exit_2_one_line_nothing_written(tmp_path, script, case, f
         ],
         "timescale_and_lambda": ["--lpwd_decay_timescale", "2", "--weight_decay", "0.1"],
         "timescale_zero": ["--lpwd_decay_timescale", "0"],
+        "lr_above_peak": ["--learning_rate", "0.1", "--weight_decay", "5", "--max_steps", "3",
+                          "--lr_scheduler_type", "warmup_stable_decay", "--lr_scheduler_kwargs",
+                          '{"num_decay_steps": 2, "min_lr_ratio": 3}'],
     }[case]
     proc = run_recipe(f"{script}.py", [*_recipe_args(script, tmp_path, out), *extra], tmp_path)
     assert proc.returncode == 2, proc.stderr[-4000:]

@@ -73,11 +73,28 @@ def test_bad_arguments_name_the_field(tmp_path: Path, overrides: dict, match: st
         LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **overrides)
 
 
-def test_pattern_matching_nothing_fails_before_training(tmp_path: Path) -> None:
+def test_pattern_matching_nothing_fails_before_training_in_the_flags_words(tmp_path: Path) -> None:
     args = LPWDTrainingArguments(**common_args(tmp_path), weight_decay=0.1,
                                  lpwd_layer_pattern=r"\.blocks\.(\d+)\.")
-    with pytest.raises(ValueError, match="blocks"):
+    match = (r"^--lpwd_layer_pattern '\\\.blocks\\\.\(\\d\+\)\\\.' matched no parameter name\. "
+             r"Names: 'bert\.embeddings.*Pass a --lpwd_layer_pattern whose capture group matches the block "
+             r"index\. Or train without depths: --weight_decay_mode pwd, rwd or wd \(a uniform λ\) with "
+             r"--lpwd_layer_lr_decay 1\.$")
+    with pytest.raises(ValueError, match=match):
         LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_without_blocks_is_refused_in_the_flags_words(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    args = LPWDTrainingArguments(**common_args(tmp_path), weight_decay=0.1, weight_decay_mode="lpwd")
+    match = (r"^could not find a stack of repeated blocks .* in the parameter names: '0\.weight', '0\.bias', "
+             r"'1\.weight', '1\.bias'\. Pass --lpwd_layer_pattern '\\\.blocks\\\.\(\\d\+\)\\\.' "
+             r"\(a regex with one capture group for the block index\)\. Or train without depths: "
+             r"--weight_decay_mode pwd")
+    with pytest.raises(ValueError, match=match):
+        LPWDTrainer(model=model, args=args)
+    assert not (tmp_path / "out").exists()
 
 
 def test_deepspeed_config_with_its_own_optimizer_is_refused(tmp_path: Path) -> None:

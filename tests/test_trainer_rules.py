@@ -124,3 +124,66 @@ def test_rule_and_base_combinations_are_refused_by_the_argument_check(tmp_path: 
     with pytest.raises(ValueError, match=match):
         check_training_arguments(args)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [  # the lr rises above --learning_rate where min_lr (or min_lr_ratio) is above it: d = η̄·rise·λ
+        # warmup_stable_decay, 6 steps (3 stable, 3 decaying), min_lr_ratio 3: step 5's scale is
+        # 3 + (1 − 3)·½(1 + cos(2π/3)) = 2.5, so d = 0.005 × 2.5 × 100 = 1.25 (0.5 at the peak)
+        ({"lr_scheduler_type": "warmup_stable_decay", "max_steps": 6,
+          "lr_scheduler_kwargs": {"num_decay_steps": 3, "min_lr_ratio": 3.0}, "weight_decay": 100.0},
+         r"--learning_rate=0.005 × 2.5 \(the highest lr of --lr_scheduler_type warmup_stable_decay .*\) × "
+         r"--weight_decay=100: the per-step decay d = 1.25 "),
+        # cosine_with_min_lr, 4 steps, min_lr 0.02 = 4·η̄: step 3's scale is 4 + (1 − 4)·½(1 + cos(3π/4))
+        # = 3.56066, so d = 0.005 × 3.56066 × 60 = 1.0682
+        ({"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr": 0.02},
+          "weight_decay": 60.0},
+         r"--learning_rate=0.005 × 3.56066 \(the highest lr of --lr_scheduler_type cosine_with_min_lr .*"
+         r"d = 1.0682"),
+        # independent coupling: d = (η_t/η̄)·λ = 2.5 × 0.5
+        ({"lr_scheduler_type": "warmup_stable_decay", "max_steps": 6, "lpwd_lr_coupling": "independent",
+          "lr_scheduler_kwargs": {"num_decay_steps": 3, "min_lr_ratio": 3.0}, "weight_decay": 0.5},
+         r"--weight_decay=0.5 × 2.5 \(the highest lr .*\) with --lpwd_lr_coupling independent .*d = 1.25 "),
+    ],
+)
+def test_a_schedule_that_lifts_the_lr_above_its_peak_is_refused_before_any_output(
+        tmp_path: Path, overrides: dict, match: str) -> None:
+    args = LPWDTrainingArguments(**{**common_args(tmp_path, learning_rate=LR), **overrides})
+    with pytest.raises(ValueError, match=match + r".*keep the schedule's lr at or below --learning_rate"):
+        LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_timescale_lambda_under_a_rising_schedule_is_refused_before_the_first_step(tmp_path: Path) -> None:
+    # τ = 1 epoch of 2 steps gives λ = 1/(η̄·2), d = 0.5 at the peak; the lr then rises to 2.5·η̄ (d = 1.25),
+    # which only the built schedule can say (λ is set when the optimizer is built)
+    args = LPWDTrainingArguments(**common_args(
+        tmp_path, learning_rate=LR, max_steps=6, lr_scheduler_type="warmup_stable_decay",
+        lr_scheduler_kwargs={"num_decay_steps": 3, "min_lr_ratio": 3.0}, save_strategy="steps",
+        save_steps=1), lpwd_decay_timescale=1.0)
+    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
+    match = (r"the lr schedule reaches lr=0.0125 in param group \d+ at step 5, with weight_decay=100 and "
+             r"coupled coupling: the per-step decay d = 1.25 ")
+    with pytest.raises(ValueError, match=match):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    assert not list((tmp_path / "out").iterdir())  # no checkpoint, no config
+
+
+@pytest.mark.parametrize(
+    "coupling, scales, expected",
+    [  # groups: λ = 0.5 at η̄ = 1, λ = 0 at η̄ = 2 (never decays), λ = 0.25 at η̄ = 0.5
+        ("coupled", [[0.5, 1.0, 1.9], [3.0, 3.0, 3.0], [1.0, 1.0, 1.0]], (0.95, 0, 2)),     # 1 × 1.9 × 0.5
+        # 4.1 × 0.25 (group 0: 1.2 × 0.5)
+        ("independent", [[0.5, 1.0, 1.2], [3.0, 3.0, 3.0], [1.0, 4.1, 1.0]], (1.025, 2, 1)),
+        # (1 × 1.2)² / 1 × 0.5 (group 2: (0.5 × 2)² / 0.5 × 0.25 = 0.5)
+        ("corrected", [[0.5, 1.0, 1.2], [3.0, 3.0, 3.0], [1.0, 2.0, 1.0]], (0.72, 0, 2)),
+    ],
+)
+def test_highest_decay_reads_every_group_and_step(coupling: str, scales: list, expected: tuple) -> None:
+    from hf_lpwd.schedule import highest_decay
+
+    groups = [{"weight_decay": 0.5}, {"weight_decay": 0.0}, {"weight_decay": 0.25}]
+    decay, group, step = highest_decay(groups, [1.0, 2.0, 0.5], scales, coupling)
+    assert (group, step) == expected[1:] and decay == pytest.approx(expected[0], rel=1e-12)

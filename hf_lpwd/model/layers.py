@@ -81,6 +81,7 @@ from .._compat.transformers import no_split_module_names
 __all__ = [
     "DECLARED_PATTERN_ATTR",
     "LayerPattern",
+    "NoBlockStackError",
     "declared_layer_pattern",
     "head_parameter_names",
     "layer_depths",
@@ -248,7 +249,7 @@ def _parse_depths(
     else:
         found = _find_stacks(items, hints)
     if not found.blocks:
-        raise ValueError(_no_stack_message(names, layer_pattern))
+        raise NoBlockStackError(names, layer_pattern)
     depths = _assign_depths(names, items, found)
     first_block = min(it.pos for b in found.blocks for it in b.items)
     for name, item in zip(names, items, strict=True):
@@ -881,16 +882,32 @@ def _shared_prefix(tokens: Sequence[str], path: Sequence[str]) -> int:
     return n
 
 
-def _no_stack_message(names: list[str], pattern: LayerPattern) -> str:
-    shown = ", ".join(repr(n) for n in names[:_ERROR_EXAMPLES])
-    more = f" (and {len(names) - _ERROR_EXAMPLES} more)" if len(names) > _ERROR_EXAMPLES else ""
-    if pattern is not None:
+class NoBlockStackError(ValueError):
+    """No stack of repeated blocks in the parameter names, or none that ``layer_pattern`` matched.
+
+    Keeps the names and the pattern so a caller can say it in its own words: :meth:`describe` with the label
+    of its option (the Trainer's ``--lpwd_layer_pattern``), where a callable cannot be given.
+    """
+
+    def __init__(self, names: list[str], pattern: LayerPattern) -> None:
+        self.names, self.pattern = names, pattern
+        super().__init__(self.describe())
+
+    def describe(self, label: str = "layer_pattern", command_line: bool = False) -> str:
+        names = self.names
+        shown = ", ".join(repr(n) for n in names[:_ERROR_EXAMPLES])
+        more = f" (and {len(names) - _ERROR_EXAMPLES} more)" if len(names) > _ERROR_EXAMPLES else ""
+        if self.pattern is not None:
+            given = getattr(self.pattern, "pattern", self.pattern)
+            given = f"'{given}'" if command_line and isinstance(given, str) else repr(given)
+            return (
+                f"{label} {given} matched no parameter name. "
+                f"Names: {shown}{more}. Pass a {label} whose capture group matches the block index."
+            )
+        regex = "'\\.blocks\\.(\\d+)\\.' (a regex with one capture group for the block index)"
+        example = (f"{label} {regex}" if command_line
+                   else f"{label}=r{regex} or a callable name -> block index or None")
         return (
-            f"layer_pattern {getattr(pattern, 'pattern', pattern)!r} matched no parameter name. "
-            f"Names: {shown}{more}. Pass a layer_pattern whose capture group matches the block index."
+            "could not find a stack of repeated blocks (a name segment followed by an integer index, such as "
+            f"'layers.3.') in the parameter names: {shown}{more}. Pass {example}."
         )
-    return (
-        "could not find a stack of repeated blocks (a name segment followed by an integer index, such as "
-        f"'layers.3.') in the parameter names: {shown}{more}. Pass layer_pattern=r'\\.blocks\\.(\\d+)\\.' "
-        "(a regex with one capture group for the block index) or a callable name -> block index or None."
-    )

@@ -19,7 +19,7 @@ quiet_cpu_kernel_notice()  # before transformers' Trainer imports peft, and peft
 from ..names import LPWD_CONFIG_NAME  # noqa: E402
 from .arguments import LPWDTrainingArguments, lpwd_config_from_args  # noqa: E402
 from .mixin import LPWDMixin, LPWDTrainer  # noqa: E402
-from .refusals import check_deepspeed, check_training_arguments  # noqa: E402
+from .refusals import check_deepspeed, check_training_arguments, depths_in_flag_words  # noqa: E402
 
 __all__ = [
     "LPWD_CONFIG_NAME",
@@ -28,5 +28,6 @@ __all__ = [
     "LPWDTrainingArguments",
     "check_deepspeed",
     "check_training_arguments",
+    "depths_in_flag_words",
     "lpwd_config_from_args",
 ]

@@ -39,16 +39,15 @@ from ..card import add_card_section
 from ..config import LPWDConfig
 from ..integrations import deepspeed as deepspeed_glue
 from ..integrations.bitsandbytes import keep_embeddings_in_32_bit
-from ..model.layers import layer_depths_with_count
 from ..names import LPWD_CONFIG_NAME, distance_log_key
 from ..optim import LPWD
-from ..schedule import first_step_scale
+from ..schedule import first_step_scale, scheduler_scales
 from ..settings import SETTING, SETTINGS
 from .arguments import refusal_key, run_config
 from .build import base_optimizer_of, build_lpwd, record_groups, resolve_lambda
 from .layer_log import log_layer_table
 from .norms import anchors_of, layer_norms, params_by_depth, weights_before_resume
-from .refusals import check_training_arguments, peak_lr
+from .refusals import check_training_arguments, depths_in_flag_words, peak_lr, refuse_schedule_decay
 from .resume import (
     check_resume,
     checkpoint_to_resume,
@@ -69,7 +68,7 @@ def _check_before_training(args: TrainingArguments, given: LPWDConfig | None, mo
     check_training_arguments(args, optimizer_cls_and_kwargs)
     config = run_config(args, given)
     if config.needs_depths and isinstance(model, nn.Module):
-        layer_depths_with_count(model, config.layer_pattern)  # parsed once per model
+        depths_in_flag_words(model, config.layer_pattern)  # parsed once per model
 
 
 def _refuse_built_optimizer(optimizer: Any) -> None:
@@ -154,7 +153,7 @@ class LPWDMixin:
         """``(depth of each parameter name, N)`` of ``model`` (default: the Trainer's), parsed once per
         model."""
         model = self.model if model is None else model
-        return layer_depths_with_count(model, self.lpwd_config.layer_pattern)  # parsed once per model
+        return depths_in_flag_words(model, self.lpwd_config.layer_pattern)  # parsed once per model
 
     def _optional_depths(self, model: nn.Module, required: bool) -> tuple[dict[str, int], int] | None:
         try:
@@ -246,6 +245,9 @@ class LPWDMixin:
             lpwd.set_lr_scheduler(scheduler, num_training_steps, steps_taken=self._lpwd_steps_taken)
             base_lrs = peak_lrs_going_on(scheduler, self._lpwd_resumed_lrs, self.lpwd_config,
                                          self.args.should_log)
+            refuse_schedule_decay(lpwd.param_groups, base_lrs,
+                                  scheduler_scales(scheduler, num_training_steps),
+                                  self.lpwd_config.lr_coupling)
             log_layer_table(lpwd, scheduler, num_training_steps, self.lpwd_config, self.args.should_log,
                             base_lrs)
         return scheduler

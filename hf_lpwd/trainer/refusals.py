@@ -8,11 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import Trainer, TrainingArguments
 
 from .._compat.transformers import deepspeed_config_dict
+from ..model.layers import NoBlockStackError, layer_depths_with_count
 from ..optim.bases import base_setting, refuse_cautious_base, refuse_own_decay_rule, refuse_schedule_free
-from ..settings import SCHEDULE_FREE_REASON, SETTING, SETTINGS, argument_label, check_peak_decay
+from ..schedule import highest_decay, schedule_rise
+from ..settings import (
+    SCHEDULE_FREE_REASON,
+    SETTING,
+    SETTINGS,
+    argument_label,
+    check_decay_factor,
+    check_peak_decay,
+)
 from .arguments import check_spd_arguments, settings_of
 
 _UNSUPPORTED_OPTIM_KWARGS = ("params", "model", "optimizer_dict")
@@ -67,6 +77,22 @@ def check_training_arguments(
     lr_label = "--learning_rate" if optimizer_cls_and_kwargs is None else "optimizer_cls_and_kwargs' lr"
     _check_peak_decay(args, peak_lr(args, base), lr_label)
     _refuse_spd(args)
+
+
+def refuse_schedule_decay(groups: list[dict[str, Any]], base_lrs: list[float] | None,
+                          scales: list[list[float]] | None, lr_coupling: str) -> None:
+    """The per-step decay at the highest lr the built schedule reaches, in any param group, must stay below
+    1: the arguments' check probes the Trainer's schedule, this one reads the run's own (a scheduler passed in
+    ``optimizers``, the real length), before the first step."""
+    if scales is None or base_lrs is None:  # reduce_lr_on_plateau only lowers the lr
+        return
+    decay, group, step = highest_decay(groups, base_lrs, scales, lr_coupling)
+    lr = base_lrs[group] * scales[group][step]
+    check_decay_factor(
+        decay, f"LPWD: the lr schedule reaches lr={lr:g} in param group {group} at step {step}, with "
+        f"weight_decay={float(groups[group]['weight_decay']):g} and {lr_coupling} coupling",
+        "lower --weight_decay, or the schedule's highest lr (--learning_rate, --lr_scheduler_kwargs, or the "
+        "scheduler passed in optimizers=)")
 
 
 def _base_of(
@@ -124,7 +150,16 @@ def _refuse_spd(args: TrainingArguments) -> None:
 def _check_peak_decay(args: TrainingArguments, lr: float, lr_label: str) -> None:
     """The per-step decay at the peak lr must stay below 1 (:func:`hf_lpwd.settings.check_peak_decay`)."""
     values = {s.name: getattr(args, s.flag, s.default) for s in SETTINGS}
-    check_peak_decay(values, lr, lr_label=lr_label)
+    rise = schedule_rise(args, lr)
+    given = getattr(args, "lr_scheduler_kwargs", None)
+    kwargs = f" with --lr_scheduler_kwargs {given}" if given else ""
+    check_peak_decay(values, lr, lr_label=lr_label, rise=rise,
+                     rise_label=f"the highest lr of --lr_scheduler_type {_scheduler_name(args)}{kwargs}")
+
+
+def _scheduler_name(args: TrainingArguments) -> str:
+    kind = getattr(args, "lr_scheduler_type", None)
+    return str(getattr(kind, "value", kind))
 
 
 def refuse_unwrappable_optim(
@@ -205,6 +240,21 @@ def _refuse_stable_adamw_decouple_lr(args: TrainingArguments) -> None:
         )
 
 
+def depths_in_flag_words(model: torch.nn.Module, layer_pattern: Any) -> tuple[dict[str, int], int]:
+    """:func:`layer_depths_with_count`, with a missing block stack said in the Trainer's flags (and what
+    trains without depths)."""
+    try:
+        return layer_depths_with_count(model, layer_pattern)
+    except NoBlockStackError as exc:
+        pattern = argument_label(SETTING["layer_pattern"])
+        raise ValueError(
+            f"{exc.describe(pattern, command_line=True)} Or train without depths: "
+            f"{argument_label(SETTING['mode'])} pwd, rwd or wd (a uniform λ) with "
+            f"{argument_label(SETTING['layer_lr_decay'])} 1."
+        ) from None
+
+
 __all__ = [
-    "check_base", "check_deepspeed", "check_training_arguments", "peak_lr", "refuse_unwrappable_optim",
+    "check_base", "check_deepspeed", "check_training_arguments", "depths_in_flag_words", "peak_lr",
+    "refuse_unwrappable_optim",
 ]
