@@ -261,7 +261,10 @@ class LPWDConfig:
                 data = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path} is not valid JSON ({exc}); LPWD configs are JSON only") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as exc:  # a hand-edited value: say which file holds it
+            raise ValueError(f"{path}: {exc}") from None
 
     # ------------------------------------------------------------------ folders and the Hub
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False,

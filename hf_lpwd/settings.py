@@ -56,7 +56,10 @@ def parse_bool(text: str) -> bool:
 
 def validate_bool(value: Any, field_name: str) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"{field_name} must be true or false, got {value!r}")
+        hint = ""
+        if isinstance(value, str):
+            hint = " (text, from quotes in a YAML or JSON file: write true or false without quotes)"
+        raise ValueError(f"{field_name} must be true or false, got {value!r}{hint}")
 
 
 def validate_weight_decay(value: Any, field_name: str = "weight_decay") -> float:
@@ -209,7 +212,20 @@ class Setting:
 
 def _check_number(value: Any, label: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{label} must be a number, got {value!r}")
+        raise ValueError(f"{label} must be a number, got {value!r}{text_number_hint(value)}")
+
+
+def text_number_hint(value: Any) -> str:
+    """Why a number arrives as text: quotes, or YAML 1.1 (PyYAML), which reads ``1e-2`` (no dot) as a
+    string."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return (" (text: PyYAML reads 1e-2 without a dot, or any quoted number, as a string; write 1.0e-2, or "
+            "0.01, without quotes)")
 
 
 def _check_string(value: Any, label: str) -> None:

@@ -164,7 +164,7 @@ def test_a_timescale_lambda_under_a_rising_schedule_is_refused_before_the_first_
         save_steps=1), lpwd_decay_timescale=1.0)
     trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
     match = (r"the lr schedule reaches lr=0.0125 in param group \d+ at step 5, with weight_decay=100 and "
-             r"coupled coupling: the per-step decay d = 1.25 ")
+             r"coupled coupling: the per-step decay d = 1.25 .*give a longer --lpwd_decay_timescale")
     with pytest.raises(ValueError, match=match):
         trainer.train()
     assert trainer.state.global_step == 0
@@ -187,3 +187,94 @@ def test_highest_decay_reads_every_group_and_step(coupling: str, scales: list, e
     groups = [{"weight_decay": 0.5}, {"weight_decay": 0.0}, {"weight_decay": 0.25}]
     decay, group, step = highest_decay(groups, [1.0, 2.0, 0.5], scales, coupling)
     assert (group, step) == expected[1:] and decay == pytest.approx(expected[0], rel=1e-12)
+
+
+def test_a_timescale_shorter_than_a_step_is_refused_before_any_output(tmp_path: Path) -> None:
+    # 16 examples in batches of 4: at most 4 steps per epoch, so τ = 0.2 epochs is at most 0.8 steps and
+    # d = 1/(τ·S_e) >= 1.25 at the peak lr, whatever the lr or the coupling
+    args = LPWDTrainingArguments(**common_args(tmp_path, learning_rate=1e-3, max_steps=-1,
+                                               num_train_epochs=1), lpwd_decay_timescale=0.2)
+    match = (r"^--lpwd_decay_timescale=0.2 epochs is at most 0.8 optimizer steps \(at most 4 steps per "
+             r"epoch; 16 examples in batches of 4\): .* is at least 1.25 and must stay below 1 .*give "
+             r"--lpwd_decay_timescale above 0.25 epochs$")
+    with pytest.raises(ValueError, match=match):
+        LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(16))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_timescale_shorter_than_the_trainers_step_count_names_the_flag(tmp_path: Path) -> None:
+    # with 4 accumulation steps the epoch is 1 optimizer step (the bound before the Trainer says 4), so
+    # τ = 0.5 epochs is half a step: refused when λ is set, before the first step, naming τ, not λ
+    args = LPWDTrainingArguments(**common_args(tmp_path, learning_rate=1e-3, max_steps=2,
+                                               gradient_accumulation_steps=4), lpwd_decay_timescale=0.5)
+    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(16))
+    match = (r"^--lpwd_decay_timescale=0.5 epochs is 0.5 optimizer steps \(1 steps per epoch\): .* is 2 and "
+             r"must stay below 1 .*give --lpwd_decay_timescale above 1 epochs$")
+    with pytest.raises(ValueError, match=match):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_a_timescale_over_data_without_a_length_says_an_epoch_is_the_run(tmp_path: Path, caplog) -> None:
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            data = TokenDataset(16)
+            return iter([data[i] for i in range(len(data))])
+
+    args = LPWDTrainingArguments(**common_args(tmp_path, learning_rate=1e-3, max_steps=4),
+                                 lpwd_decay_timescale=2.0)
+    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=Stream())
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            trainer.train()
+    finally:
+        hf_logging.disable_propagation()
+    said = "no length, so the Trainer counts the whole run (--max_steps 4) as one epoch: " \
+           "--lpwd_decay_timescale 2 epochs is 8 optimizer steps"
+    assert any(said in r.getMessage() for r in caplog.records)
+    assert trainer.lpwd_config.weight_decay == pytest.approx(1 / (1e-3 * 2.0 * 4), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "yaml_line, match",
+    [  # PyYAML (YAML 1.1) reads 2e-5 as text; quotes make any value text
+        ("learning_rate: 2e-5", r"^--learning_rate must be a number, got '2e-5' \(text: PyYAML reads 1e-2"),
+        ("weight_decay: 1e-2", r"^--weight_decay must be a number, got '1e-2' \(text: PyYAML reads 1e-2"),
+        ("adam_epsilon: 1e-8", r"^--adam_epsilon must be a number, got '1e-8'"),
+        ('lpwd_layerwise: "false"',
+         r"^--lpwd_layerwise must be true or false, got 'false' \(text, from quotes"),
+    ],
+)
+def test_numbers_and_booleans_read_as_text_from_a_yaml_file_are_refused_naming_them(
+        tmp_path: Path, yaml_line: str, match: str) -> None:
+    file = tmp_path / "args.yaml"
+    file.write_text(f"output_dir: {tmp_path / 'out'}\nuse_cpu: true\nreport_to: none\n{yaml_line}\n")
+    with pytest.raises(ValueError, match=match):
+        HfArgumentParser(LPWDTrainingArguments).parse_yaml_file(str(file))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        ({"weight_decay": -1.0},
+         r"lpwd_config\.json: LPWDConfig\.weight_decay=-1\.0 must be a finite number"),
+        ({"layerwise": "true"}, r"lpwd_config\.json: LPWDConfig\.layerwise must be true or false"),
+        ({"base_optimizer": "adamw_tourch"}, r"base_optimizer='adamw_tourch' is not an --optim value"),
+    ],
+)
+def test_a_hand_edited_saved_config_is_refused_naming_the_file_and_the_flag(tmp_path: Path, edit: dict,
+                                                                            match: str) -> None:
+    LPWDConfig(mode="lpwd", weight_decay=0.1).save_pretrained(tmp_path / "cfg")
+    file = tmp_path / "cfg" / "lpwd_config.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), **edit}))
+    tail = rf".*\(read for --lpwd_config {tmp_path / 'cfg'}: fix the file\)$"
+    with pytest.raises(ValueError, match=match + tail):
+        LPWDTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True,
+                              lpwd_config=str(tmp_path / "cfg"))
+    assert not (tmp_path / "out").exists()

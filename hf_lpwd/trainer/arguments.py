@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
+from transformers.training_args import OptimizerNames
 from transformers.utils import logging as hf_logging
 
 from ..config import LPWDConfig, RunRecord
 from ..optim.spd import check_spd
-from ..settings import CONFIG_SETTINGS, SETTING, SETTINGS, argument_label, check_settings
+from ..settings import CONFIG_SETTINGS, SETTING, SETTINGS, argument_label, check_settings, text_number_hint
 
 __all__ = ["LPWDTrainingArguments", "lpwd_config_from_args", "settings_of", "checked_settings_of",
            "check_spd_arguments", "run_config", "refusal_key"]
@@ -120,6 +121,15 @@ _TRAINER_WEIGHT_DECAY_DEFAULT = next(f.default for f in dataclasses.fields(Train
                                      if f.name == "weight_decay")
 
 
+def _refuse_numbers_as_text(args: TrainingArguments) -> None:
+    """A float argument given as text (``learning_rate: 2e-5`` in a YAML file: PyYAML reads it as a string)
+    reaches the Trainer unconverted and fails mid-run, after the output folder; refused here, naming it."""
+    for spec in dataclasses.fields(TrainingArguments):
+        value = getattr(args, spec.name, None)
+        if "float" in str(spec.type) and isinstance(value, str):
+            raise ValueError(f"--{spec.name} must be a number, got {value!r}{text_number_hint(value)}")
+
+
 @dataclass
 @_with_setting_arguments
 class LPWDTrainingArguments(TrainingArguments):
@@ -138,9 +148,13 @@ class LPWDTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        _refuse_numbers_as_text(self)
         taken: dict[str, Any] = {}
         if self.lpwd_config:
-            taken = self._merge_saved_config(LPWDConfig.from_pretrained(self.lpwd_config))
+            try:
+                taken = self._merge_saved_config(LPWDConfig.from_pretrained(self.lpwd_config))
+            except ValueError as exc:
+                raise ValueError(f"{exc} (read for --lpwd_config {self.lpwd_config}: fix the file)") from None
         try:
             checked_settings_of(self)
         except ValueError as exc:
@@ -169,6 +183,11 @@ class LPWDTrainingArguments(TrainingArguments):
         if saved.decay_timescale is not None:
             values.pop(SETTING["weight_decay"].flag)
         if saved.base_optimizer:
+            if saved.base_optimizer not in {name.value for name in OptimizerNames}:
+                raise ValueError(
+                    f"base_optimizer={saved.base_optimizer!r} is not an --optim value of this transformers "
+                    f"(one of {[name.value for name in OptimizerNames]}); fix the file's base_optimizer"
+                )
             values["optim"] = saved.base_optimizer
         return values
 

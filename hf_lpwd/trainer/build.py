@@ -17,7 +17,7 @@ from ..config import LPWDConfig
 from ..optim import LPWD
 from ..optim.functional import weight_decay_for_timescale
 from ..settings import optimizer_keywords, resolve_settings
-from .refusals import check_base
+from .refusals import check_base, check_timescale
 
 logger = hf_logging.get_logger("transformers.hf_lpwd")
 
@@ -49,6 +49,7 @@ def resolve_lambda(config: LPWDConfig, steps_per_epoch: Callable[[], int], lr: f
     if tau is None:
         return
     per_epoch = steps_per_epoch()
+    check_timescale(tau, per_epoch)
     config.weight_decay = weight_decay_for_timescale(config.lr_coupling, tau * per_epoch, lr)
     if should_log:
         logger.info("LPWD: --lpwd_decay_timescale %g epochs × %d steps per epoch at lr %g (%s) "

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import has_length
 from transformers.utils import logging as hf_logging
 
 from .._compat.transformers import reload_renamed_checkpoint, steps_per_epoch, will_push_from_checkpoint
@@ -47,7 +48,13 @@ from .arguments import refusal_key, run_config
 from .build import base_optimizer_of, build_lpwd, record_groups, resolve_lambda
 from .layer_log import log_layer_table
 from .norms import anchors_of, layer_norms, params_by_depth, weights_before_resume
-from .refusals import check_training_arguments, depths_in_flag_words, peak_lr, refuse_schedule_decay
+from .refusals import (
+    check_training_arguments,
+    depths_in_flag_words,
+    peak_lr,
+    refuse_schedule_decay,
+    refuse_short_timescale,
+)
 from .resume import (
     check_resume,
     checkpoint_to_resume,
@@ -62,11 +69,14 @@ __all__ = ["LPWDMixin", "LPWDTrainer"]
 
 
 def _check_before_training(args: TrainingArguments, given: LPWDConfig | None, model: Any,
-                           optimizer_cls_and_kwargs: tuple[Any, dict[str, Any]] | None) -> None:
-    """Every refusal the arguments (and a model and the base, when given) allow before anything is written:
-    those of :func:`check_training_arguments`, and a layer-wise profile on a model without blocks."""
+                           optimizer_cls_and_kwargs: tuple[Any, dict[str, Any]] | None,
+                           train_dataset: Any) -> None:
+    """Every refusal the arguments (and a model, the base and the data, when given) allow before anything is
+    written: those of :func:`check_training_arguments`, a timescale shorter than a step, and a layer-wise
+    profile on a model without blocks."""
     check_training_arguments(args, optimizer_cls_and_kwargs)
     config = run_config(args, given)
+    refuse_short_timescale(config.decay_timescale, train_dataset, args)
     if config.needs_depths and isinstance(model, nn.Module):
         depths_in_flag_words(model, config.layer_pattern)  # parsed once per model
 
@@ -118,7 +128,8 @@ class LPWDMixin:
         if isinstance(given_args, TrainingArguments):
             # before Trainer.__init__, which creates the output folder
             _check_before_training(given_args, lpwd_config, given_model,
-                                   kwargs.get("optimizer_cls_and_kwargs"))
+                                   kwargs.get("optimizer_cls_and_kwargs"),
+                                   kwargs.get("train_dataset", args[3] if len(args) > 3 else None))
         super().__init__(*args, **kwargs)
         _refuse_built_optimizer(self.optimizer)
         self._lpwd_given_config = None if lpwd_config is None else dataclasses.replace(lpwd_config)
@@ -228,6 +239,12 @@ class LPWDMixin:
         """The Trainer's own count of steps; LPWD keeps its optimizer steps per epoch for the timescale."""
         values = super().set_initial_training_values(args, dataloader)
         self._lpwd_steps_per_epoch_seen = steps_per_epoch(values)
+        tau = self._lpwd_settings_now().decay_timescale
+        if tau is not None and not has_length(dataloader) and args.should_log:
+            logger.warning("LPWD: the training data has no length, so the Trainer counts the whole run "
+                           "(--max_steps %d) as one epoch: --lpwd_decay_timescale %g epochs is %g optimizer "
+                           "steps", self._lpwd_steps_per_epoch_seen, tau,
+                           tau * self._lpwd_steps_per_epoch_seen)
         return values
 
     def _lpwd_steps_per_epoch(self) -> int:
@@ -247,7 +264,7 @@ class LPWDMixin:
                                          self.args.should_log)
             refuse_schedule_decay(lpwd.param_groups, base_lrs,
                                   scheduler_scales(scheduler, num_training_steps),
-                                  self.lpwd_config.lr_coupling)
+                                  self.lpwd_config.lr_coupling, self.lpwd_config.decay_timescale)
             log_layer_table(lpwd, scheduler, num_training_steps, self.lpwd_config, self.args.should_log,
                             base_lrs)
         return scheduler

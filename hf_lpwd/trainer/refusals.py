@@ -6,10 +6,12 @@ output folder (the Trainer's own ``__init__`` creates it).  Each message names t
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import has_length
 
 from .._compat.transformers import deepspeed_config_dict
 from ..model.layers import NoBlockStackError, layer_depths_with_count
@@ -79,20 +81,51 @@ def check_training_arguments(
     _refuse_spd(args)
 
 
+def check_timescale(tau: float | None, steps_per_epoch: int, at_most: str = "") -> None:
+    """τ epochs must span more than one optimizer step: the decay at the peak lr is d = 1/(τ·S_e) under every
+    coupling (λ is set so), so τ·S_e <= 1 would remove the whole weight, or more, in one step.  ``at_most``:
+    why ``steps_per_epoch`` is only a bound (before the Trainer counts them)."""
+    if tau is None or tau * steps_per_epoch > 1.0:
+        return
+    flag = argument_label(SETTING["decay_timescale"])
+    bound, least = ("at most ", "at least ") if at_most else ("", "")
+    why = f"; {at_most}" if at_most else ""
+    raise ValueError(
+        f"{flag}={tau:g} epochs is {bound}{tau * steps_per_epoch:g} optimizer steps "
+        f"({bound}{steps_per_epoch} steps per epoch{why}): the per-step decay at the peak lr, "
+        f"d = 1/(τ·steps per epoch), is {least}{1 / (tau * steps_per_epoch):g} and must stay below 1 "
+        f"(the factor 1 − d <= 0 would flip the weights' signs); give {flag} above "
+        f"{1 / steps_per_epoch:g} epochs"
+    )
+
+
+def refuse_short_timescale(tau: float | None, train_dataset: Any, args: TrainingArguments) -> None:
+    """:func:`check_timescale` before the Trainer exists, against the most optimizer steps an epoch of
+    ``train_dataset`` can have (one batch per step; more processes or accumulation only give fewer)."""
+    if tau is None or not has_length(train_dataset) or getattr(args, "parallelism_config", None) is not None:
+        return  # (sequence parallelism multiplies the Trainer's count)
+    batch = int(args.per_device_train_batch_size)
+    most = max(1, math.ceil(len(train_dataset) / batch))
+    check_timescale(tau, most, f"{len(train_dataset)} examples in batches of {batch}")
+
+
 def refuse_schedule_decay(groups: list[dict[str, Any]], base_lrs: list[float] | None,
-                          scales: list[list[float]] | None, lr_coupling: str) -> None:
+                          scales: list[list[float]] | None, lr_coupling: str,
+                          timescale: float | None = None) -> None:
     """The per-step decay at the highest lr the built schedule reaches, in any param group, must stay below
     1: the arguments' check probes the Trainer's schedule, this one reads the run's own (a scheduler passed in
     ``optimizers``, the real length), before the first step."""
     if scales is None or base_lrs is None:  # reduce_lr_on_plateau only lowers the lr
         return
     decay, group, step = highest_decay(groups, base_lrs, scales, lr_coupling)
+    rate = (f"give a longer {argument_label(SETTING['decay_timescale'])} (λ comes from it)"
+            if timescale is not None else f"lower {argument_label(SETTING['weight_decay'])}")
     lr = base_lrs[group] * scales[group][step]
     check_decay_factor(
         decay, f"LPWD: the lr schedule reaches lr={lr:g} in param group {group} at step {step}, with "
         f"weight_decay={float(groups[group]['weight_decay']):g} and {lr_coupling} coupling",
-        "lower --weight_decay, or the schedule's highest lr (--learning_rate, --lr_scheduler_kwargs, or the "
-        "scheduler passed in optimizers=)")
+        f"{rate}, or the schedule's highest lr (--learning_rate, --lr_scheduler_kwargs, or the scheduler "
+        "passed in optimizers=)")
 
 
 def _base_of(
@@ -231,7 +264,8 @@ def _refuse_stable_adamw_decouple_lr(args: TrainingArguments) -> None:
     value = _optim_args(args).get("decouple_lr")
     if value:  # the Trainer passes bool(value): any non-empty value turns it on, "False" included
         raise ValueError(
-            f"--optim stable_adamw --optim_args decouple_lr={value}: StableAdamW then decays by "
+            f"--optim stable_adamw --optim_args decouple_lr={value}: the Trainer passes bool('{value}'), "
+            "which is True for any non-empty text, 'False' included, and StableAdamW then decays by "
             "(1 - (lr/max_lr)·λ), a decay that does not scale with the lr; LPWD replaces StableAdamW's own "
             "decay with its timing's (1 - lr·λ), so it would train a different decay without a word. Remove "
             "decouple_lr (and max_lr) from --optim_args and give --lpwd_lr_coupling independent, LPWD's rule "
@@ -255,6 +289,7 @@ def depths_in_flag_words(model: torch.nn.Module, layer_pattern: Any) -> tuple[di
 
 
 __all__ = [
-    "check_base", "check_deepspeed", "check_training_arguments", "depths_in_flag_words", "peak_lr",
+    "check_base", "check_deepspeed", "check_timescale", "check_training_arguments", "depths_in_flag_words",
+    "peak_lr", "refuse_short_timescale",
     "refuse_unwrappable_optim",
 ]
