@@ -28,7 +28,7 @@ from torch import nn
 from ._compat.transformers import auto_class_accepts, model_from_config
 from .integrations.bnb_notice import quiet_cpu_kernel_notice
 from .model.groups import layer_table, param_groups_for_settings, shrink_warning
-from .model.layers import NoBlockStackError, layer_depths_with_count
+from .model.layers import LayerPatternError, layer_depths_with_count
 from .model_source import resolve_model_path
 from .optim.spd import check_spd
 from .schedule import groups_shrink, trainer_schedule_scales
@@ -199,7 +199,7 @@ def _inspect(args: argparse.Namespace) -> int:
     try:
         depths = layer_depths_with_count(model, args.layer_pattern)
         groups = param_groups_for_settings(model, _settings_of(args), depths=depths)
-    except NoBlockStackError as exc:
+    except LayerPatternError as exc:
         raise CliError(exc.describe("--layer-pattern", command_line=True)) from exc
     except ValueError as exc:
         raise CliError(str(exc)) from exc

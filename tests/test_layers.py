@@ -465,6 +465,23 @@ def test_no_stack_found_error_shows_names_and_fix():
 
 
 @pytest.mark.parametrize(
+    ("pattern", "skipped"),
+    [
+        (r"\.layers\.(0)\.", "model.layers.1.attn"),      # one block of the stack
+        (r"\.layers\.([0-9])\.", "model.layers.10.attn"),  # one digit: blocks 10 and 11 of 12 left out
+        (r"\.layers\.(\d+)\.attn", "model.layers.0.mlp"),  # a part of each block left out
+    ],
+)
+def test_a_pattern_that_skips_blocks_of_its_stack_is_refused(pattern, skipped):
+    blocks = [f"model.layers.{i}.{part}" for i in range(12) for part in ("attn", "mlp", "w")]
+    names = ["model.embed.weight", *blocks, "lm_head.weight"]
+    with pytest.raises(ValueError, match=rf"layer_pattern .* matched blocks of 'model\.layers\.' but not "
+                                         rf"'{re.escape(skipped)}', which would sit outside the stack"):
+        layer_depths(names, pattern)
+    assert max(layer_depths(names, r"\.layers\.(\d+)\.").values()) == 13  # every block: N = 12, head at 13
+
+
+@pytest.mark.parametrize(
     ("pattern", "message"),
     [
         (r"\.layers\.(\d+", "not a valid regular expression"),

@@ -85,6 +85,16 @@ def test_pattern_matching_nothing_fails_before_training_in_the_flags_words(tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_a_pattern_that_skips_blocks_is_refused_in_the_flags_words(tmp_path: Path) -> None:
+    args = LPWDTrainingArguments(**common_args(tmp_path), weight_decay=0.1,
+                                 lpwd_layer_pattern=r"\.layer\.(0)\.")
+    match = (r"^--lpwd_layer_pattern '\\\.layer\\\.\(0\)\\\.' matched blocks of 'bert\.encoder\.layer\.' but "
+             r"not 'bert\.encoder\.layer\.1\..*', which would sit outside the stack")
+    with pytest.raises(ValueError, match=match):
+        LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_model_without_blocks_is_refused_in_the_flags_words(tmp_path: Path) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     args = LPWDTrainingArguments(**common_args(tmp_path), weight_decay=0.1, weight_decay_mode="lpwd")

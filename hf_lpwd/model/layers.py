@@ -81,7 +81,9 @@ from .._compat.transformers import no_split_module_names
 __all__ = [
     "DECLARED_PATTERN_ATTR",
     "LayerPattern",
+    "LayerPatternError",
     "NoBlockStackError",
+    "SkippedBlocksError",
     "declared_layer_pattern",
     "head_parameter_names",
     "layer_depths",
@@ -514,6 +516,7 @@ def _stacks_from_pattern(names: list[str], items: list[_Item], pattern: LayerPat
             stack.setdefault(index, _Block(("#", str(index)))).items.append(item)
     else:
         regex = compile_layer_pattern(pattern)  # type: ignore[arg-type]
+        prefixes: set[str] = set()
         for name, item in zip(names, items, strict=True):
             match = regex.search(name)
             if match is None or match.group(1) is None:
@@ -528,7 +531,20 @@ def _stacks_from_pattern(names: list[str], items: list[_Item], pattern: LayerPat
             container = tuple(_normalize_tokens(name[: match.start(1)].rstrip(".").split(".")))
             stack = keyed.setdefault(container, {})
             stack.setdefault(index, _Block((*container, str(index)))).items.append(item)
+            prefixes.add(name[: match.start(1)])
+        _refuse_skipped_blocks(names, regex, prefixes)
     return [[stack[i] for i in sorted(stack)] for stack in _merge_parallel(keyed)]
+
+
+def _refuse_skipped_blocks(names: list[str], regex: re.Pattern, prefixes: set[str]) -> None:
+    """A pattern matched some blocks of a stack and not others (``\\.layers\\.(0)\\.``, or ``([0-9])`` on 12
+    layers): the skipped ones would sit outside the stack, at the embeddings' or the head's depth."""
+    for name in names:
+        if regex.search(name) is not None:
+            continue
+        for prefix in prefixes:
+            if name.startswith(prefix) and name[len(prefix):].split(".", 1)[0].isdigit():
+                raise SkippedBlocksError(names, regex, prefix, name)
 
 
 def _merge_parallel(keyed: dict[tuple[str, ...], dict[int, _Block]]) -> list[dict[int, _Block]]:
@@ -882,12 +898,33 @@ def _shared_prefix(tokens: Sequence[str], path: Sequence[str]) -> int:
     return n
 
 
-class NoBlockStackError(ValueError):
-    """No stack of repeated blocks in the parameter names, or none that ``layer_pattern`` matched.
+class LayerPatternError(ValueError):
+    """The blocks cannot be found as asked; :meth:`describe` says it with the label of the caller's option
+    (the Trainer's ``--lpwd_layer_pattern``, where a callable cannot be given)."""
 
-    Keeps the names and the pattern so a caller can say it in its own words: :meth:`describe` with the label
-    of its option (the Trainer's ``--lpwd_layer_pattern``), where a callable cannot be given.
-    """
+    def describe(self, label: str = "layer_pattern", command_line: bool = False) -> str:
+        raise NotImplementedError
+
+
+class SkippedBlocksError(LayerPatternError):
+    """``layer_pattern`` matched some blocks of a stack and skipped others."""
+
+    def __init__(self, names: list[str], pattern: re.Pattern, prefix: str, skipped: str) -> None:
+        self.names, self.pattern, self.prefix, self.skipped = names, pattern, prefix, skipped
+        super().__init__(self.describe())
+
+    def describe(self, label: str = "layer_pattern", command_line: bool = False) -> str:
+        given = f"'{self.pattern.pattern}'" if command_line else repr(self.pattern.pattern)
+        return (
+            f"{label} {given} matched blocks of {self.prefix!r} but not {self.skipped!r}, which would sit "
+            f"outside the stack, at the embeddings' or the head's depth. Pass a {label} whose capture group "
+            "matches every block index, e.g. (\\d+)."
+        )
+
+
+class NoBlockStackError(LayerPatternError):
+    """No stack of repeated blocks in the parameter names, or none that ``layer_pattern`` matched; keeps the
+    names and the pattern for :meth:`describe`."""
 
     def __init__(self, names: list[str], pattern: LayerPattern) -> None:
         self.names, self.pattern = names, pattern

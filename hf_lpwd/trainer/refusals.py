@@ -14,7 +14,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import has_length
 
 from .._compat.transformers import deepspeed_config_dict
-from ..model.layers import NoBlockStackError, layer_depths_with_count
+from ..model.layers import LayerPatternError, NoBlockStackError, layer_depths_with_count
 from ..optim.bases import base_setting, refuse_cautious_base, refuse_own_decay_rule, refuse_schedule_free
 from ..schedule import highest_decay, schedule_rise
 from ..settings import (
@@ -279,13 +279,12 @@ def depths_in_flag_words(model: torch.nn.Module, layer_pattern: Any) -> tuple[di
     trains without depths)."""
     try:
         return layer_depths_with_count(model, layer_pattern)
-    except NoBlockStackError as exc:
-        pattern = argument_label(SETTING["layer_pattern"])
-        raise ValueError(
-            f"{exc.describe(pattern, command_line=True)} Or train without depths: "
-            f"{argument_label(SETTING['mode'])} pwd, rwd or wd (a uniform λ) with "
-            f"{argument_label(SETTING['layer_lr_decay'])} 1."
-        ) from None
+    except LayerPatternError as exc:
+        message = exc.describe(argument_label(SETTING["layer_pattern"]), command_line=True)
+        if isinstance(exc, NoBlockStackError):
+            message += (f" Or train without depths: {argument_label(SETTING['mode'])} pwd, rwd or wd "
+                        f"(a uniform λ) with {argument_label(SETTING['layer_lr_decay'])} 1.")
+        raise ValueError(message) from None
 
 
 __all__ = [
