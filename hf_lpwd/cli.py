@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._compat.transformers import auto_class_accepts, model_from_config
+from ._compat.transformers import auto_class_accepts, mark_saved_tensors, model_from_config
 from .integrations.bnb_notice import quiet_cpu_kernel_notice
-from .model.groups import layer_table, param_groups_for_settings, shrink_warning
+from .model.groups import format_layer_table, layer_table, param_groups_for_settings, shrink_warning
 from .model.layers import LayerPatternError, layer_depths_with_count
 from .model_source import resolve_model_path
 from .optim.spd import check_spd
@@ -74,15 +74,20 @@ def _load_config(source: str | None, config_file: str | None) -> Any:
         except ValueError as exc:
             raise CliError(str(exc)) from None
         assert target is not None
-    looks_local = config_file is not None or os.path.isabs(target) or target.startswith((".", "~"))
+    # a Hub id is NAME or OWNER/NAME: more slashes can only be a local path
+    looks_local = (config_file is not None or os.path.isabs(target) or target.startswith((".", "~"))
+                   or target.count("/") > 1)
     path = os.path.expanduser(target)
     if looks_local and not os.path.exists(path):
-        raise CliError(f"{target}: no such file or directory")
+        raise CliError(f"{target}: no such file or directory (from {os.getcwd()})")
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise CliError(f"{target}: directory has no config.json (pass --config FILE to use another file)")
     try:
         return AutoConfig.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001 - any loading failure is reported the same way
+        if not os.path.exists(path):  # a mistyped folder reads as a Hub id: say both
+            raise CliError(f"{target}: no such local folder or file (from {os.getcwd()}), and as a Hub model "
+                           f"id: {_first_line(exc)}") from exc
         raise CliError(f"could not load a config from {target}: {_first_line(exc)}") from exc
 
 
@@ -196,6 +201,8 @@ def _inspect(args: argparse.Namespace) -> int:
     config = _load_config(args.model, args.config)
     cls, task, why = _model_class(config, args.task)
     model = _build(cls, config)
+    if args.model is not None:  # which tensors the checkpoint holds: the others are new (a task head)
+        mark_saved_tensors(model, os.path.expanduser(resolve_model_path(args.model, "MODEL") or ""))
     try:
         depths = layer_depths_with_count(model, args.layer_pattern)
         groups = param_groups_for_settings(model, _settings_of(args), depths=depths)
@@ -258,32 +265,10 @@ def _add_decayed_params(rows: list[dict[str, Any]], groups: list[dict[str, Any]]
 
 
 def format_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> str:
-    """The inspect table: per depth, decayed/all tensors and parameters (biases and norm weights get no
-    decay), the lr and λ multipliers, λ_d, S_d when the run is given, and a few parameter names."""
-    with_shrink = any("shrink" in row for row in rows)
-    header = ("depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay",
-              *(("shrink",) if with_shrink else ()), "examples")
-    lines = [header]
-    tied: list[str] = []
-    for row in rows:
-        shrink = row.get("shrink")
-        lines.append((
-            str(row["depth"]),
-            f"{row['decayed_tensors']}/{row['tensors']}",
-            f"{row['decayed_params']:,}/{row['params']:,}",
-            f"{row.get('lr_multiplier', 1.0):.4g}",
-            f"{row['multiplier']:.4f}",
-            f"{row['weight_decay']:.6g}",
-            *((("?" if shrink is None else f"{shrink:.4g}"),) if with_shrink else ()),
-            ", ".join(row["examples"][:examples_shown]),
-        ))
-        tied.extend(t if row["depth"] is None else f"{t} (depth {row['depth']})" for t in row.get("tied", ()))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    out = ["tensors, parameters: decayed/all (biases and norm weights get no decay)"]
-    for line in lines:
-        out.append("  ".join([*(cell.rjust(w) for cell, w in zip(line, widths, strict=False)), line[-1]]))
-    out.extend(f"tied: {t}" for t in tied)
-    return "\n".join(out)
+    """The inspect table: the Trainer's layer table, with tensors and parameters as decayed/all (biases and
+    norm weights get no decay)."""
+    return ("tensors, parameters: decayed/all (biases and norm weights get no decay)\n"
+            + format_layer_table(rows, examples_shown, decayed_counts=True))
 
 
 def _run_shrink(args: argparse.Namespace, groups: list[dict[str, Any]]) -> list[float | None] | None:

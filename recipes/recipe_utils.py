@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import os
+import pickle
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -395,9 +396,12 @@ def load_pretrained(loader: Callable[..., Any], name: str, flag: str, **kwargs: 
     what = "a local folder holding config.json and the weights / tokenizer files, or a Hub model id"
     if name.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(name)):
         raise RecipeError(f"{flag}={name}: no such file or folder. Pass {what}.")
+    if flag != "--config_name" and os.path.isfile(os.path.expanduser(name)):  # only a config can be one file
+        folder = os.path.dirname(name) or "."
+        raise RecipeError(f"{flag}={name} is a file; pass the folder that holds it ({folder}): {what}.")
     try:
         return loader(name, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:  # unreadable weights
         offline = hub_offline()
         hint = (
             "HF_HUB_OFFLINE is set, so nothing is downloaded: pass a local folder holding config.json and "

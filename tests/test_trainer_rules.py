@@ -278,3 +278,17 @@ def test_a_hand_edited_saved_config_is_refused_naming_the_file_and_the_flag(tmp_
         LPWDTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True,
                               lpwd_config=str(tmp_path / "cfg"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_fine_tuning_sized_shrink_is_recorded_to_significant_digits(tmp_path: Path) -> None:
+    # layer-wise wd at a constant lr: S_d = T·η·λ·(d+1)/(N+2) = 4 × 1e-4 × 1e-3 × (d+1)/4 = (d+1)·1e-7 on the
+    # 2-block BERT (6 decimals would record 0 for every depth)
+    args = LPWDTrainingArguments(**common_args(tmp_path, learning_rate=1e-4, lr_scheduler_type="constant",
+                                               max_steps=4), weight_decay=1e-3, weight_decay_mode="wd",
+                                 lpwd_layerwise=True)
+    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(16))
+    trainer.train()
+    trainer.save_model()
+    saved = json.loads((tmp_path / "out" / "lpwd_config.json").read_text())
+    assert saved["shrink"] == pytest.approx(4e-7, rel=1e-6)
+    assert saved["depth_shrink"] == pytest.approx({str(d): (d + 1) * 1e-7 for d in range(4)}, rel=1e-6)

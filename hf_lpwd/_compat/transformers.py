@@ -23,7 +23,7 @@ PRIVATE_NAMES = (
     "Trainer.set_initial_training_values (its tuple, index 1)",
     "Trainer.get_decay_parameter_names (called unbound)",
     "TrainingArguments.hf_deepspeed_config",
-    "tensor._is_hf_initialized (set by from_pretrained on the tensors it loaded)",
+    "tensor._is_hf_initialized (set by from_pretrained on the tensors it loaded; inspect sets it too)",
 )
 
 # The Trainer method LPWDMixin overrides to settle before the best checkpoint is loaded. No callback or public
@@ -201,6 +201,29 @@ def _saved_weight_names(folder: str) -> set[str] | None:
         return None
     with safe_open(single, framework="pt") as f:
         return set(f.keys())
+
+
+def mark_saved_tensors(model: nn.Module, folder: str) -> int:
+    """Mark, as ``from_pretrained`` does (:func:`loaded_from_checkpoint`), the parameters whose tensors the
+    checkpoint in ``folder`` holds, by name with or without the model's ``base_model_prefix`` (a task model
+    built over a base checkpoint); the number marked.
+
+    ``hf-lpwd inspect`` builds the model on the meta device without loading, so only this says which
+    parameters a fine-tuning run would find new (a task head), and so decay toward zero under target init.
+    """
+    import os
+
+    saved = _saved_weight_names(folder) if os.path.isdir(folder) else None
+    if not saved:
+        return 0
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    marked = 0
+    for name, param in model.named_parameters():
+        bare = name[len(prefix):] if prefix != "." and name.startswith(prefix) else name
+        if name in saved or bare in saved or (prefix != "." and prefix + name in saved):
+            param._is_hf_initialized = True
+            marked += 1
+    return marked
 
 
 def reload_renamed_checkpoint(model: nn.Module, folder: str) -> int:

@@ -404,9 +404,11 @@ def layer_table(groups: list[dict[str, Any]],
     return list(rows.values())
 
 
-def format_layer_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> str:
-    """Plain-text table of :func:`layer_table` rows (the CLI's output and the Trainer's start-of-training
-    log)."""
+def format_layer_table(rows: list[dict[str, Any]], examples_shown: int = 2,
+                       decayed_counts: bool = False) -> str:
+    """Plain-text table of :func:`layer_table` rows (the Trainer's start-of-training log and, with
+    ``decayed_counts`` — tensors and parameters as decayed/all, from rows ``hf-lpwd inspect`` adds them to —
+    the CLI's)."""
     with_shrink = any("shrink" in row for row in rows)
     with_target = any("init" in row.get("targets", {}) for row in rows)
     header = ("depth", "tensors", "parameters", "lr_mult", "λ_mult", "weight_decay",
@@ -419,8 +421,8 @@ def format_layer_table(rows: list[dict[str, Any]], examples_shown: int = 2) -> s
         lines.append(
             (
                 str(row["depth"]),
-                str(row["tensors"]),
-                f"{row['params']:,}",
+                f"{row['decayed_tensors']}/{row['tensors']}" if decayed_counts else str(row["tensors"]),
+                f"{row['decayed_params']:,}/{row['params']:,}" if decayed_counts else f"{row['params']:,}",
                 f"{row.get('lr_multiplier', 1.0):.4g}",
                 f"{row['multiplier']:.4f}",
                 f"{row['weight_decay']:.6g}",

@@ -50,9 +50,9 @@ def log_layer_table(lpwd: LPWD, scheduler: Any, num_training_steps: int, config:
     rows = layer_table(groups, shrink, lpwd.decay_target)
     if scales is not None:
         decayed = [r for r in rows if r["weight_decay"] > 0]
-        config.record.shrink = round(max((float(r["shrink"]) for r in decayed), default=0.0), 6)
+        config.record.shrink = _significant(max((float(r["shrink"]) for r in decayed), default=0.0))
         if config.needs_depths:
-            config.record.depth_shrink = {str(r["depth"]): round(float(r["shrink"]), 6) for r in decayed}
+            config.record.depth_shrink = {str(r["depth"]): _significant(float(r["shrink"])) for r in decayed}
     if not should_log:
         return
     settings = resolve_settings(config.settings())
@@ -62,3 +62,8 @@ def log_layer_table(lpwd: LPWD, scheduler: Any, num_training_steps: int, config:
     warning = shrink_warning(rows)
     if warning:
         logger.warning(warning)
+
+
+def _significant(shrink: float) -> float:
+    """S to 6 significant digits: fine-tuning runs have S ~ 1e-5, which 6 decimals would cut to 0 or 1e-5."""
+    return float(f"{shrink:.6g}")
