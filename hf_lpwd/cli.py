@@ -307,6 +307,12 @@ def plot_profiles(rows: list[dict[str, Any]], path: str, title: str = "") -> Non
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise CliError(f"--plot {path}: folder {directory} does not exist")
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if extension not in formats:
+        raise CliError(f"--plot {path}: the file name says the format; end it in one of "
+                       f"{', '.join('.' + f for f in sorted(formats))} (e.g. .png)")
     rows = [r for r in rows if r["depth"] is not None]
     depths = [int(r["depth"]) for r in rows]
     with_shrink = any(r.get("shrink") is not None for r in rows)
@@ -336,7 +342,7 @@ def plot_profiles(rows: list[dict[str, Any]], path: str, title: str = "") -> Non
     axes[-1][0].set_xticks(depths)
     fig.legend(lines, [line.get_label() for line in lines], loc="lower center", ncol=len(lines), fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    tmp = f"{path}.tmp-{os.getpid()}.png"
+    tmp = f"{path}.tmp-{os.getpid()}.{extension}"
     try:
         fig.savefig(tmp, dpi=120)
         os.replace(tmp, path)

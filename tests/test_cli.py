@@ -259,6 +259,8 @@ def test_inspect_plot_draws_the_shrink(model_dir, tmp_path, monkeypatch):
         # a mistyped relative folder: never a Hub id with two slashes, else said both ways (offline here)
         (lambda d: ["inspect", "runs/sst2/final"], "runs/sst2/final: no such file or directory (from "),
         (lambda d: ["inspect", "tinybret"], "tinybret: no such local folder or file (from "),
+        (lambda d: ["inspect", str(d), "--plot", str(d / "plot.txt")],
+         "plot.txt: the file name says the format"),
         (lambda d: ["inspect", str(d), "--layer-pattern", r"\.layers\.(0)\."],
          "--layer-pattern '\\.layers\\.(0)\\.' matched blocks of 'model.layers.' but not"),
     ],
@@ -271,6 +273,13 @@ def test_errors_exit_2_without_traceback(model_dir, capsys, make_args, message):
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_plot_is_written_in_the_format_its_name_says(model_dir, tmp_path):
+    assert main(["inspect", str(model_dir), "--plot", str(tmp_path / "profile.pdf")]) == 0
+    assert (tmp_path / "profile.pdf").read_bytes()[:5] == b"%PDF-"
+    assert main(["inspect", str(model_dir), "--plot", str(tmp_path / "profile.txt")]) == 2
+    assert not (tmp_path / "profile.txt").exists()
 
 
 def test_unknown_subcommand_is_a_usage_error(capsys):
