@@ -80,11 +80,16 @@ def schedule_rise(args: Any, lr: float) -> float:
 
     if getattr(args, "lr_scheduler_type", None) is None:  # not TrainingArguments: no schedule to probe
         return 1.0
-    total = args.max_steps if args.max_steps > 0 else NOMINAL_STEPS
+    length = args.max_steps if args.max_steps > 0 else NOMINAL_STEPS
+    warmup = args.get_warmup_steps(length)
+    # the highest scale is the peak's or the end's at any length: a long run is probed at the nominal
+    # length, its warm-up in proportion
+    total = min(length, NOMINAL_STEPS)
+    warmup = warmup * total // length
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
     try:
         scheduler = get_scheduler(args.lr_scheduler_type, optimizer=probe,
-                                  num_warmup_steps=args.get_warmup_steps(total), num_training_steps=total,
+                                  num_warmup_steps=warmup, num_training_steps=total,
                                   scheduler_specific_kwargs=args.lr_scheduler_kwargs)
     except (ValueError, TypeError):  # bad kwargs: the Trainer raises its own error on them
         return 1.0

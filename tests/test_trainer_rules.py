@@ -292,3 +292,15 @@ def test_a_fine_tuning_sized_shrink_is_recorded_to_significant_digits(tmp_path: 
     saved = json.loads((tmp_path / "out" / "lpwd_config.json").read_text())
     assert saved["shrink"] == pytest.approx(4e-7, rel=1e-6)
     assert saved["depth_shrink"] == pytest.approx({str(d): (d + 1) * 1e-7 for d in range(4)}, rel=1e-6)
+
+
+@pytest.mark.parametrize("max_steps, warmup", [(1_000_000, 1000), (1_000_000, 0.1), (500, 100), (-1, 0.05)])
+def test_the_schedules_highest_lr_is_found_at_any_length_and_warm_up(max_steps: int, warmup: float) -> None:
+    # cosine_with_min_lr with min_lr = 2·η̄ ends at 2·η̄; a million steps are probed at a nominal length
+    from transformers import TrainingArguments
+
+    from hf_lpwd.schedule import schedule_rise
+
+    args = TrainingArguments(output_dir="unused", max_steps=max_steps, warmup_steps=warmup,
+                             lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": 2e-4})
+    assert schedule_rise(args, 1e-4) == pytest.approx(2.0, abs=1e-4)

@@ -36,13 +36,17 @@ def weights_paths(lpwd: LPWD) -> str:
 
 
 def log_layer_table(lpwd: LPWD, scheduler: Any, num_training_steps: int, config: LPWDConfig,
-                    should_log: bool, base_lrs: list[float] | None = None) -> None:
+                    should_log: bool, base_lrs: list[float] | None = None,
+                    scales: list[list[float]] | None = None) -> None:
     """Record the shrink in ``config.record`` and, on the logging rank, log the table and the shrink
     warning; ``base_lrs``: the peak lr per group (default: the scheduler's; a resume's come from its
-    checkpoint)."""
+    checkpoint); ``scales``: the schedule's s_t per group when the caller has them (else read here)."""
     groups = lpwd.param_groups
     # SPD's per-step decay λ·r_t depends on the data, not on the schedule: no shrink S to compute.
-    scales = None if config.spd else scheduler_scales(scheduler, num_training_steps)
+    if config.spd:
+        scales = None
+    elif scales is None:
+        scales = scheduler_scales(scheduler, num_training_steps)
     shrink: list[float | None] = [None] * len(groups)
     if scales is not None:
         peaks = scheduler.base_lrs if base_lrs is None else base_lrs

@@ -262,11 +262,11 @@ class LPWDMixin:
             lpwd.set_lr_scheduler(scheduler, num_training_steps, steps_taken=self._lpwd_steps_taken)
             base_lrs = peak_lrs_going_on(scheduler, self._lpwd_resumed_lrs, self.lpwd_config,
                                          self.args.should_log)
-            refuse_schedule_decay(lpwd.param_groups, base_lrs,
-                                  scheduler_scales(scheduler, num_training_steps),
-                                  self.lpwd_config.lr_coupling, self.lpwd_config.decay_timescale)
+            scales = scheduler_scales(scheduler, num_training_steps)  # one pass over the schedule
+            refuse_schedule_decay(lpwd.param_groups, base_lrs, scales, self.lpwd_config.lr_coupling,
+                                  self.lpwd_config.decay_timescale)
             log_layer_table(lpwd, scheduler, num_training_steps, self.lpwd_config, self.args.should_log,
-                            base_lrs)
+                            base_lrs, scales)
         return scheduler
 
     def _lpwd_steps_taken(self) -> int:
