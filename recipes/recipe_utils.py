@@ -650,8 +650,10 @@ def _parse_value(text: str) -> Any:
     return text.strip()
 
 
-def apply_config_overrides(config: Any, overrides: str) -> None:
-    """``"hidden_size=64,num_hidden_layers=2,tie_word_embeddings=true"`` → set on ``config``."""
+def parse_config_overrides(config: Any, overrides: str) -> dict[str, Any]:
+    """``"hidden_size=64,num_hidden_layers=2,tie_word_embeddings=true"`` → ``{key: value}``, each key an
+    attribute of ``config``."""
+    values: dict[str, Any] = {}
     for item in overrides.split(","):
         if not item.strip():
             continue
@@ -661,8 +663,29 @@ def apply_config_overrides(config: Any, overrides: str) -> None:
             raise RecipeError(f"--config_overrides: {item!r} is not key=value")
         if not hasattr(config, key):
             raise RecipeError(f"--config_overrides: {type(config).__name__} has no attribute {key!r}")
-        setattr(config, key, _parse_value(value))
+        values[key] = _parse_value(value)
+    return values
+
+
+def apply_config_overrides(config: Any, overrides: str) -> None:
+    """Set ``--config_overrides`` on a config loaded from a file (whose fields the file states)."""
+    for key, value in parse_config_overrides(config, overrides).items():
+        setattr(config, key, value)
     logger.info("config after overrides: %s", config.to_json_string(use_diff=True).replace("\n", " "))
+
+
+def config_for_model_type(model_type: str, overrides: str | None) -> Any:
+    """A fresh config of ``model_type`` built with ``--config_overrides`` as constructor arguments, so the
+    fields it derives from them follow (Llama's ``head_dim`` = hidden_size / num_attention_heads; set after
+    building, before 0.8.2, it kept the default model's 128)."""
+    from transformers import CONFIG_MAPPING
+
+    config_cls = CONFIG_MAPPING[model_type]
+    if not overrides:
+        return config_cls()
+    config = config_cls(**parse_config_overrides(config_cls(), overrides))
+    logger.info("config after overrides: %s", config.to_json_string(use_diff=True).replace("\n", " "))
+    return config
 
 
 def train_evaluate_save(
@@ -730,7 +753,7 @@ def resolve_config(model_args: Any, model_path: str | None, examples: str, **loa
             raise RecipeError(
                 f"--model_type={model_args.model_type!r} is not a transformers architecture (e.g. {examples})"
             )
-        config = CONFIG_MAPPING[model_args.model_type]()
+        return config_for_model_type(model_args.model_type, model_args.config_overrides)
     if model_args.config_overrides:
         apply_config_overrides(config, model_args.config_overrides)
     return config

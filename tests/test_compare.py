@@ -736,6 +736,9 @@ def test_equal_series_stay_visible_in_the_plots(tmp_path):
     assert [p[0] for p in linear["a"]] == pytest.approx([1.0 - 0.012, 3.0 - 0.012])
     assert [p[0] for p in linear["b"]] == pytest.approx([1.0 + 0.012, 3.0 + 0.012])
     assert dodged({"only": [(2.0, 0.5, 0.0)]}, False) == {"only": [(2.0, 0.5, 0.0)]}
+    # one shared x (two cells at the same small S): ±½·1.2 % of that x, not ±0.006 on the axis's scale
+    tiny = dodged({"a": [(2e-5, 0.5, 0.0)], "b": [(2e-5, 0.5, 0.0)]}, False)
+    assert (tiny["a"][0][0], tiny["b"][0][0]) == pytest.approx((2e-5 * (1 - 0.006), 2e-5 * (1 + 0.006)))
 
 
 @pytest.mark.parametrize("kept", ["plan", "report_json", "results_only"])

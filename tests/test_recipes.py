@@ -1179,6 +1179,24 @@ def test_config_override_errors(overrides, message, monkeypatch):
     assert str(exc.value) == message
 
 
+def test_config_overrides_of_a_fresh_model_type_derive_what_they_imply(monkeypatch):
+    """The tiny Llama of recipes/configs/tiny_llama_shakespeare.yaml: head_dim = 128 / 4 = 32, so per block
+    attention 4·128² = 65,536, MLP 3·128·352 = 135,168 and two norms 256 (200,960); 4 blocks, the tied
+    257 × 128 embedding and the final norm: 836,864 parameters (Llama's default head_dim 128: 1,623,296)."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import torch
+    import yaml
+    from recipe_utils import config_for_model_type
+    from transformers import LlamaForCausalLM
+
+    overrides = yaml.safe_load((RECIPES / "configs" / "tiny_llama_shakespeare.yaml").read_text())
+    config = config_for_model_type("llama", overrides["config_overrides"])
+    assert config.head_dim == 32
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    assert sum(p.numel() for p in model.parameters()) == 4 * 200_960 + 257 * 128 + 128
+
+
 def test_config_override_values_are_typed(monkeypatch):
     monkeypatch.syspath_prepend(str(RECIPES))
     from recipe_utils import apply_config_overrides

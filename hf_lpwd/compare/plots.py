@@ -64,7 +64,8 @@ def dodged(series: Points, logx: bool) -> Points:
         step = 10 ** (DODGE * decades)
         return {label: sorted((x * step ** (i - (k - 1) / 2), m, e) for x, m, e in pts)
                 for i, (label, pts) in enumerate(series.items())}
-    span = (max(xs) - min(xs)) or max(abs(max(xs)), 1.0)
+    # one x for all (two cells at one S): a few % of that x, never a shift at the axis' own scale
+    span = (max(xs) - min(xs)) or abs(max(xs)) or 1.0
     return {label: sorted((x + (i - (k - 1) / 2) * DODGE * span, m, e) for x, m, e in pts)
             for i, (label, pts) in enumerate(series.items())}
 

@@ -234,7 +234,7 @@ def run_compare(options: CompareOptions) -> int:
         with out_lock(plan.out):
             write_plan(plan)
             kept = KEPT_BY_DEFAULT if not options.keep_weights else KEPT_WITH_WEIGHTS
-            print(f"hf-lpwd: {len(specs)} runs to do; {kept}", file=sys.stderr, flush=True)
+            print(f"hf-lpwd: {_runs(len(specs))} to do; {kept}", file=sys.stderr, flush=True)
             status = _run_todo(options, plan, specs)
     rows = [r for r in read_results(plan.out / RESULTS_NAME) if r.get("command") == plan.command]
     if not rows:
@@ -243,7 +243,8 @@ def run_compare(options: CompareOptions) -> int:
     paths = write_report(plan.out, plan.axes, plan.cells, plan.seeds, plan.reference, plan.metric, rows,
                          plan.command)
     print(
-        f"hf-lpwd: wrote the report of {len(rows)} runs: {paths[0]} ({', '.join(p.name for p in paths[1:])})",
+        f"hf-lpwd: wrote the report of {_runs(len(rows))}: {paths[0]} "
+        f"({', '.join(p.name for p in paths[1:])})",
         file=sys.stderr,
     )
     return status
@@ -344,3 +345,7 @@ def _run_local(specs: Sequence[RunSpec], jobs: int) -> Iterator[tuple[RunSpec, d
     finally:
         children.stop()
         pool.shutdown(wait=True)
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
