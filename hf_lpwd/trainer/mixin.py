@@ -139,7 +139,8 @@ class LPWDMixin:
         self._lpwd_depth_params: dict[int, list[torch.Tensor]] = {}
         self._lpwd_norms_step: int | None = None
         if self.args is not given_args or self.model is not given_model:  # a subclass made its own
-            _check_before_training(self.args, lpwd_config, self.model, self.optimizer_cls_and_kwargs)
+            _check_before_training(self.args, lpwd_config, self.model, self.optimizer_cls_and_kwargs,
+                                   self.train_dataset)
         self._lpwd_checked_args = self._lpwd_argument_key()
 
     # ------------------------------------------------------------------ the settings of the run
