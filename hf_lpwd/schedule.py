@@ -32,18 +32,26 @@ def scheduler_scales(lr_scheduler: Any, num_training_steps: int) -> list[list[fl
     return out
 
 
+def _probe_scheduler(lr_scheduler_type: Any, num_training_steps: int, num_warmup_steps: int,
+                     scheduler_kwargs: dict | None, lr: float = 1.0) -> tuple[Any, torch.optim.Optimizer]:
+    """transformers' ``get_scheduler`` on a one-tensor optimizer at ``lr``: the Trainer's schedule without
+    a model (an absolute ``min_lr`` is read as a fraction of ``lr``)."""
+    from transformers import get_scheduler
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = get_scheduler(lr_scheduler_type, optimizer=probe, num_warmup_steps=num_warmup_steps,
+                              num_training_steps=num_training_steps,
+                              scheduler_specific_kwargs=scheduler_kwargs or {})
+    return scheduler, probe
+
+
 def trainer_schedule_scales(
     lr_scheduler_type: str, num_training_steps: int, num_warmup_steps: int = 0,
     scheduler_kwargs: dict | None = None
 ) -> list[float]:
     """s_t of a Trainer schedule (``--lr_scheduler_type``), from transformers' ``get_scheduler`` on a
     probe."""
-    from transformers import get_scheduler
-
-    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    scheduler = get_scheduler(lr_scheduler_type, optimizer=probe, num_warmup_steps=num_warmup_steps,
-                              num_training_steps=num_training_steps,
-                              scheduler_specific_kwargs=scheduler_kwargs or {})
+    scheduler, _ = _probe_scheduler(lr_scheduler_type, num_training_steps, num_warmup_steps, scheduler_kwargs)
     scales = scheduler_scales(scheduler, num_training_steps)
     if scales is None:
         raise ValueError(f"--lr_scheduler_type {lr_scheduler_type} cannot say its lrs ahead of the run")
@@ -56,12 +64,9 @@ def first_step_scale(args: Any) -> float:
     0 with any warm-up from lr 0, 1 without one, for every Trainer schedule; the length only shapes later
     steps.
     """
-    from transformers import get_scheduler
-
     total = args.max_steps if args.max_steps > 0 else 1_000_000
-    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=args.get_warmup_steps(total),
-                  num_training_steps=total, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    _, probe = _probe_scheduler(args.lr_scheduler_type, total, args.get_warmup_steps(total),
+                                args.lr_scheduler_kwargs)
     return float(probe.param_groups[0]["lr"])
 
 
@@ -76,8 +81,6 @@ def schedule_rise(args: Any, lr: float) -> float:
     ``warmup_stable_decay``'s ``min_lr_ratio`` > 1); probed at the run's peak ``lr``, which an absolute
     ``min_lr`` is a fraction of.  1 where the schedule cannot be probed here (the Trainer
     will say why)."""
-    from transformers import get_scheduler
-
     if getattr(args, "lr_scheduler_type", None) is None:  # not TrainingArguments: no schedule to probe
         return 1.0
     length = args.max_steps if args.max_steps > 0 else NOMINAL_STEPS
@@ -86,11 +89,8 @@ def schedule_rise(args: Any, lr: float) -> float:
     # length, its warm-up in proportion
     total = min(length, NOMINAL_STEPS)
     warmup = warmup * total // length
-    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
     try:
-        scheduler = get_scheduler(args.lr_scheduler_type, optimizer=probe,
-                                  num_warmup_steps=warmup, num_training_steps=total,
-                                  scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+        scheduler, _ = _probe_scheduler(args.lr_scheduler_type, total, warmup, args.lr_scheduler_kwargs, lr)
     except (ValueError, TypeError):  # bad kwargs: the Trainer raises its own error on them
         return 1.0
     scales = scheduler_scales(scheduler, total)

@@ -155,16 +155,27 @@ def test_a_schedule_that_lifts_the_lr_above_its_peak_is_refused_before_any_outpu
     assert not (tmp_path / "out").exists()
 
 
-def test_a_timescale_lambda_under_a_rising_schedule_is_refused_before_the_first_step(tmp_path: Path) -> None:
-    # τ = 1 epoch of 2 steps gives λ = 1/(η̄·2), d = 0.5 at the peak; the lr then rises to 2.5·η̄ (d = 1.25),
-    # which only the built schedule can say (λ is set when the optimizer is built)
-    args = LPWDTrainingArguments(**common_args(
-        tmp_path, learning_rate=LR, max_steps=6, lr_scheduler_type="warmup_stable_decay",
-        lr_scheduler_kwargs={"num_decay_steps": 3, "min_lr_ratio": 3.0}, save_strategy="steps",
-        save_steps=1), lpwd_decay_timescale=1.0)
-    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8))
-    match = (r"the lr schedule reaches lr=0.0125 in param group \d+ at step 5, with weight_decay=100 and "
-             r"coupled coupling: the per-step decay d = 1.25 .*give a longer --lpwd_decay_timescale")
+@pytest.mark.parametrize(
+    "overrides, tau, examples, match",
+    [
+        # τ = 1 epoch of 2 steps gives λ = 1/(η̄·2), d = 0.5 at the peak; the lr then rises to 2.5·η̄
+        # (d = 1.25), which only the built schedule can say (λ is set when the optimizer is built)
+        ({"learning_rate": LR, "max_steps": 6, "lr_scheduler_type": "warmup_stable_decay",
+          "lr_scheduler_kwargs": {"num_decay_steps": 3, "min_lr_ratio": 3.0}}, 1.0, 8,
+         r"the lr schedule reaches lr=0.0125 in param group \d+ at step 5, with weight_decay=100 and "
+         r"coupled coupling: the per-step decay d = 1.25 .*give a longer --lpwd_decay_timescale"),
+        # with 4 accumulation steps the epoch is 1 optimizer step (the bound before the Trainer says 4), so
+        # τ = 0.5 epochs is half a step: refused when λ is set, naming τ, not λ
+        ({"learning_rate": 1e-3, "max_steps": 2, "gradient_accumulation_steps": 4}, 0.5, 16,
+         r"^--lpwd_decay_timescale=0.5 epochs is 0.5 optimizer steps \(1 steps per epoch\): .* is 2 and "
+         r"must stay below 1 .*give --lpwd_decay_timescale above 1 epochs$"),
+    ],
+)
+def test_a_timescale_lambda_too_large_for_the_run_is_refused_before_the_first_step(
+        tmp_path: Path, overrides: dict, tau: float, examples: int, match: str) -> None:
+    args = LPWDTrainingArguments(**common_args(tmp_path, save_strategy="steps", save_steps=1, **overrides),
+                                 lpwd_decay_timescale=tau)
+    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(examples))
     with pytest.raises(ValueError, match=match):
         trainer.train()
     assert trainer.state.global_step == 0
@@ -200,19 +211,6 @@ def test_a_timescale_shorter_than_a_step_is_refused_before_any_output(tmp_path: 
     with pytest.raises(ValueError, match=match):
         LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(16))
     assert not (tmp_path / "out").exists()
-
-
-def test_a_timescale_shorter_than_the_trainers_step_count_names_the_flag(tmp_path: Path) -> None:
-    # with 4 accumulation steps the epoch is 1 optimizer step (the bound before the Trainer says 4), so
-    # τ = 0.5 epochs is half a step: refused when λ is set, before the first step, naming τ, not λ
-    args = LPWDTrainingArguments(**common_args(tmp_path, learning_rate=1e-3, max_steps=2,
-                                               gradient_accumulation_steps=4), lpwd_decay_timescale=0.5)
-    trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(16))
-    match = (r"^--lpwd_decay_timescale=0.5 epochs is 0.5 optimizer steps \(1 steps per epoch\): .* is 2 and "
-             r"must stay below 1 .*give --lpwd_decay_timescale above 1 epochs$")
-    with pytest.raises(ValueError, match=match):
-        trainer.train()
-    assert trainer.state.global_step == 0
 
 
 def test_a_timescale_over_data_without_a_length_says_an_epoch_is_the_run(tmp_path: Path, caplog) -> None:

@@ -517,9 +517,12 @@ def _stacks_from_pattern(names: list[str], items: list[_Item], pattern: LayerPat
     else:
         regex = compile_layer_pattern(pattern)  # type: ignore[arg-type]
         prefixes: set[str] = set()
+        unmatched: list[str] = []
         for name, item in zip(names, items, strict=True):
             match = regex.search(name)
             if match is None or match.group(1) is None:
+                if match is None:
+                    unmatched.append(name)
                 continue
             try:
                 index = int(match.group(1))
@@ -532,16 +535,15 @@ def _stacks_from_pattern(names: list[str], items: list[_Item], pattern: LayerPat
             stack = keyed.setdefault(container, {})
             stack.setdefault(index, _Block((*container, str(index)))).items.append(item)
             prefixes.add(name[: match.start(1)])
-        _refuse_skipped_blocks(names, regex, prefixes)
+        _refuse_skipped_blocks(names, unmatched, regex, prefixes)
     return [[stack[i] for i in sorted(stack)] for stack in _merge_parallel(keyed)]
 
 
-def _refuse_skipped_blocks(names: list[str], regex: re.Pattern, prefixes: set[str]) -> None:
+def _refuse_skipped_blocks(names: list[str], unmatched: list[str], regex: re.Pattern,
+                           prefixes: set[str]) -> None:
     """A pattern matched some blocks of a stack and not others (``\\.layers\\.(0)\\.``, or ``([0-9])`` on 12
     layers): the skipped ones would sit outside the stack, at the embeddings' or the head's depth."""
-    for name in names:
-        if regex.search(name) is not None:
-            continue
+    for name in unmatched:
         for prefix in prefixes:
             if name.startswith(prefix) and name[len(prefix):].split(".", 1)[0].isdigit():
                 raise SkippedBlocksError(names, regex, prefix, name)
