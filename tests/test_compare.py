@@ -595,8 +595,95 @@ def test_another_command_in_the_same_out_is_refused(tmp_path, fake, capsys):
     capsys.readouterr()
     assert compare(out, fake["command"] + ["--fixed", "x"], "--grid", "mode=wd", "--seeds", "0",
                    "--metric", "score") == 2
-    assert "holds runs of another command" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds runs of another command" in err and "differs: `--fixed x` here, `nothing` there" in err
     assert len(invocations(fake["count"])) == 1
+
+
+def _fake_score_row(report: str, mode: str, lam: str, seeds: list[int]) -> None:
+    """The report's row of (mode, λ): mean ± std (n) of the fake's scores at ``seeds``, computed here."""
+    values = [score(mode, float(lam), s) for s in seeds]
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    assert table_row(report, mode, lam)[2] == f"{mean:.4f} ± {std:.4f} ({len(seeds)})"
+
+
+def test_a_compare_into_an_out_with_runs_of_its_command_adds_to_them(tmp_path, fake, capsys):
+    """Another λ and a third seed into the same --out: only the new pairs run, and the report (and the plan
+    file that --report-only reads) covers the earlier cells too, with the metric the first compare named."""
+    out = tmp_path / "out"
+    assert compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--grid", "lam=0.1", "--seeds", "0,1",
+                   "--metric", "score") == 0
+    assert (out / "score_vs_shrink.png").is_file()
+    capsys.readouterr()
+    ran = len(invocations(fake["count"]))
+    # 0.10 is the earlier runs' 0.1: not run again, and reported as they spelled it
+    assert compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--grid", "lam=0.10,1.0", "--seeds",
+                   "0,1,2") == 0
+    new = invocations(fake["count"])[ran:]
+    assert sorted(new) == sorted(["wd:0.1:2", "lpwd:0.1:2"] + [f"{m}:1:{s}" for m in ("wd", "lpwd")
+                                                                    for s in (0, 1, 2)])
+    report = (out / "report.md").read_text()
+    assert report.startswith("# hf-lpwd compare: score")  # the first compare's --metric
+    assert "`lam` ∈ {0.1, 1.0}; seeds 0, 1, 2" in report and "Runs: 12 of 12 finished" in report
+    for mode in ("wd", "lpwd"):
+        for lam in ("0.1", "1.0"):
+            _fake_score_row(report, mode, lam, [0, 1, 2])
+    plan = json.loads((out / "compare_plan.json").read_text())
+    assert plan["grid"] == ["mode=wd,lpwd", "lam=0.1,1.0"]
+    assert (plan["seeds"], plan["metric"]) == ([0, 1, 2], "score")
+    assert "cells" not in plan  # the whole product
+    (out / "report.md").unlink()
+    assert main(["compare", "--out", str(out), "--report-only"]) == 0
+    assert table_lines((out / "report.md").read_text()) == table_lines(report)
+
+
+def test_cells_added_to_part_of_a_product_are_reported_as_run(tmp_path, fake, capsys):
+    """(wd, 0.1) then (lpwd, 1): two cells, not the four of the axes' product; a plan file with ``cells``."""
+    out = tmp_path / "out"
+    options = ("--seeds", "0,1", "--metric", "score")
+    assert compare(out, fake["command"], "--grid", "mode=wd", "--grid", "lam=0.1", *options) == 0
+    capsys.readouterr()
+    assert compare(out, fake["command"], "--grid", "mode=lpwd", "--grid", "lam=1", *options) == 0
+    assert ("already holds runs of this command: its report covers them too (mode ∈ {wd, lpwd} × "
+            "lam ∈ {0.1, 1}; seeds 0, 1)") in capsys.readouterr().err
+    report = (out / "report.md").read_text()
+    assert len(table_lines(report)) == 2 + 2 and "Runs: 4 of 4 finished" in report
+    _fake_score_row(report, "wd", "0.1", [0, 1])
+    _fake_score_row(report, "lpwd", "1", [0, 1])
+    # its reference: the first value of every axis, the cell (wd, 0.1): paired differences over seeds 0 and 1
+    diffs = [score("lpwd", 1.0, s) - score("wd", 0.1, s) for s in (0, 1)]
+    assert table_row(report, "lpwd", "1")[3].startswith(f"{statistics.fmean(diffs):+.4f} [")
+    plan = json.loads((out / "compare_plan.json").read_text())
+    assert plan["cells"] == [{"mode": "wd", "lam": "0.1"}, {"mode": "lpwd", "lam": "1"}]
+    (out / "report.md").unlink()
+    assert main(["compare", "--out", str(out), "--report-only"]) == 0
+    assert table_lines((out / "report.md").read_text()) == table_lines(report)
+
+
+def test_another_design_in_the_same_out_is_refused_naming_the_earlier_grid(tmp_path, fake, capsys):
+    out = tmp_path / "out"
+    assert compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--seeds", "0", "--metric", "score") == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert compare(out, fake["command"], "--grid", "lam=0.1,1", "--seeds", "0", "--metric", "score") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds runs over mode ∈ {wd, lpwd}; this grid is over lam ∈ {0.1, 1}" in err[0]
+    assert "(its grid: --grid mode=wd,lpwd, with the values to add)" in err[0]
+    assert len(invocations(fake["count"])) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_report_on_another_metric_removes_the_earlier_metrics_plots(tmp_path, fake, capsys):
+    out = tmp_path / "out"
+    assert compare(out, fake["command"], "--grid", "lam=0.1,1", "--seeds", "0", "--metric", "score") == 0
+    earlier = {"score_vs_lam.png", "score_vs_shrink.png", "score_vs_norm_ratio.png"}
+    assert earlier <= {p.name for p in out.glob("*.png")}
+    (out / "mine.png").write_bytes(b"a figure of the user's")
+    assert main(["compare", "--out", str(out), "--metric", "fixed", "--report-only"]) == 0
+    report = (out / "report.md").read_text()
+    assert report.startswith("# hf-lpwd compare: fixed") and "](fixed_vs_lam.png)" in report
+    assert {p.name for p in out.glob("*.png")} == {"mine.png", "fixed_vs_lam.png", "fixed_vs_shrink.png",
+                                                   "fixed_vs_norm_ratio.png"}
 
 
 def test_a_second_compare_on_one_out_is_refused_and_a_stale_lock_taken_over(tmp_path, fake, capsys):

@@ -22,6 +22,7 @@ __all__ = [
     "RESERVED_FLAGS",
     "Axis",
     "CompareError",
+    "canonical_value",
     "cell_name",
     "check_axes",
     "expand_grid",
@@ -99,14 +100,14 @@ def parse_axis(spec: str) -> Axis:
         values.append(parts)
     seen: dict[tuple[object, ...], tuple[str, ...]] = {}
     for parts in values:
-        same = seen.setdefault(tuple(_canonical(p) for p in parts), parts)
+        same = seen.setdefault(tuple(canonical_value(p) for p in parts), parts)
         if same is not parts:
             twice = "+".join(same) if same == parts else f"{'+'.join(same)} and {'+'.join(parts)}"
             raise CompareError(f"--grid {spec!r}: a value appears twice ({twice}: the same run)")
     return Axis(keys, tuple(values))
 
 
-def _canonical(value: str) -> object:
+def canonical_value(value: str) -> object:
     """What a run reads from a value: 0.1, 0.10 and 1e-1 are one λ, true and True one flag."""
     try:
         return float(value)

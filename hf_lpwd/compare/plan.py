@@ -2,11 +2,14 @@
 holds, what is left to run and with how many threads; checked in full before anything runs or is written.
 
 The plan's inputs (grid, seeds, reference, metric, command) are saved in ``OUT/compare_plan.json`` when the
-runs start, so that ``--report-only`` rebuilds the report from ``OUT`` alone. """
+runs start, so that ``--report-only`` rebuilds the report from ``OUT`` alone.  A compare into an ``OUT`` that
+holds runs of the same command adds to them: its report covers the earlier cells and seeds too (the same axes,
+more values or seeds; another design needs another ``OUT``). """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import shlex
@@ -15,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CompareError
-from .grid import Axis, check_axes, expand_grid, parse_axis, parse_reference, parse_seeds, settings_key
+from .grid import (
+    Axis,
+    canonical_value,
+    check_axes,
+    expand_grid,
+    parse_axis,
+    parse_reference,
+    parse_seeds,
+    settings_key,
+)
 from .store import RESULTS_NAME, read_results
 
 __all__ = [
@@ -69,6 +81,11 @@ class Plan:
     threads: int
     threads_override: bool
     """``threads`` came from ``--threads`` (it replaces the user's OMP/MKL/OPENBLAS_NUM_THREADS)."""
+    asked: int = 0
+    """Runs this command line asks for (its cells × its seeds), done or not: the progress bar's total.  The
+    report's ``cells`` × ``seeds`` also hold what earlier compares into ``out`` asked for."""
+    earlier: str = ""
+    """What earlier compares into ``out`` add to the report, in words ('' when nothing)."""
 
 
 def available_cores() -> int:
@@ -106,14 +123,18 @@ def check_metric(rows: Sequence[dict[str, Any]], metric: str) -> None:
 
 
 def plan_record(plan: Plan) -> dict[str, Any]:
-    """What ``--report-only`` needs besides the runs (``OUT/compare_plan.json``)."""
-    return {
+    """What ``--report-only`` needs besides the runs (``OUT/compare_plan.json``); ``cells`` only where they
+    are not the grid's whole product (compares that added values to some cells only)."""
+    record: dict[str, Any] = {
         "command": plan.command,
         "grid": [a.spec() for a in plan.axes],
         "seeds": plan.seeds,
         "reference": [f"{name}={'+'.join(v)}" for name, v in plan.reference.items()],
         "metric": plan.metric,
     }
+    if [settings_key(c) for c in plan.cells] != [settings_key(c) for c in expand_grid(plan.axes)]:
+        record["cells"] = plan.cells
+    return record
 
 
 def write_plan(plan: Plan) -> None:
@@ -157,6 +178,99 @@ def _grid_from_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [f"{key}={','.join(v)}" for key, v in values.items()]
 
 
+@dataclasses.dataclass
+class _Design:
+    """What a report covers: axes, the cells run along them (their product, or part of it), seeds."""
+
+    axes: list[Axis]
+    cells: list[dict[str, str]]
+    seeds: list[int]
+
+
+def _axes_words(axes: Sequence[Axis]) -> str:
+    """``mode ∈ {wd, lpwd} × lam ∈ {0.1, 1}``."""
+    return " × ".join(f"{a.name} ∈ {{{', '.join(a.label(v) for v in a.values)}}}" for a in axes)
+
+
+def _planned_design(record: dict[str, Any] | None, command: list[str]) -> _Design | None:
+    """The design an earlier compare of ``command`` saved in its plan file (None: none, or another's)."""
+    if record is None or record.get("command") != command:
+        return None
+    try:
+        axes = [parse_axis(spec) for spec in record["grid"]]
+        seeds = [int(s) for s in record["seeds"]]
+    except (KeyError, TypeError, ValueError, CompareError):
+        return None
+    cells = record.get("cells")
+    if not (isinstance(cells, list) and cells and all(isinstance(c, dict) for c in cells)):
+        cells = expand_grid(axes)
+    return _Design(axes, [{str(k): str(v) for k, v in c.items()} for c in cells], seeds)
+
+
+def _design_of_runs(rows: Sequence[dict[str, Any]], axes: Sequence[Axis], out: Path) -> _Design:
+    """The cells and seeds of finished runs whose compare kept no plan, read along ``axes``' keys."""
+    keys = sorted(k for a in axes for k in a.keys)
+    for row in rows:
+        if sorted(row["settings"]) != keys:
+            raise CompareError(
+                f"--grid: {out} holds runs over {', '.join(sorted(row['settings']))}; this grid is over "
+                f"{', '.join(keys)}. To add values or seeds there, give the same keys; for another design, "
+                "give another --out"
+            )
+    earlier_axes = []
+    for axis in axes:
+        values: list[tuple[str, ...]] = []
+        for row in rows:
+            value = tuple(str(row["settings"][k]) for k in axis.keys)
+            if value not in values:
+                values.append(value)
+        earlier_axes.append(Axis(axis.keys, tuple(values)))
+    cells: list[dict[str, str]] = []
+    for row in rows:
+        if row["settings"] not in cells:
+            cells.append(dict(row["settings"]))
+    return _Design(earlier_axes, cells, sorted({int(r["seed"]) for r in rows}))
+
+
+def _extend(earlier: _Design, axes: Sequence[Axis], seeds: Sequence[int], out: Path
+            ) -> tuple[_Design, list[dict[str, str]]]:
+    """The report's design (``earlier``'s cells and seeds and this command line's; each axis with its
+    earlier values first) and this command line's cells, a value spelled as the earlier runs spelled it (0.10
+    where they ran 0.1 is their run, not a new one)."""
+    by_name = {a.name: a for a in earlier.axes}
+    if sorted(by_name) != sorted(a.name for a in axes):
+        given = " ".join(f"--grid {a.spec()}" for a in earlier.axes)
+        raise CompareError(
+            f"--grid: {out} holds runs over {_axes_words(earlier.axes)}; this grid is over "
+            f"{_axes_words(axes)}. "
+            f"To add values or seeds there, give the same axes (its grid: {given}, with the values to add); "
+            "for another design, give another --out"
+        )
+    asked_axes, merged = [], []
+    for axis in axes:
+        old = by_name[axis.name]
+        spelled = {tuple(canonical_value(p) for p in v): v for v in old.values}
+        values = tuple(spelled.get(tuple(canonical_value(p) for p in v), v) for v in axis.values)
+        asked_axes.append(Axis(axis.keys, values))
+        merged.append(Axis(axis.keys, old.values + tuple(v for v in values if v not in old.values)))
+    asked = expand_grid(asked_axes)
+    wanted = {settings_key(c) for c in earlier.cells} | {settings_key(c) for c in asked}
+    cells = [c for c in expand_grid(merged) if settings_key(c) in wanted]
+    return _Design(merged, cells, sorted(set(earlier.seeds) | set(seeds))), asked
+
+
+def command_difference(earlier: Sequence[str], now: Sequence[str]) -> str:
+    """Where two command lines part, in words: ``--lr 3e-5 here, --lr 2e-5 there``."""
+    parts = []
+    matcher = difflib.SequenceMatcher(a=list(earlier), b=list(now), autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag != "equal":
+            here = shlex.join(now[j1:j2]) or "nothing"
+            there = shlex.join(earlier[i1:i2]) or "nothing"
+            parts.append(f"`{here}` here, `{there}` there")
+    return "; ".join(parts)
+
+
 def _report_only_inputs(options: CompareOptions, out: Path) -> CompareOptions:
     """``--report-only`` without a grid or command: take them from the plan file, else from results.jsonl."""
     rows = read_results(out / RESULTS_NAME)
@@ -198,6 +312,7 @@ def make_plan(options: CompareOptions) -> Plan:
         raise CompareError(f"--out {out}: exists and is not a folder")
     if not options.report_only:
         _check_writable(out)
+    given_grid = bool(options.grid)
     if options.report_only and not (options.command and options.grid):
         options = _report_only_inputs(options, out)
     command = list(options.command)
@@ -207,9 +322,30 @@ def make_plan(options: CompareOptions) -> Plan:
     axes = [parse_axis(spec) for spec in options.grid]
     check_axes(axes)
     seeds = parse_seeds(options.seeds if options.seeds is not None else "0,1,2")
-    reference = parse_reference(options.reference, axes)
-    metric = options.metric if options.metric is not None else DEFAULT_METRIC
-    if not metric.strip():
+    all_rows = read_results(out / RESULTS_NAME)
+    rows = [r for r in all_rows if r.get("command") == command]
+    if all_rows and not rows:
+        earlier = list(all_rows[0].get("command") or [])
+        raise CompareError(f"--out {out}: its {RESULTS_NAME} holds runs of another command "
+                           f"({shlex.join(earlier)}); this one differs: "
+                           f"{command_difference(earlier, command)}. Give another --out, or that command")
+    record = _read_plan(out)
+    design, asked = _Design(axes, expand_grid(axes), seeds), expand_grid(axes)
+    earlier_design = _planned_design(record, command)
+    if options.report_only and not given_grid:  # the saved design as it is (its cells, if part of a product)
+        if earlier_design is not None:
+            design = _Design(earlier_design.axes, earlier_design.cells, seeds)
+            asked = design.cells
+    elif not options.report_only:  # an --out that holds runs of this command: add to them
+        earlier_design = earlier_design or (_design_of_runs(rows, axes, out) if rows else None)
+        if earlier_design is not None:
+            design, asked = _extend(earlier_design, axes, seeds, out)
+    earlier_reference = (record or {}).get("reference") if earlier_design is not None else None
+    reference_specs = options.reference or (earlier_reference if not options.report_only else []) or []
+    reference = parse_reference(reference_specs, design.axes)
+    metric = options.metric if options.metric is not None else (
+        (record or {}).get("metric") if earlier_design is not None else None) or DEFAULT_METRIC
+    if not isinstance(metric, str) or not metric.strip():
         raise CompareError("--metric is empty: name a key of the runs' all_results.json (e.g. eval_accuracy)")
     if options.jobs < 1:
         raise CompareError(f"--jobs {options.jobs}: must be >= 1")
@@ -234,16 +370,13 @@ def make_plan(options: CompareOptions) -> Plan:
             f"--jobs {options.jobs} × --threads {threads} = {options.jobs * threads} threads on "
             f"{cores} cores: lower --threads (default: OMP_NUM_THREADS if set, else cores // jobs)"
         )
-    all_rows = read_results(out / RESULTS_NAME)
-    rows = [r for r in all_rows if r.get("command") == command]
-    if all_rows and not rows:
-        raise CompareError(f"--out {out}: its {RESULTS_NAME} holds runs of another command "
-                           f"({shlex.join(all_rows[0].get('command') or [])}); use another --out")
-    cells = expand_grid(axes)
-    wanted = {settings_key(c) for c in cells}
+    wanted = {settings_key(c) for c in design.cells}
     check_metric([r for r in rows if settings_key(r["settings"]) in wanted], metric)
     done = {(settings_key(r["settings"]), int(r["seed"])) for r in rows}
-    todo = [(cell, seed) for seed in seeds for cell in cells if (settings_key(cell), seed) not in done]
+    todo = [(cell, seed) for seed in seeds for cell in asked if (settings_key(cell), seed) not in done]
+    added = len(design.cells) * len(design.seeds) > len(asked) * len(seeds)
+    earlier = (f"{out} already holds runs of this command: its report covers them too "
+               f"({_axes_words(design.axes)}; seeds {', '.join(map(str, design.seeds))})") if added else ""
     if options.report_only and not rows:
         raise CompareError(f"--report-only: {out / RESULTS_NAME} holds no finished run of this command")
     if options.backend == "ray" and not options.report_only:
@@ -253,4 +386,5 @@ def make_plan(options: CompareOptions) -> Plan:
             check_ray()
         except ImportError as exc:
             raise CompareError(str(exc)) from None
-    return Plan(axes, cells, seeds, reference, metric, command, out, rows, todo, threads, threads_override)
+    return Plan(design.axes, design.cells, design.seeds, reference, metric, command, out, rows, todo, threads,
+                threads_override, asked=len(asked) * len(seeds), earlier=earlier)

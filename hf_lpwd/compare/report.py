@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 import statistics
 from collections import Counter
@@ -245,6 +246,7 @@ def write_report(out: Path, axes: Sequence[Axis], cells: Sequence[dict[str, str]
         )
     parts.append("\n")
     parts.append(degenerate_notes(summaries, metric))
+    earlier_plots = _plots_of_report(out / REPORT_NAME)
     plots = write_plots(out, axes, summaries, metric)
     if isinstance(plots, str):
         parts.append(f"\n{plots}\n")
@@ -254,6 +256,8 @@ def write_report(out: Path, axes: Sequence[Axis], cells: Sequence[dict[str, str]
         )
         parts.extend(f"![{name}]({name})\n\n" for name in plots)
     (out / REPORT_NAME).write_text("".join(parts), encoding="utf-8")
+    for name in earlier_plots - set(plots if isinstance(plots, list) else []):  # another metric's, say
+        (out / name).unlink(missing_ok=True)
     summary = {"metric": metric, "command": list(command), "seeds": list(seeds),
                "grid": [{"keys": list(a.keys), "values": [list(v) for v in a.values]} for a in axes],
                "reference": {k: list(v) for k, v in reference.items()}, "runs_finished": len(used),
@@ -264,6 +268,15 @@ def write_report(out: Path, axes: Sequence[Axis], cells: Sequence[dict[str, str]
     return [out / REPORT_NAME, out / SUMMARY_NAME] + (
         [out / name for name in plots] if isinstance(plots, list) else []
     )
+
+
+def _plots_of_report(path: Path) -> set[str]:
+    """The plot files an earlier report in this folder showed (``![name](name)``, a file of the folder)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return set()
+    return set(re.findall(r"^!\[[^\]\n]*\]\(([^()/\\\n]+\.png)\)$", text, flags=re.M))
 
 
 def _json_safe(value: Any) -> Any:

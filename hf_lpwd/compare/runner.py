@@ -219,6 +219,8 @@ def run_compare(options: CompareOptions) -> int:
         print("hf-lpwd: note: --delete-weights is the default now and does nothing (--keep-weights keeps the "
               "weights)", file=sys.stderr)
     plan = make_plan(options)
+    if plan.earlier:
+        print(f"hf-lpwd: note: {plan.earlier}", file=sys.stderr)
     specs: list[RunSpec] = []
     if not options.report_only and plan.todo:
         env = child_env(plan.threads, plan.threads_override)
@@ -255,7 +257,7 @@ def _run_todo(options: CompareOptions, plan: Plan, specs: list[RunSpec]) -> int:
     status."""
     from huggingface_hub.utils import tqdm
 
-    total = len(plan.cells) * len(plan.seeds)
+    total = plan.asked or len(plan.cells) * len(plan.seeds)
     bar = tqdm(total=total, initial=total - len(specs), desc="compare", unit="run", dynamic_ncols=True)
     results = plan.out / RESULTS_NAME
     status = 0
