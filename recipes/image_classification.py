@@ -11,8 +11,9 @@
 
 Data: image folders (``CLASS_NAME/xxx.png``, datasets' ``imagefolder`` loader) or a Hub dataset
 (``--dataset_name uoft-cs/cifar10``).  Transforms (no torchvision needed): random resized crop and
-horizontal flip for training, resize (+ centre crop) for evaluation, then the image processor's
-normalisation.  Metric (``--metric``): accuracy, the ``evaluate`` module shipped in ``recipes/metrics``.
+horizontal flip for training (drawn per example from the seed and the epoch: a resumed run is bitwise the
+uninterrupted one), resize (+ centre crop) for evaluation, then the image processor's normalisation.
+Metric (``--metric``): accuracy, the ``evaluate`` module shipped in ``recipes/metrics``.
 The finished model, image processor, ``lpwd_config.json`` and ``all_results.json`` go to
 ``OUTPUT_DIR/final``.  ``--dtype`` sets the weights' dtype (default auto: the checkpoint's own).
 """
@@ -295,13 +296,13 @@ def make_transforms(
     size, mean, std, crop_pct = processor_geometry(processor)
     mean_arr = np.asarray(mean, dtype=np.float32)
     std_arr = np.asarray(std, dtype=np.float32)
-    # The module-level `random`: seeded by set_seed in each process, and by torch in each dataloader worker.
 
-    def train_transform(batch: dict[str, list[Any]]) -> dict[str, Any]:
+    def train_transform(batch: dict[str, list[Any]], rng: Any = random) -> dict[str, Any]:
+        """Crop and flip drawn from ``rng`` (training: :class:`AugmentedImages`' per-example generator)."""
         pixels = []
         for image in batch[image_column]:
-            image = random_resized_crop(image.convert("RGB"), size, (crop_scale_min, 1.0), random)
-            if random.random() < 0.5:
+            image = random_resized_crop(image.convert("RGB"), size, (crop_scale_min, 1.0), rng)
+            if rng.random() < 0.5:
                 image = image.transpose(0)  # Image.FLIP_LEFT_RIGHT
             pixels.append(_to_array(image, mean_arr, std_arr))
         return {"pixel_values": pixels, "labels": batch[label_column]}
@@ -314,6 +315,51 @@ def make_transforms(
         return {"pixel_values": pixels, "labels": batch[label_column]}
 
     return train_transform, eval_transform
+
+
+class AugmentedImages:
+    """The training split, each example augmented by ``random.Random("seed:epoch:index")``.
+
+    A crop is then a function of the seed, the epoch and the example, not of what drew from a global generator
+    before it: Accelerate's dataloader transforms the next batch before the Trainer saves a checkpoint's RNG
+    state, so crops drawn from the global ``random`` differ after a resume.  Keyed, a resumed run sees the
+    crops of the uninterrupted one (bitwise).  The epoch sits in shared memory, so that dataloader workers,
+    persistent ones too, read the epoch :class:`EpochToData` sets at each epoch's start."""
+
+    def __init__(self, data: Any, transform: Any, seed: int) -> None:
+        import torch
+
+        self.data, self.transform, self.seed = data, transform, seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = self.data[int(index)]
+        rng = random.Random(f"{self.seed}:{self.epoch}:{int(index)}")
+        out = self.transform({k: [v] for k, v in example.items()}, rng)
+        return {k: v[0] for k, v in out.items()}
+
+
+def epoch_callback(dataset: AugmentedImages) -> Any:
+    """A ``TrainerCallback`` that gives ``dataset`` the epoch at each epoch's start (a resumed run's too), in
+    every process: Accelerate's ``set_epoch`` reaches a dataset only where no sampler takes it first."""
+    from transformers import TrainerCallback
+
+    class EpochToData(TrainerCallback):
+        def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # state.epoch = epoch + finished steps / steps per epoch: its whole part is the epoch starting now
+            dataset.set_epoch(int(state.epoch or 0))
+
+    return EpochToData()
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -402,8 +448,9 @@ def train_and_evaluate(
     train_transform, eval_transform = make_transforms(
         processor, image_column, label_column, data_args.crop_scale_min
     )
+    train_data = None
     if "train" in raw:
-        raw["train"].set_transform(train_transform)
+        train_data = AugmentedImages(raw["train"], train_transform, training_args.seed)
     if "validation" in raw:
         raw["validation"].set_transform(eval_transform)
     training_args.remove_unused_columns = False  # the transforms read the image column
@@ -412,11 +459,12 @@ def train_and_evaluate(
     trainer = LPWDTrainer(
         model=model,
         args=training_args,
-        train_dataset=raw["train"] if training_args.do_train else None,
+        train_dataset=train_data if training_args.do_train else None,
         eval_dataset=raw["validation"] if training_args.do_eval else None,
         processing_class=processor,
         data_collator=collate,
         compute_metrics=compute_metrics,
+        callbacks=[epoch_callback(train_data)] if training_args.do_train else None,
     )
     metrics = train_evaluate_save(trainer, training_args, raw.get("train"), raw.get("validation"))
     del trainer

@@ -455,12 +455,29 @@ def test_image_classification_tiny_vit(tmp_path, monkeypatch):
             "--per_device_train_batch_size",
             "6",
             *COMMON,
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "2",
         ],
         tmp_path,
     )
     check_ok(proc)
     metrics = check_final(out)
     assert metrics["eval_samples"] == metrics["eval_num_predictions"] == 9
+    # Resumed mid-epoch from step 2 of 4 (3 steps per epoch): the crops are the uninterrupted run's, so are
+    # the weights, bit for bit (crops drawn from the global `random` were not: the prefetch drew them early).
+    resumed = tmp_path / "resumed"
+    argv = [str(a) for a in proc.args[2:]]
+    argv[argv.index("--output_dir") + 1] = str(resumed)
+    check_ok(run_recipe("image_classification.py",
+                        [*argv, "--resume_from_checkpoint", out / "checkpoint-2"], tmp_path))
+    import torch
+    from safetensors.torch import load_file
+
+    ref = load_file(out / "final" / "model.safetensors")
+    got = load_file(resumed / "final" / "model.safetensors")
+    assert ref.keys() == got.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
     model = AutoModelForImageClassification.from_pretrained(out / "final").eval()
     assert sorted(model.config.id2label.values()) == ["blue", "green", "red"]
     processor = AutoImageProcessor.from_pretrained(out / "final")
@@ -487,6 +504,40 @@ def test_image_classification_tiny_vit(tmp_path, monkeypatch):
     assert metrics["eval_accuracy"] == pytest.approx(
         sum(p == r for p, r in zip(preds, refs, strict=True)) / 9, abs=1e-12
     )
+
+
+def test_image_augmentation_is_keyed_by_seed_epoch_and_example_in_persistent_workers(tmp_path, monkeypatch):
+    """The crop of an example is a function of (seed, epoch, index), whatever drew from `random` before, and a
+    persistent dataloader worker reads the epoch set after it started."""
+    import random
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    monkeypatch.syspath_prepend(str(RECIPES))
+    from image_classification import AugmentedImages, make_transforms
+    from transformers import ViTImageProcessor
+
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+              for i in range(4)]
+    data = [{"image": im, "label": i % 2} for i, im in enumerate(images)]
+    processor = ViTImageProcessor(size={"height": 16, "width": 16})
+    train_transform, _ = make_transforms(processor, "image", "label", 0.08)
+    dataset = AugmentedImages(data, train_transform, seed=0)
+    first = dataset[2]["pixel_values"]
+    random.random()
+    assert np.array_equal(dataset[2]["pixel_values"], first)  # the global generator moved: the same crop
+    assert not np.array_equal(AugmentedImages(data, train_transform, seed=1)[2]["pixel_values"], first)
+    dataset.set_epoch(1)
+    later = dataset[2]["pixel_values"]
+    assert not np.array_equal(later, first)
+    dataset.set_epoch(0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=[2], num_workers=1,
+                                         persistent_workers=True)
+    assert np.array_equal(next(iter(loader))["pixel_values"], first)
+    dataset.set_epoch(1)  # in this process; the worker started at epoch 0 and keeps running
+    assert np.array_equal(next(iter(loader))["pixel_values"], later)
 
 
 # ------------------------------------------------------------------------------------- configs and bad input
