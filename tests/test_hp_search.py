@@ -106,7 +106,7 @@ def test_ray_trials_build_their_own_lpwd(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "hp_search_ray.py"), str(tmp_path),
                     str(record)], check=True, env=offline_env(), cwd=ROOT, timeout=600)
     built = sorted((row["mode"], row["lambda"]) for row in map(json.loads, record.read_text().splitlines()))
-    assert built == [("lpwd", 0.05), ("lpwd", 0.3), ("wd", 0.05), ("wd", 0.3)]  # λ: the head's rate
+    assert built == [("lpwd", 0.3), ("wd", 0.05)]  # λ: the head's rate
 
 
 # Trials in this order, one after the other on one Trainer: a setting given in one trial and not in the next,

@@ -1,4 +1,4 @@
-"""``LPWDTrainer.hyperparameter_search(backend="ray")`` over mode × λ; each trial records what it built.
+"""``LPWDTrainer.hyperparameter_search(backend="ray")`` over (mode, λ); each trial records what it built.
 
 Usage: ``python tests/scripts/hp_search_ray.py OUT_DIR RECORD.jsonl`` (run by tests/test_hp_search.py).
 """
@@ -25,8 +25,10 @@ def main(out: Path, record: str) -> None:
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}})
     try:
         trainer.hyperparameter_search(
+            # two trials that differ in both (each Ray trial costs a worker's imports, ~20 s on a shared core)
             hp_space=lambda _: {"weight_decay_mode": tune.grid_search(["wd", "lpwd"]),
-                                "weight_decay": tune.grid_search([0.05, 0.3])},
+                                "weight_decay": tune.sample_from(
+                                    lambda spec: 0.05 if spec.config.weight_decay_mode == "wd" else 0.3)},
             backend="ray", n_trials=1, direction="minimize", resources_per_trial={"cpu": 1},
             storage_path=str(out / "ray"))
     finally:
