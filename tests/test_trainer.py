@@ -610,13 +610,28 @@ def test_every_timing_profile_combination_builds_its_groups(tmp_path: Path, mode
     assert rates == (pytest.approx([0.1, 0.2, 0.3, 0.4]) if layerwise else [0.4])
 
 
-def test_optimizer_cls_and_kwargs_become_the_base_and_non_classes_are_refused(tmp_path: Path) -> None:
+def test_optimizer_cls_and_kwargs_become_the_base_and_non_classes_are_refused(tmp_path: Path, caplog) -> None:
     args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay=0.1, max_steps=1))
     trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(8),
                           optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.05, "momentum": 0.9}))
     trainer.train()
     base = trainer.lpwd_optimizer.base_optimizer
     assert type(base) is torch.optim.SGD and base.defaults["momentum"] == 0.9
+    # recorded as the class it is, not as --optim's adamw (a config shared from this run would train AdamW);
+    # a run from that config keeps its own --optim and says to pass the class
+    trainer.save_model(str(tmp_path / "saved"))
+    saved = json.loads((tmp_path / "saved" / "lpwd_config.json").read_text())
+    assert saved["base_optimizer"] == "torch.optim.sgd.SGD"
+    assert saved["base_optimizer_kwargs"]["momentum"] == 0.9
+    transformers.logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            again = LPWDTrainingArguments(output_dir=str(tmp_path), use_cpu=True, optim="adafactor",
+                                          lpwd_config=str(tmp_path / "saved"))
+    finally:
+        transformers.logging.disable_propagation()
+    assert str(getattr(again.optim, "value", again.optim)) == "adafactor"
+    assert "pass optimizer_cls_and_kwargs=(SGD, {" in caplog.text
     # refused when the Trainer is built, before anything is written
     with pytest.raises(ValueError,
                        match="builds its own parameter groups or optimizers, so LPWD cannot wrap it"):

@@ -182,7 +182,12 @@ class LPWDTrainingArguments(TrainingArguments):
             values[layerwise] = None
         if saved.decay_timescale is not None:
             values.pop(SETTING["weight_decay"].flag)
-        if saved.base_optimizer:
+        if saved.base_optimizer and "." in saved.base_optimizer:  # a class given as optimizer_cls_and_kwargs
+            logger.warning("the saved config's base optimizer is %s, given to its Trainer as "
+                           "optimizer_cls_and_kwargs (no --optim builds it): pass optimizer_cls_and_kwargs="
+                           "(%s, %s) to the Trainer yourself; --optim is left as it is", saved.base_optimizer,
+                           saved.base_optimizer.rpartition(".")[2], saved.base_optimizer_kwargs)
+        elif saved.base_optimizer:
             if saved.base_optimizer not in {name.value for name in OptimizerNames}:
                 raise ValueError(
                     f"base_optimizer={saved.base_optimizer!r} is not an --optim value of this transformers "

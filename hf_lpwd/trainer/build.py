@@ -21,7 +21,7 @@ from .refusals import check_base, check_timescale
 
 logger = hf_logging.get_logger("transformers.hf_lpwd")
 
-__all__ = ["base_optimizer_of", "resolve_lambda", "build_lpwd", "record_groups"]
+__all__ = ["base_optimizer_of", "build_lpwd", "class_path", "record_groups", "resolve_lambda"]
 
 
 def base_optimizer_of(trainer: Any, model: nn.Module) -> tuple[Any, dict[str, Any]]:
@@ -38,6 +38,12 @@ def base_optimizer_of(trainer: Any, model: nn.Module) -> tuple[Any, dict[str, An
                "optimizer_cls_and_kwargs" if given is not None else None)
     base_kwargs.pop("weight_decay", None)
     return base_cls, base_kwargs
+
+
+def class_path(cls: Any) -> str:
+    """``torch.optim.sgd.SGD``: what ``base_optimizer`` records for a base given as
+    ``optimizer_cls_and_kwargs`` (no ``--optim`` value builds it)."""
+    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', repr(cls))}"
 
 
 def resolve_lambda(config: LPWDConfig, steps_per_epoch: Callable[[], int], lr: float,

@@ -45,7 +45,7 @@ from ..optim import LPWD
 from ..schedule import first_step_scale, scheduler_scales
 from ..settings import SETTING, SETTINGS
 from .arguments import refusal_key, run_config
-from .build import base_optimizer_of, build_lpwd, record_groups, resolve_lambda
+from .build import base_optimizer_of, build_lpwd, class_path, record_groups, resolve_lambda
 from .layer_log import log_layer_table
 from .norms import anchors_of, layer_norms, params_by_depth, weights_before_resume
 from .refusals import (
@@ -188,6 +188,8 @@ class LPWDMixin:
         config = self._lpwd_settings_now(warn=True)
         saved = self._lpwd_check_resume(config)
         base = base_optimizer_of(self, opt_model)
+        if self.optimizer_cls_and_kwargs is not None:  # not --optim's: the file names the class it was
+            config.base_optimizer = class_path(base[0])
         self._lpwd_peak_lr = peak_lr(self.args, base)
         resolve_lambda(config, self._lpwd_steps_per_epoch, self._lpwd_peak_lr, self.args.should_log)
         if saved is not None and config.decay_timescale is not None:
