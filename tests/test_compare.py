@@ -364,7 +364,7 @@ def test_one_seed_and_partial_pairs(tmp_path, fake):
     out = tmp_path / "out"
     assert compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--seeds", "3", "--metric", "score") == 0
     report = (out / "report.md").read_text()
-    assert table_row(report, "lpwd")[1] == f"{score('lpwd', 0, 3):.4f} ± 0.0000 (1)"
+    assert table_row(report, "lpwd")[1] == f"{score('lpwd', 0, 3):.4f} (1)"  # one seed: no spread
     assert table_row(report, "lpwd")[2] == f"{score('lpwd', 0, 3) - score('wd', 0, 3):+.4f} (n=1)"
 
 
@@ -587,6 +587,55 @@ def test_metric_the_first_run_did_not_write_stops_the_grid(tmp_path, fake, capsy
     err = capsys.readouterr().err
     assert "hf-lpwd: error: --metric eval_acc: run mode=wd seed 0 did not write it" in err
     assert invocations(fake["count"]) == ["wd:0:0"]
+
+
+def test_the_plan_follows_the_last_compare_and_a_run_without_the_metric_is_not_called_missing(
+        tmp_path, fake, capsys):
+    """A mistyped --metric stops the grid after its first run; the compare rerun with the right one (and then
+    another, with nothing left to run) is what --report-only rebuilds."""
+    out = tmp_path / "out"
+    grid = ("--grid", "mode=wd,lpwd", "--seeds", "0")
+    assert compare(out, fake["command"], *grid, "--metric", "eval_acc") == 2
+    report = (out / "report.md").read_text()
+    assert ("Runs: 1 of 2 finished (missing: mode=lpwd seeds [0]) (eval_acc not a finite number in: mode=wd "
+            "seeds [0])") in report
+    assert compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--seeds", "0", "--metric", "score") == 0
+    assert main(["compare", "--out", str(out), "--report-only"]) == 0
+    assert (out / "report.md").read_text().startswith("# hf-lpwd compare: score")
+    capsys.readouterr()
+    assert compare(out, fake["command"], "--grid", "mode=wd,lpwd", "--seeds", "0", "--metric", "fixed",
+                   "--reference", "mode=lpwd") == 0
+    assert "to do" not in capsys.readouterr().err and len(invocations(fake["count"])) == 2
+    assert main(["compare", "--out", str(out), "--report-only"]) == 0
+    report = (out / "report.md").read_text()
+    assert report.startswith("# hf-lpwd compare: fixed") and table_row(report, "lpwd")[2] == "reference"
+
+
+def test_more_runs_after_a_file_of_the_command_changed_are_refused(tmp_path, fake, capsys):
+    """The runs are known by their command line; a config file it names (here ``--fixed=FILE``), or the
+    script, edited since, would pair new runs with runs of another configuration."""
+    out = tmp_path / "out"
+    config = tmp_path / "config.yaml"
+    config.write_text("learning_rate: 2.0e-4\n")
+    command = [*fake["command"], f"--fixed={config}"]
+    options = ("--grid", "mode=wd", "--metric", "score")
+    assert compare(out, command, *options, "--seeds", "0") == 0
+    results = (out / "results.jsonl").read_bytes()
+    config.write_text("learning_rate: 0.0\n")
+    capsys.readouterr()
+    assert compare(out, command, *options, "--seeds", "0,1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert f"--out {out}: {config} changed since its runs there (run mode=wd seed 0" in err[0]
+    assert invocations(fake["count"]) == ["wd:0:0"] and (out / "results.jsonl").read_bytes() == results
+    assert compare(out, command, *options, "--seeds", "0") == 0  # nothing to add: the report is rebuilt
+    config.write_text("learning_rate: 2.0e-4\n")  # back as it was
+    assert compare(out, command, *options, "--seeds", "0,1") == 0
+    assert invocations(fake["count"]) == ["wd:0:0", "wd:0:1"]
+    script = Path(fake["command"][1])
+    script.write_text(script.read_text() + "\n# edited\n")
+    assert compare(out, command, *options, "--seeds", "0,1,2") == 2
+    assert f"{script} changed since its runs there" in capsys.readouterr().err
 
 
 def test_another_command_in_the_same_out_is_refused(tmp_path, fake, capsys):
@@ -990,7 +1039,7 @@ def test_text_classification_recipe_end_to_end(tmp_path, monkeypatch):
         assert not list(run_dir.rglob("*.safetensors"))  # only JSON and logs by default
     report = (out / "report.md").read_text()
     wd, lpwd = (r["metrics"]["eval_accuracy"] for r in rows)
-    assert table_row(report, "wd")[1:3] == [f"{wd:.4f} ± 0.0000 (1)", "reference"]
+    assert table_row(report, "wd")[1:3] == [f"{wd:.4f} (1)", "reference"]
     diff = f"{lpwd - wd:+.4f}"
     assert table_row(report, "lpwd")[2] == f"{'0.0000' if float(diff) == 0 else diff} (n=1)"
 

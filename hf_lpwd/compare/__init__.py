@@ -6,6 +6,7 @@ The package by concern (none imports torch or transformers: the training runs as
 * :mod:`.plan`: the options, the run plan (what is done, what is left, threads), the plan file;
 * :mod:`.probe`: the command's ``--help`` and a dry parse of every cell before the first run;
 * :mod:`.runner`: the runs as local processes or Ray tasks, the run loop;
+* :mod:`.inputs`: the fingerprints of the files the command names (a changed config is not the same runs);
 * :mod:`.outputs`: what a finished run left in its folder (metrics, weight norms, shrink S, weights);
 * :mod:`.store`: ``results.jsonl``;
 * :mod:`.report`, :mod:`.plots`, :mod:`.stats`: the report, its plots, the paired statistics;

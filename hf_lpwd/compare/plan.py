@@ -28,6 +28,7 @@ from .grid import (
     parse_seeds,
     settings_key,
 )
+from .inputs import check_inputs, input_fingerprints
 from .store import RESULTS_NAME, read_results
 
 __all__ = [
@@ -86,6 +87,8 @@ class Plan:
     report's ``cells`` × ``seeds`` also hold what earlier compares into ``out`` asked for."""
     earlier: str = ""
     """What earlier compares into ``out`` add to the report, in words ('' when nothing)."""
+    inputs: dict[str, str] = dataclasses.field(default_factory=dict)
+    """The fingerprints of the files the command names (:mod:`.inputs`), kept with each run."""
 
 
 def available_cores() -> int:
@@ -379,6 +382,9 @@ def make_plan(options: CompareOptions) -> Plan:
                f"({_axes_words(design.axes)}; seeds {', '.join(map(str, design.seeds))})") if added else ""
     if options.report_only and not rows:
         raise CompareError(f"--report-only: {out / RESULTS_NAME} holds no finished run of this command")
+    inputs = {} if options.report_only else input_fingerprints(command, os.getcwd())
+    if todo:
+        check_inputs(rows, inputs, out)
     if options.backend == "ray" and not options.report_only:
         from ..integrations.ray import check_ray
 
@@ -387,4 +393,4 @@ def make_plan(options: CompareOptions) -> Plan:
         except ImportError as exc:
             raise CompareError(str(exc)) from None
     return Plan(design.axes, design.cells, design.seeds, reference, metric, command, out, rows, todo, threads,
-                threads_override, asked=len(asked) * len(seeds), earlier=earlier)
+                threads_override, asked=len(asked) * len(seeds), earlier=earlier, inputs=inputs)

@@ -148,7 +148,10 @@ def markdown_table(axes: Sequence[Axis], summaries: Sequence[dict[str, Any]], me
     digits = table_digits(summaries)
     for s in summaries:
         row = ["+".join(s["settings"][k] for k in a.keys) for a in axes]
-        row.append("–" if s["n"] == 0 else f"{_fmt(s['mean'], digits)} ± {_fmt(s['std'], digits)} ({s['n']})")
+        if s["n"] < 2:  # one seed has no spread: not ± 0
+            row.append("–" if s["n"] == 0 else f"{_fmt(s['mean'], digits)} (1)")
+        else:
+            row.append(f"{_fmt(s['mean'], digits)} ± {_fmt(s['std'], digits)} ({s['n']})")
         if s["is_reference"]:
             row.append("reference")
         else:
@@ -212,8 +215,12 @@ def write_report(out: Path, axes: Sequence[Axis], cells: Sequence[dict[str, str]
     wanted = {settings_key(c) for c in cells}
     used = [r for r in rows if settings_key(r["settings"]) in wanted and int(r["seed"]) in set(seeds)]
     total = len(cells) * len(seeds)
-    missing = [f"{s['cell']} seeds {sorted(set(seeds) - {int(k) for k in s['values']})}" for s in summaries
-               if s["n"] < len(seeds)]
+    finished = {(settings_key(r["settings"]), int(r["seed"])) for r in used}
+    missing = [f"{s['cell']} seeds {unrun}" for s in summaries
+               if (unrun := [x for x in seeds if (settings_key(s["settings"]), x) not in finished])]
+    lacking = [f"{s['cell']} seeds {without}" for s in summaries
+               if (without := [x for x in seeds if (settings_key(s["settings"]), x) in finished
+                               and str(x) not in s["values"]])]
     seconds = [float(r["seconds"]) for r in used if isinstance(r.get("seconds"), (int, float))]
     parts = [
         f"# hf-lpwd compare: {metric}\n\n",
@@ -225,6 +232,7 @@ def write_report(out: Path, axes: Sequence[Axis], cells: Sequence[dict[str, str]
         f"Reference: {_reference_sentence(axes, reference)}.\n\n",
         f"Runs: {len(used)} of {total} finished"
         + (f" (missing: {'; '.join(missing)})" if missing else "")
+        + (f" ({metric} not a finite number in: {'; '.join(lacking)})" if lacking else "")
         + (
             f"; {sum(seconds) / 3600:.2f} h of run time, {statistics.fmean(seconds):.0f} s per run on average"
             if seconds

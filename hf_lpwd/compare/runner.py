@@ -27,6 +27,7 @@ from typing import Any
 from ..version import __version__
 from .errors import CompareError
 from .grid import cell_name
+from .inputs import INPUTS_KEY
 from .outputs import KEPT_BY_DEFAULT, KEPT_WITH_WEIGHTS, collect_outputs, delete_weights
 from .plan import CompareOptions, Plan, available_cores, check_metric, child_env, make_plan, write_plan
 from .probe import check_command_flags, dry_parse
@@ -232,12 +233,13 @@ def run_compare(options: CompareOptions) -> int:
         dry_parse(plan.command, accepted, [(s.cell, s.argv) for s in firsts.values()], os.getcwd(), env)
     plan.out.mkdir(parents=True, exist_ok=True)
     status = 0
-    if specs:
+    if not options.report_only:  # the plan as given now (a new --metric or --reference too), then its runs
         with out_lock(plan.out):
             write_plan(plan)
-            kept = KEPT_BY_DEFAULT if not options.keep_weights else KEPT_WITH_WEIGHTS
-            print(f"hf-lpwd: {_runs(len(specs))} to do; {kept}", file=sys.stderr, flush=True)
-            status = _run_todo(options, plan, specs)
+            if specs:
+                kept = KEPT_BY_DEFAULT if not options.keep_weights else KEPT_WITH_WEIGHTS
+                print(f"hf-lpwd: {_runs(len(specs))} to do; {kept}", file=sys.stderr, flush=True)
+                status = _run_todo(options, plan, specs)
     rows = [r for r in read_results(plan.out / RESULTS_NAME) if r.get("command") == plan.command]
     if not rows:
         print("hf-lpwd: no run has finished yet, so there is no report", file=sys.stderr)
@@ -290,7 +292,7 @@ def _run_todo(options: CompareOptions, plan: Plan, specs: list[RunSpec]) -> int:
                 )
                 status = 2 if outcome.get("bad_output") else 1
                 break
-            row = {**outcome["row"], "command": plan.command}
+            row = {**outcome["row"], "command": plan.command, INPUTS_KEY: plan.inputs}
             row["run_dir"] = os.path.relpath(spec.run_dir, plan.out.resolve())
             append_result(results, row)
             finished += 1
