@@ -187,6 +187,8 @@ def test_a_metric_driven_schedule_ends_at_max_steps_with_nothing_folded(tmp_path
     "model, overrides, match",
     [
         (tiny_bert, dict(learning_rate=0.5, weight_decay=2.0), r"the per-step decay d = 1 must stay below 1"),
+        # at λ = 0 no decay check reads the lr: torch's "Invalid learning rate" came at train(), folder made
+        (tiny_bert, dict(learning_rate=-1e-4, weight_decay=0.0), r"--learning_rate=-0\.0001 is negative"),
         (tiny_bert, dict(optim="schedule_free_adamw"), r"schedule-free optimizers keep two weight sequences"),
         (tiny_bert, dict(optim="lomo"), r"LOMO"),
         (lambda: nn.Sequential(nn.Linear(4, 4)), dict(weight_decay_mode="lpwd", weight_decay=0.1),
@@ -232,6 +234,7 @@ def _optimi_stable_adamw() -> type:
          r"torch\.optim\.rmsprop\.RMSprop is not one of them"),
         (lambda: (torch.optim.AdamW, {"lr": 0.5}), dict(weight_decay=4.0),
          r"optimizer_cls_and_kwargs' lr=0\.5 × --weight_decay=4: the per-step decay d = 2"),
+        (lambda: (torch.optim.SGD, {"lr": -0.5}), {}, r"optimizer_cls_and_kwargs' lr=-0\.5 is negative"),
     ],
 )
 def test_a_base_given_as_optimizer_cls_and_kwargs_is_refused_before_the_output_folder(

@@ -66,8 +66,9 @@ def check_training_arguments(
     The DeepSpeed ``optimizer`` section; ``--optim`` values LPWD cannot wrap (schedule-free; GaLore, APOLLO
     and LOMO, which build their own groups or step outside ``step()``; any other that builds its own parameter
     groups); bases whose own decay is another rule (StableAdamW's ``decouple_lr``, Adafactor's
-    ``scale_parameter``); cautious decay on a base without a readable direction; and η·λ ≥ 1 (the base's lr ×
-    ``--weight_decay``: a decay factor <= 0).  ``LPWDMixin`` makes the same checks when it is constructed.
+    ``scale_parameter``); cautious decay on a base without a readable direction; a negative lr; and η·λ ≥ 1
+    (the base's lr × ``--weight_decay``: a decay factor <= 0).  ``LPWDMixin`` makes the same checks when it
+    is constructed.
     """
     check_deepspeed(args)
     _refuse_schedule_free(args)
@@ -77,7 +78,11 @@ def check_training_arguments(
     if base is not None:
         check_base(args, base, None if optimizer_cls_and_kwargs is None else "optimizer_cls_and_kwargs")
     lr_label = "--learning_rate" if optimizer_cls_and_kwargs is None else "optimizer_cls_and_kwargs' lr"
-    _check_peak_decay(args, peak_lr(args, base), lr_label)
+    lr = peak_lr(args, base)
+    if lr < 0:  # torch's optimizers refuse it when built: after the Trainer made the output folder
+        raise ValueError(f"{lr_label}={lr:g} is negative: the base optimizer refuses it when it is built, "
+                         "after the output folder exists; give a learning rate >= 0")
+    _check_peak_decay(args, lr, lr_label)
     _refuse_spd(args)
 
 
