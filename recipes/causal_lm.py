@@ -27,6 +27,7 @@ from typing import Any
 
 from recipe_utils import (
     RecipeError,
+    check_best_metric,
     check_file,
     check_layers,
     default_train_eval,
@@ -373,6 +374,7 @@ def train_and_evaluate(
     set_seed(training_args.seed)
     model = load_model(model_args, config, tokenizer, model_path)
     check_layers(model, training_args)
+    check_best_metric(training_args, ())  # the evaluation's loss; perplexity is added after it
     blocks = tokenize_and_pack(raw, tokenizer, data_args, block_size, training_args)
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if split in blocks and limit is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -106,6 +107,10 @@ def format_table(rows: list[dict], cli: argparse.Namespace, total_seconds: float
     return "\n".join(lines)
 
 
+DEMO_MODES = ("wd", "rwd", "pwd", "lpwd")
+"""The values of ``--weight_decay_mode``: checked before the first run, not when their run starts."""
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--output_dir", default=os.path.join(REPO, "outputs", "demo"))
@@ -124,7 +129,16 @@ def main(argv: list[str] | None = None) -> None:
     cli = parser.parse_args(argv)
 
     modes = [m.strip() for m in cli.modes.split(",") if m.strip()]
-    lambdas = [float(x) for x in cli.lambdas.split(",") if x.strip()]
+    unknown = [m for m in modes if m not in DEMO_MODES]
+    if not modes or unknown:
+        parser.error(f"--modes {cli.modes!r}: {', '.join(map(repr, unknown)) or 'none given'}; give some of "
+                     f"{', '.join(DEMO_MODES)}, comma-separated")
+    try:
+        lambdas = [float(x) for x in cli.lambdas.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--lambdas {cli.lambdas!r}: give numbers, comma-separated (e.g. 0.05,100)")
+    if not lambdas or any(not math.isfinite(lam) or lam < 0 for lam in lambdas):
+        parser.error(f"--lambdas {cli.lambdas!r}: give numbers >= 0, comma-separated (e.g. 0.05,100)")
     too_big = [lam for lam in lambdas if cli.learning_rate * lam >= 1]
     if too_big:
         parser.error(

@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 from recipe_utils import (
     RecipeError,
+    check_best_metric,
     check_dir,
     check_layers,
+    classification_metric_names,
     classification_metrics,
     default_train_eval,
     dtype_field,
@@ -442,6 +444,7 @@ def train_and_evaluate(
         if split in raw and limit is not None:
             raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
     compute_metrics = classification_metrics(load_metrics(data_args.metric), len(labels))
+    check_best_metric(training_args, classification_metric_names(compute_metrics, len(labels)))
     set_seed(training_args.seed)
     model, processor = load_model_and_processor(model_args, labels)
     check_layers(model, training_args)

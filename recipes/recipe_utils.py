@@ -14,10 +14,11 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, NoReturn
 
 from hf_lpwd.integrations.bnb_notice import quiet_cpu_kernel_notice
 from hf_lpwd.model_source import resolve_model_path as _resolve_model_path
@@ -100,11 +101,12 @@ def _given_on_command_line(dataclass_types: Sequence[type], args: Sequence[str])
     return set(vars(namespace))
 
 
-def _integer_fields(dataclass_types: Sequence[type]) -> set[str]:
-    """The fields whose type admits an int and no float (``max_steps: int``, ``eval_steps: int | None``)."""
+def _number_fields(dataclass_types: Sequence[type]) -> dict[str, tuple[bool, bool]]:
+    """``{name: (integer only, may be None)}`` of the fields whose type is a number (``max_steps: int``,
+    ``eval_steps: int | None``, ``learning_rate: float``)."""
     import typing
 
-    names = set()
+    fields: dict[str, tuple[bool, bool]] = {}
     for dataclass_type in dataclass_types:
         try:
             hints = typing.get_type_hints(dataclass_type)
@@ -112,19 +114,31 @@ def _integer_fields(dataclass_types: Sequence[type]) -> set[str]:
             continue
         for f in dataclasses.fields(dataclass_type):
             kinds = set(typing.get_args(hints.get(f.name))) or {hints.get(f.name)}
-            if int in kinds and float not in kinds:
-                names.add(f.name)
-    return names
+            if kinds & {int, float} and not kinds - {int, float, type(None)}:
+                fields[f.name] = (float not in kinds, type(None) in kinds)
+    return fields
 
 
-def _check_integer_fields(values: dict[str, Any], dataclass_types: Sequence[type], path: str | None) -> None:
-    """A config file's ``max_steps: 2.5`` is refused here, naming the key (the Trainer would fail on it after
-    creating the output folder); ``2.0`` is 2. Flags are already ints (argparse converts them)."""
-    for name in sorted(_integer_fields(dataclass_types)):
-        value = values.get(name)
-        if isinstance(value, float) and not isinstance(value, bool):
+def _check_number_fields(values: dict[str, Any], file_keys: Collection[str], dataclass_types: Sequence[type],
+                         path: str | None) -> None:
+    """A config file's number that is none: ``max_steps: 2.5`` (not whole), ``learning_rate:`` (empty: YAML
+    null), ``per_device_train_batch_size: [8]``, ``max_steps: true``, refused here naming the key (the Trainer
+    would fail on it, or take ``true`` as 1, after creating the output folder); ``2.0`` is 2. Flags are
+    already numbers (argparse converts them)."""
+    where = f"{path}: " if path else ""
+    for name, (integer, optional) in sorted(_number_fields(dataclass_types).items()):
+        if name not in values:
+            continue
+        value = values[name]
+        kind = "an integer" if integer else "a number"
+        if value is None and name in file_keys and not optional:
+            raise RecipeError(f"{where}{name} is empty (YAML reads it as null); give {kind}, or remove the "
+                              "line to keep the default")
+        if isinstance(value, (bool, list, dict)):
+            raise RecipeError(f"{where}{name}: {value!r} is not {kind}; give {kind} (e.g. {name}: "
+                              f"{1 if integer else 0.001})")
+        if integer and isinstance(value, float):
             if not value.is_integer():
-                where = f"{path}: " if path else ""
                 raise RecipeError(f"{where}{name}: {value} is not a whole number; give an integer "
                                   f"(e.g. {name}: {max(int(value), 1)})")
             values[name] = int(value)
@@ -181,6 +195,7 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
             if action.dest in file_values:
                 action.required = False
         parser.set_defaults(**file_values)
+    parser.error = lambda message: _parse_error(message, file_values, config_path, argv)  # type: ignore
     namespace, unknown = parser.parse_known_args(argv)
     if unknown:
         known = [s for action in parser._actions for s in action.option_strings]
@@ -196,7 +211,7 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
         ]
         raise RecipeError(f"unrecognized arguments: {', '.join(hints) or ' '.join(unknown)}")
     values = vars(namespace)
-    _check_integer_fields(values, dataclass_types, config_path)
+    _check_number_fields(values, file_values, dataclass_types, config_path)
     _expand_user_paths(values)
     explicit = set(file_values) | _given_on_command_line(dataclass_types, argv)
     if "do_train" in values and not explicit & {"do_train", "do_eval"}:
@@ -210,6 +225,7 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
           and str(values.get("eval_strategy", "no")) in ("no", "IntervalStrategy.NO")):
         raise RecipeError("--do_train false and no --do_eval: nothing to do; add --do_eval true to evaluate "
                           "only")
+    _check_eval_flags(values, explicit)
     lpwd_config = values.get("lpwd_config")
     if lpwd_config:
         training_cls = next(
@@ -233,6 +249,65 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     except (ValueError, TypeError) as exc:  # TrainingArguments.__post_init__ and friends
         raise RecipeError(str(exc)) from None
     return tuple(outputs)
+
+
+def _parse_error(message: str, file_values: dict[str, Any], config_path: str | None,
+                 argv: Sequence[str]) -> NoReturn:
+    """argparse's error as one line (not the ~150 lines of usage first), naming the config file's key where
+    the bad value came from the file (argparse converts a file's text values as it converts flags)."""
+    found = re.match(r"argument --([\w.-]+)(?:/[^:]*)?: (.*)", message)
+    if found and config_path is not None and found.group(1) in file_values and not any(
+            a == f"--{found.group(1)}" or a.startswith(f"--{found.group(1)}=") for a in argv):
+        message = f"{config_path}: {found.group(1)}: {found.group(2)}"
+    raise RecipeError(f"{message} (python {os.path.basename(sys.argv[0])} --help lists the arguments)")
+
+
+def _check_eval_flags(values: dict[str, Any], explicit: Collection[str]) -> None:
+    """``--do_eval false`` given with an ``--eval_strategy`` (the tiny-Llama YAML has one) means no
+    evaluation: TrainingArguments would turn ``do_eval`` back on.  ``--do_predict``: no recipe writes test
+    predictions."""
+    if values.get("do_predict"):
+        raise RecipeError("--do_predict: the recipes write no test-set predictions; evaluate a labelled "
+                          "split with --do_eval true (and --validation_file / --validation_dir)")
+    if "do_eval" not in explicit or values.get("do_eval") or _no_strategy(values.get("eval_strategy", "no")):
+        return
+    if values.get("load_best_model_at_end"):
+        raise RecipeError("--do_eval false with --load_best_model_at_end: the best model is chosen by "
+                          "evaluations; drop one of them")
+    logger.info("--do_eval false: --eval_strategy %s is set to no", values.get("eval_strategy"))
+    values["eval_strategy"] = "no"
+
+
+def _no_strategy(value: Any) -> bool:
+    return str(getattr(value, "value", value)).lower() == "no"
+
+
+def check_best_metric(training_args: Any, names: Collection[str]) -> None:
+    """``--metric_for_best_model`` names one of the evaluation's metrics (``names``, without ``eval_``): the
+    Trainer would find out at the first evaluation, after training to it (and leave an output folder)."""
+    wanted = training_args.metric_for_best_model
+    if not wanted or not (training_args.load_best_model_at_end or _is_best(training_args.save_strategy)):
+        return
+    known = {"loss", *names}
+    if wanted.removeprefix("eval_") not in known:
+        close = difflib.get_close_matches(wanted.removeprefix("eval_"), sorted(known), n=1)
+        raise RecipeError(f"--metric_for_best_model={wanted} is not a metric of the evaluation "
+                          f"({', '.join(sorted(known))})" + (f"; did you mean {close[0]}?" if close else ""))
+
+
+def _is_best(strategy: Any) -> bool:
+    return str(getattr(strategy, "value", strategy)).lower() == "best"
+
+
+def classification_metric_names(compute_metrics: Callable[[Any], dict[str, float]],
+                                num_labels: int) -> list[str]:
+    """The keys ``compute_metrics`` returns, read from one call on a made-up prediction of every label."""
+    import numpy as np
+    from transformers import EvalPrediction
+
+    labels = np.arange(max(num_labels, 2)) % max(num_labels, 1)
+    logits = np.eye(max(num_labels, 2), dtype=np.float32)[labels]
+    return list(compute_metrics(EvalPrediction(predictions=logits, label_ids=labels)))
 
 
 def setup_logging(training_args: Any) -> None:
@@ -302,6 +377,9 @@ def check_training_args(training_args: Any) -> None:
     # __init__ creates the output folder first: the LPWD settings, a DeepSpeed config with its own optimizer,
     # schedule-free or otherwise unwrappable --optim, η·λ ≥ 1.
     to_config = getattr(training_args, "to_lpwd_config", None)
+    output_dir = training_args.output_dir
+    if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise RecipeError(f"--output_dir={output_dir} is a file; give a folder (new, or one to write into)")
     if training_args.push_to_hub and hub_offline():
         raise RecipeError("--push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it, or "
                           "drop --push_to_hub and upload OUTPUT_DIR/final later")
@@ -410,6 +488,12 @@ def load_pretrained(loader: Callable[..., Any], name: str, flag: str, **kwargs: 
             else f"Pass {what}"
         )
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "ignore_mismatched_sizes" in str(exc):  # the checkpoint's head has another number of labels
+            raise RecipeError(
+                f"{flag}={name}: its classification head has another number of labels than the data "
+                "(the sizes do not match); pass --ignore_mismatched_sizes true to start a new head for the "
+                "data's labels, or check the label column"
+            ) from None
         raise RecipeError(f"{flag}={name} could not be loaded ({first_line}). {hint}.") from None
 
 

@@ -27,8 +27,10 @@ from typing import Any
 
 from recipe_utils import (
     RecipeError,
+    check_best_metric,
     check_file,
     check_layers,
+    classification_metric_names,
     classification_metrics,
     default_train_eval,
     dtype_field,
@@ -376,6 +378,7 @@ def train_and_evaluate(
     raw = load_raw_datasets(data_args, model_args.cache_dir)
     raw, text, pair, labels = prepare_datasets(raw, data_args, training_args)
     compute_metrics = classification_metrics(load_metrics(data_args.metric), len(labels))
+    check_best_metric(training_args, classification_metric_names(compute_metrics, len(labels)))
     set_seed(training_args.seed)
     model, tokenizer = load_model_and_tokenizer(model_args, labels)
     check_layers(model, training_args)

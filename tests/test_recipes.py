@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -583,7 +584,7 @@ def _sst2_args(tmp_path: Path, out: Path, **changes: str) -> list:
         "--max_steps": "1",
     }
     args.update(changes)
-    return [x for key, value in args.items() if value is not None for x in (key, value)] + COMMON
+    return COMMON + [x for key, value in args.items() if value is not None for x in (key, value)]
 
 
 def test_unknown_config_key_exits_before_training(tmp_path):
@@ -611,6 +612,13 @@ def test_unknown_config_key_exits_before_training(tmp_path):
         ("resume_other_settings", "--weight_decay 0.1 (checkpoint: 0.5)"),
         ("nothing_to_do", "--do_train false and no --do_eval: nothing to do"),
         ("push_offline", "--push_to_hub: HF_HUB_OFFLINE is set"),
+        ("do_predict", "--do_predict: the recipes write no test-set predictions"),
+        ("best_metric", "--metric_for_best_model=acuracy is not a metric of the evaluation (accuracy, f1, "
+                        "loss, matthews_correlation, num_predictions); did you mean accuracy?"),
+        ("no_eval_but_best", "--do_eval false with --load_best_model_at_end"),
+        ("bad_choice", "error: argument --weight_decay_mode/--weight-decay-mode: invalid choice: 'lpdw'"),
+        ("head_labels", "its classification head has another number of labels than the data (the sizes do "
+                        "not match); pass --ignore_mismatched_sizes true"),
     ],
 )
 def test_bad_input_fails_before_training(tmp_path, case, expected, monkeypatch, capsys):
@@ -642,7 +650,23 @@ def test_bad_input_fails_before_training(tmp_path, case, expected, monkeypatch, 
                                   "--weight_decay": "0.1"},
         "nothing_to_do": {"--do_train": "false"},
         "push_offline": {"--push_to_hub": "true", "--hub_model_id": "me/tiny"},
+        "do_predict": {"--do_predict": "true"},
+        "best_metric": {"--eval_strategy": "steps", "--save_strategy": "steps",
+                        "--load_best_model_at_end": "true", "--metric_for_best_model": "acuracy"},
+        "no_eval_but_best": {"--do_eval": "false", "--eval_strategy": "steps", "--save_strategy": "steps",
+                             "--load_best_model_at_end": "true"},
+        "bad_choice": {"--weight_decay_mode": "lpdw"},
+        "head_labels": {"--config_name": None, "--model_name_or_path": str(tmp_path / "two_labels"),
+                        "--train_file": str(tmp_path / "three.tsv"),
+                        "--validation_file": str(tmp_path / "three.tsv")},
     }[case]
+    if case == "head_labels":  # a saved 2-label classifier, data with 3 labels
+        from transformers import BertConfig, BertForSequenceClassification
+
+        config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32, num_labels=2)
+        BertForSequenceClassification(config).save_pretrained(tmp_path / "two_labels")
+        (tmp_path / "three.tsv").write_text("sentence\tlabel\na\t0\nb\t1\nc\t2\n")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     if case == "resume_other_settings":  # a checkpoint trained with λ = 0.5, with optimizer state
         from hf_lpwd import LPWDConfig
@@ -654,7 +678,48 @@ def test_bad_input_fails_before_training(tmp_path, case, expected, monkeypatch, 
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert expected in err, err[-4000:]
+    assert "usage:" not in err  # one line, not argparse's usage first
     assert not out.exists()
+
+
+def test_numbers_a_config_file_leaves_empty_or_gives_as_a_list_or_bool_are_refused_naming_the_key(
+        tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import text_classification
+    from recipe_utils import RecipeError, parse_args
+
+    from hf_lpwd import LPWDTrainingArguments
+
+    classes = (text_classification.ModelArguments, text_classification.DataArguments, LPWDTrainingArguments)
+    path = tmp_path / "run.yaml"
+    for text, message in [
+        ("learning_rate:\n", "learning_rate is empty (YAML reads it as null); give a number, or remove"),
+        ("per_device_train_batch_size: [8]\n", "per_device_train_batch_size: [8] is not an integer"),
+        ("max_steps: true\n", "max_steps: True is not an integer"),
+        ("learning_rate: abc\n", "learning_rate: invalid float value: 'abc'"),
+    ]:
+        path.write_text(f"output_dir: {tmp_path / 'out'}\n{text}")
+        with pytest.raises(RecipeError, match=f"^{path}: {re.escape(message)}"):
+            parse_args(classes, [str(path)])
+    # --do_eval false given with an eval strategy (the tiny-Llama YAML has one): trains, never evaluates
+    path.write_text(f"output_dir: {tmp_path / 'out'}\neval_strategy: steps\neval_steps: 2\n")
+    *_, args = parse_args(classes, [str(path), "--do_eval", "false"])
+    assert (args.do_train, args.do_eval, str(args.eval_strategy.value)) == (True, False, "no")
+    *_, args = parse_args(classes, [str(path)])  # not given: the eval strategy stands
+    assert (args.do_train, args.do_eval, str(args.eval_strategy.value)) == (True, True, "steps")
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_anything_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import text_classification
+    from recipe_utils import run_main
+
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine")
+    with pytest.raises(SystemExit):
+        run_main(text_classification.main, _sst2_args(tmp_path, afile))
+    assert f"--output_dir={afile} is a file; give a folder" in capsys.readouterr().err
+    assert afile.read_text() == "mine"
 
 
 # ---------------------------------------------------------------------------------------------- --help
@@ -715,6 +780,22 @@ def test_demo_help(capsys, monkeypatch):
     out = capsys.readouterr().out
     for flag in ("--max_steps", "--lambdas", "--modes", "--learning_rate", "--report_to"):
         assert flag in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--modes", "wd,lpdw"], "--modes 'wd,lpdw': 'lpdw'; give some of wd, rwd, pwd, lpwd"),
+    (["--lambdas", "0.05,abc"], "--lambdas '0.05,abc': give numbers, comma-separated"),
+    (["--lambdas", "-1"], "--lambdas '-1': give numbers >= 0"),
+])
+def test_demo_refuses_its_bad_input_before_the_first_run(tmp_path, capsys, monkeypatch, argv, message):
+    """A mistyped mode used to surface when its run started, after the runs before it had trained."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+    import demo
+
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--output_dir", str(tmp_path / "demo"), *argv])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
 
 
 # ---------------------------------------------------------------------------------------------- early errors

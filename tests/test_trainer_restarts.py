@@ -105,6 +105,8 @@ TRAINED = dict(weight_decay_mode="lpwd", weight_decay=0.5)
          r"--weight_decay 0\.1 \(checkpoint: 0\.5\)"),
         (TRAINED, dict(weight_decay_mode="pwd", weight_decay=0.5),
          r"--weight_decay_mode 'pwd' \(checkpoint: 'lpwd'\), --lpwd_layerwise False \(checkpoint: True\)"),
+        (TRAINED, dict(weight_decay_mode="wd", weight_decay=0.5),  # the mode written, not lpwd's timing
+         r"--weight_decay_mode 'wd' \(checkpoint: 'lpwd'\), --lpwd_layerwise False \(checkpoint: True\)"),
         (TRAINED, dict(TRAINED, lpwd_layer_lr_decay=0.8), r"--lpwd_layer_lr_decay 0\.8 \(checkpoint: 1\.0\)"),
         (TRAINED, dict(TRAINED, lpwd_decay_target="init"),
          r"--lpwd_decay_target 'init' \(checkpoint: 'zero'\)"),
@@ -136,7 +138,7 @@ def test_the_settings_a_checkpoint_keeps_resume_and_a_given_config_is_named_by_i
     LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(32)).train(str(checkpoint))
     other = LPWDTrainer(model=tiny_bert(), args=TrainingArguments(**common_args(tmp_path)),
                         train_dataset=TokenDataset(32), lpwd_config=LPWDConfig(mode="wd", weight_decay=0.1))
-    with pytest.raises(ValueError, match=r"LPWDConfig\.mode 'wd' \(checkpoint: 'pwd'\)"):
+    with pytest.raises(ValueError, match=r"LPWDConfig\.mode 'wd' \(checkpoint: 'lpwd'\)"):
         other.train(resume_from_checkpoint=str(checkpoint))
 
 

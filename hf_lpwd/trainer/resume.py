@@ -56,8 +56,8 @@ def _differences(saved: LPWDConfig, now: LPWDConfig) -> list[tuple[str, Any, Any
     if before["decay_timescale"] is not None or after["decay_timescale"] is not None:
         skip.add("weight_decay")  # the timescale's λ follows the steps per epoch; τ is what was chosen
     names = [s.name for s in CONFIG_SETTINGS if s.name not in skip]
-    if saved.mode != now.mode and before["mode"] == after["mode"]:
-        before["mode"], after["mode"] = saved.mode, now.mode  # lpwd vs pwd: say what the user wrote
+    if saved.mode != now.mode:  # lpwd, not its timing pwd: say what the user wrote
+        before["mode"], after["mode"] = saved.mode, now.mode
     return [(name, before[name], after[name]) for name in names if before[name] != after[name]]
 
 
