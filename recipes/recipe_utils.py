@@ -497,14 +497,29 @@ def load_pretrained(loader: Callable[..., Any], name: str, flag: str, **kwargs: 
         raise RecipeError(f"{flag}={name} could not be loaded ({first_line}). {hint}.") from None
 
 
-def require_columns(columns: Sequence[str], wanted: dict[str, str | None], where: str) -> None:
+def require_columns(columns: Sequence[str], wanted: dict[str, str | None], where: str,
+                    headerless: str = "") -> None:
+    """Each named column is one of ``columns``; ``headerless``: what to say when the names look like a first
+    row of data (a number, a sentence), i.e. a file without a header line."""
     for flag, column in wanted.items():
         if column is not None and column not in columns:
             close = difflib.get_close_matches(column, list(columns), n=1, cutoff=0.8)
             hint = f" Did you mean {flag} {close[0]}?" if close else ""
+            if headerless and any(_looks_like_data(c) for c in columns):
+                hint += f" Its first line looks like data, not column names: {headerless}"
             raise RecipeError(
                 f"{flag}={column!r} is not a column of {where}; its columns are {list(columns)}.{hint}"
             )
+
+
+def _looks_like_data(name: str) -> bool:
+    """A header cell that is a number or a sentence (CoLA's first row: ``gj04  1  Our friends won't ...``)."""
+    text = str(name).strip()
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return len(text) > 30 and " " in text
 
 
 def parse_list(value: str | Sequence[str] | None) -> list[str] | None:

@@ -267,7 +267,9 @@ def prepare_datasets(
         where = f"the {split} data" + (
             f" ({getattr(data_args, split + '_file')})" if data_args.dataset_name is None else ""
         )
-        require_columns(ds.column_names, {"--label_column": data_args.label_column}, where)
+        require_columns(ds.column_names, {"--label_column": data_args.label_column}, where,
+                        headerless="pass --no_header, with --column_names (CoLA: --column_names "
+                                   "source,label,original,sentence) or column numbers")
     columns = next(iter(raw.values())).column_names
     text, pair = resolve_text_columns(columns, data_args)
     for split, ds in raw.items():
