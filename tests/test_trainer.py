@@ -402,8 +402,21 @@ def test_trl_sft_trainer_through_the_mixin(tmp_path: Path, settings_from: str) -
         given = {"lpwd_config": LPWDConfig(mode="lpwd", weight_decay=0.2)}
     else:
         @dataclasses.dataclass
-        class LPWDSFTConfig(LPWDTrainingArguments, trl.SFTConfig):
+        class LPWDSFTConfig(trl.SFTConfig, LPWDTrainingArguments):
             pass
+
+        # TRL's defaults stand (listed first, LPWDTrainingArguments' fields would bring transformers' own:
+        # lr 5e-5 for 2e-5, bf16, gradient checkpointing), and that order is warned about
+        plain = {f.name: getattr(trl.SFTConfig(output_dir=str(tmp_path), use_cpu=True), f.name)
+                 for f in dataclasses.fields(trl.SFTConfig) if f.name in ("learning_rate", "logging_steps")}
+        both = LPWDSFTConfig(output_dir=str(tmp_path), use_cpu=True)
+        assert {name: getattr(both, name) for name in plain} == plain == {"learning_rate": 2e-5,
+                                                                          "logging_steps": 10}
+        with pytest.warns(UserWarning, match=r"takes TrainingArguments' defaults over SFTConfig's own: "
+                                             r"learning_rate=5e-05 \(its 2e-05\).*list SFTConfig first"):
+            @dataclasses.dataclass
+            class Reversed(LPWDTrainingArguments, trl.SFTConfig):
+                pass
 
         argv = [f"--{k}={v}" for k, v in common_args(tmp_path, weight_decay=0.2, max_steps=2).items()]
         (config,) = transformers.HfArgumentParser(LPWDSFTConfig).parse_args_into_dataclasses(

@@ -130,6 +130,32 @@ def _refuse_numbers_as_text(args: TrainingArguments) -> None:
             raise ValueError(f"--{spec.name} must be a number, got {value!r}{text_number_hint(value)}")
 
 
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _warn_defaults_replaced(cls: type, other: type) -> None:
+    """Warn that ``cls`` (LPWD's arguments listed before ``other``) keeps transformers' defaults where
+    ``other`` has its own."""
+    import warnings
+
+    ours = TrainingArguments.__dataclass_fields__
+    theirs = getattr(other, "__dataclass_fields__", {})
+    replaced = [f"{name}={_field_default(ours[name])!r} (its {_field_default(f)!r})"
+                for name, f in theirs.items()
+                if name in ours and _field_default(f) != _field_default(ours[name])]
+    if replaced:
+        warnings.warn(
+            f"{cls.__name__}(LPWDTrainingArguments, {other.__name__}) takes TrainingArguments' defaults over "
+            f"{other.__name__}'s own: {', '.join(replaced[:6])}{', ...' if len(replaced) > 6 else ''}; list "
+            f"{other.__name__} first: class {cls.__name__}({other.__name__}, LPWDTrainingArguments)",
+            UserWarning, stacklevel=3)
+
+
 @dataclass
 @_with_setting_arguments
 class LPWDTrainingArguments(TrainingArguments):
@@ -146,6 +172,17 @@ class LPWDTrainingArguments(TrainingArguments):
                   "given with a value other than its default overrides the file; one left at (or given "
                   "with) its default value takes the file's."},
     )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A config class that is both (``class C(LPWDTrainingArguments, SFTConfig)``) takes its fields'
+        defaults from the first base: every ``TrainingArguments`` field of this class, at transformers'
+        defaults, would replace the other config's own (TRL's lr 2e-5, DPO's 1e-6, ``bf16``): said here."""
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        later = [base for base in mro[mro.index(LPWDTrainingArguments) + 1:]
+                 if issubclass(base, TrainingArguments) and base not in LPWDTrainingArguments.__mro__]
+        if later:
+            _warn_defaults_replaced(cls, later[0])
 
     def __post_init__(self) -> None:
         _refuse_numbers_as_text(self)
