@@ -23,7 +23,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 from torch import nn
-from transformers import TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from hf_lpwd import LPWDConfig, LPWDTrainer, LPWDTrainingArguments
 from tests.tiny import ROOT, TokenDataset, common_args, tiny_bert
@@ -126,6 +126,25 @@ def test_a_resume_with_other_settings_is_refused_naming_each_flag(tmp_path: Path
     with pytest.raises(ValueError, match="these would be ignored"):
         trainer.train(resume_from_checkpoint=True)  # the last checkpoint of the output folder
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == written
+
+
+def test_a_stock_trainer_checkpoint_resumes_as_wd_and_is_refused_with_another_decay(tmp_path: Path) -> None:
+    """The stock Trainer's checkpoint (no lpwd_config.json): lpwd used to fail mid-train() with torch's "a
+    different number of parameter groups", rwd/pwd to resume silently with another timing; wd resumes."""
+    torch.manual_seed(0)
+    stock = TrainingArguments(**common_args(tmp_path, save_strategy="steps", save_steps=2, weight_decay=0.5))
+    Trainer(model=tiny_bert(), args=stock, train_dataset=TokenDataset(32)).train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    for mode, listed in (("lpwd", "--weight_decay_mode 'lpwd', --lpwd_layerwise True"),
+                         ("pwd", "--weight_decay_mode 'pwd'")):
+        args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay_mode=mode, weight_decay=0.5))
+        trainer = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(32))
+        with pytest.raises(ValueError, match=f"resuming {checkpoint} with {listed}: a Trainer without LPWD"):
+            trainer.train(resume_from_checkpoint=str(checkpoint))
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay_mode="wd", weight_decay=0.5))
+    resumed = LPWDTrainer(model=tiny_bert(), args=args, train_dataset=TokenDataset(32))
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == common_args(tmp_path)["max_steps"]
 
 
 def test_the_settings_a_checkpoint_keeps_resume_and_a_given_config_is_named_by_its_fields(

@@ -61,6 +61,20 @@ def _differences(saved: LPWDConfig, now: LPWDConfig) -> list[tuple[str, Any, Any
     return [(name, before[name], after[name]) for name in names if before[name] != after[name]]
 
 
+def _saved_without_lpwd(checkpoint: str) -> bool:
+    """An ``optimizer.pt`` whose param groups hold none of LPWD's keys (``lpwd_*``, ``depth``): the stock
+    Trainer's, whose groups another decay would not match (read memory-mapped: no tensor is loaded)."""
+    path = os.path.join(checkpoint, "optimizer.pt")
+    if not os.path.isfile(path):
+        return False  # sharded or DeepSpeed's: not read here
+    try:
+        groups = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("param_groups", [])
+    except Exception:  # noqa: BLE001 - unreadable here: the Trainer's own load will say
+        return False
+    return bool(groups) and not any(key == "depth" or str(key).startswith("lpwd")
+                                    for group in groups for key in group)
+
+
 def _has_optimizer_state(checkpoint: str) -> bool:
     """Whether the Trainer saved an optimizer there (``optimizer.pt`` / ``.bin`` / sharded, or DeepSpeed's
     ``global_step*``); ``--save_only_model`` saves none."""
@@ -92,6 +106,18 @@ def check_resume(checkpoint: str, now: LPWDConfig, from_arguments: bool = True) 
                 f"{LPWD_CONFIG_NAME}), or start a new run from its weights (the checkpoint folder as the "
                 "model) to change them. (Ray Tune's population-based training resumes another trial's "
                 "checkpoint this way: mutate what a checkpoint does not fix, or search with fresh trials.)"
+            )
+    if saved is None and _saved_without_lpwd(checkpoint):
+        changed = _differences(LPWDConfig(mode="wd", weight_decay=now.weight_decay), now)
+        if changed:
+            listed = ", ".join(f"{label(SETTING[name])} {after!r}" for name, _, after in changed)
+            raise ValueError(
+                f"resuming {checkpoint} with {listed}: a Trainer without LPWD saved it (no "
+                f"{LPWD_CONFIG_NAME}, and its optimizer state has none of LPWD's param-group keys), so its "
+                "optimizer decays as "
+                f"{label(SETTING['mode'])} 'wd' with one λ for every parameter. Resume it with that (bitwise "
+                "the stock Trainer's run), or start a new run from its weights (the checkpoint folder as the "
+                "model) to change the decay"
             )
     decays = now.weight_decay > 0 or now.decay_timescale is not None
     if decays and not _has_optimizer_state(checkpoint):
