@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
-from hf_lpwd import LPWDConfig, LPWDTrainer, LPWDTrainingArguments
+from hf_lpwd import LPWDConfig, LPWDMixin, LPWDTrainer, LPWDTrainingArguments
 from tests.tiny import ROOT, TokenDataset, common_args, tiny_bert
 
 OOM = "CUDA out of memory. Tried to allocate (simulated)"
@@ -224,6 +224,34 @@ def test_the_trainer_refuses_before_it_creates_the_output_folder(tmp_path: Path,
     with pytest.raises(ValueError, match=match):
         LPWDTrainer(model=model(), args=args,
                     lpwd_config=config if "weight_decay_mode" in overrides else None)
+    assert not (tmp_path / "out").exists()
+
+
+class _RefFirst(Trainer):
+    """DPOTrainer's order: ``(model, ref_model, args, ...)``."""
+
+    def __init__(self, model, ref_model, args, train_dataset=None) -> None:
+        super().__init__(model=model, args=args, train_dataset=train_dataset)
+
+
+class _PassThrough(Trainer):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+
+
+@pytest.mark.parametrize("trainer_cls", [_RefFirst, _PassThrough])
+def test_positional_arguments_of_any_trainer_are_checked_before_the_output_folder(
+        tmp_path: Path, trainer_cls: type) -> None:
+    """The arguments found by the ``__init__``'s own names (DPOTrainer's ``args`` is its third): before, the
+    mixin took the second positional as ``args`` and the refusal came after the folder was made."""
+    class Mixed(LPWDMixin, trainer_cls):
+        pass
+
+    args = LPWDTrainingArguments(**common_args(tmp_path, weight_decay_mode="lpwd", weight_decay=0.1,
+                                               lpwd_layer_pattern=r"nothing\.(\d+)\."))
+    given = (tiny_bert(), None, args) if trainer_cls is _RefFirst else (tiny_bert(), args)
+    with pytest.raises(ValueError, match="lpwd_layer_pattern"):
+        Mixed(*given, train_dataset=TokenDataset(8))
     assert not (tmp_path / "out").exists()
 
 

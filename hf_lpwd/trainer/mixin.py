@@ -25,6 +25,7 @@ so a resumed run is bitwise the uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import shutil
 from typing import Any
@@ -111,6 +112,27 @@ def _unwrap_lpwd(optimizer: Any) -> LPWD | None:
     return optimizer
 
 
+def _named_arguments(init: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The Trainer's arguments by name, positional ones too, read from the signature of the ``__init__`` the
+    mixin calls: ``Trainer(model, args, ...)``, but ``DPOTrainer(model, ref_model, args, ...)``."""
+    try:
+        signature = inspect.signature(init)
+        bound = signature.bind_partial(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        bound = None
+    params = signature.parameters if bound is not None else {}
+    if bound is None or any(params[name].kind is inspect.Parameter.VAR_POSITIONAL for name in bound):
+        names = ("model", "args", "data_collator", "train_dataset")  # no names to read: Trainer's order
+        return {**dict(zip(names, args, strict=False)), **kwargs}
+    named: dict[str, Any] = {}
+    for name, value in bound.items():
+        if params[name].kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    return named
+
+
 class LPWDMixin:
     """Put in front of any ``transformers.Trainer`` subclass to train with LPWD.
 
@@ -122,14 +144,13 @@ class LPWDMixin:
     """
 
     def __init__(self, *args: Any, lpwd_config: LPWDConfig | None = None, **kwargs: Any) -> None:
-        given_args = kwargs.get("args", args[1] if len(args) > 1 else None)
-        given_model = kwargs.get("model", args[0] if args else None)
-        _refuse_built_optimizer(kwargs.get("optimizers", (None, None))[0])
+        given = _named_arguments(super().__init__, args, kwargs)
+        given_args, given_model = given.get("args"), given.get("model")
+        _refuse_built_optimizer((given.get("optimizers") or (None, None))[0])
         if isinstance(given_args, TrainingArguments):
             # before Trainer.__init__, which creates the output folder
             _check_before_training(given_args, lpwd_config, given_model,
-                                   kwargs.get("optimizer_cls_and_kwargs"),
-                                   kwargs.get("train_dataset", args[3] if len(args) > 3 else None))
+                                   given.get("optimizer_cls_and_kwargs"), given.get("train_dataset"))
         super().__init__(*args, **kwargs)
         _refuse_built_optimizer(self.optimizer)
         self._lpwd_given_config = None if lpwd_config is None else dataclasses.replace(lpwd_config)
