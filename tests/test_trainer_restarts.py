@@ -323,6 +323,17 @@ def test_an_optimizer_built_outside_the_trainer_is_refused_unless_it_is_lpwd(tmp
     assert not (tmp_path / "out").exists()
     own = LPWD(model.parameters(), mode="pwd", lr=1e-3, weight_decay=0.5)
     assert LPWDTrainer(model=model, args=args, optimizers=(own, None)).lpwd_optimizer is own
+    # one whose settings are not the run's: the record (lpwd_config.json, the card) would describe another run
+    unlike = LPWD(model.parameters(), base="sgd", mode="wd", lr=1e-3, weight_decay=0.5, cautious=True)
+    with pytest.raises(ValueError, match=r"the LPWD you built is not what this run would record: "
+                                         r"--weight_decay_mode 'lpwd' \(the LPWD: 'wd'\), "
+                                         r"--lpwd_cautious False \(the LPWD: True\)"):
+        LPWDTrainer(model=model, args=LPWDTrainingArguments(**common_args(tmp_path / "b", weight_decay=0.5)),
+                    optimizers=(unlike, None))
+    assert not (tmp_path / "b" / "out").exists()
+    matching = LPWDTrainingArguments(**common_args(tmp_path, weight_decay_mode="wd", lpwd_cautious=True,
+                                                   weight_decay=0.5))
+    assert LPWDTrainer(model=model, args=matching, optimizers=(unlike, None)).lpwd_optimizer is unlike
 
 
 # ----------------------------------------------------------------------------------- a folder saved again

@@ -44,7 +44,7 @@ from ..integrations.bitsandbytes import keep_embeddings_in_32_bit
 from ..names import LPWD_CONFIG_NAME, distance_log_key
 from ..optim import LPWD
 from ..schedule import first_step_scale, scheduler_scales
-from ..settings import SETTING, SETTINGS
+from ..settings import SETTING, SETTINGS, argument_label, config_label
 from .arguments import refusal_key, run_config
 from .build import base_optimizer_of, build_lpwd, class_path, record_groups, resolve_lambda
 from .layer_log import log_layer_table
@@ -94,6 +94,30 @@ def _refuse_built_optimizer(optimizer: Any) -> None:
         f"lpwd_config.json recorded it. Pass optimizer_cls_and_kwargs=({name}, {{...}}) instead (LPWD wraps "
         "the class with its own groups), or an hf_lpwd.LPWD you built, or train with transformers.Trainer."
     )
+
+
+def _refuse_lpwd_unlike_its_record(optimizer: Any, config: LPWDConfig, from_arguments: bool) -> None:
+    """An ``LPWD`` passed in ``optimizers=`` trains as it was built, while ``lpwd_config.json`` and the model
+    card record the run's settings (arguments or ``lpwd_config``): where they differ the record would be
+    false, so the run is refused naming each difference (λ and the profile are not read back here)."""
+    lpwd = _unwrap_lpwd(optimizer)
+    if lpwd is None:
+        return
+    label = argument_label if from_arguments else config_label
+    recorded = {"mode": config.timing, "lr_coupling": config.lr_coupling, "cautious": config.cautious,
+                "decay_target": config.decay_target, "spd": config.spd}
+    built = {"mode": lpwd.mode, "lr_coupling": lpwd.lr_coupling, "cautious": lpwd.cautious,
+             "decay_target": lpwd.decay_target, "spd": lpwd.spd}
+    shown = {**recorded, "mode": config.mode}  # lpwd, as written; compared as its timing, pwd
+    differ = [f"{label(SETTING[name])} {shown[name]!r} (the LPWD: {built[name]!r})"
+              for name in recorded if recorded[name] != built[name]]
+    if differ:
+        raise ValueError(
+            f"LPWDTrainer(optimizers=(LPWD(...), ...)): the LPWD you built is not what this run would "
+            f"record: {', '.join(differ)}. lpwd_config.json and the model card record the run's settings, so "
+            "give the settings it was built with (mode: its timing; lpwd is pwd with --lpwd_layerwise true), "
+            "or let the Trainer build it from them"
+        )
 
 
 def _keep_none(args: TrainingArguments, values: dict[str, Any]) -> None:
@@ -151,6 +175,8 @@ class LPWDMixin:
             # before Trainer.__init__, which creates the output folder
             _check_before_training(given_args, lpwd_config, given_model,
                                    given.get("optimizer_cls_and_kwargs"), given.get("train_dataset"))
+            _refuse_lpwd_unlike_its_record((given.get("optimizers") or (None, None))[0],
+                                           run_config(given_args, lpwd_config), lpwd_config is None)
         super().__init__(*args, **kwargs)
         _refuse_built_optimizer(self.optimizer)
         self._lpwd_given_config = None if lpwd_config is None else dataclasses.replace(lpwd_config)
