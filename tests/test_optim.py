@@ -628,6 +628,29 @@ def test_pwd_says_it_would_decay_frozen_weights(caplog, mode: str, frozen_in_gro
         assert "add_param_group() them when you unfreeze them" in notes[0]
 
 
+def test_a_weight_frozen_during_training_is_said_once_under_pwd(caplog) -> None:
+    """Frozen after the optimizer was built (a callback sets requires_grad=False): pwd goes on decaying it,
+    so the first pre_step() that finds it says so, once; wd says nothing (it skips weights without a
+    gradient)."""
+    for mode, expected in (("pwd", 1), ("wd", 0)):
+        trained, later = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(4))
+        opt = LPWD([trained, later], mode=mode, lr=0.1, weight_decay=0.5)
+        with caplog.at_level("WARNING", logger="hf_lpwd"):
+            caplog.clear()
+            opt.pre_step()
+            trained.grad, later.grad = torch.ones(3), torch.ones(4)
+            opt.step()
+            later.requires_grad_(False)
+            later.grad = None
+            for _ in range(3):
+                opt.pre_step()
+                opt.step()
+        notes = [r.getMessage() for r in caplog.records if r.name == "hf_lpwd"]
+        assert len(notes) == expected
+        if expected:
+            assert notes[0].startswith("LPWD(mode='pwd'): 4 weights with requires_grad=False")
+
+
 def test_a_scheduler_that_cannot_look_ahead_gets_a_one_line_note_and_stays_exact(caplog) -> None:
     """ReduceLROnPlateau cannot say the next lr: the fold predicts it unchanged, pre_step() corrects a
     change."""

@@ -500,12 +500,14 @@ class LPWD(torch.optim.Optimizer):
     def _warn_if_frozen_would_decay(self, groups: list[dict[str, Any]]) -> None:
         """pwd decays every weight of its groups before the forward, gradient or not (the rule does not ask
         for one); a frozen weight (``requires_grad=False``) in a decayed group would shrink by 1 − d_t per
-        step, where torch's AdamW, wd and rwd leave it alone."""
+        step, where torch's AdamW, wd and rwd leave it alone.  Said when the groups are built, and at the
+        first ``pre_step()`` that finds one frozen since."""
         if self.mode != "pwd":
             return
         frozen = sum(p.numel() for g in groups if lookahead.as_float(g["weight_decay"]) > 0.0
                      for p in g["params"] if not p.requires_grad)
         if frozen:
+            self._frozen_warned = True  # once: pre_step() looks again until it has said it
             logger.warning(
                 "LPWD(mode='pwd'): %d weights with requires_grad=False are in decayed groups: pwd decays "
                 "them before every forward, gradient or not. Leave frozen weights out of the optimizer "
@@ -670,6 +672,8 @@ class LPWD(torch.optim.Optimizer):
         """
         if self.mode != "pwd" or self._pre_step_done:
             return
+        if not self.__dict__.get("_frozen_warned"):  # a weight frozen since (a callback, a schedule)
+            self._warn_if_frozen_would_decay(self.param_groups)
         factors = self._decay_factors()  # validate all first
         self._ensure_anchors()
         for group, wanted in zip(self.param_groups, factors, strict=True):
