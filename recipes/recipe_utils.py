@@ -222,7 +222,7 @@ def parse_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = Non
     elif "do_train" in values and explicit & {"do_train", "do_eval"} == {"do_eval"} and not values["do_eval"]:
         values["do_train"] = True  # --do_eval false alone: train, without evaluating
     elif (not values.get("do_train", True) and not values.get("do_eval")
-          and str(values.get("eval_strategy", "no")) in ("no", "IntervalStrategy.NO")):
+          and _strategy_is(values.get("eval_strategy", "no"), "no")):
         raise RecipeError("--do_train false and no --do_eval: nothing to do; add --do_eval true to evaluate "
                           "only")
     _check_eval_flags(values, explicit)
@@ -269,7 +269,8 @@ def _check_eval_flags(values: dict[str, Any], explicit: Collection[str]) -> None
     if values.get("do_predict"):
         raise RecipeError("--do_predict: the recipes write no test-set predictions; evaluate a labelled "
                           "split with --do_eval true (and --validation_file / --validation_dir)")
-    if "do_eval" not in explicit or values.get("do_eval") or _no_strategy(values.get("eval_strategy", "no")):
+    no_eval_strategy = _strategy_is(values.get("eval_strategy", "no"), "no")
+    if "do_eval" not in explicit or values.get("do_eval") or no_eval_strategy:
         return
     if values.get("load_best_model_at_end"):
         raise RecipeError("--do_eval false with --load_best_model_at_end: the best model is chosen by "
@@ -278,25 +279,23 @@ def _check_eval_flags(values: dict[str, Any], explicit: Collection[str]) -> None
     values["eval_strategy"] = "no"
 
 
-def _no_strategy(value: Any) -> bool:
-    return str(getattr(value, "value", value)).lower() == "no"
+def _strategy_is(value: Any, name: str) -> bool:
+    """``--eval_strategy`` / ``--save_strategy`` as text or transformers' enum."""
+    return str(getattr(value, "value", value)).lower() == name
 
 
 def check_best_metric(training_args: Any, names: Collection[str]) -> None:
     """``--metric_for_best_model`` names one of the evaluation's metrics (``names``, without ``eval_``): the
     Trainer would find out at the first evaluation, after training to it (and leave an output folder)."""
     wanted = training_args.metric_for_best_model
-    if not wanted or not (training_args.load_best_model_at_end or _is_best(training_args.save_strategy)):
+    saves_best = _strategy_is(training_args.save_strategy, "best")
+    if not wanted or not (training_args.load_best_model_at_end or saves_best):
         return
     known = {"loss", *names}
     if wanted.removeprefix("eval_") not in known:
         close = difflib.get_close_matches(wanted.removeprefix("eval_"), sorted(known), n=1)
         raise RecipeError(f"--metric_for_best_model={wanted} is not a metric of the evaluation "
                           f"({', '.join(sorted(known))})" + (f"; did you mean {close[0]}?" if close else ""))
-
-
-def _is_best(strategy: Any) -> bool:
-    return str(getattr(strategy, "value", strategy)).lower() == "best"
 
 
 def classification_metric_names(compute_metrics: Callable[[Any], dict[str, float]],

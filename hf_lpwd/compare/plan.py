@@ -170,15 +170,20 @@ def _read_plan(out: Path) -> dict[str, Any] | None:
         return None
 
 
+def _distinct_values(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[tuple[str, ...]]:
+    """The runs' values of ``keys`` (one axis, linked keys together), in the order the runs finished."""
+    values: list[tuple[str, ...]] = []
+    for row in rows:
+        value = tuple(str(row["settings"][k]) for k in keys)
+        if value not in values:
+            values.append(value)
+    return values
+
+
 def _grid_from_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
     """One axis per settings key, its values in the order the runs finished (outputs without a plan file)."""
-    values: dict[str, list[str]] = {}
-    for row in rows:
-        for key, value in row["settings"].items():
-            seen = values.setdefault(key, [])
-            if value not in seen:
-                seen.append(value)
-    return [f"{key}={','.join(v)}" for key, v in values.items()]
+    keys = list(dict.fromkeys(key for row in rows for key in row["settings"]))
+    return [f"{key}={','.join(v for (v,) in _distinct_values(rows, [key]))}" for key in keys]
 
 
 @dataclasses.dataclass
@@ -220,18 +225,8 @@ def _design_of_runs(rows: Sequence[dict[str, Any]], axes: Sequence[Axis], out: P
                 f"{', '.join(keys)}. To add values or seeds there, give the same keys; for another design, "
                 "give another --out"
             )
-    earlier_axes = []
-    for axis in axes:
-        values: list[tuple[str, ...]] = []
-        for row in rows:
-            value = tuple(str(row["settings"][k]) for k in axis.keys)
-            if value not in values:
-                values.append(value)
-        earlier_axes.append(Axis(axis.keys, tuple(values)))
-    cells: list[dict[str, str]] = []
-    for row in rows:
-        if row["settings"] not in cells:
-            cells.append(dict(row["settings"]))
+    earlier_axes = [Axis(axis.keys, tuple(_distinct_values(rows, axis.keys))) for axis in axes]
+    cells = [dict(zip(keys, value, strict=True)) for value in _distinct_values(rows, keys)]
     return _Design(earlier_axes, cells, sorted({int(r["seed"]) for r in rows}))
 
 
@@ -333,21 +328,20 @@ def make_plan(options: CompareOptions) -> Plan:
                            f"({shlex.join(earlier)}); this one differs: "
                            f"{command_difference(earlier, command)}. Give another --out, or that command")
     record = _read_plan(out)
+    planned = _planned_design(record, command)
+    kept = record if planned is not None and record is not None else {}  # this command's earlier plan
     design, asked = _Design(axes, expand_grid(axes), seeds), expand_grid(axes)
-    earlier_design = _planned_design(record, command)
     if options.report_only and not given_grid:  # the saved design as it is (its cells, if part of a product)
-        if earlier_design is not None:
-            design = _Design(earlier_design.axes, earlier_design.cells, seeds)
+        if planned is not None:
+            design = _Design(planned.axes, planned.cells, seeds)
             asked = design.cells
     elif not options.report_only:  # an --out that holds runs of this command: add to them
-        earlier_design = earlier_design or (_design_of_runs(rows, axes, out) if rows else None)
-        if earlier_design is not None:
-            design, asked = _extend(earlier_design, axes, seeds, out)
-    earlier_reference = (record or {}).get("reference") if earlier_design is not None else None
-    reference_specs = options.reference or (earlier_reference if not options.report_only else []) or []
-    reference = parse_reference(reference_specs, design.axes)
-    metric = options.metric if options.metric is not None else (
-        (record or {}).get("metric") if earlier_design is not None else None) or DEFAULT_METRIC
+        before = planned or (_design_of_runs(rows, axes, out) if rows else None)
+        if before is not None:
+            design, asked = _extend(before, axes, seeds, out)
+    kept_reference = [] if options.report_only else kept.get("reference", [])
+    reference = parse_reference(options.reference or kept_reference, design.axes)
+    metric = options.metric if options.metric is not None else kept.get("metric") or DEFAULT_METRIC
     if not isinstance(metric, str) or not metric.strip():
         raise CompareError("--metric is empty: name a key of the runs' all_results.json (e.g. eval_accuracy)")
     if options.jobs < 1:

@@ -71,12 +71,13 @@ __all__ = ["LPWDMixin", "LPWDTrainer"]
 
 def _check_before_training(args: TrainingArguments, given: LPWDConfig | None, model: Any,
                            optimizer_cls_and_kwargs: tuple[Any, dict[str, Any]] | None,
-                           train_dataset: Any) -> None:
-    """Every refusal the arguments (and a model, the base and the data, when given) allow before anything is
-    written: those of :func:`check_training_arguments`, a timescale shorter than a step, and a layer-wise
-    profile on a model without blocks."""
+                           train_dataset: Any, optimizer: Any = None) -> None:
+    """Every refusal the arguments (and a model, the base, the data and an optimizer passed in, when given)
+    allow before anything is written: those of :func:`check_training_arguments`, a timescale shorter than a
+    step, a layer-wise profile on a model without blocks, and an LPWD built unlike the run's settings."""
     check_training_arguments(args, optimizer_cls_and_kwargs)
     config = run_config(args, given)
+    _refuse_lpwd_unlike_its_record(optimizer, config, given is None)
     refuse_short_timescale(config.decay_timescale, train_dataset, args)
     if config.needs_depths and isinstance(model, nn.Module):
         depths_in_flag_words(model, config.layer_pattern)  # parsed once per model
@@ -174,9 +175,8 @@ class LPWDMixin:
         if isinstance(given_args, TrainingArguments):
             # before Trainer.__init__, which creates the output folder
             _check_before_training(given_args, lpwd_config, given_model,
-                                   given.get("optimizer_cls_and_kwargs"), given.get("train_dataset"))
-            _refuse_lpwd_unlike_its_record((given.get("optimizers") or (None, None))[0],
-                                           run_config(given_args, lpwd_config), lpwd_config is None)
+                                   given.get("optimizer_cls_and_kwargs"), given.get("train_dataset"),
+                                   (given.get("optimizers") or (None, None))[0])
         super().__init__(*args, **kwargs)
         _refuse_built_optimizer(self.optimizer)
         self._lpwd_given_config = None if lpwd_config is None else dataclasses.replace(lpwd_config)
@@ -187,7 +187,7 @@ class LPWDMixin:
         self._lpwd_norms_step: int | None = None
         if self.args is not given_args or self.model is not given_model:  # a subclass made its own
             _check_before_training(self.args, lpwd_config, self.model, self.optimizer_cls_and_kwargs,
-                                   self.train_dataset)
+                                   self.train_dataset, self.optimizer)
         self._lpwd_checked_args = self._lpwd_argument_key()
 
     # ------------------------------------------------------------------ the settings of the run
